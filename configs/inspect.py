@@ -1,0 +1,17 @@
+"""Validates a cohort and prints one row per exam: `--config.cohort=PATH` (manifest or folder;
+a folder without cohort.json gets one built from its file names, written to the workdir)."""
+from ml_collections import config_dict
+
+
+def get_config(variant: str = ""):
+  c = config_dict.ConfigDict()
+  c.mode = "inspect"
+  c.cohort = ""
+  c.patch_size = 32
+  c.model_shape = (128, 128, 128)   # the grid patches will be cut from; () = each exam's own
+  if variant == "smoke":
+    c.patch_size, c.model_shape = 16, ()
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
+  c.lock()
+  return c

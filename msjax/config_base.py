@@ -1,0 +1,51 @@
+"""Shared config blocks. Each file in configs/ composes these and returns a locked ConfigDict;
+every field can then be overridden from the command line (`--config.train.steps=200`)."""
+from ml_collections import config_dict
+
+
+def data(**overrides) -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.cohort = ""                 # manifest file or folder ('' = <workdir>/cohort or a mode default)
+  c.model_shape = (128, 128, 128)  # model grid; () = keep each exam's own grid
+  c.patch_size = 32
+  c.patches_per_exam = 12       # a batch = 12 patches of ONE exam (paper)
+  c.exams_per_batch = 1         # >1: several exams per step (one per device when data-parallel)
+  c.min_brain_fraction = 0.75
+  c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
+  c.modality_dropout = 0.0      # probability of zeroing each present modality in training
+  c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
+  c.cache_exams = 4             # exams kept in memory by the sampler
+  c.num_threads = 2
+  c.val_fraction = 0.25         # held-out patients for validation (repeated random sub-sampling)
+  c.split_repeat = 0            # which random sub-sampling
+  c.update(overrides)
+  return c
+
+
+def model(**overrides) -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.base_width = 16
+  c.dropout = 0.3
+  c.conv_impl = "xla"            # 3D convolution formulation (see msjax/models/layers.py)
+  c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
+  c.update(overrides)
+  return c
+
+
+def train(**overrides) -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.steps = 2000
+  c.lr = 5e-4                    # Isensee 2017
+  c.lr_decay = 0.985             # per epoch
+  c.steps_per_epoch = 100
+  c.weight_decay = 1e-5
+  c.log_every = 10
+  c.eval_every = 200             # validation Dice (finetune) / held-out MSE (pretrain)
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 2
+  c.init_from = ""               # finetune: a pretraining workdir (or its checkpoint folder)
+  c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)
+  c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
+  c.val_overlap = 0.5            # sliding-window overlap used by validation
+  c.update(overrides)
+  return c

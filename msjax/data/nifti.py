@@ -1,0 +1,231 @@
+"""NIfTI in and out: read, validate, reorient to RAS, resample, and write back atomically.
+
+Every array msjax computes on is in canonical RAS voxel order. The `Grid` of the file it came from
+is kept so that a prediction can be put back on the exam's own voxel grid and affine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt_lib
+from scipy import ndimage
+
+CANONICAL = ("R", "A", "S")
+
+
+class InvalidInputError(ValueError):
+  """A file or manifest entry that msjax refuses; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Where a canonical (RAS) array sits in the world, and how it maps back to its source file."""
+  affine: np.ndarray          # canonical voxel -> world (mm)
+  shape: tuple[int, int, int]  # canonical shape
+  source_affine: np.ndarray   # the file's own affine
+  source_shape: tuple[int, int, int]
+  source_axcodes: tuple[str, str, str]
+
+  @property
+  def spacing(self) -> tuple[float, float, float]:
+    return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+  @property
+  def voxel_ml(self) -> float:
+    return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+  def same_as(self, other: "Grid", atol: float = 1e-3) -> bool:
+    return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+  data: np.ndarray  # float32 (images) or uint8 (masks), canonical RAS
+  grid: Grid
+  path: str
+
+
+def _raw_zooms(path: str, img):
+  """Voxel sizes as stored: nibabel's loader silently replaces a zero pixdim with 1."""
+  try:
+    with nib.openers.ImageOpener(path) as f:
+      raw = type(img.header).from_fileobj(f, check=False)
+    return tuple(float(z) for z in raw["pixdim"][1:4])
+  except Exception:  # unusual header class: fall back to what nibabel reports
+    return tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _check_header(img, path: str) -> None:
+  shape = tuple(img.shape)
+  if len(shape) < 3 or (len(shape) > 3 and any(d != 1 for d in shape[3:])):
+    kind = " (4D series or multi-channel image)" if len(shape) > 3 else ""
+    raise InvalidInputError(f"{path}: expected a 3D volume, got {len(shape)}D shape {shape}{kind}")
+  dtype = img.get_data_dtype()
+  if dtype.fields is not None or dtype.kind == "c":
+    raise InvalidInputError(f"{path}: unsupported data type {dtype} (complex or RGB); "
+                            "msjax needs one real-valued 3D volume per file")
+  affine = img.affine
+  if affine is None or not np.all(np.isfinite(affine)):
+    raise InvalidInputError(f"{path}: affine is missing or not finite:\n{affine}")
+  zooms = _raw_zooms(path, img)
+  if len(zooms) < 3 or any(not np.isfinite(z) or z <= 0 for z in zooms):
+    raise InvalidInputError(f"{path}: voxel size {tuple(float(z) for z in zooms)} has a zero, "
+                            "negative or non-finite entry")
+  if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+    raise InvalidInputError(f"{path}: affine is singular (determinant 0):\n{affine}")
+
+
+def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
+  if data.ndim > 3:
+    extra = data.shape[3:]
+    if any(d != 1 for d in extra):
+      raise InvalidInputError(f"{path}: expected a 3D volume, got shape {data.shape} "
+                              "(4D series or multi-channel image)")
+    data = data.reshape(data.shape[:3])
+  if data.ndim != 3:
+    raise InvalidInputError(f"{path}: expected a 3D volume, got {data.ndim}D shape {data.shape}")
+  return data
+
+
+def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
+  """Reads and validates one NIfTI file and returns it in canonical RAS order.
+
+  kind: "image" (float32; must be finite and not constant) or "mask" (values in {0, 1}; uint8).
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise InvalidInputError(f"{path}: file does not exist")
+  try:
+    img = nib.load(path)
+  except Exception as e:  # nibabel raises several types for corrupt headers
+    raise InvalidInputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
+  _check_header(img, path)
+  try:
+    raw = np.asanyarray(img.dataobj)
+  except Exception as e:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError
+    raise InvalidInputError(f"{path}: voxel data cannot be read, the file is truncated or "
+                            f"corrupt ({type(e).__name__}: {e})") from e
+  if raw.dtype.kind == "c" or raw.dtype.fields is not None:
+    raise InvalidInputError(f"{path}: unsupported data type {raw.dtype} (complex or RGB)")
+  raw = _squeeze_to_3d(raw, path)
+  data = raw.astype(np.float32, copy=False)
+  if not np.all(np.isfinite(data)):
+    n_bad = int((~np.isfinite(data)).sum())
+    raise InvalidInputError(f"{path}: {n_bad} voxels are NaN or infinite")
+  if kind == "mask":
+    if not np.all((data == 0) | (data == 1)):
+      values = np.unique(data)
+      shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if len(values) > 8 else "")
+      raise InvalidInputError(f"{path}: a mask must hold only 0 and 1, found values {shown}")
+    data = data.astype(np.uint8)
+  elif kind == "image":
+    if data.min() == data.max():
+      raise InvalidInputError(f"{path}: image is constant (every voxel is {float(data.min()):g})"
+                              + (", i.e. empty" if data.min() == 0 else ""))
+  else:
+    raise ValueError(f"unknown kind {kind!r}")
+
+  source_ornt = ornt_lib.io_orientation(img.affine)
+  to_ras = ornt_lib.ornt_transform(source_ornt, ornt_lib.axcodes2ornt(CANONICAL))
+  data = np.ascontiguousarray(ornt_lib.apply_orientation(data, to_ras))
+  affine = img.affine @ ornt_lib.inv_ornt_aff(to_ras, raw.shape)
+  grid = Grid(affine=affine, shape=tuple(int(s) for s in data.shape),
+              source_affine=np.asarray(img.affine, dtype=np.float64),
+              source_shape=tuple(int(s) for s in raw.shape),
+              source_axcodes=tuple(ornt_lib.aff2axcodes(img.affine)))
+  return Volume(data=data, grid=grid, path=path)
+
+
+def to_source_orientation(data: np.ndarray, grid: Grid) -> np.ndarray:
+  """Inverse of the reorientation done by `read_nifti`: canonical array -> the file's voxel order."""
+  to_source = ornt_lib.ornt_transform(ornt_lib.axcodes2ornt(CANONICAL),
+                                      ornt_lib.axcodes2ornt(grid.source_axcodes))
+  out = ornt_lib.apply_orientation(data, to_source)
+  assert out.shape[:3] == grid.source_shape, (out.shape, grid.source_shape)
+  return np.ascontiguousarray(out)
+
+
+def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+                dtype=np.float32) -> str:
+  """Writes atomically: a temporary file in the same folder, then rename, so a crash never leaves a
+  half-written file under the final name."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  img = nib.Nifti1Image(np.asarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
+  img.set_qform(img.affine, code=1)
+  img.set_sform(img.affine, code=1)
+  suffix = ".nii.gz" if path.endswith(".nii.gz") else ".nii"
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+  os.close(fd)
+  try:
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def write_in_source_space(data: np.ndarray, grid: Grid, path: str, dtype=np.float32) -> str:
+  """Writes a canonical-order array on `grid` back in the exam's own voxel order and affine."""
+  return write_nifti(to_source_orientation(data, grid), grid.source_affine, path, dtype=dtype)
+
+
+# ---- resampling between an exam's grid and the model grid (e.g. the paper's 128³) -------------
+
+def _box_coordinates(src_shape, dst_shape):
+  """Source voxel coordinates of the destination voxel centres when both grids span the same box
+  (voxel i of the destination covers [i, i+1) * src/dst in source voxel units)."""
+  axes = []
+  for s, d in zip(src_shape, dst_shape):
+    scale = s / d
+    axes.append((np.arange(d, dtype=np.float32) + 0.5) * scale - 0.5)
+  return axes
+
+
+def resample_box(data: np.ndarray, shape, *, order: int = 1) -> np.ndarray:
+  """Resamples a 3D array onto `shape` voxels spanning the same field of view.
+
+  order=1: trilinear (images, probabilities); order=0: nearest. Separable, so it is one 1D
+  interpolation per axis: fast even at 182×218×182.
+  """
+  shape = tuple(int(s) for s in shape)
+  if tuple(data.shape) == shape:
+    return data
+  out = data.astype(np.float32, copy=False)
+  for axis, coords in enumerate(_box_coordinates(data.shape, shape)):
+    n = out.shape[axis]
+    if order == 0:
+      idx = np.clip(np.round(coords).astype(np.int64), 0, n - 1)
+      out = np.take(out, idx, axis=axis)
+    else:
+      c = np.clip(coords, 0, n - 1)
+      lo = np.floor(c).astype(np.int64)
+      hi = np.minimum(lo + 1, n - 1)
+      w = (c - lo).astype(np.float32)
+      bshape = [1] * out.ndim
+      bshape[axis] = -1
+      w = w.reshape(bshape)
+      out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+  return np.ascontiguousarray(out)
+
+
+def resample_mask(mask: np.ndarray, shape) -> np.ndarray:
+  """Masks are interpolated linearly and thresholded at 0.5: smoother than nearest, and it keeps a
+  blob's volume close to the original in both directions."""
+  return (resample_box(mask.astype(np.float32), shape, order=1) >= 0.5).astype(np.uint8)
+
+
+def resampled_grid(grid: Grid, shape) -> Grid:
+  """The grid of `resample_box(data_on_grid, shape)`: same field of view, new voxel size."""
+  scale = np.array(grid.shape, dtype=np.float64) / np.array(shape, dtype=np.float64)
+  # new voxel i sits at old voxel (i + 0.5) * scale - 0.5
+  step = np.diag(list(scale) + [1.0])
+  step[:3, 3] = 0.5 * scale - 0.5
+  return dataclasses.replace(grid, affine=grid.affine @ step, shape=tuple(int(s) for s in shape))

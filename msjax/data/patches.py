@@ -1,0 +1,65 @@
+"""Pure-numpy patch sampling: where a patch may be cut (the brain-fraction rule), cutting it, and the
+self-supervised position target."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from msjax.data.cohort import ExamArrays
+
+
+def box_fractions(mask: np.ndarray, patch: int) -> np.ndarray:
+  """Fraction of mask voxels in every patch³ box, indexed by the box's lowest corner.
+
+  A summed-volume table makes this O(voxels) whatever the patch size.
+  """
+  m = (mask > 0).astype(np.int32)
+  s = np.zeros(tuple(d + 1 for d in m.shape), np.int64)
+  s[1:, 1:, 1:] = m.cumsum(0).cumsum(1).cumsum(2)
+  p = patch
+  total = (s[p:, p:, p:] - s[:-p, p:, p:] - s[p:, :-p, p:] - s[p:, p:, :-p]
+           + s[:-p, :-p, p:] + s[:-p, p:, :-p] + s[p:, :-p, :-p] - s[:-p, :-p, :-p])
+  return total / float(p ** 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingIndex:
+  """Patch corners that satisfy the brain rule, and the subset centred on a lesion voxel."""
+  corners: np.ndarray         # (N, 3) int32
+  lesion_corners: np.ndarray  # (M, 3) int32, M may be 0
+
+
+def sampling_index(arrays: ExamArrays, patch: int, min_brain_fraction: float) -> SamplingIndex:
+  frac = box_fractions(arrays.brain, patch)
+  ok = frac >= min_brain_fraction - 1e-9
+  corners = np.argwhere(ok).astype(np.int32)
+  if len(corners) == 0:
+    raise ValueError(f"exam {arrays.exam.exam_id}: no {patch}³ patch holds ≥ "
+                     f"{min_brain_fraction:.0%} brain voxels (brain of {int(arrays.brain.sum())} "
+                     f"voxels in a {arrays.shape} volume)")
+  lesion_corners = np.zeros((0, 3), np.int32)
+  if arrays.masks:
+    lesion = np.zeros(arrays.shape, bool)
+    for m in arrays.masks:
+      lesion |= m > 0
+    c = patch // 2
+    centred = lesion[c:c + ok.shape[0], c:c + ok.shape[1], c:c + ok.shape[2]]
+    lesion_corners = np.argwhere(ok & centred).astype(np.int32)
+  return SamplingIndex(corners=corners, lesion_corners=lesion_corners)
+
+
+def cut(volume: np.ndarray, corner, patch: int) -> np.ndarray:
+  x, y, z = (int(v) for v in corner)
+  return volume[x:x + patch, y:y + patch, z:z + patch]
+
+
+def position_target(corner, patch: int, shape) -> np.ndarray:
+  """The patch centre in normalised volume coordinates: (corner + patch/2) / shape, in [0, 1]."""
+  return ((np.asarray(corner, np.float64) + patch / 2.0) / np.asarray(shape, np.float64)
+          ).astype(np.float32)
+
+
+def draw_corner(rng: np.random.Generator, index: SamplingIndex, lesion_centred: bool) -> np.ndarray:
+  pool = index.lesion_corners if lesion_centred and len(index.lesion_corners) else index.corners
+  return pool[rng.integers(len(pool))]

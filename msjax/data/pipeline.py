@@ -1,0 +1,135 @@
+"""grain datasets of training batches over a cohort.
+
+One record is one patch. Record i belongs to batch b = i // (G·P), group g (one exam) and slot
+i % P, where P = patches per exam (12 in the paper) and G = exams per batch (1 in the paper; one
+per device when training data-parallel). What is shared by a group (the exam, the rater, the
+zeroed modalities) is drawn from a generator seeded by (seed, b, g); what differs per patch (its
+position) comes from grain's per-record seed. So batch b is a pure function of (seed, b): the
+same seed gives the same batches, and a restored iterator continues exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from msjax.data import patches as patch_lib
+from msjax.data.cohort import MODALITIES, Exam, ExamArrays, ExamCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  task: str                        # "segmentation" or "position"
+  patch_size: int = 32
+  patches_per_exam: int = 12
+  exams_per_batch: int = 1
+  min_brain_fraction: float = 0.75
+  lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
+  modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
+  ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
+  seed: int = 0
+
+  @property
+  def batch_size(self) -> int:
+    return self.patches_per_exam * self.exams_per_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+  arrays: ExamArrays
+  index: patch_lib.SamplingIndex
+
+
+class PatchSource:
+  """Turns record indices into patches. Thread-safe: the only shared state is the exam cache."""
+
+  def __init__(self, exams: list[Exam], spec: SamplerSpec, cache: ExamCache):
+    if not exams:
+      raise ValueError(f"no exam to sample {spec.task} batches from")
+    if spec.task == "segmentation":
+      unlabelled = [e.exam_id for e in exams if not e.training_masks]
+      if unlabelled:
+        raise ValueError(f"segmentation needs lesion masks; unlabelled exams: {unlabelled}")
+    elif spec.task != "position":
+      raise ValueError(f"unknown task {spec.task!r}")
+    self.exams, self.spec, self.cache = list(exams), spec, cache
+    self.ms = [i for i, e in enumerate(self.exams) if e.ms]
+    self.non_ms = [i for i, e in enumerate(self.exams) if not e.ms]
+
+  def prepared(self, exam: Exam) -> _Prepared:
+    spec = self.spec
+    return self.cache.get(exam, derive=lambda a: _Prepared(
+        a, patch_lib.sampling_index(a, spec.patch_size, spec.min_brain_fraction)))
+
+  def group_plan(self, batch: int, group: int):
+    """(exam index, rater index, channel keep-mask) shared by the patches of one group."""
+    spec = self.spec
+    rng = np.random.default_rng([spec.seed, batch, group])
+    if spec.task == "position" and self.ms and self.non_ms:
+      pool = self.ms if rng.random() < spec.ms_fraction else self.non_ms
+    else:
+      pool = range(len(self.exams))
+    exam_index = int(rng.choice(list(pool)))
+    exam = self.exams[exam_index]
+    rater = int(rng.integers(len(exam.training_masks))) if exam.training_masks else -1
+    keep = np.array([m in exam.images for m in MODALITIES])
+    if spec.modality_dropout > 0:
+      drop = rng.random(len(MODALITIES)) < spec.modality_dropout
+      candidate = keep & ~drop
+      if candidate.any():
+        keep = candidate
+      else:  # never zero every present modality: keep one at random
+        only = rng.choice(np.flatnonzero(keep))
+        keep = np.zeros_like(keep)
+        keep[only] = True
+    return exam_index, rater, keep
+
+  def __call__(self, index: int, rng: np.random.Generator) -> dict:
+    spec = self.spec
+    index = int(index)
+    batch, within = divmod(index, spec.batch_size)
+    group, slot = divmod(within, spec.patches_per_exam)
+    exam_index, rater, keep = self.group_plan(batch, group)
+    prep = self.prepared(self.exams[exam_index])
+    n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
+    corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion)
+    p = spec.patch_size
+    image = patch_lib.cut(prep.arrays.images, corner, p) * keep.astype(np.float32)
+    record = {"image": np.ascontiguousarray(image, dtype=np.float32),
+              "corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
+    if spec.task == "segmentation":
+      mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)
+      record["mask"] = mask[..., None].astype(np.float32)
+    else:
+      record["position"] = patch_lib.position_target(corner, p, prep.arrays.shape)
+    return record
+
+
+def make_dataset(exams: list[Exam], spec: SamplerSpec, cache: ExamCache,
+                 num_batches: int) -> grain.MapDataset:
+  """A MapDataset of `num_batches` batches: dict of (B, ...) arrays, B = spec.batch_size."""
+  source = PatchSource(exams, spec, cache)
+  ds = grain.MapDataset.range(num_batches * spec.batch_size)
+  ds = ds.random_map(source, seed=spec.seed)
+  return ds.batch(spec.batch_size, drop_remainder=True)
+
+
+def make_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 2):
+  """An iterator whose `get_state()`/`set_state()` are saved with checkpoints for exact resume."""
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=prefetch))
+  return iter(it)
+
+
+def split_patients(patients: list[str], val_fraction: float, seed: int, repeat: int = 0
+                   ) -> tuple[list[str], list[str]]:
+  """Repeated random sub-sampling: repeat r draws its own seeded train/validation split of
+  patients (never of exams, so one patient's exams stay on one side)."""
+  patients = sorted(set(patients))
+  if val_fraction <= 0 or len(patients) < 2:
+    return patients, []
+  rng = np.random.default_rng([seed, repeat, 7919])
+  order = list(rng.permutation(patients))
+  n_val = min(len(patients) - 1, max(1, int(round(val_fraction * len(patients)))))
+  return sorted(order[n_val:]), sorted(order[:n_val])

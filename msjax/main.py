@@ -1,0 +1,53 @@
+"""Entry point: `python -m msjax.main --config configs/<name>.py[:variant] --workdir DIR`.
+
+`config.mode` picks the stage; each stage is one importable function `run(config, workdir)`.
+Any config field can be overridden on the command line, e.g. `--config.seed=3`.
+"""
+import importlib
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
+
+# mode -> module whose `run(config, workdir)` carries it out (imported lazily: modes pull in
+# different dependencies, e.g. preprocessing needs the optional SimpleITK extra).
+MODES = {
+    "synthetic": "msjax.data.synthetic_mode",
+    "inspect": "msjax.data.inspect_mode",
+    "pretrain": "msjax.train.loop",
+    "finetune": "msjax.train.loop",
+    "predict": "msjax.infer.predict",
+    "evaluate": "msjax.evaluate.evaluate_mode",
+    "experiment": "msjax.experiment",
+    "demo": "msjax.demo",
+    "preprocess": "msjax.preprocess.run",
+    "benchmark": "msjax.benchmark",
+}
+
+
+def run_mode(config, workdir: str):
+  if config.mode not in MODES:
+    raise app.UsageError(f"unknown mode {config.mode!r}; known: {sorted(MODES)}")
+  module = importlib.import_module(MODES[config.mode])
+  os.makedirs(workdir, exist_ok=True)
+  return module.run(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/demo.py")
+  workdir = _WORKDIR.value or os.path.join("runs", config.mode)
+  logging.set_verbosity(logging.INFO)
+  logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
+  run_mode(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

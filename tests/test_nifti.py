@@ -1,0 +1,237 @@
+"""Reading, validation (one test per bad-input case), reorientation and resampling."""
+import gzip
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msjax.data import cohort as cohort_lib
+from msjax.data import nifti
+from msjax.data.nifti import InvalidInputError
+
+
+def save(path, data, affine=None, dtype=None):
+  affine = np.eye(4) if affine is None else affine
+  img = nib.Nifti1Image(np.asarray(data) if dtype is None else np.asarray(data).astype(dtype),
+                        affine)
+  nib.save(img, str(path))
+  return str(path)
+
+
+def brainlike(shape=(20, 20, 20), seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.random(shape) + 1).astype(np.float32)
+
+
+def expect(match, fn, *args, **kwargs):
+  with pytest.raises(InvalidInputError, match=match) as e:
+    fn(*args, **kwargs)
+  return str(e.value)
+
+
+def test_unreadable_file_names_file(tmp_path):
+  p = tmp_path / "junk.nii.gz"
+  p.write_bytes(b"this is not a nifti file")
+  msg = expect("cannot be read", nifti.read_nifti, p)
+  assert str(p) in msg
+
+
+def test_missing_file(tmp_path):
+  expect("does not exist", nifti.read_nifti, tmp_path / "nope.nii.gz")
+
+
+def test_truncated_file(tmp_path):
+  p = save(tmp_path / "full.nii.gz", brainlike((30, 30, 30)))
+  raw = open(p, "rb").read()
+  t = tmp_path / "trunc.nii.gz"
+  t.write_bytes(raw[: len(raw) // 2])
+  msg = expect("truncated|cannot be read", nifti.read_nifti, t)
+  assert str(t) in msg
+
+
+def test_not_3d(tmp_path):
+  expect("expected a 3D volume", nifti.read_nifti, save(tmp_path / "a.nii", np.ones((8, 8)) + 1))
+  expect("4D series", nifti.read_nifti, save(tmp_path / "b.nii", brainlike((8, 8, 8, 2))))
+
+
+def test_singleton_dims_are_dropped(tmp_path):
+  v = nifti.read_nifti(save(tmp_path / "a.nii", brainlike((8, 9, 10, 1))))
+  assert v.data.shape == (8, 9, 10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels(tmp_path, bad):
+  d = brainlike()
+  d[3, 4, 5] = bad
+  expect("NaN or infinite", nifti.read_nifti, save(tmp_path / "a.nii", d))
+
+
+def test_complex_data(tmp_path):
+  d = brainlike().astype(np.complex64)
+  expect("complex or RGB", nifti.read_nifti, save(tmp_path / "a.nii", d))
+
+
+def test_rgb_data(tmp_path):
+  rgb = np.zeros((8, 8, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+  rgb["R"] = 5
+  expect("complex or RGB", nifti.read_nifti, save(tmp_path / "a.nii", rgb))
+
+
+def _save_with_sform(path, srows):
+  h = nib.Nifti1Header()
+  h.set_data_shape((8, 8, 8))
+  h.set_data_dtype("f4")
+  h["pixdim"][1:4] = 1
+  h["qform_code"], h["sform_code"] = 0, 1
+  h["srow_x"], h["srow_y"], h["srow_z"] = srows
+  nib.save(nib.Nifti1Image(brainlike((8, 8, 8)), None, h), str(path))
+  return path
+
+
+def test_singular_affine(tmp_path):
+  p = _save_with_sform(tmp_path / "a.nii", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+  expect("singular", nifti.read_nifti, p)
+
+
+def test_non_finite_affine(tmp_path):
+  p = _save_with_sform(tmp_path / "a.nii", [[np.nan, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+  expect("not finite", nifti.read_nifti, p)
+
+
+def test_zero_voxel_size(tmp_path):
+  p = save(tmp_path / "a.nii", brainlike())
+  raw = bytearray(open(p, "rb").read())
+  raw[84:88] = np.float32(0.0).tobytes()  # pixdim[2] of the NIfTI-1 header: y voxel size
+  open(p, "wb").write(bytes(raw))
+  expect("voxel size", nifti.read_nifti, p)
+
+
+def test_mask_values_other_than_01(tmp_path):
+  m = np.zeros((10, 10, 10), np.uint8)
+  m[2, 2, 2] = 2
+  msg = expect("only 0 and 1", nifti.read_nifti, save(tmp_path / "m.nii", m), kind="mask")
+  assert "2" in msg
+
+
+def test_constant_and_all_zero_images(tmp_path):
+  expect("constant", nifti.read_nifti, save(tmp_path / "c.nii", np.full((8, 8, 8), 3.0)))
+  msg = expect("constant", nifti.read_nifti, save(tmp_path / "z.nii", np.zeros((8, 8, 8))))
+  assert "empty" in msg
+
+
+def _exam_folder(tmp_path, shape=(20, 20, 20), affines=None):
+  d = tmp_path / "p1"
+  d.mkdir(exist_ok=True)
+  img = brainlike(shape)
+  paths = {}
+  for i, m in enumerate(("T1W", "FLAIR")):
+    aff = (affines or {}).get(m, np.eye(4))
+    paths[m] = save(d / f"{m}.nii.gz", img * (i + 1), aff)
+  return d, paths
+
+
+def test_different_grids_in_one_exam(tmp_path):
+  shifted = np.eye(4)
+  shifted[0, 3] = 5.0
+  d, paths = _exam_folder(tmp_path, affines={"T1W": shifted})
+  exam = cohort_lib.Exam("p1", "p1", True, paths)
+  msg = expect("not on the grid", cohort_lib.load_exam, exam, patch_size=8)
+  assert paths["T1W"] in msg
+
+
+def test_mask_on_different_grid(tmp_path):
+  d, paths = _exam_folder(tmp_path)
+  m = save(d / "consensus.nii.gz", np.zeros((20, 20, 21), np.uint8))
+  exam = cohort_lib.Exam("p1", "p1", True, paths, consensus=m)
+  expect("not on the grid", cohort_lib.load_exam, exam, patch_size=8)
+
+
+def _write_manifest(tmp_path, text):
+  p = tmp_path / "cohort.json"
+  p.write_text(text)
+  return str(p)
+
+
+def test_unknown_modality_key(tmp_path):
+  d, paths = _exam_folder(tmp_path)
+  man = {"exams": [{"exam_id": "p1", "images": {"T1W": paths["T1W"], "DWI": paths["FLAIR"]}}]}
+  msg = expect("unknown modality", cohort_lib.load_cohort,
+               _write_manifest(tmp_path, json.dumps(man)))
+  assert "DWI" in msg
+
+
+def test_duplicate_modality_key(tmp_path):
+  d, paths = _exam_folder(tmp_path)
+  text = ('{"exams": [{"exam_id": "p1", "images": {"T1W": "%s", "T1W": "%s"}}]}'
+          % (paths["T1W"], paths["FLAIR"]))
+  msg = expect("appears twice", cohort_lib.load_cohort, _write_manifest(tmp_path, text))
+  assert "T1W" in msg
+
+
+def test_duplicate_modality_file_in_folder(tmp_path):
+  d, paths = _exam_folder(tmp_path)
+  save(d / "flair_2.nii.gz", brainlike())
+  save(d / "FLAIR_x.nii.gz", brainlike())
+  expect("several files for FLAIR", cohort_lib.build_cohort, str(tmp_path))
+
+
+def test_volume_smaller_than_patch(tmp_path):
+  d, paths = _exam_folder(tmp_path, shape=(20, 20, 12))
+  exam = cohort_lib.Exam("p1", "p1", True, paths)
+  msg = expect("smaller than one 16³ patch", cohort_lib.load_exam, exam, patch_size=16)
+  rows = cohort_lib.inspect_cohort(cohort_lib.Cohort(str(tmp_path), (exam,)), patch_size=16)
+  assert any("smaller than one 16" in p for p in rows[0]["problems"]), msg
+
+
+def test_empty_lesion_mask_is_allowed_and_counted(tmp_path):
+  d, paths = _exam_folder(tmp_path)
+  m = save(d / "consensus.nii.gz", np.zeros((20, 20, 20), np.uint8))
+  exam = cohort_lib.Exam("p1", "p1", True, paths, consensus=m)
+  arrays = cohort_lib.load_exam(exam, patch_size=8)
+  assert arrays.reference.sum() == 0
+  rows = cohort_lib.inspect_cohort(cohort_lib.Cohort(str(tmp_path), (exam,)), patch_size=8)
+  assert rows[0]["lesion_ml"] == 0 and rows[0]["lesions_empty"] and not rows[0]["problems"]
+  assert "(empty)" in cohort_lib.format_inspect_table(rows)
+
+
+def test_reorientation_round_trip(tmp_path):
+  data = brainlike((6, 7, 8))
+  lps = np.diag([-2.0, -2.0, 3.0, 1.0])
+  lps[:3, 3] = [10, 20, -5]
+  p = save(tmp_path / "a.nii.gz", data, lps)
+  v = nifti.read_nifti(p)
+  assert nib.aff2axcodes(v.grid.affine) == ("R", "A", "S")
+  assert v.grid.source_axcodes == ("L", "P", "S")
+  # same world position for the same voxel value
+  i, j, k = 1, 2, 3
+  world = lps @ [i, j, k, 1]
+  ci, cj, ck = np.round(np.linalg.inv(v.grid.affine) @ world)[:3].astype(int)
+  assert v.data[ci, cj, ck] == data[i, j, k]
+  out = nifti.write_in_source_space(v.data, v.grid, str(tmp_path / "back.nii.gz"))
+  back = nib.load(out)
+  np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+  np.testing.assert_allclose(back.affine, lps)
+
+
+def test_resample_box_grid_and_round_trip():
+  rng = np.random.default_rng(0)
+  src = np.zeros((182, 218, 182), np.float32)
+  src[80:100, 90:120, 70:95] = 1
+  grid = nifti.Grid(affine=np.diag([1.0, 1, 1, 1]), shape=src.shape, source_affine=np.eye(4),
+                    source_shape=src.shape, source_axcodes=("R", "A", "S"))
+  small = nifti.resample_mask(src, (128, 128, 128))
+  g = nifti.resampled_grid(grid, (128, 128, 128))
+  np.testing.assert_allclose(g.spacing, (182 / 128, 218 / 128, 182 / 128))
+  # the field of view is unchanged: outer voxel faces coincide
+  np.testing.assert_allclose((g.affine @ [-0.5, -0.5, -0.5, 1])[:3], [-0.5, -0.5, -0.5])
+  np.testing.assert_allclose((g.affine @ [127.5, 127.5, 127.5, 1])[:3], [181.5, 217.5, 181.5])
+  back = nifti.resample_mask(small, src.shape)
+  assert abs(int(back.sum()) - int(src.sum())) / src.sum() < 0.15
+  del rng
+
+
+def test_write_is_atomic_no_temp_left(tmp_path):
+  nifti.write_nifti(np.ones((4, 4, 4)), np.eye(4), str(tmp_path / "x.nii.gz"))
+  assert sorted(os.listdir(tmp_path)) == ["x.nii.gz"]

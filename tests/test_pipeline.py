@@ -1,0 +1,144 @@
+"""The patch pipeline: brain rule, position targets, determinism, resume, missing modalities."""
+import numpy as np
+import pytest
+
+from msjax.data import cohort as cohort_lib
+from msjax.data import patches as patch_lib
+from msjax.data import pipeline
+
+P = 16
+
+
+def _spec(**kw):
+  base = dict(task="segmentation", patch_size=P, patches_per_exam=6, seed=3)
+  base.update(kw)
+  return pipeline.SamplerSpec(**base)
+
+
+def _batches(cohort, spec, n, exams=None):
+  exams = exams or cohort.select(split="train", labelled=spec.task == "segmentation" or None)
+  ds = pipeline.make_dataset(exams, spec, cohort_lib.ExamCache(8, patch_size=P), n)
+  return exams, [ds[i] for i in range(n)]
+
+
+def test_box_fractions_match_brute_force():
+  rng = np.random.default_rng(0)
+  m = rng.random((9, 8, 7)) > 0.4
+  f = patch_lib.box_fractions(m, 3)
+  assert f.shape == (7, 6, 5)
+  for idx in [(0, 0, 0), (6, 5, 4), (3, 2, 1)]:
+    x, y, z = idx
+    assert np.isclose(f[idx], m[x:x + 3, y:y + 3, z:z + 3].mean())
+
+
+def test_every_patch_is_mostly_brain(tiny_cohort):
+  spec = _spec(lesion_fraction=0.5)
+  exams, batches = _batches(tiny_cohort, spec, 6)
+  for b in batches:
+    exam = exams[int(b["exam_index"][0])]
+    brain = cohort_lib.load_exam(exam, patch_size=P).brain
+    for corner in b["corner"]:
+      assert patch_lib.cut(brain, corner, P).mean() >= 0.75
+
+
+def test_position_target_is_the_patch_position(tiny_cohort):
+  spec = _spec(task="position")
+  exams, batches = _batches(tiny_cohort, spec, 3, exams=list(tiny_cohort.select(split="train")))
+  for b in batches:
+    exam = exams[int(b["exam_index"][0])]
+    arrays = cohort_lib.load_exam(exam, patch_size=P)
+    for k in range(len(b["corner"])):
+      corner = b["corner"][k]
+      np.testing.assert_array_equal(b["image"][k], patch_lib.cut(arrays.images, corner, P))
+      np.testing.assert_allclose(b["position"][k] * np.array(arrays.shape), corner + P / 2,
+                                 atol=1e-4)
+      assert np.all((b["position"][k] > 0) & (b["position"][k] < 1))
+
+
+def test_one_exam_per_batch_and_masks_from_its_raters(tiny_cohort):
+  exams, batches = _batches(tiny_cohort, _spec(lesion_fraction=1.0), 8)
+  seen_lesion = False
+  for b in batches:
+    assert len(set(b["exam_index"].tolist())) == 1
+    arrays = cohort_lib.load_exam(exams[int(b["exam_index"][0])], patch_size=P)
+    matches = [all(np.array_equal(b["mask"][k, ..., 0], patch_lib.cut(m, b["corner"][k], P))
+                   for k in range(len(b["corner"]))) for m in arrays.masks]
+    assert any(matches)  # one rater's mask for the whole batch
+    seen_lesion |= bool(b["mask"].any())
+  assert seen_lesion  # lesion-centred patches contain lesion
+
+
+def test_same_seed_same_batches_and_resume(tiny_cohort):
+  spec = _spec()
+  exams = tiny_cohort.select(split="train", labelled=True)
+  ds = pipeline.make_dataset(exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6)
+  it = pipeline.make_iterator(ds)
+  full = [next(it) for _ in range(6)]
+  it2 = pipeline.make_iterator(pipeline.make_dataset(
+      exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6))
+  for _ in range(3):
+    next(it2)
+  state = it2.get_state()
+  it3 = pipeline.make_iterator(pipeline.make_dataset(
+      exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6))
+  it3.set_state(state)
+  for k in range(3, 6):
+    b = next(it3)
+    for key in full[k]:
+      np.testing.assert_array_equal(b[key], full[k][key])
+  other = pipeline.make_dataset(exams, _spec(seed=4), cohort_lib.ExamCache(2, patch_size=P), 1)[0]
+  assert not np.array_equal(other["corner"], full[0]["corner"])
+
+
+def test_missing_modalities_are_zero_channels(tiny_cohort):
+  exams, batches = _batches(tiny_cohort, _spec(task="position"), 10,
+                            exams=list(tiny_cohort.select(split="train")))
+  checked = 0
+  for b in batches:
+    exam = exams[int(b["exam_index"][0])]
+    for c, m in enumerate(cohort_lib.MODALITIES):
+      if m not in exam.images:
+        assert not b["image"][..., c].any()
+        checked += 1
+      else:
+        assert b["image"][..., c].any()
+  assert checked > 0
+
+
+def test_modality_dropout_keeps_one_channel(tiny_cohort):
+  exams, batches = _batches(tiny_cohort, _spec(modality_dropout=0.9), 10)
+  zeroed = 0
+  for b in batches:
+    exam = exams[int(b["exam_index"][0])]
+    live = [b["image"][..., c].any() for c in range(5)]
+    assert any(live)
+    zeroed += len(exam.images) - sum(live)
+  assert zeroed > 0
+
+
+def test_pretraining_keeps_ms_at_half(tiny_cohort):
+  exams = list(tiny_cohort.select(split="train"))
+  source = pipeline.PatchSource(exams, _spec(task="position"), cohort_lib.ExamCache(1))
+  ms = [exams[source.group_plan(b, 0)[0]].ms for b in range(400)]
+  assert 0.4 < np.mean(ms) < 0.6
+
+
+def test_cache_is_bounded(tiny_cohort):
+  cache = cohort_lib.ExamCache(2, patch_size=P)
+  exams = tiny_cohort.exams[:4]
+  for e in exams + exams:
+    cache.get(e)
+  assert len(cache._items) == 2 and cache.loads == 8
+
+
+def test_split_patients_is_seeded_and_disjoint():
+  pats = [f"p{i}" for i in range(10)]
+  tr, va = pipeline.split_patients(pats, 0.3, seed=1, repeat=0)
+  assert len(va) == 3 and not set(tr) & set(va) and sorted(tr + va) == pats
+  assert pipeline.split_patients(pats, 0.3, seed=1, repeat=0) == (tr, va)
+  assert pipeline.split_patients(pats, 0.3, seed=1, repeat=1) != (tr, va)
+
+
+def test_segmentation_refuses_unlabelled_exams(tiny_cohort):
+  with pytest.raises(ValueError, match="unlabelled"):
+    pipeline.PatchSource(list(tiny_cohort.exams), _spec(), cohort_lib.ExamCache(1))
