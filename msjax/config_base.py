@@ -16,6 +16,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.cache_exams = 4             # exams kept in memory by the sampler
   c.num_threads = 2
+  c.infer_batch = 16            # patches per forward pass in validation and inference
   c.val_fraction = 0.25         # held-out patients for validation (repeated random sub-sampling)
   c.split_repeat = 0            # which random sub-sampling
   c.update(overrides)

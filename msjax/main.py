@@ -29,6 +29,26 @@ MODES = {
 }
 
 
+def quiet_libraries():
+  """Orbax logs every save step at INFO through absl; keep its warnings, drop the chatter so that
+  msjax's progress lines stay readable."""
+  import logging as py_logging
+  noisy = ("orbax", "grain", "jax/_src")
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or not any(n in r.pathname for n in noisy))
+
+
+def setup_compilation_cache():
+  """XLA compiles of the 3D network take tens of seconds on CPU: keep them on disk so the next
+  run of the same shapes starts at once. MSJAX_COMPILATION_CACHE='' turns it off."""
+  import jax
+  path = os.environ.get("MSJAX_COMPILATION_CACHE",
+                        os.path.join(os.path.expanduser("~"), ".cache", "msjax", "xla"))
+  if path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def run_mode(config, workdir: str):
   if config.mode not in MODES:
     raise app.UsageError(f"unknown mode {config.mode!r}; known: {sorted(MODES)}")
@@ -45,6 +65,8 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   workdir = _WORKDIR.value or os.path.join("runs", config.mode)
   logging.set_verbosity(logging.INFO)
+  quiet_libraries()
+  setup_compilation_cache()
   logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
   run_mode(config, workdir)
 

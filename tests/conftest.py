@@ -1,7 +1,19 @@
 """Shared fixtures: a tiny synthetic cohort written to disk once per test session."""
 import os
+import tempfile
 
-import pytest
+# Tests compile many small variants of the network: a lower XLA optimisation level halves compile
+# time (runtime is irrelevant at these sizes), and the persistent cache makes a second compile of
+# the same computation (a restarted run, another test) nearly free. Set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+os.environ.setdefault("MSJAX_COMPILATION_CACHE", tempfile.mkdtemp(prefix="msjax-xla-"))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["MSJAX_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from msjax.data import synthetic
 
@@ -23,3 +35,23 @@ def needs_lesjak():
   return pytest.mark.skipif(not os.path.isdir(LESJAK_MNI),
                             reason=f"real Lesjak data not found at {LESJAK_MNI} "
                                    "(../shared/data beside the project root)")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, variant: str = "", **overrides):
+  """configs/<name>.py:variant, with dotted overrides ({'train.steps': 3})."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"configs_{name}",
+                                                os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

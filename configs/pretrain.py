@@ -1,0 +1,26 @@
+"""Self-supervised pretraining: predict the (x, y, z) position of a patch in its volume, on every
+training exam (MS and non-MS, MS kept at 50 % of batches). `--config.data.cohort=PATH`."""
+from ml_collections import config_dict
+
+from msjax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_dict.ConfigDict()
+  c.mode = "pretrain"
+  c.seed = 0
+  c.data = config_base.data()
+  c.model = config_base.model()
+  c.train = config_base.train(steps=2000)
+  if variant == "smoke":
+    c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
+    c.model.base_width = 4
+    c.train.update(dict(steps=6, log_every=1, eval_every=3, checkpoint_every=3))
+  elif variant == "synthetic":  # the synthetic cohort at its own grid, a CPU-sized network
+    c.data.update(dict(model_shape=()))
+    c.model.base_width = 8
+    c.train.update(dict(steps=300, log_every=20, eval_every=100, checkpoint_every=100))
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: smoke, synthetic)")
+  c.lock()
+  return c

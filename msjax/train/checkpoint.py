@@ -1,0 +1,66 @@
+"""Orbax checkpoints: params, optimizer state, data-iterator state and run metadata (step, config).
+
+Layout of a workdir: `checkpoints/<step>/` (the last `keep` ones) and `best/<step>/` (the best by
+validation Dice). Orbax writes each step into a temporary folder and renames it when complete,
+so an interrupted save is never listed as a checkpoint; `cleanup_tmp_directories` removes such
+leftovers when the manager opens.
+
+Resume order (one place, `loop.py`): this workdir's latest checkpoint, then `init_from`
+(transfer of a pretraining encoder), then a fresh initialisation.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINTS, BEST = "checkpoints", "best"
+
+
+def manager(workdir: str, *, keep: int = 2, best: bool = False) -> ocp.CheckpointManager:
+  directory = os.path.abspath(os.path.join(workdir, BEST if best else CHECKPOINTS))
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1 if best else keep, create=True, cleanup_tmp_directories=True,
+      best_fn=(lambda m: m["val_dice"]) if best else None, best_mode="max",
+      keep_checkpoints_without_metrics=not best)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_state: dict, meta: dict,
+         metrics: dict | None = None) -> None:
+  mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state["params"]),
+      opt_state=ocp.args.StandardSave(state["opt_state"]),
+      data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict):
+  """Restores (state, data-iterator state, meta) into the shapes/dtypes/shardings of
+  `abstract_state` (from jax.eval_shape: nothing is allocated twice)."""
+  r = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_state["params"]),
+      opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+      data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  state = {"params": r["params"], "opt_state": r["opt_state"],
+           "step": jax.numpy.asarray(step, jax.numpy.int32)}
+  return state, r["data"], r["meta"]
+
+
+def find_checkpoint_dir(path: str) -> str:
+  """Accepts a run's workdir, its checkpoints/ or best/ folder; returns the checkpoints folder."""
+  path = os.path.abspath(os.path.expanduser(path))
+  for candidate in (os.path.join(path, BEST), os.path.join(path, CHECKPOINTS), path):
+    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+      return candidate
+  raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected <workdir>/checkpoints/<step>)")
+
+
+def restore_params(path: str):
+  """Params (as saved, no target structure needed) and meta of the latest checkpoint under path."""
+  directory = find_checkpoint_dir(path)
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    step = m.latest_step()
+    r = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+                                                meta=ocp.args.JsonRestore()))
+  return r["params"], r["meta"], os.path.join(directory, str(step))

@@ -1,0 +1,70 @@
+"""Optimiser and freezing: strategy -> path rules -> label tree -> optax.partition.
+
+Strategy NCF freezes conv1..convN (kernels and biases) and every norm applied before conv(N+1) in
+forward order, i.e. encoder/norm2..norm(N+1) (SPEC). `freeze_norms=False` leaves norms trainable
+(a literal Keras-style freeze of the conv layers only). VAN and 0CF freeze nothing.
+"""
+from __future__ import annotations
+
+import optax
+from absl import logging
+
+from msjax.models.isensee import LEVELS
+from msjax.train import rules as rules_lib
+
+TRAINABLE, FROZEN = "trainable", "frozen"
+NUM_CONVS = 3 * LEVELS  # conv1..conv15
+
+
+def parse_strategy(freeze) -> tuple[bool, int]:
+  """'van' -> (no transfer, 0 frozen); 'N' / 'NCF' / N -> (transfer, N frozen)."""
+  s = str(freeze).strip().upper()
+  if s == "VAN":
+    return False, 0
+  s = s[:-2] if s.endswith("CF") else s
+  if not s.isdigit() or not 0 <= int(s) <= NUM_CONVS:
+    raise ValueError(f"freeze must be 'van' or a number of convs 0..{NUM_CONVS} (e.g. 0, 1, 2, 3, "
+                     f"6 or '3CF'), got {freeze!r}")
+  return True, int(s)
+
+
+def strategy_name(freeze) -> str:
+  transfer, n = parse_strategy(freeze)
+  return "VAN" if not transfer else f"{n}CF"
+
+
+def freeze_rules(n_frozen: int, freeze_norms: bool = True) -> list[tuple[str, str]]:
+  rules = []
+  if n_frozen > 0:
+    convs = "|".join(str(k) for k in range(1, n_frozen + 1))
+    rules.append((rf"encoder/conv({convs})/(kernel|bias)", FROZEN))
+    if freeze_norms:
+      norms = "|".join(str(k) for k in range(2, n_frozen + 2))
+      rules.append((rf"encoder/norm({norms})/(scale|bias)", FROZEN))
+  rules.append((r".*", TRAINABLE))
+  return rules
+
+
+def freeze_labels(params, n_frozen: int, freeze_norms: bool = True, log: bool = True):
+  labels, matched = rules_lib.match(params, freeze_rules(n_frozen, freeze_norms), what="freezing")
+  frozen = [p for rx, paths in matched.items() for p in paths
+            if rx != ".*"]
+  if log:
+    logging.info("freezing %d conv(s)%s: %d frozen leaves %s", n_frozen,
+                 "" if freeze_norms else " (norms trainable)", len(frozen), sorted(frozen))
+  return labels, sorted(frozen)
+
+
+def learning_rate(train_config):
+  """Isensee 2017: lr 5e-4, ×0.985 per epoch (staircase)."""
+  return optax.exponential_decay(train_config.lr, transition_steps=train_config.steps_per_epoch,
+                                 decay_rate=train_config.lr_decay, staircase=True)
+
+
+def make_optimizer(train_config, labels):
+  """Adam with L2 weight decay on trainable leaves; `set_to_zero` on frozen leaves (which then
+  carry no Adam state at all)."""
+  adam = optax.chain(optax.add_decayed_weights(train_config.weight_decay),
+                     optax.scale_by_adam(),
+                     optax.scale_by_learning_rate(learning_rate(train_config)))
+  return optax.partition({TRAINABLE: adam, FROZEN: optax.set_to_zero()}, labels)

@@ -1,0 +1,39 @@
+"""Figures of training runs (PNG, written atomically)."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_figure(fig, path: str) -> str:
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def loss_curve(history: list[dict], path: str, task: str) -> str:
+  fig, ax = plt.subplots(figsize=(7, 4))
+  steps = [r["step"] for r in history]
+  ax.plot(steps, [r["loss"] for r in history], lw=0.8, color="tab:blue", label="training loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("soft Dice loss" if task == "segmentation" else "position MSE")
+  title = f"{task}: final loss {history[-1]['loss']:.4f}" if history else task
+  key = "val_dice" if task == "segmentation" else "val_mse"
+  val = [(r["step"], r[key]) for r in history if key in r]
+  if val:
+    ax2 = ax.twinx() if task == "segmentation" else ax
+    ax2.plot(*zip(*val), "o-", color="tab:red", label=key.replace("_", " "))
+    if task == "segmentation":
+      ax2.set_ylabel("validation Dice")
+      ax2.set_ylim(0, 1)
+    base = [(r["step"], r["val_baseline_mse"]) for r in history if "val_baseline_mse" in r]
+    if base:
+      ax.plot(*zip(*base), "--", color="gray", label="predict-the-mean baseline")
+    title += f", {key.replace('_', ' ')} {val[-1][1]:.4f}"
+  ax.set_title(title)
+  fig.legend(loc="upper right", fontsize=8)
+  return save_figure(fig, path)

@@ -1,0 +1,161 @@
+"""Training: pretraining learns, transfer, freezing (bit-identical frozen leaves), exact resume,
+non-finite stop. Smoke widths on the tiny synthetic cohort."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config
+from msjax.models import isensee
+from msjax.train import checkpoint, loop, optim, rules, steps
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_cohort, tmp_path_factory):
+  w = str(tmp_path_factory.mktemp("pretrain"))
+  config = load_config("pretrain", "smoke", **{"data.cohort": tiny_cohort.root, "train.steps": 40,
+                                               "train.eval_every": 20, "train.log_every": 10,
+                                               "train.checkpoint_every": 20, "train.lr": 1e-3})
+  summary = loop.train(config, w)
+  return w, summary
+
+
+def test_pretraining_beats_predict_the_mean(pretrained):
+  w, summary = pretrained
+  rows = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(1, 41))
+  final = summary["final"]
+  assert final["val_mse"] < 0.8 * final["val_baseline_mse"], final
+  assert os.path.getsize(os.path.join(w, "loss_curve.png")) > 1000
+  assert checkpoint.manager(w).all_steps() == [20, 40]
+
+
+def _finetune(tiny_cohort, w, **overrides):
+  base = {"data.cohort": tiny_cohort.root, "train.steps": 2, "train.eval_every": 0,
+          "train.checkpoint_every": 1, "train.log_every": 1}
+  base.update(overrides)
+  config = load_config("finetune", "smoke", **base)
+  return config, loop.train(config, w)
+
+
+@pytest.fixture(scope="module")
+def pretrained32(tiny_cohort, tmp_path_factory):
+  """32³ patches (a 2³ bottleneck, as in the paper: at 16³ the bottleneck is 1³, where instance
+  norm outputs a constant and level 5 gets no gradient at all)."""
+  w = str(tmp_path_factory.mktemp("pretrain32"))
+  loop.train(load_config("pretrain", "smoke", **{**PATCH32, "data.cohort": tiny_cohort.root,
+                                                 "train.steps": 2, "train.eval_every": 0}), w)
+  return w
+
+
+PATCH32 = {"data.patch_size": 32, "data.min_brain_fraction": 0.3, "data.patches_per_exam": 2,
+           "data.lesion_fraction": 1.0}
+
+
+@pytest.mark.parametrize("n_frozen", [1, 2, 3, 6])
+def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_frozen):
+  # no weight decay: every change seen below comes from a gradient
+  config, summary = _finetune(tiny_cohort, str(tmp_path), **{
+      **PATCH32, "train.weight_decay": 0.0, "train.freeze": str(n_frozen),
+      "train.init_from": pretrained32})
+  source, _, _ = checkpoint.restore_params(pretrained32)
+  final, _, _ = checkpoint.restore_params(os.path.join(str(tmp_path), "checkpoints"))
+  init = steps.Model(isensee.constructor("segmentation", config.model, config.seed),
+                     config.seed).init_params()
+  src, fin, ini = (rules.flat_paths(t) for t in (source, final, init))
+  frozen = set(summary["frozen"])
+  expected = {f"encoder/conv{k}/{p}" for k in range(1, n_frozen + 1) for p in ("kernel", "bias")}
+  expected |= {f"encoder/norm{k}/{p}" for k in range(2, n_frozen + 2) for p in ("scale", "bias")}
+  assert frozen == expected
+  for path, value in fin.items():
+    if path in frozen:
+      np.testing.assert_array_equal(value, src[path], err_msg=path)  # bit-identical
+    elif path.startswith("encoder/"):
+      assert not np.array_equal(value, src[path]), f"{path} did not train"
+    else:
+      assert not np.array_equal(value, ini[path]), f"{path} did not train"
+
+
+def test_freezing_rules_cover_every_leaf_and_keep_norms_optionally():
+  params = {"encoder": {"conv1": {"kernel": 0, "bias": 0}, "norm2": {"scale": 0, "bias": 0},
+                        "conv2": {"kernel": 0, "bias": 0}}, "decoder": {"x": {"kernel": 0}}}
+  labels, frozen = optim.freeze_labels(params, 1, freeze_norms=False, log=False)
+  assert frozen == ["encoder/conv1/bias", "encoder/conv1/kernel"]
+  labels, frozen = optim.freeze_labels(params, 1, log=False)
+  assert "encoder/norm2/scale" in frozen and labels["encoder"]["conv2"]["kernel"] == "trainable"
+  with pytest.raises(ValueError, match="match no rule"):
+    rules.match(params, [(r"encoder/.*", 1)])
+  assert optim.parse_strategy("van") == (False, 0)
+  assert optim.parse_strategy("3CF") == (True, 3)
+  with pytest.raises(ValueError, match="freeze must be"):
+    optim.parse_strategy("16")
+
+
+def test_transfer_requires_init_from(tiny_cohort, tmp_path):
+  with pytest.raises(ValueError, match="init_from"):
+    _finetune(tiny_cohort, str(tmp_path), **{"train.freeze": "0", "train.init_from": ""})
+
+
+def test_transfer_checks_shapes(pretrained):
+  source, _, _ = checkpoint.restore_params(pretrained[0])
+  cfg = load_config("finetune", "smoke", **{"model.base_width": 8}).model
+  params = steps.Model(isensee.constructor("segmentation", cfg)).init_params()
+  from msjax.train import transfer
+  with pytest.raises(ValueError, match="shape"):
+    transfer.transfer_encoder(params, source)
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypatch):
+  overrides = {"train.steps": 4, "train.checkpoint_every": 2, "train.freeze": "van"}
+  _finetune(tiny_cohort, str(tmp_path / "straight"), **overrides)
+  original_save = checkpoint.save
+
+  def save_then_die(mngr, step, *args, **kwargs):
+    original_save(mngr, step, *args, **kwargs)
+    if step == 2:
+      mngr.wait_until_finished()
+      raise _Interrupted(f"killed after step {step}")
+
+  monkeypatch.setattr(checkpoint, "save", save_then_die)
+  with pytest.raises(_Interrupted):
+    _finetune(tiny_cohort, str(tmp_path / "resumed"), **overrides)
+  monkeypatch.setattr(checkpoint, "save", original_save)
+  summary = _finetune(tiny_cohort, str(tmp_path / "resumed"), **overrides)[1]
+  assert summary["steps"] == 4
+  a, _, _ = checkpoint.restore_params(str(tmp_path / "straight" / "checkpoints"))
+  b, _, _ = checkpoint.restore_params(str(tmp_path / "resumed" / "checkpoints"))
+  for (pa, va), (pb, vb) in zip(rules.flat_paths(a).items(), rules.flat_paths(b).items()):
+    assert pa == pb
+    np.testing.assert_array_equal(va, vb, err_msg=pa)
+  rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]  # no duplicated lines after the restart
+  straight = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
+  assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_cohort, tmp_path, monkeypatch):
+  make = steps.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def wrapper(state, batch, rng):
+      if int(state["step"]) == 2:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      return step_fn(state, batch, rng)
+    return wrapper
+
+  monkeypatch.setattr(steps, "make_train_step", poisoned)
+  with pytest.raises(loop.NonFiniteLossError, match="step 2"):
+    _finetune(tiny_cohort, str(tmp_path), **{"train.steps": 4, "train.checkpoint_every": 10,
+                                            "train.freeze": "van"})
+  mngr = checkpoint.manager(str(tmp_path))
+  assert mngr.latest_step() == 2
+  params, _, _ = checkpoint.restore_params(str(tmp_path / "checkpoints"))
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(params))
