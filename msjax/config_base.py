@@ -27,7 +27,7 @@ def model(**overrides) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.base_width = 16
   c.dropout = 0.3
-  c.conv_impl = "xla"            # 3D convolution formulation (see msjax/models/layers.py)
+  c.conv_impl = "fold"           # 3D conv formulation: "fold" (fast path) or "xla" (reference)
   c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
   c.update(overrides)
   return c

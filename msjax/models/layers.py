@@ -32,7 +32,50 @@ def conv3d_xla(x, w, stride: int):
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
-CONV_IMPLS: dict[str, Callable] = {"xla": conv3d_xla}
+def _fold_depth_conv(x, w):
+  """3³ stride-1 'same' conv as one 2D conv: the three depth taps go into the channels and depth
+  into the batch. XLA's CPU 2D convolution is far faster than its generic 3D one."""
+  n, d, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+  x3 = jnp.concatenate([xp[:, k:k + d] for k in range(3)], axis=-1)  # (n, d, h, w, 3c): (kd, c)
+  w2 = jnp.transpose(w, (1, 2, 0, 3, 4)).reshape(3, 3, 3 * c, w.shape[-1])
+  y = jax.lax.conv_general_dilated(x3.reshape(n * d, h, wd, 3 * c), w2, (1, 1), [(1, 1)] * 2,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape(n, d, h, wd, -1)
+
+
+@jax.custom_vjp
+def conv3d_fold(x, w):
+  return _fold_depth_conv(x, w)
+
+
+def _conv3d_fold_fwd(x, w):
+  return _fold_depth_conv(x, w), (x, w)
+
+
+def _conv3d_fold_bwd(res, dy):
+  x, w = res
+  # input gradient = the same conv of dy with the spatially flipped, in/out-swapped kernel
+  w_t = jnp.transpose(w[::-1, ::-1, ::-1], (0, 1, 2, 4, 3))
+  # weight gradient: XLA's own backprop-filter measured fastest in the full step (a nine-tap
+  # im2col matmul won in isolation but lost inside the network: memory traffic)
+  dw = jax.vjp(lambda w_: conv3d_xla(x, w_, 1), w)[1](dy)[0]
+  return _fold_depth_conv(dy, w_t), dw
+
+
+conv3d_fold.defvjp(_conv3d_fold_fwd, _conv3d_fold_bwd)
+
+
+def conv3d_fast(x, w, stride: int):
+  """Fast path (same math as conv3d_xla): depth-folded 2D conv for the forward pass and the input
+  gradient, XLA's weight gradient. Strided convs (a small share of the FLOPs) stay on the
+  reference path. Measured on 2 CPU cores, f = 16, 12×32³: inference 1.75×, train step 1.1×."""
+  if stride != 1 or w.shape[:3] != (3, 3, 3):
+    return conv3d_xla(x, w, stride)
+  return conv3d_fold(x, w)
+
+
+CONV_IMPLS: dict[str, Callable] = {"xla": conv3d_xla, "fold": conv3d_fast}
 
 
 def register_conv_impl(name: str, fn: Callable) -> None:
