@@ -19,6 +19,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.infer_batch = 16            # patches per forward pass in validation and inference
   c.val_fraction = 0.25         # held-out patients for validation (repeated random sub-sampling)
   c.split_repeat = 0            # which random sub-sampling
+  c.label_fraction = 1.0        # fine-tuning: share of labelled training patients used (seeded)
   c.update(overrides)
   return c
 
@@ -49,4 +50,17 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
   c.val_overlap = 0.5            # sliding-window overlap used by validation
   c.update(overrides)
+  return c
+
+
+def stage(mode: str, data_cfg, model_cfg, train_cfg, seed: int = 0) -> config_dict.ConfigDict:
+  """The config a pretrain/finetune stage takes (what configs/pretrain.py returns), assembled
+  from blocks; used by composite modes (demo, experiment) to call the stages."""
+  c = config_dict.ConfigDict()
+  c.mode = mode
+  c.seed = seed
+  c.data = config_dict.ConfigDict(data_cfg.to_dict())
+  c.model = config_dict.ConfigDict(model_cfg.to_dict())
+  c.train = config_dict.ConfigDict(train_cfg.to_dict())
+  c.lock()
   return c

@@ -1,23 +1,73 @@
-"""`demo` mode: the whole method on the built-in synthetic cohort, printing where each output went."""
+"""`demo` mode: the whole method on the built-in synthetic cohort, printing where each output went
+and the final scores."""
+import json
 import os
 import time
 
 from absl import logging
 
+from msjax import config_base
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
+from msjax.evaluate import evaluate_mode
+from msjax.infer import predict
+from msjax.train import loop
 
 
 def run(config, workdir: str):
   t0 = time.time()
+  times = {}
   s = config.synthetic
   cohort_dir = os.path.join(workdir, "cohort")
   spec = synthetic.SyntheticSpec(n_ms=s.n_ms, n_non_ms=s.n_non_ms, n_test=s.n_test,
                                  shape=tuple(s.shape), spacing_mm=s.spacing_mm, seed=config.seed)
   cohort = synthetic.write_synthetic_cohort(cohort_dir, spec, log=logging.info)
-  rows = cohort_lib.inspect_cohort(cohort, patch_size=config.data.patch_size,
-                                   model_shape=tuple(config.data.model_shape) or None)
-  print(cohort_lib.format_inspect_table(rows))
-  print(f"[demo] cohort: {cohort_dir}/cohort.json ({len(cohort.exams)} exams), "
-        f"{time.time() - t0:.1f} s")
-  return {"cohort": cohort}
+  print(cohort_lib.format_inspect_table(cohort_lib.inspect_cohort(
+      cohort, patch_size=config.data.patch_size, model_shape=tuple(config.data.model_shape) or None)))
+  times["synthetic"] = time.time() - t0
+
+  data = config.data.to_dict()
+  data["cohort"] = cohort_dir
+  data = config_base.data(**data)
+  t = time.time()
+  pre_dir = os.path.join(workdir, "pretrain")
+  loop.train(config_base.stage("pretrain", data, config.model, config.pretrain, config.seed), pre_dir)
+  times["pretrain"] = time.time() - t
+
+  t = time.time()
+  ft = config.finetune.to_dict()
+  ft["init_from"] = pre_dir
+  ft_dir = os.path.join(workdir, "finetune")
+  loop.train(config_base.stage("finetune", data, config.model, config_base.train(**ft),
+                               config.seed), ft_dir)
+  times["finetune"] = time.time() - t
+
+  t = time.time()
+  p = config.predict
+  predictor = predict.Predictor(ft_dir, batch_size=p.batch_size)
+  test_exams = cohort.select(split="test")
+  pred_dir = os.path.join(workdir, "predict", "predictions")
+  predict.predict_cohort(predictor, test_exams, pred_dir, sampler=p.sampler, overlap=p.overlap,
+                         n_random=p.n_random, threshold=p.threshold, seed=config.seed)
+  times["predict"] = time.time() - t
+
+  t = time.time()
+  summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=test_exams)
+  eval_dir = os.path.join(workdir, "evaluate")
+  js, csv_path = evaluate_mode.write_summary(summary, eval_dir)
+  times["evaluate"] = time.time() - t
+  times["total"] = time.time() - t0
+  with open(os.path.join(workdir, "demo.json"), "w") as f:
+    json.dump({"times_s": times, "mean": summary["mean"]}, f, indent=1)
+  m = summary["mean"]
+  print("\n" + evaluate_mode.format_table(summary))
+  print(f"""
+[demo] done in {times['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items()
+                                                   if k != 'total')})
+  cohort       {cohort_dir}/cohort.json
+  pretraining  {pre_dir}/ (loss_curve.png, metrics.jsonl, checkpoints/)
+  fine-tuning  {ft_dir}/ (0CF; loss_curve.png, metrics.jsonl, best/)
+  predictions  {pred_dir}/<exam>/{{mask,probability,spread}}.nii.gz, predictions.csv
+  evaluation   {js}, {csv_path}
+  test exams: Dice {m['dice']:.3f}  sensitivity {m['sensitivity']:.3f}  precision {m['precision']:.3f}  lesion F1 {m['lesion_f1']:.3f}""")
+  return summary

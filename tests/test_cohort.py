@@ -138,3 +138,10 @@ def test_inspect_real_lesjak(tmp_path):
   assert abs(rows["patient07"]["lesion_ml"] - 1.3) < 0.05
   assert abs(rows["patient26"]["lesion_ml"] - 8.2) < 0.1
   assert rows["patient26"]["modalities"] == "T1W T1WKS T2W FLAIR -"
+
+
+def test_folder_of_one_exam_is_named_after_the_folder(tmp_path):
+  for name in ("FLAIR", "T1W"):
+    _touch_nifti(str(tmp_path / "subject_42" / f"{name}.nii.gz"))
+  c = cohort_lib.build_cohort(str(tmp_path / "subject_42"))
+  assert [e.exam_id for e in c.exams] == ["subject_42"] and c.exams[0].patient_id == "subject_42"

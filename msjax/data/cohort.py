@@ -252,7 +252,9 @@ def build_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
   exams = []
   for (rel_dir, prefix), roles in sorted(groups.items()):
     parts = [] if rel_dir == "." else rel_dir.split(os.sep)
-    patient = parts[0] if parts else (prefix.split("_")[0] if prefix else "exam")
+    # files at the top without a prefix: the folder holds one exam, named after the folder
+    top = os.path.basename(folder.rstrip(os.sep))
+    patient = parts[0] if parts else (prefix.split("_")[0] if prefix else top)
     exam_id = "_".join(parts + ([prefix] if prefix else [])) or patient
     for role, paths in roles.items():
       if len(paths) > 1:

@@ -57,6 +57,11 @@ def split_exams(cohort, task: str, config):
   patients = sorted({e.patient_id for e in pool})
   train_p, val_p = pipeline.split_patients(patients, config.data.val_fraction, config.seed,
                                            config.data.split_repeat)
+  if task == "segmentation" and config.data.label_fraction < 1.0:
+    # scarce labels: keep a seeded subset of the training patients (validation is unchanged)
+    rng = np.random.default_rng([config.seed, config.data.split_repeat, 104729])
+    n = max(1, int(round(config.data.label_fraction * len(train_p))))
+    train_p = sorted(rng.permutation(train_p)[:n].tolist())
   return [e for e in pool if e.patient_id in train_p], [e for e in pool if e.patient_id in val_p]
 
 

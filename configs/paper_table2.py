@@ -1,0 +1,39 @@
+"""The paper's experiment: pretrain once, fine-tune VAN/0CF/1CF/2CF/3CF/6CF over repeated random
+sub-samplings, evaluate on the test exams; writes Table 2 (md, csv) and Figure 4 (png).
+`--config.data.cohort=PATH` (needs exams with split "test"); `--config.label_fractions=0.25,0.5,1`
+repeats the grid with fewer labelled patients."""
+from ml_collections import config_dict
+
+from msjax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_dict.ConfigDict()
+  c.mode = "experiment"
+  c.seed = 0
+  c.strategies = "van,0,1,2,3,6"
+  c.repeats = 3
+  c.label_fractions = "1.0"
+  c.data = config_base.data()
+  c.model = config_base.model()
+  c.pretrain = config_base.train(steps=2000)
+  c.finetune = config_base.train(steps=2000)
+  c.predict = config_dict.ConfigDict(dict(sampler="sliding", overlap=0.5, n_random=150,
+                                          batch_size=16))
+  if variant == "smoke":  # synthetic cohort in <workdir>/cohort or --config.data.cohort
+    c.repeats = 1
+    c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1,
+                       lesion_fraction=0.5))
+    c.model.base_width = 4
+    c.pretrain.update(dict(steps=2, log_every=1, eval_every=0, checkpoint_every=2))
+    c.finetune.update(dict(steps=2, log_every=1, eval_every=0, checkpoint_every=2))
+    c.predict.batch_size = 8
+  elif variant == "synthetic":  # CPU-sized, on the synthetic cohort
+    c.data.update(dict(model_shape=(), patch_size=16, lesion_fraction=1 / 3))
+    c.model.base_width = 8
+    c.pretrain.update(dict(steps=100, log_every=20, eval_every=50, checkpoint_every=50))
+    c.finetune.update(dict(steps=200, log_every=25, eval_every=0, checkpoint_every=100))
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: smoke, synthetic)")
+  c.lock()
+  return c
