@@ -12,6 +12,7 @@ def get_config(variant: str = ""):
   c.data = config_base.data()
   c.model = config_base.model()
   c.train = config_base.train(steps=2000)
+  c.distributed = config_base.distributed()
   if variant == "smoke":
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
     c.model.base_width = 4

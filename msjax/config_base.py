@@ -9,7 +9,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.model_shape = (128, 128, 128)  # model grid; () = keep each exam's own grid
   c.patch_size = 32
   c.patches_per_exam = 12       # a batch = 12 patches of ONE exam (paper)
-  c.exams_per_batch = 1         # >1: several exams per step (one per device when data-parallel)
+  c.exams_per_batch = 1         # exams (groups of patches_per_exam) per device and step
   c.min_brain_fraction = 0.75
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
@@ -62,5 +62,18 @@ def stage(mode: str, data_cfg, model_cfg, train_cfg, seed: int = 0) -> config_di
   c.data = config_dict.ConfigDict(data_cfg.to_dict())
   c.model = config_dict.ConfigDict(model_cfg.to_dict())
   c.train = config_dict.ConfigDict(train_cfg.to_dict())
+  c.distributed = distributed()
   c.lock()
+  return c
+
+
+def distributed(**overrides) -> config_dict.ConfigDict:
+  """Multi-process set-up (msjax/parallel.py): off | auto (SLURM, Cloud TPU, JAX_COORDINATOR_*)
+  | explicit (the three fields below)."""
+  c = config_dict.ConfigDict()
+  c.mode = "auto"
+  c.coordinator_address = ""    # host:port of process 0
+  c.num_processes = 1
+  c.process_id = 0
+  c.update(overrides)
   return c

@@ -52,6 +52,9 @@ def setup_compilation_cache():
 def run_mode(config, workdir: str):
   if config.mode not in MODES:
     raise app.UsageError(f"unknown mode {config.mode!r}; known: {sorted(MODES)}")
+  if "distributed" in config:  # before any other JAX call
+    from msjax import parallel
+    parallel.initialize(config.distributed)
   module = importlib.import_module(MODES[config.mode])
   os.makedirs(workdir, exist_ok=True)
   return module.run(config, workdir)

@@ -29,6 +29,7 @@ class SamplerSpec:
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
   ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
   seed: int = 0
+  group_offset: int = 0            # multi-process: index of this process's first group
 
   @property
   def batch_size(self) -> int:
@@ -90,7 +91,9 @@ class PatchSource:
     index = int(index)
     batch, within = divmod(index, spec.batch_size)
     group, slot = divmod(within, spec.patches_per_exam)
-    exam_index, rater, keep = self.group_plan(batch, group)
+    # groups are seeded by their global index: the global batch does not depend on how many
+    # processes share it
+    exam_index, rater, keep = self.group_plan(batch, spec.group_offset + group)
     prep = self.prepared(self.exams[exam_index])
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
     corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion)

@@ -56,11 +56,20 @@ def find_checkpoint_dir(path: str) -> str:
   raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected <workdir>/checkpoints/<step>)")
 
 
-def restore_params(path: str):
-  """Params (as saved, no target structure needed) and meta of the latest checkpoint under path."""
+def restore_params(path: str, sharding=None):
+  """Params and meta of the latest checkpoint under path, onto this process's devices.
+
+  No target structure is needed: shapes and dtypes come from the checkpoint's metadata, so a
+  checkpoint written by N processes restores in one (and vice versa)."""
   directory = find_checkpoint_dir(path)
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  handlers = {"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_names=tuple(handlers), item_handlers=handlers) as m:
     step = m.latest_step()
-    r = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+    tree = m.item_metadata(step)["params"]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            tree)
+    r = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
                                                 meta=ocp.args.JsonRestore()))
   return r["params"], r["meta"], os.path.join(directory, str(step))

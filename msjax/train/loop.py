@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from msjax import parallel
 from msjax.data import cohort as cohort_lib
 from msjax.data import pipeline
 from msjax.infer import sliding_window
@@ -65,10 +66,14 @@ def split_exams(cohort, task: str, config):
   return [e for e in pool if e.patient_id in train_p], [e for e in pool if e.patient_id in val_p]
 
 
-def sampler_spec(config, task: str) -> pipeline.SamplerSpec:
+def sampler_spec(config, task: str, local_devices: int = 1, process_index: int = 0
+                 ) -> pipeline.SamplerSpec:
+  """This process's share of the global batch: exams_per_batch groups per local device."""
   d = config.data
+  local_groups = d.exams_per_batch * local_devices
   return pipeline.SamplerSpec(task=task, patch_size=d.patch_size,
-                              patches_per_exam=d.patches_per_exam, exams_per_batch=d.exams_per_batch,
+                              patches_per_exam=d.patches_per_exam, exams_per_batch=local_groups,
+                              group_offset=process_index * local_groups,
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
                               seed=config.seed)
@@ -79,7 +84,7 @@ class Validator:
   Position: MSE on a fixed set of held-out patches, beside the predict-the-mean baseline."""
 
   def __init__(self, config, task, exams, cache, predict):
-    self.task, self.exams, self.cache, self.predict = task, exams, cache, predict
+    self.task, self.exams, self.cache, self._predict = task, exams, cache, predict
     self.patch, self.batch = config.data.patch_size, config.data.infer_batch
     self.overlap = config.train.val_overlap
     if task == "position" and exams:
@@ -90,8 +95,9 @@ class Validator:
   def __call__(self, params) -> dict:
     if not self.exams:
       return {}
+    self.params = params
     if self.task == "position":
-      preds = np.concatenate([np.asarray(self.predict(params, b["image"])) for b in self.fixed])
+      preds = np.concatenate([self.predict(b["image"]) for b in self.fixed])
       target = np.concatenate([b["position"] for b in self.fixed])
       return {"val_mse": float(np.mean((preds - target) ** 2)),
               "val_baseline_mse": float(np.mean((target - target.mean(0)) ** 2))}
@@ -99,12 +105,17 @@ class Validator:
     for exam in self.exams:
       arrays = self.cache.get(exam)
       corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap)
-      pred = sliding_window.predict_volume(lambda x: self.predict(params, x), arrays.images,
-                                           corners, self.patch, self.batch)
+      pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
+                                           self.batch)
       p, r = (pred.probability >= 0.5) & (arrays.brain > 0), arrays.reference > 0
       denom = p.sum() + r.sum()
       dices.append(1.0 if denom == 0 else 2.0 * (p & r).sum() / denom)
     return {"val_dice": float(np.mean(dices))}
+
+  def predict(self, x):
+    """Every process runs the same replicated computation (a collective on a multi-host mesh)."""
+    out = self._predict(self.params, parallel.replicate(np.asarray(x), self.mesh))
+    return np.asarray(out.addressable_data(0))
 
 
 class _Preemption:
@@ -138,6 +149,8 @@ def _fmt_time(s: float) -> str:
 def train(config, workdir: str, task: str | None = None) -> dict:
   task = task or TASKS[config.mode]
   tc = config.train
+  main_process = parallel.is_main_process()
+  mesh = parallel.data_mesh()
   os.makedirs(workdir, exist_ok=True)
   cohort = resolve_cohort(config, workdir)
   train_exams, val_exams = split_exams(cohort, task, config)
@@ -154,17 +167,19 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   tx = optim.make_optimizer(tc, labels)
   train_step = steps.make_train_step(model, task, tx, labels)
   predict = steps.make_predict(model, task)
-  abstract = jax.eval_shape(lambda p: steps.init_state(p, tx), params)
+  abstract = parallel.abstract_replicated(
+      jax.eval_shape(lambda p: steps.init_state(p, tx), params), mesh)
 
   cache = cohort_lib.ExamCache(config.data.cache_exams, model_shape=model_shape(config),
                                patch_size=config.data.patch_size)
-  spec = sampler_spec(config, task)
+  spec = sampler_spec(config, task, jax.local_device_count(), jax.process_index())
   data_iter = pipeline.make_iterator(
       pipeline.make_dataset(train_exams, spec, cache, num_batches=tc.steps),
       num_threads=config.data.num_threads)
   validate = Validator(config, task, val_exams, cohort_lib.ExamCache(
       max(1, len(val_exams)), model_shape=model_shape(config), patch_size=config.data.patch_size),
       predict)
+  validate.mesh = mesh
 
   mngr = checkpoint.manager(workdir, keep=tc.keep_checkpoints)
   best = checkpoint.manager(workdir, best=True) if task == "segmentation" else None
@@ -173,6 +188,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   transfer_report = None
   if start is not None:  # 1. this workdir's latest checkpoint
     state, data_state, _ = checkpoint.restore(mngr, start, abstract)
+    state["step"] = parallel.replicate(np.int32(start), mesh)
     data_iter.set_state(data_state)
     logging.info("resumed from %s at step %d", mngr.directory, start)
   else:
@@ -182,18 +198,21 @@ def train(config, workdir: str, task: str | None = None) -> dict:
                          "encoder: set --config.train.init_from=<pretraining workdir> "
                          "(or --config.train.freeze=van)")
       params, transfer_report = transfer.transfer_from_checkpoint(params, tc.init_from)
-    state = steps.init_state(params, tx)  # 3. fresh (VAN / pretraining)
+    # 3. fresh (VAN / pretraining); built on the host, then one identical copy per device
+    state = parallel.replicate(jax.device_get(steps.init_state(params, tx)), mesh)
     start = 0
-  logging.info("%s: %s parameters, strategy %s, %d frozen leaves; batch %d = %d exam(s) x %d "
-               "patches of %d³; %d steps", task, f"{n_params:,}",
-               "pretrain" if task == "position" else optim.strategy_name(tc.freeze), len(frozen),
-               spec.batch_size, spec.exams_per_batch, spec.patches_per_exam, spec.patch_size,
-               tc.steps)
+  global_patches = spec.batch_size * jax.process_count()
+  logging.info("%s: %s parameters, strategy %s, %d frozen leaves; global batch %d = %d device(s) "
+               "x %d exam(s) x %d patches of %d³ (%d process(es)); %d steps", task,
+               f"{n_params:,}", "pretrain" if task == "position" else optim.strategy_name(tc.freeze),
+               len(frozen), global_patches, jax.device_count(), config.data.exams_per_batch,
+               spec.patches_per_exam, spec.patch_size, jax.process_count(), tc.steps)
 
   rng = jax.random.PRNGKey(config.seed)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, upto=start)
-  _write_history(metrics_path, history)
+  if main_process:
+    _write_history(metrics_path, history)
   t_start, step, last = time.time(), start, {}
   timed_steps, timed_time = 0, 0.0
 
@@ -203,11 +222,13 @@ def train(config, workdir: str, task: str | None = None) -> dict:
       checkpoint.save(best, step_now, state, data_iter.get_state(), dict(meta, step=step_now),
                       metrics={"val_dice": val["val_dice"]})
 
-  with _Preemption() as preempt, open(metrics_path, "a") as log_file:
+  log_file = open(metrics_path, "a") if main_process else None
+  with _Preemption() as preempt:
     while step < tc.steps:
       t0 = time.time()
-      batch = next(data_iter)
+      batch = parallel.global_batch(next(data_iter), mesh)
       state, m = train_step(state, batch, rng)
+      m = {k: parallel.host(v) for k, v in m.items()}
       loss = float(m["loss"])  # one host sync per step: keeps the log honest and catches NaNs
       dt = time.time() - t0
       if step > start:  # the first step includes compilation
@@ -228,36 +249,45 @@ def train(config, workdir: str, task: str | None = None) -> dict:
         val = validate(state["params"])
         record.update(val)
       if step % tc.log_every == 0 or step == tc.steps or val or step == start + 1:
-        rate = spec.batch_size * timed_steps / timed_time if timed_time else 0.0
+        rate = global_patches * timed_steps / timed_time if timed_time else 0.0
         eta = (tc.steps - step) * (timed_time / timed_steps) if timed_steps else 0.0
         record["patches_per_s"] = rate
         extra = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
                           if k in ("batch_dice", "val_dice", "val_mse", "val_baseline_mse"))
-        logging.info("step %d/%d  loss %.4f  %s  %.1f patches/s  ETA %s", step, tc.steps, loss,
-                     extra, rate, _fmt_time(eta))
-      log_file.write(json.dumps(record) + "\n")
-      log_file.flush()
+        if main_process:
+          logging.info("step %d/%d  loss %.4f  %s  %.1f patches/s  ETA %s", step, tc.steps,
+                       loss, extra, rate, _fmt_time(eta))
+      if log_file:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
       history.append(record)
       last = record
-      if step % tc.checkpoint_every == 0 or step == tc.steps or val or preempt.requested:
+      stop = parallel.any_process(preempt.requested)  # every process stops at the same step
+      if step % tc.checkpoint_every == 0 or step == tc.steps or val or stop:
         save(step, val)
-      if preempt.requested:
+      if stop:
         break
+  if log_file:
+    log_file.close()
   mngr.wait_until_finished()
   if best is not None:
     best.wait_until_finished()
-  png = plots.loss_curve(history, os.path.join(workdir, "loss_curve.png"), task)
+  png = os.path.join(workdir, "loss_curve.png")
+  if main_process:
+    plots.loss_curve(history, png, task)
   summary = {"task": task, "workdir": os.path.abspath(workdir), "steps": step,
              "stopped_early": step < tc.steps, "final": last, "loss_curve": png,
              "checkpoints": mngr.directory.as_posix() if hasattr(mngr.directory, "as_posix")
              else str(mngr.directory), "wall_s": round(time.time() - t_start, 1),
              "transfer": transfer_report and {k: len(v) for k, v in transfer_report.items()},
              "frozen": frozen}
-  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
   mngr.close()
   if best is not None:
     best.close()
+  if not main_process:
+    return summary
+  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
   print(f"[{config.mode}] {step} steps in {summary['wall_s']} s; final "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "lr"))
         + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {metrics_path}\n  plot: {png}")

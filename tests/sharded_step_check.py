@@ -1,0 +1,50 @@
+"""Run by tests/test_parallel.py in a subprocess with 8 fake CPU devices: one data-parallel step
+must equal the single-device step on the same global batch."""
+import json
+import sys
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from msjax import config_base, parallel
+from msjax.models import isensee
+from msjax.train import optim, steps
+
+assert jax.device_count() == 8, jax.devices()
+model_cfg = config_base.model(base_width=4, dropout=0.0)
+model = steps.Model(isensee.constructor("segmentation", model_cfg))
+params = model.init_params()
+labels, _ = optim.freeze_labels(params, 1, log=False)
+# SGD with lr 1: the update IS the gradient, so this compares gradients. (Adam's first update is
+# ~lr·sign(g): leaves whose exact gradient is 0, e.g. conv biases feeding an instance norm, get
+# noise signs either way.)
+tx = optax.partition({optim.TRAINABLE: optax.sgd(1.0), optim.FROZEN: optax.set_to_zero()}, labels)
+rng = np.random.default_rng(0)
+batch = {"image": rng.standard_normal((16, 16, 16, 16, 5)).astype(np.float32),
+         "mask": (rng.random((16, 16, 16, 16, 1)) > 0.9).astype(np.float32)}
+key = jax.random.PRNGKey(0)
+host_state = jax.device_get(steps.init_state(params, tx))
+
+single = jax.device_put(host_state, jax.devices()[0])
+single, m1 = steps.make_train_step(model, "segmentation", tx, labels)(
+    single, jax.device_put(batch, jax.devices()[0]), key)
+
+mesh = parallel.data_mesh()
+sharded = parallel.replicate(host_state, mesh)
+gbatch = parallel.global_batch(batch, mesh)
+spec = gbatch["image"].sharding.spec
+shards = {s.data.shape for s in gbatch["image"].addressable_shards}
+sharded, m8 = steps.make_train_step(model, "segmentation", tx, labels)(sharded, gbatch, key)
+
+updates_1 = jax.tree.map(lambda n, o: np.asarray(n) - o, single["params"], host_state["params"])
+updates_8 = jax.tree.map(lambda n, o: np.asarray(n) - o, sharded["params"], host_state["params"])
+scale = max(float(np.abs(u).max()) for u in jax.tree.leaves(updates_1))
+rel = max(float(np.abs(a - b).max()) for a, b in
+          zip(jax.tree.leaves(updates_1), jax.tree.leaves(updates_8))) / scale
+json.dump({"rel_params": rel, "loss_single": float(m1["loss"]), "loss_sharded": float(m8["loss"]),
+           "spec": str(spec), "shard_shapes": sorted(map(list, shards)),
+           "n_devices": len(gbatch["image"].sharding.device_set),
+           "params_sharding": str(sharded["params"]["decoder"]["seg1"]["kernel"].sharding.spec)},
+          sys.stdout)
