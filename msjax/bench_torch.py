@@ -1,0 +1,92 @@
+"""PyTorch reference of exactly the msjax network (layer for layer, same parameter count), for the
+benchmark only (optional `bench` extra). Channels-first, as PyTorch runs it fastest on CPU."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LEVELS = 5
+
+
+def _norm(c):
+  return nn.InstanceNorm3d(c, affine=True, eps=1e-5)
+
+
+def _act():
+  return nn.LeakyReLU(0.01)
+
+
+class Encoder(nn.Module):
+  def __init__(self, c_in=5, base=16, dropout=0.3):
+    super().__init__()
+    w = [base * 2 ** i for i in range(LEVELS)]
+    self.levels = nn.ModuleList()
+    for level in range(LEVELS):
+      cin = c_in if level == 0 else w[level - 1]
+      c = w[level]
+      self.levels.append(nn.ModuleDict(dict(
+          pre=nn.Identity() if level == 0 else nn.Sequential(_norm(cin), _act()),
+          conv_a=nn.Conv3d(cin, c, 3, stride=1 if level == 0 else 2, padding=1),
+          ctx=nn.Sequential(_norm(c), _act(), nn.Conv3d(c, c, 3, padding=1), nn.Dropout(dropout),
+                            _norm(c), _act(), nn.Conv3d(c, c, 3, padding=1)))))
+
+  def forward(self, x):
+    skips = []
+    for lv in self.levels:
+      r = lv["conv_a"](lv["pre"](x))
+      x = r + lv["ctx"](r)
+      skips.append(x)
+    return skips
+
+
+class SegmentationNet(nn.Module):
+  def __init__(self, c_in=5, base=16, dropout=0.3):
+    super().__init__()
+    w = [base * 2 ** i for i in range(LEVELS)]
+    self.encoder = Encoder(c_in, base, dropout)
+    self.up = nn.ModuleDict()
+    self.loc = nn.ModuleDict()
+    self.seg = nn.ModuleDict()
+    for level in (4, 3, 2, 1):
+      f = w[level - 1]
+      self.up[str(level)] = nn.Sequential(_norm(w[level]), _act(), nn.Upsample(scale_factor=2),
+                                          nn.Conv3d(w[level], f, 3, padding=1))
+      layers = [_norm(2 * f), _act(), nn.Conv3d(2 * f, 2 * f, 3, padding=1)]
+      self.loc[str(level)] = nn.Sequential(*layers)
+      if level > 1:
+        self.loc[f"{level}b"] = nn.Sequential(_norm(2 * f), _act(), nn.Conv3d(2 * f, f, 1))
+      if level <= 3:
+        self.seg[str(level)] = nn.Conv3d(2 * f, 1, 1)
+    self.up2 = nn.Upsample(scale_factor=2)
+
+  def forward(self, x):
+    skips = self.encoder(x)
+    x = skips[-1]
+    seg = {}
+    for level in (4, 3, 2, 1):
+      x = torch.cat([skips[level - 1], self.up[str(level)](x)], dim=1)
+      a = self.loc[str(level)](x)
+      if level <= 3:
+        seg[level] = self.seg[str(level)](a)
+      if level > 1:
+        x = self.loc[f"{level}b"](a)
+    return seg[1] + self.up2(seg[2] + self.up2(seg[3]))
+
+
+class PositionRegressor(nn.Module):
+  def __init__(self, c_in=5, base=16, dropout=0.3):
+    super().__init__()
+    self.encoder = Encoder(c_in, base, dropout)
+    self.head = nn.Linear(base * 2 ** (LEVELS - 1), 3)
+
+  def forward(self, x):
+    return 0.5 + self.head(self.encoder(x)[-1].mean(dim=(2, 3, 4)))
+
+
+def soft_dice_loss(logits, target, smooth=1.0):
+  p = torch.sigmoid(logits)
+  return 1 - (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+
+
+def n_params(model) -> int:
+  return sum(p.numel() for p in model.parameters())
