@@ -41,6 +41,8 @@ class Exam:
   consensus: str | None = None     # consensus lesion mask (evaluation reference)
   brain_mask: str | None = None
   split: str = "train"
+  # set by the preprocessing: {"reference": raw FLAIR, "transform": ITK transform MNI -> native}
+  native: dict | None = None
 
   @property
   def labelled(self) -> bool:
@@ -131,7 +133,8 @@ def _exam_from_json(d: dict, root: str, where: str) -> Exam:
               images={m: path(images[m]) for m in MODALITIES if m in images},
               raters=tuple(path(p) for p in d.get("raters", [])),
               consensus=path(d["consensus"]) if d.get("consensus") else None,
-              brain_mask=path(d["brain_mask"]) if d.get("brain_mask") else None)
+              brain_mask=path(d["brain_mask"]) if d.get("brain_mask") else None,
+              native={k: path(v) for k, v in d["native"].items()} if d.get("native") else None)
 
 
 def load_cohort(path: str) -> Cohort:
@@ -172,7 +175,8 @@ def cohort_to_json(cohort: Cohort, base: str | None = None) -> dict:
     exams.append({"exam_id": e.exam_id, "patient_id": e.patient_id, "ms": e.ms, "split": e.split,
                   "images": {m: rel(p) for m, p in e.images.items()},
                   "raters": [rel(p) for p in e.raters], "consensus": rel(e.consensus),
-                  "brain_mask": rel(e.brain_mask)})
+                  "brain_mask": rel(e.brain_mask),
+                  **({"native": {k: rel(v) for k, v in e.native.items()}} if e.native else {})})
   return {"version": 1, "modalities": list(MODALITIES), "exams": exams}
 
 

@@ -89,19 +89,32 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="slidin
     arrays = cohort_lib.load_exam(exam, model_shape=predictor.model_shape,
                                   patch_size=predictor.patch)
     pred, n_patches = predictor.predict_exam(arrays, sampler, overlap, n_random, seed)
-    prob = to_native(arrays, pred.probability)
-    spread = to_native(arrays, pred.spread)
-    mask = (prob >= threshold).astype(np.uint8)
-    grid = arrays.native_grid
     d = os.path.join(out_dir, exam.exam_id)
-    paths = {
-        "mask": nifti.write_in_source_space(mask, grid, os.path.join(d, "mask.nii.gz"), np.uint8),
-        "probability": nifti.write_in_source_space(prob, grid, os.path.join(d, "probability.nii.gz")),
-        "spread": nifti.write_in_source_space(spread, grid, os.path.join(d, "spread.nii.gz")),
-    }
-    _, ids = metrics.lesions(mask, grid.voxel_ml * 1000)
+    if exam.native:
+      # a preprocessed exam: back through the inverse MNI registration to the raw FLAIR's space
+      from msjax.preprocess import native as native_lib
+      prob, affine = native_lib.to_native(
+          nifti.resample_box(pred.probability, arrays.native_grid.shape), arrays.native_grid,
+          exam.native)
+      spread, _ = native_lib.to_native(
+          nifti.resample_box(pred.spread, arrays.native_grid.shape), arrays.native_grid,
+          exam.native)
+      write = lambda a, name, dt=np.float32: nifti.write_nifti(a, affine, os.path.join(d, name), dt)  # noqa: E731
+      voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000
+    else:
+      prob = to_native(arrays, pred.probability)
+      spread = to_native(arrays, pred.spread)
+      grid = arrays.native_grid
+      write = lambda a, name, dt=np.float32: nifti.write_in_source_space(  # noqa: E731
+          a, grid, os.path.join(d, name), dt)
+      voxel_ml = grid.voxel_ml
+    mask = (prob >= threshold).astype(np.uint8)
+    paths = {"mask": write(mask, "mask.nii.gz", np.uint8),
+             "probability": write(prob, "probability.nii.gz"),
+             "spread": write(spread, "spread.nii.gz")}
+    _, ids = metrics.lesions(mask, voxel_ml * 1000)
     row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),
-           "volume_ml": round(float(mask.sum()) * grid.voxel_ml, 4), "patches": n_patches,
+           "volume_ml": round(float(mask.sum()) * voxel_ml, 4), "patches": n_patches,
            "sampler": sampler, "seconds": round(time.time() - t0, 2), **paths}
     rows.append(row)
     log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "

