@@ -52,13 +52,19 @@ def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> d
   for role, kind, path in exam.all_paths():  # the data layer's validation, file by file
     nifti.read_nifti(path, kind=kind)
   t0, times = time.time(), {}
+
+  def progress(step):
+    logging.info("[preprocess] %s: %s (%.0f s so far)", exam.exam_id, step, time.time() - t0)
+
   raw = {m: sitk.ReadImage(p, sitk.sitkFloat32) for m, p in exam.images.items()}
   flair_native = raw["FLAIR"]
   imgs = dict(raw)
   if options.n4:
+    progress("N4 bias-field correction")
     t = time.time()
     imgs = {m: steps.n4(img, iterations=options.n4_iterations) for m, img in imgs.items()}
     times["n4"] = time.time() - t
+  progress("co-registration to FLAIR")
   t = time.time()
   coreg = {}
   for m, img in list(imgs.items()):
@@ -80,6 +86,7 @@ def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> d
     imgs[m] = steps.resample(img, imgs["FLAIR"], tfm)
   times["coregistration"] = time.time() - t
 
+  progress("brain extraction")
   t = time.time()
   if exam.brain_mask:
     brain = sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
@@ -91,6 +98,7 @@ def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> d
                       sitk.sitkUInt8)
   times["skull_strip"] = time.time() - t
 
+  progress("MNI registration")
   t = time.time()
   ref = grid_lib.reference_image()
   if options.mni:
@@ -101,6 +109,7 @@ def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> d
     to_mni = sitk.Transform()
   times["mni_registration"] = time.time() - t
 
+  progress("resampling onto the 128³ MNI grid")
   t = time.time()
   affine = grid_lib.box_affine()
   brain128 = grid_lib.to_numpy(steps.resample(sitk.Cast(brain, sitk.sitkFloat32), ref, to_mni)) >= 0.5
