@@ -45,7 +45,7 @@ def lesions(mask: np.ndarray, voxel_mm3: float, min_mm3: float = MIN_LESION_MM3)
   return labels, keep
 
 
-def _detected(target_labels, target_ids, other_labels, other_ids, other_mask,
+def _detected(target_labels, target_ids, other_labels, other_ids,
               alpha=ALPHA, beta=BETA, gamma=GAMMA) -> int:
   """How many components of `target` are detected by `other` under the α/β/γ rule."""
   other_sizes = np.bincount(other_labels.ravel(), minlength=other_labels.max() + 1)
@@ -71,15 +71,14 @@ def _detected(target_labels, target_ids, other_labels, other_ids, other_mask,
         break
       cumulative += c
     count += ok
-  del other_mask
   return count
 
 
 def lesion_metrics(pred: np.ndarray, ref: np.ndarray, voxel_mm3: float) -> dict:
   ref_labels, ref_ids = lesions(ref, voxel_mm3)
   pred_labels, pred_ids = lesions(pred, voxel_mm3)
-  detected = _detected(ref_labels, ref_ids, pred_labels, pred_ids, pred)
-  confirmed = _detected(pred_labels, pred_ids, ref_labels, ref_ids, ref)
+  detected = _detected(ref_labels, ref_ids, pred_labels, pred_ids)
+  confirmed = _detected(pred_labels, pred_ids, ref_labels, ref_ids)
   sens = 1.0 if not ref_ids else detected / len(ref_ids)
   prec = 1.0 if not pred_ids else confirmed / len(pred_ids)
   f1 = 0.0 if sens + prec == 0 else 2 * sens * prec / (sens + prec)
