@@ -1,12 +1,11 @@
 """`demo` mode: the whole method on the built-in synthetic cohort, printing where each output went
 and the final scores."""
-import json
 import os
 import time
 
 from absl import logging
 
-from msjax import config_base
+from msjax import config_base, files
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.evaluate import evaluate_mode
@@ -57,8 +56,7 @@ def run(config, workdir: str):
   js, csv_path = evaluate_mode.write_summary(summary, eval_dir)
   times["evaluate"] = time.time() - t
   times["total"] = time.time() - t0
-  with open(os.path.join(workdir, "demo.json"), "w") as f:
-    json.dump({"times_s": times, "mean": summary["mean"]}, f, indent=1)
+  files.write_json({"times_s": times, "mean": summary["mean"]}, os.path.join(workdir, "demo.json"))
   m = summary["mean"]
   print("\n" + evaluate_mode.format_table(summary))
   print(f"""

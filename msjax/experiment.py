@@ -8,15 +8,13 @@ several label fractions, dice_vs_fraction.png.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 
 import numpy as np
 from absl import logging
 
-from msjax import config_base
+from msjax import config_base, files
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import evaluate_mode
 from msjax.infer import predict
@@ -87,9 +85,9 @@ def write_outputs(rows, strategies, fractions, workdir: str) -> dict:
   full = max(fractions)
   t = table(rows, strategies, full)
   results_csv = os.path.join(workdir, "results.csv")
-  _write_csv(results_csv, rows)
+  files.write_csv(rows, results_csv)
   table_csv = os.path.join(workdir, "table2.csv")
-  _write_csv(table_csv, t)
+  files.write_csv(t, table_csv)
   md = [f"Table 2 (label fraction {full:g}; mean over test exams and repeats, %; paper values "
         "on MSSEG-2016 for reference)", "",
         "| strategy | Dice | Sensitivity | Precision | Lesion F1 | n | paper Dice / Sens / Prec |",
@@ -99,25 +97,14 @@ def write_outputs(rows, strategies, fractions, workdir: str) -> dict:
     md.append(f"| {r['strategy']} | {r['dice']:.2f} | {r['sensitivity']:.2f} | "
               f"{r['precision']:.2f} | {r['lesion_f1']:.2f} | {r['n']} | "
               + (" / ".join(f"{v:.2f}" for v in paper) if paper else "-") + " |")
-  table_md = os.path.join(workdir, "table2.md")
-  with open(table_md, "w") as f:
-    f.write("\n".join(md) + "\n")
+  table_md = files.write_text("\n".join(md) + "\n", os.path.join(workdir, "table2.md"))
   out = {"table_md": table_md, "table_csv": table_csv, "results_csv": results_csv,
          "figure4": figure4(rows, strategies, full, os.path.join(workdir, "figure4.png"))}
   if len(fractions) > 1:
     out["dice_vs_fraction"] = fraction_plot(rows, strategies, fractions,
                                             os.path.join(workdir, "dice_vs_fraction.png"))
-  with open(os.path.join(workdir, "experiment.json"), "w") as f:
-    json.dump({"table": t, "outputs": out}, f, indent=1)
+  files.write_json({"table": t, "outputs": out}, os.path.join(workdir, "experiment.json"))
   return out
-
-
-def _write_csv(path, rows):
-  with open(path + ".tmp", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(path + ".tmp", path)
 
 
 def figure4(rows, strategies, fraction, path):

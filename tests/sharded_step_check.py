@@ -6,7 +6,6 @@ import sys
 import jax
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from msjax import config_base, parallel
 from msjax.models import isensee

@@ -1,5 +1,4 @@
 """Reading, validation (one test per bad-input case), reorientation and resampling."""
-import gzip
 import json
 import os
 

@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from conftest import ROOT
 from msjax.train import checkpoint, rules
@@ -109,7 +108,7 @@ def test_sigterm_saves_and_resumes(tiny_cohort, tmp_path):
   r = subprocess.run(_train_cmd(tiny_cohort.root, tmp_path, stopped + 2), cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resumed from" in r.stderr and f"at step {stopped}" in r.stderr
+  assert "resumed from" in r.stderr and f"at step {stopped}" in r.stderr
   rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == list(range(1, stopped + 3))
 

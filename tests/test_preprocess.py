@@ -1,5 +1,4 @@
 """Preprocessing (optional extra): grid, Nyúl, native round trip, and one real raw exam."""
-import json
 import os
 
 import nibabel as nib

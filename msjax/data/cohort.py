@@ -22,6 +22,7 @@ import threading
 
 import numpy as np
 
+from msjax import files
 from msjax.data import nifti
 from msjax.data.nifti import InvalidInputError
 
@@ -182,11 +183,7 @@ def cohort_to_json(cohort: Cohort, base: str | None = None) -> dict:
 
 def save_cohort(cohort: Cohort, path: str | None = None) -> str:
   path = path or os.path.join(cohort.root, MANIFEST_NAME)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(cohort_to_json(cohort, os.path.dirname(os.path.abspath(path))), f, indent=1)
-  os.replace(tmp, path)
-  return path
+  return files.write_json(cohort_to_json(cohort, os.path.dirname(os.path.abspath(path))), path)
 
 
 # ---- building a manifest from file names -------------------------------------------------------

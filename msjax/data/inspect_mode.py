@@ -1,7 +1,7 @@
 """`inspect` mode: validate a cohort, print one row per exam, write inspect.json."""
-import json
 import os
 
+from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data.nifti import InvalidInputError
 
@@ -17,10 +17,7 @@ def run(config, workdir: str):
   rows = cohort_lib.inspect_cohort(cohort, patch_size=config.patch_size,
                                    model_shape=tuple(config.model_shape) or None)
   print(cohort_lib.format_inspect_table(rows))
-  out = os.path.join(workdir, "inspect.json")
-  with open(out + ".tmp", "w") as f:
-    json.dump(rows, f, indent=1)
-  os.replace(out + ".tmp", out)
+  out = files.write_json(rows, os.path.join(workdir, "inspect.json"))
   bad = [r["exam"] for r in rows if r["problems"]]
   print(f"{len(rows)} exams, {len(bad)} with problems; table written to {out}")
   if bad:

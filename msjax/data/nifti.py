@@ -12,7 +12,6 @@ import tempfile
 import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
-from scipy import ndimage
 
 CANONICAL = ("R", "A", "S")
 

@@ -5,13 +5,12 @@ Writes `summary.json` (per exam + mean) and `metrics.csv` in the workdir.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 
 import numpy as np
 from absl import logging
 
+from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
 from msjax.evaluate import metrics
@@ -71,19 +70,8 @@ def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) ->
 
 
 def write_summary(summary: dict, workdir: str) -> tuple[str, str]:
-  os.makedirs(workdir, exist_ok=True)
-  js = os.path.join(workdir, "summary.json")
-  with open(js + ".tmp", "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(js + ".tmp", js)
-  path = os.path.join(workdir, "metrics.csv")
-  fields = list(dict.fromkeys(k for r in summary["exams"] for k in r))
-  with open(path + ".tmp", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
-    w.writerows(summary["exams"])
-  os.replace(path + ".tmp", path)
-  return js, path
+  js = files.write_json(summary, os.path.join(workdir, "summary.json"))
+  return js, files.write_csv(summary["exams"], os.path.join(workdir, "metrics.csv"))
 
 
 def format_table(summary: dict) -> str:

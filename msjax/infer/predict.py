@@ -7,8 +7,6 @@ paper's N = 150 random patches in the brain, plain averaging, uncovered voxels n
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 
@@ -17,6 +15,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
+from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
 from msjax.evaluate import metrics
@@ -119,12 +118,7 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="slidin
     rows.append(row)
     log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
         f"{row['volume_ml']:.2f} mL, {n_patches} patches, {row['seconds']:.1f} s -> {d}")
-  csv_path = os.path.join(out_dir, "predictions.csv")
-  with open(csv_path + ".tmp", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["exam_id"])
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(csv_path + ".tmp", csv_path)
+  files.write_csv(rows, os.path.join(out_dir, "predictions.csv"))
   return rows
 
 
@@ -143,8 +137,8 @@ def run(config, workdir: str):
   rows = predict_cohort(predictor, exams, out_dir, sampler=config.sampler,
                         overlap=config.overlap, n_random=config.n_random,
                         threshold=config.threshold, seed=config.seed)
-  with open(os.path.join(out_dir, "predict.json"), "w") as f:
-    json.dump({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows}, f, indent=1)
+  files.write_json({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows},
+                   os.path.join(out_dir, "predict.json"))
   print(f"[predict] {len(rows)} exam(s) from {predictor.where}: masks, probabilities and spread "
         f"maps in {out_dir}/<exam>/, table {out_dir}/predictions.csv")
   return rows

@@ -19,6 +19,7 @@ import traceback
 import numpy as np
 from absl import logging
 
+from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
 
@@ -191,7 +192,7 @@ def standardise(records: list[dict], landmarks_path: str, fit_on: list[str] | No
       for m, p in r["images"].items():
         samples.setdefault(m, []).append(nifti.read_nifti(p).data[brain])
     standard = steps.fit_nyul(samples)
-    steps.save_json(standard, out_path)
+    files.write_json(standard, out_path)
   for r in records:
     brain_vol = nifti.read_nifti(r["brain_mask"], kind="mask")
     for m, p in r["images"].items():
@@ -250,8 +251,7 @@ def run(config, workdir: str):
   if records:
     cohort_lib.save_cohort(cohort)
   summary = {"exams": records, "failures": failures, "wall_s": round(time.time() - t0, 1)}
-  with open(os.path.join(workdir, "preprocess_summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  files.write_json(summary, os.path.join(workdir, "preprocess_summary.json"))
   print(f"[preprocess] {len(records)}/{len(exams)} exam(s) in {summary['wall_s']} s -> "
         f"{out_root}/cohort.json; QC figures in {out_root}/<exam>/qc.png")
   for r in records:

@@ -8,7 +8,6 @@ histogram standardisation with landmarks learned by `fit_nyul`.
 from __future__ import annotations
 
 import functools
-import json
 
 import numpy as np
 import SimpleITK as sitk
@@ -182,9 +181,3 @@ def apply_nyul(image: np.ndarray, brain: np.ndarray, standard: list[float]) -> n
   out[hi] = std[-1] + (image[hi] - lm[-1]) * (std[-1] - std[-2]) / max(lm[-1] - lm[-2], 1e-6)
   return np.where(brain > 0, out, 0).astype(np.float32)
 
-
-def save_json(obj, path):
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1)
-  import os
-  os.replace(path + ".tmp", path)

@@ -15,9 +15,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from msjax import parallel
+from msjax import files, parallel
 from msjax.data import cohort as cohort_lib
 from msjax.data import pipeline
+from msjax.evaluate import metrics
 from msjax.infer import sliding_window
 from msjax.models import isensee
 from msjax.train import checkpoint, optim, plots, steps, transfer
@@ -107,9 +108,8 @@ class Validator:
       corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap)
       pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
                                            self.batch)
-      p, r = (pred.probability >= 0.5) & (arrays.brain > 0), arrays.reference > 0
-      denom = p.sum() + r.sum()
-      dices.append(1.0 if denom == 0 else 2.0 * (p & r).sum() / denom)
+      p = (pred.probability >= 0.5) & (arrays.brain > 0)
+      dices.append(metrics.voxel_metrics(p, arrays.reference)["dice"])
     return {"val_dice": float(np.mean(dices))}
 
   def predict(self, x):
@@ -208,6 +208,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
                spec.patches_per_exam, spec.patch_size, jax.process_count(), tc.steps)
 
   rng = jax.random.PRNGKey(config.seed)
+  schedule = optim.learning_rate(tc)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, upto=start)
   if main_process:
@@ -239,7 +240,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
             f"non-finite loss ({loss}) or gradient at step {step}; the update was not applied and "
             f"the last good state is saved in {mngr.directory}/{step}")
       step += 1
-      record = {"step": step, "loss": loss, "lr": float(optim.learning_rate(tc)(step)),
+      record = {"step": step, "loss": loss, "lr": float(schedule(step)),
                 "grad_norm": float(m["grad_norm"])}
       if "dice" in m:
         record["batch_dice"] = float(m["dice"])
@@ -285,8 +286,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
     best.close()
   if not main_process:
     return summary
-  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  files.write_json(summary, os.path.join(workdir, "train_summary.json"))
   print(f"[{config.mode}] {step} steps in {summary['wall_s']} s; final "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "lr"))
         + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {metrics_path}\n  plot: {png}")
@@ -303,10 +303,7 @@ def _read_history(path: str, upto: int) -> list[dict]:
 
 def _write_history(path: str, rows: list[dict]) -> None:
   """Rewrites the log up to the resumed step, so a resumed run does not duplicate lines."""
-  with open(path + ".tmp", "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_text("".join(json.dumps(r) + "\n" for r in rows), path)
 
 
 def run(config, workdir: str):
