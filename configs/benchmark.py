@@ -12,7 +12,7 @@ def get_config(variant: str = ""):
   c.batch_size = 12          # train steps
   c.infer_batch = 12         # inference forward
   c.dtype = "float32"        # or bfloat16 (params and loss stay float32)
-  c.conv_impls = "fold,xla"  # the first is the headline; the others are timed beside it
+  c.conv_impls = "onednn,fold"  # the first is the headline; the others are timed beside it (+xla)
   c.warmup = 1
   c.repeats = 3
   c.matmul_size = 2048
@@ -23,7 +23,7 @@ def get_config(variant: str = ""):
   if variant == "smoke":
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training
     c.base_width, c.patch_size, c.batch_size, c.infer_batch = 4, 32, 2, 2
-    c.conv_impls, c.warmup, c.repeats, c.matmul_size = "fold", 0, 2, 256
+    c.conv_impls, c.warmup, c.repeats, c.matmul_size = "onednn", 0, 2, 256
     c.volume_shape = (48, 48, 48)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (known: smoke)")

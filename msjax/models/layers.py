@@ -75,7 +75,31 @@ def conv3d_fast(x, w, stride: int):
   return conv3d_fold(x, w)
 
 
-CONV_IMPLS: dict[str, Callable] = {"xla": conv3d_xla, "fold": conv3d_fast}
+def conv3d_onednn(x, w, stride: int):
+  """oneDNN custom calls on CPU (msjax/ops/onednn.py); XLA's convolution on GPU/TPU. Falls back
+  to the "fold" formulation, with a warning naming the reason, when the extension is unavailable."""
+  from msjax.ops import onednn
+  if x.dtype != jnp.float32:  # the extension is float32; bfloat16 takes the fold path
+    return conv3d_fast(x, w, stride)
+  ok, why = onednn.available()
+  if not ok:
+    _warn_once(f"conv_impl='onednn' unavailable ({why.splitlines()[0]}); using 'fold'")
+    return conv3d_fast(x, w, stride)
+  return onednn.conv3d(x, w, stride)
+
+
+_warned: set = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    from absl import logging
+    logging.warning(message)
+
+
+CONV_IMPLS: dict[str, Callable] = {"xla": conv3d_xla, "fold": conv3d_fast,
+                                   "onednn": conv3d_onednn}
 
 
 def register_conv_impl(name: str, fn: Callable) -> None:

@@ -77,6 +77,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               group_offset=process_index * local_groups,
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
+                              augment=d.augment,
                               seed=config.seed)
 
 

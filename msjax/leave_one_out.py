@@ -1,0 +1,234 @@
+"""`leave_one_out` mode: the whole method on real scans, one labelled patient left out at a time.
+
+1. preprocess: raw, unlabelled exams (`unlabelled_raw`) -> the 128³ MNI grid (skipped when an
+   earlier run of this workdir finished it);
+2. pretrain: position regression on every scan there is, labelled and unlabelled (no label is
+   read; scans of the patients left out later are in it too, as at a hospital, where the scan to
+   segment is there before anyone labels it);
+3. per fold (one labelled patient P left out): fine-tune each strategy on the other labelled
+   patients, predict P in its original space, score it against P's consensus; fit a FLAIR
+   threshold on the same training patients, apply it to P, score it with the same code;
+4. results.md / results.csv, scores.png, slices_<P>.png, leave_one_out.json (with stage times).
+
+Every stage resumes: finished training runs are not repeated when the command is run again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from msjax import config_base, files
+from msjax.data import cohort as cohort_lib
+from msjax.evaluate import baseline, evaluate_mode, figures
+from msjax.infer import predict
+from msjax.train import loop, optim, plots
+
+MEASURES = (("dice", "Dice"), ("sensitivity", "Sensitivity"), ("precision", "Precision"),
+            ("lesion_f1", "Lesion F1"))
+BASELINE = "FLAIR threshold"
+KEEP = ("dice", "sensitivity", "precision", "lesion_f1", "lesion_sensitivity",
+        "lesion_precision", "pred_volume_ml", "ref_volume_ml", "hd95_mm")
+
+
+def _parse_list(text) -> list[str]:
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _existing(path: str, what: str) -> str:
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise cohort_lib.InvalidInputError(f"{path}: the {what} folder does not exist (set "
+                                       f"--config.{what}=PATH)")
+  return path
+
+
+def preprocess_raw(config, workdir: str) -> list[cohort_lib.Exam]:
+  """Raw exams -> <workdir>/preprocessed/cohort; reused when a previous run completed it."""
+  from msjax.preprocess import run as preprocess_run  # needs the [preprocess] extra
+  out = os.path.join(workdir, "preprocessed")
+  manifest = os.path.join(out, "cohort", cohort_lib.MANIFEST_NAME)
+  raw = cohort_lib.load_cohort(_existing(config.unlabelled_raw, "unlabelled_raw"))
+  if os.path.exists(manifest):
+    done = cohort_lib.load_cohort(manifest)
+    if {e.exam_id for e in done.exams} == {e.exam_id for e in raw.exams}:
+      logging.info("[leave_one_out] reusing the preprocessed exams in %s", manifest)
+      return list(done.exams)
+  pc = config_base.preprocess(**dict(config.preprocess.to_dict(), input=raw.root))
+  summary = preprocess_run.run(pc, out)
+  if summary["failures"]:
+    raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} exam(s); see "
+                       f"{out}/preprocess_summary.json")
+  return list(cohort_lib.load_cohort(manifest).exams)
+
+
+def write_manifest(exams, path: str) -> str:
+  ids = [e.exam_id for e in exams]
+  dup = sorted({i for i in ids if ids.count(i) > 1})
+  if dup:
+    raise cohort_lib.InvalidInputError(f"exam ids appear in more than one cohort: {dup}; rename "
+                                       "the exam folders so that ids are unique")
+  cohort = cohort_lib.Cohort(root=os.path.dirname(path), exams=tuple(exams))
+  cohort_lib.save_cohort(cohort, path)
+  return path
+
+
+def run(config, workdir: str):
+  t_all = time.time()
+  workdir = os.path.abspath(workdir)
+  times: dict[str, float] = {}
+  labelled_cohort = cohort_lib.load_cohort(_existing(config.labelled, "labelled"))
+  labelled = labelled_cohort.select(labelled=True)
+  patients = sorted({e.patient_id for e in labelled})
+  if len(patients) < 2:
+    raise cohort_lib.InvalidInputError(f"{labelled_cohort.root}: leave-one-patient-out needs "
+                                       f"labelled exams of ≥ 2 patients, found {patients}")
+  folds = _parse_list(config.folds) or patients
+  unknown = sorted(set(folds) - set(patients))
+  if unknown:
+    raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
+                     f"({patients})")
+  strategies = [optim.strategy_name(s) for s in _parse_list(config.strategies)]
+
+  unlabelled: list[cohort_lib.Exam] = []
+  if config.unlabelled_raw:
+    t = time.time()
+    unlabelled += preprocess_raw(config, workdir)
+    times["preprocess"] = time.time() - t
+  for path in _parse_list(config.unlabelled):
+    unlabelled += list(cohort_lib.load_cohort(_existing(path, "unlabelled")).exams)
+  train = lambda e: dataclasses.replace(e, split="train")  # noqa: E731
+  cohorts = os.path.join(workdir, "cohorts")
+  pre_manifest = write_manifest([train(e) for e in labelled + unlabelled],
+                                os.path.join(cohorts, "pretrain.json"))
+  logging.info("[leave_one_out] pretraining on %d scans (%d labelled, %d unlabelled); folds %s; "
+               "strategies %s", len(labelled) + len(unlabelled), len(labelled), len(unlabelled),
+               folds, strategies)
+
+  t = time.time()
+  pre_dir = os.path.join(workdir, "pretrain")
+  data = config_base.data(**config.data.to_dict())
+  loop.train(config_base.stage("pretrain", config_base.data(**dict(data.to_dict(),
+                                                                   cohort=pre_manifest)),
+                               config.model, config.pretrain, config.seed), pre_dir)
+  times["pretrain"] = time.time() - t
+
+  rows, thresholds, slice_figures = [], {}, {}
+  for fold in folds:
+    fold_dir = os.path.join(workdir, "folds", f"test_{fold}")
+    exams = [dataclasses.replace(e, split="test" if e.patient_id == fold else "train")
+             for e in labelled]
+    manifest = write_manifest(exams, os.path.join(cohorts, f"test_{fold}.json"))
+    cohort = cohort_lib.load_cohort(manifest)
+    test, train_exams = cohort.select(split="test"), cohort.select(split="train")
+    masks = {}
+    for strategy in strategies:
+      run_dir = os.path.join(fold_dir, strategy)
+      t = time.time()
+      ft = config_base.train(**dict(config.finetune.to_dict(), init_from=pre_dir,
+                                    freeze="van" if strategy == "VAN" else strategy[:-2]))
+      loop.train(config_base.stage("finetune", config_base.data(**dict(
+          data.to_dict(), cohort=manifest)), config.model, ft, config.seed), run_dir)
+      times[f"finetune {fold} {strategy}"] = time.time() - t
+      t = time.time()
+      p = config.predict
+      predictor = predict.Predictor(run_dir, batch_size=p.batch_size)
+      pred_dir = os.path.join(run_dir, "predictions")
+      predict.predict_cohort(predictor, test, pred_dir, sampler=p.sampler, overlap=p.overlap,
+                             n_random=p.n_random, threshold=p.threshold, seed=config.seed)
+      times[f"predict {fold} {strategy}"] = time.time() - t
+      rows += _score(cohort, pred_dir, test, fold, strategy, run_dir)
+      masks[strategy] = pred_dir
+
+    t = time.time()
+    fit = baseline.fit_threshold(train_exams)
+    thresholds[fold] = {k: v for k, v in fit.items() if k != "curve"}
+    base_dir = os.path.join(fold_dir, "flair_threshold")
+    baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"))
+    files.write_json(fit, os.path.join(base_dir, "threshold.json"))
+    rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir)
+    masks[BASELINE] = os.path.join(base_dir, "predictions")
+    times[f"baseline {fold}"] = time.time() - t
+
+    for exam in test:
+      flair = exam.images.get("FLAIR")
+      if flair and exam.reference:
+        slice_figures[exam.exam_id] = figures.outline_figure(
+            flair, exam.reference,
+            {name: os.path.join(d, exam.exam_id, "mask.nii.gz") for name, d in masks.items()},
+            os.path.join(workdir, f"slices_{exam.exam_id}.png"),
+            title=f"{exam.exam_id} left out (trained on "
+                  f"{', '.join(sorted({e.patient_id for e in train_exams}))})",
+            n_slices=config.figure_slices)
+
+  times["total"] = time.time() - t_all
+  outputs = write_outputs(rows, strategies + [BASELINE], folds, workdir)
+  outputs.update({f"slices_{k}": v for k, v in slice_figures.items()})
+  files.write_json({"rows": rows, "thresholds": thresholds, "times_s": times,
+                    "outputs": outputs}, os.path.join(workdir, "leave_one_out.json"))
+  print(open(outputs["table_md"]).read())
+  print("[leave_one_out] wall time per stage: " + ", ".join(
+      f"{k} {v:.0f} s" for k, v in times.items()))
+  print("\n".join(f"  {k}: {v}" for k, v in outputs.items()))
+  return {"rows": rows, "times_s": times, "outputs": outputs}
+
+
+def _score(cohort, pred_dir, exams, fold, method, run_dir) -> list[dict]:
+  summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=exams)
+  evaluate_mode.write_summary(summary, run_dir)
+  return [{"fold": fold, "method": method, "exam_id": r["exam_id"], **{k: r[k] for k in KEEP}}
+          for r in summary["exams"]]
+
+
+def write_outputs(rows, methods, folds, workdir: str) -> dict:
+  results_csv = files.write_csv(rows, os.path.join(workdir, "results.csv"))
+  md = ["Left-out patient scores (%; mask volumes in mL)", "",
+        "| left out | method | Dice | Sensitivity | Precision | Lesion F1 | predicted mL | "
+        "reference mL |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for fold in folds:
+    for m in methods:
+      for r in (r for r in rows if r["fold"] == fold and r["method"] == m):
+        md.append(f"| {fold} | {m} | " + " | ".join(f"{100 * r[k]:.1f}" for k, _ in MEASURES)
+                  + f" | {r['pred_volume_ml']:.2f} | {r['ref_volume_ml']:.2f} |")
+  md += ["", "| method | mean Dice | mean Sensitivity | mean Precision | mean Lesion F1 |",
+         "| --- | --- | --- | --- | --- |"]
+  for m in methods:
+    sel = [r for r in rows if r["method"] == m]
+    md.append(f"| {m} | " + " | ".join(f"{100 * np.mean([r[k] for r in sel]):.1f}"
+                                       for k, _ in MEASURES) + " |")
+  nets = [m for m in methods if m != BASELINE]
+  md.append("")
+  for fold in folds:
+    base = [r["dice"] for r in rows if r["fold"] == fold and r["method"] == BASELINE]
+    for m in nets:
+      net = [r["dice"] for r in rows if r["fold"] == fold and r["method"] == m]
+      if base and net:
+        md.append(f"- {fold}: {m} Dice {100 * np.mean(net):.1f} vs FLAIR threshold "
+                  f"{100 * np.mean(base):.1f} -> "
+                  + ("beats the baseline" if np.mean(net) > np.mean(base) else "DOES NOT beat it"))
+  table_md = files.write_text("\n".join(md) + "\n", os.path.join(workdir, "results.md"))
+  return {"table_md": table_md, "results_csv": results_csv,
+          "scores_png": scores_figure(rows, methods, folds, os.path.join(workdir, "scores.png"))}
+
+
+def scores_figure(rows, methods, folds, path: str) -> str:
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.6 * len(MEASURES), 3.8), sharey=True)
+  width = 0.8 / max(len(methods), 1)
+  for ax, (key, label) in zip(axes, MEASURES):
+    for i, m in enumerate(methods):
+      vals = [100 * np.mean([r[key] for r in rows if r["fold"] == f and r["method"] == m] or
+                            [np.nan]) for f in folds]
+      xs = np.arange(len(folds)) + (i - (len(methods) - 1) / 2) * width
+      bars = ax.bar(xs, vals, width, label=m)
+      ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(folds)), [f"test {f}" for f in folds], fontsize=8)
+    ax.set_title(f"{label} (%)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylim(0, 100)
+  axes[0].legend(fontsize=8)
+  fig.suptitle("Leave-one-patient-out on real scans: network strategies vs a FLAIR threshold")
+  return plots.save_figure(fig, path)

@@ -1,0 +1,171 @@
+// 3D convolution forward / backward through oneDNN, as XLA FFI custom calls (CPU).
+//
+// Layouts are msjax's: activations NDHWC, kernels DHWIO (k, k, k, C_in, C_out), float32.
+// Padding is k/2 on both sides (PyTorch-style; "same" at stride 1, exact halving at stride 2).
+// oneDNN picks its own weight layout (format "any"); weights are reordered in and out per call
+// (tiny next to the activations). Primitive descriptors are cached by shape; scratchpads are
+// allocated per call so that concurrent calls never share one.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Conv {
+  memory::desc src, wei_user, dst;
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data bwd_data;
+  dnnl::convolution_backward_weights bwd_weights;
+};
+
+// n, c, d, h, w (input), oc, k, stride -> the primitives of that convolution
+std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w, int64_t oc,
+                              int64_t k, int64_t s) {
+  static std::mutex mu;
+  static std::map<std::vector<int64_t>, std::shared_ptr<Conv>> cache;
+  std::vector<int64_t> key{n, c, d, h, w, oc, k, s};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const int64_t p = k / 2;
+  auto out = [&](int64_t i) { return (i + 2 * p - k) / s + 1; };
+  memory::dims strides{s, s, s}, pad{p, p, p};
+  auto conv = std::make_shared<Conv>();
+  conv->src = memory::desc({n, c, d, h, w}, dt::f32, tag::ndhwc);
+  conv->dst = memory::desc({n, oc, out(d), out(h), out(w)}, dt::f32, tag::ndhwc);
+  conv->wei_user = memory::desc({oc, c, k, k, k}, dt::f32, tag::dhwio);
+  memory::desc wei_any({oc, c, k, k, k}, dt::f32, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto& eng = Engine();
+  conv->fwd_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, conv->src,
+      wei_any, conv->dst, strides, pad, pad, attr);
+  conv->bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
+      eng, dnnl::algorithm::convolution_direct, conv->src, wei_any, conv->dst, strides, pad, pad,
+      conv->fwd_pd, attr);
+  conv->bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+      eng, dnnl::algorithm::convolution_direct, conv->src, wei_any, conv->dst, strides, pad, pad,
+      conv->fwd_pd, attr);
+  conv->fwd = dnnl::convolution_forward(conv->fwd_pd);
+  conv->bwd_data = dnnl::convolution_backward_data(conv->bwd_data_pd);
+  conv->bwd_weights = dnnl::convolution_backward_weights(conv->bwd_weights_pd);
+  cache.emplace(key, conv);
+  return conv;
+}
+
+// weights in the user layout -> the layout a primitive wants (a reorder only when they differ)
+memory WeightsFor(const memory::desc& want, const memory& user, dnnl::stream& strm) {
+  if (want == user.get_desc()) return user;
+  memory m(want, Engine());
+  dnnl::reorder(user, m).execute(strm, const_cast<memory&>(user), m);
+  return m;
+}
+
+ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w,
+                       int64_t* dims) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 5 || wd.size() != 5)
+    return ffi::Error::InvalidArgument("msjax_conv3d: expected NDHWC input and DHWIO kernel");
+  if (wd[0] != wd[1] || wd[0] != wd[2] || wd[3] != xd[4])
+    return ffi::Error::InvalidArgument("msjax_conv3d: kernel shape does not match the input");
+  for (int i = 0; i < 5; ++i) dims[i] = xd[i];
+  dims[5] = wd[4];
+  dims[6] = wd[0];
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  int64_t d[7];
+  if (auto e = CheckShapes(x, w, d); e.failure()) return e;
+  try {
+    auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride);
+    dnnl::stream strm(Engine());
+    memory src(conv->src, Engine(), x.typed_data());
+    memory wei_user(conv->wei_user, Engine(), w.typed_data());
+    memory dst(conv->dst, Engine(), y->typed_data());
+    memory wei = WeightsFor(conv->fwd_pd.weights_desc(), wei_user, strm);
+    memory scratch(conv->fwd_pd.scratchpad_desc(), Engine());
+    conv->fwd.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                             {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// dy, x, w -> (dx, dw): both gradients in one call, run one after the other
+ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
+                    ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
+                    int64_t stride, bool need_dx) {
+  int64_t d[7];
+  if (auto e = CheckShapes(x, w, d); e.failure()) return e;
+  try {
+    auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride);
+    dnnl::stream strm(Engine());
+    memory src(conv->src, Engine(), x.typed_data());
+    memory diff_dst(conv->dst, Engine(), dy.typed_data());
+    memory wei_user(conv->wei_user, Engine(), w.typed_data());
+    if (need_dx) {
+      memory diff_src(conv->src, Engine(), dx->typed_data());
+      memory wei = WeightsFor(conv->bwd_data_pd.weights_desc(), wei_user, strm);
+      memory scratch(conv->bwd_data_pd.scratchpad_desc(), Engine());
+      conv->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei},
+                                    {DNNL_ARG_DIFF_SRC, diff_src},
+                                    {DNNL_ARG_SCRATCHPAD, scratch}});
+    }
+    memory dw_user(conv->wei_user, Engine(), dw->typed_data());
+    memory dw_mem = conv->bwd_weights_pd.diff_weights_desc() == conv->wei_user
+                        ? dw_user : memory(conv->bwd_weights_pd.diff_weights_desc(), Engine());
+    memory scratch(conv->bwd_weights_pd.scratchpad_desc(), Engine());
+    conv->bwd_weights.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                                     {DNNL_ARG_DIFF_WEIGHTS, dw_mem},
+                                     {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (dw_mem != dw_user) dnnl::reorder(dw_mem, dw_user).execute(strm, dw_mem, dw_user);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN backward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<bool>("need_dx"));
