@@ -19,6 +19,7 @@ def get_config(variant: str = ""):
   c.volume = True            # whole-volume inference of one exam
   c.volume_shape = (128, 128, 128)
   c.overlap = 0.5
+  c.profile = True           # op-category profile of the headline train_seg step (+ PNG)
   c.torch = True             # time the PyTorch reference when it is installed
   if variant == "smoke":
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training

@@ -91,8 +91,77 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
   return steps.make_train_step(model, task, tx, labels), state, data
 
 
+# HLO op name -> what it is, for the profile (first match wins)
+_CATEGORIES = (("ffi_call", "oneDNN convolution (custom call)"),
+               ("custom-call", "oneDNN convolution (custom call)"),
+               ("convolution", "XLA convolution"), ("dot", "matmul (1³ convs, dense)"),
+               ("reduce", "reductions (norm statistics, loss, grad sums)"),
+               ("fusion", "elementwise fusions (norm, leaky ReLU, dropout, Adam)"),
+               ("copy", "copies / transposes"), ("transpose", "copies / transposes"),
+               ("pad", "copies / transposes"), ("concatenate", "copies / transposes"),
+               ("slice", "copies / transposes"))
+
+
+def _category(op: str) -> str:
+  op = op.lower()
+  if "reduce" in op:
+    return "reductions (norm statistics, loss, grad sums)"
+  for key, name in _CATEGORIES:
+    if key in op:
+      return name
+  return "other"
+
+
+def profile_step(run_once, repeats: int, trace_dir: str) -> dict:
+  """Milliseconds per step by op category, from a JAX profiler trace of `repeats` steps: the op
+  events XLA's CPU runtime records (one per HLO instruction executed). Ops can overlap in time
+  (XLA runs independent ones concurrently), so shares are of the summed op time."""
+  import glob
+  import gzip
+  run_once()
+  t = time.perf_counter()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(repeats):
+      run_once()
+  wall = (time.perf_counter() - t) / repeats
+  traces = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                            recursive=True))
+  if not traces:
+    return {}
+  events = json.load(gzip.open(traces[-1]))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  per_cat: dict[str, float] = {}
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name.startswith("$") or "::" in name or "(" in name:
+      continue  # python frames and runtime wrappers, not ops
+    cat = _category(name)
+    per_cat[cat] = per_cat.get(cat, 0.0) + e.get("dur", 0.0) / 1e3 / repeats
+  total = sum(per_cat.values())
+  return {"wall_ms_per_step": 1e3 * wall, "op_ms_per_step": total,
+          "categories": {k: {"ms": v, "share": v / total if total else 0.0}
+                         for k, v in sorted(per_cat.items(), key=lambda kv: -kv[1])}}
+
+
+def profile_figure(profile: dict, title: str, path: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from msjax.train import plots
+  cats = list(profile["categories"].items())[::-1]
+  fig, ax = plt.subplots(figsize=(8, 0.45 * len(cats) + 1.2))
+  bars = ax.barh([k for k, _ in cats], [v["ms"] for _, v in cats], color="tab:blue")
+  ax.bar_label(bars, [f"{v['ms']:.0f} ms ({100 * v['share']:.0f} %)" for _, v in cats],
+               fontsize=8, padding=3)
+  ax.set_xlabel("ms per step (summed op time)")
+  ax.set_title(title, fontsize=10)
+  ax.set_xlim(0, max(v["ms"] for _, v in cats) * 1.35)
+  return plots.save_figure(fig, path)
+
+
 def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
-                   repeats: int, peak: float) -> dict:
+                   repeats: int, peak: float, profile_dir: str | None = None) -> dict:
   key = jax.random.PRNGKey(0)
   step, state, data = _step_and_data(task, model_cfg, train_cfg, batch, patch)
   t = time.perf_counter()
@@ -111,7 +180,14 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
     jax.block_until_ready(m["loss"])
     if i >= warmup:
       times.append(time.perf_counter() - t)
-  return {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
+  out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
+  if profile_dir:
+    def run_once():  # the step donates its state: thread it through
+      nonlocal state
+      state, m = compiled(state, data, key)
+      jax.block_until_ready(m["loss"])
+    out["profile"] = profile_step(run_once, max(repeats, 1), profile_dir)
+  return out
 
 
 def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int, peak: float,
@@ -215,8 +291,14 @@ def run(config, workdir: str) -> dict:
     tc = config_base.train()
     suffix = "" if k == 0 else f"@{impl}"
     logging.info("[benchmark] %s: train_seg", impl)
-    results["train_seg" + suffix] = bench_jax_step("segmentation", mc, tc, b, p, config.warmup,
-                                                   config.repeats, peak)
+    results["train_seg" + suffix] = bench_jax_step(
+        "segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
+        os.path.join(workdir, "trace") if config.profile and k == 0 else None)
+    prof = results["train_seg" + suffix].get("profile")
+    if prof:
+      results["train_seg" + suffix]["profile_png"] = profile_figure(
+          prof, f"train_seg ({impl}, width {config.base_width}, {b}×{p}³): where a step's time "
+          "goes", os.path.join(workdir, "profile_train_seg.png"))
     logging.info("[benchmark] %s: train_pretrain", impl)
     results["train_pretrain" + suffix] = bench_jax_step("position", mc, tc, b, p, config.warmup,
                                                         config.repeats, peak)
@@ -247,6 +329,12 @@ def run(config, workdir: str) -> dict:
       report["speedup_vs_torch"]["volume_infer"] = (torch_results["volume_infer"]["seconds"]
                                                     / results["volume_infer"]["seconds"])
   table = format_table(report)
+  prof = results["train_seg"].get("profile")
+  if prof:
+    table += "\n\nProfile of train_seg (" + results["train_seg"]["conv_impl"] + \
+        f"), {prof['wall_ms_per_step']:.0f} ms/step wall:\n" + "\n".join(
+            f"  {k}: {v['ms']:.0f} ms ({100 * v['share']:.0f} % of op time)"
+            for k, v in prof["categories"].items())
   files.write_json(report, os.path.join(workdir, "benchmark.json"))
   files.write_text(table + "\n", os.path.join(workdir, "benchmark.md"))
   print(table)

@@ -13,7 +13,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.min_brain_fraction = 0.75
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
-  c.augment = False             # fine-tuning: random mirroring + intensity jitter (nnU-Net-like)
+  c.augment = False             # fine-tuning: scaling, mirroring, intensity jitter (nnU-Net)
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.cache_exams = 4             # exams kept in memory by the sampler
   c.num_threads = 2
@@ -52,6 +52,7 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
   c.val_overlap = 0.5            # sliding-window overlap used by validation
+  c.loss = "dice"                # segmentation: "dice" (the paper) or "dice_bce" (nnU-Net)
   c.update(overrides)
   return c
 

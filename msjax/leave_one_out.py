@@ -93,7 +93,8 @@ def run(config, workdir: str):
                      f"({patients})")
   strategies = [optim.strategy_name(s) for s in _parse_list(config.strategies)]
 
-  unlabelled: list[cohort_lib.Exam] = []
+  # the labelled cohort's own unlabelled exams go to pretraining too
+  unlabelled: list[cohort_lib.Exam] = list(labelled_cohort.select(labelled=False))
   if config.unlabelled_raw:
     t = time.time()
     unlabelled += preprocess_raw(config, workdir)

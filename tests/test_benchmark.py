@@ -10,6 +10,11 @@ from msjax.models import isensee
 from msjax.train import steps
 
 
+def benchmark_uses_onednn():
+  from msjax.ops import onednn
+  return onednn.available()[0]
+
+
 def test_benchmark_smoke_writes_every_figure(tmp_path):
   report = benchmark.run(load_config("benchmark", "smoke"), str(tmp_path))
   saved = json.load(open(tmp_path / "benchmark.json"))
@@ -21,6 +26,13 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
     assert r["peak_memory_mb"] > 0
   assert saved["results"]["volume_infer"]["patches"] == 8  # 48³ by 32³ at overlap 0.5: 2 x 2 x 2
   assert "| train_seg |" in open(tmp_path / "benchmark.md").read()
+  prof = saved["results"]["train_seg"]["profile"]  # op time by category, from a profiler trace
+  assert prof["op_ms_per_step"] > 0 and prof["wall_ms_per_step"] > 0
+  assert abs(sum(c["share"] for c in prof["categories"].values()) - 1) < 1e-6
+  conv = "oneDNN convolution (custom call)" if saved["results"]["train_seg"]["conv_impl"] == \
+      "onednn" and benchmark_uses_onednn() else "XLA convolution"
+  assert prof["categories"].get(conv, {}).get("ms", 0) > 0
+  assert (tmp_path / "profile_train_seg.png").stat().st_size > 5000
   if report["torch"]:  # when the bench extra is installed
     assert set(report["speedup_vs_torch"]) >= {"train_seg", "train_pretrain", "infer"}
 

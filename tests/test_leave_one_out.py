@@ -125,3 +125,23 @@ def test_flair_baseline_on_lesjak_is_scored_in_native_space(tmp_path):
   ref = np.asarray(nib.load(test.consensus).dataobj) > 0
   pred = np.asarray(img.dataobj) > 0
   assert abs(summary["exams"][0]["dice"] - metrics.voxel_metrics(pred, ref)["dice"]) < 1e-9
+
+
+def test_zoomed_cut_keeps_the_centre_and_scales_a_lesion():
+  images = np.zeros((40, 40, 40, 5), np.float32)
+  mask = np.zeros((40, 40, 40), np.uint8)
+  mask[18:22, 18:22, 18:22] = 1  # a 4³ lesion at the centre of the patch cut at corner 12
+  images[..., 3] = mask * 5.0
+  corner = np.array([12, 12, 12])
+  plain = pipeline.cut_zoomed(images, mask, corner, 16, 1.0)[1]
+  np.testing.assert_array_equal(plain, mask[12:28, 12:28, 12:28])  # zoom 1 = the plain cut
+  for zoom, expected in ((2.0, 8 ** 3), (0.5, 2 ** 3)):
+    img, m = pipeline.cut_zoomed(images, mask, corner, 16, zoom)
+    assert img.shape == (16, 16, 16, 5) and m.shape == (16, 16, 16)
+    assert abs(int(m.sum()) - expected) <= 0.2 * expected  # the lesion grew / shrank by zoom³
+    centre = np.argwhere(m).mean(0)
+    np.testing.assert_allclose(centre, [7.5, 7.5, 7.5], atol=0.6)
+    assert img[..., 3][m > 0].min() > 2.5 and (img[..., 0] == 0).all()
+  # a patch at the volume's edge, shrunk: outside the volume reads as zero
+  img, _ = pipeline.cut_zoomed(images + 1, mask, np.array([0, 0, 0]), 16, 0.7)
+  assert img[0, 0, 0, 0] == 0 and img[-1, -1, -1, 0] > 0.9

@@ -28,7 +28,7 @@ class SamplerSpec:
   lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
   ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
-  augment: bool = False            # segmentation: random mirroring + per-channel intensity jitter
+  augment: bool = False            # segmentation: scaling, mirroring, intensity jitter
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
 
@@ -99,11 +99,18 @@ class PatchSource:
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
     corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion)
     p = spec.patch_size
-    image = patch_lib.cut(prep.arrays.images, corner, p) * keep.astype(np.float32)
+    zoom = draw_zoom(rng) if spec.augment and spec.task == "segmentation" else 1.0
+    if zoom != 1.0:
+      image, mask = cut_zoomed(prep.arrays.images, prep.arrays.masks[rater], corner, p, zoom)
+    else:
+      image = patch_lib.cut(prep.arrays.images, corner, p)
+      if spec.task == "segmentation":
+        mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)
+    image = image * keep.astype(np.float32)
     record = {"image": np.ascontiguousarray(image, dtype=np.float32),
               "corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
     if spec.task == "segmentation":
-      mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)[..., None]
+      mask = mask[..., None]
       if spec.augment:
         image, mask = augment(image, mask, rng)
         record["image"] = image
@@ -111,6 +118,37 @@ class PatchSource:
     else:
       record["position"] = patch_lib.position_target(corner, p, prep.arrays.shape)
     return record
+
+
+ZOOM_PROBABILITY, ZOOM_RANGE = 0.3, (0.7, 1.4)  # nnU-Net's scaling augmentation
+
+
+def draw_zoom(rng: np.random.Generator) -> float:
+  """1.0 (no scaling) with probability 0.7, else log-uniform in ZOOM_RANGE (> 1 magnifies)."""
+  if rng.random() >= ZOOM_PROBABILITY:
+    return 1.0
+  lo, hi = np.log(ZOOM_RANGE[0]), np.log(ZOOM_RANGE[1])
+  return float(np.exp(rng.uniform(lo, hi)))
+
+
+def cut_zoomed(images: np.ndarray, mask: np.ndarray, corner, patch: int, zoom: float):
+  """The patch with the same centre as `corner`'s, showing a (patch/zoom)³ region resampled to
+  patch³ (linear; the mask thresholded at 0.5). Outside the volume reads as 0."""
+  from scipy import ndimage
+  q = max(2, int(round(patch / zoom)))
+  centre = np.asarray(corner) + patch / 2.0
+  lo = np.round(centre - q / 2.0).astype(int)
+  region = np.zeros((q, q, q, images.shape[-1]), np.float32)
+  region_mask = np.zeros((q, q, q), np.float32)
+  src = tuple(slice(max(a, 0), min(a + q, n)) for a, n in zip(lo, images.shape[:3]))
+  dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
+  region[dst] = images[src]
+  region_mask[dst] = mask[src]
+  f = patch / q
+  image = ndimage.zoom(region, (f, f, f, 1), order=1, grid_mode=True, mode="grid-constant")
+  out_mask = ndimage.zoom(region_mask, (f, f, f), order=1, grid_mode=True,
+                          mode="grid-constant") >= 0.5
+  return image.astype(np.float32), out_mask.astype(np.uint8)
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):

@@ -6,7 +6,7 @@ and backward-weights convolutions as XLA FFI handlers; this module compiles it o
 (source, jax, oneDNN) into `~/.cache/msjax/ext/` (or `$MSJAX_EXT_CACHE`) with the system C++
 compiler, registers the handlers, and exposes `conv3d(x, w, stride)` with a custom VJP.
 
-oneDNN comes from PyPI (`pip install -e '.[onednn]'`: the GNU-OpenMP build, headers included) or
+oneDNN comes from PyPI (a dependency on Linux x86-64: the GNU-OpenMP build, headers included) or
 from `$MSJAX_ONEDNN_ROOT` (a prefix with include/oneapi/dnnl and lib/libdnnl.so). When either the
 library or a compiler is missing, `available()` says why and the model falls back to the "fold"
 formulation; on GPU/TPU the same function lowers to XLA's convolution (platform_dependent).
@@ -86,8 +86,8 @@ def available() -> tuple[bool, str]:
     try:
       found = find_onednn()
       if found is None:
-        raise RuntimeError("oneDNN not found (pip install -e '.[onednn]', or set "
-                           "MSJAX_ONEDNN_ROOT)")
+        raise RuntimeError("oneDNN not found (pip install onednn-cpu-gomp==2023.2.0 "
+                           "onednn-devel-cpu-gomp==2023.2.0, or set MSJAX_ONEDNN_ROOT)")
       path = _build(*found)
       lib = ctypes.cdll.LoadLibrary(path)
       for name in ("MsjaxConv3dForward", "MsjaxConv3dBackward"):

@@ -24,6 +24,7 @@ from msjax.models import isensee
 from msjax.train import checkpoint, optim, plots, steps, transfer
 
 TASKS = {"pretrain": "position", "finetune": "segmentation"}
+COLLAPSE_STEPS, COLLAPSE_GRAD_NORM = 50, 1e-4  # all-background collapse detector
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -166,7 +167,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   transfer_on, n_frozen = (False, 0) if task == "position" else optim.parse_strategy(tc.freeze)
   labels, frozen = optim.freeze_labels(params, n_frozen, tc.freeze_norms)
   tx = optim.make_optimizer(tc, labels)
-  train_step = steps.make_train_step(model, task, tx, labels)
+  train_step = steps.make_train_step(model, task, tx, labels, tc.get("loss", "dice"))
   predict = steps.make_predict(model, task)
   abstract = parallel.abstract_replicated(
       jax.eval_shape(lambda p: steps.init_state(p, tx), params), mesh)
@@ -214,7 +215,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   history = _read_history(metrics_path, upto=start)
   if main_process:
     _write_history(metrics_path, history)
-  t_start, step, last = time.time(), start, {}
+  t_start, step, last, collapsed = time.time(), start, {}, 0
   timed_steps, timed_time = 0, 0.0
 
   def save(step_now, val=None):
@@ -245,6 +246,14 @@ def train(config, workdir: str, task: str | None = None) -> dict:
                 "grad_norm": float(m["grad_norm"])}
       if "dice" in m:
         record["batch_dice"] = float(m["dice"])
+        collapsed = collapsed + 1 if (record["batch_dice"] == 0 and
+                                      record["grad_norm"] < COLLAPSE_GRAD_NORM) else 0
+        if collapsed == COLLAPSE_STEPS and main_process:
+          logging.warning(
+              "no lesion predicted for %d steps and the gradient has vanished (norm %.1e): the "
+              "network has collapsed to all-background, where soft Dice goes flat. Use "
+              "--config.train.loss=dice_bce and/or a lower --config.train.lr", COLLAPSE_STEPS,
+              record["grad_norm"])
       val = {}
       if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
         val = validate(state["params"])

@@ -1,6 +1,7 @@
 """Losses and the batch Dice used for monitoring."""
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def soft_dice_loss(logits, target, smooth: float = 1.0):
@@ -9,6 +10,18 @@ def soft_dice_loss(logits, target, smooth: float = 1.0):
   t = target.astype(jnp.float32)
   inter = jnp.sum(p * t)
   return 1.0 - (2.0 * inter + smooth) / (jnp.sum(p) + jnp.sum(t) + smooth)
+
+
+def dice_bce_loss(logits, target):
+  """Soft Dice + binary cross-entropy (nnU-Net's default). The cross-entropy keeps a gradient
+  when every output has saturated to "no lesion", where soft Dice alone goes flat: with a few mL
+  of lesion per brain, a large early step can push the network there and leave it."""
+  t = target.astype(jnp.float32)
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), t))
+  return soft_dice_loss(logits, target) + bce
+
+
+SEGMENTATION_LOSSES = {"dice": soft_dice_loss, "dice_bce": dice_bce_loss}
 
 
 def hard_dice(logits, target):

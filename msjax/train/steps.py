@@ -35,9 +35,13 @@ class Model:
     return self.bind(params)(x, rng)
 
 
-def loss_and_metrics(task: str, out, batch):
+def loss_and_metrics(task: str, out, batch, seg_loss: str = "dice"):
   if task == "segmentation":
-    return losses.soft_dice_loss(out, batch["mask"]), {"dice": losses.hard_dice(out, batch["mask"])}
+    if seg_loss not in losses.SEGMENTATION_LOSSES:
+      raise ValueError(f"unknown segmentation loss {seg_loss!r} "
+                       f"(known: {sorted(losses.SEGMENTATION_LOSSES)})")
+    loss = losses.SEGMENTATION_LOSSES[seg_loss](out, batch["mask"])
+    return loss, {"dice": losses.hard_dice(out, batch["mask"])}
   return losses.position_mse(out, batch["position"]), {}
 
 
@@ -45,7 +49,8 @@ def init_state(params, tx) -> dict:
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, labels):
+def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, labels,
+                    seg_loss: str = "dice"):
   """train_step(state, batch, rng) -> (state, metrics). Pure; donate the state.
 
   - the rng is folded with the step number, so a resumed run draws the same dropout masks;
@@ -59,7 +64,7 @@ def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, l
 
     def loss_fn(params):
       out = model.apply(params, batch["image"], rng)
-      return loss_and_metrics(task, out, batch)
+      return loss_and_metrics(task, out, batch, seg_loss)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
