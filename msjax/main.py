@@ -5,6 +5,7 @@ Any config field can be overridden on the command line, e.g. `--config.seed=3`.
 """
 import importlib
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -72,7 +73,12 @@ def main(argv):
   quiet_libraries()
   setup_compilation_cache()
   logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
-  run_mode(config, workdir)
+  from msjax.data.nifti import InvalidInputError
+  try:
+    run_mode(config, workdir)
+  except InvalidInputError as e:  # bad input: the message names the file and the problem
+    print(f"msjax {config.mode}: invalid input: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

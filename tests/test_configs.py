@@ -20,3 +20,15 @@ def test_config_and_its_variants_load(name):
     config = load_config(name, variant)
     assert config.mode in main.MODES, (name, variant)
     assert config.is_locked
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.run(
+      [sys.executable, "-m", "msjax.main", "--config", os.path.join(ROOT, "configs", "lesjak.py"),
+       f"--config.labelled={tmp_path}/missing", "--config.unlabelled_raw=",
+       f"--workdir={tmp_path}/w"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 2
+  assert f"{tmp_path}/missing: the labelled folder does not exist" in proc.stderr
+  assert "Traceback" not in proc.stderr
