@@ -3,6 +3,11 @@ every field can then be overridden from the command line (`--config.train.steps=
 from ml_collections import config_dict
 
 
+def parse_list(text, cast=str) -> list:
+  """A comma-separated config string ("van,0,1", "0.25,1") -> a list; '' -> []."""
+  return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
+
+
 def data(**overrides) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.cohort = ""                 # manifest file or folder ('' = <workdir>/cohort or a mode default)

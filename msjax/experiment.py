@@ -26,10 +26,6 @@ PAPER = {"VAN": (66.94, 60.63, 78.84), "0CF": (67.63, 61.47, 79.30), "1CF": (66.
          "2CF": (64.44, 57.50, 77.53), "3CF": (62.69, 55.86, 75.06), "6CF": (57.93, 49.60, 75.03)}
 
 
-def _parse_list(text, cast=str):
-  return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
-
-
 def run(config, workdir: str):
   t0 = time.time()
   cohort = cohort_lib.load_cohort(config.data.cohort or os.path.join(workdir, "cohort"))
@@ -37,8 +33,8 @@ def run(config, workdir: str):
   if not test_exams:
     raise cohort_lib.InvalidInputError(f"{cohort.root}: the experiment needs labelled exams with "
                                        "split 'test' (never trained on)")
-  strategies = [optim.strategy_name(s) for s in _parse_list(config.strategies)]
-  fractions = _parse_list(config.label_fractions, float)
+  strategies = [optim.strategy_name(s) for s in config_base.parse_list(config.strategies)]
+  fractions = config_base.parse_list(config.label_fractions, float)
   data = config_base.data(**dict(config.data.to_dict(), cohort=cohort.root))
 
   pre_dir = os.path.join(workdir, "pretrain")

@@ -34,10 +34,6 @@ KEEP = ("dice", "sensitivity", "precision", "lesion_f1", "lesion_sensitivity",
         "lesion_precision", "pred_volume_ml", "ref_volume_ml", "hd95_mm")
 
 
-def _parse_list(text) -> list[str]:
-  return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
 def _existing(path: str, what: str) -> str:
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
@@ -86,12 +82,12 @@ def run(config, workdir: str):
   if len(patients) < 2:
     raise cohort_lib.InvalidInputError(f"{labelled_cohort.root}: leave-one-patient-out needs "
                                        f"labelled exams of ≥ 2 patients, found {patients}")
-  folds = _parse_list(config.folds) or patients
+  folds = config_base.parse_list(config.folds) or patients
   unknown = sorted(set(folds) - set(patients))
   if unknown:
     raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
                      f"({patients})")
-  strategies = [optim.strategy_name(s) for s in _parse_list(config.strategies)]
+  strategies = [optim.strategy_name(s) for s in config_base.parse_list(config.strategies)]
 
   # the labelled cohort's own unlabelled exams go to pretraining too
   unlabelled: list[cohort_lib.Exam] = list(labelled_cohort.select(labelled=False))
@@ -99,7 +95,7 @@ def run(config, workdir: str):
     t = time.time()
     unlabelled += preprocess_raw(config, workdir)
     times["preprocess"] = time.time() - t
-  for path in _parse_list(config.unlabelled):
+  for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(_existing(path, "unlabelled")).exams)
   train = lambda e: dataclasses.replace(e, split="train")  # noqa: E731
   cohorts = os.path.join(workdir, "cohorts")
