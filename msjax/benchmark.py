@@ -92,10 +92,10 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
 
 
 # HLO op name -> what it is, for the profile (first match wins)
-_CATEGORIES = (("ffi_call", "oneDNN convolution (custom call)"),
+_CATEGORIES = (("reduce", "reductions (norm statistics, loss, grad sums)"),
+               ("ffi_call", "oneDNN convolution (custom call)"),
                ("custom-call", "oneDNN convolution (custom call)"),
                ("convolution", "XLA convolution"), ("dot", "matmul (1³ convs, dense)"),
-               ("reduce", "reductions (norm statistics, loss, grad sums)"),
                ("fusion", "elementwise fusions (norm, leaky ReLU, dropout, Adam)"),
                ("copy", "copies / transposes"), ("transpose", "copies / transposes"),
                ("pad", "copies / transposes"), ("concatenate", "copies / transposes"),
@@ -104,8 +104,6 @@ _CATEGORIES = (("ffi_call", "oneDNN convolution (custom call)"),
 
 def _category(op: str) -> str:
   op = op.lower()
-  if "reduce" in op:
-    return "reductions (norm statistics, loss, grad sums)"
   for key, name in _CATEGORIES:
     if key in op:
       return name

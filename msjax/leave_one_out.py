@@ -107,10 +107,10 @@ def run(config, workdir: str):
 
   t = time.time()
   pre_dir = os.path.join(workdir, "pretrain")
-  data = config_base.data(**config.data.to_dict())
-  loop.train(config_base.stage("pretrain", config_base.data(**dict(data.to_dict(),
-                                                                   cohort=pre_manifest)),
-                               config.model, config.pretrain, config.seed), pre_dir)
+  def data(cohort):
+    return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
+  loop.train(config_base.stage("pretrain", data(pre_manifest), config.model, config.pretrain,
+                               config.seed), pre_dir)
   times["pretrain"] = time.time() - t
 
   rows, thresholds, slice_figures = [], {}, {}
@@ -127,8 +127,8 @@ def run(config, workdir: str):
       t = time.time()
       ft = config_base.train(**dict(config.finetune.to_dict(), init_from=pre_dir,
                                     freeze="van" if strategy == "VAN" else strategy[:-2]))
-      loop.train(config_base.stage("finetune", config_base.data(**dict(
-          data.to_dict(), cohort=manifest)), config.model, ft, config.seed), run_dir)
+      loop.train(config_base.stage("finetune", data(manifest), config.model, ft, config.seed),
+                 run_dir)
       times[f"finetune {fold} {strategy}"] = time.time() - t
       t = time.time()
       p = config.predict

@@ -56,8 +56,11 @@ def _build(inc: str, lib: str) -> str:
     raise RuntimeError("no C++ compiler (g++/c++) on PATH to build the oneDNN extension")
   with open(SOURCE, "rb") as f:
     source = f.read()
-  version = open(os.path.join(inc, "oneapi", "dnnl", "dnnl_version.h")).read() \
-      if os.path.exists(os.path.join(inc, "oneapi", "dnnl", "dnnl_version.h")) else ""
+  version_h = os.path.join(inc, "oneapi", "dnnl", "dnnl_version.h")
+  version = ""
+  if os.path.exists(version_h):
+    with open(version_h) as f:
+      version = f.read()
   key = hashlib.sha256(source + jax.__version__.encode() + version.encode() +
                        lib.encode()).hexdigest()[:16]
   cache = os.environ.get("MSJAX_EXT_CACHE") or os.path.expanduser("~/.cache/msjax/ext")
@@ -67,6 +70,8 @@ def _build(inc: str, lib: str) -> str:
   os.makedirs(os.path.dirname(out), exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
   os.close(fd)
+  from absl import logging
+  logging.info("building the oneDNN convolution extension once (about 15 s) -> %s", out)
   cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-o", tmp, SOURCE,
          f"-I{jax.ffi.include_dir()}", f"-I{inc}", f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
   proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -115,7 +120,7 @@ def _backward_cpu(x, w, dy, stride):
   call = jax.ffi.ffi_call("msjax_MsjaxConv3dBackward",
                           (jax.ShapeDtypeStruct(x.shape, jnp.float32),
                            jax.ShapeDtypeStruct(w.shape, jnp.float32)))
-  return call(x, w, dy, stride=np.int64(stride), need_dx=True)
+  return call(x, w, dy, stride=np.int64(stride))
 
 
 def _xla(x, w, stride):

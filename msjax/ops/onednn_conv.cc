@@ -119,7 +119,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 // dy, x, w -> (dx, dw): both gradients in one call, run one after the other
 ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
                     ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
-                    int64_t stride, bool need_dx) {
+                    int64_t stride) {
   int64_t d[7];
   if (auto e = CheckShapes(x, w, d); e.failure()) return e;
   try {
@@ -128,7 +128,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffe
     memory src(conv->src, Engine(), x.typed_data());
     memory diff_dst(conv->dst, Engine(), dy.typed_data());
     memory wei_user(conv->wei_user, Engine(), w.typed_data());
-    if (need_dx) {
+    {  // input gradient
       memory diff_src(conv->src, Engine(), dx->typed_data());
       memory wei = WeightsFor(conv->bwd_data_pd.weights_desc(), wei_user, strm);
       memory scratch(conv->bwd_data_pd.scratchpad_desc(), Engine());
@@ -167,5 +167,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<bool>("need_dx"));
+                                  .Attr<int64_t>("stride"));

@@ -167,7 +167,7 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   transfer_on, n_frozen = (False, 0) if task == "position" else optim.parse_strategy(tc.freeze)
   labels, frozen = optim.freeze_labels(params, n_frozen, tc.freeze_norms)
   tx = optim.make_optimizer(tc, labels)
-  train_step = steps.make_train_step(model, task, tx, labels, tc.get("loss", "dice"))
+  train_step = steps.make_train_step(model, task, tx, labels, tc.loss)
   predict = steps.make_predict(model, task)
   abstract = parallel.abstract_replicated(
       jax.eval_shape(lambda p: steps.init_state(p, tx), params), mesh)
