@@ -20,6 +20,7 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
   c.augment = False             # fine-tuning: scaling, mirroring, intensity jitter (nnU-Net)
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
+  c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler
   c.num_threads = 2
   c.infer_batch = 16            # patches per forward pass in validation and inference

@@ -67,5 +67,8 @@ def run(config, workdir: str):
   fine-tuning  {ft_dir}/ (0CF; loss_curve.png, metrics.jsonl, best/)
   predictions  {pred_dir}/<exam>/{{mask,probability,spread}}.nii.gz, predictions.csv
   evaluation   {js}, {csv_path}
-  test exams: Dice {m['dice']:.3f}  sensitivity {m['sensitivity']:.3f}  precision {m['precision']:.3f}  lesion F1 {m['lesion_f1']:.3f}""")
+  test exams ({summary['n']}): """ + "  ".join(
+      f"{label} {evaluate_mode.fmt(m.get(key))}" for key, label in (
+          ("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
+          ("lesion_f1", "lesion F1"))))
   return summary

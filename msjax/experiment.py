@@ -1,10 +1,13 @@
 """`experiment` mode: the paper's Table 2 and Figure 4 on a cohort, by one command.
 
-Pretrain once; then for every repeat (seeded random sub-sampling of training/validation patients),
-label fraction and strategy (VAN, 0CF, 1CF, 2CF, 3CF, 6CF): fine-tune, predict the test exams,
-evaluate. Writes table2.md / table2.csv (mean Dice, sensitivity, precision and lesion-wise F1 per
-strategy), figure4.png (box plots per strategy), results.csv (every exam of every run) and, with
-several label fractions, dice_vs_fraction.png.
+The paper's protocol: pretrain once on every non-test exam (no validation split there); then for
+every repeat (seeded random sub-sampling of training/validation patients), label fraction and
+strategy (VAN, 0CF, 1CF, 2CF, 3CF, 6CF): fine-tune, predict the test exams with each sampler
+(the paper's 150 random brain patches first; the Gaussian sliding window may be reported
+beside it), evaluate. Writes table2.md / table2.csv (mean Dice, sensitivity, precision and
+lesion-wise F1 per strategy and sampler, each mean over the exams where the measure is defined),
+figure4.png (box plots per strategy), results.csv (every exam of every run) and, with several
+label fractions, dice_vs_fraction.png.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from absl import logging
 
 from msjax import config_base, files
 from msjax.data import cohort as cohort_lib
-from msjax.evaluate import evaluate_mode
+from msjax.evaluate import evaluate_mode, metrics
 from msjax.infer import predict
 from msjax.train import loop, optim, plots
 
@@ -35,10 +38,16 @@ def run(config, workdir: str):
                                        "split 'test' (never trained on)")
   strategies = [optim.strategy_name(s) for s in config_base.parse_list(config.strategies)]
   fractions = config_base.parse_list(config.label_fractions, float)
+  samplers = config_base.parse_list(config.samplers)
+  unknown = sorted(set(samplers) - {"random", "sliding"})
+  if not samplers or unknown:
+    raise ValueError(f"samplers must list 'random' and/or 'sliding', got {config.samplers!r}")
   data = config_base.data(**dict(config.data.to_dict(), cohort=cohort.root))
 
+  # pretraining sees every non-test exam: the validation split is fine-tuning's only
   pre_dir = os.path.join(workdir, "pretrain")
-  loop.train(config_base.stage("pretrain", data, config.model, config.pretrain, config.seed),
+  pre_data = config_base.data(**dict(data.to_dict(), val_fraction=0.0))
+  loop.train(config_base.stage("pretrain", pre_data, config.model, config.pretrain, config.seed),
              pre_dir)
   rows = []
   runs = [(r, f, s) for r in range(config.repeats) for f in fractions for s in strategies]
@@ -51,55 +60,77 @@ def run(config, workdir: str):
                                   freeze="van" if strategy == "VAN" else strategy[:-2]))
     loop.train(config_base.stage("finetune", d, config.model, ft, config.seed), run_dir)
     predictor = predict.Predictor(run_dir, batch_size=config.predict.batch_size)
-    pred_dir = os.path.join(run_dir, "predictions")
-    predict.predict_cohort(predictor, test_exams, pred_dir, sampler=config.predict.sampler,
-                           overlap=config.predict.overlap, n_random=config.predict.n_random,
-                           seed=config.seed)
-    summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=test_exams)
-    for r in summary["exams"]:
-      rows.append({"strategy": strategy, "repeat": repeat, "label_fraction": fraction,
-                   **{k: r[k] for k in ("exam_id", "dice", "sensitivity", "precision",
-                                        "lesion_f1", "lesion_sensitivity", "lesion_precision",
-                                        "hd95_mm", "abs_volume_diff_ml")}})
-  outputs = write_outputs(rows, strategies, fractions, workdir)
+    for sampler in samplers:
+      pred_dir = os.path.join(run_dir, f"predictions_{sampler}")
+      predict.predict_cohort(predictor, test_exams, pred_dir, sampler=sampler,
+                             overlap=config.predict.overlap, n_random=config.predict.n_random,
+                             threshold=config.predict.threshold, seed=config.seed)
+      summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=test_exams)
+      for r in summary["exams"]:
+        rows.append({"strategy": strategy, "sampler": sampler, "repeat": repeat,
+                     "label_fraction": fraction,
+                     **{k: r[k] for k in ("exam_id", "dice", "sensitivity", "precision",
+                                          "lesion_f1", "lesion_sensitivity", "lesion_precision",
+                                          "hd95_mm", "abs_volume_diff_ml")}})
+  outputs = write_outputs(rows, strategies, fractions, workdir, samplers)
   print(open(outputs["table_md"]).read())
   print(f"[experiment] {len(runs)} fine-tuning runs in {time.time() - t0:.0f} s\n"
         + "\n".join(f"  {k}: {v}" for k, v in outputs.items()))
   return {"rows": rows, **outputs}
 
 
-def table(rows, strategies, fraction):
+SAMPLER_NAMES = {"random": "150 random brain patches (paper)",
+                 "sliding": "Gaussian sliding window"}
+
+
+def table(rows, strategies, fraction, sampler):
+  """Per strategy: the mean of each measure (%) over the exams where it is defined, and n."""
   out = []
   for s in strategies:
-    sel = [r for r in rows if r["strategy"] == s and r["label_fraction"] == fraction]
-    out.append({"strategy": s, "n": len(sel), **{k: 100 * float(np.mean([r[k] for r in sel]))
-                                                 for k, _ in MEASURES}})
+    sel = [r for r in rows if r["strategy"] == s and r["label_fraction"] == fraction
+           and r["sampler"] == sampler]
+    mean, n = metrics.mean_over_defined(sel, [k for k, _ in MEASURES])
+    out.append({"strategy": s, "sampler": sampler, "n": len(sel),
+                **{k: None if mean[k] is None else 100 * mean[k] for k, _ in MEASURES},
+                **{f"{k}_n": n[k] for k, _ in MEASURES}})
   return out
 
 
-def write_outputs(rows, strategies, fractions, workdir: str) -> dict:
+def cell(row: dict, key: str, spec: str = ".2f") -> str:
+  """A mean for a table: 'undef' when no exam defines it, '(n=k)' when fewer than all do."""
+  if row[key] is None:
+    return "undef"
+  n = row.get(f"{key}_n", row["n"])
+  return format(row[key], spec) + ("" if n == row["n"] else f" (n={n})")
+
+
+def write_outputs(rows, strategies, fractions, workdir: str, samplers=("random",)) -> dict:
   full = max(fractions)
-  t = table(rows, strategies, full)
+  tables = {s: table(rows, strategies, full, s) for s in samplers}
   results_csv = os.path.join(workdir, "results.csv")
   files.write_csv(rows, results_csv)
   table_csv = os.path.join(workdir, "table2.csv")
-  files.write_csv(t, table_csv)
-  md = [f"Table 2 (label fraction {full:g}; mean over test exams and repeats, %; paper values "
-        "on MSSEG-2016 for reference)", "",
-        "| strategy | Dice | Sensitivity | Precision | Lesion F1 | n | paper Dice / Sens / Prec |",
-        "| --- | --- | --- | --- | --- | --- | --- |"]
-  for r in t:
-    paper = PAPER.get(r["strategy"])
-    md.append(f"| {r['strategy']} | {r['dice']:.2f} | {r['sensitivity']:.2f} | "
-              f"{r['precision']:.2f} | {r['lesion_f1']:.2f} | {r['n']} | "
-              + (" / ".join(f"{v:.2f}" for v in paper) if paper else "-") + " |")
-  table_md = files.write_text("\n".join(md) + "\n", os.path.join(workdir, "table2.md"))
+  files.write_csv([r for t in tables.values() for r in t], table_csv)
+  md = []
+  for sampler, t in tables.items():
+    md += [f"Table 2, inference by {SAMPLER_NAMES[sampler]} (label fraction {full:g}; mean over "
+           "test exams and repeats, %; paper values on MSSEG-2016 for reference)", "",
+           "| strategy | Dice | Sensitivity | Precision | Lesion F1 | n | paper Dice / Sens / Prec |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in t:
+      paper = PAPER.get(r["strategy"])
+      md.append(f"| {r['strategy']} | " + " | ".join(cell(r, k) for k, _ in MEASURES)
+                + f" | {r['n']} | " + (" / ".join(f"{v:.2f}" for v in paper) if paper else "-")
+                + " |")
+    md.append("")
+  table_md = files.write_text("\n".join(md), os.path.join(workdir, "table2.md"))
+  headline = [r for r in rows if r["sampler"] == samplers[0]]
   out = {"table_md": table_md, "table_csv": table_csv, "results_csv": results_csv,
-         "figure4": figure4(rows, strategies, full, os.path.join(workdir, "figure4.png"))}
+         "figure4": figure4(headline, strategies, full, os.path.join(workdir, "figure4.png"))}
   if len(fractions) > 1:
-    out["dice_vs_fraction"] = fraction_plot(rows, strategies, fractions,
+    out["dice_vs_fraction"] = fraction_plot(headline, strategies, fractions,
                                             os.path.join(workdir, "dice_vs_fraction.png"))
-  files.write_json({"table": t, "outputs": out}, os.path.join(workdir, "experiment.json"))
+  files.write_json({"tables": tables, "outputs": out}, os.path.join(workdir, "experiment.json"))
   return out
 
 
@@ -107,11 +138,11 @@ def figure4(rows, strategies, fraction, path):
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
   for ax, (key, label) in zip(axes, MEASURES[:3]):
-    data = [[100 * r[key] for r in rows if r["strategy"] == s and r["label_fraction"] == fraction]
-            for s in strategies]
+    data = [[100 * r[key] for r in rows if r["strategy"] == s and r["label_fraction"] == fraction
+             and r[key] is not None] for s in strategies]
     ax.boxplot(data, medianprops={"color": "tab:orange"})
     ax.set_xticks(range(1, len(strategies) + 1), strategies)
-    means = [np.mean(d) for d in data]
+    means = [np.mean(d) if d else np.nan for d in data]
     ax.plot(range(1, len(strategies) + 1), means, "k^", ms=5, label="mean")
     ax.set_title(f"{label} (%)  means: " + ", ".join(f"{m:.0f}" for m in means), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -125,8 +156,9 @@ def fraction_plot(rows, strategies, fractions, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
   for s in strategies:
-    means = [100 * np.mean([r["dice"] for r in rows if r["strategy"] == s and
-                            r["label_fraction"] == f]) for f in fractions]
+    means = [100 * (metrics.mean_over_defined(
+        [r for r in rows if r["strategy"] == s and r["label_fraction"] == f], ["dice"])[0]["dice"]
+        or np.nan) for f in fractions]
     ax.plot([100 * f for f in fractions], means, "o-", label=f"{s} ({means[-1]:.1f})")
   ax.set_xlabel("labelled training patients used (%)")
   ax.set_ylabel("mean test Dice (%)")

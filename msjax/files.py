@@ -19,7 +19,8 @@ def write_text(text: str, path: str) -> str:
 
 
 def write_json(obj, path: str) -> str:
-  return write_text(json.dumps(obj, indent=1), path)
+  """NaN and infinity are refused (they are not JSON): an undefined value is written as None."""
+  return write_text(json.dumps(obj, indent=1, allow_nan=False), path)
 
 
 def write_csv(rows: list[dict], path: str, fieldnames=None) -> str:

@@ -23,7 +23,7 @@ from absl import logging
 
 from msjax import config_base, files
 from msjax.data import cohort as cohort_lib
-from msjax.evaluate import baseline, evaluate_mode, figures
+from msjax.evaluate import baseline, evaluate_mode, figures, metrics
 from msjax.infer import predict
 from msjax.train import loop, optim, plots
 
@@ -188,27 +188,37 @@ def write_outputs(rows, methods, folds, workdir: str) -> dict:
   for fold in folds:
     for m in methods:
       for r in (r for r in rows if r["fold"] == fold and r["method"] == m):
-        md.append(f"| {fold} | {m} | " + " | ".join(f"{100 * r[k]:.1f}" for k, _ in MEASURES)
+        md.append(f"| {fold} | {m} | " + " | ".join(_pct(r[k]) for k, _ in MEASURES)
                   + f" | {r['pred_volume_ml']:.2f} | {r['ref_volume_ml']:.2f} |")
-  md += ["", "| method | mean Dice | mean Sensitivity | mean Precision | mean Lesion F1 |",
-         "| --- | --- | --- | --- | --- |"]
+  md += ["", "| method | mean Dice | mean Sensitivity | mean Precision | mean Lesion F1 | n |",
+         "| --- | --- | --- | --- | --- | --- |"]
   for m in methods:
     sel = [r for r in rows if r["method"] == m]
-    md.append(f"| {m} | " + " | ".join(f"{100 * np.mean([r[k] for r in sel]):.1f}"
-                                       for k, _ in MEASURES) + " |")
+    mean, n = metrics.mean_over_defined(sel, [k for k, _ in MEASURES])
+    md.append(f"| {m} | " + " | ".join(
+        _pct(mean[k]) + ("" if n[k] == len(sel) else f" (n={n[k]})") for k, _ in MEASURES)
+        + f" | {len(sel)} |")
   nets = [m for m in methods if m != BASELINE]
   md.append("")
   for fold in folds:
-    base = [r["dice"] for r in rows if r["fold"] == fold and r["method"] == BASELINE]
+    base = _mean_dice(rows, fold, BASELINE)
     for m in nets:
-      net = [r["dice"] for r in rows if r["fold"] == fold and r["method"] == m]
-      if base and net:
-        md.append(f"- {fold}: {m} Dice {100 * np.mean(net):.1f} vs FLAIR threshold "
-                  f"{100 * np.mean(base):.1f} -> "
-                  + ("beats the baseline" if np.mean(net) > np.mean(base) else "DOES NOT beat it"))
+      net = _mean_dice(rows, fold, m)
+      if base is not None and net is not None:
+        md.append(f"- {fold}: {m} Dice {100 * net:.1f} vs FLAIR threshold {100 * base:.1f} -> "
+                  + ("beats the baseline" if net > base else "DOES NOT beat it"))
   table_md = files.write_text("\n".join(md) + "\n", os.path.join(workdir, "results.md"))
   return {"table_md": table_md, "results_csv": results_csv,
           "scores_png": scores_figure(rows, methods, folds, os.path.join(workdir, "scores.png"))}
+
+
+def _pct(value) -> str:
+  return "undef" if value is None else f"{100 * value:.1f}"
+
+
+def _mean_dice(rows, fold, method):
+  sel = [r for r in rows if r["fold"] == fold and r["method"] == method]
+  return metrics.mean_over_defined(sel, ["dice"])[0]["dice"] if sel else None
 
 
 def scores_figure(rows, methods, folds, path: str) -> str:
@@ -217,8 +227,8 @@ def scores_figure(rows, methods, folds, path: str) -> str:
   width = 0.8 / max(len(methods), 1)
   for ax, (key, label) in zip(axes, MEASURES):
     for i, m in enumerate(methods):
-      vals = [100 * np.mean([r[key] for r in rows if r["fold"] == f and r["method"] == m] or
-                            [np.nan]) for f in folds]
+      vals = [100 * np.mean([r[key] for r in rows if r["fold"] == f and r["method"] == m
+                             and r[key] is not None] or [np.nan]) for f in folds]
       xs = np.arange(len(folds)) + (i - (len(methods) - 1) / 2) * width
       bars = ax.bar(xs, vals, width, label=m)
       ax.bar_label(bars, fmt="%.0f", fontsize=7)

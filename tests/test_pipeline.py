@@ -142,3 +142,22 @@ def test_split_patients_is_seeded_and_disjoint():
 def test_segmentation_refuses_unlabelled_exams(tiny_cohort):
   with pytest.raises(ValueError, match="unlabelled"):
     pipeline.PatchSource(list(tiny_cohort.exams), _spec(), cohort_lib.ExamCache(1))
+
+
+def test_groups_draw_a_patient_then_one_of_its_exams(tiny_cohort):
+  """The paper's batches: a patient with three exams is drawn as often as one with one exam
+  (group_by="patient"); drawing exams instead gives it three times the share."""
+  import dataclasses
+  base = [e for e in tiny_cohort.select(split="train", labelled=True)][:2]
+  longitudinal = [dataclasses.replace(base[0], exam_id=f"{base[0].exam_id}_t{k}") for k in range(3)]
+  exams = longitudinal + [base[1]]
+  counts = {}
+  for group_by in ("patient", "exam"):
+    source = pipeline.PatchSource(exams, _spec(group_by=group_by), cohort_lib.ExamCache(1))
+    plans = [source.group_plan(b, 0)[0] for b in range(4000)]
+    counts[group_by] = np.bincount(plans, minlength=4) / len(plans)
+  assert abs(counts["patient"][:3].sum() - 0.5) < 0.03
+  assert all(abs(c - 1 / 6) < 0.03 for c in counts["patient"][:3])  # its exams share its half
+  assert abs(counts["exam"][:3].sum() - 0.75) < 0.03
+  with pytest.raises(ValueError, match="group_by"):
+    pipeline.PatchSource(exams, _spec(group_by="site"), cohort_lib.ExamCache(1))

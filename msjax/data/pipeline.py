@@ -28,6 +28,9 @@ class SamplerSpec:
   lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
   ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
+  group_by: str = "patient"        # a group's patches come from one exam of a drawn "patient"
+                                   # (the paper: longitudinal patients are not oversampled) or
+                                   # from a drawn "exam"
   augment: bool = False            # segmentation: scaling, mirroring, intensity jitter
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
@@ -55,9 +58,17 @@ class PatchSource:
         raise ValueError(f"segmentation needs lesion masks; unlabelled exams: {unlabelled}")
     elif spec.task != "position":
       raise ValueError(f"unknown task {spec.task!r}")
+    if spec.group_by not in ("patient", "exam"):
+      raise ValueError(f"group_by must be 'patient' or 'exam', got {spec.group_by!r}")
     self.exams, self.spec, self.cache = list(exams), spec, cache
-    self.ms = [i for i, e in enumerate(self.exams) if e.ms]
-    self.non_ms = [i for i, e in enumerate(self.exams) if not e.ms]
+    # units a group is drawn from: patients (each a list of its exams) or single exams; for the
+    # position task, split by MS status so that MS exams keep their share of groups
+    units: dict[tuple, list[int]] = {}
+    for i, e in enumerate(self.exams):
+      units.setdefault((e.patient_id if spec.group_by == "patient" else i, e.ms), []).append(i)
+    self.units = list(units.values())
+    self.ms = [u for u, (_, ms) in enumerate(units) if ms]
+    self.non_ms = [u for u, (_, ms) in enumerate(units) if not ms]
 
   def prepared(self, exam: Exam) -> _Prepared:
     spec = self.spec
@@ -71,8 +82,10 @@ class PatchSource:
     if spec.task == "position" and self.ms and self.non_ms:
       pool = self.ms if rng.random() < spec.ms_fraction else self.non_ms
     else:
-      pool = range(len(self.exams))
-    exam_index = int(rng.choice(list(pool)))
+      pool = range(len(self.units))
+    unit = self.units[int(rng.choice(list(pool)))]
+    # one exam per patient draws nothing more: such cohorts get the same batches either way
+    exam_index = unit[0] if len(unit) == 1 else unit[int(rng.integers(len(unit)))]
     exam = self.exams[exam_index]
     rater = int(rng.integers(len(exam.training_masks))) if exam.training_masks else -1
     keep = np.array([m in exam.images for m in MODALITIES])

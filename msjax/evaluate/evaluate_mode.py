@@ -1,7 +1,9 @@
 """`evaluate` mode: predicted masks (from predict) vs the cohort's references, in native space.
 
 Per exam: every metric against the consensus (or the only rater), and Dice against each rater.
-Writes `summary.json` (per exam + mean) and `metrics.csv` in the workdir.
+Writes `summary.json` (per exam, the mean of every measure and over how many exams it was taken)
+and `metrics.csv` in the workdir. Undefined values (see metrics.py) are `null` in JSON and empty
+cells in CSV, and are left out of the means.
 """
 from __future__ import annotations
 
@@ -26,6 +28,14 @@ def find_prediction(pred_dir: str, exam_id: str) -> str | None:
   return None
 
 
+def _file_order(volume: nifti.Volume):
+  """The mask in its file's voxel order with that order's voxel sizes: the evaluator numbers
+  lesions by a raster scan of the file, which decides ties (metrics.lesion_labels)."""
+  grid = volume.grid
+  spacing = tuple(float(s) for s in np.sqrt((grid.source_affine[:3, :3] ** 2).sum(axis=0)))
+  return nifti.to_source_orientation(volume.data, grid), spacing
+
+
 def evaluate_exam(exam: cohort_lib.Exam, mask_path: str) -> dict:
   pred = nifti.read_nifti(mask_path, kind="mask")
   ref_path = exam.reference
@@ -36,22 +46,23 @@ def evaluate_exam(exam: cohort_lib.Exam, mask_path: str) -> dict:
         f"{ref.grid.shape}")
   row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "prediction": mask_path,
          "reference": ref_path}
-  row.update(metrics.evaluate_masks(pred.data, ref.data, ref.grid.spacing))
+  (p, spacing), (r, _) = _file_order(pred), _file_order(ref)
+  row.update(metrics.evaluate_masks(p, r, spacing))
   for k, rater in enumerate(exam.raters):
-    r = nifti.read_nifti(rater, kind="mask")
-    row[f"dice_rater{k + 1}"] = metrics.voxel_metrics(pred.data, r.data)["dice"]
+    rv = nifti.read_nifti(rater, kind="mask")
+    row[f"dice_rater{k + 1}"] = metrics.voxel_metrics(pred.data, rv.data)["dice"]
   return row
 
 
-def mean_of(rows: list[dict]) -> dict:
-  keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(
-      rows[0][k], bool)] if rows else []
-  out = {}
-  for k in keys:
-    vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
-    if vals:
-      out[k] = float(np.mean(vals))
-  return out
+def numeric_keys(rows: list[dict]) -> list[str]:
+  keys = dict.fromkeys(k for r in rows for k, v in r.items()
+                       if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+  return [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
+
+
+def mean_of(rows: list[dict]) -> tuple[dict, dict]:
+  """(mean, number of exams with a defined value) of every numeric measure."""
+  return metrics.mean_over_defined(rows, numeric_keys(rows))
 
 
 def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) -> dict:
@@ -62,11 +73,17 @@ def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) ->
       continue
     row = evaluate_exam(exam, path)
     rows.append(row)
-    log("[evaluate] %s: %s" % (exam.exam_id, "  ".join(f"{k} {row[k]:.3f}" for k in HEADLINE)))
+    log("[evaluate] %s: %s" % (exam.exam_id, "  ".join(f"{k} {fmt(row[k])}" for k in HEADLINE)))
   if not rows:
     raise cohort_lib.InvalidInputError(
         f"no exam has both a prediction under {pred_dir} and a reference mask in {cohort.root}")
-  return {"exams": rows, "mean": mean_of(rows), "n": len(rows)}
+  mean, n_defined = mean_of(rows)
+  return {"exams": rows, "mean": mean, "mean_n": n_defined, "n": len(rows)}
+
+
+def fmt(value, spec: str = ".3f", undefined: str = "undef") -> str:
+  """A measure for printing: undefined values (None) are shown as such, never as a number."""
+  return undefined if value is None else format(value, spec)
 
 
 def write_summary(summary: dict, workdir: str) -> tuple[str, str]:
@@ -75,11 +92,15 @@ def write_summary(summary: dict, workdir: str) -> tuple[str, str]:
 
 
 def format_table(summary: dict) -> str:
+  """One row per exam, the mean, and over how many exams each mean was taken ("undef": the
+  measure is undefined for that exam, e.g. precision of an empty prediction)."""
   head = ["exam"] + list(HEADLINE)
   lines = ["  ".join(f"{h:>18s}" if i else f"{h:<18s}" for i, h in enumerate(head))]
   for r in summary["exams"] + [dict(summary["mean"], exam_id="MEAN")]:
-    lines.append("  ".join([f"{r['exam_id']:<18s}"] + [f"{r.get(k, float('nan')):18.3f}"
+    lines.append("  ".join([f"{r['exam_id']:<18s}"] + [f"{fmt(r.get(k)):>18s}"
                                                        for k in HEADLINE]))
+  n = summary.get("mean_n", {})
+  lines.append("  ".join([f"{'(mean over n)':<18s}"] + [f"{n.get(k, 0):>18d}" for k in HEADLINE]))
   return "\n".join(lines)
 
 

@@ -1,26 +1,51 @@
-"""Segmentation metrics against a reference mask (SPEC "Evaluation").
+"""Segmentation metrics against a reference mask, as the MSSEG-2016 evaluator computes them.
 
-Voxel-wise: Dice = 2TP/(2TP+FP+FN), sensitivity = TP/P, precision = TP/(TP+FP).
-Lesion-wise, as the MSSEG-2016 evaluator (Anima animaSegPerfAnalyzer): lesions are 6-connected
-components; components of 3 mm³ or less are dropped; a reference lesion is detected when the
-prediction covers more than α = 0.10 of it and, taking the overlapping predicted components from
-the largest overlap down, none has more than β = 0.70 of its voxels outside the reference before
-their combined coverage reaches γ = 0.65. Lesion-wise precision applies the same rule with the
-roles swapped. Also absolute volume difference and the 95th-percentile Hausdorff distance.
+Voxel-wise: Dice = 2TP/(2TP+FP+FN), sensitivity = TP/(TP+FN), precision = TP/(TP+FP).
 
-Empty masks give defined values: a quantity with nothing to find or nothing claimed is vacuously
-perfect (sensitivity 1 with an empty reference, precision 1 with an empty prediction), Dice is 1
-when both are empty, HD95 is 0 when both are empty and the field-of-view diagonal when exactly
-one is.
+Lesion-wise, Anima's `animaSegPerfAnalyzer` (`animaSegPerfCAnalyzer.cxx`: getOverlapTab,
+getTruePositiveLesions, falsePositiveRatioTester, getDetectionMarks), step for step:
+- lesions are 6-connected components of each image; components of fewer than
+  floor(3 mm³ / voxel volume) + 1 voxels are removed from both images first (they become
+  background). Kept components are numbered as ITK does: by size, largest first, equal sizes in
+  the order a raster scan of the file (x fastest) meets them;
+- an overlap table counts voxels per (reference label, predicted label), label 0 = background;
+- a reference lesion i with tp_i voxels covered by kept predicted components is missed if
+  tp_i / |i| <= α = 0.10. Otherwise the predicted components are sorted by decreasing overlap with
+  i (libstdc++'s std::sort, ties included, see cxx_sort.py) and walked, at most (number of
+  reference lesions + 1) of them: a component with more than β = 0.70 of its voxels outside every
+  kept reference lesion ends the walk and i is missed; otherwise overlap / tp_i is added, and the
+  walk stops once the sum reaches γ = 0.65. A lesion whose walk was not ended by a β failure is
+  detected (also when the bound stopped it below γ: the evaluator returns `!bExit`);
+- lesion precision is the same rule with the two images' roles swapped.
+
+Undefined is undefined: a ratio whose denominator is 0 (sensitivity with an empty reference,
+precision with an empty prediction, Dice with both empty, lesion F1 when either lesion score is
+undefined) is `None`: an empty CSV cell, `null` in JSON, left out of means. One departure from
+Anima's floating point: when both lesion scores are 0 (lesions on both sides, none matched),
+Anima's 2·0·0/(0+0) gives NaN; msjax reports F1 = 0, the value of 2TP/(2TP+FP+FN) with TP = 0,
+because dropping a total miss from a mean would flatter it.
+
+HD95 is MedPy's `hd95`: the 95th percentile of the surface distances of both directions pooled
+(surfaces = mask minus its 6-connected erosion), undefined when either mask is empty. MONAI's
+`compute_hausdorff_distance(percentile=95)` takes the larger of the two directed 95th
+percentiles instead and gives equal or larger values.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
 
+from msjax.evaluate.cxx_sort import std_sort
+
 ALPHA, BETA, GAMMA = 0.10, 0.70, 0.65
 MIN_LESION_MM3 = 3.0
 SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
+
+
+def ratio(num: float, den: float) -> float | None:
+  return None if den == 0 else num / den
 
 
 def voxel_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -28,92 +53,133 @@ def voxel_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
   tp = int(np.count_nonzero(p & r))
   fp = int(np.count_nonzero(p & ~r))
   fn = int(np.count_nonzero(~p & r))
-  denom = 2 * tp + fp + fn
-  return {"dice": 1.0 if denom == 0 else 2 * tp / denom,
-          "sensitivity": 1.0 if tp + fn == 0 else tp / (tp + fn),
-          "precision": 1.0 if tp + fp == 0 else tp / (tp + fp),
-          "tp": tp, "fp": fp, "fn": fn}
+  return {"dice": ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": ratio(tp, tp + fn),
+          "precision": ratio(tp, tp + fp), "tp": tp, "fp": fp, "fn": fn}
+
+
+def min_lesion_voxels(voxel_mm3: float, min_mm3: float = MIN_LESION_MM3) -> int:
+  """Anima: floor(3 mm³ / voxel volume) + 1 voxels ("strictly more than 3 mm³")."""
+  return int(math.floor(min_mm3 / voxel_mm3)) + 1
+
+
+def lesion_labels(mask: np.ndarray, voxel_mm3: float, min_mm3: float = MIN_LESION_MM3):
+  """6-connected components with at least min_lesion_voxels voxels, numbered 1..n as ITK's
+  ConnectedComponent + RelabelComponent filters number them (size descending, ties in raster
+  order with the first array axis fastest); removed components are 0. Returns (labels, n)."""
+  raw, n = ndimage.label(mask > 0, structure=SIX_CONNECTED)
+  if n == 0:
+    return raw, 0
+  sizes = np.bincount(raw.ravel(), minlength=n + 1)
+  # first voxel of each component in ITK's raster order (x fastest = Fortran order)
+  ids, first = np.unique(raw.ravel(order="F"), return_index=True)
+  first_seen = np.zeros(n + 1, np.int64)
+  first_seen[ids] = first
+  keep = [k for k in range(1, n + 1) if sizes[k] >= min_lesion_voxels(voxel_mm3, min_mm3)]
+  order = sorted(keep, key=lambda k: (-sizes[k], first_seen[k]))
+  lut = np.zeros(n + 1, np.int32)
+  lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+  return lut[raw], len(order)
 
 
 def lesions(mask: np.ndarray, voxel_mm3: float, min_mm3: float = MIN_LESION_MM3):
-  """6-connected components larger than min_mm3; returns (label volume, list of labels)."""
-  labels, n = ndimage.label(mask > 0, structure=SIX_CONNECTED)
-  if n == 0:
-    return labels, []
-  sizes = np.bincount(labels.ravel(), minlength=n + 1)
-  keep = [k for k in range(1, n + 1) if sizes[k] * voxel_mm3 > min_mm3 + 1e-9]
-  return labels, keep
+  """(label volume, list of kept labels): the lesions the evaluator counts."""
+  labels, n = lesion_labels(mask, voxel_mm3, min_mm3)
+  return labels, list(range(1, n + 1))
 
 
-def _detected(target_labels, target_ids, other_labels, other_ids,
-              alpha=ALPHA, beta=BETA, gamma=GAMMA) -> int:
-  """How many components of `target` are detected by `other` under the α/β/γ rule."""
-  other_sizes = np.bincount(other_labels.ravel(), minlength=other_labels.max() + 1)
-  kept_other = set(other_ids)
-  target_mask = np.isin(target_labels, target_ids)
-  # voxels of each "other" component lying outside the target segmentation (all its lesions)
-  outside = np.bincount(other_labels[~target_mask].ravel(), minlength=other_labels.max() + 1)
-  count = 0
-  for t in target_ids:
-    region = target_labels == t
-    size = int(region.sum())
-    overlap_ids, overlaps = np.unique(other_labels[region], return_counts=True)
-    pairs = [(int(o), int(c)) for o, c in zip(overlap_ids, overlaps) if o != 0 and o in kept_other]
-    covered = sum(c for _, c in pairs)
-    if covered / size <= alpha:
+def overlap_table(row_labels: np.ndarray, n_rows: int, col_labels: np.ndarray, n_cols: int
+                  ) -> np.ndarray:
+  """(n_rows + 1, n_cols + 1) voxel counts; [i, j] = voxels of row label i in column label j."""
+  flat = row_labels.ravel().astype(np.int64) * (n_cols + 1) + col_labels.ravel()
+  return np.bincount(flat, minlength=(n_rows + 1) * (n_cols + 1)).reshape(n_rows + 1, n_cols + 1)
+
+
+def detected_lesions(table: np.ndarray, alpha=ALPHA, beta=BETA, gamma=GAMMA) -> list[bool]:
+  """Anima's getTruePositiveLesions on an overlap table whose rows are the lesions being tested
+  and whose columns are the other image's components. Returns one flag per row label 1..n."""
+  n_rows, n_cols = table.shape  # labels including the background
+  tp_row = table[:, 1:].sum(axis=1)
+  col_size = table.sum(axis=0)
+  out = []
+  for i in range(1, n_rows):
+    tp = int(tp_row[i])
+    if not tp / (tp + int(table[i, 0])) > alpha:
+      out.append(False)
       continue
-    ok, cumulative = True, 0
-    for o, c in sorted(pairs, key=lambda oc: -oc[1]):
-      if cumulative / size >= gamma:
-        break
-      if outside[o] / other_sizes[o] > beta:
-        ok = False
-        break
-      cumulative += c
-    count += ok
-  return count
+    column = [(j, int(table[i, j])) for j in range(1, n_cols)]
+    std_sort(column, lambda f, s: f[1] > s[1])
+    weight, k, exited = 0.0, 0, False
+    # k < len(column) never binds (all overlaps summed is a weight of 1 >= γ); Anima reads past
+    # its vector there
+    while weight < gamma and k < n_rows and k < len(column) and not exited:
+      j, overlap = column[k]
+      exited = int(table[0, j]) / int(col_size[j]) > beta
+      if not exited:
+        weight += overlap / tp
+      k += 1
+    out.append(not exited)
+  return out
 
 
 def lesion_metrics(pred: np.ndarray, ref: np.ndarray, voxel_mm3: float) -> dict:
-  ref_labels, ref_ids = lesions(ref, voxel_mm3)
-  pred_labels, pred_ids = lesions(pred, voxel_mm3)
-  detected = _detected(ref_labels, ref_ids, pred_labels, pred_ids)
-  confirmed = _detected(pred_labels, pred_ids, ref_labels, ref_ids)
-  sens = 1.0 if not ref_ids else detected / len(ref_ids)
-  prec = 1.0 if not pred_ids else confirmed / len(pred_ids)
-  f1 = 0.0 if sens + prec == 0 else 2 * sens * prec / (sens + prec)
+  ref_labels, n_ref = lesion_labels(ref, voxel_mm3)
+  pred_labels, n_pred = lesion_labels(pred, voxel_mm3)
+  detected = confirmed = 0
+  if n_ref and n_pred:  # getDetectionMarks computes nothing unless both have lesions
+    table = overlap_table(ref_labels, n_ref, pred_labels, n_pred)
+    detected = sum(detected_lesions(table))
+    confirmed = sum(detected_lesions(table.T))
+  sens, prec = ratio(detected, n_ref), ratio(confirmed, n_pred)
+  if sens is None or prec is None:
+    f1 = None
+  else:
+    f1 = 0.0 if sens + prec == 0 else 2 * sens * prec / (sens + prec)
   return {"lesion_sensitivity": sens, "lesion_precision": prec, "lesion_f1": f1,
-          "ref_lesions": len(ref_ids), "pred_lesions": len(pred_ids),
-          "detected_lesions": detected}
+          "ref_lesions": n_ref, "pred_lesions": n_pred, "detected_lesions": detected,
+          "confirmed_lesions": confirmed}
 
 
 def _surface(mask):
   return mask & ~ndimage.binary_erosion(mask, structure=SIX_CONNECTED, border_value=0)
 
 
-def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
-  """95th-percentile symmetric surface distance in mm (MedPy's hd95)."""
+def _surface_distances(a, b, spacing):
+  """Distance (mm) from every surface voxel of a to the nearest surface voxel of b."""
+  return ndimage.distance_transform_edt(~_surface(b), sampling=spacing)[_surface(a)]
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float | None:
+  """MedPy's hd95 (both directions' surface distances pooled, 95th percentile), in mm; None when
+  either mask is empty."""
   p, r = pred > 0, ref > 0
-  if not p.any() and not r.any():
-    return 0.0
   if not p.any() or not r.any():
-    return float(np.sqrt(np.sum((np.array(p.shape) * np.array(spacing)) ** 2)))
-  sp, sr = _surface(p), _surface(r)
-  dist_to_r = ndimage.distance_transform_edt(~sr, sampling=spacing)
-  dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
-  return float(max(np.percentile(dist_to_r[sp], 95), np.percentile(dist_to_p[sr], 95)))
+    return None
+  pooled = np.concatenate([_surface_distances(p, r, spacing), _surface_distances(r, p, spacing)])
+  return float(np.percentile(pooled, 95))
 
 
 def evaluate_masks(pred: np.ndarray, ref: np.ndarray, spacing) -> dict:
-  """All metrics of one predicted mask against one reference on the same grid."""
+  """All metrics of one predicted mask against one reference on the same grid. Arrays in the
+  file's own voxel order give Anima's tie order exactly (see lesion_labels)."""
   if pred.shape != ref.shape:
     raise ValueError(f"prediction {pred.shape} and reference {ref.shape} are on different grids")
   voxel_mm3 = float(np.prod(spacing))
   out = voxel_metrics(pred, ref)
   out.update(lesion_metrics(pred, ref, voxel_mm3))
   vp, vr = np.count_nonzero(pred) * voxel_mm3 / 1000, np.count_nonzero(ref) * voxel_mm3 / 1000
+  avd = ratio(100.0 * abs(vp - vr), vr)
   out.update({"pred_volume_ml": vp, "ref_volume_ml": vr, "abs_volume_diff_ml": abs(vp - vr),
-              "avd_percent": 0.0 if vr == 0 and vp == 0 else
-              (None if vr == 0 else 100.0 * abs(vp - vr) / vr),
-              "hd95_mm": hd95(pred, ref, spacing)})
+              "avd_percent": avd, "hd95_mm": hd95(pred, ref, spacing)})
   return out
+
+
+def mean_over_defined(rows: list[dict], keys) -> tuple[dict, dict]:
+  """(mean, n) per key over the rows where the value is defined (not None): undefined values
+  never enter a mean, and every mean says how many values it averages."""
+  means, counts = {}, {}
+  for k in keys:
+    vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r[k], bool)
+            and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
+    counts[k] = len(vals)
+    means[k] = float(np.mean(vals)) if vals else None
+  return means, counts

@@ -78,7 +78,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               group_offset=process_index * local_groups,
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
-                              augment=d.augment,
+                              group_by=d.group_by, augment=d.augment,
                               seed=config.seed)
 
 
@@ -104,15 +104,17 @@ class Validator:
       target = np.concatenate([b["position"] for b in self.fixed])
       return {"val_mse": float(np.mean((preds - target) ** 2)),
               "val_baseline_mse": float(np.mean((target - target.mean(0)) ** 2))}
-    dices = []
+    rows = []
     for exam in self.exams:
       arrays = self.cache.get(exam)
       corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap)
       pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
                                            self.batch)
       p = (pred.probability >= 0.5) & (arrays.brain > 0)
-      dices.append(metrics.voxel_metrics(p, arrays.reference)["dice"])
-    return {"val_dice": float(np.mean(dices))}
+      rows.append(metrics.voxel_metrics(p, arrays.reference))
+    # an exam with no lesion and no prediction has no Dice: it is left out, not counted as 1
+    mean, n = metrics.mean_over_defined(rows, ["dice"])
+    return {} if mean["dice"] is None else {"val_dice": mean["dice"], "val_exams": n["dice"]}
 
   def predict(self, x):
     """Every process runs the same replicated computation (a collective on a multi-host mesh)."""
