@@ -1,6 +1,7 @@
 """Compiled patch throughput, at the paper's configuration by default (base width 16, 5x32³
-patches, batch 12), beside a PyTorch reference of the same network (`pip install -e '.[bench]'`).
-On a GPU or TPU the same command runs unchanged (the device is auto-detected)."""
+patches, batch 12), in float32 and bfloat16, beside a PyTorch reference of the same network in
+float32 and bf16 autocast (`pip install -e '.[bench]'`). On a GPU or TPU the same command runs
+unchanged (the device is auto-detected)."""
 from ml_collections import config_dict
 
 
@@ -11,10 +12,11 @@ def get_config(variant: str = ""):
   c.patch_size = 32
   c.batch_size = 12          # train steps
   c.infer_batch = 12         # inference forward
-  c.dtype = "float32"        # or bfloat16 (params and loss stay float32)
-  c.conv_impls = "onednn,fold"  # the first is the headline; the others are timed beside it (+xla)
+  c.dtypes = "float32,bfloat16"  # every dtype runs with the first conv_impl
+  c.conv_impls = "onednn,fold"  # the first is the headline; the others run in float32 beside it
+  c.torch_settings = "float32,bf16,bf16_cl3d"  # bf16 = autocast; cl3d = channels_last_3d
   c.warmup = 1
-  c.repeats = 3
+  c.repeats = 5
   c.matmul_size = 2048
   c.volume = True            # whole-volume inference of one exam
   c.volume_shape = (128, 128, 128)
@@ -25,6 +27,7 @@ def get_config(variant: str = ""):
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training
     c.base_width, c.patch_size, c.batch_size, c.infer_batch = 4, 32, 2, 2
     c.conv_impls, c.warmup, c.repeats, c.matmul_size = "onednn", 0, 2, 256
+    c.torch_settings = "float32,bf16"
     c.volume_shape = (48, 48, 48)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (known: smoke)")

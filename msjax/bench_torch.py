@@ -1,5 +1,6 @@
-"""PyTorch reference of exactly the msjax network (layer for layer, same parameter count), for the
-benchmark only (optional `bench` extra). Channels-first, as PyTorch runs it fastest on CPU."""
+"""PyTorch reference of exactly the msjax network (layer for layer, same parameter count) and its
+timing, for the benchmark only (optional `bench` extra): float32, and bf16 autocast (PyTorch's
+fastest CPU setting) channels-first and channels_last_3d. The only module that imports torch."""
 from __future__ import annotations
 
 import torch
@@ -90,3 +91,64 @@ def soft_dice_loss(logits, target, smooth=1.0):
 
 def n_params(model) -> int:
   return sum(p.numel() for p in model.parameters())
+
+
+# ---- timing (the benchmark's reference column) ---------------------------------------------------
+
+SETTINGS = {  # name -> (bf16 autocast, channels_last_3d)
+    "float32": (False, False),
+    "bf16": (True, False),
+    "bf16_cl3d": (True, True),
+}
+
+
+def _timed(fn, warmup: int, repeats: int) -> list[float]:
+  import time
+  times = []
+  for i in range(warmup + repeats):
+    t = time.perf_counter()
+    fn()
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  return times
+
+
+def bench_setting(setting: str, base_width: int, dropout: float, batch: int, patch: int,
+                  warmup: int, repeats: int, volume=None) -> dict:
+  """Seconds per step of train_seg, train_pretrain and infer for one PyTorch setting: float32,
+  or bf16 autocast (PyTorch's fastest CPU setting) channels-first or channels_last_3d.
+  `volume(predict_batch)` times whole-volume inference with the same network when given."""
+  import numpy as np
+  bf16, channels_last = SETTINGS[setting]
+  fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+  torch.manual_seed(0)
+  x = torch.randn(batch, 5, patch, patch, patch).contiguous(memory_format=fmt)
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+  out = {}
+  for name, net, target, loss_fn in (
+      ("train_seg", SegmentationNet(5, base_width, dropout),
+       (torch.rand(batch, 1, patch, patch, patch) > 0.95).float(), soft_dice_loss),
+      ("train_pretrain", PositionRegressor(5, base_width, dropout), torch.rand(batch, 3),
+       torch.nn.functional.mse_loss)):
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-4, weight_decay=1e-5)
+    net.train()
+
+    def step():
+      opt.zero_grad(set_to_none=True)
+      with autocast():
+        y = net(x)
+      loss_fn(y.float(), target).backward()  # loss in float32, as msjax's
+      opt.step()
+    out[name] = {"params": n_params(net), "times": _timed(step, warmup, repeats)}
+    if name == "train_seg":
+      seg = net
+  seg.eval()
+  with torch.inference_mode(), autocast():
+    out["infer"] = {"times": _timed(lambda: torch.sigmoid(seg(x)), warmup, repeats)}
+    if volume is not None:
+      def predict_batch(b):
+        t_in = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 4, 1, 2, 3)))
+        return torch.sigmoid(seg(t_in.contiguous(memory_format=fmt)).float())[:, 0].numpy()
+      out["volume_infer"] = volume(predict_batch)
+  return out

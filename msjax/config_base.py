@@ -38,7 +38,10 @@ def model(**overrides) -> config_dict.ConfigDict:
   # 3D conv formulation: "onednn" (oneDNN custom calls on CPU, XLA's conv on GPU/TPU; falls back
   # to "fold" when the extension cannot be built), "fold" (depth-folded 2D conv), "xla" (reference)
   c.conv_impl = "onednn"
-  c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
+  # compute dtype: "auto" = bfloat16 on GPU/TPU and on CPUs with bf16 instructions (avx512_bf16,
+  # AMX) through oneDNN, float32 elsewhere; or "float32" / "bfloat16". Parameters, instance-norm
+  # statistics, the loss and the optimizer are float32 in every case.
+  c.dtype = "auto"
   c.update(overrides)
   return c
 

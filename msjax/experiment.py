@@ -17,11 +17,11 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import config_base, files
+from msjax import config_base, figures, files
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import evaluate_mode, metrics
 from msjax.infer import predict
-from msjax.train import loop, optim, plots
+from msjax.train import loop, optim
 
 MEASURES = (("dice", "Dice"), ("sensitivity", "Sensitivity"), ("precision", "Precision"),
             ("lesion_f1", "Lesion F1"))
@@ -149,7 +149,7 @@ def figure4(rows, strategies, fraction, path):
   axes[0].set_ylabel("% per test exam")
   axes[0].legend(fontsize=8)
   fig.suptitle("Figure 4: per-exam scores by transfer strategy (median in orange)")
-  return plots.save_figure(fig, path)
+  return figures.save_figure(fig, path)
 
 
 def fraction_plot(rows, strategies, fractions, path):
@@ -165,4 +165,4 @@ def fraction_plot(rows, strategies, fractions, path):
   ax.set_title("How much does pretraining help when labels are scarce?")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  return plots.save_figure(fig, path)
+  return figures.save_figure(fig, path)

@@ -21,11 +21,11 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import config_base, files
+from msjax import config_base, figures, files
 from msjax.data import cohort as cohort_lib
-from msjax.evaluate import baseline, evaluate_mode, figures, metrics
+from msjax.evaluate import baseline, evaluate_mode, metrics, outlines
 from msjax.infer import predict
-from msjax.train import loop, optim, plots
+from msjax.train import loop, optim
 
 MEASURES = (("dice", "Dice"), ("sensitivity", "Sensitivity"), ("precision", "Precision"),
             ("lesion_f1", "Lesion F1"))
@@ -153,7 +153,7 @@ def run(config, workdir: str):
     for exam in test:
       flair = exam.images.get("FLAIR")
       if flair and exam.reference:
-        slice_figures[exam.exam_id] = figures.outline_figure(
+        slice_figures[exam.exam_id] = outlines.outline_figure(
             flair, exam.reference,
             {name: os.path.join(d, exam.exam_id, "mask.nii.gz") for name, d in masks.items()},
             os.path.join(workdir, f"slices_{exam.exam_id}.png"),
@@ -238,4 +238,4 @@ def scores_figure(rows, methods, folds, path: str) -> str:
     ax.set_ylim(0, 100)
   axes[0].legend(fontsize=8)
   fig.suptitle("Leave-one-patient-out on real scans: network strategies vs a FLAIR threshold")
-  return plots.save_figure(fig, path)
+  return figures.save_figure(fig, path)

@@ -141,3 +141,22 @@ def test_demo_smoke(tmp_path):
   assert set(times) >= {"pretrain", "finetune", "predict", "evaluate"}
   assert (tmp_path / "finetune" / "loss_curve.png").exists()
   assert (tmp_path / "predict" / "predictions" / "synth003" / "spread.nii.gz").exists()
+
+
+def test_sliding_window_skips_patches_without_brain_and_keeps_the_brain_s_prediction():
+  rng = np.random.default_rng(0)
+  brain = np.zeros((48, 48, 48), np.uint8)
+  brain[10:30, 12:34, 8:28] = 1
+  images = rng.standard_normal((48, 48, 48, 2)).astype(np.float32)
+
+  def fake(batch):  # any deterministic function of the patch
+    return np.tanh(batch[..., 0] * 0.3 + batch[..., 1:].mean(-1, keepdims=False)) * 0.5 + 0.5
+  full = sliding_window.sliding_window_corners(brain.shape, 16, 0.5)
+  skipped = sliding_window.sliding_window_corners(brain.shape, 16, 0.5, brain=brain)
+  assert 0 < len(skipped) < len(full)
+  a = sliding_window.predict_volume(fake, images, full, 16, 4)
+  b = sliding_window.predict_volume(fake, images, skipped, 16, 4)
+  inside = brain > 0
+  np.testing.assert_allclose(a.probability[inside], b.probability[inside], rtol=1e-6)
+  np.testing.assert_allclose(a.spread[inside], b.spread[inside], rtol=1e-5, atol=1e-7)
+  assert (b.coverage[inside] > 0).all()

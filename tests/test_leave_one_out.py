@@ -11,7 +11,7 @@ from conftest import LESJAK_MNI, load_config, needs_lesjak
 from msjax import leave_one_out
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti, pipeline
-from msjax.evaluate import baseline, evaluate_mode, figures, metrics
+from msjax.evaluate import baseline, evaluate_mode, metrics, outlines
 
 
 def _exam_with_flair(tmp_path, flair, lesion, name="case"):
@@ -80,8 +80,8 @@ def test_lesion_slices_picks_the_most_lesioned_and_spreads_them():
   ref[2:8, 2:8, 10] = True   # 36 voxels
   ref[2:6, 2:6, 11] = True   # 16, too close to 10
   ref[2:5, 2:5, 30] = True   # 9
-  assert figures.lesion_slices(ref, 2) == [10, 30]
-  assert figures.lesion_slices(ref, 5) == [10, 30]  # only slices with lesion
+  assert outlines.lesion_slices(ref, 2) == [10, 30]
+  assert outlines.lesion_slices(ref, 5) == [10, 30]  # only slices with lesion
 
 
 def test_leave_one_out_mode_on_tiny_cohort(tiny_cohort, tmp_path):

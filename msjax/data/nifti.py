@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
+
+from msjax import files
 
 CANONICAL = ("R", "A", "S")
 
@@ -153,21 +154,11 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
   """Writes atomically: a temporary file in the same folder, then rename, so a crash never leaves a
   half-written file under the final name."""
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
   img = nib.Nifti1Image(np.asarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
   img.set_qform(img.affine, code=1)
   img.set_sform(img.affine, code=1)
-  suffix = ".nii.gz" if path.endswith(".nii.gz") else ".nii"
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-  os.close(fd)
-  try:
+  with files.atomic(path) as tmp:
     nib.save(img, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
 
 

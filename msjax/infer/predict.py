@@ -50,7 +50,8 @@ class Predictor:
   def predict_exam(self, arrays: cohort_lib.ExamArrays, sampler: str = "sliding",
                    overlap: float = 0.5, n_random: int = 150, seed: int = 0):
     if sampler == "sliding":
-      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, overlap)
+      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, overlap,
+                                                      brain=arrays.brain)
       weighting = "gaussian"
     elif sampler == "random":
       corners = sliding_window.random_brain_corners(arrays.brain, self.patch, n_random, seed)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msjax.ops import hardware
 from msjax.models.layers import Conv3D, InstanceNorm, dropout, norm_act, upsample2
 
 LEVELS = 5
@@ -145,10 +146,11 @@ class PositionRegressor(nnx.Module):
 
 def constructor(task: str, model_config, seed: int = 0):
   """A zero-argument function building the network. task: "segmentation" or "position";
-  model_config: base_width, dropout, conv_impl, dtype."""
+  model_config: base_width, dropout, conv_impl, dtype ("auto" resolves for this machine)."""
   cls = {"segmentation": SegmentationNet, "position": PositionRegressor}[task]
   base, rate = int(model_config.base_width), float(model_config.dropout)
-  impl, dtype = str(model_config.conv_impl), jnp.dtype(model_config.dtype)
+  impl = str(model_config.conv_impl)
+  dtype = jnp.dtype(hardware.compute_dtype(str(model_config.dtype), impl))
   # Only ever traced abstractly (nnx.eval_shape): values come from msjax.models.init.
   return lambda: cls(IN_CHANNELS, base, rate, rngs=nnx.Rngs(seed), impl=impl, dtype=dtype)
 

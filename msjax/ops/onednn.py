@@ -1,19 +1,22 @@
 """oneDNN 3D convolutions as XLA FFI custom calls: the CPU fast path (`model.conv_impl="onednn"`).
 
 XLA's CPU backend runs 3D convolutions through a generic loop nest; oneDNN (what PyTorch uses on
-CPU) has JIT-generated kernels for them. `onednn_conv.cc` wraps oneDNN's forward, backward-data
-and backward-weights convolutions as XLA FFI handlers; this module compiles it once per
-(source, jax, oneDNN) into `~/.cache/msjax/ext/` (or `$MSJAX_EXT_CACHE`) with the system C++
-compiler, registers the handlers, and exposes `conv3d(x, w, stride)` with a custom VJP.
+CPU) has JIT-generated kernels for them, in float32 and, on CPUs with bf16 instructions
+(avx512_bf16, AMX), in bfloat16 with float32 accumulation. `onednn_conv.cc` wraps oneDNN's
+forward, backward-data and backward-weights convolutions as XLA FFI handlers; this module compiles
+it once per (source, jax, oneDNN) into `~/.cache/msjax/ext/` (or `$MSJAX_EXT_CACHE`) with the
+system C++ compiler, registers the handlers, and exposes `conv3d(x, w, stride)` with a custom VJP
+(CPU only: msjax.ops.conv decides when to use it).
 
 oneDNN comes from PyPI (a dependency on Linux x86-64: the GNU-OpenMP build, headers included) or
-from `$MSJAX_ONEDNN_ROOT` (a prefix with include/oneapi/dnnl and lib/libdnnl.so). When either the
-library or a compiler is missing, `available()` says why and the model falls back to the "fold"
-formulation; on GPU/TPU the same function lowers to XLA's convolution (platform_dependent).
+from `$MSJAX_ONEDNN_ROOT` (a prefix with include/oneapi/dnnl and lib/libdnnl.so). When the library
+or a compiler is missing, or oneDNN would run a shape with its slow reference kernel (bfloat16 on
+a CPU without bf16 instructions), `supports()` says why and msjax.ops.conv falls back.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import hashlib
 import os
@@ -98,10 +101,68 @@ def available() -> tuple[bool, str]:
       for name in ("MsjaxConv3dForward", "MsjaxConv3dBackward"):
         jax.ffi.register_ffi_target(f"msjax_{name}", jax.ffi.pycapsule(getattr(lib, name)),
                                     platform="cpu")
-      _state.update(ok=True, why=path)
+      lib.MsjaxConvImpl.restype = ctypes.c_int
+      lib.MsjaxConvImpl.argtypes = [ctypes.c_int64] * 8 + [ctypes.c_int, ctypes.c_char_p,
+                                                          ctypes.c_int64]
+      _state.update(ok=True, why=path, lib=lib)
     except Exception as e:  # noqa: BLE001 - any failure means: use the fallback, say why
       _state.update(ok=False, why=str(e))
     return _state["ok"], _state["why"]
+
+
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(x_shape: tuple, w_shape: tuple, stride: int, dtype: str) -> str:
+  """The kernels oneDNN picks for this convolution: 'forward|backward-data|backward-weights'
+  (e.g. 'brgconv:avx512_core_bf16|...'). Raises RuntimeError without an implementation."""
+  ok, why = available()
+  if not ok:
+    raise RuntimeError(why)
+  n, d, h, w, c = x_shape
+  buf = ctypes.create_string_buffer(512)
+  rc = _state["lib"].MsjaxConvImpl(n, c, d, h, w, w_shape[-1], w_shape[0], stride,
+                                   int(dtype == "bfloat16"), buf, len(buf))
+  if rc != 0:
+    raise RuntimeError(f"oneDNN has no {dtype} convolution for {x_shape}: {buf.value.decode()}")
+  return buf.value.decode()
+
+
+def known_wrong(x_shape, w_shape, stride: int, dtype) -> str:
+  """Why oneDNN must not run this convolution although it has a kernel for it ('' if it may).
+
+  oneDNN 3.2's bf16 backward-weights kernel (jit_bf16:avx512_core_bf16) returns wrong weight
+  gradients (relative error ~1.2, and reads uninitialised memory) for stride-1 convolutions whose
+  spatial extent is 2 voxels: the paper network's 2³ bottleneck. Measured against XLA on Zen 4:
+  every other shape tried (1³, 3³ to 32³, stride 2 onto 2³) is exact, float32 is exact."""
+  if jnp.dtype(dtype) == jnp.bfloat16 and stride == 1 and min(x_shape[1:4]) == 2:
+    return "oneDNN 3.2's bf16 weight gradient is wrong at a 2-voxel extent"
+  return ""
+
+
+def supports(x_shape, w_shape, stride: int, dtype) -> tuple[bool, str]:
+  """(True, kernels) when this convolution runs through oneDNN's own fast kernels; (False, why)
+  when the extension is unavailable, the type is not float32/bfloat16, oneDNN would fall back
+  to its reference implementation (slow: e.g. bfloat16 on an AVX2-only CPU), or its kernel is
+  known to be wrong for the shape (`known_wrong`)."""
+  dtype = jnp.dtype(dtype)
+  if dtype not in DTYPES:
+    return False, f"no oneDNN path for {dtype}"
+  wrong = known_wrong(x_shape, w_shape, stride, dtype)
+  if wrong:
+    return False, wrong
+  ok, why = available()
+  if not ok:
+    return False, why
+  try:
+    impl = kernels(tuple(x_shape), tuple(w_shape), int(stride), dtype.name)
+  except RuntimeError as e:
+    return False, str(e)
+  if any(part.startswith("ref") for part in impl.split("|")):
+    return False, (f"oneDNN would run {dtype.name} with its slow reference kernel ({impl}): "
+                   "this CPU lacks the instructions")
+  return True, impl
 
 
 def _out_shape(x, w, stride):
@@ -110,40 +171,31 @@ def _out_shape(x, w, stride):
   return (x.shape[0], *sp, w.shape[-1])
 
 
-def _forward_cpu(x, w, stride):
+def _forward(x, w, b, stride):
   call = jax.ffi.ffi_call("msjax_MsjaxConv3dForward",
-                          jax.ShapeDtypeStruct(_out_shape(x, w, stride), jnp.float32))
-  return call(x, w, stride=np.int64(stride))
+                          jax.ShapeDtypeStruct(_out_shape(x, w, stride), x.dtype))
+  return call(x, w, b, stride=np.int64(stride))
 
 
-def _backward_cpu(x, w, dy, stride):
+def _backward(x, w, dy, stride):
   call = jax.ffi.ffi_call("msjax_MsjaxConv3dBackward",
-                          (jax.ShapeDtypeStruct(x.shape, jnp.float32),
-                           jax.ShapeDtypeStruct(w.shape, jnp.float32)))
+                          (jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           jax.ShapeDtypeStruct(w.shape, jnp.float32),
+                           jax.ShapeDtypeStruct(w.shape[-1:], jnp.float32)))
   return call(x, w, dy, stride=np.int64(stride))
-
-
-def _xla(x, w, stride):
-  from msjax.models.layers import conv3d_xla
-  return conv3d_xla(x, w, stride)
 
 
 def _make(stride: int):
   @jax.custom_vjp
-  def conv(x, w):
-    return jax.lax.platform_dependent(x, w, cpu=lambda a, b: _forward_cpu(a, b, stride),
-                                      default=lambda a, b: _xla(a, b, stride))
+  def conv(x, w, b):
+    return _forward(x, w, b, stride)
 
-  def fwd(x, w):
-    return conv(x, w), (x, w)
+  def fwd(x, w, b):
+    return conv(x, w, b), (x, w)
 
   def bwd(res, dy):
     x, w = res
-
-    def xla_grads(a, b, g):
-      return jax.vjp(lambda a_, b_: _xla(a_, b_, stride), a, b)[1](g)
-    return tuple(jax.lax.platform_dependent(
-        x, w, dy, cpu=lambda a, b, g: _backward_cpu(a, b, g, stride), default=xla_grads))
+    return _backward(x, w, dy.astype(x.dtype), stride)
 
   conv.defvjp(fwd, bwd)
   return conv
@@ -152,8 +204,10 @@ def _make(stride: int):
 _CONVS = {s: _make(s) for s in (1, 2)}
 
 
-def conv3d(x, w, stride: int):
-  """Same math as layers.conv3d_xla (float32; other dtypes take the XLA path)."""
-  if x.dtype != jnp.float32 or w.dtype != jnp.float32 or stride not in _CONVS:
-    return _xla(x, w, stride)
-  return _CONVS[stride](x, w)
+def conv3d(x, w, b, stride: int):
+  """oneDNN convolution plus bias on CPU: x (N, D, H, W, C) float32 or bfloat16, w (k, k, k, C, O)
+  and b (O,) the float32 parameters; the result has x's type, the parameter gradients are
+  float32. Check `supports` first."""
+  if stride not in _CONVS:
+    raise ValueError(f"oneDNN path: stride {stride} not supported (1 or 2)")
+  return _CONVS[stride](x, w.astype(jnp.float32), b.astype(jnp.float32))

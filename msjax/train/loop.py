@@ -107,7 +107,8 @@ class Validator:
     rows = []
     for exam in self.exams:
       arrays = self.cache.get(exam)
-      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap)
+      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap,
+                                                      brain=arrays.brain)
       pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
                                            self.batch)
       p = (pred.probability >= 0.5) & (arrays.brain > 0)

@@ -1,18 +1,7 @@
 """Figures of training runs (PNG, written atomically)."""
-import os
+import matplotlib.pyplot as plt
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def save_figure(fig, path: str) -> str:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+from msjax.figures import save_figure
 
 
 def loss_curve(history: list[dict], path: str, task: str) -> str:

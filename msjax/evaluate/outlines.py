@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from msjax.data import nifti
-from msjax.train import plots
+from msjax import figures
 
 
 def lesion_slices(reference: np.ndarray, n: int, min_gap: int = 6) -> list[int]:
@@ -61,4 +61,4 @@ def outline_figure(flair_path: str, reference_path: str, predictions: dict[str, 
         ax.set_ylabel(name, fontsize=10)
   fig.suptitle((title + "\n" if title else "") + "FLAIR; reference outline green, prediction red "
                "(radiological view: patient left on the right)", fontsize=10)
-  return plots.save_figure(fig, path)
+  return figures.save_figure(fig, path)
