@@ -22,8 +22,7 @@ def get_config(variant: str = ""):
   c.pretrain = config_base.train(steps=100, log_every=20, eval_every=50, checkpoint_every=50)
   c.finetune = config_base.train(steps=250, log_every=25, eval_every=125, checkpoint_every=125,
                                  freeze="0")
-  c.predict = config_dict.ConfigDict(dict(sampler="sliding", overlap=0.5, n_random=150,
-                                          threshold=0.5, batch_size=16))
+  c.predict = config_base.predict()
   if variant == "smoke":
     c.synthetic.update(dict(n_ms=4, n_non_ms=2, n_test=1, shape=(40, 40, 40), spacing_mm=4.0))
     c.data.update(dict(patches_per_exam=4, num_threads=1))

@@ -38,8 +38,7 @@ def get_config(variant: str = ""):
   # anywhere" at step 8 and never recovered (gradient norm ~1e-7 for 790 steps)
   c.finetune = config_base.train(steps=800, log_every=25, eval_every=0, checkpoint_every=100,
                                  lr=1e-3, loss="dice_bce")
-  c.predict = config_dict.ConfigDict(dict(sampler="sliding", overlap=0.5, n_random=150,
-                                          threshold=0.5, batch_size=32))
+  c.predict = config_base.predict(batch_size=32)
   if variant == "full":  # the paper's network and patches, for a GPU
     c.data.update(dict(patch_size=32, lesion_fraction=1 / 3))
     c.model.base_width = 16

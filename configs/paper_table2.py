@@ -22,8 +22,7 @@ def get_config(variant: str = ""):
   c.model = config_base.model()
   c.pretrain = config_base.train(steps=2000)
   c.finetune = config_base.train(steps=2000)
-  c.predict = config_dict.ConfigDict(dict(overlap=0.5, n_random=150, threshold=0.5,
-                                          batch_size=16))
+  c.predict = config_base.predict()  # sampler: see `samplers`
   if variant == "smoke":  # synthetic cohort in <workdir>/cohort or --config.data.cohort
     c.repeats = 1
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1,

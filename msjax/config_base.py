@@ -19,6 +19,13 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
   c.augment = False             # fine-tuning: scaling, mirroring, intensity jitter (nnU-Net)
+  c.intensity = False           # fine-tuning: nnU-Net's gamma, contrast, brightness per channel
+  # fine-tuning: lesion-load augmentation (msjax/data/lesion_load.py): the share of batches whose
+  # exam gets real lesions of the training exams pasted in (grown, mirrored, contrast-scaled)
+  c.lesion_load = 0.0
+  c.lesion_load_ml = (1.0, 50.0)  # added lesion volume per exam, log-uniform (mL)
+  c.lesion_grow = 2             # pasted lesions grow by 0..lesion_grow voxels (confluence)
+  c.lesion_contrast = (0.6, 1.2)  # pasted lesions' contrast to their background, uniform
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler
@@ -62,6 +69,21 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
   c.val_overlap = 0.5            # sliding-window overlap used by validation
   c.loss = "dice"                # segmentation: "dice" (the paper) or "dice_bce" (nnU-Net)
+  c.update(overrides)
+  return c
+
+
+def predict(**overrides) -> config_dict.ConfigDict:
+  """How a trained network segments an exam (msjax/infer/predict.py)."""
+  c = config_dict.ConfigDict()
+  c.sampler = "sliding"      # "sliding" (full coverage, Gaussian) or "random" (the paper's)
+  c.overlap = 0.5            # sliding window overlap
+  c.n_random = 150           # random sampler: patches per exam (paper: 150)
+  c.threshold = 0.5          # probability threshold of the mask
+  c.batch_size = 16          # patches per forward pass (bounds memory for any volume size)
+  c.mirror = False           # test-time mirroring: mean over the 8 flips (8× the compute)
+  c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
+                             # evaluator's smallest lesion)
   c.update(overrides)
   return c
 

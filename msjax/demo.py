@@ -5,12 +5,10 @@ import time
 
 from absl import logging
 
-from msjax import config_base, files
+from msjax import config_base, files, stages
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.evaluate import evaluate_mode
-from msjax.infer import predict
-from msjax.train import loop
 
 
 def run(config, workdir: str):
@@ -25,35 +23,29 @@ def run(config, workdir: str):
       cohort, patch_size=config.data.patch_size, model_shape=tuple(config.data.model_shape) or None)))
   times["synthetic"] = time.time() - t0
 
-  data = config.data.to_dict()
-  data["cohort"] = cohort_dir
-  data = config_base.data(**data)
+  data = config_base.data(**dict(config.data.to_dict(), cohort=cohort_dir))
   t = time.time()
   pre_dir = os.path.join(workdir, "pretrain")
-  loop.train(config_base.stage("pretrain", data, config.model, config.pretrain, config.seed), pre_dir)
+  stages.pretrain(data, config.model, config.pretrain, config.seed, pre_dir)
   times["pretrain"] = time.time() - t
 
   t = time.time()
-  ft = config.finetune.to_dict()
-  ft["init_from"] = pre_dir
   ft_dir = os.path.join(workdir, "finetune")
-  loop.train(config_base.stage("finetune", data, config.model, config_base.train(**ft),
-                               config.seed), ft_dir)
+  strategy = stages.strategy_names(config.finetune.freeze)[0]
+  stages.finetune(data, config.model, config.finetune, config.seed, ft_dir, strategy=strategy,
+                  init_from=pre_dir)
   times["finetune"] = time.time() - t
 
   t = time.time()
-  p = config.predict
-  predictor = predict.Predictor(ft_dir, batch_size=p.batch_size)
   test_exams = cohort.select(split="test")
   pred_dir = os.path.join(workdir, "predict", "predictions")
-  predict.predict_cohort(predictor, test_exams, pred_dir, sampler=p.sampler, overlap=p.overlap,
-                         n_random=p.n_random, threshold=p.threshold, seed=config.seed)
+  stages.predict(ft_dir, test_exams, pred_dir, config.predict, config.seed)
   times["predict"] = time.time() - t
 
   t = time.time()
-  summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=test_exams)
   eval_dir = os.path.join(workdir, "evaluate")
-  js, csv_path = evaluate_mode.write_summary(summary, eval_dir)
+  summary = stages.evaluate(cohort, pred_dir, test_exams, eval_dir)
+  js, csv_path = (os.path.join(eval_dir, "summary.json"), os.path.join(eval_dir, "metrics.csv"))
   times["evaluate"] = time.time() - t
   times["total"] = time.time() - t0
   files.write_json({"times_s": times, "mean": summary["mean"]}, os.path.join(workdir, "demo.json"))
@@ -64,7 +56,7 @@ def run(config, workdir: str):
                                                    if k != 'total')})
   cohort       {cohort_dir}/cohort.json
   pretraining  {pre_dir}/ (loss_curve.png, metrics.jsonl, checkpoints/)
-  fine-tuning  {ft_dir}/ (0CF; loss_curve.png, metrics.jsonl, best/)
+  fine-tuning  {ft_dir}/ ({strategy}; loss_curve.png, metrics.jsonl, best/)
   predictions  {pred_dir}/<exam>/{{mask,probability,spread}}.nii.gz, predictions.csv
   evaluation   {js}, {csv_path}
   test exams ({summary['n']}): """ + "  ".join(

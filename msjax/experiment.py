@@ -17,14 +17,11 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import config_base, figures, files
+from msjax import config_base, figures, files, stages
 from msjax.data import cohort as cohort_lib
-from msjax.evaluate import evaluate_mode, metrics
-from msjax.infer import predict
-from msjax.train import loop, optim
+from msjax.evaluate import metrics
 
-MEASURES = (("dice", "Dice"), ("sensitivity", "Sensitivity"), ("precision", "Precision"),
-            ("lesion_f1", "Lesion F1"))
+MEASURES = stages.MEASURES
 PAPER = {"VAN": (66.94, 60.63, 78.84), "0CF": (67.63, 61.47, 79.30), "1CF": (66.89, 59.79, 80.31),
          "2CF": (64.44, 57.50, 77.53), "3CF": (62.69, 55.86, 75.06), "6CF": (57.93, 49.60, 75.03)}
 
@@ -36,7 +33,7 @@ def run(config, workdir: str):
   if not test_exams:
     raise cohort_lib.InvalidInputError(f"{cohort.root}: the experiment needs labelled exams with "
                                        "split 'test' (never trained on)")
-  strategies = [optim.strategy_name(s) for s in config_base.parse_list(config.strategies)]
+  strategies = stages.strategy_names(config.strategies)
   fractions = config_base.parse_list(config.label_fractions, float)
   samplers = config_base.parse_list(config.samplers)
   unknown = sorted(set(samplers) - {"random", "sliding"})
@@ -46,9 +43,8 @@ def run(config, workdir: str):
 
   # pretraining sees every non-test exam: the validation split is fine-tuning's only
   pre_dir = os.path.join(workdir, "pretrain")
-  pre_data = config_base.data(**dict(data.to_dict(), val_fraction=0.0))
-  loop.train(config_base.stage("pretrain", pre_data, config.model, config.pretrain, config.seed),
-             pre_dir)
+  stages.pretrain(config_base.data(**dict(data.to_dict(), val_fraction=0.0)), config.model,
+                  config.pretrain, config.seed, pre_dir)
   rows = []
   runs = [(r, f, s) for r in range(config.repeats) for f in fractions for s in strategies]
   for i, (repeat, fraction, strategy) in enumerate(runs):
@@ -56,16 +52,12 @@ def run(config, workdir: str):
     logging.info("[experiment] run %d/%d: %s", i + 1, len(runs), name)
     run_dir = os.path.join(workdir, "runs", name)
     d = config_base.data(**dict(data.to_dict(), split_repeat=repeat, label_fraction=fraction))
-    ft = config_base.train(**dict(config.finetune.to_dict(), init_from=pre_dir,
-                                  freeze="van" if strategy == "VAN" else strategy[:-2]))
-    loop.train(config_base.stage("finetune", d, config.model, ft, config.seed), run_dir)
-    predictor = predict.Predictor(run_dir, batch_size=config.predict.batch_size)
+    stages.finetune(d, config.model, config.finetune, config.seed, run_dir, strategy=strategy,
+                    init_from=pre_dir)
     for sampler in samplers:
       pred_dir = os.path.join(run_dir, f"predictions_{sampler}")
-      predict.predict_cohort(predictor, test_exams, pred_dir, sampler=sampler,
-                             overlap=config.predict.overlap, n_random=config.predict.n_random,
-                             threshold=config.predict.threshold, seed=config.seed)
-      summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=test_exams)
+      stages.predict(run_dir, test_exams, pred_dir, config.predict, config.seed, sampler=sampler)
+      summary = stages.evaluate(cohort, pred_dir, test_exams)
       for r in summary["exams"]:
         rows.append({"strategy": strategy, "sampler": sampler, "repeat": repeat,
                      "label_fraction": fraction,

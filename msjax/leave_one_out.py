@@ -21,14 +21,11 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import config_base, figures, files
+from msjax import config_base, figures, files, stages
 from msjax.data import cohort as cohort_lib
-from msjax.evaluate import baseline, evaluate_mode, metrics, outlines
-from msjax.infer import predict
-from msjax.train import loop, optim
+from msjax.evaluate import baseline, metrics, outlines
 
-MEASURES = (("dice", "Dice"), ("sensitivity", "Sensitivity"), ("precision", "Precision"),
-            ("lesion_f1", "Lesion F1"))
+MEASURES = stages.MEASURES
 BASELINE = "FLAIR threshold"
 KEEP = ("dice", "sensitivity", "precision", "lesion_f1", "lesion_sensitivity",
         "lesion_precision", "pred_volume_ml", "ref_volume_ml", "hd95_mm")
@@ -87,7 +84,7 @@ def run(config, workdir: str):
   if unknown:
     raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
                      f"({patients})")
-  strategies = [optim.strategy_name(s) for s in config_base.parse_list(config.strategies)]
+  strategies = stages.strategy_names(config.strategies)
 
   # the labelled cohort's own unlabelled exams go to pretraining too
   unlabelled: list[cohort_lib.Exam] = list(labelled_cohort.select(labelled=False))
@@ -109,8 +106,7 @@ def run(config, workdir: str):
   pre_dir = os.path.join(workdir, "pretrain")
   def data(cohort):
     return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
-  loop.train(config_base.stage("pretrain", data(pre_manifest), config.model, config.pretrain,
-                               config.seed), pre_dir)
+  stages.pretrain(data(pre_manifest), config.model, config.pretrain, config.seed, pre_dir)
   times["pretrain"] = time.time() - t
 
   rows, thresholds, slice_figures = [], {}, {}
@@ -125,19 +121,15 @@ def run(config, workdir: str):
     for strategy in strategies:
       run_dir = os.path.join(fold_dir, strategy)
       t = time.time()
-      ft = config_base.train(**dict(config.finetune.to_dict(), init_from=pre_dir,
-                                    freeze="van" if strategy == "VAN" else strategy[:-2]))
-      loop.train(config_base.stage("finetune", data(manifest), config.model, ft, config.seed),
-                 run_dir)
+      stages.finetune(data(manifest), config.model, config.finetune, config.seed, run_dir,
+                      strategy=strategy, init_from=pre_dir)
       times[f"finetune {fold} {strategy}"] = time.time() - t
       t = time.time()
-      p = config.predict
-      predictor = predict.Predictor(run_dir, batch_size=p.batch_size)
       pred_dir = os.path.join(run_dir, "predictions")
-      predict.predict_cohort(predictor, test, pred_dir, sampler=p.sampler, overlap=p.overlap,
-                             n_random=p.n_random, threshold=p.threshold, seed=config.seed)
+      stages.predict(run_dir, test, pred_dir, config.predict, config.seed)
       times[f"predict {fold} {strategy}"] = time.time() - t
-      rows += _score(cohort, pred_dir, test, fold, strategy, run_dir)
+      rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
+                     f"p >= {config.predict.threshold:g}")
       masks[strategy] = pred_dir
 
     t = time.time()
@@ -146,7 +138,8 @@ def run(config, workdir: str):
     base_dir = os.path.join(fold_dir, "flair_threshold")
     baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"))
     files.write_json(fit, os.path.join(base_dir, "threshold.json"))
-    rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir)
+    rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir,
+                   f"FLAIR z >= {fit['threshold_z']:.2f}")
     masks[BASELINE] = os.path.join(base_dir, "predictions")
     times[f"baseline {fold}"] = time.time() - t
 
@@ -173,23 +166,23 @@ def run(config, workdir: str):
   return {"rows": rows, "times_s": times, "outputs": outputs}
 
 
-def _score(cohort, pred_dir, exams, fold, method, run_dir) -> list[dict]:
-  summary = evaluate_mode.evaluate_predictions(cohort, pred_dir, exams=exams)
-  evaluate_mode.write_summary(summary, run_dir)
-  return [{"fold": fold, "method": method, "exam_id": r["exam_id"], **{k: r[k] for k in KEEP}}
-          for r in summary["exams"]]
+def _score(cohort, pred_dir, exams, fold, method, run_dir, threshold: str) -> list[dict]:
+  summary = stages.evaluate(cohort, pred_dir, exams, run_dir)
+  return [{"fold": fold, "method": method, "exam_id": r["exam_id"], "threshold": threshold,
+           **{k: r[k] for k in KEEP}} for r in summary["exams"]]
 
 
 def write_outputs(rows, methods, folds, workdir: str) -> dict:
   results_csv = files.write_csv(rows, os.path.join(workdir, "results.csv"))
   md = ["Left-out patient scores (%; mask volumes in mL)", "",
         "| left out | method | Dice | Sensitivity | Precision | Lesion F1 | predicted mL | "
-        "reference mL |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "reference mL | threshold |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for fold in folds:
     for m in methods:
       for r in (r for r in rows if r["fold"] == fold and r["method"] == m):
         md.append(f"| {fold} | {m} | " + " | ".join(_pct(r[k]) for k, _ in MEASURES)
-                  + f" | {r['pred_volume_ml']:.2f} | {r['ref_volume_ml']:.2f} |")
+                  + f" | {r['pred_volume_ml']:.2f} | {r['ref_volume_ml']:.2f} | "
+                  f"{r['threshold']} |")
   md += ["", "| method | mean Dice | mean Sensitivity | mean Precision | mean Lesion F1 | n |",
          "| --- | --- | --- | --- | --- | --- |"]
   for m in methods:

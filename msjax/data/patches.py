@@ -28,6 +28,7 @@ class SamplingIndex:
   """Patch corners that satisfy the brain rule, and the subset centred on a lesion voxel."""
   corners: np.ndarray         # (N, 3) int32
   lesion_corners: np.ndarray  # (M, 3) int32, M may be 0
+  ok: np.ndarray              # bool grid of corners: does the patch there satisfy the rule
 
 
 def sampling_index(arrays: ExamArrays, patch: int, min_brain_fraction: float) -> SamplingIndex:
@@ -46,7 +47,7 @@ def sampling_index(arrays: ExamArrays, patch: int, min_brain_fraction: float) ->
     c = patch // 2
     centred = lesion[c:c + ok.shape[0], c:c + ok.shape[1], c:c + ok.shape[2]]
     lesion_corners = np.argwhere(ok & centred).astype(np.int32)
-  return SamplingIndex(corners=corners, lesion_corners=lesion_corners)
+  return SamplingIndex(corners=corners, lesion_corners=lesion_corners, ok=ok)
 
 
 def cut(volume: np.ndarray, corner, patch: int) -> np.ndarray:
@@ -60,6 +61,15 @@ def position_target(corner, patch: int, shape) -> np.ndarray:
           ).astype(np.float32)
 
 
-def draw_corner(rng: np.random.Generator, index: SamplingIndex, lesion_centred: bool) -> np.ndarray:
+def draw_corner(rng: np.random.Generator, index: SamplingIndex, lesion_centred: bool,
+                extra_centres: np.ndarray | None = None, patch: int = 0) -> np.ndarray:
+  """A corner satisfying the brain rule. Lesion-centred: centred on a lesion voxel of the exam,
+  or, half the time when `extra_centres` (pasted lesions' voxels) are given, on one of those."""
+  if lesion_centred and extra_centres is not None and len(extra_centres) and (
+      not len(index.lesion_corners) or rng.random() < 0.5):
+    corner = extra_centres[rng.integers(len(extra_centres))] - patch // 2
+    if (corner >= 0).all() and (corner < np.array(index.ok.shape)).all() and index.ok[
+        tuple(corner)]:
+      return corner.astype(np.int32)
   pool = index.lesion_corners if lesion_centred and len(index.lesion_corners) else index.corners
   return pool[rng.integers(len(pool))]

@@ -9,11 +9,14 @@ same seed gives the same batches, and a restored iterator continues exactly.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 
 import grain
 import numpy as np
 
+from msjax.data import lesion_load
 from msjax.data import patches as patch_lib
 from msjax.data.cohort import MODALITIES, Exam, ExamArrays, ExamCache
 
@@ -32,6 +35,8 @@ class SamplerSpec:
                                    # (the paper: longitudinal patients are not oversampled) or
                                    # from a drawn "exam"
   augment: bool = False            # segmentation: scaling, mirroring, intensity jitter
+  intensity: bool = False          # segmentation: nnU-Net's gamma, contrast and brightness
+  lesion_load: lesion_load.LoadSpec = lesion_load.LoadSpec()  # segmentation: pasted lesions
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
 
@@ -69,6 +74,9 @@ class PatchSource:
     self.units = list(units.values())
     self.ms = [u for u, (_, ms) in enumerate(units) if ms]
     self.non_ms = [u for u, (_, ms) in enumerate(units) if not ms]
+    self._lock = threading.Lock()
+    self._bank: list | None = None
+    self._plans: collections.OrderedDict = collections.OrderedDict()
 
   def prepared(self, exam: Exam) -> _Prepared:
     spec = self.spec
@@ -100,6 +108,39 @@ class PatchSource:
         keep[only] = True
     return exam_index, rater, keep
 
+  def bank(self) -> list:
+    """Every lesion of the training exams (built once, in exam order: deterministic)."""
+    with self._lock:
+      if self._bank is None:
+        bank = []
+        for exam in self.exams:
+          a = self.prepared(exam).arrays
+          mask = a.reference if a.reference is not None else a.masks[0]
+          bank += lesion_load.carve(exam.exam_id, a.images, a.brain, mask, a.present,
+                                    self.spec.lesion_load.min_voxels)
+        self._bank = bank
+      return self._bank
+
+  def load_plan(self, batch: int, group: int, exam_index: int) -> lesion_load.Plan:
+    """The group's pasted lesions: a pure function of (seed, batch, group), cached per group."""
+    spec = self.spec
+    if spec.task != "segmentation" or spec.lesion_load.probability <= 0:
+      return lesion_load.EMPTY
+    key = (batch, group)
+    with self._lock:
+      if key in self._plans:
+        return self._plans[key]
+    bank = self.bank()
+    a = self.prepared(self.exams[exam_index]).arrays
+    rng = np.random.default_rng([spec.seed, batch, group, 4099])
+    plan = lesion_load.plan(rng, bank, a.images, a.brain, a.present, a.grid.voxel_ml,
+                            spec.lesion_load)
+    with self._lock:
+      self._plans[key] = plan
+      while len(self._plans) > 16:
+        self._plans.popitem(last=False)
+    return plan
+
   def __call__(self, index: int, rng: np.random.Generator) -> dict:
     spec = self.spec
     index = int(index)
@@ -107,29 +148,35 @@ class PatchSource:
     group, slot = divmod(within, spec.patches_per_exam)
     # groups are seeded by their global index: the global batch does not depend on how many
     # processes share it
-    exam_index, rater, keep = self.group_plan(batch, spec.group_offset + group)
+    g = spec.group_offset + group
+    exam_index, rater, keep = self.group_plan(batch, g)
     prep = self.prepared(self.exams[exam_index])
+    a = prep.arrays
+    plan = self.load_plan(batch, g, exam_index)
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
-    corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion)
     p = spec.patch_size
-    zoom = draw_zoom(rng) if spec.augment and spec.task == "segmentation" else 1.0
+    corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion,
+                                   extra_centres=plan.centres, patch=p)
+    record = {"corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
+    if spec.task == "position":
+      record["image"] = np.ascontiguousarray(patch_lib.cut(a.images, corner, p) *
+                                             keep.astype(np.float32), dtype=np.float32)
+      record["position"] = patch_lib.position_target(corner, p, a.shape)
+      return record
+    mask = a.masks[rater]
+    zoom = draw_zoom(rng) if spec.augment else 1.0
     if zoom != 1.0:
-      image, mask = cut_zoomed(prep.arrays.images, prep.arrays.masks[rater], corner, p, zoom)
+      image, mask = cut_zoomed(a.images, mask, corner, p, zoom, plan.pastes, a.present)
     else:
-      image = patch_lib.cut(prep.arrays.images, corner, p)
-      if spec.task == "segmentation":
-        mask = patch_lib.cut(prep.arrays.masks[rater], corner, p)
+      image, mask = lesion_load.render(a.images, mask, corner, p, plan.pastes, a.present)
     image = image * keep.astype(np.float32)
-    record = {"image": np.ascontiguousarray(image, dtype=np.float32),
-              "corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
-    if spec.task == "segmentation":
-      mask = mask[..., None]
-      if spec.augment:
-        image, mask = augment(image, mask, rng)
-        record["image"] = image
-      record["mask"] = mask.astype(np.float32)
-    else:
-      record["position"] = patch_lib.position_target(corner, p, prep.arrays.shape)
+    mask = mask[..., None]
+    if spec.augment:
+      image, mask = augment(image, mask, rng)
+    if spec.intensity:
+      image = intensity_augment(image, rng)
+    record["image"] = np.ascontiguousarray(image, dtype=np.float32)
+    record["mask"] = mask.astype(np.float32)
     return record
 
 
@@ -144,22 +191,18 @@ def draw_zoom(rng: np.random.Generator) -> float:
   return float(np.exp(rng.uniform(lo, hi)))
 
 
-def cut_zoomed(images: np.ndarray, mask: np.ndarray, corner, patch: int, zoom: float):
+def cut_zoomed(images: np.ndarray, mask: np.ndarray, corner, patch: int, zoom: float,
+               pastes=(), present=None):
   """The patch with the same centre as `corner`'s, showing a (patch/zoom)³ region resampled to
   patch³ (linear; the mask thresholded at 0.5). Outside the volume reads as 0."""
   from scipy import ndimage
   q = max(2, int(round(patch / zoom)))
   centre = np.asarray(corner) + patch / 2.0
   lo = np.round(centre - q / 2.0).astype(int)
-  region = np.zeros((q, q, q, images.shape[-1]), np.float32)
-  region_mask = np.zeros((q, q, q), np.float32)
-  src = tuple(slice(max(a, 0), min(a + q, n)) for a, n in zip(lo, images.shape[:3]))
-  dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
-  region[dst] = images[src]
-  region_mask[dst] = mask[src]
+  region, region_mask = lesion_load.render(images, mask, lo, q, pastes, present)
   f = patch / q
   image = ndimage.zoom(region, (f, f, f, 1), order=1, grid_mode=True, mode="grid-constant")
-  out_mask = ndimage.zoom(region_mask, (f, f, f), order=1, grid_mode=True,
+  out_mask = ndimage.zoom(region_mask.astype(np.float32), (f, f, f), order=1, grid_mode=True,
                           mode="grid-constant") >= 0.5
   return image.astype(np.float32), out_mask.astype(np.uint8)
 
@@ -177,6 +220,37 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
   shift = rng.uniform(-0.1, 0.1, c).astype(np.float32) * present
   return (np.ascontiguousarray(image * scale + shift, dtype=np.float32),
           np.ascontiguousarray(mask))
+
+
+GAMMA_P, GAMMA_RANGE = 0.3, (0.7, 1.5)            # nnU-Net's gamma augmentation
+CONTRAST_P, CONTRAST_RANGE = 0.15, (0.75, 1.25)    # nnU-Net's contrast augmentation
+BRIGHTNESS_P, BRIGHTNESS_RANGE = 0.15, (0.75, 1.25)  # nnU-Net's multiplicative brightness
+
+
+def intensity_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """nnU-Net's intensity augmentations, each channel on its own: multiplicative brightness,
+  contrast (about the channel's mean, clipped to its former range) and gamma (on the channel's
+  [min, max], mean and std restored afterwards, as nnU-Net's retain_stats). Zero (missing or
+  outside the brain) voxels stay zero, so only tissue intensities change."""
+  out = image.copy()
+  for c in range(image.shape[-1]):
+    x = out[..., c]
+    tissue = x != 0
+    if tissue.sum() < 2:
+      continue
+    v = x[tissue]
+    if rng.random() < BRIGHTNESS_P:
+      v = v * rng.uniform(*BRIGHTNESS_RANGE)
+    if rng.random() < CONTRAST_P:
+      mean, lo, hi = v.mean(), v.min(), v.max()
+      v = np.clip((v - mean) * rng.uniform(*CONTRAST_RANGE) + mean, lo, hi)
+    if rng.random() < GAMMA_P:
+      mean, std, lo, hi = v.mean(), v.std(), v.min(), v.max()
+      gamma = rng.uniform(*GAMMA_RANGE)
+      v = ((v - lo) / max(hi - lo, 1e-6)) ** gamma * (hi - lo) + lo
+      v = (v - v.mean()) / max(v.std(), 1e-6) * std + mean
+    x[tissue] = v
+  return out
 
 
 def make_dataset(exams: list[Exam], spec: SamplerSpec, cache: ExamCache,

@@ -27,7 +27,8 @@ from msjax.train import checkpoint, steps
 class Predictor:
   """A trained segmentation network with the data settings it was trained with."""
 
-  def __init__(self, checkpoint_path: str, *, batch_size: int = 16, conv_impl: str = ""):
+  def __init__(self, checkpoint_path: str, *, batch_size: int = 16, conv_impl: str = "",
+               mirror: bool = False):
     params, meta, where = checkpoint.restore_params(checkpoint_path)
     if meta.get("task") != "segmentation":
       raise ValueError(f"{where}: a {meta.get('task')} checkpoint cannot segment; give a "
@@ -42,7 +43,8 @@ class Predictor:
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
     self.batch_size = batch_size
-    self._predict = steps.make_predict(model, "segmentation")
+    self.mirror = mirror  # test-time mirroring: mean over the 8 flips (8× the compute)
+    self._predict = steps.make_predict(model, "segmentation", mirror=mirror)
 
   def predict_batch(self, x):
     return self._predict(self.params, x)
@@ -80,8 +82,18 @@ def select_exams(cohort, which: str):
   return [cohort.by_id(i) for i in ids]
 
 
+def remove_small_lesions(mask: np.ndarray, voxel_mm3: float, max_mm3: float) -> np.ndarray:
+  """The mask without its 6-connected components of max_mm3 or less (the evaluator's rule for
+  what counts as a lesion: fewer than floor(max_mm3 / voxel volume) + 1 voxels)."""
+  if max_mm3 <= 0 or not mask.any():
+    return mask
+  labels, n = metrics.lesion_labels(mask, voxel_mm3, max_mm3)
+  return (labels > 0).astype(mask.dtype)
+
+
 def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="sliding", overlap=0.5,
-                   n_random=150, threshold=0.5, seed=0, log=logging.info) -> list[dict]:
+                   n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
+                   log=logging.info) -> list[dict]:
   os.makedirs(out_dir, exist_ok=True)
   rows = []
   for i, exam in enumerate(exams):
@@ -108,14 +120,16 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="slidin
       write = lambda a, name, dt=np.float32: nifti.write_in_source_space(  # noqa: E731
           a, grid, os.path.join(d, name), dt)
       voxel_ml = grid.voxel_ml
-    mask = (prob >= threshold).astype(np.uint8)
+    mask = remove_small_lesions((prob >= threshold).astype(np.uint8), voxel_ml * 1000,
+                                min_lesion_mm3)
     paths = {"mask": write(mask, "mask.nii.gz", np.uint8),
              "probability": write(prob, "probability.nii.gz"),
              "spread": write(spread, "spread.nii.gz")}
     _, ids = metrics.lesions(mask, voxel_ml * 1000)
     row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),
            "volume_ml": round(float(mask.sum()) * voxel_ml, 4), "patches": n_patches,
-           "sampler": sampler, "seconds": round(time.time() - t0, 2), **paths}
+           "sampler": sampler, "mirror": predictor.mirror, "threshold": threshold,
+           "seconds": round(time.time() - t0, 2), **paths}
     rows.append(row)
     log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
         f"{row['volume_ml']:.2f} mL, {n_patches} patches, {row['seconds']:.1f} s -> {d}")
@@ -129,7 +143,7 @@ def run(config, workdir: str):
   if not config.cohort:
     raise ValueError("predict needs --config.cohort=PATH (a manifest, a cohort folder, or a "
                      "folder with one exam's NIfTI files)")
-  predictor = Predictor(config.checkpoint, batch_size=config.batch_size)
+  predictor = Predictor(config.checkpoint, batch_size=config.batch_size, mirror=config.mirror)
   cohort = cohort_lib.load_cohort(config.cohort)
   exams = select_exams(cohort, config.exams)
   if not exams:
@@ -137,7 +151,8 @@ def run(config, workdir: str):
   out_dir = os.path.join(workdir, "predictions")
   rows = predict_cohort(predictor, exams, out_dir, sampler=config.sampler,
                         overlap=config.overlap, n_random=config.n_random,
-                        threshold=config.threshold, seed=config.seed)
+                        threshold=config.threshold, seed=config.seed,
+                        min_lesion_mm3=config.min_lesion_mm3)
   files.write_json({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows},
                    os.path.join(out_dir, "predict.json"))
   print(f"[predict] {len(rows)} exam(s) from {predictor.where}: masks, probabilities and spread "

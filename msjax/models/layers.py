@@ -14,7 +14,7 @@ from flax import nnx
 
 from msjax.ops import conv as conv_ops
 from msjax.ops import norm as norm_ops
-from msjax.ops.norm import LEAKY_SLOPE, NORM_EPS  # noqa: F401 (re-exported)
+from msjax.ops.norm import LEAKY_SLOPE
 
 glorot_uniform = jax.nn.initializers.glorot_uniform()  # Keras default, the paper's VAN init
 

@@ -17,7 +17,7 @@ from absl import logging
 
 from msjax import files, parallel
 from msjax.data import cohort as cohort_lib
-from msjax.data import pipeline
+from msjax.data import lesion_load, pipeline
 from msjax.evaluate import metrics
 from msjax.infer import sliding_window
 from msjax.models import isensee
@@ -79,6 +79,9 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
                               group_by=d.group_by, augment=d.augment,
+                              intensity=d.intensity, lesion_load=lesion_load.LoadSpec(
+                                  probability=d.lesion_load, added_ml=tuple(d.lesion_load_ml),
+                                  max_grow=d.lesion_grow, contrast=tuple(d.lesion_contrast)),
                               seed=config.seed)
 
 

@@ -81,11 +81,28 @@ def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, l
   return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_predict(model: Model, task: str):
-  """predict(params, images) -> probabilities (segmentation) or positions; no dropout."""
+MIRRORS = tuple(tuple(a for a, bit in zip((1, 2, 3), (m & 1, m & 2, m & 4)) if bit)
+                for m in range(8))  # the 8 combinations of flipping the three spatial axes
+
+
+def make_predict(model: Model, task: str, mirror: bool = False):
+  """predict(params, images) -> probabilities (segmentation) or positions; no dropout.
+
+  mirror=True (segmentation): test-time mirroring, nnU-Net's default: the mean of the
+  probabilities over the 8 flips of the patch, each flipped back (8× the compute)."""
+
+  def probabilities(params, images):
+    return jax.nn.sigmoid(model.apply(params, images, None)[..., 0])
 
   def predict(params, images):
-    out = model.apply(params, images, None)
-    return jax.nn.sigmoid(out[..., 0]) if task == "segmentation" else out
+    if task != "segmentation":
+      return model.apply(params, images, None)
+    if not mirror:
+      return probabilities(params, images)
+    total = 0.0
+    for axes in MIRRORS:
+      flip = (lambda a, ax=axes: jnp.flip(a, ax)) if axes else (lambda a: a)
+      total = total + flip(probabilities(params, flip(images)))
+    return total / len(MIRRORS)
 
   return jax.jit(predict)
