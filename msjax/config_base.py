@@ -8,6 +8,37 @@ def parse_list(text, cast=str) -> list:
   return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
 
 
+# variants every config understands (`--config=finetune:smoke,bf16`)
+COMMON_VARIANTS = {"bf16": "bfloat16", "f32": "float32"}
+
+
+def variants(text: str, *known: str) -> frozenset:
+  """The variants named after the config file's ':' (comma-separated, combinable), checked
+  against the config's own and the common ones (bf16, f32: the compute dtype)."""
+  chosen = frozenset(parse_list(text))
+  unknown = sorted(chosen - set(known) - set(COMMON_VARIANTS))
+  if unknown:
+    raise ValueError(f"unknown variant(s) {unknown} (known: "
+                     f"{', '.join(sorted(set(known) | set(COMMON_VARIANTS)))})")
+  return chosen
+
+
+def finish(c: config_dict.ConfigDict, chosen: frozenset = frozenset()) -> config_dict.ConfigDict:
+  """Applies the common variants and locks the config (no new fields; values stay overridable)."""
+  dtypes = [COMMON_VARIANTS[v] for v in chosen if v in COMMON_VARIANTS]
+  if len(dtypes) > 1:
+    raise ValueError(f"variants {sorted(chosen)} ask for two dtypes")
+  if dtypes:
+    if "model" in c:
+      c.model.dtype = dtypes[0]
+    elif "dtypes" in c:  # the benchmark
+      c.dtypes = dtypes[0]
+    else:
+      raise ValueError(f"this config has no compute dtype to set ({sorted(chosen)})")
+  c.lock()
+  return c
+
+
 def data(**overrides) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.cohort = ""                 # manifest file or folder ('' = <workdir>/cohort or a mode default)

@@ -1,7 +1,10 @@
-"""Entry point: `python -m msjax.main --config configs/<name>.py[:variant] --workdir DIR`.
+"""Entry point: `msjax --config=<name>[:variant] --workdir DIR` (the installed command), or
+`python -m msjax.main --config configs/<name>.py[:variant] --workdir DIR` from the repository.
 
-`config.mode` picks the stage; each stage is one importable function `run(config, workdir)`.
-Any config field can be overridden on the command line, e.g. `--config.seed=3`.
+`--config` takes a packaged config's name (`demo`, `finetune:smoke,bf16`: msjax/configs/) or a
+path to a config file. `config.mode` picks the stage; each stage is one importable function
+`run(config, workdir)`. Any config field can be overridden on the command line, e.g.
+`--config.seed=3`.
 """
 import importlib
 import os
@@ -10,8 +13,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A packaged config's name or a config file, with optional variants: "
+    "demo, finetune:smoke, configs/<name>.py[:variant,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
 
 # mode -> module whose `run(config, workdir)` carries it out (imported lazily: modes pull in
@@ -62,6 +66,43 @@ def run_mode(config, workdir: str):
   return module.run(config, workdir)
 
 
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def packaged_configs() -> list[str]:
+  return sorted(n[:-3] for n in os.listdir(PACKAGED_CONFIGS)
+                if n.endswith(".py") and not n.startswith("_"))
+
+
+def resolve_config(value: str) -> str:
+  """`demo:smoke` -> <package>/configs/demo.py:smoke; an existing file stays as it is; a
+  `configs/<name>.py` that is not here (an installed msjax, run elsewhere) is the packaged one."""
+  path, sep, variant = value.partition(":")
+  if os.path.isfile(path):
+    return value
+  name = os.path.basename(path)[:-3] if path.endswith(".py") else path
+  packaged = os.path.join(PACKAGED_CONFIGS, f"{name}.py")
+  if os.sep not in name and os.path.isfile(packaged):
+    return packaged + sep + variant
+  raise app.UsageError(f"--config {value}: no config file {path!r} and no packaged config named "
+                       f"{name!r} (packaged: {', '.join(packaged_configs())})")
+
+
+def resolve_argv(argv: list[str]) -> list[str]:
+  """Rewrites --config NAME / --config=NAME before absl reads the flags."""
+  out, i = list(argv), 1
+  while i < len(out):
+    arg = out[i]
+    if arg in ("--config", "-config") and i + 1 < len(out):
+      out[i + 1] = resolve_config(out[i + 1])
+      i += 1
+    elif arg.startswith(("--config=", "-config=")):
+      flag, _, value = arg.partition("=")
+      out[i] = f"{flag}={resolve_config(value)}"
+    i += 1
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -81,5 +122,15 @@ def main(argv):
     sys.exit(2)
 
 
+def run():
+  """The `msjax` console script."""
+  try:
+    argv = resolve_argv(sys.argv)
+  except app.UsageError as e:
+    print(f"msjax: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -43,8 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(name: str, variant: str = "", **overrides):
   """configs/<name>.py:variant, with dotted overrides ({'train.steps': 3})."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location(f"configs_{name}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", os.path.join(ROOT, "msjax", "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant)

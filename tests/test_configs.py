@@ -6,9 +6,10 @@ import re
 import pytest
 
 from conftest import ROOT, load_config
-from msjax import main
+from msjax import config_base, main
 
-NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "msjax", "configs",
+                                                                         "[a-z]*.py")))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -16,10 +17,29 @@ def test_config_and_its_variants_load(name):
   with pytest.raises(ValueError, match="unknown variant") as err:
     load_config(name, "no-such-variant")
   known = re.search(r"known: ([^)]*)\)", str(err.value)).group(1).split(", ")
-  for variant in [""] + known:
+  own = [k for k in known if k not in config_base.COMMON_VARIANTS]
+  for variant in [""] + own + [",".join(own)]:
     config = load_config(name, variant)
     assert config.mode in main.MODES, (name, variant)
     assert config.is_locked
+  if "model" in load_config(name):
+    config = load_config(name, ",".join(own[:1] + ["bf16"]))
+    assert config.model.dtype == "bfloat16"
+    with pytest.raises(ValueError, match="two dtypes"):
+      load_config(name, "bf16,f32")
+
+
+def test_configs_by_bare_name_or_path():
+  packaged = os.path.join(ROOT, "msjax", "configs", "demo.py")
+  assert main.resolve_config("demo:smoke,bf16") == packaged + ":smoke,bf16"
+  assert main.resolve_config("demo") == packaged
+  assert main.resolve_config(packaged) == packaged
+  # a configs/<name>.py path from the repository root, or from anywhere else
+  assert main.resolve_config("configs/no/such/demo.py:smoke") == packaged + ":smoke"
+  with pytest.raises(Exception, match="no packaged config named 'nope'.*finetune"):
+    main.resolve_config("nope")
+  argv = main.resolve_argv(["msjax", "--config", "finetune:smoke", "--config.seed=3"])
+  assert argv[2].endswith("finetune.py:smoke") and argv[3] == "--config.seed=3"
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

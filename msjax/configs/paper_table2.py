@@ -10,6 +10,7 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke", "synthetic")
   c = config_dict.ConfigDict()
   c.mode = "experiment"
   c.seed = 0
@@ -23,7 +24,7 @@ def get_config(variant: str = ""):
   c.pretrain = config_base.train(steps=2000)
   c.finetune = config_base.train(steps=2000)
   c.predict = config_base.predict()  # sampler: see `samplers`
-  if variant == "smoke":  # synthetic cohort in <workdir>/cohort or --config.data.cohort
+  if "smoke" in v:  # synthetic cohort in <workdir>/cohort or --config.data.cohort
     c.repeats = 1
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1,
                        lesion_fraction=0.5))
@@ -31,12 +32,9 @@ def get_config(variant: str = ""):
     c.pretrain.update(dict(steps=2, log_every=1, eval_every=0, checkpoint_every=2))
     c.finetune.update(dict(steps=2, log_every=1, eval_every=0, checkpoint_every=2))
     c.predict.batch_size = 8
-  elif variant == "synthetic":  # CPU-sized, on the synthetic cohort
+  if "synthetic" in v:  # CPU-sized, on the synthetic cohort
     c.data.update(dict(model_shape=(), patch_size=16, lesion_fraction=1 / 3))
     c.model.base_width = 8
     c.pretrain.update(dict(steps=100, log_every=20, eval_every=50, checkpoint_every=50))
     c.finetune.update(dict(steps=200, log_every=25, eval_every=0, checkpoint_every=100))
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke, synthetic)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

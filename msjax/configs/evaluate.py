@@ -2,13 +2,13 @@
 workdir>` `--config.cohort=PATH`. Writes summary.json and metrics.csv in the workdir."""
 from ml_collections import config_dict
 
+from msjax import config_base
+
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
   c = config_dict.ConfigDict()
   c.mode = "evaluate"
   c.predictions = ""
   c.cohort = ""
-  if variant not in ("", "smoke"):
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

@@ -11,6 +11,7 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
   c = config_dict.ConfigDict()
   c.mode = "demo"
   c.seed = 0
@@ -23,14 +24,11 @@ def get_config(variant: str = ""):
   c.finetune = config_base.train(steps=250, log_every=25, eval_every=125, checkpoint_every=125,
                                  freeze="0")
   c.predict = config_base.predict()
-  if variant == "smoke":
+  if "smoke" in v:
     c.synthetic.update(dict(n_ms=4, n_non_ms=2, n_test=1, shape=(40, 40, 40), spacing_mm=4.0))
     c.data.update(dict(patches_per_exam=4, num_threads=1))
     c.model.base_width = 4
     c.pretrain.update(dict(steps=3, log_every=1, eval_every=3, checkpoint_every=3))
     c.finetune.update(dict(steps=3, log_every=1, eval_every=3, checkpoint_every=3))
     c.predict.batch_size = 8
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

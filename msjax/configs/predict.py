@@ -5,17 +5,15 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke", "paper")
   c = config_base.predict()
   c.mode = "predict"
   c.seed = 0
   c.checkpoint = ""
   c.cohort = ""
   c.exams = "all"        # "all", "train", "test", or comma-separated exam ids
-  if variant == "smoke":
+  if "smoke" in v:
     c.batch_size = 8
-  elif variant == "paper":
+  if "paper" in v:
     c.sampler = "random"
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke, paper)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

@@ -2,16 +2,16 @@
 a folder without cohort.json gets one built from its file names, written to the workdir)."""
 from ml_collections import config_dict
 
+from msjax import config_base
+
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
   c = config_dict.ConfigDict()
   c.mode = "inspect"
   c.cohort = ""
   c.patch_size = 32
   c.model_shape = (128, 128, 128)   # the grid patches will be cut from; () = each exam's own
-  if variant == "smoke":
+  if "smoke" in v:
     c.patch_size, c.model_shape = 16, ()
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

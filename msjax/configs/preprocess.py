@@ -5,11 +5,9 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
   c = config_base.preprocess()
   c.mode = "preprocess"
-  if variant == "smoke":
+  if "smoke" in v:
     c.workers, c.n4_iterations = 1, (5, 5)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

@@ -6,6 +6,7 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke", "synthetic")
   c = config_dict.ConfigDict()
   c.mode = "pretrain"
   c.seed = 0
@@ -13,15 +14,12 @@ def get_config(variant: str = ""):
   c.model = config_base.model()
   c.train = config_base.train(steps=2000)
   c.distributed = config_base.distributed()
-  if variant == "smoke":
+  if "smoke" in v:
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
     c.model.base_width = 4
     c.train.update(dict(steps=6, log_every=1, eval_every=3, checkpoint_every=3))
-  elif variant == "synthetic":  # the synthetic cohort at its own grid, a CPU-sized network
+  if "synthetic" in v:  # the synthetic cohort at its own grid, a CPU-sized network
     c.data.update(dict(model_shape=()))
     c.model.base_width = 8
     c.train.update(dict(steps=300, log_every=20, eval_every=100, checkpoint_every=100))
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke, synthetic)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

@@ -4,8 +4,11 @@ float32 and bf16 autocast (`pip install -e '.[bench]'`). On a GPU or TPU the sam
 unchanged (the device is auto-detected)."""
 from ml_collections import config_dict
 
+from msjax import config_base
+
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
   c = config_dict.ConfigDict()
   c.mode = "benchmark"
   c.base_width = 16
@@ -23,13 +26,10 @@ def get_config(variant: str = ""):
   c.overlap = 0.5
   c.profile = True           # op-category profile of the headline train_seg step (+ PNG)
   c.torch = True             # time the PyTorch reference when it is installed
-  if variant == "smoke":
+  if "smoke" in v:
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training
     c.base_width, c.patch_size, c.batch_size, c.infer_batch = 4, 32, 2, 2
     c.conv_impls, c.warmup, c.repeats, c.matmul_size = "onednn", 0, 2, 256
     c.torch_settings = "float32,bf16"
     c.volume_shape = (48, 48, 48)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)

@@ -20,6 +20,7 @@ from msjax import config_base
 
 
 def get_config(variant: str = ""):
+  v = config_base.variants(variant, "full", "smoke")
   c = config_dict.ConfigDict()
   c.mode = "leave_one_out"
   c.seed = 0
@@ -39,20 +40,17 @@ def get_config(variant: str = ""):
   c.finetune = config_base.train(steps=800, log_every=25, eval_every=0, checkpoint_every=100,
                                  lr=1e-3, loss="dice_bce")
   c.predict = config_base.predict(batch_size=32)
-  if variant == "full":  # the paper's network and patches, for a GPU
+  if "full" in v:  # the paper's network and patches, for a GPU
     c.data.update(dict(patch_size=32, lesion_fraction=1 / 3))
     c.model.base_width = 16
     c.pretrain.update(dict(steps=4000, checkpoint_every=500))
     c.finetune.update(dict(steps=4000, checkpoint_every=500, lr=5e-4))
     c.strategies = "van,0,1,2,3,6"
-  elif variant == "smoke":  # plumbing only: tiny network, a few steps, no preprocessing
+  if "smoke" in v:  # plumbing only: tiny network, a few steps, no preprocessing
     c.unlabelled_raw = ""
     c.data.update(dict(model_shape=(64, 64, 64), patches_per_exam=4, num_threads=1))
     c.model.base_width = 4
     c.pretrain.update(dict(steps=2, log_every=1, checkpoint_every=2))
     c.finetune.update(dict(steps=2, log_every=1, checkpoint_every=2))
     c.figure_slices = 2
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: full, smoke)")
-  c.lock()
-  return c
+  return config_base.finish(c, v)
