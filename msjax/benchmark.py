@@ -24,6 +24,7 @@ from absl import logging
 from msjax import config_base, files, profiler
 from msjax.infer import sliding_window
 from msjax.models import isensee
+from msjax.models import model as model_lib
 from msjax.ops import hardware
 from msjax.train import optim, steps
 
@@ -80,7 +81,7 @@ def _reference_flops(build, model_cfg) -> float | None:
 
 
 def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
-  model = steps.Model(isensee.constructor(task, model_cfg))
+  model = model_lib.Model(isensee.constructor(task, model_cfg))
   params = model.init_params()
   labels, _ = optim.freeze_labels(params, 0, log=False)
   tx = optim.make_optimizer(train_cfg, labels)
@@ -131,19 +132,19 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
 
 def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int, peak: float,
                     volume_shape=None, overlap: float = 0.5) -> tuple[dict, dict | None]:
-  model = steps.Model(isensee.constructor("segmentation", model_cfg))
+  model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
   params = model.init_params()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, patch, patch, patch, 5)),
                   jnp.float32)
-  predict = steps.make_predict(model, "segmentation")
+  predict = model_lib.make_predict(model, "segmentation")
   t = time.perf_counter()
   compiled = predict.lower(params, x).compile()
   compile_s = time.perf_counter() - t
   info = _compiled_info(compiled)
 
   def build(cfg):
-    m = steps.Model(isensee.constructor("segmentation", cfg))
-    return steps.make_predict(m, "segmentation").lower(m.init_params(), x)
+    m = model_lib.Model(isensee.constructor("segmentation", cfg))
+    return model_lib.make_predict(m, "segmentation").lower(m.init_params(), x)
   info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
   times = _timed(lambda: compiled(params, x).block_until_ready(), warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}

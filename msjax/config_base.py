@@ -65,6 +65,8 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.val_fraction = 0.25         # held-out patients for validation (repeated random sub-sampling)
   c.split_repeat = 0            # which random sub-sampling
   c.label_fraction = 1.0        # fine-tuning: share of labelled training patients used (seeded)
+  c.allow_any_geometry = False  # accept grids that cannot be a brain exam (few-cm field of view,
+                                # absurd voxel sizes): refused by default, file and numbers named
   c.update(overrides)
   return c
 
@@ -115,6 +117,7 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.mirror = False           # test-time mirroring: mean over the 8 flips (8× the compute)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
+  c.allow_any_geometry = False  # accept grids that cannot be a brain exam
   c.update(overrides)
   return c
 
@@ -160,5 +163,6 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   c.nyul_landmarks = ""      # a landmarks JSON from an earlier fit ('' = fit on this cohort)
   c.nyul_fit_on = ""         # exam ids to learn the standard histograms from ('' = all)
   c.qc = True
+  c.allow_any_geometry = False  # accept grids that cannot be a brain exam
   c.update(overrides)
   return c

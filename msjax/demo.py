@@ -5,8 +5,8 @@ import time
 
 from absl import logging
 
+from msjax.data import inspect as inspect_lib
 from msjax import config_base, files, stages
-from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.evaluate import evaluate_mode
 
@@ -19,7 +19,7 @@ def run(config, workdir: str):
   spec = synthetic.SyntheticSpec(n_ms=s.n_ms, n_non_ms=s.n_non_ms, n_test=s.n_test,
                                  shape=tuple(s.shape), spacing_mm=s.spacing_mm, seed=config.seed)
   cohort = synthetic.write_synthetic_cohort(cohort_dir, spec, log=logging.info)
-  print(cohort_lib.format_inspect_table(cohort_lib.inspect_cohort(
+  print(inspect_lib.format_inspect_table(inspect_lib.inspect_cohort(
       cohort, patch_size=config.data.patch_size, model_shape=tuple(config.data.model_shape) or None)))
   times["synthetic"] = time.time() - t0
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 from absl import logging
 
+from msjax import errors
 from msjax import config_base, figures, files, stages
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import metrics
@@ -31,7 +32,7 @@ def run(config, workdir: str):
   cohort = cohort_lib.load_cohort(config.data.cohort or os.path.join(workdir, "cohort"))
   test_exams = [e for e in cohort.select(split="test") if e.reference]
   if not test_exams:
-    raise cohort_lib.InvalidInputError(f"{cohort.root}: the experiment needs labelled exams with "
+    raise errors.InvalidInputError(f"{cohort.root}: the experiment needs labelled exams with "
                                        "split 'test' (never trained on)")
   strategies = stages.strategy_names(config.strategies)
   fractions = config_base.parse_list(config.label_fractions, float)

@@ -21,6 +21,8 @@ import time
 import numpy as np
 from absl import logging
 
+from msjax import errors
+from msjax.data import manifest as manifest_lib
 from msjax import config_base, figures, files, stages
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import baseline, metrics, outlines
@@ -34,16 +36,16 @@ KEEP = ("dice", "sensitivity", "precision", "lesion_f1", "lesion_sensitivity",
 def _existing(path: str, what: str) -> str:
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise cohort_lib.InvalidInputError(f"{path}: the {what} folder does not exist (set "
+    raise errors.InvalidInputError(f"{path}: the {what} folder does not exist (set "
                                        f"--config.{what}=PATH)")
   return path
 
 
-def preprocess_raw(config, workdir: str) -> list[cohort_lib.Exam]:
+def preprocess_raw(config, workdir: str) -> list[manifest_lib.Exam]:
   """Raw exams -> <workdir>/preprocessed/cohort; reused when a previous run completed it."""
   from msjax.preprocess import run as preprocess_run  # needs the [preprocess] extra
   out = os.path.join(workdir, "preprocessed")
-  manifest = os.path.join(out, "cohort", cohort_lib.MANIFEST_NAME)
+  manifest = os.path.join(out, "cohort", manifest_lib.MANIFEST_NAME)
   raw = cohort_lib.load_cohort(_existing(config.unlabelled_raw, "unlabelled_raw"))
   if os.path.exists(manifest):
     done = cohort_lib.load_cohort(manifest)
@@ -62,10 +64,10 @@ def write_manifest(exams, path: str) -> str:
   ids = [e.exam_id for e in exams]
   dup = sorted({i for i in ids if ids.count(i) > 1})
   if dup:
-    raise cohort_lib.InvalidInputError(f"exam ids appear in more than one cohort: {dup}; rename "
+    raise errors.InvalidInputError(f"exam ids appear in more than one cohort: {dup}; rename "
                                        "the exam folders so that ids are unique")
-  cohort = cohort_lib.Cohort(root=os.path.dirname(path), exams=tuple(exams))
-  cohort_lib.save_cohort(cohort, path)
+  cohort = manifest_lib.Cohort(root=os.path.dirname(path), exams=tuple(exams))
+  manifest_lib.save_cohort(cohort, path)
   return path
 
 
@@ -77,7 +79,7 @@ def run(config, workdir: str):
   labelled = labelled_cohort.select(labelled=True)
   patients = sorted({e.patient_id for e in labelled})
   if len(patients) < 2:
-    raise cohort_lib.InvalidInputError(f"{labelled_cohort.root}: leave-one-patient-out needs "
+    raise errors.InvalidInputError(f"{labelled_cohort.root}: leave-one-patient-out needs "
                                        f"labelled exams of ≥ 2 patients, found {patients}")
   folds = config_base.parse_list(config.folds) or patients
   unknown = sorted(set(folds) - set(patients))
@@ -87,7 +89,7 @@ def run(config, workdir: str):
   strategies = stages.strategy_names(config.strategies)
 
   # the labelled cohort's own unlabelled exams go to pretraining too
-  unlabelled: list[cohort_lib.Exam] = list(labelled_cohort.select(labelled=False))
+  unlabelled: list[manifest_lib.Exam] = list(labelled_cohort.select(labelled=False))
   if config.unlabelled_raw:
     t = time.time()
     unlabelled += preprocess_raw(config, workdir)
@@ -133,10 +135,12 @@ def run(config, workdir: str):
       masks[strategy] = pred_dir
 
     t = time.time()
-    fit = baseline.fit_threshold(train_exams)
+    fit = baseline.fit_threshold(train_exams,
+                                 allow_any_geometry=config.data.allow_any_geometry)
     thresholds[fold] = {k: v for k, v in fit.items() if k != "curve"}
     base_dir = os.path.join(fold_dir, "flair_threshold")
-    baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"))
+    baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"),
+                                   allow_any_geometry=config.data.allow_any_geometry)
     files.write_json(fit, os.path.join(base_dir, "threshold.json"))
     rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir,
                    f"FLAIR z >= {fit['threshold_z']:.2f}")

@@ -21,8 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<c
 # mode -> module whose `run(config, workdir)` carries it out (imported lazily: modes pull in
 # different dependencies, e.g. preprocessing needs the optional SimpleITK extra).
 MODES = {
-    "synthetic": "msjax.data.synthetic_mode",
-    "inspect": "msjax.data.inspect_mode",
+    "synthetic": "msjax.data.synthetic",
+    "inspect": "msjax.data.inspect",
     "pretrain": "msjax.train.loop",
     "finetune": "msjax.train.loop",
     "predict": "msjax.infer.predict",
@@ -114,7 +114,7 @@ def main(argv):
   quiet_libraries()
   setup_compilation_cache()
   logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
-  from msjax.data.nifti import InvalidInputError
+  from msjax.errors import InvalidInputError
   try:
     run_mode(config, workdir)
   except InvalidInputError as e:  # bad input: the message names the file and the problem

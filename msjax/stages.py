@@ -46,7 +46,8 @@ def predict(run_dir: str, exams, out_dir: str, predict_cfg, seed: int = 0, *,
   return predict_lib.predict_cohort(predictor, exams, out_dir, sampler=sampler or p.sampler,
                                     overlap=p.overlap, n_random=p.n_random,
                                     threshold=p.threshold, seed=seed,
-                                    min_lesion_mm3=p.min_lesion_mm3)
+                                    min_lesion_mm3=p.min_lesion_mm3,
+                                    allow_any_geometry=p.allow_any_geometry)
 
 
 def evaluate(cohort, pred_dir: str, exams, out_dir: str | None = None) -> dict:

@@ -9,11 +9,12 @@ import optax
 
 from msjax import config_base, parallel
 from msjax.models import isensee
+from msjax.models import model as model_lib
 from msjax.train import optim, steps
 
 assert jax.device_count() == 8, jax.devices()
 model_cfg = config_base.model(base_width=4, dropout=0.0)
-model = steps.Model(isensee.constructor("segmentation", model_cfg))
+model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
 params = model.init_params()
 labels, _ = optim.freeze_labels(params, 1, log=False)
 # SGD with lr 1: the update IS the gradient, so this compares gradients. (Adam's first update is

@@ -7,7 +7,7 @@ import pytest
 from conftest import load_config
 from msjax import benchmark, config_base
 from msjax.models import isensee
-from msjax.train import steps
+from msjax.models import model as model_lib
 
 
 def benchmark_uses_onednn():
@@ -53,10 +53,10 @@ def test_torch_reference_is_the_same_network():
   from msjax import bench_torch
   for base in (4, 16):
     cfg = config_base.model(base_width=base)
-    jax_params = steps.Model(isensee.constructor("segmentation", cfg)).init_params()
+    jax_params = model_lib.Model(isensee.constructor("segmentation", cfg)).init_params()
     n_jax = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(jax_params))
     assert bench_torch.n_params(bench_torch.SegmentationNet(5, base)) == n_jax
-    reg = steps.Model(isensee.constructor("position", cfg)).init_params()
+    reg = model_lib.Model(isensee.constructor("position", cfg)).init_params()
     n_reg = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(reg))
     assert bench_torch.n_params(bench_torch.PositionRegressor(5, base)) == n_reg
   out = bench_torch.SegmentationNet(5, 4)(torch.zeros(1, 5, 32, 32, 32))

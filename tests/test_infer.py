@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import LESJAK_MNI, load_config, needs_lesjak
+from msjax.data import exams as exams_lib
 from msjax import demo, experiment
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import evaluate_mode
@@ -86,7 +87,7 @@ def test_predict_writes_masks_in_native_space(trained, tiny_cohort, tmp_path):
 
 def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
   predictor = predict.Predictor(trained, batch_size=8)
-  arrays = cohort_lib.load_exam(tiny_cohort.by_id("synth000"), patch_size=16)
+  arrays = exams_lib.load_exam(tiny_cohort.by_id("synth000"), patch_size=16)
   pred, n = predictor.predict_exam(arrays, sampler="random", n_random=5)
   assert n == 5
   assert (pred.coverage == 0).any()

@@ -60,12 +60,13 @@ def test_onednn_network_matches_xla_forward_and_gradients():
   gradients under jit: oneDNN vs XLA's convolution, relative error < 1e-4."""
   from ml_collections import config_dict
   from msjax.models import isensee
-  from msjax.train import losses, steps
+  from msjax.models import model as model_lib
+  from msjax.train import losses
 
   def grads(impl):
     cfg = config_dict.ConfigDict(dict(base_width=4, dropout=0.0, conv_impl=impl,
                                       dtype="float32"))
-    model = steps.Model(isensee.constructor("segmentation", cfg))
+    model = model_lib.Model(isensee.constructor("segmentation", cfg))
     params = model.init_params()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 16, 16, 16, 5)), jnp.float32)
@@ -91,9 +92,10 @@ def test_onednn_network_matches_xla_forward_and_gradients():
 def _segmentation_loss(dtype, impl="onednn", width=4, patch=16):
   from ml_collections import config_dict
   from msjax.models import isensee
-  from msjax.train import losses, steps
+  from msjax.models import model as model_lib
+  from msjax.train import losses
   cfg = config_dict.ConfigDict(dict(base_width=width, dropout=0.0, conv_impl=impl, dtype=dtype))
-  model = steps.Model(isensee.constructor("segmentation", cfg))
+  model = model_lib.Model(isensee.constructor("segmentation", cfg))
 
   def loss(p, x, t):
     return losses.soft_dice_loss(model.apply(p, x), t)

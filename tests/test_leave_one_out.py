@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 
 from conftest import LESJAK_MNI, load_config, needs_lesjak
+from msjax.data import exams as exams_lib
+from msjax.data import manifest as manifest_lib
 from msjax import leave_one_out
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti, pipeline
@@ -15,12 +17,12 @@ from msjax.evaluate import baseline, evaluate_mode, metrics, outlines
 
 
 def _exam_with_flair(tmp_path, flair, lesion, name="case"):
-  affine = np.diag([1.0, 1.0, 1.0, 1.0])
+  affine = np.diag([2.0, 2.0, 2.0, 1.0])  # 40 voxels of 2 mm: an 80 mm field of view
   d = tmp_path / name
   d.mkdir()
   nib.save(nib.Nifti1Image(flair.astype(np.float32), affine), str(d / "FLAIR.nii.gz"))
   nib.save(nib.Nifti1Image(lesion.astype(np.uint8), affine), str(d / "consensus_gt.nii.gz"))
-  return cohort_lib.Exam(exam_id=name, patient_id=name, ms=True,
+  return manifest_lib.Exam(exam_id=name, patient_id=name, ms=True,
                          images={"FLAIR": str(d / "FLAIR.nii.gz")},
                          consensus=str(d / "consensus_gt.nii.gz"))
 
@@ -37,7 +39,7 @@ def test_threshold_fit_finds_the_separating_z_and_masks_follow_it(tmp_path):
   fit = baseline.fit_threshold([exam])
   assert fit["train_dice"] == 1.0
   # the chosen z lies between the brain's and the lesion's z-scores
-  z = cohort_lib.load_exam(exam).images[..., baseline.FLAIR]
+  z = exams_lib.load_exam(exam).images[..., baseline.FLAIR]
   assert z[brain & ~lesion].max() < fit["threshold_z"] <= z[lesion].min()
   rows = baseline.write_threshold_masks([exam], fit["threshold_z"], str(tmp_path / "pred"))
   mask = nifti.read_nifti(rows[0]["mask"], kind="mask").data
@@ -51,7 +53,7 @@ def test_threshold_dice_curve_matches_direct_counting(tmp_path):
   flair[lesion] += 1.5
   exam = _exam_with_flair(tmp_path, flair, lesion)
   fit = baseline.fit_threshold([exam])
-  arrays = cohort_lib.load_exam(exam)
+  arrays = exams_lib.load_exam(exam)
   z = arrays.images[..., baseline.FLAIR]
   for t, d in list(zip(fit["curve"]["threshold_z"], fit["curve"]["dice"]))[::17]:
     direct = metrics.voxel_metrics((z >= t) & (arrays.brain > 0), lesion)["dice"]

@@ -2,19 +2,23 @@
 import numpy as np
 import pytest
 
-from msjax.data import cohort as cohort_lib
+from msjax.data import exams as exams_lib
 from msjax.data import lesion_load, pipeline
 
 C = 5
-FLAIR = lesion_load.FLAIR
+T1W, FLAIR = lesion_load.T1W, lesion_load.FLAIR
 
 
 def _exam(seed=0, shape=(40, 40, 40)):
-  """A cubic brain with a dark 'ventricle' on FLAIR and three bright lesions."""
+  """A cubic brain: white matter (bright on T1) inside a grey-matter shell (dark on T1), a dark
+  'ventricle' on FLAIR, and three bright lesions."""
   rng = np.random.default_rng(seed)
   brain = np.zeros(shape, np.uint8)
   brain[4:36, 4:36, 4:36] = 1
   images = np.where(brain[..., None] > 0, rng.normal(0, 0.3, shape + (C,)), 0).astype(np.float32)
+  wm = np.zeros(shape, bool)
+  wm[7:33, 7:33, 7:33] = True
+  images[..., T1W] += np.where(wm, 0.8, -0.8) * brain
   csf = np.zeros(shape, bool)
   csf[16:24, 16:24, 16:24] = True
   images[csf, FLAIR] = -3.0
@@ -75,8 +79,9 @@ def test_growth_thickens_with_the_lesion_s_mean_and_contrast_scales_about_the_ba
                                                         - lesion.background), rtol=1e-5)
 
 
-def test_plan_places_lesions_in_brain_off_csf_and_is_seeded():
+def test_plan_places_lesions_in_white_matter_and_is_seeded():
   images, brain, mask, present, csf = _exam()
+  grey = (brain > 0) & (images[..., T1W] < 0)  # the shell: dark on T1
   bank = lesion_load.carve("e", images, brain, mask, present)
   spec = lesion_load.LoadSpec(probability=1.0, added_ml=(0.5, 0.5), jitter=10)
   plan = lesion_load.plan(np.random.default_rng(7), bank, images, brain, present, 0.001, spec)
@@ -85,6 +90,7 @@ def test_plan_places_lesions_in_brain_off_csf_and_is_seeded():
     box = tuple(slice(a, b) for a, b in zip(p.lo, p.hi))
     assert brain[box][p.hard].mean() >= 0.98
     assert csf[box][p.hard].mean() <= 0.1
+    assert grey[box][p.hard].mean() < 0.5
   assert brain[tuple(plan.centres.T)].all()
   again = lesion_load.plan(np.random.default_rng(7), bank, images, brain, present, 0.001, spec)
   assert [tuple(p.lo) for p in again.pastes] == [tuple(p.lo) for p in plan.pastes]
@@ -111,13 +117,13 @@ def test_pipeline_with_lesion_load_is_deterministic_and_adds_lesion(tiny_cohort)
                                lesion_fraction=0.5)
 
   def batches(s, n=6):
-    ds = pipeline.make_dataset(exams, s, cohort_lib.ExamCache(8, patch_size=16), n)
+    ds = pipeline.make_dataset(exams, s, exams_lib.ExamCache(8, patch_size=16), n)
     return [ds[i] for i in range(n)]
   a, b = batches(spec), batches(spec)  # two independent sources, same seed
   for x, y in zip(a, b):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-  ds = pipeline.make_dataset(exams, spec, cohort_lib.ExamCache(8, patch_size=16), 6)
+  ds = pipeline.make_dataset(exams, spec, exams_lib.ExamCache(8, patch_size=16), 6)
   np.testing.assert_array_equal(ds[4]["image"], a[4]["image"])  # any order: resume is exact
   loaded = sum(float(x["mask"].sum()) for x in a)
   assert loaded > 1.2 * sum(float(x["mask"].sum()) for x in batches(plain))

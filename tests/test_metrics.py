@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from msjax.data import lesions as lesions_lib
 from msjax.evaluate import cxx_sort, evaluate_mode, metrics
 
 SHAPE = (40, 6, 6)
@@ -165,15 +166,15 @@ def test_lesion_numbering_is_itk_s():
   m[6:8, 0, 0] = 1   # 2 voxels, raster-first at x = 6
   m[0:2, 0, 2] = 1   # 2 voxels, raster-first at index 0 + 10 * 4 * 2 = 80
   m[0:3, 2, 0] = 1   # 3 voxels: largest, label 1
-  labels, n = metrics.lesion_labels(m, 8.0)
+  labels, n = lesions_lib.lesion_labels(m, 8.0)
   assert n == 3 and labels[0, 2, 0] == 1 and labels[6, 0, 0] == 2 and labels[0, 0, 2] == 3
 
 
 def test_lesions_of_three_mm3_or_less_are_dropped():
-  assert metrics.lesions(vol((0, 3, 2, 2)), 1.0)[1] == []
-  assert len(metrics.lesions(vol((0, 4, 2, 2)), 1.0)[1]) == 1
-  assert metrics.lesions(vol((0, 4, 2, 2)), 0.5)[1] == []  # 4 voxels of 0.5 mm³ = 2 mm³
-  assert metrics.min_lesion_voxels(1.422 * 1.703 * 1.422) == 1  # the paper's grid: 3.44 mm³
+  assert lesions_lib.lesions(vol((0, 3, 2, 2)), 1.0)[1] == []
+  assert len(lesions_lib.lesions(vol((0, 4, 2, 2)), 1.0)[1]) == 1
+  assert lesions_lib.lesions(vol((0, 4, 2, 2)), 0.5)[1] == []  # 4 voxels of 0.5 mm³ = 2 mm³
+  assert lesions_lib.min_lesion_voxels(1.422 * 1.703 * 1.422) == 1  # the paper's grid: 3.44 mm³
   r = ev(vol(), vol((0, 3, 2, 2)))
   assert r["ref_lesions"] == 0 and r["lesion_sensitivity"] is None
   assert r["dice"] == 0.0  # voxel-wise metrics still see it
@@ -262,7 +263,7 @@ def _brute_hd95(a, b, spacing):
   """MedPy's definition, written out: surface voxels (mask minus its 6-connected erosion), every
   pairwise distance, nearest per voxel, both directions pooled, 95th percentile."""
   from scipy import ndimage
-  surf = [np.argwhere(m & ~ndimage.binary_erosion(m, metrics.SIX_CONNECTED)) * np.array(spacing)
+  surf = [np.argwhere(m & ~ndimage.binary_erosion(m, lesions_lib.SIX_CONNECTED)) * np.array(spacing)
           for m in (a.astype(bool), b.astype(bool))]
   d = np.sqrt(((surf[0][:, None, :] - surf[1][None, :, :]) ** 2).sum(-1))
   return np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)

@@ -6,7 +6,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from msjax.models import init, isensee
-from msjax.train import rules
+from msjax import rules
 
 
 def _cfg(base):

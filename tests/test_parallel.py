@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from msjax.train import checkpoint, rules
+from msjax import checkpoint
+from msjax import rules
 
 
 def _env(**extra):

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from msjax.data import cohort as cohort_lib
+from msjax.data import exams as exams_lib
+from msjax.data import manifest as manifest_lib
 from msjax.data import patches as patch_lib
 from msjax.data import pipeline
 
@@ -17,7 +18,7 @@ def _spec(**kw):
 
 def _batches(cohort, spec, n, exams=None):
   exams = exams or cohort.select(split="train", labelled=spec.task == "segmentation" or None)
-  ds = pipeline.make_dataset(exams, spec, cohort_lib.ExamCache(8, patch_size=P), n)
+  ds = pipeline.make_dataset(exams, spec, exams_lib.ExamCache(8, patch_size=P), n)
   return exams, [ds[i] for i in range(n)]
 
 
@@ -36,7 +37,7 @@ def test_every_patch_is_mostly_brain(tiny_cohort):
   exams, batches = _batches(tiny_cohort, spec, 6)
   for b in batches:
     exam = exams[int(b["exam_index"][0])]
-    brain = cohort_lib.load_exam(exam, patch_size=P).brain
+    brain = exams_lib.load_exam(exam, patch_size=P).brain
     for corner in b["corner"]:
       assert patch_lib.cut(brain, corner, P).mean() >= 0.75
 
@@ -46,7 +47,7 @@ def test_position_target_is_the_patch_position(tiny_cohort):
   exams, batches = _batches(tiny_cohort, spec, 3, exams=list(tiny_cohort.select(split="train")))
   for b in batches:
     exam = exams[int(b["exam_index"][0])]
-    arrays = cohort_lib.load_exam(exam, patch_size=P)
+    arrays = exams_lib.load_exam(exam, patch_size=P)
     for k in range(len(b["corner"])):
       corner = b["corner"][k]
       np.testing.assert_array_equal(b["image"][k], patch_lib.cut(arrays.images, corner, P))
@@ -60,7 +61,7 @@ def test_one_exam_per_batch_and_masks_from_its_raters(tiny_cohort):
   seen_lesion = False
   for b in batches:
     assert len(set(b["exam_index"].tolist())) == 1
-    arrays = cohort_lib.load_exam(exams[int(b["exam_index"][0])], patch_size=P)
+    arrays = exams_lib.load_exam(exams[int(b["exam_index"][0])], patch_size=P)
     matches = [all(np.array_equal(b["mask"][k, ..., 0], patch_lib.cut(m, b["corner"][k], P))
                    for k in range(len(b["corner"]))) for m in arrays.masks]
     assert any(matches)  # one rater's mask for the whole batch
@@ -71,22 +72,22 @@ def test_one_exam_per_batch_and_masks_from_its_raters(tiny_cohort):
 def test_same_seed_same_batches_and_resume(tiny_cohort):
   spec = _spec()
   exams = tiny_cohort.select(split="train", labelled=True)
-  ds = pipeline.make_dataset(exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6)
+  ds = pipeline.make_dataset(exams, spec, exams_lib.ExamCache(2, patch_size=P), 6)
   it = pipeline.make_iterator(ds)
   full = [next(it) for _ in range(6)]
   it2 = pipeline.make_iterator(pipeline.make_dataset(
-      exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6))
+      exams, spec, exams_lib.ExamCache(2, patch_size=P), 6))
   for _ in range(3):
     next(it2)
   state = it2.get_state()
   it3 = pipeline.make_iterator(pipeline.make_dataset(
-      exams, spec, cohort_lib.ExamCache(2, patch_size=P), 6))
+      exams, spec, exams_lib.ExamCache(2, patch_size=P), 6))
   it3.set_state(state)
   for k in range(3, 6):
     b = next(it3)
     for key in full[k]:
       np.testing.assert_array_equal(b[key], full[k][key])
-  other = pipeline.make_dataset(exams, _spec(seed=4), cohort_lib.ExamCache(2, patch_size=P), 1)[0]
+  other = pipeline.make_dataset(exams, _spec(seed=4), exams_lib.ExamCache(2, patch_size=P), 1)[0]
   assert not np.array_equal(other["corner"], full[0]["corner"])
 
 
@@ -96,7 +97,7 @@ def test_missing_modalities_are_zero_channels(tiny_cohort):
   checked = 0
   for b in batches:
     exam = exams[int(b["exam_index"][0])]
-    for c, m in enumerate(cohort_lib.MODALITIES):
+    for c, m in enumerate(manifest_lib.MODALITIES):
       if m not in exam.images:
         assert not b["image"][..., c].any()
         checked += 1
@@ -118,13 +119,13 @@ def test_modality_dropout_keeps_one_channel(tiny_cohort):
 
 def test_pretraining_keeps_ms_at_half(tiny_cohort):
   exams = list(tiny_cohort.select(split="train"))
-  source = pipeline.PatchSource(exams, _spec(task="position"), cohort_lib.ExamCache(1))
+  source = pipeline.PatchSource(exams, _spec(task="position"), exams_lib.ExamCache(1))
   ms = [exams[source.group_plan(b, 0)[0]].ms for b in range(400)]
   assert 0.4 < np.mean(ms) < 0.6
 
 
 def test_cache_is_bounded(tiny_cohort):
-  cache = cohort_lib.ExamCache(2, patch_size=P)
+  cache = exams_lib.ExamCache(2, patch_size=P)
   exams = tiny_cohort.exams[:4]
   for e in exams + exams:
     cache.get(e)
@@ -141,7 +142,7 @@ def test_split_patients_is_seeded_and_disjoint():
 
 def test_segmentation_refuses_unlabelled_exams(tiny_cohort):
   with pytest.raises(ValueError, match="unlabelled"):
-    pipeline.PatchSource(list(tiny_cohort.exams), _spec(), cohort_lib.ExamCache(1))
+    pipeline.PatchSource(list(tiny_cohort.exams), _spec(), exams_lib.ExamCache(1))
 
 
 def test_groups_draw_a_patient_then_one_of_its_exams(tiny_cohort):
@@ -153,11 +154,11 @@ def test_groups_draw_a_patient_then_one_of_its_exams(tiny_cohort):
   exams = longitudinal + [base[1]]
   counts = {}
   for group_by in ("patient", "exam"):
-    source = pipeline.PatchSource(exams, _spec(group_by=group_by), cohort_lib.ExamCache(1))
+    source = pipeline.PatchSource(exams, _spec(group_by=group_by), exams_lib.ExamCache(1))
     plans = [source.group_plan(b, 0)[0] for b in range(4000)]
     counts[group_by] = np.bincount(plans, minlength=4) / len(plans)
   assert abs(counts["patient"][:3].sum() - 0.5) < 0.03
   assert all(abs(c - 1 / 6) < 0.03 for c in counts["patient"][:3])  # its exams share its half
   assert abs(counts["exam"][:3].sum() - 0.75) < 0.03
   with pytest.raises(ValueError, match="group_by"):
-    pipeline.PatchSource(exams, _spec(group_by="site"), cohort_lib.ExamCache(1))
+    pipeline.PatchSource(exams, _spec(group_by="site"), exams_lib.ExamCache(1))

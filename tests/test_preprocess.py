@@ -9,6 +9,7 @@ sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installe
                                                "pip install -e '.[preprocess]'")
 
 from conftest import REAL_DATA, load_config  # noqa: E402
+from msjax.data import inspect as inspect_lib
 from msjax.data import cohort as cohort_lib  # noqa: E402
 from msjax.data import nifti  # noqa: E402
 from msjax.preprocess import grid as grid_lib  # noqa: E402
@@ -83,7 +84,7 @@ def test_preprocess_one_real_raw_exam(tmp_path):
   exam = cohort.exams[0]
   assert exam.exam_id == "patient01_study1" and exam.native is not None
   assert sorted(exam.images) == ["FLAIR", "T1W", "T2W"]
-  rows = cohort_lib.inspect_cohort(cohort)
+  rows = inspect_lib.inspect_cohort(cohort)
   assert rows[0]["shape"] == "128x128x128" and not rows[0]["problems"]
   brain = nifti.read_nifti(exam.brain_mask, kind="mask").data > 0
   _, template_mask = steps.mni_template()

@@ -9,7 +9,10 @@ import pytest
 
 from conftest import load_config
 from msjax.models import isensee
-from msjax.train import checkpoint, loop, optim, rules, steps
+from msjax.models import model as model_lib
+from msjax import checkpoint
+from msjax import rules
+from msjax.train import loop, optim, steps
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_
       "train.init_from": pretrained32})
   source, _, _ = checkpoint.restore_params(pretrained32)
   final, _, _ = checkpoint.restore_params(os.path.join(str(tmp_path), "checkpoints"))
-  init = steps.Model(isensee.constructor("segmentation", config.model, config.seed),
+  init = model_lib.Model(isensee.constructor("segmentation", config.model, config.seed),
                      config.seed).init_params()
   src, fin, ini = (rules.flat_paths(t) for t in (source, final, init))
   frozen = set(summary["frozen"])
@@ -101,7 +104,7 @@ def test_transfer_requires_init_from(tiny_cohort, tmp_path):
 def test_transfer_checks_shapes(pretrained):
   source, _, _ = checkpoint.restore_params(pretrained[0])
   cfg = load_config("finetune", "smoke", **{"model.base_width": 8}).model
-  params = steps.Model(isensee.constructor("segmentation", cfg)).init_params()
+  params = model_lib.Model(isensee.constructor("segmentation", cfg)).init_params()
   from msjax.train import transfer
   with pytest.raises(ValueError, match="shape"):
     transfer.transfer_encoder(params, source)

@@ -28,7 +28,10 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-FLAIR = 3  # channel of FLAIR in msjax.data.cohort.MODALITIES
+T1W, FLAIR = 0, 3  # channels in msjax.data.manifest.MODALITIES
+# white matter is the brightest tissue on T1: the tissue next to the Lesjak lesions has a T1W
+# z-score (in the brain) of 0.75 at the median, the brain as a whole 0.23, grey matter and CSF less
+WHITE_MATTER_T1W_Z = 0.3
 SIX = ndimage.generate_binary_structure(3, 1)
 
 
@@ -116,7 +119,8 @@ def make_paste(lesion: Lesion, lo, grow: int, mirror: bool, contrast: float) -> 
 
 
 def _plausible(paste: Paste, images: np.ndarray, brain: np.ndarray, present: np.ndarray) -> bool:
-  """Inside the volume, the lesion in the brain (away from its edge), not on CSF."""
+  """Inside the volume, the lesion in the brain, not on CSF (dark on FLAIR), in white matter
+  (bright on T1: a lesion pasted onto cortex teaches the network that bright cortex is lesion)."""
   if (paste.lo < 0).any() or (paste.hi > np.array(brain.shape)).any():
     return False
   box = tuple(slice(a, b) for a, b in zip(paste.lo, paste.hi))
@@ -126,6 +130,9 @@ def _plausible(paste: Paste, images: np.ndarray, brain: np.ndarray, present: np.
   if present[FLAIR]:
     flair = images[box][..., FLAIR][paste.hard]
     if (flair < -1.5).mean() > 0.1:  # CSF is the darkest tissue on FLAIR
+      return False
+  if present[T1W]:
+    if np.median(images[box][..., T1W][paste.hard]) < WHITE_MATTER_T1W_Z:
       return False
   return True
 

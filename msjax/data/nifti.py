@@ -13,12 +13,9 @@ import numpy as np
 from nibabel import orientations as ornt_lib
 
 from msjax import files
+from msjax.errors import InvalidInputError
 
 CANONICAL = ("R", "A", "S")
-
-
-class InvalidInputError(ValueError):
-  """A file or manifest entry that msjax refuses; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +88,27 @@ def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
   return data
 
 
+LABEL_SEP = "::"  # "<file>::<value>": the voxels of one value of a label map, as a mask
+
+
+def split_label(path: str) -> tuple[str, int | None]:
+  """'seg_dseg.nii.gz::2' -> ('seg_dseg.nii.gz', 2); a plain path -> (path, None)."""
+  file, sep, value = str(path).rpartition(LABEL_SEP)
+  if sep and value.strip().lstrip("-").isdigit():
+    return file, int(value)
+  return str(path), None
+
+
 def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   """Reads and validates one NIfTI file and returns it in canonical RAS order.
 
   kind: "image" (float32; must be finite and not constant) or "mask" (values in {0, 1}; uint8).
+  A mask may be one value of a label map (a BIDS `_dseg`): `<file>::<value>`.
   """
-  path = os.fspath(path)
+  path, label = split_label(os.fspath(path))
+  if label is not None and kind != "mask":
+    raise InvalidInputError(f"{path}: a label value ({LABEL_SEP}{label}) selects a mask, not an "
+                            "image")
   if not os.path.exists(path):
     raise InvalidInputError(f"{path}: file does not exist")
   try:
@@ -116,7 +128,9 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   if not np.all(np.isfinite(data)):
     n_bad = int((~np.isfinite(data)).sum())
     raise InvalidInputError(f"{path}: {n_bad} voxels are NaN or infinite")
-  if kind == "mask":
+  if kind == "mask" and label is not None:  # no voxel of the value: an empty mask (no lesion)
+    data = (data == label).astype(np.uint8)
+  elif kind == "mask":
     if not np.all((data == 0) | (data == 1)):
       values = np.unique(data)
       shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if len(values) > 8 else "")
@@ -138,6 +152,28 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
               source_shape=tuple(int(s) for s in raw.shape),
               source_axcodes=tuple(ornt_lib.aff2axcodes(img.affine)))
   return Volume(data=data, grid=grid, path=path)
+
+
+# What a brain exam's geometry can be. Voxels: from 0.1 mm (high-resolution research scans) to
+# 12 mm (the thickest clinical 2D slices). Field of view per axis: at least 60 mm (a slab of
+# 2D slices over the lesions' part of the brain) and at most 500 mm (a whole-body coil's).
+VOXEL_MM = (0.1, 12.0)
+FIELD_OF_VIEW_MM = (60.0, 500.0)
+
+
+def geometry_problem(grid: Grid) -> str | None:
+  """Why this grid cannot be a brain exam, or None."""
+  spacing = np.sqrt((grid.source_affine[:3, :3] ** 2).sum(axis=0))
+  fov = spacing * np.array(grid.source_shape)
+  fmt = lambda v: " x ".join(f"{x:.3g}" for x in v)  # noqa: E731
+  if (spacing < VOXEL_MM[0]).any() or (spacing > VOXEL_MM[1]).any():
+    return (f"voxel size {fmt(spacing)} mm is outside {VOXEL_MM[0]:g}-{VOXEL_MM[1]:g} mm: this "
+            "cannot be a brain MRI (a wrong header?)")
+  if (fov < FIELD_OF_VIEW_MM[0]).any() or (fov > FIELD_OF_VIEW_MM[1]).any():
+    return (f"field of view {fmt(fov)} mm ({'x'.join(map(str, grid.source_shape))} voxels of "
+            f"{fmt(spacing)} mm) is outside {FIELD_OF_VIEW_MM[0]:g}-{FIELD_OF_VIEW_MM[1]:g} mm "
+            "per axis: this cannot be a brain exam")
+  return None
 
 
 def to_source_orientation(data: np.ndarray, grid: Grid) -> np.ndarray:

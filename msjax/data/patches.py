@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from msjax.data.cohort import ExamArrays
+from msjax.data.exams import ExamArrays
 
 
 def box_fractions(mask: np.ndarray, patch: int) -> np.ndarray:

@@ -16,11 +16,12 @@ import dataclasses
 import os
 
 import numpy as np
+from absl import logging
 from scipy import ndimage
 
-from msjax.data import cohort as cohort_lib
+from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
-from msjax.data.cohort import MODALITIES
+from msjax.data.manifest import MODALITIES
 
 # Mean intensity per tissue and modality (arbitrary units, white matter of T1W = 1).
 _TISSUES = ("csf", "gm", "wm", "lesion")
@@ -157,7 +158,7 @@ def _store(array, lps):
 
 
 def write_synthetic_cohort(folder: str, spec: SyntheticSpec = SyntheticSpec(),
-                           log=print) -> cohort_lib.Cohort:
+                           log=print) -> manifest_lib.Cohort:
   """Writes the cohort (NIfTI files + cohort.json) into `folder` and returns it. Deterministic."""
   folder = os.path.abspath(folder)
   os.makedirs(folder, exist_ok=True)
@@ -193,12 +194,23 @@ def write_synthetic_cohort(folder: str, spec: SyntheticSpec = SyntheticSpec(),
     brain_path = nifti.write_nifti(_store(brain, lps), affine,
                                    os.path.join(d, "brain_mask.nii.gz"), dtype=np.uint8)
     split = "test" if ms and i >= spec.n_ms - spec.n_test else "train"
-    exams.append(cohort_lib.Exam(exam_id=exam_id, patient_id=exam_id, ms=ms, images=paths,
+    exams.append(manifest_lib.Exam(exam_id=exam_id, patient_id=exam_id, ms=ms, images=paths,
                                  raters=tuple(raters), consensus=consensus,
                                  brain_mask=brain_path, split=split))
     voxel_ml = spec.spacing_mm ** 3 / 1000
     log(f"[synthetic] {i + 1}/{n} {exam_id}: {'MS' if ms else 'non-MS'}, {split}, "
         f"{len(paths)} modalities, {len(raters)} rater(s), lesions {lesion.sum() * voxel_ml:.2f} mL")
-  cohort = cohort_lib.Cohort(root=folder, exams=tuple(exams))
-  cohort_lib.save_cohort(cohort)
+  cohort = manifest_lib.Cohort(root=folder, exams=tuple(exams))
+  manifest_lib.save_cohort(cohort)
+  return cohort
+
+
+def run(config, workdir: str):
+  folder = config.output or os.path.join(workdir, "cohort")
+  spec = SyntheticSpec(n_ms=config.n_ms, n_non_ms=config.n_non_ms, n_test=config.n_test,
+                                 shape=tuple(config.shape), spacing_mm=config.spacing_mm,
+                                 seed=config.seed)
+  cohort = write_synthetic_cohort(folder, spec, log=logging.info)
+  print(f"wrote a synthetic cohort of {len(cohort.exams)} exams to {folder} "
+        f"(manifest {os.path.join(folder, 'cohort.json')})")
   return cohort

@@ -12,31 +12,33 @@ import os
 
 import numpy as np
 
+from msjax import errors
+from msjax.data import exams as exams_lib
+from msjax.data import manifest as manifest_lib
 from msjax import files
-from msjax.data import cohort as cohort_lib
+from msjax.data import lesions as lesions_lib
 from msjax.data import nifti
-from msjax.evaluate import metrics
 
-FLAIR = cohort_lib.MODALITIES.index("FLAIR")
+FLAIR = manifest_lib.MODALITIES.index("FLAIR")
 CANDIDATES = np.round(np.arange(0.5, 8.0001, 0.05), 2)  # z-scores
 
 
-def _flair(arrays: cohort_lib.ExamArrays) -> np.ndarray:
+def _flair(arrays: exams_lib.ExamArrays) -> np.ndarray:
   if not arrays.present[FLAIR]:
-    raise cohort_lib.InvalidInputError(f"exam {arrays.exam.exam_id}: the FLAIR baseline needs a "
+    raise errors.InvalidInputError(f"exam {arrays.exam.exam_id}: the FLAIR baseline needs a "
                                        "FLAIR image")
   return arrays.images[..., FLAIR]
 
 
-def fit_threshold(exams, candidates=CANDIDATES) -> dict:
+def fit_threshold(exams, candidates=CANDIDATES, allow_any_geometry: bool = False) -> dict:
   """The z-score threshold with the best pooled Dice on `exams` (labelled), and its curve."""
   tp = np.zeros(len(candidates))
   n_pred = np.zeros(len(candidates))
   n_ref = 0
   for exam in exams:
-    arrays = cohort_lib.load_exam(exam)
+    arrays = exams_lib.load_exam(exam, allow_any_geometry=allow_any_geometry)
     if arrays.reference is None:
-      raise cohort_lib.InvalidInputError(f"exam {exam.exam_id}: fitting the FLAIR threshold "
+      raise errors.InvalidInputError(f"exam {exam.exam_id}: fitting the FLAIR threshold "
                                          "needs a reference mask")
     brain = arrays.brain > 0
     flair, ref = _flair(arrays)[brain], arrays.reference[brain] > 0
@@ -52,16 +54,17 @@ def fit_threshold(exams, candidates=CANDIDATES) -> dict:
           "curve": {"threshold_z": candidates.tolist(), "dice": dice.round(5).tolist()}}
 
 
-def write_threshold_masks(exams, threshold_z: float, out_dir: str) -> list[dict]:
+def write_threshold_masks(exams, threshold_z: float, out_dir: str,
+                          allow_any_geometry: bool = False) -> list[dict]:
   """`mask.nii.gz` per exam (FLAIR z ≥ threshold inside the brain), in the exam's source space."""
   rows = []
   for exam in exams:
-    arrays = cohort_lib.load_exam(exam)
+    arrays = exams_lib.load_exam(exam, allow_any_geometry=allow_any_geometry)
     mask = ((_flair(arrays) >= threshold_z) & (arrays.brain > 0)).astype(np.uint8)
     path = nifti.write_in_source_space(mask, arrays.native_grid,
                                        os.path.join(out_dir, exam.exam_id, "mask.nii.gz"),
                                        np.uint8)
-    _, ids = metrics.lesions(mask, arrays.native_grid.voxel_ml * 1000)
+    _, ids = lesions_lib.lesions(mask, arrays.native_grid.voxel_ml * 1000)
     rows.append({"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),
                  "volume_ml": round(float(mask.sum()) * arrays.native_grid.voxel_ml, 4),
                  "threshold_z": threshold_z, "mask": path})

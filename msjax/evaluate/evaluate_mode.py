@@ -12,6 +12,8 @@ import os
 import numpy as np
 from absl import logging
 
+from msjax import errors
+from msjax.data import manifest as manifest_lib
 from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
@@ -36,12 +38,12 @@ def _file_order(volume: nifti.Volume):
   return nifti.to_source_orientation(volume.data, grid), spacing
 
 
-def evaluate_exam(exam: cohort_lib.Exam, mask_path: str) -> dict:
+def evaluate_exam(exam: manifest_lib.Exam, mask_path: str) -> dict:
   pred = nifti.read_nifti(mask_path, kind="mask")
   ref_path = exam.reference
   ref = nifti.read_nifti(ref_path, kind="mask")
   if not pred.grid.same_as(ref.grid):
-    raise cohort_lib.InvalidInputError(
+    raise errors.InvalidInputError(
         f"{mask_path}: prediction grid {pred.grid.shape} differs from the reference {ref_path} "
         f"{ref.grid.shape}")
   row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "prediction": mask_path,
@@ -75,7 +77,7 @@ def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) ->
     rows.append(row)
     log("[evaluate] %s: %s" % (exam.exam_id, "  ".join(f"{k} {fmt(row[k])}" for k in HEADLINE)))
   if not rows:
-    raise cohort_lib.InvalidInputError(
+    raise errors.InvalidInputError(
         f"no exam has both a prediction under {pred_dir} and a reference mask in {cohort.root}")
   mean, n_defined = mean_of(rows)
   return {"exams": rows, "mean": mean, "mean_n": n_defined, "n": len(rows)}

@@ -37,11 +37,10 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from msjax.data.lesions import SIX_CONNECTED, lesion_labels
 from msjax.evaluate.cxx_sort import std_sort
 
 ALPHA, BETA, GAMMA = 0.10, 0.70, 0.65
-MIN_LESION_MM3 = 3.0
-SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -55,36 +54,6 @@ def voxel_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
   fn = int(np.count_nonzero(~p & r))
   return {"dice": ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": ratio(tp, tp + fn),
           "precision": ratio(tp, tp + fp), "tp": tp, "fp": fp, "fn": fn}
-
-
-def min_lesion_voxels(voxel_mm3: float, min_mm3: float = MIN_LESION_MM3) -> int:
-  """Anima: floor(3 mm³ / voxel volume) + 1 voxels ("strictly more than 3 mm³")."""
-  return int(math.floor(min_mm3 / voxel_mm3)) + 1
-
-
-def lesion_labels(mask: np.ndarray, voxel_mm3: float, min_mm3: float = MIN_LESION_MM3):
-  """6-connected components with at least min_lesion_voxels voxels, numbered 1..n as ITK's
-  ConnectedComponent + RelabelComponent filters number them (size descending, ties in raster
-  order with the first array axis fastest); removed components are 0. Returns (labels, n)."""
-  raw, n = ndimage.label(mask > 0, structure=SIX_CONNECTED)
-  if n == 0:
-    return raw, 0
-  sizes = np.bincount(raw.ravel(), minlength=n + 1)
-  # first voxel of each component in ITK's raster order (x fastest = Fortran order)
-  ids, first = np.unique(raw.ravel(order="F"), return_index=True)
-  first_seen = np.zeros(n + 1, np.int64)
-  first_seen[ids] = first
-  keep = [k for k in range(1, n + 1) if sizes[k] >= min_lesion_voxels(voxel_mm3, min_mm3)]
-  order = sorted(keep, key=lambda k: (-sizes[k], first_seen[k]))
-  lut = np.zeros(n + 1, np.int32)
-  lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-  return lut[raw], len(order)
-
-
-def lesions(mask: np.ndarray, voxel_mm3: float, min_mm3: float = MIN_LESION_MM3):
-  """(label volume, list of kept labels): the lesions the evaluator counts."""
-  labels, n = lesion_labels(mask, voxel_mm3, min_mm3)
-  return labels, list(range(1, n + 1))
 
 
 def overlap_table(row_labels: np.ndarray, n_rows: int, col_labels: np.ndarray, n_cols: int

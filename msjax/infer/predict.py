@@ -15,13 +15,16 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
+from msjax.data import exams as exams_lib
+from msjax.data import manifest as manifest_lib
 from msjax import files
 from msjax.data import cohort as cohort_lib
+from msjax.data import lesions as lesions_lib
 from msjax.data import nifti
-from msjax.evaluate import metrics
 from msjax.infer import sliding_window
 from msjax.models import isensee
-from msjax.train import checkpoint, steps
+from msjax.models import model as model_lib
+from msjax import checkpoint
 
 
 class Predictor:
@@ -38,18 +41,18 @@ class Predictor:
     model_cfg = cfg.model
     if conv_impl:
       model_cfg.conv_impl = conv_impl
-    model = steps.Model(isensee.constructor("segmentation", model_cfg))
+    model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
     self.batch_size = batch_size
     self.mirror = mirror  # test-time mirroring: mean over the 8 flips (8× the compute)
-    self._predict = steps.make_predict(model, "segmentation", mirror=mirror)
+    self._predict = model_lib.make_predict(model, "segmentation", mirror=mirror)
 
   def predict_batch(self, x):
     return self._predict(self.params, x)
 
-  def predict_exam(self, arrays: cohort_lib.ExamArrays, sampler: str = "sliding",
+  def predict_exam(self, arrays: exams_lib.ExamArrays, sampler: str = "sliding",
                    overlap: float = 0.5, n_random: int = 150, seed: int = 0):
     if sampler == "sliding":
       corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, overlap,
@@ -68,7 +71,7 @@ class Predictor:
     return pred, len(corners)
 
 
-def to_native(arrays: cohort_lib.ExamArrays, volume: np.ndarray) -> np.ndarray:
+def to_native(arrays: exams_lib.ExamArrays, volume: np.ndarray) -> np.ndarray:
   """Model grid -> the exam's own (canonical-order) grid: linear interpolation."""
   return nifti.resample_box(volume, arrays.native_grid.shape, order=1)
 
@@ -76,7 +79,7 @@ def to_native(arrays: cohort_lib.ExamArrays, volume: np.ndarray) -> np.ndarray:
 def select_exams(cohort, which: str):
   if which in ("all", ""):
     return list(cohort.exams)
-  if which in cohort_lib.SPLITS:
+  if which in manifest_lib.SPLITS:
     return cohort.select(split=which)
   ids = [s.strip() for s in which.split(",")]
   return [cohort.by_id(i) for i in ids]
@@ -87,18 +90,19 @@ def remove_small_lesions(mask: np.ndarray, voxel_mm3: float, max_mm3: float) -> 
   what counts as a lesion: fewer than floor(max_mm3 / voxel volume) + 1 voxels)."""
   if max_mm3 <= 0 or not mask.any():
     return mask
-  labels, n = metrics.lesion_labels(mask, voxel_mm3, max_mm3)
+  labels, n = lesions_lib.lesion_labels(mask, voxel_mm3, max_mm3)
   return (labels > 0).astype(mask.dtype)
 
 
 def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="sliding", overlap=0.5,
                    n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
-                   log=logging.info) -> list[dict]:
+                   allow_any_geometry=False, log=logging.info) -> list[dict]:
   os.makedirs(out_dir, exist_ok=True)
   rows = []
   for i, exam in enumerate(exams):
     t0 = time.time()
-    arrays = cohort_lib.load_exam(exam, model_shape=predictor.model_shape,
+    arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape,
+                                 allow_any_geometry=allow_any_geometry,
                                   patch_size=predictor.patch)
     pred, n_patches = predictor.predict_exam(arrays, sampler, overlap, n_random, seed)
     d = os.path.join(out_dir, exam.exam_id)
@@ -125,7 +129,7 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="slidin
     paths = {"mask": write(mask, "mask.nii.gz", np.uint8),
              "probability": write(prob, "probability.nii.gz"),
              "spread": write(spread, "spread.nii.gz")}
-    _, ids = metrics.lesions(mask, voxel_ml * 1000)
+    _, ids = lesions_lib.lesions(mask, voxel_ml * 1000)
     row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),
            "volume_ml": round(float(mask.sum()) * voxel_ml, 4), "patches": n_patches,
            "sampler": sampler, "mirror": predictor.mirror, "threshold": threshold,
@@ -152,7 +156,8 @@ def run(config, workdir: str):
   rows = predict_cohort(predictor, exams, out_dir, sampler=config.sampler,
                         overlap=config.overlap, n_random=config.n_random,
                         threshold=config.threshold, seed=config.seed,
-                        min_lesion_mm3=config.min_lesion_mm3)
+                        min_lesion_mm3=config.min_lesion_mm3,
+                        allow_any_geometry=config.allow_any_geometry)
   files.write_json({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows},
                    os.path.join(out_dir, "predict.json"))
   print(f"[predict] {len(rows)} exam(s) from {predictor.where}: masks, probabilities and spread "

@@ -10,7 +10,7 @@ import zlib
 import jax
 import numpy as np
 
-from msjax.train import rules as rules_lib
+from msjax import rules as rules_lib
 
 
 def glorot_uniform(rng: np.random.Generator, shape) -> np.ndarray:

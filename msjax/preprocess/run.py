@@ -19,8 +19,10 @@ import traceback
 import numpy as np
 from absl import logging
 
-from msjax import files
+from msjax import errors, files
 from msjax.data import cohort as cohort_lib
+from msjax.data import exams as exams_lib
+from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
 
 
@@ -32,9 +34,11 @@ class Options:
   skull_strip: str = "robex"     # robex | none (images already skull-stripped: mask = non-zero)
   mni: bool = True
   qc: bool = True
+  allow_any_geometry: bool = False
 
 
-def _transform_file(exam: cohort_lib.Exam, modality: str) -> str | None:
+
+def _transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
   path = exam.images[modality]
   folder, name = os.path.split(path)
   stem = name.split(".nii")[0]
@@ -42,103 +46,44 @@ def _transform_file(exam: cohort_lib.Exam, modality: str) -> str | None:
   return candidate if os.path.exists(candidate) else None
 
 
-def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> dict:
+def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) -> dict:
   """Stage 1 for one exam. Returns a record with timings and output paths; raises on failure."""
   import SimpleITK as sitk
-  from msjax.preprocess import grid as grid_lib
-  from msjax.preprocess import qc
   from msjax.preprocess import steps
   if "FLAIR" not in exam.images:
     raise steps.PreprocessingError(f"exam {exam.exam_id} has no FLAIR (the reference sequence)")
-  for role, kind, path in exam.all_paths():  # the data layer's validation, file by file
-    nifti.read_nifti(path, kind=kind)
+  # the data layer's validation, file by file; raw scans are on any grid, but a grid that cannot
+  # be a brain exam is refused as everywhere else
+  _, problems = exams_lib.read_exam_files(exam, options.allow_any_geometry, one_grid=False)
+  if problems:
+    raise errors.InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
   t0, times = time.time(), {}
 
-  def progress(step):
-    logging.info("[preprocess] %s: %s (%.0f s so far)", exam.exam_id, step, time.time() - t0)
+  def step(name, label, fn, *args):
+    logging.info("[preprocess] %s: %s (%.0f s so far)", exam.exam_id, label, time.time() - t0)
+    t = time.time()
+    out = fn(*args)
+    times[name] = time.time() - t
+    return out
 
   raw = {m: sitk.ReadImage(p, sitk.sitkFloat32) for m, p in exam.images.items()}
-  flair_native = raw["FLAIR"]
   imgs = dict(raw)
   if options.n4:
-    progress("N4 bias-field correction")
-    t = time.time()
-    imgs = {m: steps.n4(img, iterations=options.n4_iterations) for m, img in imgs.items()}
-    times["n4"] = time.time() - t
-  progress("co-registration to FLAIR")
-  t = time.time()
-  coreg = {}
-  for m, img in list(imgs.items()):
-    if m == "FLAIR":
-      continue
-    tfm_path = _transform_file(exam, m) if options.coregistration in ("auto", "file") else None
-    if tfm_path:
-      tfm = sitk.ReadTransform(tfm_path)
-      # the shipped file's direction convention is not stated: keep the one that aligns better
-      candidates = [tfm, tfm.GetInverse()]
-      scores = [_mi(imgs["FLAIR"], img, c) for c in candidates]
-      tfm = candidates[int(np.argmin(scores))]
-      coreg[m] = f"file {os.path.basename(tfm_path)} ({'as is' if np.argmin(scores) == 0 else 'inverted'})"
-    elif options.coregistration == "file":
-      raise steps.PreprocessingError(f"{exam.images[m]}: no transform file to FLAIR")
-    else:
-      tfm = steps.rigid_to(imgs["FLAIR"], img)
-      coreg[m] = "rigid registration"
-    imgs[m] = steps.resample(img, imgs["FLAIR"], tfm)
-  times["coregistration"] = time.time() - t
-
-  progress("brain extraction")
-  t = time.time()
-  if exam.brain_mask:
-    brain = sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
-  elif options.skull_strip == "robex":
-    brain = steps.robex_mask(imgs.get("T1W", imgs["FLAIR"]))
-  else:
-    arr = sum((grid_lib.to_numpy(i) != 0) for i in imgs.values())
-    brain = sitk.Cast(grid_lib.from_numpy((arr > 0).astype(np.uint8), imgs["FLAIR"]),
-                      sitk.sitkUInt8)
-  times["skull_strip"] = time.time() - t
-
-  progress("MNI registration")
-  t = time.time()
-  ref = grid_lib.reference_image()
-  if options.mni:
-    strip_src = imgs.get("T1W", imgs["FLAIR"])
-    stripped = sitk.Mask(strip_src, brain)
-    to_mni = steps.register_to_mni(stripped)
-  else:
-    to_mni = sitk.Transform()
-  times["mni_registration"] = time.time() - t
-
-  progress("resampling onto the 128³ MNI grid")
-  t = time.time()
-  affine = grid_lib.box_affine()
-  brain128 = grid_lib.to_numpy(steps.resample(sitk.Cast(brain, sitk.sitkFloat32), ref, to_mni)) >= 0.5
-  if not brain128.any():
-    raise steps.PreprocessingError("the brain mask is empty on the MNI grid")
+    imgs = step("n4", "N4 bias-field correction", lambda: {
+        m: steps.n4(img, iterations=options.n4_iterations) for m, img in imgs.items()})
+  imgs, coreg = step("coregistration", "co-registration to FLAIR", coregister, exam, imgs,
+                     options)
+  brain = step("skull_strip", "brain extraction", brain_mask, exam, imgs, options)
+  to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, brain, options)
   final = os.path.join(out_root, exam.exam_id)
   tmp = final + ".incomplete"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  paths = {}
-  for m, img in imgs.items():
-    arr = grid_lib.to_numpy(steps.resample(img, ref, to_mni))
-    paths[m] = nifti.write_nifti(np.where(brain128, arr, 0), affine,
-                                 os.path.join(tmp, f"{exam.exam_id}_{m}.nii.gz"))
-  masks = {}
-  for role, path in ([("consensus", exam.consensus)] if exam.consensus else []) + [
-      (f"rater{k + 1}", p) for k, p in enumerate(exam.raters)]:
-    m = sitk.Cast(sitk.ReadImage(path), sitk.sitkFloat32)
-    masks[role] = nifti.write_nifti(
-        (grid_lib.to_numpy(steps.resample(m, ref, to_mni)) >= 0.5).astype(np.uint8), affine,
-        os.path.join(tmp, f"{exam.exam_id}_{role}.nii.gz"), dtype=np.uint8)
-  brain_path = nifti.write_nifti(brain128.astype(np.uint8), affine,
-                                 os.path.join(tmp, f"{exam.exam_id}_brain_mask.nii.gz"),
-                                 dtype=np.uint8)
-  sitk.WriteTransform(to_mni, os.path.join(tmp, "to_mni.tfm"))
-  times["resample_write"] = time.time() - t
+  written = step("resample_write", "resampling onto the 128³ MNI grid", write_on_model_grid,
+                 exam, imgs, brain, to_mni, tmp)
   if options.qc:
-    qc.exam_figure(flair_native, brain, imgs["FLAIR"], paths, brain_path,
+    from msjax.preprocess import qc
+    qc.exam_figure(raw["FLAIR"], brain, imgs["FLAIR"], written["images"], written["brain_mask"],
                    os.path.join(tmp, "qc.png"), exam.exam_id)
   times["total"] = time.time() - t0
   record = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
@@ -149,11 +94,96 @@ def preprocess_exam(exam: cohort_lib.Exam, out_root: str, options: Options) -> d
   shutil.rmtree(final, ignore_errors=True)
   os.replace(tmp, final)  # the exam appears complete, or not at all
   rel = lambda p: os.path.join(final, os.path.basename(p))  # noqa: E731
-  record.update(images={m: rel(p) for m, p in paths.items()}, brain_mask=rel(brain_path),
+  masks = written["masks"]
+  record.update(images={m: rel(p) for m, p in written["images"].items()},
+                brain_mask=rel(written["brain_mask"]),
                 consensus=rel(masks["consensus"]) if "consensus" in masks else None,
                 raters=[rel(masks[k]) for k in sorted(masks) if k.startswith("rater")],
                 transform=os.path.join(final, "to_mni.tfm"))
   return record
+
+
+def coregister(exam, imgs: dict, options: Options):
+  """Every sequence onto FLAIR: a shipped `*_intrastudy_to_FLAIR.txt` transform (its direction
+  checked by mutual information) or rigid Mattes-MI registration. Returns (images, how)."""
+  import SimpleITK as sitk
+  from msjax.preprocess import steps
+  out, how = dict(imgs), {}
+  for m, img in imgs.items():
+    if m == "FLAIR":
+      continue
+    tfm_path = _transform_file(exam, m) if options.coregistration in ("auto", "file") else None
+    if tfm_path:
+      tfm = sitk.ReadTransform(tfm_path)
+      # the shipped file's direction convention is not stated: keep the one that aligns better
+      candidates = [tfm, tfm.GetInverse()]
+      scores = [_mi(imgs["FLAIR"], img, c) for c in candidates]
+      tfm = candidates[int(np.argmin(scores))]
+      how[m] = (f"file {os.path.basename(tfm_path)} "
+                f"({'as is' if np.argmin(scores) == 0 else 'inverted'})")
+    elif options.coregistration == "file":
+      raise steps.PreprocessingError(f"{exam.images[m]}: no transform file to FLAIR")
+    else:
+      tfm = steps.rigid_to(imgs["FLAIR"], img)
+      how[m] = "rigid registration"
+    out[m] = steps.resample(img, imgs["FLAIR"], tfm)
+  return out, how
+
+
+def brain_mask(exam, imgs: dict, options: Options):
+  """A provided brain mask, ROBEX on T1 (FLAIR without T1), or the non-zero voxels."""
+  import SimpleITK as sitk
+  from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
+  if exam.brain_mask:
+    return sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
+  if options.skull_strip == "robex":
+    return steps.robex_mask(imgs.get("T1W", imgs["FLAIR"]))
+  arr = sum((grid_lib.to_numpy(i) != 0) for i in imgs.values())
+  return sitk.Cast(grid_lib.from_numpy((arr > 0).astype(np.uint8), imgs["FLAIR"]),
+                   sitk.sitkUInt8)
+
+
+def mni_transform(imgs: dict, brain, options: Options):
+  """Affine registration of the skull-stripped T1 (else FLAIR) to the MNI152 template."""
+  import SimpleITK as sitk
+  from msjax.preprocess import steps
+  if not options.mni:
+    return sitk.Transform()
+  return steps.register_to_mni(sitk.Mask(imgs.get("T1W", imgs["FLAIR"]), brain))
+
+
+def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:
+  """Images (linear, zero outside the brain), masks (linear, then >= 0.5), the brain mask and
+  the transform, on the 128³ MNI grid, into `folder`."""
+  import SimpleITK as sitk
+  from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
+  ref = grid_lib.reference_image()
+  affine = grid_lib.box_affine()
+  brain128 = grid_lib.to_numpy(steps.resample(sitk.Cast(brain, sitk.sitkFloat32), ref,
+                                              to_mni)) >= 0.5
+  if not brain128.any():
+    raise steps.PreprocessingError("the brain mask is empty on the MNI grid")
+  images = {}
+  for m, img in imgs.items():
+    arr = grid_lib.to_numpy(steps.resample(img, ref, to_mni))
+    images[m] = nifti.write_nifti(np.where(brain128, arr, 0), affine,
+                                  os.path.join(folder, f"{exam.exam_id}_{m}.nii.gz"))
+  masks = {}
+  for role, path in ([("consensus", exam.consensus)] if exam.consensus else []) + [
+      (f"rater{k + 1}", p) for k, p in enumerate(exam.raters)]:
+    file, value = nifti.split_label(path)
+    m = sitk.ReadImage(file)
+    m = sitk.Cast(m == value if value is not None else m, sitk.sitkFloat32)
+    masks[role] = nifti.write_nifti(
+        (grid_lib.to_numpy(steps.resample(m, ref, to_mni)) >= 0.5).astype(np.uint8), affine,
+        os.path.join(folder, f"{exam.exam_id}_{role}.nii.gz"), dtype=np.uint8)
+  brain_path = nifti.write_nifti(brain128.astype(np.uint8), affine,
+                                 os.path.join(folder, f"{exam.exam_id}_brain_mask.nii.gz"),
+                                 dtype=np.uint8)
+  sitk.WriteTransform(to_mni, os.path.join(folder, "to_mni.tfm"))
+  return {"images": images, "masks": masks, "brain_mask": brain_path}
 
 
 def _mi(fixed, moving, transform) -> float:
@@ -218,7 +248,8 @@ def run(config, workdir: str):
   os.makedirs(out_root, exist_ok=True)
   options = Options(n4=config.n4, n4_iterations=tuple(config.n4_iterations),
                     coregistration=config.coregistration, skull_strip=config.skull_strip,
-                    mni=config.mni, qc=config.qc)
+                    mni=config.mni, qc=config.qc,
+                    allow_any_geometry=config.allow_any_geometry)
   exams = list(raw.exams)
   if config.exams:
     keep = {s.strip() for s in config.exams.split(",")}
@@ -242,14 +273,14 @@ def run(config, workdir: str):
                            [s.strip() for s in config.nyul_fit_on.split(",") if s.strip()],
                            os.path.join(workdir, "nyul_landmarks.json"))
     logging.info("[preprocess] Nyúl standardisation of %s", sorted(standard))
-  cohort = cohort_lib.Cohort(root=out_root, exams=tuple(
-      cohort_lib.Exam(exam_id=r["exam_id"], patient_id=r["patient_id"], ms=r["ms"],
+  cohort = manifest_lib.Cohort(root=out_root, exams=tuple(
+      manifest_lib.Exam(exam_id=r["exam_id"], patient_id=r["patient_id"], ms=r["ms"],
                       split=r["split"], images=r["images"], raters=tuple(r["raters"]),
                       consensus=r["consensus"], brain_mask=r["brain_mask"],
                       native={"reference": r["native_reference"], "transform": r["transform"]})
       for r in records))
   if records:
-    cohort_lib.save_cohort(cohort)
+    manifest_lib.save_cohort(cohort)
   summary = {"exams": records, "failures": failures, "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, "preprocess_summary.json"))
   print(f"[preprocess] {len(records)}/{len(exams)} exam(s) in {summary['wall_s']} s -> "

@@ -1,8 +1,9 @@
-"""pretrain / finetune: the training loop around the pure step.
+"""`pretrain` / `finetune` modes: the training loop around the pure step (logging, validation,
+checkpoints, preemption, a non-finite stop), built from msjax.train.state's create-and-restore.
 
 `run(config, workdir)` trains the task of `config.mode` ("pretrain" = position regression,
-"finetune" = segmentation). Resume order: this workdir's latest checkpoint, else `init_from`
-(encoder transfer, finetune only), else fresh initialisation.
+"finetune" = segmentation). Resume order (state.restore_or_init): this workdir's latest
+checkpoint, else `init_from` (encoder transfer, finetune only), else fresh initialisation.
 """
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ import signal
 import time
 
 import jax
-import numpy as np
 from absl import logging
 
-from msjax import files, parallel
-from msjax.data import cohort as cohort_lib
-from msjax.data import lesion_load, pipeline
-from msjax.evaluate import metrics
-from msjax.infer import sliding_window
-from msjax.models import isensee
-from msjax.train import checkpoint, optim, plots, steps, transfer
+from msjax import checkpoint, files, parallel
+from msjax.data import exams as exams_lib
+from msjax.data import pipeline
+from msjax.train import inputs, optim, plots
+from msjax.train import state as state_lib
+from msjax.train.validate import Validator
 
 TASKS = {"pretrain": "position", "finetune": "segmentation"}
 COLLAPSE_STEPS, COLLAPSE_GRAD_NORM = 50, 1e-4  # all-background collapse detector
@@ -29,101 +28,6 @@ COLLAPSE_STEPS, COLLAPSE_GRAD_NORM = 50, 1e-4  # all-background collapse detecto
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-def resolve_cohort(config, workdir: str) -> cohort_lib.Cohort:
-  path = config.data.cohort or os.path.join(workdir, "cohort")
-  return cohort_lib.load_cohort(path)
-
-
-def model_shape(config):
-  return tuple(config.data.model_shape) or None
-
-
-def check_exams(exams):
-  """Reads every file of every exam before training starts; one error lists all problems."""
-  problems = []
-  for exam in exams:
-    _, found = cohort_lib.read_exam_files(exam)
-    problems += [f"{exam.exam_id}: {p}" for p in found]
-  if problems:
-    raise cohort_lib.InvalidInputError("the cohort has problems:\n  " + "\n  ".join(problems))
-
-
-def split_exams(cohort, task: str, config):
-  """Training / validation exams: held-out patients by seeded repeated random sub-sampling.
-  `split: test` exams are never used here."""
-  pool = cohort.select(split="train", labelled=True if task == "segmentation" else None)
-  if not pool:
-    raise cohort_lib.InvalidInputError(
-        f"{cohort.root}: no {'labelled ' if task == 'segmentation' else ''}training exam")
-  patients = sorted({e.patient_id for e in pool})
-  train_p, val_p = pipeline.split_patients(patients, config.data.val_fraction, config.seed,
-                                           config.data.split_repeat)
-  if task == "segmentation" and config.data.label_fraction < 1.0:
-    # scarce labels: keep a seeded subset of the training patients (validation is unchanged)
-    rng = np.random.default_rng([config.seed, config.data.split_repeat, 104729])
-    n = max(1, int(round(config.data.label_fraction * len(train_p))))
-    train_p = sorted(rng.permutation(train_p)[:n].tolist())
-  return [e for e in pool if e.patient_id in train_p], [e for e in pool if e.patient_id in val_p]
-
-
-def sampler_spec(config, task: str, local_devices: int = 1, process_index: int = 0
-                 ) -> pipeline.SamplerSpec:
-  """This process's share of the global batch: exams_per_batch groups per local device."""
-  d = config.data
-  local_groups = d.exams_per_batch * local_devices
-  return pipeline.SamplerSpec(task=task, patch_size=d.patch_size,
-                              patches_per_exam=d.patches_per_exam, exams_per_batch=local_groups,
-                              group_offset=process_index * local_groups,
-                              min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
-                              modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
-                              group_by=d.group_by, augment=d.augment,
-                              intensity=d.intensity, lesion_load=lesion_load.LoadSpec(
-                                  probability=d.lesion_load, added_ml=tuple(d.lesion_load_ml),
-                                  max_grow=d.lesion_grow, contrast=tuple(d.lesion_contrast)),
-                              seed=config.seed)
-
-
-class Validator:
-  """Validation on held-out patients. Segmentation: whole-volume sliding-window Dice per exam.
-  Position: MSE on a fixed set of held-out patches, beside the predict-the-mean baseline."""
-
-  def __init__(self, config, task, exams, cache, predict, mesh):
-    self.task, self.exams, self.cache, self._predict, self.mesh = task, exams, cache, predict, mesh
-    self.patch, self.batch = config.data.patch_size, config.data.infer_batch
-    self.overlap = config.train.val_overlap
-    if task == "position" and exams:
-      spec = sampler_spec(config, task)
-      ds = pipeline.make_dataset(exams, spec, cache, num_batches=4)
-      self.fixed = [ds[i] for i in range(len(ds))]
-
-  def __call__(self, params) -> dict:
-    if not self.exams:
-      return {}
-    self.params = params
-    if self.task == "position":
-      preds = np.concatenate([self.predict(b["image"]) for b in self.fixed])
-      target = np.concatenate([b["position"] for b in self.fixed])
-      return {"val_mse": float(np.mean((preds - target) ** 2)),
-              "val_baseline_mse": float(np.mean((target - target.mean(0)) ** 2))}
-    rows = []
-    for exam in self.exams:
-      arrays = self.cache.get(exam)
-      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap,
-                                                      brain=arrays.brain)
-      pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
-                                           self.batch)
-      p = (pred.probability >= 0.5) & (arrays.brain > 0)
-      rows.append(metrics.voxel_metrics(p, arrays.reference))
-    # an exam with no lesion and no prediction has no Dice: it is left out, not counted as 1
-    mean, n = metrics.mean_over_defined(rows, ["dice"])
-    return {} if mean["dice"] is None else {"val_dice": mean["dice"], "val_exams": n["dice"]}
-
-  def predict(self, x):
-    """Every process runs the same replicated computation (a collective on a multi-host mesh)."""
-    out = self._predict(self.params, parallel.replicate(np.asarray(x), self.mesh))
-    return np.asarray(out.addressable_data(0))
 
 
 class _Preemption:
@@ -155,63 +59,41 @@ def _fmt_time(s: float) -> str:
 
 
 def train(config, workdir: str, task: str | None = None) -> dict:
+  """Trains config's task in workdir (resuming it), logging, validating and checkpointing."""
   task = task or TASKS[config.mode]
   tc = config.train
   main_process = parallel.is_main_process()
   mesh = parallel.data_mesh()
   os.makedirs(workdir, exist_ok=True)
-  cohort = resolve_cohort(config, workdir)
-  train_exams, val_exams = split_exams(cohort, task, config)
-  check_exams(train_exams + val_exams)
+  cohort = inputs.resolve_cohort(config, workdir)
+  train_exams, val_exams = inputs.split_exams(cohort, task, config)
+  inputs.check_exams(train_exams + val_exams, config.data.allow_any_geometry)
   logging.info("%s on %d training exams (%d patients), validating on %d exams: %s", task,
                len(train_exams), len({e.patient_id for e in train_exams}), len(val_exams),
                [e.exam_id for e in val_exams])
 
-  model = steps.Model(isensee.constructor(task, config.model, seed=config.seed), seed=config.seed)
-  params = model.init_params()
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  transfer_on, n_frozen = (False, 0) if task == "position" else optim.parse_strategy(tc.freeze)
-  labels, frozen = optim.freeze_labels(params, n_frozen, tc.freeze_norms)
-  tx = optim.make_optimizer(tc, labels)
-  train_step = steps.make_train_step(model, task, tx, labels, tc.loss)
-  predict = steps.make_predict(model, task)
-  abstract = parallel.abstract_replicated(
-      jax.eval_shape(lambda p: steps.init_state(p, tx), params), mesh)
-
-  cache = cohort_lib.ExamCache(config.data.cache_exams, model_shape=model_shape(config),
-                               patch_size=config.data.patch_size)
-  spec = sampler_spec(config, task, jax.local_device_count(), jax.process_index())
+  setup = state_lib.create_train_state(config, task, mesh)
+  train_step, frozen = setup.train_step, setup.frozen
+  shape = inputs.model_shape(config)
+  load = dict(model_shape=shape, patch_size=config.data.patch_size,
+              allow_any_geometry=config.data.allow_any_geometry)
+  cache = exams_lib.ExamCache(config.data.cache_exams, **load)
+  spec = inputs.sampler_spec(config, task, jax.local_device_count(), jax.process_index())
   data_iter = pipeline.make_iterator(
       pipeline.make_dataset(train_exams, spec, cache, num_batches=tc.steps),
       num_threads=config.data.num_threads)
-  validate = Validator(config, task, val_exams, cohort_lib.ExamCache(
-      max(1, len(val_exams)), model_shape=model_shape(config), patch_size=config.data.patch_size),
-      predict, mesh)
+  validate = Validator(config, task, val_exams,
+                       exams_lib.ExamCache(max(1, len(val_exams)), **load), setup.predict, mesh)
 
   mngr = checkpoint.manager(workdir, keep=tc.keep_checkpoints)
   best = checkpoint.manager(workdir, best=True) if task == "segmentation" else None
   meta = {"task": task, "mode": config.mode, "config": json.loads(config.to_json_best_effort())}
-  start = mngr.latest_step()
-  transfer_report = None
-  if start is not None:  # 1. this workdir's latest checkpoint
-    state, data_state, _ = checkpoint.restore(mngr, start, abstract)
-    state["step"] = parallel.replicate(np.int32(start), mesh)
-    data_iter.set_state(data_state)
-    logging.info("resumed from %s at step %d", mngr.directory, start)
-  else:
-    if task == "segmentation" and transfer_on:  # 2. init_from: encoder transfer
-      if not tc.init_from:
-        raise ValueError(f"strategy {optim.strategy_name(tc.freeze)} transfers a pretrained "
-                         "encoder: set --config.train.init_from=<pretraining workdir> "
-                         "(or --config.train.freeze=van)")
-      params, transfer_report = transfer.transfer_from_checkpoint(params, tc.init_from)
-    # 3. fresh (VAN / pretraining); built on the host, then one identical copy per device
-    state = parallel.replicate(jax.device_get(steps.init_state(params, tx)), mesh)
-    start = 0
+  state, start, transfer_report = state_lib.restore_or_init(setup, config, mngr, data_iter, mesh)
   global_patches = spec.batch_size * jax.process_count()
   logging.info("%s: %s parameters, strategy %s, %d frozen leaves; global batch %d = %d device(s) "
                "x %d exam(s) x %d patches of %d³ (%d process(es)); %d steps", task,
-               f"{n_params:,}", "pretrain" if task == "position" else optim.strategy_name(tc.freeze),
+               f"{setup.n_params:,}",
+               "pretrain" if task == "position" else optim.strategy_name(tc.freeze),
                len(frozen), global_patches, jax.device_count(), config.data.exams_per_batch,
                spec.patches_per_exam, spec.patch_size, jax.process_count(), tc.steps)
 

@@ -10,7 +10,7 @@ import optax
 from absl import logging
 
 from msjax.models.isensee import LEVELS
-from msjax.train import rules as rules_lib
+from msjax import rules as rules_lib
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 NUM_CONVS = 3 * LEVELS  # conv1..conv15

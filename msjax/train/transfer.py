@@ -5,8 +5,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from msjax.train import checkpoint
-from msjax.train import rules as rules_lib
+from msjax import checkpoint
+from msjax import rules as rules_lib
 
 TRANSFER_RULES = [(r"encoder/.*", "transfer"), (r".*", "keep")]
 

@@ -63,7 +63,10 @@ def restore_params(path: str, sharding=None):
   checkpoint written by N processes restores in one (and vice versa)."""
   directory = find_checkpoint_dir(path)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  handlers = {"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  # every item a training checkpoint holds gets its handler, so that orbax knows what the items
+  # it is not asked for are (else it warns once per item and call); only params and meta are read
+  handlers = {"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+              "opt_state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                              item_names=tuple(handlers), item_handlers=handlers) as m:
     step = m.latest_step()

@@ -1,0 +1,134 @@
+"""An exam as model input: its files read and validated, reoriented to RAS, resampled onto the
+model grid and z-scored in the brain; a bounded cache of loaded exams for the samplers."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+
+import numpy as np
+
+from msjax.data import nifti
+from msjax.data.manifest import MODALITIES, Exam
+from msjax.errors import InvalidInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamArrays:
+  """One exam ready for sampling: canonical RAS arrays on the model grid."""
+  exam: Exam
+  images: np.ndarray          # (X, Y, Z, 5) float32, z-scored in the brain, 0 outside / missing
+  present: np.ndarray         # (5,) bool: which modalities the exam has
+  brain: np.ndarray           # (X, Y, Z) uint8
+  masks: tuple[np.ndarray, ...]  # training targets (raters, else consensus), uint8
+  reference: np.ndarray | None   # evaluation reference, uint8
+  grid: nifti.Grid            # model grid (canonical orientation)
+  native_grid: nifti.Grid     # the exam's own grid, for writing predictions back
+
+  @property
+  def shape(self):
+    return self.images.shape[:3]
+
+
+def read_exam_files(exam: Exam, allow_any_geometry: bool = False, one_grid: bool = True
+                    ) -> tuple[dict[str, nifti.Volume], list[str]]:
+  """Reads every file of an exam; returns the volumes and a list of problems (never raises).
+  A grid that cannot be a brain exam is a problem unless allow_any_geometry; files on different
+  grids are one unless one_grid is False (raw exams, before co-registration)."""
+  volumes, problems = {}, []
+  for role, kind, path in exam.all_paths():
+    try:
+      volumes[role] = nifti.read_nifti(path, kind=kind)
+    except InvalidInputError as e:
+      problems.append(str(e))
+      continue
+    why = None if allow_any_geometry else nifti.geometry_problem(volumes[role].grid)
+    if why:
+      problems.append(f"{nifti.split_label(path)[0]}: {why}; "
+                      "--config.data.allow_any_geometry=True to use it anyway")
+  ref_role = next((m for m in ("FLAIR",) + MODALITIES if m in volumes), None)
+  if ref_role is not None and one_grid:
+    ref = volumes[ref_role]
+    for role, v in volumes.items():
+      if role != ref_role and not v.grid.same_as(ref.grid):
+        problems.append(
+            f"{v.path}: {role} is not on the grid of {ref_role} ({ref.path}): shape "
+            f"{v.grid.shape} vs {ref.grid.shape}, affines differ by "
+            f"{np.abs(v.grid.affine - ref.grid.affine).max():.3g} mm; co-register and resample "
+            "them first (configs/preprocess.py)")
+  return volumes, problems
+
+
+def _zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+  values = image[brain > 0]
+  mean, std = float(values.mean()), float(values.std())
+  out = (image - mean) / max(std, 1e-6)
+  return np.where(brain > 0, out, 0.0).astype(np.float32)
+
+
+def load_exam(exam: Exam, *, model_shape=None, patch_size: int = 32,
+              allow_any_geometry: bool = False) -> ExamArrays:
+  """Reads, validates, reorients, resamples onto the model grid and normalises one exam.
+
+  Raises InvalidInputError listing every problem found in the exam's files.
+  """
+  volumes, problems = read_exam_files(exam, allow_any_geometry)
+  if problems:
+    raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
+  native = volumes[next(m for m in ("FLAIR",) + MODALITIES if m in volumes)].grid
+  shape = tuple(model_shape) if model_shape else native.shape
+  if min(shape) < patch_size:
+    raise InvalidInputError(f"{volumes[next(iter(exam.images))].path}: volume {shape} is smaller "
+                            f"than one {patch_size}³ patch")
+  grid = nifti.resampled_grid(native, shape) if shape != native.shape else native
+  if "brain_mask" in volumes:
+    brain = volumes["brain_mask"].data
+  else:  # skull-stripped inputs have an exactly-zero background
+    brain = np.zeros(native.shape, dtype=bool)
+    for m in exam.images:
+      brain |= volumes[m].data != 0
+    brain = brain.astype(np.uint8)
+  brain = nifti.resample_mask(brain, shape)
+  if brain.sum() == 0:
+    raise InvalidInputError(f"exam {exam.exam_id}: the brain mask is empty")
+  images = np.zeros(shape + (len(MODALITIES),), np.float32)
+  present = np.zeros(len(MODALITIES), bool)
+  for c, m in enumerate(MODALITIES):
+    if m in volumes:
+      images[..., c] = _zscore_in_brain(nifti.resample_box(volumes[m].data, shape), brain)
+      present[c] = True
+  masks = tuple(nifti.resample_mask(volumes[r].data, shape) for r in
+                [f"rater{i + 1}" for i in range(len(exam.raters))] or
+                (["consensus"] if exam.consensus else []))
+  reference = None
+  if exam.consensus:
+    reference = nifti.resample_mask(volumes["consensus"].data, shape)
+  elif len(exam.raters) == 1:
+    reference = masks[0]
+  return ExamArrays(exam=exam, images=images, present=present, brain=brain, masks=masks,
+                    reference=reference, grid=grid, native_grid=native)
+
+
+class ExamCache:
+  """A bounded LRU of loaded exams, shared by sampler threads: the cohort never sits in memory
+  whole, and an exam is read from disk once while it stays in use."""
+
+  def __init__(self, maxsize: int = 4, **load_kwargs):
+    self.maxsize = max(1, int(maxsize))
+    self.load_kwargs = load_kwargs
+    self._items: collections.OrderedDict[str, object] = collections.OrderedDict()
+    self._lock = threading.Lock()
+    self.loads = 0
+
+  def get(self, exam: Exam, derive=None):
+    with self._lock:
+      if exam.exam_id in self._items:
+        self._items.move_to_end(exam.exam_id)
+        return self._items[exam.exam_id]
+      arrays = load_exam(exam, **self.load_kwargs)
+      item = derive(arrays) if derive else arrays
+      self.loads += 1
+      self._items[exam.exam_id] = item
+      while len(self._items) > self.maxsize:
+        self._items.popitem(last=False)
+      return item

@@ -1,0 +1,186 @@
+"""The cohort manifest (`cohort.json`): the exams, their files and labels, read and written.
+
+    {"version": 1,
+     "exams": [{"exam_id": "patient07", "patient_id": "patient07", "ms": true, "split": "train",
+                "images": {"T1W": "patient07/T1W.nii.gz", "FLAIR": "patient07/FLAIR.nii.gz"},
+                "raters": ["patient07/rater1.nii.gz"], "consensus": "patient07/consensus_gt.nii.gz",
+                "brain_mask": null}]}
+
+Paths are relative to the manifest's folder.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+
+from msjax import files
+from msjax.errors import InvalidInputError
+
+# Fixed channel order of the network input (SPEC): T1W, T1Wc (= T1WKS), T2W, FLAIR, PDW.
+MODALITIES = ("T1W", "T1WKS", "T2W", "FLAIR", "PDW")
+MANIFEST_NAME = "cohort.json"
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Exam:
+  exam_id: str
+  patient_id: str
+  ms: bool
+  images: dict[str, str]           # modality -> absolute path
+  raters: tuple[str, ...] = ()     # raters' lesion masks
+  consensus: str | None = None     # consensus lesion mask (evaluation reference)
+  brain_mask: str | None = None
+  split: str = "train"
+  # set by the preprocessing: {"reference": raw FLAIR, "transform": ITK transform MNI -> native}
+  native: dict | None = None
+  # BIDS entities of the exam ({"sub": "01", "ses": "02"}) when it came from a BIDS dataset
+  bids: dict | None = None
+
+  @property
+  def bids_prefix(self) -> str:
+    """How the exam's outputs are named: sub-<id>[_ses-<id>]; an exam that did not come from
+    BIDS is sub-<exam_id> (letters and digits only, as BIDS labels are)."""
+    if self.bids:
+      return f"sub-{self.bids['sub']}" + (f"_ses-{self.bids['ses']}" if self.bids.get("ses")
+                                          else "")
+    return "sub-" + ("".join(ch for ch in self.exam_id if ch.isalnum()) or "exam")
+
+  @property
+  def labelled(self) -> bool:
+    return bool(self.raters) or self.consensus is not None
+
+  @property
+  def reference(self) -> str | None:
+    """The mask that evaluation compares against: the consensus, else the only rater."""
+    if self.consensus is not None:
+      return self.consensus
+    return self.raters[0] if len(self.raters) == 1 else None
+
+  @property
+  def training_masks(self) -> tuple[str, ...]:
+    """Masks a segmentation batch draws its target from (one rater per batch, SPEC)."""
+    return self.raters if self.raters else ((self.consensus,) if self.consensus else ())
+
+  def all_paths(self) -> list[tuple[str, str, str]]:
+    """(role, kind, path) for every file of the exam."""
+    out = [(m, "image", p) for m, p in self.images.items()]
+    out += [(f"rater{i + 1}", "mask", p) for i, p in enumerate(self.raters)]
+    if self.consensus:
+      out.append(("consensus", "mask", self.consensus))
+    if self.brain_mask:
+      out.append(("brain_mask", "mask", self.brain_mask))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+  root: str
+  exams: tuple[Exam, ...]
+  unused: tuple[tuple[str, str], ...] = ()  # (file, why) found beside the exams but not used
+
+  def select(self, *, split=None, labelled=None, ms=None, patients=None) -> list[Exam]:
+    out = []
+    for e in self.exams:
+      if split is not None and e.split != split:
+        continue
+      if labelled is not None and e.labelled != labelled:
+        continue
+      if ms is not None and e.ms != ms:
+        continue
+      if patients is not None and e.patient_id not in patients:
+        continue
+      out.append(e)
+    return out
+
+  def by_id(self, exam_id: str) -> Exam:
+    for e in self.exams:
+      if e.exam_id == exam_id:
+        return e
+    raise KeyError(f"exam {exam_id!r} is not in the cohort at {self.root}")
+
+
+def _no_duplicate_keys(where):
+  def hook(pairs):
+    seen = {}
+    for k, v in pairs:
+      if k in seen:
+        raise InvalidInputError(f"{where}: key {k!r} appears twice in one object "
+                                "(duplicate modality or field)")
+      seen[k] = v
+    return seen
+  return hook
+
+
+def _exam_from_json(d: dict, root: str, where: str) -> Exam:
+  def path(p):
+    return p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p))
+  try:
+    exam_id = str(d["exam_id"])
+  except KeyError:
+    raise InvalidInputError(f"{where}: an exam has no 'exam_id'") from None
+  images = d.get("images") or {}
+  unknown = [k for k in images if k not in MODALITIES]
+  if unknown:
+    raise InvalidInputError(f"{where}: exam {exam_id}: unknown modality key(s) {unknown}; "
+                            f"expected keys among {list(MODALITIES)}")
+  if not images:
+    raise InvalidInputError(f"{where}: exam {exam_id} lists no image")
+  split = d.get("split", "train")
+  if split not in SPLITS:
+    raise InvalidInputError(f"{where}: exam {exam_id}: split {split!r} is not one of {SPLITS}")
+  return Exam(exam_id=exam_id, patient_id=str(d.get("patient_id", exam_id)),
+              ms=bool(d.get("ms", True)), split=split,
+              images={m: path(images[m]) for m in MODALITIES if m in images},
+              raters=tuple(path(p) for p in d.get("raters", [])),
+              consensus=path(d["consensus"]) if d.get("consensus") else None,
+              brain_mask=path(d["brain_mask"]) if d.get("brain_mask") else None,
+              native={k: path(v) for k, v in d["native"].items()} if d.get("native") else None,
+              bids=dict(d["bids"]) if d.get("bids") else None)
+
+
+def cohort_to_json(cohort: Cohort, base: str | None = None) -> dict:
+  """Paths are written relative to `base` (the manifest's folder; default the cohort root)."""
+  base = base or cohort.root
+
+  def rel(p):
+    return os.path.relpath(p, base) if p else None
+  exams = []
+  for e in cohort.exams:
+    exams.append({"exam_id": e.exam_id, "patient_id": e.patient_id, "ms": e.ms, "split": e.split,
+                  "images": {m: rel(p) for m, p in e.images.items()},
+                  "raters": [rel(p) for p in e.raters], "consensus": rel(e.consensus),
+                  "brain_mask": rel(e.brain_mask),
+                  **({"native": {k: rel(v) for k, v in e.native.items()}} if e.native else {}),
+                  **({"bids": e.bids} if e.bids else {})})
+  out = {"version": 1, "modalities": list(MODALITIES), "exams": exams}
+  if cohort.unused:
+    out["unused"] = [[rel(p), why] for p, why in cohort.unused]
+  return out
+
+
+def save_cohort(cohort: Cohort, path: str | None = None) -> str:
+  path = path or os.path.join(cohort.root, MANIFEST_NAME)
+  return files.write_json(cohort_to_json(cohort, os.path.dirname(os.path.abspath(path))), path)
+
+
+def read_manifest(manifest: str) -> Cohort:
+  """The cohort a manifest file lists (paths relative to its folder), validated."""
+  if not os.path.exists(manifest):
+    raise InvalidInputError(f"{manifest}: cohort manifest does not exist")
+  try:
+    with open(manifest) as f:
+      d = json.load(f, object_pairs_hook=_no_duplicate_keys(manifest))
+  except json.JSONDecodeError as e:
+    raise InvalidInputError(f"{manifest}: not valid JSON ({e})") from e
+  root = os.path.dirname(manifest)
+  exams = tuple(_exam_from_json(e, root, manifest) for e in d.get("exams", []))
+  ids = collections.Counter(e.exam_id for e in exams)
+  dup = [k for k, n in ids.items() if n > 1]
+  if dup:
+    raise InvalidInputError(f"{manifest}: exam ids listed more than once: {dup}")
+  if not exams:
+    raise InvalidInputError(f"{manifest}: the manifest lists no exam")
+  return Cohort(root=root, exams=exams)

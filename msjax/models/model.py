@@ -1,0 +1,59 @@
+"""A network as a pure function of its parameters: the graphdef and state template of an NNX
+module (`Model`), and the jitted predict function of a segmentation or position network."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msjax.models import init
+
+
+class Model:
+  """A graphdef and an abstract state template: binds a params dict to a callable module.
+
+  Built from a zero-argument constructor traced abstractly (nothing allocated); initial values
+  come from the path rules of msjax.models.init.
+  """
+
+  def __init__(self, make_module, seed: int = 0):
+    self.graphdef, self.template = nnx.split(nnx.eval_shape(make_module), nnx.Param)
+    self.seed = seed
+
+  def init_params(self) -> dict:
+    return init.init_params(nnx.to_pure_dict(self.template), self.seed)
+
+  def bind(self, params) -> nnx.Module:
+    state = jax.tree.map(lambda x: x, self.template)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(self.graphdef, state)
+
+  def apply(self, params, x, rng=None):
+    return self.bind(params)(x, rng)
+
+
+MIRRORS = tuple(tuple(a for a, bit in zip((1, 2, 3), (m & 1, m & 2, m & 4)) if bit)
+                for m in range(8))  # the 8 combinations of flipping the three spatial axes
+
+
+def make_predict(model: Model, task: str, mirror: bool = False):
+  """predict(params, images) -> probabilities (segmentation) or positions; no dropout.
+
+  mirror=True (segmentation): test-time mirroring, nnU-Net's default: the mean of the
+  probabilities over the 8 flips of the patch, each flipped back (8× the compute)."""
+
+  def probabilities(params, images):
+    return jax.nn.sigmoid(model.apply(params, images, None)[..., 0])
+
+  def predict(params, images):
+    if task != "segmentation":
+      return model.apply(params, images, None)
+    if not mirror:
+      return probabilities(params, images)
+    total = 0.0
+    for axes in MIRRORS:
+      flip = (lambda a, ax=axes: jnp.flip(a, ax)) if axes else (lambda a: a)
+      total = total + flip(probabilities(params, flip(images)))
+    return total / len(MIRRORS)
+
+  return jax.jit(predict)

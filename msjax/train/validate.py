@@ -1,0 +1,52 @@
+"""Validation during training, on held-out patients: whole-volume sliding-window Dice
+(segmentation) or the MSE of held-out patches beside the predict-the-mean baseline (position)."""
+from __future__ import annotations
+
+import numpy as np
+
+from msjax import parallel
+from msjax.data import pipeline
+from msjax.evaluate import metrics
+from msjax.infer import sliding_window
+from msjax.train.inputs import sampler_spec
+
+
+class Validator:
+  """Validation on held-out patients. Segmentation: whole-volume sliding-window Dice per exam.
+  Position: MSE on a fixed set of held-out patches, beside the predict-the-mean baseline."""
+
+  def __init__(self, config, task, exams, cache, predict, mesh):
+    self.task, self.exams, self.cache, self._predict, self.mesh = task, exams, cache, predict, mesh
+    self.patch, self.batch = config.data.patch_size, config.data.infer_batch
+    self.overlap = config.train.val_overlap
+    if task == "position" and exams:
+      spec = sampler_spec(config, task)
+      ds = pipeline.make_dataset(exams, spec, cache, num_batches=4)
+      self.fixed = [ds[i] for i in range(len(ds))]
+
+  def __call__(self, params) -> dict:
+    if not self.exams:
+      return {}
+    self.params = params
+    if self.task == "position":
+      preds = np.concatenate([self.predict(b["image"]) for b in self.fixed])
+      target = np.concatenate([b["position"] for b in self.fixed])
+      return {"val_mse": float(np.mean((preds - target) ** 2)),
+              "val_baseline_mse": float(np.mean((target - target.mean(0)) ** 2))}
+    rows = []
+    for exam in self.exams:
+      arrays = self.cache.get(exam)
+      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap,
+                                                      brain=arrays.brain)
+      pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
+                                           self.batch)
+      p = (pred.probability >= 0.5) & (arrays.brain > 0)
+      rows.append(metrics.voxel_metrics(p, arrays.reference))
+    # an exam with no lesion and no prediction has no Dice: it is left out, not counted as 1
+    mean, n = metrics.mean_over_defined(rows, ["dice"])
+    return {} if mean["dice"] is None else {"val_dice": mean["dice"], "val_exams": n["dice"]}
+
+  def predict(self, x):
+    """Every process runs the same replicated computation (a collective on a multi-host mesh)."""
+    out = self._predict(self.params, parallel.replicate(np.asarray(x), self.mesh))
+    return np.asarray(out.addressable_data(0))
