@@ -29,7 +29,7 @@ def finish(c: config_dict.ConfigDict, chosen: frozenset = frozenset()) -> config
   if len(dtypes) > 1:
     raise ValueError(f"variants {sorted(chosen)} ask for two dtypes")
   if dtypes:
-    if "model" in c:
+    if "model" in c and isinstance(c.model, config_dict.ConfigDict):
       c.model.dtype = dtypes[0]
     elif "dtypes" in c:  # the benchmark
       c.dtypes = dtypes[0]

@@ -39,7 +39,7 @@ def run(config, workdir: str):
   t = time.time()
   test_exams = cohort.select(split="test")
   pred_dir = os.path.join(workdir, "predict", "predictions")
-  stages.predict(ft_dir, test_exams, pred_dir, config.predict, config.seed)
+  predicted = stages.predict(ft_dir, test_exams, pred_dir, config.predict, config.seed)
   times["predict"] = time.time() - t
 
   t = time.time()
@@ -48,7 +48,8 @@ def run(config, workdir: str):
   js, csv_path = (os.path.join(eval_dir, "summary.json"), os.path.join(eval_dir, "metrics.csv"))
   times["evaluate"] = time.time() - t
   times["total"] = time.time() - t0
-  files.write_json({"times_s": times, "mean": summary["mean"]}, os.path.join(workdir, "demo.json"))
+  files.write_json({"times_s": times, "mean": summary["mean"], "overlay": predicted[0]["overlay"]},
+                   os.path.join(workdir, "demo.json"))
   m = summary["mean"]
   print("\n" + evaluate_mode.format_table(summary))
   print(f"""
@@ -57,7 +58,8 @@ def run(config, workdir: str):
   cohort       {cohort_dir}/cohort.json
   pretraining  {pre_dir}/ (loss_curve.png, metrics.jsonl, checkpoints/)
   fine-tuning  {ft_dir}/ ({strategy}; loss_curve.png, metrics.jsonl, best/)
-  predictions  {pred_dir}/<exam>/{{mask,probability,spread}}.nii.gz, predictions.csv
+  predictions  {pred_dir}/ (BIDS derivatives: sub-*/anat/ masks, probabilities, lesion tables)
+  overlay      {predicted[0]['overlay']}
   evaluation   {js}, {csv_path}
   test exams ({summary['n']}): """ + "  ".join(
       f"{label} {evaluate_mode.fmt(m.get(key))}" for key, label in (

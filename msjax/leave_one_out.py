@@ -26,6 +26,7 @@ from msjax.data import manifest as manifest_lib
 from msjax import config_base, figures, files, stages
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import baseline, metrics, outlines
+from msjax.infer import outputs
 
 MEASURES = stages.MEASURES
 BASELINE = "FLAIR threshold"
@@ -152,22 +153,22 @@ def run(config, workdir: str):
       if flair and exam.reference:
         slice_figures[exam.exam_id] = outlines.outline_figure(
             flair, exam.reference,
-            {name: os.path.join(d, exam.exam_id, "mask.nii.gz") for name, d in masks.items()},
+            {name: outputs.paths(d, exam)["mask"] for name, d in masks.items()},
             os.path.join(workdir, f"slices_{exam.exam_id}.png"),
             title=f"{exam.exam_id} left out (trained on "
                   f"{', '.join(sorted({e.patient_id for e in train_exams}))})",
             n_slices=config.figure_slices)
 
   times["total"] = time.time() - t_all
-  outputs = write_outputs(rows, strategies + [BASELINE], folds, workdir)
-  outputs.update({f"slices_{k}": v for k, v in slice_figures.items()})
+  written = write_outputs(rows, strategies + [BASELINE], folds, workdir)
+  written.update({f"slices_{k}": v for k, v in slice_figures.items()})
   files.write_json({"rows": rows, "thresholds": thresholds, "times_s": times,
-                    "outputs": outputs}, os.path.join(workdir, "leave_one_out.json"))
-  print(open(outputs["table_md"]).read())
+                    "outputs": written}, os.path.join(workdir, "leave_one_out.json"))
+  print(open(written["table_md"]).read())
   print("[leave_one_out] wall time per stage: " + ", ".join(
       f"{k} {v:.0f} s" for k, v in times.items()))
-  print("\n".join(f"  {k}: {v}" for k, v in outputs.items()))
-  return {"rows": rows, "times_s": times, "outputs": outputs}
+  print("\n".join(f"  {k}: {v}" for k, v in written.items()))
+  return {"rows": rows, "times_s": times, "outputs": written}
 
 
 def _score(cohort, pred_dir, exams, fold, method, run_dir, threshold: str) -> list[dict]:

@@ -31,6 +31,7 @@ MODES = {
     "leave_one_out": "msjax.leave_one_out",
     "demo": "msjax.demo",
     "preprocess": "msjax.preprocess.run",
+    "segment": "msjax.segment",
     "benchmark": "msjax.benchmark",
 }
 

@@ -63,22 +63,38 @@ def test_random_sampler_stays_in_brain():
     assert brain[c[0]:c[0] + 16, c[1]:c[1] + 16, c[2]:c[2] + 16].mean() >= 0.75
 
 
-def test_predict_writes_masks_in_native_space(trained, tiny_cohort, tmp_path):
+def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, tmp_path):
   predictor = predict.Predictor(trained, batch_size=8)
   exams = [tiny_cohort.by_id("synth001"), tiny_cohort.by_id("synth003")]  # LPS and RAS files
-  rows = predict.predict_cohort(predictor, exams, str(tmp_path), sampler="sliding")
+  # a low threshold so that the tiny smoke model predicts some lesion to tabulate
+  rows = predict.predict_cohort(predictor, exams, str(tmp_path), sampler="sliding", threshold=0.2)
   for exam, row in zip(exams, rows):
     src = nib.load(exam.images["FLAIR"])
-    for key in ("mask", "probability", "spread"):
+    anat = tmp_path / exam.bids_prefix / "anat"
+    assert row["mask"] == str(anat / f"{exam.bids_prefix}_space-orig_desc-lesion_mask.nii.gz")
+    for key in ("mask", "probseg", "uncertainty"):
       img = nib.load(row[key])
       assert img.shape == src.shape, key
       np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
     mask = np.asarray(nib.load(row["mask"]).dataobj)
-    prob = np.asarray(nib.load(row["probability"]).dataobj)
-    np.testing.assert_array_equal(mask, prob >= 0.5)
+    prob = np.asarray(nib.load(row["probseg"]).dataobj)
+    np.testing.assert_array_equal(mask, prob >= 0.2)
     assert set(np.unique(mask)) <= {0, 1}
     brain = np.asarray(nib.load(exam.brain_mask).dataobj)
     assert not prob[brain == 0].any()  # nothing outside the brain, in the file's own voxel order
+    # one row per 6-connected component; the volumes add up to the mask's
+    lesions = list(csv.DictReader(open(row["table"])))
+    voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
+    assert len(lesions) == row["components"]
+    assert abs(sum(float(r["volume_ml"]) for r in lesions) - mask.sum() * voxel_ml) < 1e-3
+    for r in lesions:
+      assert 0 < float(r["mean_probability"]) <= float(r["max_probability"]) <= 1
+      assert r["mni_x_mm"] == ""  # a synthetic head is not on an MNI grid: no MNI coordinates
+    assert os.path.getsize(row["overlay"]) > 5000
+  assert sum(r["components"] for r in rows) > 0
+  description = json.load(open(tmp_path / "dataset_description.json"))
+  assert description["DatasetType"] == "derivative"
+  assert description["GeneratedBy"][0]["Name"] == "msjax" and trained in str(description)
   with open(tmp_path / "predictions.csv") as f:
     table = list(csv.DictReader(f))
   assert [r["exam_id"] for r in table] == ["synth001", "synth003"]
@@ -113,11 +129,13 @@ def test_predict_on_real_lesjak_grid(trained, tmp_path):
   predictor = predict.Predictor(trained, batch_size=8)
   predictor.model_shape = (64, 64, 64)  # a coarse model grid keeps this CPU test short
   exam = cohort_lib.load_cohort(LESJAK_MNI).by_id("patient07")
-  row = predict.predict_cohort(predictor, [exam], str(tmp_path), overlap=0.0)[0]
+  row = predict.predict_cohort(predictor, [exam], str(tmp_path), overlap=0.0, threshold=0.05)[0]
   img, src = nib.load(row["mask"]), nib.load(exam.images["FLAIR"])
   assert img.shape == (182, 218, 182) == src.shape
   np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
   assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
+  lesions = list(csv.DictReader(open(row["table"])))
+  assert lesions and all(r["mni_x_mm"] == r["centroid_x_mm"] for r in lesions)  # on MNI's grid
 
 
 def test_experiment_smoke_writes_table_and_figure(tiny_cohort, tmp_path):
@@ -141,7 +159,10 @@ def test_demo_smoke(tmp_path):
   times = json.load(open(tmp_path / "demo.json"))["times_s"]
   assert set(times) >= {"pretrain", "finetune", "predict", "evaluate"}
   assert (tmp_path / "finetune" / "loss_curve.png").exists()
-  assert (tmp_path / "predict" / "predictions" / "synth003" / "spread.nii.gz").exists()
+  overlay = json.load(open(tmp_path / "demo.json"))["overlay"]
+  assert overlay.endswith("sub-synth003_desc-lesion_overlay.png") and os.path.getsize(overlay) > 5000
+  assert (tmp_path / "predict" / "predictions" / "sub-synth003" / "anat" /
+          "sub-synth003_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz").exists()
 
 
 def test_sliding_window_skips_patches_without_brain_and_keeps_the_brain_s_prediction():

@@ -10,10 +10,11 @@ import numpy as np
 from conftest import LESJAK_MNI, load_config, needs_lesjak
 from msjax.data import exams as exams_lib
 from msjax.data import manifest as manifest_lib
-from msjax import leave_one_out
+from msjax import figures, leave_one_out
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti, pipeline
-from msjax.evaluate import baseline, evaluate_mode, metrics, outlines
+from msjax.evaluate import baseline, evaluate_mode, metrics
+from msjax.infer import outputs
 
 
 def _exam_with_flair(tmp_path, flair, lesion, name="case"):
@@ -82,8 +83,8 @@ def test_lesion_slices_picks_the_most_lesioned_and_spreads_them():
   ref[2:8, 2:8, 10] = True   # 36 voxels
   ref[2:6, 2:6, 11] = True   # 16, too close to 10
   ref[2:5, 2:5, 30] = True   # 9
-  assert outlines.lesion_slices(ref, 2) == [10, 30]
-  assert outlines.lesion_slices(ref, 5) == [10, 30]  # only slices with lesion
+  assert figures.lesion_slices(ref, 2) == [10, 30]
+  assert figures.lesion_slices(ref, 5) == [10, 30]  # only slices with lesion
 
 
 def test_leave_one_out_mode_on_tiny_cohort(tiny_cohort, tmp_path):
@@ -120,7 +121,7 @@ def test_flair_baseline_on_lesjak_is_scored_in_native_space(tmp_path):
   fit = baseline.fit_threshold([train])
   assert 0.5 < fit["threshold_z"] < 8 and 0 < fit["train_dice"] < 1
   baseline.write_threshold_masks([test], fit["threshold_z"], str(tmp_path))
-  img = nib.load(str(tmp_path / "patient07" / "mask.nii.gz"))
+  img = nib.load(outputs.paths(str(tmp_path), test)["mask"])
   src = nib.load(test.images["FLAIR"])
   assert img.shape == src.shape and np.allclose(img.affine, src.affine)
   summary = evaluate_mode.evaluate_predictions(cohort, str(tmp_path), exams=[test])

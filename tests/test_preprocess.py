@@ -13,6 +13,7 @@ from msjax.data import inspect as inspect_lib
 from msjax.data import cohort as cohort_lib  # noqa: E402
 from msjax.data import nifti  # noqa: E402
 from msjax.preprocess import grid as grid_lib  # noqa: E402
+from msjax.preprocess import nyul  # noqa: E402
 from msjax.preprocess import native as native_lib  # noqa: E402
 from msjax.preprocess import steps  # noqa: E402
 
@@ -36,11 +37,11 @@ def test_nyul_maps_landmarks_onto_the_standard_scale():
   brain = np.ones((20, 20, 20), np.uint8)
   a = rng.gamma(2.0, 100.0, (20, 20, 20)).astype(np.float32)
   b = 3 * a + 50  # another scanner: same shape of histogram, other scale
-  std = steps.fit_nyul({"FLAIR": [a[brain > 0], b[brain > 0]]})["FLAIR"]["standard"]
+  std = nyul.fit_nyul({"FLAIR": [a[brain > 0], b[brain > 0]]})["FLAIR"]["standard"]
   assert std[0] == pytest.approx(0) and std[-1] == pytest.approx(100)
-  na, nb = steps.apply_nyul(a, brain, std), steps.apply_nyul(b, brain, std)
+  na, nb = nyul.apply_nyul(a, brain, std), nyul.apply_nyul(b, brain, std)
   np.testing.assert_allclose(na, nb, atol=1e-3)  # standardised: the scanners agree
-  np.testing.assert_allclose(steps.landmarks(na), std, atol=1e-3)
+  np.testing.assert_allclose(nyul.landmarks(na), std, atol=1e-3)
 
 
 def test_mask_round_trip_native_to_model_grid_and_back(tmp_path):

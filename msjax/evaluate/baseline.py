@@ -3,7 +3,7 @@
 MS lesions are hyperintense on FLAIR, so "every brain voxel whose FLAIR z-score (in the brain)
 exceeds t" is the classic first segmentation. `fit_threshold` picks t on labelled training exams
 (the t with the best Dice over all their voxels together), `write_threshold_masks` applies it to
-other exams and writes `mask.nii.gz` per exam in the layout `predict` uses, so the same
+other exams and writes a mask per exam in the layout `predict` uses (BIDS derivatives), so the same
 evaluation code scores both. Everything runs on each exam's own grid (no resampling).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from msjax.data import manifest as manifest_lib
 from msjax import files
 from msjax.data import lesions as lesions_lib
 from msjax.data import nifti
+from msjax.infer import outputs
 
 FLAIR = manifest_lib.MODALITIES.index("FLAIR")
 CANDIDATES = np.round(np.arange(0.5, 8.0001, 0.05), 2)  # z-scores
@@ -56,13 +57,13 @@ def fit_threshold(exams, candidates=CANDIDATES, allow_any_geometry: bool = False
 
 def write_threshold_masks(exams, threshold_z: float, out_dir: str,
                           allow_any_geometry: bool = False) -> list[dict]:
-  """`mask.nii.gz` per exam (FLAIR z ≥ threshold inside the brain), in the exam's source space."""
+  """A mask per exam (FLAIR z ≥ threshold inside the brain), in the exam's source space."""
   rows = []
   for exam in exams:
     arrays = exams_lib.load_exam(exam, allow_any_geometry=allow_any_geometry)
     mask = ((_flair(arrays) >= threshold_z) & (arrays.brain > 0)).astype(np.uint8)
     path = nifti.write_in_source_space(mask, arrays.native_grid,
-                                       os.path.join(out_dir, exam.exam_id, "mask.nii.gz"),
+                                       outputs.paths(out_dir, exam)["mask"],
                                        np.uint8)
     _, ids = lesions_lib.lesions(mask, arrays.native_grid.voxel_ml * 1000)
     rows.append({"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),

@@ -18,13 +18,16 @@ from msjax import files
 from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
 from msjax.evaluate import metrics
+from msjax.infer import outputs
 
 HEADLINE = ("dice", "sensitivity", "precision", "lesion_f1", "abs_volume_diff_ml", "hd95_mm")
 
 
-def find_prediction(pred_dir: str, exam_id: str) -> str | None:
-  for candidate in (os.path.join(pred_dir, exam_id, "mask.nii.gz"),
-                    os.path.join(pred_dir, "predictions", exam_id, "mask.nii.gz")):
+def find_prediction(pred_dir: str, exam) -> str | None:
+  """The exam's mask in a predictions folder (BIDS-derivative names, msjax/infer/outputs.py),
+  or in the predict workdir holding it."""
+  for candidate in (outputs.paths(pred_dir, exam)["mask"],
+                    outputs.paths(os.path.join(pred_dir, "predictions"), exam)["mask"]):
     if os.path.exists(candidate):
       return candidate
   return None
@@ -70,7 +73,7 @@ def mean_of(rows: list[dict]) -> tuple[dict, dict]:
 def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) -> dict:
   rows = []
   for exam in exams if exams is not None else cohort.exams:
-    path = find_prediction(pred_dir, exam.exam_id)
+    path = find_prediction(pred_dir, exam)
     if path is None or exam.reference is None:
       continue
     row = evaluate_exam(exam, path)

@@ -19,9 +19,11 @@ from msjax.data import exams as exams_lib
 from msjax.data import manifest as manifest_lib
 from msjax import files
 from msjax.data import cohort as cohort_lib
+from msjax import errors
 from msjax.data import lesions as lesions_lib
+from msjax.data import mni
 from msjax.data import nifti
-from msjax.infer import sliding_window
+from msjax.infer import outputs, sliding_window
 from msjax.models import isensee
 from msjax.models import model as model_lib
 from msjax import checkpoint
@@ -71,11 +73,6 @@ class Predictor:
     return pred, len(corners)
 
 
-def to_native(arrays: exams_lib.ExamArrays, volume: np.ndarray) -> np.ndarray:
-  """Model grid -> the exam's own (canonical-order) grid: linear interpolation."""
-  return nifti.resample_box(volume, arrays.native_grid.shape, order=1)
-
-
 def select_exams(cohort, which: str):
   if which in ("all", ""):
     return list(cohort.exams)
@@ -94,49 +91,87 @@ def remove_small_lesions(mask: np.ndarray, voxel_mm3: float, max_mm3: float) -> 
   return (labels > 0).astype(mask.dtype)
 
 
+def in_file_space(exam, arrays: exams_lib.ExamArrays, volume: np.ndarray):
+  """A model-grid volume -> (array in the voxel order of the file the exam's outputs go with,
+  that file's affine, a function world mm -> MNI mm or None). A preprocessed exam goes back
+  through the inverse of its MNI registration to the raw FLAIR's space; any other exam to its
+  own grid."""
+  native = nifti.resample_box(volume, arrays.native_grid.shape)
+  if exam.native:
+    from msjax.preprocess import native as native_lib  # the [preprocess] extra made this exam
+    array, affine = native_lib.to_native(native, arrays.native_grid, exam.native)
+    return array, affine, lambda points: native_lib.native_to_mni(points, exam.native)
+  grid = arrays.native_grid
+  array = nifti.to_source_orientation(native, grid)
+  to_mni = (lambda points: points) if mni.is_mni_grid(array.shape, grid.source_affine) else None
+  return array, grid.source_affine, to_mni
+
+
+def flair_of(exam) -> str:
+  """The image the overlay is drawn on: the raw FLAIR of a preprocessed exam, else its FLAIR
+  (or its first image)."""
+  if exam.native:
+    return exam.native["reference"]
+  return exam.images.get("FLAIR") or next(iter(exam.images.values()))
+
+
+def predict_exam(predictor: Predictor, exam, out_dir: str, *, sampler="sliding", overlap=0.5,
+                 n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
+                 allow_any_geometry=False) -> dict:
+  """Segments one exam and writes its BIDS-derivative outputs (msjax/infer/outputs.py)."""
+  t0 = time.time()
+  arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape, patch_size=predictor.patch,
+                               allow_any_geometry=allow_any_geometry)
+  pred, n_patches = predictor.predict_exam(arrays, sampler, overlap, n_random, seed)
+  prob, affine, to_mni = in_file_space(exam, arrays, pred.probability)
+  spread, _, _ = in_file_space(exam, arrays, pred.spread)
+  voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
+  mask = remove_small_lesions((prob >= threshold).astype(np.uint8), voxel_mm3, min_lesion_mm3)
+  out = outputs.paths(out_dir, exam)
+  nifti.write_nifti(mask, affine, out["mask"], np.uint8)
+  nifti.write_nifti(prob, affine, out["probseg"])
+  nifti.write_nifti(spread, affine, out["uncertainty"])
+  table = outputs.lesion_table(mask, prob, affine, to_mni)
+  files.write_csv(table, out["table"], fieldnames=outputs.TABLE_COLUMNS)
+  outputs.overlay_figure(flair_of(exam), out["mask"], out["overlay"], title=exam.exam_id)
+  _, counted = lesions_lib.lesions(mask, voxel_mm3)
+  return {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(counted),
+          "components": len(table), "volume_ml": round(float(mask.sum()) * voxel_mm3 / 1e3, 4),
+          "patches": n_patches, "sampler": sampler, "mirror": predictor.mirror,
+          "threshold": threshold, "seconds": round(time.time() - t0, 2), **out}
+
+
 def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="sliding", overlap=0.5,
                    n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
-                   allow_any_geometry=False, log=logging.info) -> list[dict]:
+                   allow_any_geometry=False, keep_going=False, log=logging.info) -> list[dict]:
+  """Segments every exam into a BIDS-derivatives dataset at out_dir, with predictions.csv (one
+  row per exam) and dataset_description.json. keep_going: an exam that fails is reported (its
+  row says why) and the others go on; otherwise the first failure stops the run."""
   os.makedirs(out_dir, exist_ok=True)
-  rows = []
+  prefixes = [e.bids_prefix for e in exams]
+  clash = sorted({p for p in prefixes if prefixes.count(p) > 1})
+  if clash:
+    raise errors.InvalidInputError(f"exams would share output names {clash}: exam ids differing "
+                                   "only in punctuation; rename them")
+  outputs.write_description(out_dir, outputs.generated_by(predictor.where))
+  rows, t_start = [], time.time()
   for i, exam in enumerate(exams):
-    t0 = time.time()
-    arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape,
-                                 allow_any_geometry=allow_any_geometry,
-                                  patch_size=predictor.patch)
-    pred, n_patches = predictor.predict_exam(arrays, sampler, overlap, n_random, seed)
-    d = os.path.join(out_dir, exam.exam_id)
-    if exam.native:
-      # a preprocessed exam: back through the inverse MNI registration to the raw FLAIR's space
-      from msjax.preprocess import native as native_lib
-      prob, affine = native_lib.to_native(
-          nifti.resample_box(pred.probability, arrays.native_grid.shape), arrays.native_grid,
-          exam.native)
-      spread, _ = native_lib.to_native(
-          nifti.resample_box(pred.spread, arrays.native_grid.shape), arrays.native_grid,
-          exam.native)
-      write = lambda a, name, dt=np.float32: nifti.write_nifti(a, affine, os.path.join(d, name), dt)  # noqa: E731
-      voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000
+    try:
+      row = predict_exam(predictor, exam, out_dir, sampler=sampler, overlap=overlap,
+                         n_random=n_random, threshold=threshold, seed=seed,
+                         min_lesion_mm3=min_lesion_mm3, allow_any_geometry=allow_any_geometry)
+    except Exception as e:  # noqa: BLE001 - reported in the table and the log
+      if not keep_going:
+        raise
+      row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "error": str(e)}
+      log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id} FAILED: {e}")
     else:
-      prob = to_native(arrays, pred.probability)
-      spread = to_native(arrays, pred.spread)
-      grid = arrays.native_grid
-      write = lambda a, name, dt=np.float32: nifti.write_in_source_space(  # noqa: E731
-          a, grid, os.path.join(d, name), dt)
-      voxel_ml = grid.voxel_ml
-    mask = remove_small_lesions((prob >= threshold).astype(np.uint8), voxel_ml * 1000,
-                                min_lesion_mm3)
-    paths = {"mask": write(mask, "mask.nii.gz", np.uint8),
-             "probability": write(prob, "probability.nii.gz"),
-             "spread": write(spread, "spread.nii.gz")}
-    _, ids = lesions_lib.lesions(mask, voxel_ml * 1000)
-    row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(ids),
-           "volume_ml": round(float(mask.sum()) * voxel_ml, 4), "patches": n_patches,
-           "sampler": sampler, "mirror": predictor.mirror, "threshold": threshold,
-           "seconds": round(time.time() - t0, 2), **paths}
+      done = time.time() - t_start
+      eta = done / (i + 1) * (len(exams) - i - 1)
+      log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
+          f"{row['volume_ml']:.2f} mL, {row['patches']} patches, {row['seconds']:.1f} s, "
+          f"ETA {eta:.0f} s -> {os.path.dirname(row['mask'])}")
     rows.append(row)
-    log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
-        f"{row['volume_ml']:.2f} mL, {n_patches} patches, {row['seconds']:.1f} s -> {d}")
   files.write_csv(rows, os.path.join(out_dir, "predictions.csv"))
   return rows
 
@@ -160,6 +195,7 @@ def run(config, workdir: str):
                         allow_any_geometry=config.allow_any_geometry)
   files.write_json({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows},
                    os.path.join(out_dir, "predict.json"))
-  print(f"[predict] {len(rows)} exam(s) from {predictor.where}: masks, probabilities and spread "
-        f"maps in {out_dir}/<exam>/, table {out_dir}/predictions.csv")
+  print(f"[predict] {len(rows)} exam(s) from {predictor.where}: BIDS derivatives in {out_dir}/ "
+        f"(sub-*/[ses-*/]anat/: lesion mask, probability, uncertainty, per-lesion table, "
+        f"overlay PNG), one row per exam in {out_dir}/predictions.csv")
   return rows

@@ -5,18 +5,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-MNI_SHAPE = (182, 218, 182)
-MNI_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
-MODEL_SHAPE = (128, 128, 128)
+from msjax.data.mni import MODEL_SHAPE, box_affine
+
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-def box_affine(shape=MODEL_SHAPE, box_shape=MNI_SHAPE, box_affine=MNI_AFFINE) -> np.ndarray:
-  """RAS affine of `shape` voxels spanning the same field of view as the box grid."""
-  scale = np.array(box_shape, float) / np.array(shape, float)
-  step = np.diag(list(scale) + [1.0])
-  step[:3, 3] = 0.5 * scale - 0.5
-  return box_affine @ step
 
 
 def reference_image(shape=MODEL_SHAPE, affine=None) -> sitk.Image:

@@ -30,3 +30,11 @@ def mask_to_model_grid(mask: np.ndarray, native: dict) -> np.ndarray:
   out = sitk.Resample(src, grid_lib.reference_image(), sitk.ReadTransform(native["transform"]),
                       sitk.sitkLinear, 0.0, sitk.sitkFloat32)
   return (grid_lib.to_numpy(out) >= 0.5).astype(np.uint8)
+
+
+def native_to_mni(points: np.ndarray, native: dict) -> np.ndarray:
+  """World points (RAS mm) of the exam's native FLAIR space -> MNI152 mm (RAS), through the
+  inverse of the exam's MNI registration."""
+  inverse = sitk.ReadTransform(native["transform"]).GetInverse()
+  lps = np.asarray(points, float) * [-1, -1, 1]
+  return np.array([inverse.TransformPoint(tuple(float(v) for v in p)) for p in lps]) * [-1, -1, 1]

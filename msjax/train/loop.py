@@ -18,6 +18,7 @@ from absl import logging
 from msjax import checkpoint, files, parallel
 from msjax.data import exams as exams_lib
 from msjax.data import pipeline
+from msjax.infer import bundle
 from msjax.train import inputs, optim, plots
 from msjax.train import state as state_lib
 from msjax.train.validate import Validator
@@ -185,6 +186,8 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   if not main_process:
     return summary
   files.write_json(summary, os.path.join(workdir, "train_summary.json"))
+  if task == "segmentation":  # the workdir is the model bundle segment reads
+    bundle.write(workdir, config, train_exams, val_exams, summary)
   print(f"[{config.mode}] {step} steps in {summary['wall_s']} s; final "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "lr"))
         + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {metrics_path}\n  plot: {png}")

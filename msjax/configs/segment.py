@@ -1,0 +1,25 @@
+"""Segment new exams with a trained model bundle (a fine-tuning workdir):
+`--config.model=<finetune workdir> --config.input=<exam folder, folder of exams, or BIDS dataset>
+--workdir OUT`. Raw exams are preprocessed as the model's training exams were (needs the
+[preprocess] extra); `--config.preprocessed=True` feeds exams already on the model grid (like
+../shared/data/lesjak_mni) straight to the network. Outputs: a BIDS-derivatives dataset in OUT."""
+from ml_collections import config_dict
+
+from msjax import config_base
+
+
+def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
+  c = config_dict.ConfigDict()
+  c.mode = "segment"
+  c.seed = 0
+  c.model = ""
+  c.input = ""
+  c.preprocessed = False    # exams already on the model grid: no preprocessing
+  c.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
+  c.predict = config_base.predict()
+  c.preprocess = config_base.preprocess()
+  if "smoke" in v:
+    c.predict.batch_size = 8
+    c.preprocess.n4_iterations = (5, 5)
+  return config_base.finish(c, v)

@@ -1,0 +1,34 @@
+"""The paper's model grid in numbers (numpy only): FSL's MNI152 1 mm box and its 128³ resampling
+(1.422×1.703×1.422 mm), and whether an exam already sits on either."""
+from __future__ import annotations
+
+import numpy as np
+
+MNI_SHAPE = (182, 218, 182)
+MNI_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+MODEL_SHAPE = (128, 128, 128)
+
+
+def box_affine(shape=MODEL_SHAPE, box_shape=MNI_SHAPE, box_affine=MNI_AFFINE) -> np.ndarray:
+  """RAS affine of `shape` voxels spanning the same field of view as the box grid."""
+  scale = np.array(box_shape, float) / np.array(shape, float)
+  step = np.diag(list(scale) + [1.0])
+  step[:3, 3] = 0.5 * scale - 0.5
+  return box_affine @ step
+
+
+def is_mni_grid(shape, affine, atol: float = 1e-2) -> bool:
+  """The MNI152 1 mm box or its 128³ resampling (in any voxel order): world mm are MNI mm."""
+  shape = tuple(int(s) for s in shape)
+  for box_shape, box in ((MNI_SHAPE, MNI_AFFINE), (MODEL_SHAPE, box_affine())):
+    corners = np.array([[i, j, k, 1] for i in (0, box_shape[0] - 1) for j in (0, box_shape[1] - 1)
+                        for k in (0, box_shape[2] - 1)], float)
+    want = {tuple(np.round(c, 1)) for c in (corners @ box.T)[:, :3]}
+    if sorted(shape) != sorted(box_shape):
+      continue
+    mine = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                     for k in (0, shape[2] - 1)], float)
+    got = {tuple(np.round(c, 1)) for c in (mine @ np.asarray(affine).T)[:, :3]}
+    if all(min(np.abs(np.subtract(g, w)).max() for w in want) < max(atol, 0.1) for g in got):
+      return True
+  return False

@@ -1,0 +1,151 @@
+"""The model bundle: a fine-tuning workdir holds everything needed to segment new scans.
+
+Fine-tuning writes, beside its checkpoints,
+  bundle.json     the model config and grid, the patch size, the probability threshold, the
+                  preprocessing new raw exams need (settings + Nyúl landmarks learned from the
+                  training exams' own intensities) and what the model was trained on;
+  model_card.md   the same for people: training data, steps, validation scores, intended use.
+`segment` reads it (`--config.model=<finetune workdir>`); there is no separate export step.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import numpy as np
+
+from msjax import errors, files
+from msjax.data import nifti
+from msjax.data.manifest import MODALITIES
+from msjax.preprocess import nyul
+
+BUNDLE = "bundle.json"
+CARD = "model_card.md"
+PREPROCESSING = "preprocessing.json"  # written by the preprocess mode into the cohort it makes
+NYUL_EXAMS = 12  # training exams the landmarks are learned from (a sample is enough)
+
+
+def preprocessing_of(exams) -> dict | None:
+  """The msjax preprocessing that made these exams (`preprocessing.json` beside their folders),
+  when they share one; None when they were preprocessed outside msjax."""
+  found = []
+  for exam in exams:
+    image = next(iter(exam.images.values()))
+    path = os.path.join(os.path.dirname(os.path.dirname(image)), PREPROCESSING)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      found.append(json.load(f))
+  return found[0] if found and all(f["options"] == found[0]["options"] for f in found) else None
+
+
+def learn_landmarks(exams) -> dict:
+  """Nyúl landmarks per modality from the exams' brain intensities: what a new exam's histogram
+  is mapped onto so that it looks like the training data."""
+  samples: dict[str, list[np.ndarray]] = {}
+  for exam in exams[:NYUL_EXAMS]:
+    brain = None
+    if exam.brain_mask:
+      brain = nifti.read_nifti(exam.brain_mask, kind="mask").data > 0
+    for m in MODALITIES:
+      if m not in exam.images:
+        continue
+      data = nifti.read_nifti(exam.images[m]).data
+      inside = brain if brain is not None and brain.shape == data.shape else data != 0
+      samples.setdefault(m, []).append(data[inside])
+  return nyul.fit_nyul(samples)
+
+
+def write(workdir: str, config, train_exams, val_exams, summary: dict,
+          threshold: float = 0.5) -> dict:
+  """bundle.json and model_card.md into a fine-tuning workdir."""
+  import msjax
+  made_by = preprocessing_of(train_exams)
+  bundle = {
+      "format": 1, "msjax_version": msjax.__version__,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "task": "segmentation",
+      "model": config.model.to_dict(),
+      "model_grid": list(config.data.model_shape) or None,
+      "patch_size": int(config.data.patch_size),
+      "threshold": float(threshold),
+      "preprocessing": {
+          "by": "msjax" if made_by else "external",
+          "options": made_by["options"] if made_by else None,
+          "nyul_landmarks": learn_landmarks(train_exams),
+          "note": None if made_by else (
+              "the training exams were preprocessed outside msjax; new raw exams go through "
+              "msjax's pipeline (N4, co-registration to FLAIR, ROBEX, MNI, 128³) with Nyúl "
+              "landmarks learned from the training exams, or, already on the model grid, "
+              "straight to the network (segment --config.preprocessed=True)")},
+      "training": {
+          "cohort": config.data.cohort,
+          "exams": [e.exam_id for e in train_exams],
+          "patients": sorted({e.patient_id for e in train_exams}),
+          "validation_exams": [e.exam_id for e in val_exams],
+          "strategy": str(config.train.freeze), "init_from": config.train.init_from,
+          "steps": summary["steps"], "seed": int(config.seed),
+          "final": summary.get("final", {})},
+  }
+  files.write_json(bundle, os.path.join(workdir, BUNDLE))
+  files.write_text(model_card(bundle), os.path.join(workdir, CARD))
+  return bundle
+
+
+def model_card(b: dict) -> str:
+  t, p = b["training"], b["preprocessing"]
+  final = t.get("final") or {}
+  val = final.get("val_dice")
+  lines = [
+      "# msjax MS lesion segmentation model", "",
+      f"Created {b['created']} by msjax {b['msjax_version']}.", "",
+      "## What it does",
+      "Segments multiple-sclerosis white-matter lesions in brain MRI (T1W, contrast T1W, T2W, "
+      "FLAIR, PDW; missing sequences are zero inputs) with the Isensee-2017 3D encoder-decoder "
+      f"on {b['patch_size']}³ patches of " + (
+          f"the {'x'.join(map(str, b['model_grid']))} model grid" if b["model_grid"]
+          else "each exam's own grid") +
+      f"; a voxel is lesion when its probability is ≥ {b['threshold']:g}.", "",
+      "## Trained on",
+      f"- {len(t['exams'])} exam(s) of {len(t['patients'])} patient(s): "
+      f"{', '.join(t['patients'])} (cohort `{t['cohort']}`)",
+      f"- strategy {t['strategy']}" + (f", encoder from `{t['init_from']}`" if t['init_from']
+                                       else "") + f"; {t['steps']} steps, seed {t['seed']}",
+      f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}",
+      "", "## Validation",
+      (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None
+       else "- no validation patients (every labelled patient was used for training); see the "
+            "leave-one-out results this model came from, if any"),
+      f"- last training batch: loss {final.get('loss', float('nan')):.4f}, batch Dice "
+      f"{final.get('batch_dice', float('nan')):.3f}",
+      "", "## Preprocessing new scans",
+      f"- {'msjax preprocessing with ' + json.dumps(p['options']) if p['by'] == 'msjax' else p['note']}",
+      f"- Nyúl landmarks for {', '.join(sorted(p['nyul_landmarks']))} (in bundle.json)",
+      "", "## Use",
+      "`msjax --config=segment --config.model=<this folder> --config.input=<exam folder, folder "
+      "of exams or BIDS dataset> --workdir OUT`",
+      "", "## Limits",
+      "A research model trained on few patients: check every mask (the overlay PNGs) before use; "
+      "not a medical device.", ""]
+  return "\n".join(lines)
+
+
+def read(path: str) -> dict:
+  """The bundle of a fine-tuning workdir; a clear error when there is none."""
+  path = os.path.abspath(os.path.expanduser(path))
+  file = os.path.join(path, BUNDLE) if os.path.isdir(path) else path
+  if not os.path.exists(file):
+    raise errors.InvalidInputError(
+        f"{path}: not a model bundle (no {BUNDLE}); give the workdir of a finished fine-tuning "
+        "(msjax --config=finetune ... --workdir DIR)")
+  try:
+    with open(file) as f:
+      bundle = json.load(f)
+  except json.JSONDecodeError as e:
+    raise errors.InvalidInputError(f"{file}: not valid JSON ({e})") from e
+  for key in ("model", "threshold", "preprocessing", "patch_size"):
+    if key not in bundle:
+      raise errors.InvalidInputError(f"{file}: a model bundle without {key!r}")
+  bundle["path"] = os.path.dirname(file)
+  return bundle

@@ -1,0 +1,119 @@
+"""How a segmentation is written, as a BIDS-derivatives dataset: per exam (sub-<id>[_ses-<id>], or
+sub-<exam_id> for exams not from BIDS), in the exam's own space,
+
+  sub-01/ses-01/anat/sub-01_ses-01_space-orig_desc-lesion_mask.nii.gz        the binary mask
+                     sub-01_ses-01_space-orig_label-lesion_probseg.nii.gz    lesion probability
+                     sub-01_ses-01_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz
+                                                   (spread of the overlapping patch predictions)
+                     sub-01_ses-01_desc-lesion_table.csv     one row per lesion
+                     sub-01_ses-01_desc-lesion_overlay.png   FLAIR slices, the mask outlined
+
+and `dataset_description.json` (DatasetType derivative, GeneratedBy msjax and the model) at the
+top. The table lists every 6-connected component of the mask, so its volumes sum to the mask's.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+from msjax import figures, files
+from msjax.data import lesions as lesions_lib
+from msjax.data import nifti
+from msjax.data.manifest import Exam
+
+BIDS_VERSION = "1.9.0"
+
+
+def exam_folder(root: str, exam: Exam) -> str:
+  if exam.bids:
+    parts = [f"sub-{exam.bids['sub']}"] + ([f"ses-{exam.bids['ses']}"] if exam.bids.get("ses")
+                                           else [])
+  else:
+    parts = [exam.bids_prefix]
+  return os.path.join(root, *parts, "anat")
+
+
+def paths(root: str, exam: Exam) -> dict[str, str]:
+  """Every output file of one exam."""
+  d, p = exam_folder(root, exam), exam.bids_prefix
+  return {"mask": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.nii.gz"),
+          "probseg": os.path.join(d, f"{p}_space-orig_label-lesion_probseg.nii.gz"),
+          "uncertainty": os.path.join(
+              d, f"{p}_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz"),
+          "table": os.path.join(d, f"{p}_desc-lesion_table.csv"),
+          "overlay": os.path.join(d, f"{p}_desc-lesion_overlay.png")}
+
+
+TABLE_COLUMNS = ("lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm",
+                 "centroid_z_mm", "mni_x_mm", "mni_y_mm", "mni_z_mm", "mean_probability",
+                 "max_probability")
+
+
+def lesion_table(mask: np.ndarray, probability: np.ndarray, affine: np.ndarray,
+                 to_mni=None) -> list[dict]:
+  """One row per 6-connected component of `mask` (numbered as the evaluator numbers lesions:
+  largest first): voxels, mL, centroid in world mm of `affine` (RAS) and, when `to_mni` maps
+  world points to MNI mm, in MNI mm; mean and max probability."""
+  voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
+  labels, n = lesions_lib.lesion_labels(mask, voxel_mm3, min_mm3=0.0)
+  if n == 0:
+    return []
+  index = np.arange(1, n + 1)
+  counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+  centres = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, index), float)
+  world = (np.c_[centres, np.ones(n)] @ np.asarray(affine, float).T)[:, :3]
+  mni = to_mni(world) if to_mni is not None else None
+  mean = ndimage.mean(probability, labels, index)
+  peak = ndimage.maximum(probability, labels, index)
+  rows = []
+  for i in range(n):
+    rows.append({"lesion_id": i + 1, "voxels": int(counts[i]),
+                 "volume_ml": round(float(counts[i]) * voxel_mm3 / 1000, 5),
+                 **{f"centroid_{a}_mm": round(float(world[i, k]), 2) for k, a in enumerate("xyz")},
+                 **{f"mni_{a}_mm": (None if mni is None else round(float(mni[i, k]), 2))
+                    for k, a in enumerate("xyz")},
+                 "mean_probability": round(float(mean[i]), 4),
+                 "max_probability": round(float(peak[i]), 4)})
+  return rows
+
+
+def overlay_figure(flair_path: str, mask_path: str, path: str, title: str = "",
+                   n_slices: int = 4) -> str:
+  """Axial FLAIR slices with the most lesion (the middle of the brain without any), the mask
+  outlined in red, radiological view."""
+  import matplotlib.pyplot as plt
+  flair = nifti.read_nifti(flair_path).data
+  mask = nifti.read_nifti(mask_path, kind="mask").data > 0
+  if flair.shape != mask.shape:
+    raise ValueError(f"{mask_path}: not on the grid of {flair_path}")
+  slices = figures.lesion_slices(mask, n_slices)
+  if not slices:
+    z = np.flatnonzero(flair.reshape(-1, flair.shape[-1]).any(0))
+    slices = [int(z[int(len(z) * f)]) for f in np.linspace(0.3, 0.7, n_slices)] if len(z) else [
+        flair.shape[-1] // 2]
+  box, limits = figures.brain_box(flair), figures.window(flair)
+  fig, axes = plt.subplots(1, len(slices), squeeze=False, figsize=(3.1 * len(slices), 3.6))
+  voxel_ml = abs(np.linalg.det(nifti.read_nifti(mask_path, kind="mask").grid.affine[:3, :3])) / 1e3
+  for ax, z in zip(axes[0], slices):
+    figures.draw_slice(ax, flair, z, box, limits, [(mask, "red")])
+    ax.set_title(f"z={z}: {int(mask[..., z].sum())} lesion voxels", fontsize=8)
+  fig.suptitle((title + "\n" if title else "") + f"FLAIR, lesion mask outlined in red "
+               f"({mask.sum() * voxel_ml:.2f} mL; radiological view: patient left on the right)",
+               fontsize=10)
+  return figures.save_figure(fig, path)
+
+
+def write_description(root: str, generated_by: dict) -> str:
+  """The derivative dataset's description (BIDS requires it at the top)."""
+  return files.write_json({"Name": "msjax MS lesion segmentation", "BIDSVersion": BIDS_VERSION,
+                           "DatasetType": "derivative", "GeneratedBy": [generated_by]},
+                          os.path.join(root, "dataset_description.json"))
+
+
+def generated_by(model: str, **extra) -> dict:
+  import msjax
+  return {"Name": "msjax", "Version": msjax.__version__,
+          "Description": f"MS lesion segmentation with the model {model}", **extra}
+
