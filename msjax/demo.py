@@ -5,8 +5,8 @@ import time
 
 from absl import logging
 
-from msjax.data import inspect as inspect_lib
 from msjax import config_base, files, stages
+from msjax.data import inspect as inspect_lib
 from msjax.data import synthetic
 from msjax.evaluate import evaluate_mode
 

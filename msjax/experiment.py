@@ -17,8 +17,7 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import errors
-from msjax import config_base, figures, files, stages
+from msjax import config_base, errors, figures, files, stages
 from msjax.data import cohort as cohort_lib
 from msjax.evaluate import metrics
 

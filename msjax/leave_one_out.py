@@ -21,10 +21,10 @@ import time
 import numpy as np
 from absl import logging
 
-from msjax import errors
-from msjax.data import manifest as manifest_lib
-from msjax import config_base, figures, files, stages
+from msjax import config_base, errors, figures, files, stages
 from msjax.data import cohort as cohort_lib
+from msjax.data import manifest as manifest_lib
+from msjax.data import nifti
 from msjax.evaluate import baseline, metrics, outlines
 from msjax.infer import outputs
 
@@ -112,7 +112,7 @@ def run(config, workdir: str):
   stages.pretrain(data(pre_manifest), config.model, config.pretrain, config.seed, pre_dir)
   times["pretrain"] = time.time() - t
 
-  rows, thresholds, slice_figures = [], {}, {}
+  rows, thresholds, slice_figures, curves = [], {}, {}, {}
   for fold in folds:
     fold_dir = os.path.join(workdir, "folds", f"test_{fold}")
     exams = [dataclasses.replace(e, split="test" if e.patient_id == fold else "train")
@@ -134,6 +134,10 @@ def run(config, workdir: str):
       rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
                      f"p >= {config.predict.threshold:g}")
       masks[strategy] = pred_dir
+      for exam in test:
+        if exam.reference:
+          curves[(fold, strategy, exam.exam_id)] = threshold_curve(
+              outputs.paths(pred_dir, exam)["probseg"], exam.reference)
 
     t = time.time()
     fit = baseline.fit_threshold(train_exams,
@@ -162,7 +166,12 @@ def run(config, workdir: str):
   times["total"] = time.time() - t_all
   written = write_outputs(rows, strategies + [BASELINE], folds, workdir)
   written.update({f"slices_{k}": v for k, v in slice_figures.items()})
+  if curves:
+    written["calibration_png"] = calibration_figure(curves, config.predict.threshold,
+                                                    os.path.join(workdir, "calibration.png"))
   files.write_json({"rows": rows, "thresholds": thresholds, "times_s": times,
+                    "calibration": [{"fold": f, "method": m, "exam_id": e, **c}
+                                    for (f, m, e), c in curves.items()],
                     "outputs": written}, os.path.join(workdir, "leave_one_out.json"))
   print(open(written["table_md"]).read())
   print("[leave_one_out] wall time per stage: " + ", ".join(
@@ -217,6 +226,42 @@ def _pct(value) -> str:
 def _mean_dice(rows, fold, method):
   sel = [r for r in rows if r["fold"] == fold and r["method"] == method]
   return metrics.mean_over_defined(sel, ["dice"])[0]["dice"] if sel else None
+
+
+CURVE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+def threshold_curve(probability_path: str, reference_path: str) -> dict:
+  """Dice and predicted volume of a probability map at every threshold: for looking at how
+  calibrated a model is on the left-out patient; nothing is chosen from it."""
+  prob = nifti.read_nifti(probability_path).data
+  ref = nifti.read_nifti(reference_path, kind="mask").data > 0
+  voxel_ml = nifti.read_nifti(reference_path, kind="mask").grid.voxel_ml
+  dice = [metrics.voxel_metrics(prob >= t, ref)["dice"] for t in CURVE_THRESHOLDS]
+  volume = [float((prob >= t).sum()) * voxel_ml for t in CURVE_THRESHOLDS]
+  return {"threshold": list(CURVE_THRESHOLDS), "dice": dice, "predicted_ml": volume,
+          "reference_ml": float(ref.sum()) * voxel_ml}
+
+
+def calibration_figure(curves: dict, threshold: float, path: str) -> str:
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for (fold, method, exam_id), c in curves.items():
+    line, = axes[0].plot(c["threshold"], [np.nan if d is None else d for d in c["dice"]], "o-",
+                         ms=3, label=f"{exam_id} left out, {method}")
+    axes[1].plot(c["threshold"], np.array(c["predicted_ml"]) / c["reference_ml"], "o-", ms=3,
+                 color=line.get_color())
+  for ax in axes:
+    ax.axvline(threshold, color="gray", ls="--", lw=1)
+    ax.set_xlabel("probability threshold")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("Dice on the left-out patient")
+  axes[1].set_ylabel("predicted / reference volume")
+  axes[1].axhline(1.0, color="gray", lw=1)
+  axes[0].legend(fontsize=7)
+  fig.suptitle("Calibration, post hoc: where the left-out patient's best threshold lies (the "
+               f"masks use {threshold:g}, dashed; nothing here chooses it)", fontsize=10)
+  return figures.save_figure(fig, path)
 
 
 def scores_figure(rows, methods, folds, path: str) -> str:

@@ -31,6 +31,16 @@ def tiny_cohort(tmp_path_factory):
   return synthetic.write_synthetic_cohort(str(folder), TINY, log=lambda *a: None)
 
 
+@pytest.fixture(scope="session")
+def trained(tiny_cohort, tmp_path_factory):
+  """A smoke-trained segmentation network and its bundle (VAN, 16³ patches, width 4, 3 steps)."""
+  from msjax.train import loop
+  w = str(tmp_path_factory.mktemp("finetune"))
+  loop.train(load_config("finetune", "smoke", **{"data.cohort": tiny_cohort.root,
+                                                 "train.steps": 3, "train.eval_every": 3}), w)
+  return w
+
+
 def needs_lesjak():
   return pytest.mark.skipif(not os.path.isdir(LESJAK_MNI),
                             reason=f"real Lesjak data not found at {LESJAK_MNI} "

@@ -15,6 +15,7 @@ def benchmark_uses_onednn():
   return onednn.available()[0]
 
 
+@pytest.mark.slow  # compiles and times every step
 def test_benchmark_smoke_writes_every_figure(tmp_path):
   report = benchmark.run(load_config("benchmark", "smoke"), str(tmp_path))
   saved = json.load(open(tmp_path / "benchmark.json"))

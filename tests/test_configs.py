@@ -4,6 +4,7 @@ import os
 import re
 
 import pytest
+from ml_collections import config_dict
 
 from conftest import ROOT, load_config
 from msjax import config_base, main
@@ -22,7 +23,7 @@ def test_config_and_its_variants_load(name):
     config = load_config(name, variant)
     assert config.mode in main.MODES, (name, variant)
     assert config.is_locked
-  if "model" in load_config(name):
+  if isinstance(load_config(name).get("model"), config_dict.ConfigDict):  # segment's is a path
     config = load_config(name, ",".join(own[:1] + ["bf16"]))
     assert config.model.dtype == "bfloat16"
     with pytest.raises(ValueError, match="two dtypes"):

@@ -8,10 +8,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
-from msjax import checkpoint
-from msjax import rules
+from msjax import checkpoint, rules
+
+pytestmark = pytest.mark.slow  # several processes and fake devices, tens of seconds
 
 
 def _env(**extra):

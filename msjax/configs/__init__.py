@@ -1,0 +1,1 @@
+"""Configs, one per runnable job (`msjax --config=<name>[:variant]`); each returns a locked ConfigDict."""

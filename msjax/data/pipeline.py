@@ -18,8 +18,8 @@ import numpy as np
 
 from msjax.data import lesion_load
 from msjax.data import patches as patch_lib
-from msjax.data.manifest import MODALITIES, Exam
 from msjax.data.exams import ExamArrays, ExamCache
+from msjax.data.manifest import MODALITIES, Exam
 
 
 @dataclasses.dataclass(frozen=True)

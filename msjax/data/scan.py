@@ -10,7 +10,6 @@ import re
 from msjax.data.manifest import MODALITIES, Cohort, Exam
 from msjax.errors import InvalidInputError
 
-
 _MODALITY_TOKENS = {
     "T1WKS": {"t1wks", "t1wc", "t1c", "t1ce", "t1gd", "t1post", "t1contrast"},
     "T1W": {"t1w", "t1", "mprage"},

@@ -12,11 +12,10 @@ import os
 
 import numpy as np
 
-from msjax import errors
+from msjax import errors, files
 from msjax.data import exams as exams_lib
-from msjax.data import manifest as manifest_lib
-from msjax import files
 from msjax.data import lesions as lesions_lib
+from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
 from msjax.infer import outputs
 

@@ -12,10 +12,9 @@ import os
 import numpy as np
 from absl import logging
 
-from msjax import errors
-from msjax.data import manifest as manifest_lib
-from msjax import files
+from msjax import errors, files
 from msjax.data import cohort as cohort_lib
+from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
 from msjax.evaluate import metrics
 from msjax.infer import outputs

@@ -1,0 +1,1 @@
+"""Inference: patch samplers, predict, BIDS-derivative outputs and the model bundle."""

@@ -15,18 +15,15 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from msjax.data import exams as exams_lib
-from msjax.data import manifest as manifest_lib
-from msjax import files
+from msjax import checkpoint, errors, files
 from msjax.data import cohort as cohort_lib
-from msjax import errors
+from msjax.data import exams as exams_lib
 from msjax.data import lesions as lesions_lib
-from msjax.data import mni
-from msjax.data import nifti
+from msjax.data import manifest as manifest_lib
+from msjax.data import mni, nifti
 from msjax.infer import outputs, sliding_window
 from msjax.models import isensee
 from msjax.models import model as model_lib
-from msjax import checkpoint
 
 
 class Predictor:

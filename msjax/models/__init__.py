@@ -1,0 +1,1 @@
+"""The networks: layers, the Isensee-2017 encoder-decoder and position regressor, initialisation."""

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msjax.ops import hardware
 from msjax.models.layers import Conv3D, InstanceNorm, dropout, norm_act, upsample2
+from msjax.ops import hardware
 
 LEVELS = 5
 IN_CHANNELS = 5

@@ -1,0 +1,1 @@
+"""Compute kernels and the machine: convolution formulations, oneDNN, fused norm, CPU ISA."""

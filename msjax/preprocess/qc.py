@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from msjax.data import nifti  # noqa: E402
-from msjax.preprocess import grid as grid_lib  # noqa: E402
 from msjax.figures import save_figure  # noqa: E402
+from msjax.preprocess import grid as grid_lib  # noqa: E402
 
 
 def _slices(vol, n=3):

@@ -50,6 +50,7 @@ def _transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
 def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) -> dict:
   """Stage 1 for one exam. Returns a record with timings and output paths; raises on failure."""
   import SimpleITK as sitk
+
   from msjax.preprocess import steps
   if "FLAIR" not in exam.images:
     raise steps.PreprocessingError(f"exam {exam.exam_id} has no FLAIR (the reference sequence)")
@@ -109,6 +110,7 @@ def coregister(exam, imgs: dict, options: Options):
   """Every sequence onto FLAIR: a shipped `*_intrastudy_to_FLAIR.txt` transform (its direction
   checked by mutual information) or rigid Mattes-MI registration. Returns (images, how)."""
   import SimpleITK as sitk
+
   from msjax.preprocess import steps
   out, how = dict(imgs), {}
   for m, img in imgs.items():
@@ -135,6 +137,7 @@ def coregister(exam, imgs: dict, options: Options):
 def brain_mask(exam, imgs: dict, options: Options):
   """A provided brain mask, ROBEX on T1 (FLAIR without T1), or the non-zero voxels."""
   import SimpleITK as sitk
+
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
   if exam.brain_mask:
@@ -149,6 +152,7 @@ def brain_mask(exam, imgs: dict, options: Options):
 def mni_transform(imgs: dict, brain, options: Options):
   """Affine registration of the skull-stripped T1 (else FLAIR) to the MNI152 template."""
   import SimpleITK as sitk
+
   from msjax.preprocess import steps
   if not options.mni:
     return sitk.Transform()
@@ -159,6 +163,7 @@ def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:
   """Images (linear, zero outside the brain), masks (linear, then >= 0.5), the brain mask and
   the transform, on the 128³ MNI grid, into `folder`."""
   import SimpleITK as sitk
+
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
   ref = grid_lib.reference_image()

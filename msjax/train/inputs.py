@@ -9,8 +9,9 @@ import numpy as np
 from msjax import errors
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
-from msjax.data import lesion_load, pipeline
+from msjax.data import lesion_load
 from msjax.data import manifest as manifest_lib
+from msjax.data import pipeline
 
 
 def resolve_cohort(config, workdir: str) -> manifest_lib.Cohort:

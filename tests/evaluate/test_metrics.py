@@ -1,9 +1,4 @@
-"""Metrics against cases computed by hand from the MSSEG-2016 evaluator's rule (metrics.py).
-
-Masks are built voxel by voxel. With 1 mm voxels a kept lesion needs floor(3/1) + 1 = 4 voxels;
-the lesion-rule cases use 2 mm voxels (8 mm³: every component is kept) so that the geometry can
-be small.
-"""
+"""Metrics against cases computed by hand from the MSSEG-2016 evaluator's rule (msjax/evaluate/metrics.py)."""
 import itertools
 import json
 import shutil
@@ -16,6 +11,8 @@ from msjax.data import lesions as lesions_lib
 from msjax.evaluate import cxx_sort, evaluate_mode, metrics
 
 SHAPE = (40, 6, 6)
+
+
 ONE_MM, TWO_MM = (1, 1, 1), (2, 2, 2)
 
 
@@ -31,7 +28,41 @@ def ev(pred, ref, spacing=ONE_MM):
   return metrics.evaluate_masks(pred, ref, spacing)
 
 
-# ---- undefined values ----------------------------------------------------------------------------
+def _tie_case(mirror: bool):
+  """Two reference lesions L1 (y=0) and L2 (y=2), 20 voxels each. Predicted: R, 5 voxels in L1;
+  P, 3 in L1 + 1 bridging voxel + 7 in L2 (1/11 outside: passes β); Q, 3 in L1 + 8 outside
+  (8/11 > β). P and Q tie in overlap with L1 (3) and in size (11). L1's walk: R (5/11), then the
+  first of the tie: P reaches 8/11 >= γ (detected), Q fails β (missed). ITK numbers equal-size
+  components in raster order (x fastest), so whichever starts at the lower x comes first."""
+  shape = (24, 4, 5)
+  m = np.zeros((2,) + shape, np.uint8)  # [reference, prediction]
+  x = (lambda i: 19 - i) if mirror else (lambda i: i)
+
+  def put(k, xs, y, z):
+    for i in xs:
+      m[k, x(i), y, z] = 1
+  put(0, range(20), 0, 0)          # L1
+  put(0, range(20), 2, 0)          # L2
+  put(1, range(0, 5), 0, 0)        # R
+  put(1, range(8, 11), 0, 0)       # P: in L1
+  put(1, [10], 1, 0)               # P: bridge
+  put(1, range(10, 17), 2, 0)      # P: in L2
+  put(1, range(13, 16), 0, 0)      # Q: in L1
+  for z in (1, 2):
+    put(1, range(13, 16), 0, z)    # Q: outside
+  put(1, range(13, 15), 0, 3)
+  return m[1], m[0]
+
+
+def _brute_hd95(a, b, spacing):
+  """MedPy's definition, written out: surface voxels (mask minus its 6-connected erosion), every
+  pairwise distance, nearest per voxel, both directions pooled, 95th percentile."""
+  from scipy import ndimage
+  surf = [np.argwhere(m & ~ndimage.binary_erosion(m, lesions_lib.SIX_CONNECTED)) * np.array(spacing)
+          for m in (a.astype(bool), b.astype(bool))]
+  d = np.sqrt(((surf[0][:, None, :] - surf[1][None, :, :]) ** 2).sum(-1))
+  return np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
+
 
 def test_both_empty_everything_ratio_is_undefined():
   r = ev(vol(), vol())
@@ -85,8 +116,6 @@ def test_undefined_is_null_in_json_and_an_empty_csv_cell(tmp_path):
   assert "undef" in table and "(mean over n)" in table
 
 
-# ---- the lesion rule ---------------------------------------------------------------------------
-
 def test_issue_example_weight_is_a_share_of_the_total_overlap():
   """20-voxel lesion; A covers 10 of it; B has 2 voxels in it and 10 outside. A's weight is
   10 / (10 + 2) = 0.83 >= γ: detected (a share of |lesion| would be 10/20 < γ, then B fails β)."""
@@ -123,32 +152,6 @@ def test_component_entirely_outside_is_a_false_positive_and_never_walked():
   r = ev(pred, ref)
   assert r["lesion_sensitivity"] == 1.0 and r["lesion_precision"] == 0.5
   assert r["lesion_f1"] == pytest.approx(2 / 3)
-
-
-def _tie_case(mirror: bool):
-  """Two reference lesions L1 (y=0) and L2 (y=2), 20 voxels each. Predicted: R, 5 voxels in L1;
-  P, 3 in L1 + 1 bridging voxel + 7 in L2 (1/11 outside: passes β); Q, 3 in L1 + 8 outside
-  (8/11 > β). P and Q tie in overlap with L1 (3) and in size (11). L1's walk: R (5/11), then the
-  first of the tie: P reaches 8/11 >= γ (detected), Q fails β (missed). ITK numbers equal-size
-  components in raster order (x fastest), so whichever starts at the lower x comes first."""
-  shape = (24, 4, 5)
-  m = np.zeros((2,) + shape, np.uint8)  # [reference, prediction]
-  x = (lambda i: 19 - i) if mirror else (lambda i: i)
-
-  def put(k, xs, y, z):
-    for i in xs:
-      m[k, x(i), y, z] = 1
-  put(0, range(20), 0, 0)          # L1
-  put(0, range(20), 2, 0)          # L2
-  put(1, range(0, 5), 0, 0)        # R
-  put(1, range(8, 11), 0, 0)       # P: in L1
-  put(1, [10], 1, 0)               # P: bridge
-  put(1, range(10, 17), 2, 0)      # P: in L2
-  put(1, range(13, 16), 0, 0)      # Q: in L1
-  for z in (1, 2):
-    put(1, range(13, 16), 0, z)    # Q: outside
-  put(1, range(13, 15), 0, 3)
-  return m[1], m[0]
 
 
 def test_ties_are_broken_as_the_evaluator_breaks_them():
@@ -217,8 +220,6 @@ def test_one_lesion_split_in_two():
   assert r["lesion_sensitivity"] == 1.0 and r["lesion_precision"] == 1.0
 
 
-# ---- std::sort ---------------------------------------------------------------------------------
-
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: cannot run std::sort")
 def test_std_sort_port_matches_gcc(tmp_path):
   """The permutation libstdc++ produces, ties included, for inputs below and above the 16-element
@@ -255,18 +256,6 @@ def test_std_sort_sorts_and_uses_heapsort_past_the_depth_limit():
   b = list(itertools.chain(range(50), range(50)))
   cxx_sort.std_sort(b, lambda f, s: f > s)
   assert b == sorted(b, reverse=True)
-
-
-# ---- distances -----------------------------------------------------------------------------------
-
-def _brute_hd95(a, b, spacing):
-  """MedPy's definition, written out: surface voxels (mask minus its 6-connected erosion), every
-  pairwise distance, nearest per voxel, both directions pooled, 95th percentile."""
-  from scipy import ndimage
-  surf = [np.argwhere(m & ~ndimage.binary_erosion(m, lesions_lib.SIX_CONNECTED)) * np.array(spacing)
-          for m in (a.astype(bool), b.astype(bool))]
-  d = np.sqrt(((surf[0][:, None, :] - surf[1][None, :, :]) ** 2).sum(-1))
-  return np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
 
 
 def test_hd95_is_medpy_s_pooled_percentile():

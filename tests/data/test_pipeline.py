@@ -1,8 +1,9 @@
-"""The patch pipeline: brain rule, position targets, determinism, resume, missing modalities."""
+"""The patch pipeline: brain rule, position targets, determinism, resume, patients, augmentation (msjax/data/pipeline.py)."""
 import numpy as np
 import pytest
 
 from msjax.data import exams as exams_lib
+from msjax.data import lesion_load
 from msjax.data import manifest as manifest_lib
 from msjax.data import patches as patch_lib
 from msjax.data import pipeline
@@ -20,6 +21,12 @@ def _batches(cohort, spec, n, exams=None):
   exams = exams or cohort.select(split="train", labelled=spec.task == "segmentation" or None)
   ds = pipeline.make_dataset(exams, spec, exams_lib.ExamCache(8, patch_size=P), n)
   return exams, [ds[i] for i in range(n)]
+
+
+C = 5
+
+
+T1W, FLAIR = lesion_load.T1W, lesion_load.FLAIR
 
 
 def test_box_fractions_match_brute_force():
@@ -162,3 +169,54 @@ def test_groups_draw_a_patient_then_one_of_its_exams(tiny_cohort):
   assert abs(counts["exam"][:3].sum() - 0.75) < 0.03
   with pytest.raises(ValueError, match="group_by"):
     pipeline.PatchSource(exams, _spec(group_by="site"), exams_lib.ExamCache(1))
+
+
+def test_augment_flips_image_and_mask_together_and_keeps_missing_channels_zero():
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(8, 8, 8, 5)).astype(np.float32)
+  image[..., 1] = 0  # a missing modality
+  mask = np.zeros((8, 8, 8, 1), np.float32)
+  mask[0, 1, 2] = 1
+  image[0, 1, 2, 3] = 100.0  # a marker that must travel with the mask voxel
+  seen = set()
+  for seed in range(64):
+    img, m = pipeline.augment(image, mask, np.random.default_rng(seed))
+    where = tuple(np.argwhere(m[..., 0] > 0)[0])
+    seen.add(where)
+    assert img[where + (3,)] > 80 and (img[..., 1] == 0).all()
+    assert m.sum() == 1 and img.flags["C_CONTIGUOUS"]
+  assert len(seen) == 8  # all 2³ flip combinations occur
+
+
+def test_zoomed_cut_keeps_the_centre_and_scales_a_lesion():
+  images = np.zeros((40, 40, 40, 5), np.float32)
+  mask = np.zeros((40, 40, 40), np.uint8)
+  mask[18:22, 18:22, 18:22] = 1  # a 4³ lesion at the centre of the patch cut at corner 12
+  images[..., 3] = mask * 5.0
+  corner = np.array([12, 12, 12])
+  plain = pipeline.cut_zoomed(images, mask, corner, 16, 1.0)[1]
+  np.testing.assert_array_equal(plain, mask[12:28, 12:28, 12:28])  # zoom 1 = the plain cut
+  for zoom, expected in ((2.0, 8 ** 3), (0.5, 2 ** 3)):
+    img, m = pipeline.cut_zoomed(images, mask, corner, 16, zoom)
+    assert img.shape == (16, 16, 16, 5) and m.shape == (16, 16, 16)
+    assert abs(int(m.sum()) - expected) <= 0.2 * expected  # the lesion grew / shrank by zoom³
+    centre = np.argwhere(m).mean(0)
+    np.testing.assert_allclose(centre, [7.5, 7.5, 7.5], atol=0.6)
+    assert img[..., 3][m > 0].min() > 2.5 and (img[..., 0] == 0).all()
+  # a patch at the volume's edge, shrunk: outside the volume reads as zero
+  img, _ = pipeline.cut_zoomed(images + 1, mask, np.array([0, 0, 0]), 16, 0.7)
+  assert img[0, 0, 0, 0] == 0 and img[-1, -1, -1, 0] > 0.9
+
+
+def test_intensity_augmentation_keeps_zeros_and_changes_tissue():
+  rng = np.random.default_rng(0)
+  image = rng.normal(0, 1, (16, 16, 16, C)).astype(np.float32)
+  image[..., 1] = 0          # a missing modality
+  image[:4] = 0              # outside the brain
+  changed = 0
+  for seed in range(20):
+    out = pipeline.intensity_augment(image, np.random.default_rng(seed))
+    assert (out[..., 1] == 0).all() and (out[:4] == 0).all()
+    assert np.isfinite(out).all() and out.dtype == np.float32
+    changed += not np.allclose(out, image)
+  assert changed >= 10

@@ -1,12 +1,13 @@
-"""The network's parameter tree (SPEC shapes), shared encoder paths, forward shapes, init rules."""
+"""The Isensee-2017 network's shapes, parameter paths and initialisation (msjax/models/)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from ml_collections import config_dict
 
-from msjax.models import init, isensee
 from msjax import rules
+from msjax.models import init, isensee
 
 
 def _cfg(base):
@@ -61,6 +62,7 @@ def test_position_regressor_shares_the_encoder_tree():
   assert set(reg) - set(enc) == {"head/kernel", "head/bias"}
 
 
+@pytest.mark.slow  # compiles the paper-size network
 def test_forward_shapes_deterministic_without_rng():
   cfg = _cfg(4)
   seg = isensee.build("segmentation", cfg)

@@ -1,16 +1,10 @@
-"""Reading, validation (one test per bad-input case), reorientation and resampling."""
-import json
+"""Reading and validating NIfTI files, reorientation, resampling, atomic writes (msjax/data/nifti.py)."""
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from msjax.data import exams as exams_lib
-from msjax.data import inspect as inspect_lib
-from msjax.data import manifest as manifest_lib
-from msjax.data import scan
-from msjax.data import cohort as cohort_lib
 from msjax.data import nifti
 from msjax.errors import InvalidInputError
 
@@ -32,6 +26,17 @@ def expect(match, fn, *args, **kwargs):
   with pytest.raises(InvalidInputError, match=match) as e:
     fn(*args, **kwargs)
   return str(e.value)
+
+
+def _save_with_sform(path, srows):
+  h = nib.Nifti1Header()
+  h.set_data_shape((8, 8, 8))
+  h.set_data_dtype("f4")
+  h["pixdim"][1:4] = 1
+  h["qform_code"], h["sform_code"] = 0, 1
+  h["srow_x"], h["srow_y"], h["srow_z"] = srows
+  nib.save(nib.Nifti1Image(brainlike((8, 8, 8)), None, h), str(path))
+  return path
 
 
 def test_unreadable_file_names_file(tmp_path):
@@ -82,17 +87,6 @@ def test_rgb_data(tmp_path):
   expect("complex or RGB", nifti.read_nifti, save(tmp_path / "a.nii", rgb))
 
 
-def _save_with_sform(path, srows):
-  h = nib.Nifti1Header()
-  h.set_data_shape((8, 8, 8))
-  h.set_data_dtype("f4")
-  h["pixdim"][1:4] = 1
-  h["qform_code"], h["sform_code"] = 0, 1
-  h["srow_x"], h["srow_y"], h["srow_z"] = srows
-  nib.save(nib.Nifti1Image(brainlike((8, 8, 8)), None, h), str(path))
-  return path
-
-
 def test_singular_affine(tmp_path):
   p = _save_with_sform(tmp_path / "a.nii", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
   expect("singular", nifti.read_nifti, p)
@@ -122,86 +116,6 @@ def test_constant_and_all_zero_images(tmp_path):
   expect("constant", nifti.read_nifti, save(tmp_path / "c.nii", np.full((8, 8, 8), 3.0)))
   msg = expect("constant", nifti.read_nifti, save(tmp_path / "z.nii", np.zeros((8, 8, 8))))
   assert "empty" in msg
-
-
-FOUR_MM = np.diag([4.0, 4.0, 4.0, 1.0])  # 20 voxels of 4 mm: an 80 mm field of view
-
-
-def _exam_folder(tmp_path, shape=(20, 20, 20), affines=None):
-  d = tmp_path / "p1"
-  d.mkdir(exist_ok=True)
-  img = brainlike(shape)
-  paths = {}
-  for i, m in enumerate(("T1W", "FLAIR")):
-    aff = (affines or {}).get(m, FOUR_MM)
-    paths[m] = save(d / f"{m}.nii.gz", img * (i + 1), aff)
-  return d, paths
-
-
-def test_different_grids_in_one_exam(tmp_path):
-  shifted = FOUR_MM.copy()
-  shifted[0, 3] = 5.0
-  d, paths = _exam_folder(tmp_path, affines={"T1W": shifted})
-  exam = manifest_lib.Exam("p1", "p1", True, paths)
-  msg = expect("not on the grid", exams_lib.load_exam, exam, patch_size=8)
-  assert paths["T1W"] in msg
-
-
-def test_mask_on_different_grid(tmp_path):
-  d, paths = _exam_folder(tmp_path)
-  m = save(d / "consensus.nii.gz", np.zeros((20, 20, 21), np.uint8), FOUR_MM)
-  exam = manifest_lib.Exam("p1", "p1", True, paths, consensus=m)
-  expect("not on the grid", exams_lib.load_exam, exam, patch_size=8)
-
-
-def _write_manifest(tmp_path, text):
-  p = tmp_path / "cohort.json"
-  p.write_text(text)
-  return str(p)
-
-
-def test_unknown_modality_key(tmp_path):
-  d, paths = _exam_folder(tmp_path)
-  man = {"exams": [{"exam_id": "p1", "images": {"T1W": paths["T1W"], "DWI": paths["FLAIR"]}}]}
-  msg = expect("unknown modality", cohort_lib.load_cohort,
-               _write_manifest(tmp_path, json.dumps(man)))
-  assert "DWI" in msg
-
-
-def test_duplicate_modality_key(tmp_path):
-  d, paths = _exam_folder(tmp_path)
-  text = ('{"exams": [{"exam_id": "p1", "images": {"T1W": "%s", "T1W": "%s"}}]}'
-          % (paths["T1W"], paths["FLAIR"]))
-  msg = expect("appears twice", cohort_lib.load_cohort, _write_manifest(tmp_path, text))
-  assert "T1W" in msg
-
-
-def test_duplicate_modality_file_in_folder(tmp_path):
-  d, paths = _exam_folder(tmp_path)
-  save(d / "flair_2.nii.gz", brainlike())
-  save(d / "FLAIR_x.nii.gz", brainlike())
-  expect("several files for FLAIR", scan.build_cohort, str(tmp_path))
-
-
-def test_volume_smaller_than_patch(tmp_path):
-  d, paths = _exam_folder(tmp_path, shape=(20, 20, 12))  # 12 slices: a 48 mm field of view
-  exam = manifest_lib.Exam("p1", "p1", True, paths)
-  msg = expect("smaller than one 16³ patch", exams_lib.load_exam, exam, patch_size=16,
-               allow_any_geometry=True)
-  rows = inspect_lib.inspect_cohort(manifest_lib.Cohort(str(tmp_path), (exam,)), patch_size=16,
-                                    allow_any_geometry=True)
-  assert any("smaller than one 16" in p for p in rows[0]["problems"]), msg
-
-
-def test_empty_lesion_mask_is_allowed_and_counted(tmp_path):
-  d, paths = _exam_folder(tmp_path)
-  m = save(d / "consensus.nii.gz", np.zeros((20, 20, 20), np.uint8), FOUR_MM)
-  exam = manifest_lib.Exam("p1", "p1", True, paths, consensus=m)
-  arrays = exams_lib.load_exam(exam, patch_size=8)
-  assert arrays.reference.sum() == 0
-  rows = inspect_lib.inspect_cohort(manifest_lib.Cohort(str(tmp_path), (exam,)), patch_size=8)
-  assert rows[0]["lesion_ml"] == 0 and rows[0]["lesions_empty"] and not rows[0]["problems"]
-  assert "(empty)" in inspect_lib.format_inspect_table(rows)
 
 
 def test_reorientation_round_trip(tmp_path):
@@ -243,16 +157,3 @@ def test_resample_box_grid_and_round_trip():
 def test_write_is_atomic_no_temp_left(tmp_path):
   nifti.write_nifti(np.ones((4, 4, 4)), np.eye(4), str(tmp_path / "x.nii.gz"))
   assert sorted(os.listdir(tmp_path)) == ["x.nii.gz"]
-
-
-def test_a_geometry_that_cannot_be_a_brain_is_refused_with_its_numbers(tmp_path):
-  d, paths = _exam_folder(tmp_path, affines={"T1W": np.eye(4), "FLAIR": np.eye(4)})  # 20 mm
-  exam = manifest_lib.Exam("p1", "p1", True, paths)
-  msg = expect("field of view 20 x 20 x 20 mm", exams_lib.load_exam, exam, patch_size=8)
-  assert "T1W.nii.gz" in msg and "allow_any_geometry" in msg
-  assert exams_lib.load_exam(exam, patch_size=8, allow_any_geometry=True).shape == (20, 20, 20)
-  huge = np.diag([30.0, 30.0, 30.0, 1.0])  # 30 mm voxels
-  (tmp_path / "x").mkdir()
-  d2, paths2 = _exam_folder(tmp_path / "x", affines={"T1W": huge, "FLAIR": huge})
-  expect("voxel size 30 x 30 x 30 mm", exams_lib.load_exam,
-         manifest_lib.Exam("p2", "p2", True, paths2), patch_size=8)

@@ -1,11 +1,36 @@
-"""Fast convolution paths match the reference formulation, forward and gradients."""
+"""Convolution formulations against XLA's reference, oneDNN in float32 and bf16, dispatch by backend (msjax/ops/conv.py, onednn.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax.models import layers
 from msjax.ops import conv as conv_ops
+
+
+def _onednn_installed():
+  import shutil
+
+  from msjax.ops import onednn
+  return onednn.find_onednn() is not None and bool(shutil.which("g++") or shutil.which("c++"))
+
+
+def _segmentation_loss(dtype, impl="onednn", width=4, patch=16):
+  from ml_collections import config_dict
+
+  from msjax.models import isensee
+  from msjax.models import model as model_lib
+  from msjax.train import losses
+  cfg = config_dict.ConfigDict(dict(base_width=width, dropout=0.0, conv_impl=impl, dtype=dtype))
+  model = model_lib.Model(isensee.constructor("segmentation", cfg))
+
+  def loss(p, x, t):
+    return losses.soft_dice_loss(model.apply(p, x), t)
+  return model, loss
+
+
+def _bf16_onednn():
+  from msjax.ops import hardware
+  return _onednn_installed() and hardware.native_bf16_cpu()
 
 
 @pytest.mark.parametrize("impl", sorted(set(conv_ops.CONV_IMPLS) - {"xla"}))
@@ -29,20 +54,6 @@ def test_conv_impl_matches_reference(impl, stride, c_in, c_out):
     assert rel < 1e-4, (name, rel)
 
 
-def test_upsample_and_leaky_relu():
-  x = jnp.arange(8.0).reshape(1, 2, 2, 2, 1) - 4
-  up = layers.upsample2(x)
-  assert up.shape == (1, 4, 4, 4, 1)
-  np.testing.assert_array_equal(up[0, 2:, :2, 2:, 0], jnp.full((2, 2, 2), x[0, 1, 0, 1, 0]))
-  np.testing.assert_allclose(layers.leaky_relu(jnp.array([-2.0, 3.0])), [-0.02, 3.0])
-
-
-def _onednn_installed():
-  import shutil
-  from msjax.ops import onednn
-  return onednn.find_onednn() is not None and bool(shutil.which("g++") or shutil.which("c++"))
-
-
 @pytest.mark.skipif(not _onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
                     "compiler is missing; the 'onednn' conv falls back to 'fold'")
 def test_onednn_extension_builds_and_is_used():
@@ -54,11 +65,13 @@ def test_onednn_extension_builds_and_is_used():
   assert "MsjaxConv3dForward" in hlo  # a custom call, not a silent fallback
 
 
+@pytest.mark.slow  # two whole-network gradients
 @pytest.mark.skipif(not _onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_onednn_network_matches_xla_forward_and_gradients():
   """The whole segmentation network (every conv kind: 3³ stride 1 and 2, 1³) and its parameter
   gradients under jit: oneDNN vs XLA's convolution, relative error < 1e-4."""
   from ml_collections import config_dict
+
   from msjax.models import isensee
   from msjax.models import model as model_lib
   from msjax.train import losses
@@ -87,26 +100,12 @@ def test_onednn_network_matches_xla_forward_and_gradients():
       assert float(jnp.abs(g - r).max()) / scale < 1e-4, jax.tree_util.keystr(path)
 
 
-# ---- dispatch by backend, bf16, fused norm, dropout -----------------------------------------------
-
-def _segmentation_loss(dtype, impl="onednn", width=4, patch=16):
-  from ml_collections import config_dict
-  from msjax.models import isensee
-  from msjax.models import model as model_lib
-  from msjax.train import losses
-  cfg = config_dict.ConfigDict(dict(base_width=width, dropout=0.0, conv_impl=impl, dtype=dtype))
-  model = model_lib.Model(isensee.constructor("segmentation", cfg))
-
-  def loss(p, x, t):
-    return losses.soft_dice_loss(model.apply(p, x), t)
-  return model, loss
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_and_tpu_lower_every_conv_to_xla_s_3d_convolution(dtype):
   """jax.export for cuda and tpu (works on a CPU-only machine): every 3³ conv of the training
   step, forward and both gradients, is a native 3-spatial-dim convolution, no custom call."""
   import re
+
   from jax import export
   model, loss = _segmentation_loss(dtype)
   params = model.init_params()
@@ -121,11 +120,6 @@ def test_gpu_and_tpu_lower_every_conv_to_xla_s_3d_convolution(dtype):
     # weight gradients (23 + 6)
     assert len(dims) == 29 + 28 + 29, (platform, len(dims))
     assert all(d in ("b, 0, 1, 2, f", "f, 0, 1, 2, b") for d in dims), (platform, set(dims))
-
-
-def _bf16_onednn():
-  from msjax.ops import hardware
-  return _onednn_installed() and hardware.native_bf16_cpu()
 
 
 @pytest.mark.parametrize("stride,c_in,c_out,k,size,trials", [
@@ -159,6 +153,7 @@ def test_bf16_conv_matches_float32_reference(stride, c_in, c_out, k, size, trial
     assert ("MsjaxConv3dForward" in text) == (not wrong), wrong
 
 
+@pytest.mark.slow  # three whole-network gradients
 def test_bf16_network_is_as_close_to_float32_as_xla_s_own_bf16():
   """The whole network, same parameters: the oneDNN bf16 loss and gradients are as close to
   float32 as those of XLA's own bf16 convolutions (at random initialisation both differ from
@@ -181,51 +176,3 @@ def test_bf16_network_is_as_close_to_float32_as_xla_s_own_bf16():
   assert abs(float(l_dnn - l32)) < 1e-3 and abs(float(l_xla - l32)) < 1e-3
   assert bool(jnp.isfinite(g_dnn).all())
   assert err(g_dnn) <= 1.25 * err(g_xla) + 0.02, (err(g_dnn), err(g_xla))
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_fused_norm_act_matches_the_plain_formulation(dtype):
-  from msjax.ops import norm
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.standard_normal((2, 6, 5, 4, 3)) * 3 + 2, dtype)
-  s = jnp.asarray(rng.uniform(0.5, 1.5, 3), jnp.float32)
-  b = jnp.asarray(rng.normal(size=3), jnp.float32)
-  g = jnp.asarray(rng.standard_normal(x.shape), dtype)
-  y, vjp = jax.vjp(norm.instance_norm_leaky_relu, x, s, b)
-  y_ref, vjp_ref = jax.vjp(norm.reference, x, s, b)
-  tol = 1e-5 if dtype == jnp.float32 else 1e-2
-  assert y.dtype == dtype
-  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), atol=tol)
-  for a, r in zip(vjp(g), vjp_ref(g)):
-    a, r = np.asarray(a, np.float32), np.asarray(r, np.float32)
-    assert np.abs(a - r).max() <= tol * np.abs(r).max()
-
-
-def test_dropout_keeps_the_expected_share_is_reproducible_and_unbiased():
-  x = jnp.ones((4, 16, 16, 16, 8), jnp.float32)
-  key = jax.random.PRNGKey(3)
-  y = layers.dropout(x, 0.3, key)
-  kept = float((y != 0).mean())
-  assert abs(kept - 0.7) < 0.01 and abs(float(y.mean()) - 1.0) < 0.02
-  np.testing.assert_array_equal(y, layers.dropout(x, 0.3, key))              # same key, same mask
-  assert float((layers.dropout(x, 0.3, jax.random.PRNGKey(4)) != y).mean()) > 0.3  # other key
-  assert layers.dropout(x, 0.3, None) is x and layers.dropout(x, 0.0, key) is x
-  # neighbouring elements are independent: no stripes along any axis
-  m = np.asarray(y != 0, np.float32)
-  for axis in range(1, 5):
-    a, b = np.moveaxis(m, axis, 0)[:-1], np.moveaxis(m, axis, 0)[1:]
-    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02, axis
-
-
-def test_auto_dtype_fits_the_machine(monkeypatch):
-  from msjax.ops import hardware
-  assert hardware.compute_dtype("float32") == "float32"
-  assert hardware.compute_dtype("bfloat16") == "bfloat16"
-  with pytest.raises(ValueError, match="model.dtype"):
-    hardware.compute_dtype("float16")
-  monkeypatch.setattr(hardware, "cpu_isa", lambda: {"isa": "avx2", "model": "x", "flags": []})
-  assert hardware.compute_dtype("auto") == "float32"
-  monkeypatch.setattr(hardware, "cpu_isa", lambda: {"isa": "amx", "model": "x", "flags": []})
-  assert hardware.compute_dtype("auto", conv_impl="fold") == "float32"
-  expected = "bfloat16" if _onednn_installed() else "float32"
-  assert hardware.compute_dtype("auto", conv_impl="onednn") == expected

@@ -1,0 +1,77 @@
+"""Prediction in each exam's own space, written as BIDS derivatives (msjax/infer/predict.py, outputs.py)."""
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import LESJAK_MNI, needs_lesjak
+from msjax.data import cohort as cohort_lib
+from msjax.data import exams as exams_lib
+from msjax.infer import predict
+
+pytestmark = pytest.mark.slow  # needs the session's trained model
+
+
+def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, tmp_path):
+  predictor = predict.Predictor(trained, batch_size=8)
+  exams = [tiny_cohort.by_id("synth001"), tiny_cohort.by_id("synth003")]  # LPS and RAS files
+  # a low threshold so that the tiny smoke model predicts some lesion to tabulate
+  rows = predict.predict_cohort(predictor, exams, str(tmp_path), sampler="sliding", threshold=0.2)
+  for exam, row in zip(exams, rows):
+    src = nib.load(exam.images["FLAIR"])
+    anat = tmp_path / exam.bids_prefix / "anat"
+    assert row["mask"] == str(anat / f"{exam.bids_prefix}_space-orig_desc-lesion_mask.nii.gz")
+    for key in ("mask", "probseg", "uncertainty"):
+      img = nib.load(row[key])
+      assert img.shape == src.shape, key
+      np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    mask = np.asarray(nib.load(row["mask"]).dataobj)
+    prob = np.asarray(nib.load(row["probseg"]).dataobj)
+    np.testing.assert_array_equal(mask, prob >= 0.2)
+    assert set(np.unique(mask)) <= {0, 1}
+    brain = np.asarray(nib.load(exam.brain_mask).dataobj)
+    assert not prob[brain == 0].any()  # nothing outside the brain, in the file's own voxel order
+    # one row per 6-connected component; the volumes add up to the mask's
+    lesions = list(csv.DictReader(open(row["table"])))
+    voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
+    assert len(lesions) == row["components"]
+    assert abs(sum(float(r["volume_ml"]) for r in lesions) - mask.sum() * voxel_ml) < 1e-3
+    for r in lesions:
+      assert 0 < float(r["mean_probability"]) <= float(r["max_probability"]) <= 1
+      assert r["mni_x_mm"] == ""  # a synthetic head is not on an MNI grid: no MNI coordinates
+    assert os.path.getsize(row["overlay"]) > 5000
+  assert sum(r["components"] for r in rows) > 0
+  description = json.load(open(tmp_path / "dataset_description.json"))
+  assert description["DatasetType"] == "derivative"
+  assert description["GeneratedBy"][0]["Name"] == "msjax" and trained in str(description)
+  with open(tmp_path / "predictions.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["exam_id"] for r in table] == ["synth001", "synth003"]
+  assert float(table[0]["volume_ml"]) >= 0
+
+
+def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
+  predictor = predict.Predictor(trained, batch_size=8)
+  arrays = exams_lib.load_exam(tiny_cohort.by_id("synth000"), patch_size=16)
+  pred, n = predictor.predict_exam(arrays, sampler="random", n_random=5)
+  assert n == 5
+  assert (pred.coverage == 0).any()
+  assert not pred.probability[pred.coverage == 0].any()
+
+
+@needs_lesjak()
+def test_predict_on_real_lesjak_grid(trained, tmp_path):
+  """A smoke model on the real 182×218×182 LAS scans: masks come back on that exact grid."""
+  predictor = predict.Predictor(trained, batch_size=8)
+  predictor.model_shape = (64, 64, 64)  # a coarse model grid keeps this CPU test short
+  exam = cohort_lib.load_cohort(LESJAK_MNI).by_id("patient07")
+  row = predict.predict_cohort(predictor, [exam], str(tmp_path), overlap=0.0, threshold=0.05)[0]
+  img, src = nib.load(row["mask"]), nib.load(exam.images["FLAIR"])
+  assert img.shape == (182, 218, 182) == src.shape
+  np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+  assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
+  lesions = list(csv.DictReader(open(row["table"])))
+  assert lesions and all(r["mni_x_mm"] == r["centroid_x_mm"] for r in lesions)  # on MNI's grid

@@ -1,0 +1,61 @@
+"""Patch samplers for whole-volume inference (msjax/infer/sliding_window.py)."""
+import numpy as np
+
+from msjax.infer import sliding_window
+
+
+def test_sliding_window_covers_everything():
+  corners = sliding_window.sliding_window_corners((40, 33, 16), 16, 0.5)
+  cover = np.zeros((40, 33, 16), int)
+  for c in corners:
+    cover[c[0]:c[0] + 16, c[1]:c[1] + 16, c[2]:c[2] + 16] += 1
+  assert cover.min() >= 1 and corners.max(0).tolist() == [24, 17, 0]
+  w = sliding_window.gaussian_weight(16)
+  assert w.max() == 1.0 and w.min() > 0 and w[8, 8, 8] > w[0, 0, 0]
+
+
+def test_predict_volume_averages_overlaps_and_reports_spread():
+  images = np.zeros((24, 24, 24, 1), np.float32)
+  calls = []
+
+  def fake(batch):  # patch k predicts the constant k (per call)
+    calls.append(len(batch))
+    return np.stack([np.full(batch.shape[1:4], float(len(calls) * 10 + i), np.float32)
+                     for i in range(len(batch))])
+
+  corners = np.array([[0, 0, 0], [8, 0, 0]], np.int32)
+  pred = sliding_window.predict_volume(fake, images, corners, 16, batch_size=4,
+                                       weighting="uniform")
+  assert calls == [4]  # padded to the compiled batch size
+  np.testing.assert_allclose(pred.probability[10, 0, 0], 10.5)  # mean of 10 and 11
+  np.testing.assert_allclose(pred.spread[10, 0, 0], 0.5)
+  assert pred.probability[2, 0, 0] == 10 and pred.spread[2, 0, 0] == 0
+  assert pred.coverage[20, 20, 20] == 0 and pred.probability[20, 20, 20] == 0  # uncovered
+
+
+def test_random_sampler_stays_in_brain():
+  brain = np.zeros((40, 40, 40), np.uint8)
+  brain[8:32, 8:32, 8:32] = 1
+  corners = sliding_window.random_brain_corners(brain, 16, 150, seed=0)
+  assert len(corners) == 150
+  for c in corners[:20]:
+    assert brain[c[0]:c[0] + 16, c[1]:c[1] + 16, c[2]:c[2] + 16].mean() >= 0.75
+
+
+def test_sliding_window_skips_patches_without_brain_and_keeps_the_brain_s_prediction():
+  rng = np.random.default_rng(0)
+  brain = np.zeros((48, 48, 48), np.uint8)
+  brain[10:30, 12:34, 8:28] = 1
+  images = rng.standard_normal((48, 48, 48, 2)).astype(np.float32)
+
+  def fake(batch):  # any deterministic function of the patch
+    return np.tanh(batch[..., 0] * 0.3 + batch[..., 1:].mean(-1, keepdims=False)) * 0.5 + 0.5
+  full = sliding_window.sliding_window_corners(brain.shape, 16, 0.5)
+  skipped = sliding_window.sliding_window_corners(brain.shape, 16, 0.5, brain=brain)
+  assert 0 < len(skipped) < len(full)
+  a = sliding_window.predict_volume(fake, images, full, 16, 4)
+  b = sliding_window.predict_volume(fake, images, skipped, 16, 4)
+  inside = brain > 0
+  np.testing.assert_allclose(a.probability[inside], b.probability[inside], rtol=1e-6)
+  np.testing.assert_allclose(a.spread[inside], b.spread[inside], rtol=1e-5, atol=1e-7)
+  assert (b.coverage[inside] > 0).all()
