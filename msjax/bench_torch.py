@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from msjax import profiler
+
 LEVELS = 5
 
 
@@ -102,17 +104,6 @@ SETTINGS = {  # name -> (bf16 autocast, channels_last_3d)
 }
 
 
-def _timed(fn, warmup: int, repeats: int) -> list[float]:
-  import time
-  times = []
-  for i in range(warmup + repeats):
-    t = time.perf_counter()
-    fn()
-    if i >= warmup:
-      times.append(time.perf_counter() - t)
-  return times
-
-
 def bench_setting(setting: str, base_width: int, dropout: float, batch: int, patch: int,
                   warmup: int, repeats: int, volume=None) -> dict:
   """Seconds per step of train_seg, train_pretrain and infer for one PyTorch setting: float32,
@@ -140,12 +131,12 @@ def bench_setting(setting: str, base_width: int, dropout: float, batch: int, pat
         y = net(x)
       loss_fn(y.float(), target).backward()  # loss in float32, as msjax's
       opt.step()
-    out[name] = {"params": n_params(net), "times": _timed(step, warmup, repeats)}
+    out[name] = {"params": n_params(net), "times": profiler.timed(step, warmup, repeats)}
     if name == "train_seg":
       seg = net
   seg.eval()
   with torch.inference_mode(), autocast():
-    out["infer"] = {"times": _timed(lambda: torch.sigmoid(seg(x)), warmup, repeats)}
+    out["infer"] = {"times": profiler.timed(lambda: torch.sigmoid(seg(x)), warmup, repeats)}
     if volume is not None:
       def predict_batch(b):
         t_in = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 4, 1, 2, 3)))

@@ -95,16 +95,6 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
   return steps.make_train_step(model, task, tx, labels), state, data
 
 
-def _timed(fn, warmup: int, repeats: int) -> list[float]:
-  times = []
-  for i in range(warmup + repeats):
-    t = time.perf_counter()
-    fn()
-    if i >= warmup:
-      times.append(time.perf_counter() - t)
-  return times
-
-
 def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
                    repeats: int, peak: float, profile_dir: str | None = None) -> dict:
   key = jax.random.PRNGKey(0)
@@ -123,7 +113,7 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
     nonlocal state
     state, m = compiled(state, data, key)
     jax.block_until_ready(m["loss"])
-  times = _timed(run_once, warmup, repeats)
+  times = profiler.timed(run_once, warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
   if profile_dir:
     out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir)
@@ -146,7 +136,7 @@ def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int
     m = model_lib.Model(isensee.constructor("segmentation", cfg))
     return model_lib.make_predict(m, "segmentation").lower(m.init_params(), x)
   info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
-  times = _timed(lambda: compiled(params, x).block_until_ready(), warmup, repeats)
+  times = profiler.timed(lambda: compiled(params, x).block_until_ready(), warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
   volume = None
   if volume_shape:

@@ -21,6 +21,18 @@ _CATEGORIES = (("reduce", "reductions (norm statistics and gradients, loss)"),
                ("slice", "copies / transposes"))
 
 
+def timed(fn, warmup: int, repeats: int) -> list[float]:
+  """Wall seconds of `repeats` calls of fn after `warmup` untimed ones (fn must block until its
+  work is done); shared by the JAX and PyTorch sides of the benchmark so both time alike."""
+  times = []
+  for i in range(warmup + repeats):
+    t = time.perf_counter()
+    fn()
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  return times
+
+
 def category(op: str) -> str:
   op = op.lower()
   for key, name in _CATEGORIES:

@@ -41,6 +41,18 @@ def trained(tiny_cohort, tmp_path_factory):
   return w
 
 
+@pytest.fixture(scope="session")
+def pretrained(tiny_cohort, tmp_path_factory):
+  """A 40-step position pretraining on the tiny cohort: (workdir, train summary). Read only."""
+  from msjax.train import loop
+  w = str(tmp_path_factory.mktemp("pretrain"))
+  config = load_config("pretrain", "smoke", **{"data.cohort": tiny_cohort.root, "train.steps": 40,
+                                               "train.eval_every": 20, "train.log_every": 10,
+                                               "train.checkpoint_every": 20, "train.lr": 1e-3})
+  summary = loop.train(config, w)
+  return w, summary
+
+
 def needs_lesjak():
   return pytest.mark.skipif(not os.path.isdir(LESJAK_MNI),
                             reason=f"real Lesjak data not found at {LESJAK_MNI} "

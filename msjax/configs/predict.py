@@ -1,6 +1,8 @@
 """Segment exams with a trained network: `--config.checkpoint=<finetune workdir>`
 `--config.cohort=PATH` (manifest, cohort folder, or a folder with one exam's NIfTI files).
-Outputs in the exams' own space: <workdir>/predictions/<exam>/{mask,probability,spread}.nii.gz."""
+Outputs, in each exam's own space, form a BIDS-derivatives dataset in <workdir>/predictions
+(msjax/infer/outputs.py: mask, probseg, uncertainty, per-lesion table, overlay PNG per exam) with
+predictions.csv (one row per exam). `:paper` samples the paper's 150 random brain patches."""
 from msjax import config_base
 
 

@@ -1,6 +1,7 @@
 """`predict` mode: a trained checkpoint + a cohort (or a folder holding one exam) -> per exam, in the
-exam's ORIGINAL voxel grid and affine: a binary lesion mask, the probability map, the per-voxel
-spread of the overlapping predictions, and a row (lesion count, volume in mL) of predictions.csv.
+exam's ORIGINAL voxel grid and affine, BIDS-derivative files (msjax/infer/outputs.py): a binary
+lesion mask, the probability map, the per-voxel spread of the overlapping predictions, a lesion
+table and an overlay figure; and a row (lesion count, volume in mL) of predictions.csv.
 
 Samplers: "sliding" (full coverage, overlap, Gaussian weighting; the default) or "random" (the
 paper's N = 150 random patches in the brain, plain averaging, uncovered voxels no-lesion).

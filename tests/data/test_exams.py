@@ -1,65 +1,30 @@
 """An exam as model input: one grid, masks, patch size, geometry sanity (msjax/data/exams.py)."""
-import nibabel as nib
 import numpy as np
-import pytest
 
 from msjax.data import exams as exams_lib
 from msjax.data import inspect as inspect_lib
 from msjax.data import manifest as manifest_lib
-from msjax.errors import InvalidInputError
-
-
-def save(path, data, affine=None, dtype=None):
-  affine = np.eye(4) if affine is None else affine
-  img = nib.Nifti1Image(np.asarray(data) if dtype is None else np.asarray(data).astype(dtype),
-                        affine)
-  nib.save(img, str(path))
-  return str(path)
-
-
-def brainlike(shape=(20, 20, 20), seed=0):
-  rng = np.random.default_rng(seed)
-  return (rng.random(shape) + 1).astype(np.float32)
-
-
-def expect(match, fn, *args, **kwargs):
-  with pytest.raises(InvalidInputError, match=match) as e:
-    fn(*args, **kwargs)
-  return str(e.value)
-
-
-FOUR_MM = np.diag([4.0, 4.0, 4.0, 1.0])  # 20 voxels of 4 mm: an 80 mm field of view
-
-
-def _exam_folder(tmp_path, shape=(20, 20, 20), affines=None):
-  d = tmp_path / "p1"
-  d.mkdir(exist_ok=True)
-  img = brainlike(shape)
-  paths = {}
-  for i, m in enumerate(("T1W", "FLAIR")):
-    aff = (affines or {}).get(m, FOUR_MM)
-    paths[m] = save(d / f"{m}.nii.gz", img * (i + 1), aff)
-  return d, paths
+from nifti_files import FOUR_MM, exam_folder, expect, save
 
 
 def test_different_grids_in_one_exam(tmp_path):
   shifted = FOUR_MM.copy()
   shifted[0, 3] = 5.0
-  d, paths = _exam_folder(tmp_path, affines={"T1W": shifted})
+  d, paths = exam_folder(tmp_path, affines={"T1W": shifted})
   exam = manifest_lib.Exam("p1", "p1", True, paths)
   msg = expect("not on the grid", exams_lib.load_exam, exam, patch_size=8)
   assert paths["T1W"] in msg
 
 
 def test_mask_on_different_grid(tmp_path):
-  d, paths = _exam_folder(tmp_path)
+  d, paths = exam_folder(tmp_path)
   m = save(d / "consensus.nii.gz", np.zeros((20, 20, 21), np.uint8), FOUR_MM)
   exam = manifest_lib.Exam("p1", "p1", True, paths, consensus=m)
   expect("not on the grid", exams_lib.load_exam, exam, patch_size=8)
 
 
 def test_volume_smaller_than_patch(tmp_path):
-  d, paths = _exam_folder(tmp_path, shape=(20, 20, 12))  # 12 slices: a 48 mm field of view
+  d, paths = exam_folder(tmp_path, shape=(20, 20, 12))  # 12 slices: a 48 mm field of view
   exam = manifest_lib.Exam("p1", "p1", True, paths)
   msg = expect("smaller than one 16³ patch", exams_lib.load_exam, exam, patch_size=16,
                allow_any_geometry=True)
@@ -69,7 +34,7 @@ def test_volume_smaller_than_patch(tmp_path):
 
 
 def test_empty_lesion_mask_is_allowed_and_counted(tmp_path):
-  d, paths = _exam_folder(tmp_path)
+  d, paths = exam_folder(tmp_path)
   m = save(d / "consensus.nii.gz", np.zeros((20, 20, 20), np.uint8), FOUR_MM)
   exam = manifest_lib.Exam("p1", "p1", True, paths, consensus=m)
   arrays = exams_lib.load_exam(exam, patch_size=8)
@@ -80,13 +45,13 @@ def test_empty_lesion_mask_is_allowed_and_counted(tmp_path):
 
 
 def test_a_geometry_that_cannot_be_a_brain_is_refused_with_its_numbers(tmp_path):
-  d, paths = _exam_folder(tmp_path, affines={"T1W": np.eye(4), "FLAIR": np.eye(4)})  # 20 mm
+  d, paths = exam_folder(tmp_path, affines={"T1W": np.eye(4), "FLAIR": np.eye(4)})  # 20 mm
   exam = manifest_lib.Exam("p1", "p1", True, paths)
   msg = expect("field of view 20 x 20 x 20 mm", exams_lib.load_exam, exam, patch_size=8)
   assert "T1W.nii.gz" in msg and "allow_any_geometry" in msg
   assert exams_lib.load_exam(exam, patch_size=8, allow_any_geometry=True).shape == (20, 20, 20)
   huge = np.diag([30.0, 30.0, 30.0, 1.0])  # 30 mm voxels
   (tmp_path / "x").mkdir()
-  d2, paths2 = _exam_folder(tmp_path / "x", affines={"T1W": huge, "FLAIR": huge})
+  d2, paths2 = exam_folder(tmp_path / "x", affines={"T1W": huge, "FLAIR": huge})
   expect("voxel size 30 x 30 x 30 mm", exams_lib.load_exam,
          manifest_lib.Exam("p2", "p2", True, paths2), patch_size=8)

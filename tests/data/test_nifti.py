@@ -6,26 +6,7 @@ import numpy as np
 import pytest
 
 from msjax.data import nifti
-from msjax.errors import InvalidInputError
-
-
-def save(path, data, affine=None, dtype=None):
-  affine = np.eye(4) if affine is None else affine
-  img = nib.Nifti1Image(np.asarray(data) if dtype is None else np.asarray(data).astype(dtype),
-                        affine)
-  nib.save(img, str(path))
-  return str(path)
-
-
-def brainlike(shape=(20, 20, 20), seed=0):
-  rng = np.random.default_rng(seed)
-  return (rng.random(shape) + 1).astype(np.float32)
-
-
-def expect(match, fn, *args, **kwargs):
-  with pytest.raises(InvalidInputError, match=match) as e:
-    fn(*args, **kwargs)
-  return str(e.value)
+from nifti_files import brainlike, expect, save
 
 
 def _save_with_sform(path, srows):

@@ -12,9 +12,8 @@ from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.infer import predict
 
-pytestmark = pytest.mark.slow  # needs the session's trained model
 
-
+@pytest.mark.slow  # needs the session's trained model
 def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, tmp_path):
   predictor = predict.Predictor(trained, batch_size=8)
   exams = [tiny_cohort.by_id("synth001"), tiny_cohort.by_id("synth003")]  # LPS and RAS files
@@ -53,6 +52,7 @@ def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, t
   assert float(table[0]["volume_ml"]) >= 0
 
 
+@pytest.mark.slow
 def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
   predictor = predict.Predictor(trained, batch_size=8)
   arrays = exams_lib.load_exam(tiny_cohort.by_id("synth000"), patch_size=16)
@@ -62,6 +62,7 @@ def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
   assert not pred.probability[pred.coverage == 0].any()
 
 
+@pytest.mark.slow
 @needs_lesjak()
 def test_predict_on_real_lesjak_grid(trained, tmp_path):
   """A smoke model on the real 182×218×182 LAS scans: masks come back on that exact grid."""
@@ -75,3 +76,17 @@ def test_predict_on_real_lesjak_grid(trained, tmp_path):
   assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
   lesions = list(csv.DictReader(open(row["table"])))
   assert lesions and all(r["mni_x_mm"] == r["centroid_x_mm"] for r in lesions)  # on MNI's grid
+
+
+def test_small_predicted_lesions_are_removed_by_the_evaluator_s_size_rule():
+  mask = np.zeros((12, 12, 12), np.uint8)
+  mask[1, 1, 1] = 1                  # 1 voxel
+  mask[5, 5, 5:7] = 1                # 2 voxels
+  mask[8:10, 8:10, 8:10] = 1         # 8 voxels
+  mask[1, 10, 1] = mask[2, 11, 1] = 1  # two diagonal voxels: two 6-connected lesions of 1
+  kept = predict.remove_small_lesions(mask, voxel_mm3=1.0, max_mm3=3.0)
+  np.testing.assert_array_equal(kept, (np.arange(12)[:, None, None] >= 8) * (mask > 0))
+  two_or_more = mask.copy()
+  two_or_more[1, 1, 1] = two_or_more[1, 10, 1] = two_or_more[2, 11, 1] = 0
+  np.testing.assert_array_equal(predict.remove_small_lesions(mask, 1.0, 1.0), two_or_more)
+  assert predict.remove_small_lesions(mask, 1.0, 0.0) is mask  # 0: the option is off

@@ -32,16 +32,6 @@ class _Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_cohort, tmp_path_factory):
-  w = str(tmp_path_factory.mktemp("pretrain"))
-  config = load_config("pretrain", "smoke", **{"data.cohort": tiny_cohort.root, "train.steps": 40,
-                                               "train.eval_every": 20, "train.log_every": 10,
-                                               "train.checkpoint_every": 20, "train.lr": 1e-3})
-  summary = loop.train(config, w)
-  return w, summary
-
-
-@pytest.fixture(scope="module")
 def pretrained32(tiny_cohort, tmp_path_factory):
   """32³ patches (a 2³ bottleneck, as in the paper: at 16³ the bottleneck is 1³, where instance
   norm outputs a constant and level 5 gets no gradient at all)."""

@@ -16,20 +16,6 @@ def _finetune(tiny_cohort, w, **overrides):
   return config, loop.train(config, w)
 
 
-class _Interrupted(Exception):
-  pass
-
-
-@pytest.fixture(scope="module")
-def pretrained(tiny_cohort, tmp_path_factory):
-  w = str(tmp_path_factory.mktemp("pretrain"))
-  config = load_config("pretrain", "smoke", **{"data.cohort": tiny_cohort.root, "train.steps": 40,
-                                               "train.eval_every": 20, "train.log_every": 10,
-                                               "train.checkpoint_every": 20, "train.lr": 1e-3})
-  summary = loop.train(config, w)
-  return w, summary
-
-
 def test_transfer_requires_init_from(tiny_cohort, tmp_path):
   with pytest.raises(ValueError, match="init_from"):
     _finetune(tiny_cohort, str(tmp_path), **{"train.freeze": "0", "train.init_from": ""})
