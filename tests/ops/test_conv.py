@@ -1,4 +1,6 @@
 """Convolution formulations against XLA's reference, oneDNN in float32 and bf16, dispatch by backend (msjax/ops/conv.py, onednn.py)."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,9 +150,11 @@ def test_bf16_conv_matches_float32_reference(stride, c_in, c_out, k, size, trial
   if _bf16_onednn():
     from msjax.ops import onednn
     text = jax.jit(lambda *a: conv_ops.conv3d_onednn(*a, stride)).lower(x, w, b).as_text()
-    # oneDNN's kernel, except where it is known to be wrong (then XLA's convolution, correct)
+    # oneDNN's bf16 kernel, except where it is known to be wrong: there oneDNN's float32 one
     wrong = onednn.known_wrong(x.shape, w.shape, stride, x.dtype)
-    assert ("MsjaxConv3dForward" in text) == (not wrong), wrong
+    assert "MsjaxConv3dForward" in text and "stablehlo.convolution" not in text
+    x_type = "x".join(map(str, x.shape)) + ("xf32" if wrong else "xbf16")
+    assert re.search(rf"MsjaxConv3dForward.*tensor<{x_type}>", text), (wrong, x_type)
 
 
 @pytest.mark.slow  # three whole-network gradients
