@@ -85,7 +85,7 @@ def run(config, workdir: str) -> dict:
                                  allow_any_geometry=config.preprocess.allow_any_geometry)
       row["seconds"] = round(time.time() - t, 1)
       done.append(row)
-      status = f"{row['lesions']} lesions, {row['volume_ml']:.2f} mL"
+      status = _lesion_count(row)
     except Exception as e:  # noqa: BLE001 - one exam's failure must not stop the others
       failed.append({"exam_id": exam.exam_id, "error": f"{type(e).__name__}: {e}"})
       status = f"FAILED: {e}"
@@ -101,11 +101,17 @@ def run(config, workdir: str) -> dict:
         f"{workdir}/ (BIDS derivatives: sub-*/[ses-*/]anat/ lesion mask, probability, "
         "uncertainty, per-lesion table, overlay PNG)")
   for row in done:
-    print(f"  {row['exam_id']}: {row['lesions']} lesions, {row['volume_ml']:.2f} mL; "
-          f"{row['overlay']}")
+    print(f"  {row['exam_id']}: {_lesion_count(row)}; {row['overlay']}")
   for f in failed:
-    print(f"  {f['exam_id']} FAILED: {f['error'].splitlines()[0]}")
+    print(f"  {f['exam_id']} FAILED: {' '.join(line.strip() for line in f['error'].splitlines())}")
   if failed and not done:
     raise errors.InvalidInputError(f"no exam could be segmented ({len(failed)} failed; see "
                                    f"{workdir}/segment_summary.json)")
   return summary
+
+
+def _lesion_count(row: dict) -> str:
+  """'15 lesions (17 rows in the lesion table: 2 of 3 mm³ or less), 6.83 mL'."""
+  small = row["components"] - row["lesions"]
+  return (f"{row['lesions']} lesions" + (f" (+{small} of 3 mm³ or less in the lesion table)"
+                                          if small else "") + f", {row['volume_ml']:.2f} mL")

@@ -17,9 +17,12 @@ def get_config(variant: str = ""):
   c.input = ""
   c.preprocessed = False    # exams already on the model grid: no preprocessing
   c.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
-  c.predict = config_base.predict()
+  # test-time mirroring on, as nnU-Net does: on Lesjak patient26 it turned 19 lesions + 18 specks
+  # of <= 3 mm³ into 15 + 2 at the same volume (8x the network time: ~30 s an exam at width 8)
+  c.predict = config_base.predict(mirror=True)
   c.preprocess = config_base.preprocess()
   if "smoke" in v:
     c.predict.batch_size = 8
+    c.predict.mirror = False
     c.preprocess.n4_iterations = (5, 5)
   return config_base.finish(c, v)
