@@ -7,6 +7,8 @@
 - "onednn": the backend decides first. GPU/TPU: XLA's convolution, every dtype. CPU: oneDNN
             custom calls (msjax/ops/onednn.py) when the extension is available and oneDNN has a
             native kernel for the dtype on this CPU, else "fold" with one warning naming why.
+            bf16 shapes whose oneDNN kernel is known to be wrong (onednn.known_wrong) run
+            through oneDNN's float32 kernels.
 
 Activations are (N, D, H, W, C) in the compute dtype; `w` (k, k, k, C, O) and `b` (O,) are the
 float32 parameters, cast to the compute dtype here (oneDNN converts the kernel in its own weight

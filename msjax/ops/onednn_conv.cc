@@ -172,7 +172,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy
     memory db_mem(conv->bias, Engine(), db->typed_data());
     memory scratch(conv->bwd_weights_pd.scratchpad_desc(), Engine());
     // oneDNN 3.2's jit_bf16 backward-weights kernel can read scratchpad it has not written (seen
-    // at a 2-voxel extent, which Python also keeps off oneDNN: onednn.known_wrong). Zeroing
+    // at a 2-voxel extent, which Python keeps off the bf16 kernels: onednn.known_wrong). Zeroing
     // costs one memset of a few kB and keeps any such read finite.
     std::memset(scratch.get_data_handle(), 0, conv->bwd_weights_pd.scratchpad_desc().get_size());
     conv->bwd_weights.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
