@@ -53,6 +53,16 @@ def pretrained(tiny_cohort, tmp_path_factory):
   return w, summary
 
 
+def finetune_smoke(tiny_cohort, w, **overrides):
+  """A 2-step smoke fine-tune on the tiny cohort into w: (config, train summary)."""
+  from msjax.train import loop
+  base = {"data.cohort": tiny_cohort.root, "train.steps": 2, "train.eval_every": 0,
+          "train.checkpoint_every": 1, "train.log_every": 1}
+  base.update(overrides)
+  config = load_config("finetune", "smoke", **base)
+  return config, loop.train(config, w)
+
+
 def needs_lesjak():
   return pytest.mark.skipif(not os.path.isdir(LESJAK_MNI),
                             reason=f"real Lesjak data not found at {LESJAK_MNI} "

@@ -6,21 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import finetune_smoke, load_config
 from msjax import checkpoint, rules
 from msjax.models import isensee
 from msjax.models import model as model_lib
 from msjax.train import loop, steps
 
 pytestmark = pytest.mark.slow  # every test trains a network
-
-
-def _finetune(tiny_cohort, w, **overrides):
-  base = {"data.cohort": tiny_cohort.root, "train.steps": 2, "train.eval_every": 0,
-          "train.checkpoint_every": 1, "train.log_every": 1}
-  base.update(overrides)
-  config = load_config("finetune", "smoke", **base)
-  return config, loop.train(config, w)
 
 
 PATCH32 = {"data.patch_size": 32, "data.min_brain_fraction": 0.3, "data.patches_per_exam": 2,
@@ -54,7 +46,7 @@ def test_pretraining_beats_predict_the_mean(pretrained):
 @pytest.mark.parametrize("n_frozen", [1, 2, 3, 6])
 def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_frozen):
   # no weight decay: every change seen below comes from a gradient
-  config, summary = _finetune(tiny_cohort, str(tmp_path), **{
+  config, summary = finetune_smoke(tiny_cohort, str(tmp_path), **{
       **PATCH32, "train.weight_decay": 0.0, "train.freeze": str(n_frozen),
       "train.init_from": pretrained32})
   source, _, _ = checkpoint.restore_params(pretrained32)
@@ -77,7 +69,7 @@ def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_
 
 def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypatch):
   overrides = {"train.steps": 4, "train.checkpoint_every": 2, "train.freeze": "van"}
-  _finetune(tiny_cohort, str(tmp_path / "straight"), **overrides)
+  finetune_smoke(tiny_cohort, str(tmp_path / "straight"), **overrides)
   original_save = checkpoint.save
 
   def save_then_die(mngr, step, *args, **kwargs):
@@ -88,9 +80,9 @@ def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypat
 
   monkeypatch.setattr(checkpoint, "save", save_then_die)
   with pytest.raises(_Interrupted):
-    _finetune(tiny_cohort, str(tmp_path / "resumed"), **overrides)
+    finetune_smoke(tiny_cohort, str(tmp_path / "resumed"), **overrides)
   monkeypatch.setattr(checkpoint, "save", original_save)
-  summary = _finetune(tiny_cohort, str(tmp_path / "resumed"), **overrides)[1]
+  summary = finetune_smoke(tiny_cohort, str(tmp_path / "resumed"), **overrides)[1]
   assert summary["steps"] == 4
   a, _, _ = checkpoint.restore_params(str(tmp_path / "straight" / "checkpoints"))
   b, _, _ = checkpoint.restore_params(str(tmp_path / "resumed" / "checkpoints"))
@@ -117,7 +109,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_cohort, tmp_path, 
 
   monkeypatch.setattr(steps, "make_train_step", poisoned)
   with pytest.raises(loop.NonFiniteLossError, match="step 2"):
-    _finetune(tiny_cohort, str(tmp_path), **{"train.steps": 4, "train.checkpoint_every": 10,
+    finetune_smoke(tiny_cohort, str(tmp_path), **{"train.steps": 4, "train.checkpoint_every": 10,
                                             "train.freeze": "van"})
   mngr = checkpoint.manager(str(tmp_path))
   assert mngr.latest_step() == 2
