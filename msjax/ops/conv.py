@@ -35,9 +35,18 @@ def _xla(x, w, stride: int):
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
+def _add_bias(y, b):
+  """y + b in float32, rounded once to y's dtype: the bias gradient (the sum of the output
+  gradient over every voxel of the batch) then accumulates in float32, not bf16 (4 % off at
+  4×8³ voxels with bf16 accumulation on an AVX2 CPU)."""
+  if y.dtype == jnp.float32:
+    return y + b
+  return (y.astype(jnp.float32) + b.astype(jnp.float32)).astype(y.dtype)
+
+
 def conv3d_xla(x, w, b, stride: int):
   """Reference formulation: XLA's generic 3D convolution."""
-  return _xla(x, w, stride) + b.astype(x.dtype)
+  return _add_bias(_xla(x, w, stride), b)
 
 
 def _fold_depth_conv(x, w):
@@ -80,7 +89,7 @@ def conv3d_fold(x, w, b, stride: int):
   Measured on 2 CPU cores, f = 16, 12×32³, float32: inference 1.75× the reference, train 1.1×."""
   if stride != 1 or w.shape[:3] != (3, 3, 3):
     return conv3d_xla(x, w, b, stride)
-  return _conv3d_fold(x, w.astype(x.dtype)) + b.astype(x.dtype)
+  return _add_bias(_conv3d_fold(x, w.astype(x.dtype)), b)
 
 
 _said: set = set()
