@@ -56,5 +56,8 @@ def draw_slice(ax, image: np.ndarray, z: int, box, limits, outlines) -> None:
     m = mask[bx, by, z].T[::-1, ::-1]
     if m.any():
       ax.contour(m, levels=[0.5], colors=colour, linewidths=0.8)
+  for x, side in ((0.02, "R"), (0.98, "L")):  # the patient's sides, so nobody has to guess
+    ax.text(x, 0.5, side, transform=ax.transAxes, color="yellow", fontsize=8, fontweight="bold",
+            ha="left" if side == "R" else "right", va="center")
   ax.set_xticks([])
   ax.set_yticks([])

@@ -23,6 +23,25 @@ MODALITIES = ("T1W", "T1WKS", "T2W", "FLAIR", "PDW")
 MANIFEST_NAME = "cohort.json"
 SPLITS = ("train", "test")
 
+# What msjax's preprocessing writes: preprocessing.json beside the cohort.json it makes, and
+# preprocess.json in each exam's folder, both with the format below. Format 2: every volume is
+# written in its header's voxel order. Format 1 (before 2026-11-30) wrote the Nyúl-standardised
+# images mirrored left-right against their header, brain mask, lesion masks and to_mni.tfm, so a
+# cohort or a model made from it must be made again, not used.
+PREPROCESSING_NAME = "preprocessing.json"
+EXAM_RECORD_NAME = "preprocess.json"
+PREPROCESSING_FORMAT = 2
+
+
+def preprocessing_format_problem(record: dict, where: str) -> str | None:
+  """Why a preprocessing record (preprocess.json / preprocessing.json) cannot be used, or None."""
+  made = int(record.get("format", 1))
+  if made >= PREPROCESSING_FORMAT:
+    return None
+  return (f"{where}: made by msjax preprocessing format {made}, whose images are mirrored "
+          "left-right against their header and masks (fixed in format "
+          f"{PREPROCESSING_FORMAT}); preprocess the raw exams again (configs/preprocess.py)")
+
 
 @dataclasses.dataclass(frozen=True)
 class Exam:
@@ -183,4 +202,20 @@ def read_manifest(manifest: str) -> Cohort:
     raise InvalidInputError(f"{manifest}: exam ids listed more than once: {dup}")
   if not exams:
     raise InvalidInputError(f"{manifest}: the manifest lists no exam")
+  for exam in exams:
+    _check_preprocessing_format(exam)
   return Cohort(root=root, exams=exams)
+
+
+def _check_preprocessing_format(exam: Exam) -> None:
+  """An exam made by msjax's preprocessing (it knows its way back to native space) must be of the
+  current format: older ones are mirrored."""
+  if exam.native is None:
+    return
+  record = os.path.join(os.path.dirname(next(iter(exam.images.values()))), EXAM_RECORD_NAME)
+  if not os.path.exists(record):
+    return
+  with open(record) as f:
+    problem = preprocessing_format_problem(json.load(f), f"{record} (exam {exam.exam_id})")
+  if problem:
+    raise InvalidInputError(problem)

@@ -17,12 +17,12 @@ import numpy as np
 
 from msjax import errors, files
 from msjax.data import nifti
+from msjax.data import manifest as manifest_lib
 from msjax.data.manifest import MODALITIES
 from msjax.preprocess import nyul
 
 BUNDLE = "bundle.json"
 CARD = "model_card.md"
-PREPROCESSING = "preprocessing.json"  # written by the preprocess mode into the cohort it makes
 NYUL_EXAMS = 12  # training exams the landmarks are learned from (a sample is enough)
 
 
@@ -32,7 +32,7 @@ def preprocessing_of(exams) -> dict | None:
   found = []
   for exam in exams:
     image = next(iter(exam.images.values()))
-    path = os.path.join(os.path.dirname(os.path.dirname(image)), PREPROCESSING)
+    path = os.path.join(os.path.dirname(os.path.dirname(image)), manifest_lib.PREPROCESSING_NAME)
     if not os.path.exists(path):
       return None
     with open(path) as f:
@@ -72,6 +72,7 @@ def write(workdir: str, config, train_exams, val_exams, summary: dict,
       "threshold": float(threshold),
       "preprocessing": {
           "by": "msjax" if made_by else "external",
+          "format": made_by.get("format", 1) if made_by else None,
           "options": made_by["options"] if made_by else None,
           "nyul_landmarks": learn_landmarks(train_exams),
           "note": None if made_by else (
@@ -147,5 +148,10 @@ def read(path: str) -> dict:
   for key in ("model", "threshold", "preprocessing", "patch_size"):
     if key not in bundle:
       raise errors.InvalidInputError(f"{file}: a model bundle without {key!r}")
+  made = bundle["preprocessing"]
+  problem = made.get("by") == "msjax" and manifest_lib.preprocessing_format_problem(
+      made, f"{file} (the preprocessing of the model's training exams)")
+  if problem:
+    raise errors.InvalidInputError(problem + ", then train the model again")
   bundle["path"] = os.path.dirname(file)
   return bundle

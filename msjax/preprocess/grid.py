@@ -27,6 +27,26 @@ def to_numpy(img: sitk.Image) -> np.ndarray:
   return np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
 
 
+def ras_affine(img: sitk.Image) -> np.ndarray:
+  """The NIfTI (RAS) affine of an ITK image's grid: the inverse of `reference_image`."""
+  a = np.eye(4)
+  a[:3, :3] = RAS_TO_LPS @ np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
+  a[:3, 3] = RAS_TO_LPS @ np.array(img.GetOrigin())
+  return a
+
+
+def canonical(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+  """An ITK image as msjax computes on it: the array in RAS voxel order (the nearest axes of an
+  oblique grid) and that array's affine, as `nifti.read_nifti` gives for the same file."""
+  from nibabel import orientations as ornt_lib
+  affine = ras_affine(img)
+  to_ras = ornt_lib.ornt_transform(ornt_lib.io_orientation(affine),
+                                   ornt_lib.axcodes2ornt(("R", "A", "S")))
+  array = to_numpy(img)
+  out = np.ascontiguousarray(ornt_lib.apply_orientation(array, to_ras))
+  return out, affine @ ornt_lib.inv_ornt_aff(to_ras, array.shape)
+
+
 def from_numpy(array: np.ndarray, like: sitk.Image) -> sitk.Image:
   img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
   img.CopyInformation(like)

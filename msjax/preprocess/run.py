@@ -88,11 +88,11 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
     qc.exam_figure(raw["FLAIR"], brain, imgs["FLAIR"], written["images"], written["brain_mask"],
                    os.path.join(tmp, "qc.png"), exam.exam_id)
   times["total"] = time.time() - t0
-  record = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
+  record = {"format": manifest_lib.PREPROCESSING_FORMAT, "exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
             "split": exam.split, "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             "bids": exam.bids}
-  with open(os.path.join(tmp, "preprocess.json"), "w") as f:
+  with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:
     json.dump(record, f, indent=1)
   shutil.rmtree(final, ignore_errors=True)
   os.replace(tmp, final)  # the exam appears complete, or not at all
@@ -235,9 +235,9 @@ def standardise(records: list[dict], standard: dict | None = None,
       if m not in standard:
         raise steps.PreprocessingError(f"no Nyúl landmarks for {m} (landmarks for "
                                        f"{sorted(standard)})")
-      v = nifti.read_nifti(p)
-      nifti.write_nifti(nyul.apply_nyul(v.data, brain_vol.data, standard[m]["standard"]),
-                        nib_affine(p), p)
+      v = nifti.read_nifti(p)  # canonical RAS order: written back in the file's own order
+      nifti.write_in_source_space(
+          nyul.apply_nyul(v.data, brain_vol.data, standard[m]["standard"]), v.grid, p)
   return standard
 
 
@@ -258,11 +258,6 @@ def preprocess_one(exam: manifest_lib.Exam, out_root: str, options: Options,
   if standard:
     standardise([record], {m: v for m, v in standard.items() if m in record["images"]})
   return exam_of(record)
-
-
-def nib_affine(path):
-  import nibabel as nib
-  return nib.load(path).affine
 
 
 def run(config, workdir: str):
@@ -307,8 +302,9 @@ def run(config, workdir: str):
   if records:
     manifest_lib.save_cohort(cohort)
     # how these exams were made, for the model bundles trained on them (msjax/infer/bundle.py)
-    files.write_json({"options": dataclasses.asdict(options), "nyul_landmarks": standard},
-                     os.path.join(out_root, "preprocessing.json"))
+    files.write_json({"format": manifest_lib.PREPROCESSING_FORMAT,
+                      "options": dataclasses.asdict(options), "nyul_landmarks": standard},
+                     os.path.join(out_root, manifest_lib.PREPROCESSING_NAME))
   summary = {"exams": records, "failures": failures, "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, "preprocess_summary.json"))
   print(f"[preprocess] {len(records)}/{len(exams)} exam(s) in {summary['wall_s']} s -> "

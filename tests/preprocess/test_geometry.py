@@ -1,0 +1,246 @@
+"""Geometry that a mirror, a flip or an axis swap cannot pass.
+
+A synthetic head is drawn in MNI space with a bright marker in ONE hemisphere (left, anterior,
+superior), placed in a subject by a known rigid transform and sampled onto raw grids of several
+orientations. Each raw exam goes through the real preprocessing (MNI registration replaced by the
+known transform), a prediction stand-in that marks the marker, and the real outputs. At every stage
+the marker must be where the geometry says: on the model grid at its MNI position, in native space
+on the painted voxels, in the lesion table at the painted centroid (native and MNI), and in the
+overlay on the image's right (radiological view: the patient's left on the right).
+"""
+import csv
+import os
+
+import matplotlib.image
+import nibabel as nib
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
+                                               "pip install -e '.[preprocess]'")
+from msjax.data import manifest as manifest_lib  # noqa: E402
+from msjax.data import nifti  # noqa: E402
+from msjax.data.manifest import MODALITIES  # noqa: E402
+from msjax.infer import predict as predict_lib  # noqa: E402
+from msjax.infer import sliding_window  # noqa: E402
+from msjax.preprocess import grid as grid_lib  # noqa: E402
+from msjax.preprocess import run as run_lib  # noqa: E402
+from msjax.preprocess import steps  # noqa: E402
+
+MARKER_MNI = np.array([-35.0, 20.0, 30.0])  # RAS mm: LEFT hemisphere, anterior, superior
+MARKER_RADIUS = 10.0
+BRAIN_CENTRE, BRAIN_RADII = np.array([0.0, -18.0, 12.0]), np.array([62.0, 82.0, 58.0])
+# subject = R @ mni + t (RAS mm): the head is turned and shifted in the scanner
+_a, _b = np.deg2rad(12.0), np.deg2rad(-7.0)
+ROTATION = (np.array([[np.cos(_a), -np.sin(_a), 0], [np.sin(_a), np.cos(_a), 0], [0, 0, 1]])
+            @ np.array([[1, 0, 0], [0, np.cos(_b), -np.sin(_b)], [0, np.sin(_b), np.cos(_b)]]))
+SHIFT = np.array([6.0, -15.0, 22.0])
+
+
+def mni_to_subject_itk() -> sitk.Transform:
+  """The known registration, as ITK stores it: MNI points -> subject points, both in LPS."""
+  flip = np.diag([-1.0, -1.0, 1.0])
+  t = sitk.AffineTransform(3)
+  t.SetMatrix([float(v) for v in (flip @ ROTATION @ flip).ravel()])
+  t.SetTranslation([float(v) for v in flip @ SHIFT])
+  return t
+
+
+def _rotation(axis, degrees):
+  a = np.deg2rad(degrees)
+  c, s = np.cos(a), np.sin(a)
+  i, j = [k for k in range(3) if k != axis]
+  r = np.eye(3)
+  r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+  return r
+
+
+# voxel axes (columns: the world direction of +i, +j, +k in RAS) and voxel sizes (mm)
+ORIENTATIONS = {
+    "LPS": (np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 2.0)),
+    "RAS": (np.eye(3), (2.0, 2.0, 2.0)),
+    "LAS": (np.diag([-1.0, 1.0, 1.0]), (2.0, 2.0, 2.0)),
+    "PSR": (np.array([[0.0, 0, 1], [-1, 0, 0], [0, 1, 0]]), (2.0, 2.0, 2.0)),
+    "oblique": (_rotation(0, 25) @ _rotation(2, -15) @ np.diag([-1.0, -1.0, 1.0]),
+                (2.0, 2.2, 1.8)),
+    "thick_slices": (np.diag([-1.0, -1.0, 1.0]), (0.7, 0.7, 4.0)),
+}
+
+
+def raw_affine(orientation: str):
+  """The raw grid's affine and shape: voxel axes of the orientation, centred on the head, with a
+  field of view that holds it."""
+  axes, spacing = ORIENTATIONS[orientation]
+  m = axes * np.array(spacing)
+  extent = np.abs(axes).T @ np.array([180.0, 200.0, 170.0])  # the head's box along each voxel axis
+  shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent, spacing))
+  affine = np.eye(4)
+  affine[:3, :3] = m
+  affine[:3, 3] = ROTATION @ BRAIN_CENTRE + SHIFT - m @ ((np.array(shape) - 1) / 2)
+  return affine, shape
+
+
+def _world(affine, shape):
+  idx = np.indices(shape, dtype=np.float64).reshape(3, -1)
+  return (affine[:3, :3] @ idx + affine[:3, 3:]).T.reshape(shape + (3,))
+
+
+def draw_exam(folder, orientation: str, *, labelled: bool = False, t1_orientation: str = ""):
+  """A raw exam of one orientation: FLAIR (and T1W on its own grid, with an identity co-registration
+  file) with the marker painted; the marker's voxels and the FLAIR's affine."""
+  os.makedirs(folder, exist_ok=True)
+  out = {}
+  for modality, orient in (("FLAIR", orientation), ("T1W", t1_orientation)):
+    if not orient:
+      continue
+    affine, shape = raw_affine(orient)
+    subject = _world(affine, shape)
+    mni = (subject - SHIFT) @ ROTATION  # inverse of subject = R @ mni + t (R orthonormal)
+    brain = (((mni - BRAIN_CENTRE) / BRAIN_RADII) ** 2).sum(-1) < 1
+    marker = ((mni - MARKER_MNI) ** 2).sum(-1) < MARKER_RADIUS ** 2
+    texture = np.sin(mni[..., 0] / 6) * np.sin(mni[..., 1] / 7) * np.sin(mni[..., 2] / 5)
+    tissue = 100 + 15 * texture if modality == "FLAIR" else 300 - 40 * texture
+    image = np.where(marker, 400.0 if modality == "FLAIR" else 150.0, tissue)
+    image = np.where(brain, image, 0.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), os.path.join(folder, f"{modality}.nii.gz"))
+    if modality == "FLAIR":
+      out.update(marker=marker, affine=affine, shape=shape)
+      if labelled:
+        nib.save(nib.Nifti1Image(marker.astype(np.uint8), affine),
+                 os.path.join(folder, "consensus_gt.nii.gz"))
+  if t1_orientation:
+    sitk.WriteTransform(sitk.Transform(3, sitk.sitkIdentity),
+                        os.path.join(folder, "T1W_intrastudy_to_FLAIR.txt"))
+  return out
+
+
+def raw_exam(folder, labelled=False, t1=False):
+  images = {"FLAIR": os.path.join(folder, "FLAIR.nii.gz")}
+  if t1:
+    images["T1W"] = os.path.join(folder, "T1W.nii.gz")
+  consensus = os.path.join(folder, "consensus_gt.nii.gz") if labelled else None
+  return manifest_lib.Exam(exam_id="exam", patient_id="exam", ms=True, images=images,
+                           consensus=consensus)
+
+
+@pytest.fixture
+def known_registration(monkeypatch):
+  monkeypatch.setattr(steps, "register_to_mni", lambda brain_t1: mni_to_subject_itk())
+
+
+def preprocess(exam, out_root, qc=False):
+  options = run_lib.Options(n4=False, skull_strip="none", qc=qc)
+  record = run_lib.preprocess_exam(exam, str(out_root), options)
+  run_lib.standardise([record])
+  return record
+
+
+class MarkerPredictor:
+  """Stands in for the network: lesion = FLAIR brighter than halfway between tissue and marker."""
+  model_shape, patch, mirror = (128, 128, 128), 32, False
+
+  def predict_exam(self, arrays, sampler="sliding", overlap=0.5, n_random=150, seed=0):
+    flair = arrays.images[..., MODALITIES.index("FLAIR")]
+    inside = flair[arrays.brain > 0]
+    level = 0.5 * (np.median(inside) + inside.max())
+    probability = ((flair > level) & (arrays.brain > 0)).astype(np.float32)
+    return sliding_window.Prediction(probability=probability,
+                                     spread=np.zeros_like(probability),
+                                     coverage=np.ones_like(probability)), 1
+
+
+def world_centroid(mask, affine):
+  return nib.affines.apply_affine(affine, np.argwhere(mask).mean(0))
+
+
+def dice(a, b):
+  return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def overlay_marker_side(png: str) -> float:
+  """Where the red outline sits across its panel: 0 = the image's left edge, 1 = its right."""
+  rgb = matplotlib.image.imread(png)[..., :3]
+  red = (rgb[..., 0] > 0.7) & (rgb[..., 1] < 0.35) & (rgb[..., 2] < 0.35)
+  assert red.any(), f"{png}: no red outline"
+  rows, cols = np.nonzero(red)
+  col = float(np.median(cols))
+  band = rgb[rows.min():rows.max() + 1]
+  painted = (band < 0.9).any(-1).any(0)  # the panel's columns (the outline closes white inside it)
+  runs = np.flatnonzero(np.diff(np.r_[0, painted.astype(np.int8), 0]))
+  for start, stop in zip(runs[::2], runs[1::2]):
+    if start <= col < stop:
+      return (col - start) / (stop - start)
+  raise AssertionError(f"{png}: the red outline is not inside a panel")
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_marker_stays_in_the_left_hemisphere(orientation, known_registration, tmp_path):
+  raw = draw_exam(tmp_path / "raw", orientation)
+  record = preprocess(raw_exam(str(tmp_path / "raw")), tmp_path / "cohort")
+
+  # on the model grid, the marker is where the stored transform puts it: the MNI position
+  written = nib.load(record["images"]["FLAIR"])
+  data = np.asarray(written.dataobj)
+  level = 0.5 * (np.median(data[data > 0]) + data.max())
+  on_grid = world_centroid(data > level, written.affine)
+  np.testing.assert_allclose(on_grid, MARKER_MNI, atol=1.8)
+  stored = sitk.ReadTransform(record["transform"])
+  native_point = np.array(stored.TransformPoint(tuple(on_grid * [-1, -1, 1]))) * [-1, -1, 1]
+  np.testing.assert_allclose(native_point, world_centroid(raw["marker"], raw["affine"]), atol=2.0)
+  brain = nib.load(record["brain_mask"])
+  np.testing.assert_allclose(brain.affine, written.affine)
+  assert np.asarray(brain.dataobj)[data > level].all()  # the brain mask is not mirrored either
+
+  # the network's view, then back to the raw FLAIR's grid: on the painted voxels
+  exam = run_lib.exam_of(record)
+  row = predict_lib.predict_exam(MarkerPredictor(), exam, str(tmp_path / "out"))
+  mask_img = nib.load(row["mask"])
+  np.testing.assert_allclose(mask_img.affine, raw["affine"], atol=1e-4)
+  mask = np.asarray(mask_img.dataobj) > 0
+  assert dice(mask, raw["marker"]) >= 0.8, dice(mask, raw["marker"])
+
+  # the lesion table: native centroid within one voxel, MNI centroid at the marker's MNI position
+  (lesion,) = list(csv.DictReader(open(row["table"])))
+  native = np.array([float(lesion[f"centroid_{a}_mm"]) for a in "xyz"])
+  voxel = max(ORIENTATIONS[orientation][1])
+  assert np.abs(native - world_centroid(raw["marker"], raw["affine"])).max() <= voxel
+  mni_point = np.array([float(lesion[f"mni_{a}_mm"]) for a in "xyz"])
+  np.testing.assert_allclose(mni_point, MARKER_MNI, atol=max(voxel, 1.8))
+
+  # the overlay: radiological view, so the patient's left hemisphere is on the image's right
+  assert overlay_marker_side(row["overlay"]) > 0.6
+
+
+def test_reference_mask_and_second_sequence_follow_the_image(known_registration, tmp_path):
+  """A labelled raw exam (LPS FLAIR with its consensus mask, PSR T1W on its own grid): on the model
+  grid the mask, the T1 marker and the FLAIR marker are one blob in the left hemisphere."""
+  draw_exam(tmp_path / "raw", "LPS", labelled=True, t1_orientation="PSR")
+  record = preprocess(raw_exam(str(tmp_path / "raw"), labelled=True, t1=True), tmp_path / "c",
+                      qc=True)
+  flair = nifti.read_nifti(record["images"]["FLAIR"])
+  t1 = nifti.read_nifti(record["images"]["T1W"])
+  consensus = nifti.read_nifti(record["consensus"], kind="mask")
+  assert flair.grid.same_as(t1.grid) and flair.grid.same_as(consensus.grid)
+  brain = flair.data > 0
+  bright = flair.data > 0.5 * (np.median(flair.data[brain]) + flair.data.max())
+  # the T1 marker is darker than any tissue (tissue 300 ± 40, marker 150)
+  dark = brain & (t1.data < 0.5 * (np.percentile(t1.data[brain], 1) + t1.data[brain].min()))
+  assert dice(bright, consensus.data > 0) > 0.85
+  assert dice(dark, consensus.data > 0) > 0.7
+  np.testing.assert_allclose(world_centroid(consensus.data > 0, consensus.grid.affine),
+                             MARKER_MNI, atol=1.8)
+  assert os.path.getsize(os.path.join(os.path.dirname(record["brain_mask"]), "qc.png")) > 5000
+
+
+def test_canonical_view_of_an_itk_image():
+  """grid_lib.canonical: any ITK image as a RAS-ordered array with its RAS affine."""
+  affine, shape = raw_affine("PSR")
+  img = sitk.GetImageFromArray(np.zeros(shape[::-1], np.float32))
+  img.CopyInformation(grid_lib.reference_image(shape, affine))
+  arr = np.zeros(shape, np.float32)
+  arr[3, 5, 7] = 1
+  img = grid_lib.from_numpy(arr, img)
+  canon, canon_affine = grid_lib.canonical(img)
+  assert nib.aff2axcodes(canon_affine) == ("R", "A", "S")
+  np.testing.assert_allclose(world_centroid(canon > 0, canon_affine),
+                             nib.affines.apply_affine(affine, [3, 5, 7]), atol=1e-6)
