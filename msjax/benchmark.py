@@ -80,10 +80,12 @@ def _reference_flops(build, model_cfg) -> float | None:
   return _lowered_flops(build(ref))
 
 
-def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
+def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int, n_frozen: int = 0):
+  """The jitted training step of `task` with the first n_frozen convs frozen (the fine-tuning
+  strategy nCF; 0 = VAN/0CF), its state and one random batch."""
   model = model_lib.Model(isensee.constructor(task, model_cfg))
   params = model.init_params()
-  labels, _ = optim.freeze_labels(params, 0, log=False)
+  labels, _ = optim.freeze_labels(params, n_frozen, log=False)
   tx = optim.make_optimizer(train_cfg, labels)
   state = steps.init_state(params, tx)
   rng = np.random.default_rng(0)
@@ -96,16 +98,17 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int):
 
 
 def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
-                   repeats: int, peak: float, profile_dir: str | None = None) -> dict:
+                   repeats: int, peak: float, profile_dir: str | None = None,
+                   n_frozen: int = 0) -> dict:
   key = jax.random.PRNGKey(0)
-  step, state, data = _step_and_data(task, model_cfg, train_cfg, batch, patch)
+  step, state, data = _step_and_data(task, model_cfg, train_cfg, batch, patch, n_frozen)
   t = time.perf_counter()
   compiled = step.lower(state, data, key).compile()
   compile_s = time.perf_counter() - t
   info = _compiled_info(compiled)
 
   def build(cfg):
-    s_, st_, d_ = _step_and_data(task, cfg, train_cfg, batch, patch)
+    s_, st_, d_ = _step_and_data(task, cfg, train_cfg, batch, patch, n_frozen)
     return s_.lower(st_, d_, key)
   info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
 
@@ -194,6 +197,62 @@ def best(settings: dict, name: str) -> tuple[str, dict] | None:
   return max(have, key=key)
 
 
+def train_seg_key(strategy: str) -> str:
+  """The result name of the fine-tuning step of a strategy: 'train_seg' (VAN; 0CF does the same
+  work), 'train_seg_3CF', ..."""
+  return "train_seg" if strategy in ("VAN", "0CF") else f"train_seg_{strategy}"
+
+
+def bench_setting(config, impl: str, dtype: str, peak: float, workdir: str, headline: bool,
+                  volume_shape) -> dict:
+  """Every function of one (formulation, dtype) setting: {result name: figures}."""
+  name = f"{impl}/{dtype}"
+  mc = config_base.model(base_width=config.base_width, conv_impl=impl, dtype=dtype)
+  tc = config_base.train()
+  b, p = config.batch_size, config.patch_size
+  functions = config_base.parse_list(config.functions)
+  r: dict[str, dict] = {}
+  if "train_seg" in functions:
+    for strategy in config_base.parse_list(config.strategies):
+      _, n_frozen = optim.parse_strategy(strategy)
+      key = train_seg_key(optim.strategy_name(strategy))
+      logging.info("[benchmark] %s: %s", name, key)
+      profile = config.profile and headline and key == "train_seg"
+      r[key] = bench_jax_step("segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
+                              os.path.join(workdir, f"trace_{dtype}") if profile else None,
+                              n_frozen=n_frozen)
+    prof = r.get("train_seg", {}).get("profile")
+    if prof:
+      r["train_seg"]["profile_png"] = profiler.profile_figure(
+          prof, f"train_seg ({name}, width {config.base_width}, {b}×{p}³): where a step's time "
+          "goes", os.path.join(workdir, f"profile_train_seg_{dtype}.png"))
+  if "train_pretrain" in functions:
+    logging.info("[benchmark] %s: train_pretrain", name)
+    r["train_pretrain"] = bench_jax_step("position", mc, tc, b, p, config.warmup, config.repeats,
+                                         peak)
+  if "infer" in functions:
+    logging.info("[benchmark] %s: infer", name)
+    r["infer"], volume = bench_jax_infer(mc, config.infer_batch, p, config.warmup,
+                                         config.repeats, peak,
+                                         volume_shape if headline else None, config.overlap)
+    if volume:
+      r["volume_infer"] = volume
+  return r
+
+
+def headline_ratios(results: dict, torch_settings: dict, impl: str) -> dict:
+  """Per function: msjax's fastest setting of the headline formulation over PyTorch's fastest."""
+  out = {}
+  for name in FUNCTIONS + ("volume_infer",):
+    ours = best({k: v for k, v in results.items() if k.startswith(impl + "/")}, name)
+    theirs = best(torch_settings, name)
+    if ours and theirs:
+      ratio = (theirs[1]["seconds"] / ours[1]["seconds"] if name == "volume_infer" else
+               ours[1]["patches_per_s"] / theirs[1]["patches_per_s"])
+      out[name] = {"msjax": ours[0], "pytorch": theirs[0], "ratio": ratio}
+  return out
+
+
 def run(config, workdir: str) -> dict:
   device = jax.devices()[0]
   impls = config_base.parse_list(config.conv_impls)
@@ -207,48 +266,18 @@ def run(config, workdir: str) -> dict:
   logging.info("device %s (%s, %s); model.dtype=auto picks %s; float32 matmul peak %.1f GFLOP/s",
                info["device"], info["backend"], info["cpu"]["isa"], info["auto_dtype"],
                peak / 1e9)
-  b, p = config.batch_size, config.patch_size
   volume_shape = tuple(config.volume_shape) if config.volume else None
   # every dtype with the headline formulation; the other formulations in float32, beside it
   runs = [(impls[0], d) for d in dtypes] + [(i, "float32") for i in impls[1:]]
-  results: dict[str, dict] = {}
-  for impl, dtype in runs:
-    name = f"{impl}/{dtype}"
-    mc = config_base.model(base_width=config.base_width, conv_impl=impl, dtype=dtype)
-    tc = config_base.train()
-    headline = impl == impls[0]
-    r = results[name] = {}
-    logging.info("[benchmark] %s: train_seg", name)
-    r["train_seg"] = bench_jax_step(
-        "segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
-        os.path.join(workdir, f"trace_{dtype}") if config.profile and headline else None)
-    prof = r["train_seg"].get("profile")
-    if prof:
-      r["train_seg"]["profile_png"] = profiler.profile_figure(
-          prof, f"train_seg ({name}, width {config.base_width}, {b}×{p}³): where a step's time "
-          "goes", os.path.join(workdir, f"profile_train_seg_{dtype}.png"))
-    logging.info("[benchmark] %s: train_pretrain", name)
-    r["train_pretrain"] = bench_jax_step("position", mc, tc, b, p, config.warmup, config.repeats,
-                                         peak)
-    logging.info("[benchmark] %s: infer", name)
-    r["infer"], volume = bench_jax_infer(mc, config.infer_batch, p, config.warmup,
-                                         config.repeats, peak,
-                                         volume_shape if headline else None, config.overlap)
-    if volume:
-      r["volume_infer"] = volume
+  results = {f"{impl}/{dtype}": bench_setting(config, impl, dtype, peak, workdir,
+                                              impl == impls[0], volume_shape)
+             for impl, dtype in runs}
   torch_results = bench_torch(config, volume_shape) if config.torch else {}
   report = {"info": info, "matmul_peak_gflops": peak / 1e9,
             "config": json.loads(config.to_json_best_effort()), "results": results,
             "torch": torch_results or None}
   if torch_results:
-    report["headline"] = {}
-    for name in FUNCTIONS + ("volume_infer",):
-      ours = best({k: v for k, v in results.items() if k.startswith(impls[0] + "/")}, name)
-      theirs = best(torch_results["settings"], name)
-      if ours and theirs:
-        ratio = (theirs[1]["seconds"] / ours[1]["seconds"] if name == "volume_infer" else
-                 ours[1]["patches_per_s"] / theirs[1]["patches_per_s"])
-        report["headline"][name] = {"msjax": ours[0], "pytorch": theirs[0], "ratio": ratio}
+    report["headline"] = headline_ratios(results, torch_results["settings"], impls[0])
   table = format_table(report)
   files.write_json(report, os.path.join(workdir, "benchmark.json"))
   files.write_text(table + "\n", os.path.join(workdir, "benchmark.md"))
@@ -256,7 +285,7 @@ def run(config, workdir: str) -> dict:
   print(f"[benchmark] {os.path.join(workdir, 'benchmark.json')}, "
         f"{os.path.join(workdir, 'benchmark.md')}"
         + "".join(f", {r['train_seg']['profile_png']}" for r in results.values()
-                  if "profile_png" in r["train_seg"]))
+                  if "profile_png" in r.get("train_seg", {})))
   return report
 
 
@@ -271,20 +300,27 @@ def format_table(report) -> str:
            f"{cfg['batch_size']} (inference batch {cfg['infer_batch']}); float32 matmul peak "
            f"{report['matmul_peak_gflops']:.0f} GFLOP/s; model.dtype=auto picks "
            f"{info['auto_dtype']} here", "",
-           "| function | setting | compile s | ms/step median (min-max) | patches/s | GFLOP/patch "
-           "| % of f32 matmul peak | peak MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for name in FUNCTIONS:
+           "| function | setting | compile s | ms/step median (min-max) | steps/s | patches/s "
+           "| GFLOP/patch | % of f32 matmul peak | peak MB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  names = [n for r in res.values() for n in r if n != "volume_infer"]
+  for name in dict.fromkeys(names):  # in the order measured: train_seg (VAN), its nCF, ...
     for setting, r in res.items():
+      if name not in r:
+        continue
       x = r[name]
       lines.append(
           f"| {name} | msjax {setting} | {x['compile_s']:.1f} | {x['ms_per_step']:.0f} "
-          f"({x['ms_min']:.0f}-{x['ms_max']:.0f}) | {x['patches_per_s']:.2f} | "
-          f"{(x['gflop_per_patch'] or 0):.2f} | {100 * (x['fraction_of_matmul_peak'] or 0):.1f} | "
-          f"{(x['peak_memory_mb'] or 0):.0f} |")
+          f"({x['ms_min']:.0f}-{x['ms_max']:.0f}) | {1e3 / x['ms_per_step']:.3f} | "
+          f"{x['patches_per_s']:.2f} | {(x['gflop_per_patch'] or 0):.2f} | "
+          f"{100 * (x['fraction_of_matmul_peak'] or 0):.1f} | {(x['peak_memory_mb'] or 0):.0f} |")
     for setting, r in (tr.get("settings") or {}).items():
+      if name not in r:
+        continue
       x = r[name]
       lines.append(f"| {name} | PyTorch {setting} | - | {x['ms_per_step']:.0f} ({x['ms_min']:.0f}"
-                   f"-{x['ms_max']:.0f}) | {x['patches_per_s']:.2f} | - | - | - |")
+                   f"-{x['ms_max']:.0f}) | {1e3 / x['ms_per_step']:.3f} | "
+                   f"{x['patches_per_s']:.2f} | - | - | - |")
   vols = [(f"msjax {s}", r["volume_infer"]) for s, r in res.items() if "volume_infer" in r]
   vols += [(f"PyTorch {s}", r["volume_infer"]) for s, r in (tr.get("settings") or {}).items()
            if "volume_infer" in r]

@@ -24,7 +24,8 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
   assert saved["info"]["auto_dtype"] in ("float32", "bfloat16")
   assert set(saved["results"]) == {"onednn/float32", "onednn/bfloat16"}
   for setting, res in saved["results"].items():
-    for name in ("train_seg", "train_pretrain", "infer"):
+    assert set(res) == {"train_seg", "train_seg_3CF", "train_pretrain", "infer", "volume_infer"}
+    for name in ("train_seg", "train_seg_3CF", "train_pretrain", "infer"):
       r = res[name]
       assert r["patches_per_s"] > 0 and r["ms_per_step"] > 0 and r["compile_s"] > 0
       assert r["ms_min"] <= r["ms_per_step"] <= r["ms_max"]
@@ -42,6 +43,7 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
     assert (tmp_path / f"profile_train_seg_{dtype}.png").stat().st_size > 5000
   md = open(tmp_path / "benchmark.md").read()
   assert "| train_seg | msjax onednn/bfloat16 |" in md
+  assert "| train_seg_3CF | msjax onednn/float32 |" in md
   if report["torch"]:  # when the bench extra is installed
     assert set(report["torch"]["settings"]) == {"float32", "bf16"}
     assert set(report["headline"]) == {"train_seg", "train_pretrain", "infer", "volume_infer"}

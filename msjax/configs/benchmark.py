@@ -15,6 +15,10 @@ def get_config(variant: str = ""):
   c.patch_size = 32
   c.batch_size = 12          # train steps
   c.infer_batch = 12         # inference forward
+  c.functions = "train_seg,train_pretrain,infer"  # what to time (the PyTorch side times all)
+  # train_seg once per fine-tuning strategy, side by side: VAN (0CF does the same work) and nCF
+  # (the first n convs frozen)
+  c.strategies = "van,3,6"
   c.dtypes = "float32,bfloat16"  # every dtype runs with the first conv_impl
   c.conv_impls = "onednn,fold"  # the first is the headline; the others run in float32 beside it
   c.torch_settings = "float32,bf16,bf16_cl3d"  # bf16 = autocast; cl3d = channels_last_3d
@@ -30,6 +34,7 @@ def get_config(variant: str = ""):
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training
     c.base_width, c.patch_size, c.batch_size, c.infer_batch = 4, 32, 2, 2
     c.conv_impls, c.warmup, c.repeats, c.matmul_size = "onednn", 0, 2, 256
+    c.strategies = "van,3"
     c.torch_settings = "float32,bf16"
     c.volume_shape = (48, 48, 48)
   return config_base.finish(c, v)
