@@ -86,8 +86,8 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int, n_fr
   model = model_lib.Model(isensee.constructor(task, model_cfg))
   params = model.init_params()
   labels, _ = optim.freeze_labels(params, n_frozen, log=False)
-  tx = optim.make_optimizer(train_cfg, labels)
-  state = steps.init_state(params, tx)
+  tx = optim.make_optimizer(train_cfg)
+  state = steps.init_state(params, tx, labels)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.standard_normal((batch, patch, patch, patch, 5)), jnp.float32)}
   if task == "segmentation":

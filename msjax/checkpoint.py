@@ -15,6 +15,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from msjax import errors
+
 CHECKPOINTS, BEST = "checkpoints", "best"
 
 
@@ -38,10 +40,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_state: dict, 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict):
   """Restores (state, data-iterator state, meta) into the shapes/dtypes/shardings of
   `abstract_state` (from jax.eval_shape: nothing is allocated twice)."""
-  r = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state["params"]),
-      opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
-      data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  try:
+    r = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  except ValueError as e:
+    if "do not match" not in str(e):
+      raise
+    raise errors.InvalidInputError(
+        f"{mngr.directory}/{step}: this checkpoint's training state has another structure than "
+        "this run's (another network, freezing strategy, or an optimizer state written by an "
+        "msjax before the trainable-only optimizer state): resume it with the settings and msjax "
+        "that wrote it, or train in a new workdir (its parameters still serve predict, segment "
+        "and init_from)") from e
   state = {"params": r["params"], "opt_state": r["opt_state"],
            "step": jax.numpy.asarray(step, jax.numpy.int32)}
   return state, r["data"], r["meta"]

@@ -20,12 +20,12 @@ labels, _ = optim.freeze_labels(params, 1, log=False)
 # SGD with lr 1: the update IS the gradient, so this compares gradients. (Adam's first update is
 # ~lr·sign(g): leaves whose exact gradient is 0, e.g. conv biases feeding an instance norm, get
 # noise signs either way.)
-tx = optax.partition({optim.TRAINABLE: optax.sgd(1.0), optim.FROZEN: optax.set_to_zero()}, labels)
+tx = optax.sgd(1.0)
 rng = np.random.default_rng(0)
 batch = {"image": rng.standard_normal((16, 16, 16, 16, 5)).astype(np.float32),
          "mask": (rng.random((16, 16, 16, 16, 1)) > 0.9).astype(np.float32)}
 key = jax.random.PRNGKey(0)
-host_state = jax.device_get(steps.init_state(params, tx))
+host_state = jax.device_get(steps.init_state(params, tx, labels))
 
 single = jax.device_put(host_state, jax.devices()[0])
 single, m1 = steps.make_train_step(model, "segmentation", tx, labels)(

@@ -1,4 +1,6 @@
-"""Optimiser and freezing: strategy -> path rules -> label tree -> optax.partition.
+"""Optimiser and freezing: strategy -> path rules -> label tree -> the trainable and frozen parts
+of the parameters (`split_frozen` / `merge_frozen`). The training step differentiates and
+optimises only the trainable part; the frozen part enters the loss as constants.
 
 Strategy NCF freezes conv1..convN (kernels and biases) and every norm applied before conv(N+1) in
 forward order, i.e. encoder/norm2..norm(N+1) (SPEC). `freeze_norms=False` leaves norms trainable
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import optax
 from absl import logging
+from flax import traverse_util
 
 from msjax import rules as rules_lib
 from msjax.models.isensee import LEVELS
@@ -61,10 +64,27 @@ def learning_rate(train_config):
                                  decay_rate=train_config.lr_decay, staircase=True)
 
 
-def make_optimizer(train_config, labels):
-  """Adam with L2 weight decay on trainable leaves; `set_to_zero` on frozen leaves (which then
-  carry no Adam state at all)."""
-  adam = optax.chain(optax.add_decayed_weights(train_config.weight_decay),
+def split_frozen(params: dict, labels: dict) -> tuple[dict, dict]:
+  """(trainable, frozen): two nested dicts holding the leaves of params labelled TRAINABLE and
+  FROZEN (same paths, each leaf in exactly one of them)."""
+  flat, flat_labels = traverse_util.flatten_dict(params), traverse_util.flatten_dict(labels)
+  parts = {TRAINABLE: {}, FROZEN: {}}
+  for path, leaf in flat.items():
+    parts[flat_labels[path]][path] = leaf
+  return (traverse_util.unflatten_dict(parts[TRAINABLE]),
+          traverse_util.unflatten_dict(parts[FROZEN]))
+
+
+def merge_frozen(trainable: dict, frozen: dict) -> dict:
+  """The inverse of split_frozen: one params dict with the leaves of both."""
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(trainable),
+                                       **traverse_util.flatten_dict(frozen)})
+
+
+def make_optimizer(train_config):
+  """Adam with L2 weight decay (Isensee 2017), over the trainable leaves only: the training step
+  hands it the trainable part of the parameters (split_frozen), so frozen leaves carry no
+  optimizer state and get no gradient at all."""
+  return optax.chain(optax.add_decayed_weights(train_config.weight_decay),
                      optax.scale_by_adam(),
                      optax.scale_by_learning_rate(learning_rate(train_config)))
-  return optax.partition({TRAINABLE: adam, FROZEN: optax.set_to_zero()}, labels)

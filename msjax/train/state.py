@@ -22,7 +22,8 @@ class TrainSetup:
   n_params: int
   transfer: bool          # does the strategy start from a pretrained encoder
   frozen: list[str]       # frozen parameter paths
-  tx: object              # the optax transformation (partitioned for freezing)
+  labels: dict            # "trainable" / "frozen" per leaf (msjax/train/optim.py)
+  tx: object              # the optax transformation of the trainable leaves
   train_step: object      # jitted, donating
   predict: object         # jitted
   abstract: dict          # shapes, dtypes and shardings of the state
@@ -36,11 +37,11 @@ def create_train_state(config, task: str, mesh) -> TrainSetup:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   transfer_on, n_frozen = (False, 0) if task == "position" else optim.parse_strategy(tc.freeze)
   labels, frozen = optim.freeze_labels(params, n_frozen, tc.freeze_norms)
-  tx = optim.make_optimizer(tc, labels)
+  tx = optim.make_optimizer(tc)
   abstract = parallel.abstract_replicated(
-      jax.eval_shape(lambda p: steps.init_state(p, tx), params), mesh)
+      jax.eval_shape(lambda p: steps.init_state(p, tx, labels), params), mesh)
   return TrainSetup(model=model, params=params, n_params=n_params, transfer=transfer_on,
-                    frozen=frozen, tx=tx,
+                    frozen=frozen, labels=labels, tx=tx,
                     train_step=steps.make_train_step(model, task, tx, labels, tc.loss),
                     predict=model_lib.make_predict(model, task), abstract=abstract)
 
@@ -65,5 +66,5 @@ def restore_or_init(setup: TrainSetup, config, mngr, data_iter, mesh):
                        "(or --config.train.freeze=van)")
     params, report = transfer.transfer_from_checkpoint(params, tc.init_from)
   # built on the host, then one identical copy per device
-  state = parallel.replicate(jax.device_get(steps.init_state(params, setup.tx)), mesh)
+  state = parallel.replicate(jax.device_get(steps.init_state(params, setup.tx, setup.labels)), mesh)
   return state, 0, report
