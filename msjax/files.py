@@ -11,6 +11,8 @@ import json
 import os
 import tempfile
 
+from msjax.errors import InvalidInputError
+
 
 def _suffix(path: str) -> str:
   """The extension a writer may look at (nibabel: .nii.gz, matplotlib: .png)."""
@@ -21,15 +23,54 @@ def _suffix(path: str) -> str:
   return os.path.splitext(name)[1]
 
 
+def _read_umask() -> int:
+  mask = os.umask(0)  # the only way to read it: set and put back, once, at import
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _read_umask()
+
+
+def writable_folder(folder: str, what: str = "output folder") -> str:
+  """Creates `folder` if needed and proves it writable (a file created and removed), or refuses
+  it in one line that names it: before any work, not after an hour of it."""
+  folder = os.path.abspath(os.path.expanduser(folder))
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".msjax-write-test-", dir=folder)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise InvalidInputError(f"{folder}: the {what} cannot be written ({e.strerror or e}); give a "
+                            "folder you can write to") from e
+  return folder
+
+
+def make_dirs(folder: str) -> str:
+  """os.makedirs that refuses an unwritable place with one clear line instead of a traceback."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise InvalidInputError(f"{folder}: cannot create this folder ({e.strerror or e})") from e
+  return folder
+
+
 @contextlib.contextmanager
 def atomic(path: str):
-  """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is gone."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_suffix(path), dir=folder)
+  """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is gone.
+  The file gets the permissions any new file of the user gets (0666 less the umask), not the
+  temporary file's 0600, so that colleagues sharing a lab folder can read the results."""
+  folder = make_dirs(os.path.dirname(os.path.abspath(path)))
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_suffix(path), dir=folder)
+  except OSError as e:
+    raise InvalidInputError(f"{folder}: cannot write {os.path.basename(path)} here "
+                            f"({e.strerror or e})") from e
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -63,7 +63,8 @@ def run_mode(config, workdir: str):
     from msjax import parallel
     parallel.initialize(config.distributed)
   module = importlib.import_module(MODES[config.mode])
-  os.makedirs(workdir, exist_ok=True)
+  from msjax import files
+  files.writable_folder(workdir, "workdir")  # refused now, not after the work
   return module.run(config, workdir)
 
 

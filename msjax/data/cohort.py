@@ -12,6 +12,11 @@ from msjax.errors import InvalidInputError
 def load_cohort(path: str) -> Cohort:
   """Loads a cohort from its manifest file or folder (a folder without a manifest is scanned)."""
   path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isfile(path) and not path.lower().endswith(".json"):
+    kind = "a NIfTI image" if path.lower().endswith((".nii", ".nii.gz")) else "a file"
+    raise InvalidInputError(
+        f"{path}: {kind}, where a folder is expected: give the folder that holds the exam "
+        f"({os.path.dirname(path)}), a folder of exams, a BIDS dataset or a cohort.json")
   if os.path.isdir(path):
     manifest = os.path.join(path, MANIFEST_NAME)
     if not os.path.exists(manifest):

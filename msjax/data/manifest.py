@@ -192,8 +192,8 @@ def read_manifest(manifest: str) -> Cohort:
   try:
     with open(manifest) as f:
       d = json.load(f, object_pairs_hook=_no_duplicate_keys(manifest))
-  except json.JSONDecodeError as e:
-    raise InvalidInputError(f"{manifest}: not valid JSON ({e})") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InvalidInputError(f"{manifest}: not a cohort manifest (not valid JSON: {e})") from e
   root = os.path.dirname(manifest)
   exams = tuple(_exam_from_json(e, root, manifest) for e in d.get("exams", []))
   ids = collections.Counter(e.exam_id for e in exams)
@@ -205,6 +205,23 @@ def read_manifest(manifest: str) -> Cohort:
   for exam in exams:
     _check_preprocessing_format(exam)
   return Cohort(root=root, exams=exams)
+
+
+def check_output_names(exams) -> None:
+  """Exams whose outputs would land on the same files (ids that differ only in punctuation, such
+  as pat-01 and pat_01, both sub-pat01) are refused with both names, before anything is written:
+  one would silently overwrite the other."""
+  by_prefix: dict[str, list[Exam]] = collections.defaultdict(list)
+  for exam in exams:
+    by_prefix[exam.bids_prefix].append(exam)
+  clashes = {p: es for p, es in by_prefix.items() if len(es) > 1}
+  if clashes:
+    lines = [f"{p}: " + " and ".join(
+        f"{e.exam_id} ({os.path.dirname(next(iter(e.images.values())))})" for e in es)
+        for p, es in sorted(clashes.items())]
+    raise InvalidInputError("exams would write the same output files (their names differ only "
+                            "in characters BIDS labels cannot hold); rename one of each:\n  "
+                            + "\n  ".join(lines))
 
 
 def _check_preprocessing_format(exam: Exam) -> None:

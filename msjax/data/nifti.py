@@ -76,6 +76,41 @@ def _check_header(img, path: str) -> None:
     raise InvalidInputError(f"{path}: affine is singular (determinant 0):\n{affine}")
 
 
+def _stored_bytes(path: str) -> int | None:
+  """How many bytes the file holds once decompressed: its size, or for gzip the ISIZE field of
+  its trailer (the uncompressed size modulo 2**32; None when several gzip members make it
+  unknowable without reading everything)."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    if f.read(2) != b"\x1f\x8b":
+      return size
+    f.seek(max(size - 4, 0))
+    return int.from_bytes(f.read(4), "little")
+
+
+# No brain MRI volume comes near this (1024³ float32): a header claiming more is refused before
+# anything is allocated, whatever the file holds.
+MAX_VOLUME_BYTES = 4 * 1024 ** 3
+
+
+def _check_size(img, path: str) -> None:
+  """The voxels the header claims must fit in the file, checked before they are read, so that a
+  damaged header claiming gigabytes over a small file is refused, not allocated."""
+  header = img.header
+  claimed = int(np.prod(img.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+  if claimed > MAX_VOLUME_BYTES:
+    raise InvalidInputError(f"{path}: the header claims {claimed / 1024 ** 3:.1f} GiB of voxels "
+                            f"({'x'.join(map(str, img.shape))} {header.get_data_dtype()}): not a "
+                            "brain MRI volume (a damaged header?)")
+  offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
+  stored = _stored_bytes(path)
+  if stored is not None and claimed < 2 ** 32 and stored < offset + claimed:
+    raise InvalidInputError(f"{path}: the header claims {claimed:,} bytes of voxels "
+                            f"({'x'.join(map(str, img.shape))} {header.get_data_dtype()}) but the "
+                            f"file holds {max(stored - offset, 0):,}: truncated, or a damaged "
+                            "header")
+
+
 def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
   if data.ndim > 3:
     extra = data.shape[3:]
@@ -116,6 +151,7 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   except Exception as e:  # nibabel raises several types for corrupt headers
     raise InvalidInputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
   _check_header(img, path)
+  _check_size(img, path)
   try:
     raw = np.asanyarray(img.dataobj)
   except Exception as e:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError

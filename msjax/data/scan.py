@@ -62,11 +62,26 @@ def _walk(folder: str):
 
 
 def _is_nifti(name: str) -> bool:
-  return (name.endswith(".nii") or name.endswith(".nii.gz")) and not name.startswith(".")
+  """`.nii` or `.nii.gz` in any case (some exports write FLAIR.NII.GZ); not hidden files."""
+  return bool(_NIFTI_EXT.search(name)) and not name.startswith(".")
+
+
+_NIFTI_EXT = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
 def _stem(name: str) -> str:
-  return re.sub(r"\.nii(\.gz)?$", "", name)
+  return _NIFTI_EXT.sub("", name)
+
+
+# A file-name prefix that names a visit rather than a patient (`study2_FLAIR.nii.gz` in a patient's
+# folder): such exams are sessions of the folder's patient.
+_VISIT = re.compile(r"^(study|ses|session|visit|tp|timepoint|scan|exam|baseline|follow[-_]?up|"
+                    r"m|month|y|year)[-_]?\w*$", re.IGNORECASE)
+
+
+def bids_label(text: str) -> str:
+  """A BIDS label (letters and digits only) from any name; `exam` if nothing is left."""
+  return "".join(ch for ch in text if ch.isalnum()) or "exam"
 
 
 def is_bids(folder: str) -> bool:
@@ -122,10 +137,19 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
   exams = []
   for (rel_dir, prefix), roles in sorted(groups.items()):
     parts = [] if rel_dir == "." else rel_dir.split(os.sep)
-    # files at the top without a prefix: the folder holds one exam, named after the folder
+    # files at the top: one patient's folder (no prefix, or visit prefixes such as study1_), named
+    # after the folder; otherwise the prefix names the patient (`sub-3_flair.nii.gz`)
     top = os.path.basename(folder.rstrip(os.sep))
-    patient = parts[0] if parts else (prefix.split("_")[0] if prefix else top)
+    visit = bool(prefix) and bool(_VISIT.match(prefix))
+    patient = parts[0] if parts else (top if not prefix or visit else prefix.split("_")[0])
     exam_id = "_".join(parts + ([prefix] if prefix else [])) or patient
+    if not parts and visit:
+      exam_id = f"{top}_{prefix}"
+    # outputs go to sub-<patient>[/ses-<visit>]: the visits of one patient are sessions of one
+    # subject, as in BIDS, not one subject each
+    session = (parts[1:] + ([prefix] if prefix else [])) if parts else ([prefix] if visit else [])
+    subject = bids_label(re.sub(r"^sub-", "", patient))
+    entities = {"sub": subject, **({"ses": bids_label("".join(session))} if session else {})}
     for role, paths in roles.items():
       if len(paths) > 1:
         raise InvalidInputError(f"{folder}: exam {exam_id} has several files for {role}: {paths}")
@@ -139,7 +163,8 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
     exams.append(Exam(exam_id=exam_id, patient_id=patient,
                       ms=bool(raters or consensus) or ms_default, images=images, raters=raters,
                       consensus=consensus,
-                      brain_mask=roles["brain_mask"][0] if "brain_mask" in roles else None))
+                      brain_mask=roles["brain_mask"][0] if "brain_mask" in roles else None,
+                      bids=entities))
   if not exams:
     raise InvalidInputError(f"{folder}: no NIfTI exam found (expected files named like "
                             "FLAIR.nii.gz, T1W.nii.gz, consensus_gt.nii.gz, or a BIDS dataset)")
@@ -180,7 +205,7 @@ def _pick(candidates: list[tuple[dict, str]], what: str, unused: list) -> str:
 def _lesion_value(path: str) -> int | None:
   """The value of the lesion label in a `_dseg` image, from its `.tsv` (index, name); None when
   no row names a lesion."""
-  tsv = re.sub(r"\.nii(\.gz)?$", ".tsv", path)
+  tsv = _NIFTI_EXT.sub(".tsv", path)
   if not os.path.exists(tsv):
     return None
   with open(tsv) as f:

@@ -154,4 +154,16 @@ def read(path: str) -> dict:
   if problem:
     raise errors.InvalidInputError(problem + ", then train the model again")
   bundle["path"] = os.path.dirname(file)
+  _check_weights(bundle["path"], file)
   return bundle
+
+
+def _check_weights(folder: str, file: str) -> None:
+  """A bundle is only as good as its weights: refused up front when they are missing, not after
+  the first exam has been preprocessed."""
+  from msjax import checkpoint
+  try:
+    checkpoint.find_checkpoint_dir(folder)
+  except FileNotFoundError as e:
+    raise errors.InvalidInputError(f"{file}: the model bundle has no weights ({e}); copy its "
+                                   "checkpoints/ folder with it, or train it again") from e

@@ -64,4 +64,5 @@ def test_model_bundle_trained_on_an_older_preprocessing_is_refused(tmp_path):
   assert "bundle.json" in msg and "train the model again" in msg
   bundle["preprocessing"]["format"] = 2
   (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
   assert bundle_lib.read(str(tmp_path))["preprocessing"]["format"] == 2

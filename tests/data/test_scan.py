@@ -30,6 +30,10 @@ def test_build_cohort_by_file_names(tmp_path):
   s3 = exams["sub-3"]
   assert list(s3.images) == ["FLAIR", "PDW"] and s3.ms
   assert [os.path.basename(r) for r in s3.raters] == ["sub-3_rater1.nii.gz", "sub-3_rater2.nii.gz"]
+  # outputs: the visits of one patient are sessions of one subject, as in BIDS
+  assert s1.bids_prefix == "sub-patient01_ses-study1"
+  assert exams["patient01_study2"].bids == {"sub": "patient01", "ses": "study2"}
+  assert p7.bids_prefix == "sub-patient07" and s3.bids_prefix == "sub-3"
   # manifest round trip, saved elsewhere: relative paths must still resolve
   out = manifest_lib.save_cohort(c, str(tmp_path / "elsewhere" / "cohort.json")) \
       if os.makedirs(tmp_path / "elsewhere") is None else None
@@ -86,3 +90,18 @@ def test_duplicate_modality_file_in_folder(tmp_path):
   save(d / "flair_2.nii.gz", brainlike())
   save(d / "FLAIR_x.nii.gz", brainlike())
   expect("several files for FLAIR", scan.build_cohort, str(tmp_path))
+
+
+def test_one_patients_folder_of_visits_and_upper_case_extensions(tmp_path):
+  """The folder of one patient with study prefixes (as lesjak_longitudinal_raw/patient01): one exam
+  per visit, named after the folder, written as sessions; FLAIR.NII.GZ as some exports write it."""
+  for study in ("study1", "study2"):
+    touch_nifti(str(tmp_path / "patient01" / f"{study}_FLAIR.NII.GZ"))
+    touch_nifti(str(tmp_path / "patient01" / f"{study}_T1W.nii.gz"))
+  c = scan.build_cohort(str(tmp_path / "patient01"))
+  assert [e.exam_id for e in c.exams] == ["patient01_study1", "patient01_study2"]
+  assert [e.bids_prefix for e in c.exams] == ["sub-patient01_ses-study1", "sub-patient01_ses-study2"]
+  assert all(e.patient_id == "patient01" for e in c.exams)
+  assert sorted(c.exams[0].images) == ["FLAIR", "T1W"]
+  assert c.exams[0].images["FLAIR"].endswith("study1_FLAIR.NII.GZ")
+  assert nifti.read_nifti(c.exams[0].images["FLAIR"]).data.shape == (10, 10, 10)
