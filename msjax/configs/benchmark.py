@@ -17,7 +17,7 @@ def get_config(variant: str = ""):
   c.infer_batch = 12         # inference forward
   c.functions = "train_seg,train_pretrain,infer"  # what to time (the PyTorch side times all)
   # train_seg once per fine-tuning strategy, side by side: VAN (0CF does the same work) and nCF
-  # (the first n convs frozen)
+  # (the first n convs frozen: no weight gradient for them, no input gradient below conv n+1)
   c.strategies = "van,3,6"
   c.dtypes = "float32,bfloat16"  # every dtype runs with the first conv_impl
   c.conv_impls = "onednn,fold"  # the first is the headline; the others run in float32 beside it

@@ -3,7 +3,8 @@
 XLA's CPU backend runs 3D convolutions through a generic loop nest; oneDNN (what PyTorch uses on
 CPU) has JIT-generated kernels for them, in float32 and, on CPUs with bf16 instructions
 (avx512_bf16, AMX), in bfloat16 with float32 accumulation. `onednn_conv.cc` wraps oneDNN's
-forward, backward-data and backward-weights convolutions as XLA FFI handlers; this module compiles
+forward, backward-data and backward-weights convolutions as three XLA FFI handlers (two backward
+calls, so that XLA drops the gradient nobody reads); this module compiles
 it once per (source, jax, oneDNN) into `~/.cache/msjax/ext/` (or `$MSJAX_EXT_CACHE`) with the
 system C++ compiler, registers the handlers, and exposes `conv3d(x, w, stride)` with a custom VJP
 (CPU only: msjax.ops.conv decides when to use it).
@@ -98,7 +99,7 @@ def available() -> tuple[bool, str]:
                            "onednn-devel-cpu-gomp==2023.2.0, or set MSJAX_ONEDNN_ROOT)")
       path = _build(*found)
       lib = ctypes.cdll.LoadLibrary(path)
-      for name in ("MsjaxConv3dForward", "MsjaxConv3dBackward"):
+      for name in ("MsjaxConv3dForward", "MsjaxConv3dBackwardData", "MsjaxConv3dBackwardWeights"):
         jax.ffi.register_ffi_target(f"msjax_{name}", jax.ffi.pycapsule(getattr(lib, name)),
                                     platform="cpu")
       lib.MsjaxConvImpl.restype = ctypes.c_int
@@ -177,12 +178,18 @@ def _forward(x, w, b, stride):
   return call(x, w, b, stride=np.int64(stride))
 
 
-def _backward(x, w, dy, stride):
-  call = jax.ffi.ffi_call("msjax_MsjaxConv3dBackward",
-                          (jax.ShapeDtypeStruct(x.shape, x.dtype),
-                           jax.ShapeDtypeStruct(w.shape, jnp.float32),
+def _backward_data(x, w, dy, stride):
+  """The input gradient (x gives only its shape and type)."""
+  call = jax.ffi.ffi_call("msjax_MsjaxConv3dBackwardData", jax.ShapeDtypeStruct(x.shape, x.dtype))
+  return call(w, dy, stride=np.int64(stride))
+
+
+def _backward_weights(x, w, dy, stride):
+  """The kernel and bias gradients, float32 (w gives only its shape)."""
+  call = jax.ffi.ffi_call("msjax_MsjaxConv3dBackwardWeights",
+                          (jax.ShapeDtypeStruct(w.shape, jnp.float32),
                            jax.ShapeDtypeStruct(w.shape[-1:], jnp.float32)))
-  return call(x, w, dy, stride=np.int64(stride))
+  return call(x, dy, stride=np.int64(stride))
 
 
 def _make(stride: int):
@@ -194,8 +201,11 @@ def _make(stride: int):
     return conv(x, w, b), (x, w)
 
   def bwd(res, dy):
+    # two custom calls without side effects: XLA removes the one whose result nobody reads (the
+    # image's gradient at conv1, the kernel gradient of a frozen conv)
     x, w = res
-    return _backward(x, w, dy.astype(x.dtype), stride)
+    dy = dy.astype(x.dtype)
+    return (_backward_data(x, w, dy, stride),) + _backward_weights(x, w, dy, stride)
 
   conv.defvjp(fwd, bwd)
   return conv

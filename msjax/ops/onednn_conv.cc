@@ -1,4 +1,5 @@
-// 3D convolution forward / backward through oneDNN, as XLA FFI custom calls (CPU).
+// 3D convolution forward, backward-data and backward-weights through oneDNN, as three XLA FFI
+// custom calls (CPU).
 //
 // Layouts are msjax's: activations NDHWC, kernels DHWIO (k, k, k, C_in, C_out), bias (C_out).
 // Activations are float32 or bfloat16 (oneDNN accumulates bf16 in f32); kernel and bias are
@@ -96,15 +97,14 @@ bool ToDnnl(ffi::DataType t, dt* out) {
   return false;
 }
 
-ffi::Error CheckShapes(const ffi::AnyBuffer& x, const ffi::Buffer<ffi::F32>& w, int64_t* dims,
-                       dt* type) {
-  auto xd = x.dimensions();
-  auto wd = w.dimensions();
+// dims of the input (NDHWC) and kernel (DHWIO) -> n, d, h, w, c, oc, k; the activation type
+ffi::Error CheckShapes(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                       ffi::DataType x_type, int64_t* dims, dt* type) {
   if (xd.size() != 5 || wd.size() != 5)
     return ffi::Error::InvalidArgument("msjax_conv3d: expected NDHWC input and DHWIO kernel");
   if (wd[0] != wd[1] || wd[0] != wd[2] || wd[3] != xd[4])
     return ffi::Error::InvalidArgument("msjax_conv3d: kernel shape does not match the input");
-  if (!ToDnnl(x.element_type(), type))
+  if (!ToDnnl(x_type, type))
     return ffi::Error::InvalidArgument("msjax_conv3d: activations must be float32 or bfloat16");
   for (int i = 0; i < 5; ++i) dims[i] = xd[i];
   dims[5] = wd[4];
@@ -122,7 +122,9 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
                    ffi::Result<ffi::AnyBuffer> y, int64_t stride) {
   int64_t d[7];
   dt type;
-  if (auto e = CheckShapes(x, w, d, &type); e.failure()) return e;
+  if (auto e = CheckShapes(x.dimensions(), w.dimensions(), x.element_type(), d, &type);
+      e.failure())
+    return e;
   if (auto e = SameType(x, y); e.failure()) return e;
   try {
     auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride, type);
@@ -142,14 +144,46 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
-// dy, x, w -> (dx, dw, db): the three gradients in one call, run one after the other
-ffi::Error Backward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
-                    ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::Buffer<ffi::F32>> dw,
-                    ffi::Result<ffi::Buffer<ffi::F32>> db, int64_t stride) {
+// Backward is two calls, so that XLA drops the one nobody reads: the input gradient of the first
+// convolution (the image needs none) and of layers below the first trained one; the weight
+// gradient of frozen layers.
+
+// w, dy -> dx (the input gradient); the input's shape is the result's
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
+                        ffi::Result<ffi::AnyBuffer> dx, int64_t stride) {
   int64_t d[7];
   dt type;
-  if (auto e = CheckShapes(x, w, d, &type); e.failure()) return e;
-  if (auto e = SameType(x, dx); e.failure()) return e;
+  if (auto e = CheckShapes(dx->dimensions(), w.dimensions(), dx->element_type(), d, &type);
+      e.failure())
+    return e;
+  if (dy.element_type() != dx->element_type())
+    return ffi::Error::InvalidArgument("msjax_conv3d: gradient type differs from the input's");
+  try {
+    auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride, type);
+    dnnl::stream strm(Engine());
+    memory diff_dst(conv->dst, Engine(), dy.untyped_data());
+    memory wei_user(conv->wei_user, Engine(), w.typed_data());
+    memory diff_src(conv->src, Engine(), dx->untyped_data());
+    memory wei = WeightsFor(conv->bwd_data_pd.weights_desc(), wei_user, strm);
+    memory scratch(conv->bwd_data_pd.scratchpad_desc(), Engine());
+    conv->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei},
+                                  {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN backward data: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// x, dy -> (dw, db): the parameter gradients, float32; the kernel's shape is dw's
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                           ffi::Result<ffi::Buffer<ffi::F32>> dw,
+                           ffi::Result<ffi::Buffer<ffi::F32>> db, int64_t stride) {
+  int64_t d[7];
+  dt type;
+  if (auto e = CheckShapes(x.dimensions(), dw->dimensions(), x.element_type(), d, &type);
+      e.failure())
+    return e;
   if (dy.element_type() != x.element_type())
     return ffi::Error::InvalidArgument("msjax_conv3d: gradient type differs from the input's");
   try {
@@ -157,15 +191,6 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy
     dnnl::stream strm(Engine());
     memory src(conv->src, Engine(), x.untyped_data());
     memory diff_dst(conv->dst, Engine(), dy.untyped_data());
-    memory wei_user(conv->wei_user, Engine(), w.typed_data());
-    {  // input gradient
-      memory diff_src(conv->src, Engine(), dx->untyped_data());
-      memory wei = WeightsFor(conv->bwd_data_pd.weights_desc(), wei_user, strm);
-      memory scratch(conv->bwd_data_pd.scratchpad_desc(), Engine());
-      conv->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei},
-                                    {DNNL_ARG_DIFF_SRC, diff_src},
-                                    {DNNL_ARG_SCRATCHPAD, scratch}});
-    }
     memory dw_user(conv->wei_user, Engine(), dw->typed_data());
     memory dw_mem = conv->bwd_weights_pd.diff_weights_desc() == conv->wei_user
                         ? dw_user : memory(conv->bwd_weights_pd.diff_weights_desc(), Engine());
@@ -182,7 +207,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy
     if (dw_mem != dw_user) dnnl::reorder(dw_mem, dw_user).execute(strm, dw_mem, dw_user);
     strm.wait();
   } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN backward: ") + e.what());
+    return ffi::Error::Internal(std::string("oneDNN backward weights: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -217,12 +242,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dForward, Forward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("stride"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dBackward, Backward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dBackwardData, BackwardData,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsjaxConv3dBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride"));

@@ -2,11 +2,17 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from msjax import config_base, rules
 from msjax.models import isensee
 from msjax.models import model as model_lib
 from msjax.train import optim, steps
+
+
+def _onednn():
+  from msjax.ops import onednn
+  return onednn.available()[0]
 
 
 def test_step_trains_only_trainable_leaves_and_reports_their_gradient_norm():
@@ -48,3 +54,29 @@ def test_split_and_merge_frozen_are_inverse():
   assert frozen == {"encoder": {"conv1": {"kernel": 1, "bias": 2}}}
   assert "conv1" not in trainable["encoder"]
   assert optim.merge_frozen(trainable, frozen) == params
+
+
+def _onednn_calls(n_frozen: int) -> dict:
+  """How many oneDNN forward / backward-data / backward-weights calls the compiled training step
+  of a width-4 network (29 convolutions) runs with the first n_frozen convs frozen."""
+  model = model_lib.Model(isensee.constructor(
+      "segmentation", config_base.model(base_width=4, conv_impl="onednn", dtype="float32")))
+  params = model.init_params()
+  labels, _ = optim.freeze_labels(params, n_frozen, log=False)
+  tx = optim.make_optimizer(config_base.train())
+  state = steps.init_state(params, tx, labels)
+  batch = {"image": np.zeros((2, 16, 16, 16, 5), np.float32),
+           "mask": np.zeros((2, 16, 16, 16, 1), np.float32)}
+  text = steps.make_train_step(model, "segmentation", tx, labels).lower(
+      state, batch, jax.random.PRNGKey(0)).compile().as_text()
+  return {kind: text.count(f'custom_call_target="msjax_MsjaxConv3d{kind}"')
+          for kind in ("Forward", "BackwardData", "BackwardWeights")}
+
+
+@pytest.mark.skipif(not _onednn(), reason="oneDNN or a C++ compiler is missing")
+def test_compiled_step_computes_no_gradient_nobody_reads():
+  # VAN: every weight gradient; every input gradient but the image's (conv1)
+  assert _onednn_calls(0) == {"Forward": 29, "BackwardData": 28, "BackwardWeights": 29}
+  # 6CF: no weight gradient for conv1..6, and no input gradient below conv7 (whose input comes
+  # from frozen layers only)
+  assert _onednn_calls(6) == {"Forward": 29, "BackwardData": 22, "BackwardWeights": 23}
