@@ -1,5 +1,7 @@
 """Parameter-path rules: ordered (regex, value) pairs, first match wins. The one language for
-freezing, transfer and sharding. Paths look like `encoder/conv3/kernel`."""
+initialisation, freezing and transfer. Paths look like `encoder/conv3/kernel`; those rule lists
+name the parameter families of msjax/models/paths.py and end in no catch-all, so a new parameter
+that no family covers fails loudly in `match`."""
 from __future__ import annotations
 
 import re
@@ -20,7 +22,8 @@ def match(tree, rules: Sequence[tuple[str, Any]], *, what: str = "rules"):
   """Labels every leaf with the value of the first rule whose regex fully matches its path.
 
   Returns (label tree with the structure of `tree`, {rule regex: [matched paths]}). Raises if any
-  leaf matches no rule: a new parameter never silently escapes a policy.
+  leaf matches no rule: with rule lists that name what they cover (no `.*`), a new parameter
+  never silently escapes a policy.
   """
   compiled = [(re.compile(rx), rx, value) for rx, value in rules]
   log: dict[str, list[str]] = {rx: [] for _, rx, _ in compiled}

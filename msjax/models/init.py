@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from msjax import rules as rules_lib
+from msjax.models import paths
 
 
 def glorot_uniform(rng: np.random.Generator, shape) -> np.ndarray:
@@ -20,11 +21,14 @@ def glorot_uniform(rng: np.random.Generator, shape) -> np.ndarray:
   return rng.uniform(-limit, limit, size=shape).astype(np.float32)
 
 
+CONVS = f"{paths.ENCODER_CONV}|{paths.DECODER_CONV}"
+NORMS = f"{paths.ENCODER_NORM}|{paths.DECODER_NORM}"
 INIT_RULES = [
     # The regression head starts at zero: the untrained regressor predicts the volume centre
     # (0.5, 0.5, 0.5) and the encoder's first gradients are not drowned by a random head.
-    (r"head/(kernel|bias)", "zeros"),
-    (r".*/kernel", "glorot_uniform"), (r".*/scale", "ones"), (r".*/bias", "zeros")]
+    (paths.conv(paths.HEAD), "zeros"),
+    (rf"({CONVS})/kernel", "glorot_uniform"), (rf"({CONVS})/bias", "zeros"),
+    (rf"({NORMS})/scale", "ones"), (rf"({NORMS})/bias", "zeros")]
 
 
 def init_params(abstract_params, seed: int):

@@ -1,12 +1,7 @@
 """The Isensee-2017 encoder-decoder (SPEC "Network"), and the position regressor sharing its encoder.
 
-Parameter paths are the contract that transfer and freezing rely on:
-  encoder/conv{1..15}/{kernel,bias}     conv k in forward order (stride-2 convs: 4, 7, 10, 13)
-  encoder/norm{2..15}/{scale,bias}      the instance norm that prepares the input of conv k
-  decoder/up{4..1}/{norm,conv}          upsampling modules
-  decoder/loc{4..2}/{norm_a,conv_a,norm_b,conv_b}, decoder/loc1/{norm_a,conv_a}
-  decoder/seg{3,2,1}/{kernel,bias}      deep-supervision 1³ segmentation layers
-  head/{kernel,bias}                    position regressor only (discarded at transfer)
+Parameter paths (encoder/conv3/kernel, decoder/loc2/norm_a/scale, ...) are the contract that
+initialisation, freezing and transfer rules are written in: msjax/models/paths.py lists them.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from absl import logging
 from flax import traverse_util
 
 from msjax import rules as rules_lib
+from msjax.models import paths
 from msjax.models.isensee import LEVELS
 
 TRAINABLE, FROZEN = "trainable", "frozen"
@@ -37,6 +38,8 @@ def strategy_name(freeze) -> str:
 
 
 def freeze_rules(n_frozen: int, freeze_norms: bool = True) -> list[tuple[str, str]]:
+  """The frozen convs (and norms) first, then every other parameter family by name: a parameter
+  of no known family matches no rule (msjax/models/paths.py)."""
   rules = []
   if n_frozen > 0:
     convs = "|".join(str(k) for k in range(1, n_frozen + 1))
@@ -44,18 +47,20 @@ def freeze_rules(n_frozen: int, freeze_norms: bool = True) -> list[tuple[str, st
     if freeze_norms:
       norms = "|".join(str(k) for k in range(2, n_frozen + 2))
       rules.append((rf"encoder/norm({norms})/(scale|bias)", FROZEN))
-  rules.append((r".*", TRAINABLE))
+  rules += [(paths.conv(paths.ENCODER_CONV), TRAINABLE),
+            (paths.norm(paths.ENCODER_NORM), TRAINABLE),
+            (paths.conv(paths.DECODER_CONV), TRAINABLE),
+            (paths.norm(paths.DECODER_NORM), TRAINABLE), (paths.conv(paths.HEAD), TRAINABLE)]
   return rules
 
 
 def freeze_labels(params, n_frozen: int, freeze_norms: bool = True, log: bool = True):
-  labels, matched = rules_lib.match(params, freeze_rules(n_frozen, freeze_norms), what="freezing")
-  frozen = [p for rx, paths in matched.items() for p in paths
-            if rx != ".*"]
+  labels, _ = rules_lib.match(params, freeze_rules(n_frozen, freeze_norms), what="freezing")
+  frozen = sorted(p for p, label in rules_lib.flat_paths(labels).items() if label == FROZEN)
   if log:
     logging.info("freezing %d conv(s)%s: %d frozen leaves %s", n_frozen,
-                 "" if freeze_norms else " (norms trainable)", len(frozen), sorted(frozen))
-  return labels, sorted(frozen)
+                 "" if freeze_norms else " (norms trainable)", len(frozen), frozen)
+  return labels, frozen
 
 
 def learning_rate(train_config):

@@ -7,8 +7,14 @@ from absl import logging
 
 from msjax import checkpoint
 from msjax import rules as rules_lib
+from msjax.models import paths
 
-TRANSFER_RULES = [(r"encoder/.*", "transfer"), (r".*", "keep")]
+# the encoder comes from the pretraining checkpoint; the decoder (and a head) stay as initialised.
+# Every family by name (msjax/models/paths.py): a parameter of no known family raises.
+TRANSFER_RULES = [(paths.conv(paths.ENCODER_CONV), "transfer"),
+                  (paths.norm(paths.ENCODER_NORM), "transfer"),
+                  (paths.conv(paths.DECODER_CONV), "keep"),
+                  (paths.norm(paths.DECODER_NORM), "keep"), (paths.conv(paths.HEAD), "keep")]
 
 
 def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkpoint"):

@@ -1,4 +1,6 @@
-"""Freezing by parameter-path rules (msjax/train/optim.py)."""
+"""Freezing by parameter-path rules (msjax/train/optim.py); every rule list covers the networks
+by name (msjax/models/paths.py)."""
+import jax
 import pytest
 
 from msjax import rules
@@ -11,7 +13,7 @@ class _Interrupted(Exception):
 
 def test_freezing_rules_cover_every_leaf_and_keep_norms_optionally():
   params = {"encoder": {"conv1": {"kernel": 0, "bias": 0}, "norm2": {"scale": 0, "bias": 0},
-                        "conv2": {"kernel": 0, "bias": 0}}, "decoder": {"x": {"kernel": 0}}}
+                        "conv2": {"kernel": 0, "bias": 0}}, "decoder": {"seg1": {"kernel": 0}}}
   labels, frozen = optim.freeze_labels(params, 1, freeze_norms=False, log=False)
   assert frozen == ["encoder/conv1/bias", "encoder/conv1/kernel"]
   labels, frozen = optim.freeze_labels(params, 1, log=False)
@@ -22,3 +24,31 @@ def test_freezing_rules_cover_every_leaf_and_keep_norms_optionally():
   assert optim.parse_strategy("3CF") == (True, 3)
   with pytest.raises(ValueError, match="freeze must be"):
     optim.parse_strategy("16")
+
+
+@pytest.mark.parametrize("task", ["segmentation", "position"])
+def test_every_rule_list_names_what_it_covers_so_a_new_parameter_fails_loudly(task):
+  from msjax import config_base
+  from msjax.models import init, isensee
+  from msjax.models import model as model_lib
+  from msjax.train import transfer
+  model = model_lib.Model(isensee.constructor(task, config_base.model(base_width=4)))
+  abstract = model.init_params()
+  # the real networks are covered by every list
+  optim.freeze_labels(abstract, 6, log=False)
+  rules.match(abstract, transfer.TRANSFER_RULES)
+  rules.match(abstract, init.INIT_RULES)
+  # a parameter of a new kind, anywhere, matches none of them: no catch-all hides it
+  for path in (("encoder", "attention", "kernel"), ("decoder", "loc2", "gate", "kernel"),
+               ("encoder", "conv3", "scale"), ("classifier", "kernel")):
+    grown = jax.tree.map(lambda x: x, abstract)
+    node = grown
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = abstract["encoder"]["conv1"]["bias"]
+    for what, call in (("freezing", lambda: optim.freeze_labels(grown, 3, log=False)),
+                       ("transfer", lambda: rules.match(grown, transfer.TRANSFER_RULES,
+                                                        what="transfer")),
+                       ("initialisation", lambda: init.init_params(grown, 0))):
+      with pytest.raises(ValueError, match=f"{what}: 1 parameter.*{'/'.join(path)}"):
+        call()
