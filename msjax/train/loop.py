@@ -130,9 +130,10 @@ def train(config, workdir: str, task: str | None = None) -> dict:
         raise NonFiniteLossError(
             f"non-finite loss ({loss}) or gradient at step {step}; the update was not applied and "
             f"the last good state is saved in {mngr.directory}/{step}")
-      step += 1
-      record = {"step": step, "loss": loss, "lr": float(schedule(step)),
+      # the rate this update used: the optimizer's count was `step` (updates before this one)
+      record = {"step": step + 1, "loss": loss, "lr": float(schedule(step)),
                 "grad_norm": float(m["grad_norm"])}
+      step += 1
       if "dice" in m:
         record["batch_dice"] = float(m["dice"])
         collapsed = collapsed + 1 if (record["batch_dice"] == 0 and

@@ -1,4 +1,5 @@
-"""Training runs: pretraining learns, frozen leaves stay, resume is exact, a NaN stops the run (msjax/train/loop.py)."""
+"""Training runs: pretraining learns, frozen leaves stay, resume is exact, the logged rate is the
+one used, a NaN stops the run (msjax/train/loop.py)."""
 import json
 import os
 
@@ -68,7 +69,8 @@ def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_
 
 
 def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypatch):
-  overrides = {"train.steps": 4, "train.checkpoint_every": 2, "train.freeze": "van"}
+  overrides = {"train.steps": 4, "train.checkpoint_every": 2, "train.freeze": "van",
+               "train.steps_per_epoch": 2}
   finetune_smoke(tiny_cohort, str(tmp_path / "straight"), **overrides)
   original_save = checkpoint.save
 
@@ -93,6 +95,9 @@ def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypat
   assert [r["step"] for r in rows] == [1, 2, 3, 4]  # no duplicated lines after the restart
   straight = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
   assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
+  # the logged rate is the one the step's update used: the staircase drops after step 2
+  lr, decay = 5e-4, 0.985
+  np.testing.assert_allclose([r["lr"] for r in rows], [lr, lr, lr * decay, lr * decay], rtol=1e-6)
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_cohort, tmp_path, monkeypatch):
