@@ -1,13 +1,21 @@
 """`segment` mode: raw exams -> lesion masks with a model bundle, the way MS-imaging tools do it.
 
   msjax --config=segment --config.model=<finetune workdir> --config.input=<exam folder, folder of
-      exams, or BIDS dataset> --workdir OUT
+      exams, BIDS dataset or DICOM folder> --workdir OUT [--config.resume=True]
+      [--config.shard=K/N, then --config.merge=True]
 
 Per exam, with progress and ETA: the bundle's preprocessing (N4, co-registration to FLAIR, ROBEX,
 MNI registration, the 128³ grid, Nyúl standardisation with the bundle's landmarks; skipped with
 --config.preprocessed=True for exams already on the model grid), the network, and the outputs in
 the exam's native FLAIR space as a BIDS-derivatives dataset in OUT (msjax/infer/outputs.py). An
 exam that fails is reported and the others go on; segment_summary.json lists both.
+
+An exam's outputs are one run's complete set or nothing: they are removed before it is segmented
+(and again if it fails), and its summary JSON is written last, so `--config.resume=True` skips
+exactly the exams that are complete. `--config.shard=K/N` takes every N-th exam (a SLURM array
+task, a Kubernetes indexed job: launch/slurm_segment.sh); each shard writes its own rows, and
+`--config.merge=True` builds segmentations.csv from every complete exam. DICOM input is converted
+by dcm2niix first (msjax/data/dicom.py) and gets a DICOM SEG over its FLAIR series beside the mask.
 """
 from __future__ import annotations
 
@@ -17,8 +25,11 @@ import time
 
 from absl import logging
 
+import numpy as np
+
 from msjax import errors, files
 from msjax.data import cohort as cohort_lib
+from msjax.data import manifest as manifest_lib
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import outputs, predict
 
@@ -56,26 +67,76 @@ def _known_sequences(exam, bundle: dict):
   return dataclasses.replace(exam, images=kept)
 
 
+def _load_input(config, workdir: str):
+  """The exams of --config.input: a DICOM tree is converted first (into workdir/work/dicom)."""
+  from msjax.data import dicom
+  if dicom.is_dicom_tree(config.input):
+    out = os.path.join(workdir, "work", "dicom")
+    logging.info("[segment] %s holds DICOM: converting its series with dcm2niix into %s",
+                 config.input, out)
+    dicom.convert(config.input, out, log=logging.info)
+    return cohort_lib.load_cohort(out)
+  return cohort_lib.load_cohort(config.input)
+
+
+def shard_of(exams: list, shard: str) -> list:
+  """--config.shard=K/N: the K-th of N interleaved slices of the exams sorted by id (K from 0, as
+  SLURM_ARRAY_TASK_ID with --array=0-(N-1) and Kubernetes' JOB_COMPLETION_INDEX count)."""
+  exams = sorted(exams, key=lambda e: e.exam_id)
+  if not shard:
+    return exams
+  k, sep, n = shard.partition("/")
+  if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
+    raise errors.InvalidInputError(f"--config.shard={shard!r}: expected K/N with 0 <= K < N")
+  return exams[int(k)::int(n)]
+
+
+def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:
+  """A DICOM SEG over the source FLAIR series, for exams that came in as DICOM."""
+  from msjax.data import dicom
+  from msjax.infer import dicom_seg
+  sources = dicom.sources_of(exam.images["FLAIR"]) if "FLAIR" in exam.images else None
+  if not sources or "FLAIR" not in sources:
+    return
+  import nibabel as nib
+  mask = nib.load(row["mask"])
+  row["dicom_seg"] = dicom_seg.write_seg(np.asarray(mask.dataobj), mask.affine,
+                                         sources["FLAIR"]["files"], row["dicom_seg"],
+                                         model=bundle_path)
+
+
 def run(config, workdir: str) -> dict:
+  if config.merge:
+    return merge(workdir)
   if not config.model or not config.input:
     raise errors.InvalidInputError("segment needs --config.model=<model bundle (a finetune "
-                                   "workdir)> and --config.input=<exam folder, folder of exams "
-                                   "or BIDS dataset>")
+                                   "workdir)> and --config.input=<exam folder, folder of exams, "
+                                   "BIDS dataset or DICOM folder>")
   t0 = time.time()
   bundle = bundle_lib.read(config.model)
-  cohort = cohort_lib.load_cohort(config.input)
-  exams = list(cohort.exams)
+  cohort = _load_input(config, workdir)
+  manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
+  exams = shard_of(list(cohort.exams), config.shard)
+  resumed = []
+  if config.resume:
+    resumed = [s for s in (outputs.complete(workdir, e) for e in exams) if s]
+    done_ids = {s["exam_id"] for s in resumed}
+    if resumed:
+      logging.info("[segment] resume: %d exam(s) already complete, skipped: %s", len(resumed),
+                   ", ".join(sorted(done_ids)))
+    exams = [e for e in exams if e.exam_id not in done_ids]
   threshold = config.threshold if config.threshold is not None else bundle["threshold"]
   predictor = predict.Predictor(bundle["path"], batch_size=config.predict.batch_size,
                                 mirror=config.predict.mirror)
   prepare = _preprocessor(config, bundle, workdir)
   outputs.write_description(workdir, outputs.generated_by(bundle["path"]))
-  logging.info("[segment] %d exam(s) from %s with the model %s (threshold %g)%s", len(exams),
-               cohort.root, bundle["path"], threshold,
-               "" if config.preprocessed else "; preprocessing each exam first")
+  logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
+               cohort.root, f" (shard {config.shard})" if config.shard else "", bundle["path"],
+               threshold, "" if config.preprocessed else "; preprocessing each exam first")
   done, failed = [], []
   for i, exam in enumerate(exams):
     t = time.time()
+    earlier = outputs.clear(workdir, exam)  # one run's complete outputs, or none
     try:
       ready = prepare(_known_sequences(exam, bundle))
       p = config.predict
@@ -83,31 +144,54 @@ def run(config, workdir: str) -> dict:
                                  n_random=p.n_random, threshold=threshold, seed=config.seed,
                                  min_lesion_mm3=p.min_lesion_mm3,
                                  allow_any_geometry=config.preprocess.allow_any_geometry)
+      _write_dicom_seg(exam, row, bundle["path"])
       row["seconds"] = round(time.time() - t, 1)
-      done.append(row)
+      done.append(outputs.write_summary(workdir, exam, row))
       status = _lesion_count(row)
     except Exception as e:  # noqa: BLE001 - one exam's failure must not stop the others
-      failed.append({"exam_id": exam.exam_id, "error": f"{type(e).__name__}: {e}"})
-      status = f"FAILED: {e}"
+      outputs.clear(workdir, exam)
+      failed.append({"exam_id": exam.exam_id, "error": f"{type(e).__name__}: {e}",
+                     "earlier_outputs_removed": len(earlier)})
+      status = f"FAILED: {e}" + (f" (its {len(earlier)} earlier output files were removed)"
+                                 if earlier else "")
     elapsed = time.time() - t0
     eta = elapsed / (i + 1) * (len(exams) - i - 1)
     logging.info("[segment] %d/%d %s: %s (%.0f s; ETA %.0f s)", i + 1, len(exams),
                  exam.exam_id, status, time.time() - t, eta)
-  files.write_csv(done, os.path.join(workdir, "segmentations.csv"))
+  rows = sorted(resumed + done, key=lambda r: r["exam_id"])
+  name = (f"segmentations.shard-{config.shard.replace('/', '-of-')}.csv" if config.shard
+          else "segmentations.csv")
+  files.write_csv(outputs.cohort_rows(rows), os.path.join(workdir, name),
+                  fieldnames=outputs.COHORT_COLUMNS)
   summary = {"model": bundle["path"], "input": cohort.root, "threshold": threshold,
-             "exams": done, "failed": failed, "wall_s": round(time.time() - t0, 1)}
-  files.write_json(summary, os.path.join(workdir, "segment_summary.json"))
-  print(f"[segment] {len(done)}/{len(exams)} exam(s) segmented in {summary['wall_s']:.0f} s -> "
-        f"{workdir}/ (BIDS derivatives: sub-*/[ses-*/]anat/ lesion mask, probability, "
-        "uncertainty, per-lesion table, overlay PNG)")
+             "shard": config.shard or None, "exams": done, "resumed": resumed, "failed": failed,
+             "wall_s": round(time.time() - t0, 1)}
+  files.write_json(summary, os.path.join(workdir, name.replace("segmentations", "segment_summary")
+                                         .replace(".csv", ".json")))
+  print(f"[segment] {len(done)}/{len(exams)} exam(s) segmented in {summary['wall_s']:.0f} s"
+        + (f", {len(resumed)} already complete (resumed)" if resumed else "")
+        + f" -> {workdir}/ (BIDS derivatives: sub-*/[ses-*/]anat/ lesion mask, probability, "
+        f"uncertainty, per-lesion table, overlay PNG); one row per exam in {workdir}/{name}")
   for row in done:
-    print(f"  {row['exam_id']}: {_lesion_count(row)}; {row['overlay']}")
+    print(f"  {row['exam_id']}: {_lesion_count(row)}; {row['files']['overlay']}")
   for f in failed:
     print(f"  {f['exam_id']} FAILED: {' '.join(line.strip() for line in f['error'].splitlines())}")
-  if failed and not done:
+  if failed and not done and not resumed:
     raise errors.InvalidInputError(f"no exam could be segmented ({len(failed)} failed; see "
                                    f"{workdir}/segment_summary.json)")
   return summary
+
+
+def merge(workdir: str) -> dict:
+  """`--config.merge=True`: the cohort table of every complete exam in workdir, from all shards."""
+  summaries = outputs.find_summaries(workdir)
+  if not summaries:
+    raise errors.InvalidInputError(f"{workdir}: no complete exam outputs to merge "
+                                   "(*_desc-lesion_summary.json)")
+  path = files.write_csv(outputs.cohort_rows(summaries), os.path.join(workdir, "segmentations.csv"),
+                         fieldnames=outputs.COHORT_COLUMNS)
+  print(f"[segment] merged {len(summaries)} exam(s) -> {path}")
+  return {"exams": summaries, "csv": path}
 
 
 def _lesion_count(row: dict) -> str:

@@ -14,6 +14,11 @@ from conftest import LESJAK_MNI, ROOT, load_config, needs_lesjak
 from msjax import segment
 
 
+def _files(out, summary_row):
+  """An exam's output files (its summary lists them relative to the dataset root)."""
+  return {k: os.path.join(str(out), v) for k, v in summary_row["files"].items()}
+
+
 def _segment(trained, input_dir, workdir, **overrides):
   config = load_config("segment", "smoke", model=trained, input=str(input_dir), preprocessed=True,
                        **overrides)
@@ -32,7 +37,8 @@ def test_segment_writes_bids_derivatives_and_goes_on_past_a_bad_exam(trained, ti
   assert [r["exam_id"] for r in summary["exams"]] == [e.exam_id for e in tiny_cohort.exams[:2]]
   assert [f["exam_id"] for f in summary["failed"]] == ["broken"]
   assert "cannot be read as NIfTI" in summary["failed"][0]["error"]
-  for row, exam in zip(summary["exams"], tiny_cohort.exams[:2]):
+  for summary_row, exam in zip(summary["exams"], tiny_cohort.exams[:2]):
+    row = _files(tmp_path / "out", summary_row)
     flair = nib.load(exam.images["FLAIR"])
     mask = nib.load(row["mask"])
     assert os.path.basename(row["mask"]) == f"sub-{exam.exam_id}_space-orig_desc-lesion_mask.nii.gz"
@@ -62,7 +68,7 @@ def test_segment_refuses_bad_input_without_a_traceback(tmp_path):
 def test_segment_a_real_preprocessed_exam(trained, tmp_path):
   """The issue's check: a Lesjak exam already on the MNI grid, outputs on its FLAIR's grid."""
   summary = _segment(trained, os.path.join(LESJAK_MNI, "patient26"), tmp_path)
-  row = summary["exams"][0]
+  row = _files(tmp_path, summary["exams"][0])
   flair = nib.load(os.path.join(LESJAK_MNI, "patient26", "FLAIR.nii.gz"))
   for key in ("mask", "probseg"):
     img = nib.load(row[key])
@@ -73,3 +79,82 @@ def test_segment_a_real_preprocessed_exam(trained, tmp_path):
   assert abs(sum(float(r["volume_ml"]) for r in table) - mask.sum() / 1000) < 1e-3
   assert all(r["mni_x_mm"] != "" for r in table)  # MNI grid: MNI coordinates are the world's
   assert os.path.exists(tmp_path / "dataset_description.json")
+
+
+def _exam_folders(tiny_cohort, root, n=3):
+  for exam in tiny_cohort.exams[:n]:
+    shutil.copytree(os.path.dirname(exam.images["FLAIR"]), root / exam.exam_id)
+  return root
+
+
+def _masks(out):
+  found = {}
+  for dirpath, _, names in os.walk(out):
+    for name in names:
+      if name.endswith("_desc-lesion_mask.nii.gz"):
+        found[name] = np.asarray(nib.load(os.path.join(dirpath, name)).dataobj)
+  return found
+
+
+@pytest.mark.slow  # needs the session's trained model; four segment runs
+def test_sharded_and_resumed_runs_give_the_outputs_of_one_run(trained, tiny_cohort, tmp_path,
+                                                              monkeypatch):
+  src = _exam_folders(tiny_cohort, tmp_path / "in")
+  _segment(trained, src, tmp_path / "one")
+  for k in range(2):
+    summary = _segment(trained, src, tmp_path / "sharded", shard=f"{k}/2")
+    assert len(summary["exams"]) == (2 if k == 0 else 1)
+    assert os.path.exists(tmp_path / "sharded" / f"segmentations.shard-{k}-of-2.csv")
+  _segment(trained, src, tmp_path / "sharded", merge=True)
+  one = (tmp_path / "one" / "segmentations.csv").read_text()
+  assert (tmp_path / "sharded" / "segmentations.csv").read_text() == one
+  masks = _masks(tmp_path / "one")
+  assert len(masks) == 3
+  sharded = _masks(tmp_path / "sharded")
+  assert sharded.keys() == masks.keys() and all(np.array_equal(sharded[k], masks[k]) for k in masks)
+
+  # a run killed while writing its second exam (mask written, summary not), then resumed
+  real = segment.outputs.write_summary
+  calls = []
+
+  def dies_on_the_second(root, exam, row):
+    calls.append(exam.exam_id)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("killed")
+    return real(root, exam, row)
+
+  monkeypatch.setattr(segment.outputs, "write_summary", dies_on_the_second)
+  with pytest.raises(KeyboardInterrupt):
+    _segment(trained, src, tmp_path / "killed")
+  monkeypatch.setattr(segment.outputs, "write_summary", real)
+  assert len(_masks(tmp_path / "killed")) == 2  # the second exam's mask is there, incomplete
+  summary = _segment(trained, src, tmp_path / "killed", resume=True)
+  assert [s["exam_id"] for s in summary["resumed"]] == [calls[0]]
+  assert sorted(r["exam_id"] for r in summary["exams"]) == sorted(
+      e.exam_id for e in tiny_cohort.exams[1:3])
+  assert (tmp_path / "killed" / "segmentations.csv").read_text() == one
+  killed = _masks(tmp_path / "killed")
+  assert all(np.array_equal(killed[k], masks[k]) for k in masks)
+
+  # an exam that now fails loses its earlier outputs, whole, and leaves the table
+  flair = src / tiny_cohort.exams[0].exam_id / "FLAIR.nii.gz"
+  flair.write_bytes(b"broken")
+  summary = _segment(trained, src, tmp_path / "one")
+  assert summary["failed"][0]["earlier_outputs_removed"] >= 6
+  anat = tmp_path / "one" / f"sub-{tiny_cohort.exams[0].exam_id}" / "anat"
+  assert not os.path.exists(anat) or not os.listdir(anat)
+  assert tiny_cohort.exams[0].exam_id not in (tmp_path / "one" / "segmentations.csv").read_text()
+
+
+def test_colliding_exam_names_are_refused_before_anything_is_written(tmp_path):
+  from nifti_files import touch_nifti
+  for name in ("pat-01", "pat_01"):
+    touch_nifti(str(tmp_path / "in" / name / "FLAIR.nii.gz"))
+  bundle = tmp_path / "model"
+  (bundle / "checkpoints" / "1").mkdir(parents=True)
+  (bundle / "bundle.json").write_text(json.dumps(
+      {"model": {}, "threshold": 0.5, "patch_size": 16,
+       "preprocessing": {"by": "external", "nyul_landmarks": {}}}))
+  with pytest.raises(segment.errors.InvalidInputError, match="sub-pat01: pat-01 .* and pat_01"):
+    _segment(str(bundle), tmp_path / "in", tmp_path / "out")
+  assert not os.path.exists(tmp_path / "out")

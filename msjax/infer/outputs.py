@@ -36,14 +36,76 @@ def exam_folder(root: str, exam: Exam) -> str:
 
 
 def paths(root: str, exam: Exam) -> dict[str, str]:
-  """Every output file of one exam."""
+  """Every output file of one exam. `summary` is written last: an exam's outputs are complete
+  exactly when it exists (resume reads it; a re-run removes it first)."""
   d, p = exam_folder(root, exam), exam.bids_prefix
-  return {"mask": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.nii.gz"),
+  return {"summary": os.path.join(d, f"{p}_desc-lesion_summary.json"),
+          "mask": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.nii.gz"),
+          "dicom_seg": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.dcm"),
           "probseg": os.path.join(d, f"{p}_space-orig_label-lesion_probseg.nii.gz"),
           "uncertainty": os.path.join(
               d, f"{p}_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz"),
           "table": os.path.join(d, f"{p}_desc-lesion_table.csv"),
           "overlay": os.path.join(d, f"{p}_desc-lesion_overlay.png")}
+
+
+def clear(root: str, exam: Exam) -> list[str]:
+  """Removes every output file of the exam (its summary first), so that what an exam has in the
+  dataset is always one run's complete set or nothing. Returns what was removed."""
+  removed = []
+  for path in paths(root, exam).values():
+    if os.path.exists(path):
+      os.remove(path)
+      removed.append(path)
+  return removed
+
+
+def complete(root: str, exam: Exam) -> dict | None:
+  """The exam's summary when its outputs are complete (the summary and every file it lists)."""
+  import json
+  path = paths(root, exam)["summary"]
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  listed = [os.path.join(root, p) for p in summary.get("files", {}).values()]
+  return summary if all(os.path.exists(p) for p in listed) else None
+
+
+def write_summary(root: str, exam: Exam, row: dict) -> dict:
+  """The exam's summary (its row of the cohort table, with file paths relative to the dataset
+  root), written last."""
+  out = paths(root, exam)
+  files_ = {k: os.path.relpath(v, root) for k, v in row.items()
+            if k in out and k != "summary" and isinstance(v, str) and os.path.exists(v)}
+  summary = {**{k: v for k, v in row.items() if k not in out}, "files": files_}
+  files.write_json(summary, out["summary"])
+  return summary
+
+
+def find_summaries(root: str) -> list[dict]:
+  """Every complete exam summary under a segmentation dataset (all shards), by exam id."""
+  import json
+  found = []
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      if name.endswith("_desc-lesion_summary.json"):
+        with open(os.path.join(dirpath, name)) as f:
+          summary = json.load(f)
+        if all(os.path.exists(os.path.join(root, p)) for p in summary.get("files", {}).values()):
+          found.append(summary)
+  return sorted(found, key=lambda s: s["exam_id"])
+
+
+# The cohort table: what an exam's segmentation found. Timings stay in the summaries (they differ
+# between runs; the table does not).
+COHORT_COLUMNS = ("exam_id", "patient_id", "lesions", "components", "volume_ml", "threshold",
+                  "sampler", "mirror", "patches", "mask", "table", "overlay")
+
+
+def cohort_rows(summaries: list[dict]) -> list[dict]:
+  return [{k: (s.get(k) if k in s else s.get("files", {}).get(k)) for k in COHORT_COLUMNS}
+          for s in summaries]
 
 
 TABLE_COLUMNS = ("lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm",

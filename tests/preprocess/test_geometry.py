@@ -287,7 +287,9 @@ def test_painted_cube_stays_in_the_left_hemisphere_of_a_real_exam(tmp_path, monk
   config = load_config("segment", "smoke", model="stand-in", input=str(exam_dir))
   summary = segment.run(config, str(tmp_path / "out"))
   assert not summary["failed"], summary["failed"]
-  (row,) = summary["exams"]
+  (summary_row,) = summary["exams"]
+  row = {"exam_id": summary_row["exam_id"],
+         **{k: str(tmp_path / "out" / v) for k, v in summary_row["files"].items()}}
 
   # the model grid: the cube is in the left hemisphere, where to_mni.tfm maps the painted centre
   prepared = tmp_path / "out" / "work" / "preprocessed" / row["exam_id"]
