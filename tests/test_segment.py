@@ -158,3 +158,19 @@ def test_colliding_exam_names_are_refused_before_anything_is_written(tmp_path):
   with pytest.raises(segment.errors.InvalidInputError, match="sub-pat01: pat-01 .* and pat_01"):
     _segment(str(bundle), tmp_path / "in", tmp_path / "out")
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_slurm_array_script_passes_each_task_its_shard(tmp_path):
+  """launch/slurm_segment_array.sbatch: task K of an array of N runs --config.shard=K/N (from 0,
+  whatever the array's first index) with resume, passing extra flags on."""
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "python").write_text('#!/bin/bash\necho "$@"\n')
+  (fake / "python").chmod(0o755)
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_COUNT": "4",
+         "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5"}
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm_segment_array.sbatch"),
+                        "model", "in", "out", "--config.seed=1"], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()
+  assert "--config.shard=2/4" in out and "--config.resume=True" in out
+  assert out[-1] == "--config.seed=1" and "--config.model=model" in out
