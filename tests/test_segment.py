@@ -174,3 +174,37 @@ def test_slurm_array_script_passes_each_task_its_shard(tmp_path):
                        text=True, check=True).stdout.split()
   assert "--config.shard=2/4" in out and "--config.resume=True" in out
   assert out[-1] == "--config.seed=1" and "--config.model=model" in out
+
+
+@pytest.mark.slow  # a real 182×218×182 exam, twice, and its DICOM series
+@needs_lesjak()
+def test_dicom_round_trip_of_a_real_exam(trained, tmp_path):
+  """Lesjak patient26's FLAIR (as 16-bit integers, as scanners store it) segmented from NIfTI and
+  from a DICOM series of the same pixels: the same mask, and the DICOM SEG read back equal to it
+  slice by slice on the source images."""
+  pytest.importorskip("highdicom", reason="DICOM extra not installed: pip install -e '.[preprocess]'")
+  from dicom_files import write_series
+  from msjax.data import nifti
+  from msjax.infer import dicom_seg
+  src = nib.load(os.path.join(LESJAK_MNI, "patient26", "FLAIR.nii.gz"))
+  v = np.asarray(src.dataobj, np.float32)
+  q = np.where(v != 0, np.rint((v - v.min()) / (v.max() - v.min()) * 4000) + 1, 0).astype(np.uint16)
+  (tmp_path / "nii" / "patient26").mkdir(parents=True)
+  nib.save(nib.Nifti1Image(q, src.affine), str(tmp_path / "nii" / "patient26" / "FLAIR.nii.gz"))
+  write_series(q.astype(np.float32), src.affine, tmp_path / "dcm" / "series3",
+               description="t2_tirm_tra_dark-fluid", patient_id="patient26", series_number=3)
+  by_nifti = _files(tmp_path / "a", _segment(trained, tmp_path / "nii" / "patient26",
+                                            tmp_path / "a")["exams"][0])
+  row = _segment(trained, tmp_path / "dcm", tmp_path / "b")["exams"][0]
+  by_dicom = _files(tmp_path / "b", row)
+  assert row["exam_id"] == "patient26_study1" and "dicom_seg" in by_dicom
+  a = nifti.read_nifti(by_nifti["mask"], kind="mask")
+  b = nifti.read_nifti(by_dicom["mask"], kind="mask")
+  assert a.grid.same_as(b.grid) and a.data.sum() > 0
+  assert np.array_equal(a.data, b.data)
+  sources = sorted(str(p) for p in (tmp_path / "dcm" / "series3").iterdir())
+  frames = dicom_seg.read_seg_frames(by_dicom["dicom_seg"], sources)
+  mask_file_order = np.asarray(nib.load(by_nifti["mask"]).dataobj)  # the source file's order
+  for frame, ds in zip(frames, dicom_seg.read_sources(sources)):
+    k = int(ds.InstanceNumber) - 1
+    assert np.array_equal(frame, mask_file_order[:, :, k].T), k
