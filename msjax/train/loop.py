@@ -7,6 +7,7 @@ checkpoint, else `init_from` (encoder transfer, finetune only), else fresh initi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -59,11 +60,47 @@ def _fmt_time(s: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+@dataclasses.dataclass
+class Run:
+  """What a training run works with, built once by `prepare` (flax imagenet's create-state and
+  restore-or-init, plus the data, validation and checkpoint managers around them)."""
+  config: object
+  workdir: str
+  task: str
+  mesh: object
+  setup: state_lib.TrainSetup
+  train_exams: list
+  val_exams: list
+  data_iter: object
+  validate: Validator
+  mngr: object                  # checkpoints/ (the last N)
+  best: object                  # best/ (by validation Dice), segmentation only
+  meta: dict
+  global_patches: int
+  metrics_path: str
+  state: dict = None
+  start: int = 0
+  transfer_report: dict | None = None
+  t_start: float = 0.0          # when the loop began (wall time in the summary)
+
+  def save(self, step: int, val: dict | None = None) -> None:
+    meta = dict(self.meta, step=step)
+    checkpoint.save(self.mngr, step, self.state, self.data_iter.get_state(), meta)
+    if self.best is not None and val and "val_dice" in val:
+      checkpoint.save(self.best, step, self.state, self.data_iter.get_state(), meta,
+                      metrics={"val_dice": val["val_dice"]})
+
+
 def train(config, workdir: str, task: str | None = None) -> dict:
   """Trains config's task in workdir (resuming it), logging, validating and checkpointing."""
-  task = task or TASKS[config.mode]
+  run = prepare(config, workdir, task or TASKS[config.mode])
+  step, history = train_loop(run)
+  return finish(run, step, history)
+
+
+def prepare(config, workdir: str, task: str) -> Run:
+  """Inputs checked, state created and restored (or initialised), data and validation ready."""
   tc = config.train
-  main_process = parallel.is_main_process()
   mesh = parallel.data_mesh()
   os.makedirs(workdir, exist_ok=True)
   cohort = inputs.resolve_cohort(config, workdir)
@@ -72,126 +109,159 @@ def train(config, workdir: str, task: str | None = None) -> dict:
   logging.info("%s on %d training exams (%d patients), validating on %d exams: %s", task,
                len(train_exams), len({e.patient_id for e in train_exams}), len(val_exams),
                [e.exam_id for e in val_exams])
-
   setup = state_lib.create_train_state(config, task, mesh)
-  train_step, frozen = setup.train_step, setup.frozen
-  shape = inputs.model_shape(config)
-  load = dict(model_shape=shape, patch_size=config.data.patch_size,
+  load = dict(model_shape=inputs.model_shape(config), patch_size=config.data.patch_size,
               allow_any_geometry=config.data.allow_any_geometry)
-  cache = exams_lib.ExamCache(config.data.cache_exams, **load)
   spec = inputs.sampler_spec(config, task, jax.local_device_count(), jax.process_index())
   data_iter = pipeline.make_iterator(
-      pipeline.make_dataset(train_exams, spec, cache, num_batches=tc.steps),
+      pipeline.make_dataset(train_exams, spec, exams_lib.ExamCache(config.data.cache_exams, **load),
+                            num_batches=tc.steps),
       num_threads=config.data.num_threads)
-  validate = Validator(config, task, val_exams,
-                       exams_lib.ExamCache(max(1, len(val_exams)), **load), setup.predict, mesh)
-
-  mngr = checkpoint.manager(workdir, keep=tc.keep_checkpoints)
-  best = checkpoint.manager(workdir, best=True) if task == "segmentation" else None
-  meta = {"task": task, "mode": config.mode, "config": json.loads(config.to_json_best_effort())}
-  state, start, transfer_report = state_lib.restore_or_init(setup, config, mngr, data_iter, mesh)
-  global_patches = spec.batch_size * jax.process_count()
+  run = Run(config=config, workdir=workdir, task=task, mesh=mesh, setup=setup,
+            train_exams=train_exams, val_exams=val_exams, data_iter=data_iter,
+            validate=Validator(config, task, val_exams,
+                               exams_lib.ExamCache(max(1, len(val_exams)), **load),
+                               setup.predict, mesh),
+            mngr=checkpoint.manager(workdir, keep=tc.keep_checkpoints),
+            best=checkpoint.manager(workdir, best=True) if task == "segmentation" else None,
+            meta={"task": task, "mode": config.mode,
+                  "config": json.loads(config.to_json_best_effort())},
+            global_patches=spec.batch_size * jax.process_count(),
+            metrics_path=os.path.join(workdir, "metrics.jsonl"))
+  run.state, run.start, run.transfer_report = state_lib.restore_or_init(setup, config, run.mngr,
+                                                                        data_iter, mesh)
   logging.info("%s: %s parameters, strategy %s, %d frozen leaves; global batch %d = %d device(s) "
                "x %d exam(s) x %d patches of %d³ (%d process(es)); %d steps", task,
                f"{setup.n_params:,}",
                "pretrain" if task == "position" else optim.strategy_name(tc.freeze),
-               len(frozen), global_patches, jax.device_count(), config.data.exams_per_batch,
-               spec.patches_per_exam, spec.patch_size, jax.process_count(), tc.steps)
+               len(setup.frozen), run.global_patches, jax.device_count(),
+               config.data.exams_per_batch, spec.patches_per_exam, spec.patch_size,
+               jax.process_count(), tc.steps)
+  return run
 
-  rng = jax.random.PRNGKey(config.seed)
+
+class _Progress:
+  """Per-step bookkeeping of the loop: throughput (the first step, which compiles, excluded),
+  ETA, and the all-background collapse detector."""
+
+  def __init__(self, start: int, steps: int, global_patches: int):
+    self.start, self.steps, self.global_patches = start, steps, global_patches
+    self.timed_steps, self.timed_time, self.collapsed = 0, 0.0, 0
+
+  def timed(self, step: int, seconds: float) -> None:
+    if step > self.start:
+      self.timed_steps, self.timed_time = self.timed_steps + 1, self.timed_time + seconds
+
+  def rate_and_eta(self, step: int) -> tuple[float, float]:
+    if not self.timed_steps:
+      return 0.0, 0.0
+    return (self.global_patches * self.timed_steps / self.timed_time,
+            (self.steps - step) * self.timed_time / self.timed_steps)
+
+  def check_collapse(self, record: dict, main_process: bool) -> None:
+    self.collapsed = self.collapsed + 1 if (record["batch_dice"] == 0 and
+                                            record["grad_norm"] < COLLAPSE_GRAD_NORM) else 0
+    if self.collapsed == COLLAPSE_STEPS and main_process:
+      logging.warning(
+          "no lesion predicted for %d steps and the gradient has vanished (norm %.1e): the "
+          "network has collapsed to all-background, where soft Dice goes flat. Use "
+          "--config.train.loss=dice_bce and/or a lower --config.train.lr", COLLAPSE_STEPS,
+          record["grad_norm"])
+
+
+def train_loop(run: Run) -> tuple[int, list[dict]]:
+  """Steps from run.start to train.steps (or a preemption): (last step, metrics history)."""
+  tc, main_process = run.config.train, parallel.is_main_process()
+  rng = jax.random.PRNGKey(run.config.seed)
   schedule = optim.learning_rate(tc)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history = _read_history(metrics_path, upto=start)
+  history = _read_history(run.metrics_path, upto=run.start)
   if main_process:
-    _write_history(metrics_path, history)
-  t_start, step, last, collapsed = time.time(), start, {}, 0
-  timed_steps, timed_time = 0, 0.0
-
-  def save(step_now, val=None):
-    checkpoint.save(mngr, step_now, state, data_iter.get_state(), dict(meta, step=step_now))
-    if best is not None and val and "val_dice" in val:
-      checkpoint.save(best, step_now, state, data_iter.get_state(), dict(meta, step=step_now),
-                      metrics={"val_dice": val["val_dice"]})
-
-  log_file = open(metrics_path, "a") if main_process else None
+    _write_history(run.metrics_path, history)
+  progress, step = _Progress(run.start, tc.steps, run.global_patches), run.start
+  run.t_start = time.time()
+  log_file = open(run.metrics_path, "a") if main_process else None
   with _Preemption() as preempt:
     while step < tc.steps:
       t0 = time.time()
-      batch = parallel.global_batch(next(data_iter), mesh)
-      state, m = train_step(state, batch, rng)
+      batch = parallel.global_batch(next(run.data_iter), run.mesh)
+      run.state, m = run.setup.train_step(run.state, batch, rng)
       m = {k: parallel.host(v) for k, v in m.items()}
       loss = float(m["loss"])  # one host sync per step: keeps the log honest and catches NaNs
-      dt = time.time() - t0
-      if step > start:  # the first step includes compilation
-        timed_steps, timed_time = timed_steps + 1, timed_time + dt
+      progress.timed(step, time.time() - t0)
       if not bool(m["finite"]):
-        save(step)
-        mngr.wait_until_finished()
+        run.save(step)
+        run.mngr.wait_until_finished()
         raise NonFiniteLossError(
             f"non-finite loss ({loss}) or gradient at step {step}; the update was not applied and "
-            f"the last good state is saved in {mngr.directory}/{step}")
+            f"the last good state is saved in {run.mngr.directory}/{step}")
       # the rate this update used: the optimizer's count was `step` (updates before this one)
       record = {"step": step + 1, "loss": loss, "lr": float(schedule(step)),
                 "grad_norm": float(m["grad_norm"])}
       step += 1
       if "dice" in m:
         record["batch_dice"] = float(m["dice"])
-        collapsed = collapsed + 1 if (record["batch_dice"] == 0 and
-                                      record["grad_norm"] < COLLAPSE_GRAD_NORM) else 0
-        if collapsed == COLLAPSE_STEPS and main_process:
-          logging.warning(
-              "no lesion predicted for %d steps and the gradient has vanished (norm %.1e): the "
-              "network has collapsed to all-background, where soft Dice goes flat. Use "
-              "--config.train.loss=dice_bce and/or a lower --config.train.lr", COLLAPSE_STEPS,
-              record["grad_norm"])
+        progress.check_collapse(record, main_process)
       val = {}
       if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
-        val = validate(state["params"])
+        val = run.validate(run.state["params"])
         record.update(val)
-      if step % tc.log_every == 0 or step == tc.steps or val or step == start + 1:
-        rate = global_patches * timed_steps / timed_time if timed_time else 0.0
-        eta = (tc.steps - step) * (timed_time / timed_steps) if timed_steps else 0.0
-        record["patches_per_s"] = rate
-        extra = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
-                          if k in ("batch_dice", "val_dice", "val_mse", "val_baseline_mse"))
-        if main_process:
-          logging.info("step %d/%d  loss %.4f  %s  %.1f patches/s  ETA %s", step, tc.steps,
-                       loss, extra, rate, _fmt_time(eta))
+      if step % tc.log_every == 0 or step == tc.steps or val or step == run.start + 1:
+        _log_step(record, progress, main_process)
       if log_file:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
       history.append(record)
-      last = record
       stop = parallel.any_process(preempt.requested)  # every process stops at the same step
       if step % tc.checkpoint_every == 0 or step == tc.steps or val or stop:
-        save(step, val)
+        run.save(step, val)
       if stop:
         break
   if log_file:
     log_file.close()
-  mngr.wait_until_finished()
-  if best is not None:
-    best.wait_until_finished()
-  png = os.path.join(workdir, "loss_curve.png")
+  return step, history
+
+
+def _log_step(record: dict, progress: _Progress, main_process: bool) -> None:
+  rate, eta = progress.rate_and_eta(record["step"])
+  record["patches_per_s"] = rate
+  extra = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
+                    if k in ("batch_dice", "val_dice", "val_mse", "val_baseline_mse"))
   if main_process:
-    plots.loss_curve(history, png, task)
-  summary = {"task": task, "workdir": os.path.abspath(workdir), "steps": step,
-             "stopped_early": step < tc.steps, "final": last, "loss_curve": png,
-             "checkpoints": mngr.directory.as_posix() if hasattr(mngr.directory, "as_posix")
-             else str(mngr.directory), "wall_s": round(time.time() - t_start, 1),
-             "transfer": transfer_report and {k: len(v) for k, v in transfer_report.items()},
-             "frozen": frozen}
-  mngr.close()
-  if best is not None:
-    best.close()
+    logging.info("step %d/%d  loss %.4f  %s  %.1f patches/s  ETA %s", record["step"],
+                 progress.steps, record["loss"], extra, rate, _fmt_time(eta))
+
+
+def finish(run: Run, step: int, history: list[dict]) -> dict:
+  """Waits for the last checkpoints, writes the loss curve, train_summary.json and (fine-tuning)
+  the model bundle; returns the summary."""
+  main_process = parallel.is_main_process()
+  run.mngr.wait_until_finished()
+  if run.best is not None:
+    run.best.wait_until_finished()
+  png = os.path.join(run.workdir, "loss_curve.png")
+  if main_process:
+    plots.loss_curve(history, png, run.task)
+  last = history[-1] if history and step > run.start else {}
+  directory = run.mngr.directory
+  summary = {"task": run.task, "workdir": os.path.abspath(run.workdir), "steps": step,
+             "stopped_early": step < run.config.train.steps, "final": last, "loss_curve": png,
+             "checkpoints": directory.as_posix() if hasattr(directory, "as_posix")
+             else str(directory), "wall_s": round(time.time() - run.t_start, 1),
+             "transfer": run.transfer_report and {k: len(v)
+                                                  for k, v in run.transfer_report.items()},
+             "frozen": run.setup.frozen}
+  run.mngr.close()
+  if run.best is not None:
+    run.best.close()
   if not main_process:
     return summary
-  files.write_json(summary, os.path.join(workdir, "train_summary.json"))
-  if task == "segmentation":  # the workdir is the model bundle segment reads
-    bundle.write(workdir, config, train_exams, val_exams, summary)
-  print(f"[{config.mode}] {step} steps in {summary['wall_s']} s; final "
+  files.write_json(summary, os.path.join(run.workdir, "train_summary.json"))
+  if run.task == "segmentation":  # the workdir is the model bundle segment reads
+    bundle.write(run.workdir, run.config, run.train_exams, run.val_exams, summary)
+  print(f"[{run.config.mode}] {step} steps in {summary['wall_s']} s; final "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "lr"))
-        + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {metrics_path}\n  plot: {png}")
+        + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {run.metrics_path}"
+        + f"\n  plot: {png}")
   return summary
 
 
