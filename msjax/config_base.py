@@ -61,12 +61,9 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler
   c.num_threads = 2
-  c.infer_batch = 16            # patches per forward pass in validation and inference
   c.val_fraction = 0.25         # held-out patients for validation (repeated random sub-sampling)
   c.split_repeat = 0            # which random sub-sampling
   c.label_fraction = 1.0        # fine-tuning: share of labelled training patients used (seeded)
-  c.allow_any_geometry = False  # accept grids that cannot be a brain exam (few-cm field of view,
-                                # absurd voxel sizes): refused by default, file and numbers named
   c.update(overrides)
   return c
 
@@ -100,14 +97,15 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.init_from = ""               # finetune: a pretraining workdir (or its checkpoint folder)
   c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
-  c.val_overlap = 0.5            # sliding-window overlap used by validation
   c.loss = "dice"                # segmentation: "dice" (the paper) or "dice_bce" (nnU-Net)
   c.update(overrides)
   return c
 
 
 def predict(**overrides) -> config_dict.ConfigDict:
-  """How a trained network segments an exam (msjax/infer/predict.py)."""
+  """How a trained network segments an exam (msjax/infer/predict.py PredictOptions): in predict,
+  segment and the composite jobs, and in fine-tuning's validation, which segments each held-out
+  exam this way (min_lesion_mm3 included) before scoring it; its threshold goes into the bundle."""
   c = config_dict.ConfigDict()
   c.sampler = "sliding"      # "sliding" (full coverage, Gaussian) or "random" (the paper's)
   c.overlap = 0.5            # sliding window overlap
@@ -117,20 +115,34 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.mirror = False           # test-time mirroring: mean over the 8 flips (8× the compute)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
-  c.allow_any_geometry = False  # accept grids that cannot be a brain exam
   c.update(overrides)
   return c
 
 
-def stage(mode: str, data_cfg, model_cfg, train_cfg, seed: int = 0) -> config_dict.ConfigDict:
-  """The config a pretrain/finetune stage takes (what configs/pretrain.py returns), assembled
-  from blocks; used by composite modes (demo, experiment) to call the stages."""
+def allow_any_geometry(c: config_dict.ConfigDict, value: bool = False) -> config_dict.ConfigDict:
+  """The one geometry switch of a job that reads exams, at its top level: accept grids that cannot
+  be a brain exam (few-cm field of view, absurd voxel sizes), refused by default with the file
+  and the numbers named. Every reader of exams in the job (training, validation, prediction,
+  preprocessing, the baseline) follows it."""
+  c.allow_any_geometry = value
+  return c
+
+
+def stage(mode: str, data_cfg, model_cfg, train_cfg, seed: int = 0, *, predict_cfg=None,
+          any_geometry: bool = False) -> config_dict.ConfigDict:
+  """The config a pretrain/finetune stage takes (what configs/pretrain.py or finetune.py
+  returns), assembled from blocks; used by composite modes (demo, experiment, leave-one-out) to
+  call the stages. Fine-tuning gets the composite job's predict block: its validation segments
+  as the job's predictions do."""
   c = config_dict.ConfigDict()
   c.mode = mode
   c.seed = seed
   c.data = config_dict.ConfigDict(data_cfg.to_dict())
   c.model = config_dict.ConfigDict(model_cfg.to_dict())
   c.train = config_dict.ConfigDict(train_cfg.to_dict())
+  if mode == "finetune":
+    c.predict = config_dict.ConfigDict((predict_cfg or predict()).to_dict())
+  allow_any_geometry(c, any_geometry)
   c.distributed = distributed()
   c.lock()
   return c
@@ -163,6 +175,5 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   c.nyul_landmarks = ""      # a landmarks JSON from an earlier fit ('' = fit on this cohort)
   c.nyul_fit_on = ""         # exam ids to learn the standard histograms from ('' = all)
   c.qc = True
-  c.allow_any_geometry = False  # accept grids that cannot be a brain exam
   c.update(overrides)
   return c

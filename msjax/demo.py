@@ -26,20 +26,19 @@ def run(config, workdir: str):
   data = config_base.data(**dict(config.data.to_dict(), cohort=cohort_dir))
   t = time.time()
   pre_dir = os.path.join(workdir, "pretrain")
-  stages.pretrain(data, config.model, config.pretrain, config.seed, pre_dir)
+  stages.pretrain(config, data, pre_dir)
   times["pretrain"] = time.time() - t
 
   t = time.time()
   ft_dir = os.path.join(workdir, "finetune")
   strategy = stages.strategy_names(config.finetune.freeze)[0]
-  stages.finetune(data, config.model, config.finetune, config.seed, ft_dir, strategy=strategy,
-                  init_from=pre_dir)
+  stages.finetune(config, data, ft_dir, strategy=strategy, init_from=pre_dir)
   times["finetune"] = time.time() - t
 
   t = time.time()
   test_exams = cohort.select(split="test")
   pred_dir = os.path.join(workdir, "predict", "predictions")
-  predicted = stages.predict(ft_dir, test_exams, pred_dir, config.predict, config.seed)
+  predicted = stages.predict(ft_dir, test_exams, pred_dir, stages.predict_options(config))
   times["predict"] = time.time() - t
 
   t = time.time()

@@ -43,8 +43,7 @@ def run(config, workdir: str):
 
   # pretraining sees every non-test exam: the validation split is fine-tuning's only
   pre_dir = os.path.join(workdir, "pretrain")
-  stages.pretrain(config_base.data(**dict(data.to_dict(), val_fraction=0.0)), config.model,
-                  config.pretrain, config.seed, pre_dir)
+  stages.pretrain(config, config_base.data(**dict(data.to_dict(), val_fraction=0.0)), pre_dir)
   rows = []
   runs = [(r, f, s) for r in range(config.repeats) for f in fractions for s in strategies]
   for i, (repeat, fraction, strategy) in enumerate(runs):
@@ -52,11 +51,10 @@ def run(config, workdir: str):
     logging.info("[experiment] run %d/%d: %s", i + 1, len(runs), name)
     run_dir = os.path.join(workdir, "runs", name)
     d = config_base.data(**dict(data.to_dict(), split_repeat=repeat, label_fraction=fraction))
-    stages.finetune(d, config.model, config.finetune, config.seed, run_dir, strategy=strategy,
-                    init_from=pre_dir)
+    stages.finetune(config, d, run_dir, strategy=strategy, init_from=pre_dir)
     for sampler in samplers:
       pred_dir = os.path.join(run_dir, f"predictions_{sampler}")
-      stages.predict(run_dir, test_exams, pred_dir, config.predict, config.seed, sampler=sampler)
+      stages.predict(run_dir, test_exams, pred_dir, stages.predict_options(config, sampler=sampler))
       summary = stages.evaluate(cohort, pred_dir, test_exams)
       for r in summary["exams"]:
         rows.append({"strategy": strategy, "sampler": sampler, "repeat": repeat,

@@ -53,7 +53,9 @@ def preprocess_raw(config, workdir: str) -> list[manifest_lib.Exam]:
     if {e.exam_id for e in done.exams} == {e.exam_id for e in raw.exams}:
       logging.info("[leave_one_out] reusing the preprocessed exams in %s", manifest)
       return list(done.exams)
-  pc = config_base.preprocess(**dict(config.preprocess.to_dict(), input=raw.root))
+  pc = config_base.allow_any_geometry(
+      config_base.preprocess(**dict(config.preprocess.to_dict(), input=raw.root)),
+      config.allow_any_geometry)
   summary = preprocess_run.run(pc, out)
   if summary["failures"]:
     raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} exam(s); see "
@@ -109,7 +111,7 @@ def run(config, workdir: str):
   pre_dir = os.path.join(workdir, "pretrain")
   def data(cohort):
     return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
-  stages.pretrain(data(pre_manifest), config.model, config.pretrain, config.seed, pre_dir)
+  stages.pretrain(config, data(pre_manifest), pre_dir)
   times["pretrain"] = time.time() - t
 
   rows, thresholds, slice_figures, curves = [], {}, {}, {}
@@ -124,12 +126,11 @@ def run(config, workdir: str):
     for strategy in strategies:
       run_dir = os.path.join(fold_dir, strategy)
       t = time.time()
-      stages.finetune(data(manifest), config.model, config.finetune, config.seed, run_dir,
-                      strategy=strategy, init_from=pre_dir)
+      stages.finetune(config, data(manifest), run_dir, strategy=strategy, init_from=pre_dir)
       times[f"finetune {fold} {strategy}"] = time.time() - t
       t = time.time()
       pred_dir = os.path.join(run_dir, "predictions")
-      stages.predict(run_dir, test, pred_dir, config.predict, config.seed)
+      stages.predict(run_dir, test, pred_dir, stages.predict_options(config))
       times[f"predict {fold} {strategy}"] = time.time() - t
       rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
                      f"p >= {config.predict.threshold:g}")
@@ -140,12 +141,11 @@ def run(config, workdir: str):
               outputs.paths(pred_dir, exam)["probseg"], exam.reference)
 
     t = time.time()
-    fit = baseline.fit_threshold(train_exams,
-                                 allow_any_geometry=config.data.allow_any_geometry)
+    fit = baseline.fit_threshold(train_exams, allow_any_geometry=config.allow_any_geometry)
     thresholds[fold] = {k: v for k, v in fit.items() if k != "curve"}
     base_dir = os.path.join(fold_dir, "flair_threshold")
     baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"),
-                                   allow_any_geometry=config.data.allow_any_geometry)
+                                   allow_any_geometry=config.allow_any_geometry)
     files.write_json(fit, os.path.join(base_dir, "threshold.json"))
     rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir,
                    f"FLAIR z >= {fit['threshold_z']:.2f}")

@@ -26,28 +26,35 @@ def freeze_value(strategy: str) -> str:
   return str(n) if transfer else "van"
 
 
-def pretrain(data, model, train, seed: int, workdir: str) -> dict:
-  return loop.train(config_base.stage("pretrain", data, model, train, seed), workdir)
+def predict_options(config, **changes) -> predict_lib.PredictOptions:
+  """The PredictOptions of a composite job's config: its predict block, seed and geometry
+  switch."""
+  return predict_lib.PredictOptions.from_config(
+      config.predict, **{"seed": config.seed, "allow_any_geometry": config.allow_any_geometry,
+                         **changes})
 
 
-def finetune(data, model, train, seed: int, workdir: str, *, strategy: str,
-             init_from: str = "") -> dict:
-  """Fine-tunes one strategy; resumes (or returns at once) when the workdir already holds it."""
-  tc = config_base.train(**dict(train.to_dict(), freeze=freeze_value(strategy),
+def pretrain(config, data, workdir: str) -> dict:
+  """Pretrains with a composite job's model, pretrain block and seed on `data`."""
+  return loop.train(config_base.stage("pretrain", data, config.model, config.pretrain,
+                                      config.seed, any_geometry=config.allow_any_geometry),
+                    workdir)
+
+
+def finetune(config, data, workdir: str, *, strategy: str, init_from: str = "") -> dict:
+  """Fine-tunes one strategy with a composite job's model, finetune and predict blocks (the last
+  for validation) on `data`; resumes (or returns at once) when the workdir already holds it."""
+  tc = config_base.train(**dict(config.finetune.to_dict(), freeze=freeze_value(strategy),
                                 init_from=init_from))
-  return loop.train(config_base.stage("finetune", data, model, tc, seed), workdir)
+  return loop.train(config_base.stage("finetune", data, config.model, tc, config.seed,
+                                      predict_cfg=config.predict,
+                                      any_geometry=config.allow_any_geometry), workdir)
 
 
-def predict(run_dir: str, exams, out_dir: str, predict_cfg, seed: int = 0, *,
-            sampler: str | None = None) -> list[dict]:
+def predict(run_dir: str, exams, out_dir: str,
+            options: predict_lib.PredictOptions) -> list[dict]:
   """Segments `exams` with the network fine-tuned in run_dir; masks in each exam's own space."""
-  p = predict_cfg
-  predictor = predict_lib.Predictor(run_dir, batch_size=p.batch_size, mirror=p.mirror)
-  return predict_lib.predict_cohort(predictor, exams, out_dir, sampler=sampler or p.sampler,
-                                    overlap=p.overlap, n_random=p.n_random,
-                                    threshold=p.threshold, seed=seed,
-                                    min_lesion_mm3=p.min_lesion_mm3,
-                                    allow_any_geometry=p.allow_any_geometry)
+  return predict_lib.predict_cohort(predict_lib.Predictor(run_dir), exams, out_dir, options)
 
 
 def evaluate(cohort, pred_dir: str, exams, out_dir: str | None = None) -> dict:

@@ -53,3 +53,27 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
   assert proc.returncode == 2
   assert f"{tmp_path}/missing: the labelled folder does not exist" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+SAME_SETTING = {  # fields that meant one setting twice (now one field each)
+    "inference batch": ("infer_batch", "batch_size"),
+    "sliding-window overlap": ("val_overlap", "overlap"),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "benchmark"])
+def test_one_field_per_setting(name):
+  """No config holds two fields for one setting (the benchmark's own batch sizes aside), and a
+  job has one geometry switch."""
+  leaves = [key.rsplit(".", 1)[-1] for key in _flat_keys(load_config(name).to_dict())]
+  assert leaves.count("allow_any_geometry") <= 1, (name, leaves)
+  for setting, names in SAME_SETTING.items():
+    assert not all(n in leaves for n in names), (name, setting, leaves)
+
+
+def _flat_keys(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_keys(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"

@@ -24,6 +24,7 @@ def get_config(variant: str = ""):
   c.finetune = config_base.train(steps=250, log_every=25, eval_every=125, checkpoint_every=125,
                                  freeze="0")
   c.predict = config_base.predict()
+  config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.synthetic.update(dict(n_ms=4, n_non_ms=2, n_test=1, shape=(40, 40, 40), spacing_mm=4.0))
     c.data.update(dict(patches_per_exam=4, num_threads=1))

@@ -12,7 +12,7 @@ def get_config(variant: str = ""):
   c.cohort = ""
   c.patch_size = 32
   c.model_shape = (128, 128, 128)   # the grid patches will be cut from; () = each exam's own
-  c.allow_any_geometry = False      # accept grids that cannot be a brain exam (tiny FOV, ...)
+  config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.patch_size, c.model_shape = 16, ()
   return config_base.finish(c, v)

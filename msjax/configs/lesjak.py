@@ -40,7 +40,7 @@ def get_config(variant: str = ""):
   c.figure_slices = 4
   c.preprocess = config_base.preprocess()
   c.data = config_base.data(patch_size=32, lesion_fraction=0.5, augment=True, intensity=True,
-                            lesion_load=0.5, val_fraction=0.0, infer_batch=16)
+                            lesion_load=0.5, val_fraction=0.0)
   c.model = config_base.model(base_width=8)
   c.pretrain = config_base.train(steps=600, log_every=25, eval_every=0, checkpoint_every=100)
   # Dice + cross-entropy: with soft Dice alone, one 0CF run here collapsed to "no lesion
@@ -48,6 +48,7 @@ def get_config(variant: str = ""):
   c.finetune = config_base.train(steps=800, log_every=25, eval_every=0, checkpoint_every=100,
                                  lr=1e-3, loss="dice_bce")
   c.predict = config_base.predict(batch_size=16, mirror=True)
+  config_base.allow_any_geometry(c)
   if "full" in v:  # the paper's method as it ran: network, sampling, loss, inference (a GPU)
     c.data.update(dict(lesion_fraction=0.0, augment=False, intensity=False, lesion_load=0.0))
     c.model.base_width = 16

@@ -24,6 +24,7 @@ def get_config(variant: str = ""):
   c.pretrain = config_base.train(steps=2000)
   c.finetune = config_base.train(steps=2000)
   c.predict = config_base.predict()  # sampler: see `samplers`
+  config_base.allow_any_geometry(c)
   if "smoke" in v:  # synthetic cohort in <workdir>/cohort or --config.data.cohort
     c.repeats = 1
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1,

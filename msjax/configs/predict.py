@@ -14,6 +14,7 @@ def get_config(variant: str = ""):
   c.checkpoint = ""
   c.cohort = ""
   c.exams = "all"        # "all", "train", "test", or comma-separated exam ids
+  config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.batch_size = 8
   if "paper" in v:

@@ -8,6 +8,7 @@ def get_config(variant: str = ""):
   v = config_base.variants(variant, "smoke")
   c = config_base.preprocess()
   c.mode = "preprocess"
+  config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.workers, c.n4_iterations = 1, (5, 5)
   return config_base.finish(c, v)

@@ -13,6 +13,7 @@ def get_config(variant: str = ""):
   c.data = config_base.data()
   c.model = config_base.model()
   c.train = config_base.train(steps=2000)
+  config_base.allow_any_geometry(c)
   c.distributed = config_base.distributed()
   if "smoke" in v:
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))

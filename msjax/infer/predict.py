@@ -8,6 +8,7 @@ paper's N = 150 random patches in the brain, plain averaging, uncovered voxels n
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -16,7 +17,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from msjax import checkpoint, errors, files
+from msjax import checkpoint, config_base, errors, files
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import lesions as lesions_lib
@@ -26,12 +27,68 @@ from msjax.infer import outputs, sliding_window
 from msjax.models import isensee
 from msjax.models import model as model_lib
 
+SAMPLERS = ("sliding", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+  """How a trained network segments an exam: the fields of a config_base.predict() block (their
+  meaning and defaults are there), the seed of the random sampler and the job's geometry switch.
+  Built from a config by `from_config`; passed whole wherever an exam is segmented."""
+  sampler: str
+  overlap: float
+  n_random: int
+  threshold: float
+  batch_size: int
+  mirror: bool
+  min_lesion_mm3: float
+  seed: int = 0
+  allow_any_geometry: bool = False
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+
+  @classmethod
+  def from_config(cls, predict_config=None, **changes) -> "PredictOptions":
+    """The options of a predict block (default: config_base.predict()'s), with changes (seed,
+    allow_any_geometry, ...); a flat predict-mode config carries seed and the switch itself."""
+    config = predict_config if predict_config is not None else config_base.predict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in config.items() if k in names}, **changes})
+
+
+def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
+                  options: PredictOptions) -> tuple[sliding_window.Prediction, int]:
+  """The lesion probability of every voxel of an exam on the model grid, by options' sampler
+  (0 outside the brain), and the number of patches it took."""
+  if options.sampler == "sliding":
+    corners = sliding_window.sliding_window_corners(arrays.shape, patch, options.overlap,
+                                                    brain=arrays.brain)
+    weighting = "gaussian"
+  else:
+    corners = sliding_window.random_brain_corners(arrays.brain, patch, options.n_random,
+                                                  options.seed)
+    weighting = "uniform"
+  pred = sliding_window.predict_volume(predict_batch, arrays.images, corners, patch,
+                                       options.batch_size, weighting)
+  brain = arrays.brain > 0  # lesions are only sought in the brain
+  pred.probability = np.where(brain, pred.probability, 0).astype(np.float32)
+  pred.spread = np.where(brain, pred.spread, 0).astype(np.float32)
+  return pred, len(corners)
+
+
+def lesion_mask(probability: np.ndarray, voxel_mm3: float, options: PredictOptions) -> np.ndarray:
+  """The binary mask (uint8): probability >= threshold, lesions of min_lesion_mm3 or less
+  removed."""
+  return remove_small_lesions((probability >= options.threshold).astype(np.uint8), voxel_mm3,
+                              options.min_lesion_mm3)
+
 
 class Predictor:
   """A trained segmentation network with the data settings it was trained with."""
 
-  def __init__(self, checkpoint_path: str, *, batch_size: int = 16, conv_impl: str = "",
-               mirror: bool = False):
+  def __init__(self, checkpoint_path: str, *, conv_impl: str = ""):
     params, meta, where = checkpoint.restore_params(checkpoint_path)
     if meta.get("task") != "segmentation":
       raise ValueError(f"{where}: a {meta.get('task')} checkpoint cannot segment; give a "
@@ -41,34 +98,21 @@ class Predictor:
     model_cfg = cfg.model
     if conv_impl:
       model_cfg.conv_impl = conv_impl
-    model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
+    self.model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
-    self.batch_size = batch_size
-    self.mirror = mirror  # test-time mirroring: mean over the 8 flips (8× the compute)
-    self._predict = model_lib.make_predict(model, "segmentation", mirror=mirror)
+    self._predict = {}  # mirror -> jitted predict (test-time mirroring: 8× the compute)
 
-  def predict_batch(self, x):
-    return self._predict(self.params, x)
+  def predict_batch(self, x, mirror: bool = False):
+    if mirror not in self._predict:
+      self._predict[mirror] = model_lib.make_predict(self.model, "segmentation", mirror=mirror)
+    return self._predict[mirror](self.params, x)
 
-  def predict_exam(self, arrays: exams_lib.ExamArrays, sampler: str = "sliding",
-                   overlap: float = 0.5, n_random: int = 150, seed: int = 0):
-    if sampler == "sliding":
-      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, overlap,
-                                                      brain=arrays.brain)
-      weighting = "gaussian"
-    elif sampler == "random":
-      corners = sliding_window.random_brain_corners(arrays.brain, self.patch, n_random, seed)
-      weighting = "uniform"
-    else:
-      raise ValueError(f"unknown sampler {sampler!r} (sliding or random)")
-    pred = sliding_window.predict_volume(self.predict_batch, arrays.images, corners, self.patch,
-                                         self.batch_size, weighting)
-    brain = arrays.brain > 0  # lesions are only sought in the brain
-    pred.probability = np.where(brain, pred.probability, 0).astype(np.float32)
-    pred.spread = np.where(brain, pred.spread, 0).astype(np.float32)
-    return pred, len(corners)
+  def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
+    """(probabilities on the model grid, patches used): `probabilities` with this network."""
+    return probabilities(lambda x: self.predict_batch(x, options.mirror), arrays, self.patch,
+                         options)
 
 
 def select_exams(cohort, which: str):
@@ -113,18 +157,19 @@ def flair_of(exam) -> str:
   return exam.images.get("FLAIR") or next(iter(exam.images.values()))
 
 
-def predict_exam(predictor: Predictor, exam, out_dir: str, *, sampler="sliding", overlap=0.5,
-                 n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
-                 allow_any_geometry=False) -> dict:
-  """Segments one exam and writes its BIDS-derivative outputs (msjax/infer/outputs.py)."""
+def predict_exam(predictor: Predictor, exam, out_dir: str,
+                 options: PredictOptions | None = None) -> dict:
+  """Segments one exam and writes its BIDS-derivative outputs (msjax/infer/outputs.py); options
+  default to config_base.predict()'s."""
+  options = options or PredictOptions.from_config()
   t0 = time.time()
   arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape, patch_size=predictor.patch,
-                               allow_any_geometry=allow_any_geometry)
-  pred, n_patches = predictor.predict_exam(arrays, sampler, overlap, n_random, seed)
+                               allow_any_geometry=options.allow_any_geometry)
+  pred, n_patches = predictor.predict_exam(arrays, options)
   prob, affine, to_mni = in_file_space(exam, arrays, pred.probability)
   spread, _, _ = in_file_space(exam, arrays, pred.spread)
   voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
-  mask = remove_small_lesions((prob >= threshold).astype(np.uint8), voxel_mm3, min_lesion_mm3)
+  mask = lesion_mask(prob, voxel_mm3, options)
   out = outputs.paths(out_dir, exam)
   nifti.write_nifti(mask, affine, out["mask"], np.uint8)
   nifti.write_nifti(prob, affine, out["probseg"])
@@ -135,13 +180,12 @@ def predict_exam(predictor: Predictor, exam, out_dir: str, *, sampler="sliding",
   _, counted = lesions_lib.lesions(mask, voxel_mm3)
   return {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(counted),
           "components": len(table), "volume_ml": round(float(mask.sum()) * voxel_mm3 / 1e3, 4),
-          "patches": n_patches, "sampler": sampler, "mirror": predictor.mirror,
-          "threshold": threshold, "seconds": round(time.time() - t0, 2), **out}
+          "patches": n_patches, "sampler": options.sampler, "mirror": options.mirror,
+          "threshold": options.threshold, "seconds": round(time.time() - t0, 2), **out}
 
 
-def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="sliding", overlap=0.5,
-                   n_random=150, threshold=0.5, seed=0, min_lesion_mm3=0.0,
-                   allow_any_geometry=False, keep_going=False, log=logging.info) -> list[dict]:
+def predict_cohort(predictor: Predictor, exams, out_dir: str, options: PredictOptions, *,
+                   keep_going=False, log=logging.info) -> list[dict]:
   """Segments every exam into a BIDS-derivatives dataset at out_dir, with predictions.csv (one
   row per exam) and dataset_description.json. keep_going: an exam that fails is reported (its
   row says why) and the others go on; otherwise the first failure stops the run."""
@@ -155,9 +199,7 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, *, sampler="slidin
   rows, t_start = [], time.time()
   for i, exam in enumerate(exams):
     try:
-      row = predict_exam(predictor, exam, out_dir, sampler=sampler, overlap=overlap,
-                         n_random=n_random, threshold=threshold, seed=seed,
-                         min_lesion_mm3=min_lesion_mm3, allow_any_geometry=allow_any_geometry)
+      row = predict_exam(predictor, exam, out_dir, options)
     except Exception as e:  # noqa: BLE001 - reported in the table and the log
       if not keep_going:
         raise
@@ -180,17 +222,13 @@ def run(config, workdir: str):
   if not config.cohort:
     raise ValueError("predict needs --config.cohort=PATH (a manifest, a cohort folder, or a "
                      "folder with one exam's NIfTI files)")
-  predictor = Predictor(config.checkpoint, batch_size=config.batch_size, mirror=config.mirror)
+  predictor = Predictor(config.checkpoint)
   cohort = cohort_lib.load_cohort(config.cohort)
   exams = select_exams(cohort, config.exams)
   if not exams:
     raise ValueError(f"no exam selected by exams={config.exams!r} in {cohort.root}")
   out_dir = os.path.join(workdir, "predictions")
-  rows = predict_cohort(predictor, exams, out_dir, sampler=config.sampler,
-                        overlap=config.overlap, n_random=config.n_random,
-                        threshold=config.threshold, seed=config.seed,
-                        min_lesion_mm3=config.min_lesion_mm3,
-                        allow_any_geometry=config.allow_any_geometry)
+  rows = predict_cohort(predictor, exams, out_dir, PredictOptions.from_config(config))
   files.write_json({"checkpoint": predictor.where, "cohort": cohort.root, "exams": rows},
                    os.path.join(out_dir, "predict.json"))
   print(f"[predict] {len(rows)} exam(s) from {predictor.where}: BIDS derivatives in {out_dir}/ "

@@ -105,13 +105,13 @@ def prepare(config, workdir: str, task: str) -> Run:
   os.makedirs(workdir, exist_ok=True)
   cohort = inputs.resolve_cohort(config, workdir)
   train_exams, val_exams = inputs.split_exams(cohort, task, config)
-  inputs.check_exams(train_exams + val_exams, config.data.allow_any_geometry)
+  inputs.check_exams(train_exams + val_exams, config.allow_any_geometry)
   logging.info("%s on %d training exams (%d patients), validating on %d exams: %s", task,
                len(train_exams), len({e.patient_id for e in train_exams}), len(val_exams),
                [e.exam_id for e in val_exams])
   setup = state_lib.create_train_state(config, task, mesh)
   load = dict(model_shape=inputs.model_shape(config), patch_size=config.data.patch_size,
-              allow_any_geometry=config.data.allow_any_geometry)
+              allow_any_geometry=config.allow_any_geometry)
   spec = inputs.sampler_spec(config, task, jax.local_device_count(), jax.process_index())
   data_iter = pipeline.make_iterator(
       pipeline.make_dataset(train_exams, spec, exams_lib.ExamCache(config.data.cache_exams, **load),

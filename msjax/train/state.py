@@ -43,7 +43,9 @@ def create_train_state(config, task: str, mesh) -> TrainSetup:
   return TrainSetup(model=model, params=params, n_params=n_params, transfer=transfer_on,
                     frozen=frozen, labels=labels, tx=tx,
                     train_step=steps.make_train_step(model, task, tx, labels, tc.loss),
-                    predict=model_lib.make_predict(model, task), abstract=abstract)
+                    predict=model_lib.make_predict(
+                        model, task, mirror=task == "segmentation" and config.predict.mirror),
+                    abstract=abstract)
 
 
 def restore_or_init(setup: TrainSetup, config, mngr, data_iter, mesh):

@@ -1,5 +1,6 @@
-"""Validation during training, on held-out patients: whole-volume sliding-window Dice
-(segmentation) or the MSE of held-out patches beside the predict-the-mean baseline (position)."""
+"""Validation during training, on held-out patients: whole-volume Dice of each exam segmented as
+`predict` would with the config's predict block (segmentation), or the MSE of held-out patches
+beside the predict-the-mean baseline (position)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,18 +8,22 @@ import numpy as np
 from msjax import parallel
 from msjax.data import pipeline
 from msjax.evaluate import metrics
-from msjax.infer import sliding_window
+from msjax.infer import predict as predict_lib
 from msjax.train.inputs import sampler_spec
 
 
 class Validator:
-  """Validation on held-out patients. Segmentation: whole-volume sliding-window Dice per exam.
-  Position: MSE on a fixed set of held-out patches, beside the predict-the-mean baseline."""
+  """Validation on held-out patients. Segmentation: whole-volume Dice per exam, the exam segmented
+  with the options of config.predict (sampler, overlap, batch size, mirroring, threshold, small
+  lesions removed). Position: MSE on a fixed set of held-out patches, beside the
+  predict-the-mean baseline. `predict` is the jitted network (mirrored when the options say so)."""
 
   def __init__(self, config, task, exams, cache, predict, mesh):
     self.task, self.exams, self.cache, self._predict, self.mesh = task, exams, cache, predict, mesh
-    self.patch, self.batch = config.data.patch_size, config.data.infer_batch
-    self.overlap = config.train.val_overlap
+    self.patch = config.data.patch_size
+    if task == "segmentation":
+      self.options = predict_lib.PredictOptions.from_config(
+          config.predict, seed=config.seed, allow_any_geometry=config.allow_any_geometry)
     if task == "position" and exams:
       spec = sampler_spec(config, task)
       ds = pipeline.make_dataset(exams, spec, cache, num_batches=4)
@@ -36,12 +41,9 @@ class Validator:
     rows = []
     for exam in self.exams:
       arrays = self.cache.get(exam)
-      corners = sliding_window.sliding_window_corners(arrays.shape, self.patch, self.overlap,
-                                                      brain=arrays.brain)
-      pred = sliding_window.predict_volume(self.predict, arrays.images, corners, self.patch,
-                                           self.batch)
-      p = (pred.probability >= 0.5) & (arrays.brain > 0)
-      rows.append(metrics.voxel_metrics(p, arrays.reference))
+      pred, _ = predict_lib.probabilities(self.predict, arrays, self.patch, self.options)
+      mask = predict_lib.lesion_mask(pred.probability, 1e3 * arrays.grid.voxel_ml, self.options)
+      rows.append(metrics.voxel_metrics(mask > 0, arrays.reference))
     # an exam with no lesion and no prediction has no Dice: it is left out, not counted as 1
     mean, n = metrics.mean_over_defined(rows, ["dice"])
     return {} if mean["dice"] is None else {"val_dice": mean["dice"], "val_exams": n["dice"]}

@@ -15,10 +15,11 @@ from msjax.infer import predict
 
 @pytest.mark.slow  # needs the session's trained model
 def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, tmp_path):
-  predictor = predict.Predictor(trained, batch_size=8)
+  predictor = predict.Predictor(trained)
   exams = [tiny_cohort.by_id("synth001"), tiny_cohort.by_id("synth003")]  # LPS and RAS files
   # a low threshold so that the tiny smoke model predicts some lesion to tabulate
-  rows = predict.predict_cohort(predictor, exams, str(tmp_path), sampler="sliding", threshold=0.2)
+  options = predict.PredictOptions.from_config(batch_size=8, sampler="sliding", threshold=0.2)
+  rows = predict.predict_cohort(predictor, exams, str(tmp_path), options)
   for exam, row in zip(exams, rows):
     src = nib.load(exam.images["FLAIR"])
     anat = tmp_path / exam.bids_prefix / "anat"
@@ -54,9 +55,10 @@ def test_predict_writes_bids_derivatives_in_native_space(trained, tiny_cohort, t
 
 @pytest.mark.slow
 def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
-  predictor = predict.Predictor(trained, batch_size=8)
+  predictor = predict.Predictor(trained)
   arrays = exams_lib.load_exam(tiny_cohort.by_id("synth000"), patch_size=16)
-  pred, n = predictor.predict_exam(arrays, sampler="random", n_random=5)
+  pred, n = predictor.predict_exam(arrays, predict.PredictOptions.from_config(
+      batch_size=8, sampler="random", n_random=5))
   assert n == 5
   assert (pred.coverage == 0).any()
   assert not pred.probability[pred.coverage == 0].any()
@@ -66,10 +68,11 @@ def test_paper_sampler_leaves_uncovered_voxels_empty(trained, tiny_cohort):
 @needs_lesjak()
 def test_predict_on_real_lesjak_grid(trained, tmp_path):
   """A smoke model on the real 182×218×182 LAS scans: masks come back on that exact grid."""
-  predictor = predict.Predictor(trained, batch_size=8)
+  predictor = predict.Predictor(trained)
   predictor.model_shape = (64, 64, 64)  # a coarse model grid keeps this CPU test short
   exam = cohort_lib.load_cohort(LESJAK_MNI).by_id("patient07")
-  row = predict.predict_cohort(predictor, [exam], str(tmp_path), overlap=0.0, threshold=0.05)[0]
+  options = predict.PredictOptions.from_config(batch_size=8, overlap=0.0, threshold=0.05)
+  row = predict.predict_cohort(predictor, [exam], str(tmp_path), options)[0]
   img, src = nib.load(row["mask"]), nib.load(exam.images["FLAIR"])
   assert img.shape == (182, 218, 182) == src.shape
   np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
@@ -90,3 +93,19 @@ def test_small_predicted_lesions_are_removed_by_the_evaluator_s_size_rule():
   two_or_more[1, 1, 1] = two_or_more[1, 10, 1] = two_or_more[2, 11, 1] = 0
   np.testing.assert_array_equal(predict.remove_small_lesions(mask, 1.0, 1.0), two_or_more)
   assert predict.remove_small_lesions(mask, 1.0, 0.0) is mask  # 0: the option is off
+
+
+def test_predict_options_come_whole_from_each_config():
+  import dataclasses
+
+  from conftest import load_config
+  from msjax import stages
+  flat = load_config("predict", "smoke", seed=3, allow_any_geometry=True)
+  options = predict.PredictOptions.from_config(flat)
+  assert (options.batch_size, options.seed, options.allow_any_geometry) == (8, 3, True)
+  lesjak = stages.predict_options(load_config("lesjak"), sampler="random")
+  assert (lesjak.mirror, lesjak.batch_size, lesjak.sampler) == (True, 16, "random")
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    options.threshold = 0.3
+  with pytest.raises(ValueError, match="unknown sampler 'grid'"):
+    predict.PredictOptions.from_config(sampler="grid")
