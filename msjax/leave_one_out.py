@@ -74,110 +74,141 @@ def write_manifest(exams, path: str) -> str:
   return path
 
 
+@dataclasses.dataclass
+class Results:
+  """What the folds accumulate: score rows, the baseline's thresholds, slice figures,
+  calibration curves and wall time per stage."""
+  rows: list = dataclasses.field(default_factory=list)
+  thresholds: dict = dataclasses.field(default_factory=dict)
+  slice_figures: dict = dataclasses.field(default_factory=dict)
+  curves: dict = dataclasses.field(default_factory=dict)
+  times: dict = dataclasses.field(default_factory=dict)
+
+  def timed(self, name: str, fn, *args, **kwargs):
+    t = time.time()
+    out = fn(*args, **kwargs)
+    self.times[name] = time.time() - t
+    return out
+
+
 def run(config, workdir: str):
   t_all = time.time()
   workdir = os.path.abspath(workdir)
-  times: dict[str, float] = {}
+  res = Results()
+  labelled, folds, strategies, pre_manifest = plan(config, workdir, res)
+  pre_dir = os.path.join(workdir, "pretrain")
+  res.timed("pretrain", stages.pretrain, config, _data(config, pre_manifest), pre_dir)
+  for fold in folds:
+    run_fold(config, workdir, fold, labelled, strategies, pre_dir, res)
+  res.times["total"] = time.time() - t_all
+  return report(config, workdir, res, strategies, folds)
+
+
+def _data(config, cohort: str):
+  return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
+
+
+def plan(config, workdir: str, res: Results):
+  """(labelled exams, folds, strategies, pretraining manifest): the inputs checked, the raw
+  unlabelled exams preprocessed, every scan written into the pretraining cohort."""
   labelled_cohort = cohort_lib.load_cohort(_existing(config.labelled, "labelled"))
   labelled = labelled_cohort.select(labelled=True)
   patients = sorted({e.patient_id for e in labelled})
   if len(patients) < 2:
     raise errors.InvalidInputError(f"{labelled_cohort.root}: leave-one-patient-out needs "
-                                       f"labelled exams of ≥ 2 patients, found {patients}")
+                                   f"labelled exams of ≥ 2 patients, found {patients}")
   folds = config_base.parse_list(config.folds) or patients
   unknown = sorted(set(folds) - set(patients))
   if unknown:
     raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
                      f"({patients})")
   strategies = stages.strategy_names(config.strategies)
-
   # the labelled cohort's own unlabelled exams go to pretraining too
   unlabelled: list[manifest_lib.Exam] = list(labelled_cohort.select(labelled=False))
   if config.unlabelled_raw:
-    t = time.time()
-    unlabelled += preprocess_raw(config, workdir)
-    times["preprocess"] = time.time() - t
+    unlabelled += res.timed("preprocess", preprocess_raw, config, workdir)
   for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(_existing(path, "unlabelled")).exams)
-  train = lambda e: dataclasses.replace(e, split="train")  # noqa: E731
-  cohorts = os.path.join(workdir, "cohorts")
-  pre_manifest = write_manifest([train(e) for e in labelled + unlabelled],
-                                os.path.join(cohorts, "pretrain.json"))
+  pre_manifest = write_manifest([dataclasses.replace(e, split="train")
+                                 for e in labelled + unlabelled],
+                                os.path.join(workdir, "cohorts", "pretrain.json"))
   logging.info("[leave_one_out] pretraining on %d scans (%d labelled, %d unlabelled); folds %s; "
                "strategies %s", len(labelled) + len(unlabelled), len(labelled), len(unlabelled),
                folds, strategies)
+  return labelled, folds, strategies, pre_manifest
 
-  t = time.time()
-  pre_dir = os.path.join(workdir, "pretrain")
-  def data(cohort):
-    return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
-  stages.pretrain(config, data(pre_manifest), pre_dir)
-  times["pretrain"] = time.time() - t
 
-  rows, thresholds, slice_figures, curves = [], {}, {}, {}
-  for fold in folds:
-    fold_dir = os.path.join(workdir, "folds", f"test_{fold}")
-    exams = [dataclasses.replace(e, split="test" if e.patient_id == fold else "train")
-             for e in labelled]
-    manifest = write_manifest(exams, os.path.join(cohorts, f"test_{fold}.json"))
-    cohort = cohort_lib.load_cohort(manifest)
-    test, train_exams = cohort.select(split="test"), cohort.select(split="train")
-    masks = {}
-    for strategy in strategies:
-      run_dir = os.path.join(fold_dir, strategy)
-      t = time.time()
-      stages.finetune(config, data(manifest), run_dir, strategy=strategy, init_from=pre_dir)
-      times[f"finetune {fold} {strategy}"] = time.time() - t
-      t = time.time()
-      pred_dir = os.path.join(run_dir, "predictions")
-      stages.predict(run_dir, test, pred_dir, stages.predict_options(config))
-      times[f"predict {fold} {strategy}"] = time.time() - t
-      rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
-                     f"p >= {config.predict.threshold:g}")
-      masks[strategy] = pred_dir
-      for exam in test:
-        if exam.reference:
-          curves[(fold, strategy, exam.exam_id)] = threshold_curve(
-              outputs.paths(pred_dir, exam)["probseg"], exam.reference)
-
-    t = time.time()
-    fit = baseline.fit_threshold(train_exams, allow_any_geometry=config.allow_any_geometry)
-    thresholds[fold] = {k: v for k, v in fit.items() if k != "curve"}
-    base_dir = os.path.join(fold_dir, "flair_threshold")
-    baseline.write_threshold_masks(test, fit["threshold_z"], os.path.join(base_dir, "predictions"),
-                                   allow_any_geometry=config.allow_any_geometry)
-    files.write_json(fit, os.path.join(base_dir, "threshold.json"))
-    rows += _score(cohort, os.path.join(base_dir, "predictions"), test, fold, BASELINE, base_dir,
-                   f"FLAIR z >= {fit['threshold_z']:.2f}")
-    masks[BASELINE] = os.path.join(base_dir, "predictions")
-    times[f"baseline {fold}"] = time.time() - t
-
+def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str,
+             res: Results) -> None:
+  """Patient `fold` left out: every strategy fine-tuned, predicted and scored, the FLAIR
+  threshold fitted and scored, the slice figure of each left-out exam."""
+  fold_dir = os.path.join(workdir, "folds", f"test_{fold}")
+  exams = [dataclasses.replace(e, split="test" if e.patient_id == fold else "train")
+           for e in labelled]
+  manifest = write_manifest(exams, os.path.join(workdir, "cohorts", f"test_{fold}.json"))
+  cohort = cohort_lib.load_cohort(manifest)
+  test, train_exams = cohort.select(split="test"), cohort.select(split="train")
+  masks = {}
+  for strategy in strategies:
+    run_dir = os.path.join(fold_dir, strategy)
+    res.timed(f"finetune {fold} {strategy}", stages.finetune, config, _data(config, manifest),
+              run_dir, strategy=strategy, init_from=pre_dir)
+    pred_dir = os.path.join(run_dir, "predictions")
+    res.timed(f"predict {fold} {strategy}", stages.predict, run_dir, test, pred_dir,
+              stages.predict_options(config))
+    res.rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
+                       f"p >= {config.predict.threshold:g}")
+    masks[strategy] = pred_dir
     for exam in test:
-      flair = exam.images.get("FLAIR")
-      if flair and exam.reference:
-        slice_figures[exam.exam_id] = outlines.outline_figure(
-            flair, exam.reference,
-            {name: outputs.paths(d, exam)["mask"] for name, d in masks.items()},
-            os.path.join(workdir, f"slices_{exam.exam_id}.png"),
-            title=f"{exam.exam_id} left out (trained on "
-                  f"{', '.join(sorted({e.patient_id for e in train_exams}))})",
-            n_slices=config.figure_slices)
+      if exam.reference:
+        res.curves[(fold, strategy, exam.exam_id)] = threshold_curve(
+            outputs.paths(pred_dir, exam)["probseg"], exam.reference)
+  masks[BASELINE] = res.timed(f"baseline {fold}", run_baseline, config, cohort, fold, fold_dir,
+                              res)
+  for exam in test:
+    flair = exam.images.get("FLAIR")
+    if flair and exam.reference:
+      res.slice_figures[exam.exam_id] = outlines.outline_figure(
+          flair, exam.reference,
+          {name: outputs.paths(d, exam)["mask"] for name, d in masks.items()},
+          os.path.join(workdir, f"slices_{exam.exam_id}.png"),
+          title=f"{exam.exam_id} left out (trained on "
+                f"{', '.join(sorted({e.patient_id for e in train_exams}))})",
+          n_slices=config.figure_slices)
 
-  times["total"] = time.time() - t_all
-  written = write_outputs(rows, strategies + [BASELINE], folds, workdir)
-  written.update({f"slices_{k}": v for k, v in slice_figures.items()})
-  if curves:
-    written["calibration_png"] = calibration_figure(curves, config.predict.threshold,
+
+def run_baseline(config, cohort, fold: str, fold_dir: str, res: Results) -> str:
+  """The FLAIR threshold fitted on the fold's training exams, applied to the left-out ones and
+  scored; returns the folder of its masks."""
+  test, train_exams = cohort.select(split="test"), cohort.select(split="train")
+  fit = baseline.fit_threshold(train_exams, allow_any_geometry=config.allow_any_geometry)
+  res.thresholds[fold] = {k: v for k, v in fit.items() if k != "curve"}
+  base_dir = os.path.join(fold_dir, "flair_threshold")
+  pred_dir = os.path.join(base_dir, "predictions")
+  baseline.write_threshold_masks(test, fit["threshold_z"], pred_dir,
+                                 allow_any_geometry=config.allow_any_geometry)
+  files.write_json(fit, os.path.join(base_dir, "threshold.json"))
+  res.rows += _score(cohort, pred_dir, test, fold, BASELINE, base_dir,
+                     f"FLAIR z >= {fit['threshold_z']:.2f}")
+  return pred_dir
+
+
+def report(config, workdir: str, res: Results, strategies, folds) -> dict:
+  """results.md/csv, scores.png, calibration.png and leave_one_out.json; prints the table."""
+  written = write_outputs(res.rows, strategies + [BASELINE], folds, workdir)
+  written.update({f"slices_{k}": v for k, v in res.slice_figures.items()})
+  if res.curves:
+    written["calibration_png"] = calibration_figure(res.curves, config.predict.threshold,
                                                     os.path.join(workdir, "calibration.png"))
-  files.write_json({"rows": rows, "thresholds": thresholds, "times_s": times,
+  files.write_json({"rows": res.rows, "thresholds": res.thresholds, "times_s": res.times,
                     "calibration": [{"fold": f, "method": m, "exam_id": e, **c}
-                                    for (f, m, e), c in curves.items()],
+                                    for (f, m, e), c in res.curves.items()],
                     "outputs": written}, os.path.join(workdir, "leave_one_out.json"))
   print(open(written["table_md"]).read())
   print("[leave_one_out] wall time per stage: " + ", ".join(
-      f"{k} {v:.0f} s" for k, v in times.items()))
+      f"{k} {v:.0f} s" for k, v in res.times.items()))
   print("\n".join(f"  {k}: {v}" for k, v in written.items()))
-  return {"rows": rows, "times_s": times, "outputs": written}
+  return {"rows": res.rows, "times_s": res.times, "outputs": written}
 
 
 def _score(cohort, pred_dir, exams, fold, method, run_dir, threshold: str) -> list[dict]:

@@ -157,31 +157,57 @@ def flair_of(exam) -> str:
   return exam.images.get("FLAIR") or next(iter(exam.images.values()))
 
 
-def predict_exam(predictor: Predictor, exam, out_dir: str,
-                 options: PredictOptions | None = None) -> dict:
-  """Segments one exam and writes its BIDS-derivative outputs (msjax/infer/outputs.py); options
-  default to config_base.predict()'s."""
-  options = options or PredictOptions.from_config()
-  t0 = time.time()
+@dataclasses.dataclass
+class Segmentation:
+  """One exam segmented, in the voxel order and affine of the file its outputs go with."""
+  probability: np.ndarray
+  spread: np.ndarray           # spread of the overlapping patch predictions
+  mask: np.ndarray             # uint8
+  affine: np.ndarray
+  to_mni: object               # world mm -> MNI mm, or None
+  voxel_mm3: float
+  patches: int
+
+
+def segment_exam(predictor: Predictor, exam, options: PredictOptions) -> Segmentation:
+  """Computes one exam's segmentation (nothing is written): loaded onto the model grid, predicted,
+  brought back to the exam's own space, thresholded."""
   arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape, patch_size=predictor.patch,
                                allow_any_geometry=options.allow_any_geometry)
   pred, n_patches = predictor.predict_exam(arrays, options)
   prob, affine, to_mni = in_file_space(exam, arrays, pred.probability)
   spread, _, _ = in_file_space(exam, arrays, pred.spread)
   voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
-  mask = lesion_mask(prob, voxel_mm3, options)
+  return Segmentation(probability=prob, spread=spread, mask=lesion_mask(prob, voxel_mm3, options),
+                      affine=affine, to_mni=to_mni, voxel_mm3=voxel_mm3, patches=n_patches)
+
+
+def export_exam(seg: Segmentation, exam, out_dir: str) -> dict:
+  """Writes a segmentation's BIDS-derivative files (msjax/infer/outputs.py: mask, probability,
+  uncertainty, lesion table, overlay); returns the exam's row (lesion count, volume, paths)."""
   out = outputs.paths(out_dir, exam)
-  nifti.write_nifti(mask, affine, out["mask"], np.uint8)
-  nifti.write_nifti(prob, affine, out["probseg"])
-  nifti.write_nifti(spread, affine, out["uncertainty"])
-  table = outputs.lesion_table(mask, prob, affine, to_mni)
+  nifti.write_nifti(seg.mask, seg.affine, out["mask"], np.uint8)
+  nifti.write_nifti(seg.probability, seg.affine, out["probseg"])
+  nifti.write_nifti(seg.spread, seg.affine, out["uncertainty"])
+  table = outputs.lesion_table(seg.mask, seg.probability, seg.affine, seg.to_mni)
   files.write_csv(table, out["table"], fieldnames=outputs.TABLE_COLUMNS)
   outputs.overlay_figure(flair_of(exam), out["mask"], out["overlay"], title=exam.exam_id)
-  _, counted = lesions_lib.lesions(mask, voxel_mm3)
+  _, counted = lesions_lib.lesions(seg.mask, seg.voxel_mm3)
   return {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "lesions": len(counted),
-          "components": len(table), "volume_ml": round(float(mask.sum()) * voxel_mm3 / 1e3, 4),
-          "patches": n_patches, "sampler": options.sampler, "mirror": options.mirror,
-          "threshold": options.threshold, "seconds": round(time.time() - t0, 2), **out}
+          "components": len(table),
+          "volume_ml": round(float(seg.mask.sum()) * seg.voxel_mm3 / 1e3, 4),
+          "patches": seg.patches, **out}
+
+
+def predict_exam(predictor: Predictor, exam, out_dir: str,
+                 options: PredictOptions | None = None) -> dict:
+  """Segments one exam and writes its outputs (segment_exam, then export_exam); options default
+  to config_base.predict()'s."""
+  options = options or PredictOptions.from_config()
+  t0 = time.time()
+  row = export_exam(segment_exam(predictor, exam, options), exam, out_dir)
+  return {**row, "sampler": options.sampler, "mirror": options.mirror,
+          "threshold": options.threshold, "seconds": round(time.time() - t0, 2)}
 
 
 def predict_cohort(predictor: Predictor, exams, out_dir: str, options: PredictOptions, *,
