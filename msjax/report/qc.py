@@ -1,0 +1,248 @@
+"""Is this exam fit to segment? A per-exam verdict, `ok` / `check` / `fail`, with its reasons,
+computed from the exam on the model grid (the 128³ MNI grid, or the MNI152 1 mm box) rather than
+looked at: each measure below is compared with two thresholds (`config()`), the worst result is
+the verdict, and every measure past its `ok` threshold is a reason, with its value.
+
+  registration   how well the exam sits on the MNI template: the distance between the centres
+                 of the exam's brain mask and of the template's brain, the brain's size against
+                 the template's (msjax.report.atlas.fit_brain), and, with the template scaled and
+                 shifted onto the brain mask, the correlation (both smoothed by 3 mm) of the FLAIR
+                 with the best linear combination of the template's GM, WM and CSF probabilities
+                 (any contrast fits; a rotated, flipped or slipped brain does not) and of the T1
+                 with the MNI152 T1 when there is one;
+  brain volume   the brain mask's volume in the exam's own space (through the registration's
+                 scale; an exam on the MNI grid without it: its MNI-space volume);
+  resolution     the raw FLAIR's slice thickness and in-plane voxel size against what the model
+                 saw (3D 1 mm exams and 2D clinical ones with 3-4 mm slices);
+  intensities    the exam's Nyúl landmarks before standardisation, scaled to [0, 100], against
+                 the model bundle's: the largest gap (a very different histogram, e.g. a T2 given
+                 as FLAIR, is stretched into place and looks nothing like what the model saw);
+  FLAIR          missing: the model, the locations and this QC all rely on it;
+  field of view  the share of the template's brain (scaled and shifted onto the brain mask, so
+                 a small head is not a small field of view) that the mask covers, and the
+                 share of the brain mask's voxels on the grid's outer faces (a brain cut by the
+                 field of view).
+
+Defaults measured on the real Lesjak exams (the two of lesjak_mni and the four raw exams of
+lesjak_longitudinal_raw after msjax's preprocessing, all `ok`) and on damaged copies of them
+(each flagged for its own reason): the comment under `config()` lists what was measured.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ml_collections import config_dict
+from scipy import ndimage
+
+from msjax.preprocess import nyul
+
+OK, CHECK, FAIL = "ok", "check", "fail"
+ORDER = {OK: 0, CHECK: 1, FAIL: 2}
+
+
+def config() -> config_dict.ConfigDict:
+  """Thresholds: (check, fail) pairs, or (ok low, ok high, fail low, fail high) ranges. A value
+  past `check` is a reason to look at the exam, past `fail` a reason not to use its result.
+  Each sits between the real exams and the damaged copies (the comment below)."""
+  c = config_dict.ConfigDict()
+  c.offset_mm = (6.0, 10.0)           # max distance of the brain's centroid from the template's
+  c.scale = (0.80, 1.30, 0.70, 1.50)  # brain spread / template's (1.14 in lesjak_mni: rigid)
+  c.flair_fit_r = (0.60, 0.45)        # min correlation of the FLAIR with the tissue-prior fit
+  c.t1_ncc = (0.65, 0.50)             # min correlation of the T1 with the MNI152 T1
+  c.brain_ml = (800.0, 1900.0, 500.0, 2400.0)  # brain volume, mL, the exam's own (see measure)
+  c.slice_mm = (5.0, 7.0)             # max slice thickness (largest voxel edge of the raw FLAIR)
+  c.inplane_mm = (1.8, 3.0)           # max in-plane voxel edge (the model grid's is 1.4-1.7)
+  c.landmark_gap = (25.0, 35.0)       # max |landmark - bundle's| on the [0, 100] Nyúl scale
+  c.coverage = (0.85, 0.70)           # min share of the (fitted) template brain in the mask
+  c.border = (0.002, 0.008)           # max share of brain voxels on the grid's outer faces
+  return c
+
+
+# What the defaults were set from (msjax.report.reference.measure_qc; standard landmarks: fitted
+# on the two lesjak_mni exams, as a bundle trained on them holds; raw exams: msjax preprocessing,
+# images before Nyúl standardisation). Real exams, min-max over the 6: offset 0.2-3.0 mm, scale
+# 0.98-1.14, FLAIR fit r 0.66-0.83, T1 r 0.73-0.84, brain 1123-1461 mL (lesjak_mni 1123/1135 in
+# MNI space, rigidly registered; raw 1310-1461 in their own space), slices 1-4 mm, in-plane
+# 0.72-1.0 mm, landmark gap 6.6-20.0 (the raw exams' T1W against lesjak_mni's: 15.6-20.0),
+# coverage 0.91-0.97, border 0. Damaged copies (msjax.report.damage), same 6 exams:
+#   shift 15 mm       offset 15.1-17.5 mm
+#   rotation 20 deg   FLAIR fit r 0.29-0.46, T1 r 0.38-0.51
+#   skull (+12 mm)    brain 2050-2371 mL (and landmark gap 67-70: zeros inside the mask)
+#   8 mm slices       slice 8.0 mm;  3.5 mm in-plane: in-plane 3.5 mm
+#   inverted contrast landmark gap 49.3-60.3
+#   slab of 45 mm     coverage 0.29-0.31;  cut (45 mm lower): border 0.0097-0.0132, offset 38-41
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+  a = a - a.mean()
+  b = b - b.mean()
+  d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+  return float((a * b).sum() / d) if d > 0 else 0.0
+
+
+def tissue_fit_r(image: np.ndarray, priors: list[np.ndarray], where: np.ndarray) -> float:
+  """Correlation of the image with its least-squares fit by the priors (and a constant) on the
+  voxels `where`: 1 when the exam's tissues lie where the template's do, whatever the contrast."""
+  y = image[where].astype(np.float64)
+  x = np.stack([p[where] for p in priors] + [np.ones(len(y))], -1).astype(np.float64)
+  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+  return correlation(x @ coef, y)
+
+
+def landmark_gap(values: np.ndarray, standard) -> float:
+  """Largest gap between an exam's Nyúl landmarks (of brain intensities `values`, or the 11
+  landmarks themselves), each scaled linearly to [0, 100] by its ends, and the standard ones."""
+  values = np.asarray(values, float)
+  lm = values if values.shape == (len(nyul.PERCENTILES),) else nyul.landmarks(values)
+  lo, hi = nyul.SCALE
+  mine = lo + (lm - lm[0]) / max(lm[-1] - lm[0], 1e-6) * (hi - lo)
+  std = np.asarray(standard, float)
+  std = lo + (std - std[0]) / max(std[-1] - std[0], 1e-6) * (hi - lo)
+  return float(np.abs(mine - std).max())
+
+
+def _grade(value, check, fail, below: bool) -> str:
+  if value is None:
+    return OK
+  if below:
+    return FAIL if value < fail else CHECK if value < check else OK
+  return FAIL if value > fail else CHECK if value > check else OK
+
+
+def _range_grade(value, ok_lo, ok_hi, fail_lo, fail_hi) -> str:
+  if value is None:
+    return OK
+  if value < fail_lo or value > fail_hi:
+    return FAIL
+  return CHECK if value < ok_lo or value > ok_hi else OK
+
+
+def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray, *,
+            native_spacing=None, world_to_mni=None, landmarks: dict | None = None,
+            raw_landmarks: dict | None = None) -> dict:
+  """The numbers behind the verdict. images: modality -> array on the model grid (canonical RAS,
+  0 outside the brain); brain: the brain mask there; affine: the grid's voxel -> MNI mm;
+  native_spacing: the raw FLAIR's voxel size (mm); world_to_mni: the 4x4 map from the raw exam's
+  world to MNI mm (its determinant gives the exam's own brain volume); landmarks: the model
+  bundle's Nyúl landmarks {modality: {"standard": [...]}}; raw_landmarks: the exam's own Nyúl
+  landmarks before standardisation {modality: [11 values]} (default: computed from `images`,
+  right when they were not standardised)."""
+  from msjax.report import atlas as atlas_lib
+  brain = np.asarray(brain) > 0
+  affine = np.asarray(affine, float)
+  m: dict = {"sequences": sorted(images), "flair": "FLAIR" in images}
+  if not brain.any():
+    brain = np.zeros(brain.shape, bool)
+  similarity, fit = atlas_lib.fit_brain(brain, affine) if brain.any() else (np.eye(4), {})
+  m["registration_offset_mm"] = fit.get("offset_mm")
+  m["registration_scale"] = fit.get("scale")
+  # the template where registration put it (tissue volume, coverage), and moved onto the exam's
+  # brain by the similarity (correlations: how well the brain's inside matches, scale apart)
+  prior = atlas_lib.on_grid(brain.shape, affine, None, fields=("gm", "wm"))
+  tissue = (prior.gm + prior.wm) >= 0.5  # the template's brain tissue, without its CSF
+  fitted = atlas_lib.on_grid(brain.shape, affine, similarity, fields=("t1", "gm", "wm", "csf"))
+  where = brain | ((fitted.gm + fitted.wm) >= 0.5)
+  sigma = 3.0 / atlas_lib.spacing(affine)  # 3 mm: registration, not cortical folding
+  smooth = lambda v: ndimage.gaussian_filter(np.asarray(v, np.float32), sigma)  # noqa: E731
+  voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+  if "FLAIR" in images and brain.any():
+    m["flair_fit_r"] = round(tissue_fit_r(
+        smooth(images["FLAIR"]), [smooth(fitted.gm), smooth(fitted.wm), smooth(fitted.csf)],
+        where), 4)
+  if "T1W" in images and brain.any():
+    m["t1_ncc"] = round(correlation(smooth(images["T1W"])[where].astype(np.float64),
+                                    smooth(fitted.t1)[where].astype(np.float64)), 4)
+  template_ml = float(tissue.sum()) * voxel_ml
+  m["brain_ml_mni"] = round(float(brain.sum()) * voxel_ml, 1)
+  m["brain_ratio"] = round(m["brain_ml_mni"] / template_ml, 4)
+  if world_to_mni is not None:
+    scale = abs(float(np.linalg.det(np.asarray(world_to_mni, float)[:3, :3])))
+    m["brain_ml_native"] = round(m["brain_ml_mni"] / scale, 1)
+  # the exam's own brain volume: through its registration's scale when known; on an MNI grid
+  # without it, the MNI-space volume stands for it (exact for a rigid registration, as
+  # lesjak_mni's; an affine one to the template gives 1700-2000 mL whatever the head)
+  m["brain_ml"] = m.get("brain_ml_native", m["brain_ml_mni"])
+  if native_spacing is not None:
+    s = sorted(float(v) for v in native_spacing)
+    m["slice_mm"], m["inplane_mm"] = round(s[2], 3), round(s[1], 3)
+  if landmarks:
+    gaps = {}
+    for mod, lm in landmarks.items():
+      if raw_landmarks and mod in raw_landmarks:
+        gaps[mod] = landmark_gap(raw_landmarks[mod], lm["standard"])
+      elif mod in images and brain.any():
+        gaps[mod] = landmark_gap(images[mod][brain], lm["standard"])
+    if gaps:
+      m["landmark_gaps"] = {k: round(v, 2) for k, v in gaps.items()}
+      m["landmark_gap"] = round(max(gaps.values()), 2)
+  m["coverage_mni"] = round(float((tissue & brain).sum()) / max(int(tissue.sum()), 1), 4)
+  fitted_tissue = (fitted.gm + fitted.wm) >= 0.5
+  m["coverage"] = round(float((fitted_tissue & brain).sum()) / max(int(fitted_tissue.sum()), 1),
+                        4)
+  faces = np.zeros(brain.shape, bool)
+  for axis in range(3):
+    for end in (0, -1):
+      idx = [slice(None)] * 3
+      idx[axis] = end
+      faces[tuple(idx)] = True
+  m["border"] = round(float((brain & faces).sum()) / max(int(brain.sum()), 1), 5)
+  return m
+
+
+def verdict(m: dict, cfg=None) -> dict:
+  """{"verdict": ok|check|fail, "reasons": [...], "checks": {name: status}, "measures": m}."""
+  cfg = cfg or config()
+  checks, reasons = {}, []
+
+  def add(name, status, text):
+    checks[name] = status
+    if status != OK:
+      reasons.append(f"{status}: {text}")
+
+  if not m.get("flair"):
+    add("flair", FAIL, f"no FLAIR (sequences: {', '.join(m.get('sequences', [])) or 'none'})")
+  else:
+    add("flair", OK, "")
+  registration = []
+  if m.get("registration_offset_mm") is not None:
+    registration.append((_grade(m["registration_offset_mm"], *cfg.offset_mm, below=False),
+                         "MNI registration: the brain's centre is "
+                         f"{m['registration_offset_mm']:.0f} mm from the template's "
+                         f"(ok <= {cfg.offset_mm[0]:g} mm)"))
+    registration.append((_range_grade(m["registration_scale"], *cfg.scale),
+                         f"MNI registration: the brain is {m['registration_scale']:.2f} x the "
+                         f"template's size (ok {cfg.scale[0]:g}-{cfg.scale[1]:g})"))
+  if "flair_fit_r" in m:
+    registration.append((_grade(m["flair_fit_r"], *cfg.flair_fit_r, below=True),
+                         f"MNI registration: FLAIR vs template tissues r = {m['flair_fit_r']:.2f} "
+                         f"(ok >= {cfg.flair_fit_r[0]:g})"))
+  if "t1_ncc" in m:
+    registration.append((_grade(m["t1_ncc"], *cfg.t1_ncc, below=True),
+                         f"MNI registration: T1 vs MNI152 T1 r = {m['t1_ncc']:.2f} "
+                         f"(ok >= {cfg.t1_ncc[0]:g})"))
+  if registration:
+    checks["registration"] = max((s for s, _ in registration), key=ORDER.get)
+    reasons.extend(f"{s}: {t}" for s, t in registration if s != OK)
+  if m.get("brain_ml") is not None:
+    add("brain_volume", _range_grade(m["brain_ml"], *cfg.brain_ml),
+        f"brain volume {m['brain_ml']:.0f} mL (ok {cfg.brain_ml[0]:g}-{cfg.brain_ml[1]:g} mL)")
+  if "slice_mm" in m:
+    add("slice_thickness", _grade(m["slice_mm"], *cfg.slice_mm, below=False),
+        f"slices {m['slice_mm']:.1f} mm thick (the model saw up to {cfg.slice_mm[0]:g} mm)")
+    add("inplane_resolution", _grade(m["inplane_mm"], *cfg.inplane_mm, below=False),
+        f"in-plane voxels {m['inplane_mm']:.2f} mm (the model saw up to {cfg.inplane_mm[0]:g} mm)")
+  if "landmark_gap" in m:
+    worst = max(m["landmark_gaps"], key=m["landmark_gaps"].get)
+    add("intensities", _grade(m["landmark_gap"], *cfg.landmark_gap, below=False),
+        f"{worst} intensities far from the model's Nyúl landmarks (gap {m['landmark_gap']:.1f} "
+        f"of 100, ok <= {cfg.landmark_gap[0]:g})")
+  cov = _grade(m["coverage"], *cfg.coverage, below=True)
+  bord = _grade(m["border"], *cfg.border, below=False)
+  add("field_of_view", max(cov, bord, key=ORDER.get),
+      f"field of view: the brain mask covers {100 * m['coverage']:.0f} % of the template brain "
+      f"(ok >= {100 * cfg.coverage[0]:g} %), {100 * m['border']:.1f} % of it on the grid's "
+      f"border (ok <= {100 * cfg.border[0]:g} %)")
+  worst = max(checks.values(), key=ORDER.get) if checks else OK
+  return {"verdict": worst, "reasons": reasons, "checks": checks, "measures": m}
+
+
+def exam_qc(images, brain, affine, cfg=None, **kwargs) -> dict:
+  """measure + verdict in one call (see both)."""
+  return verdict(measure(images, brain, affine, **kwargs), cfg)

@@ -1,0 +1,97 @@
+"""Per-lesion confidence, the cohort row and the page (a PNG and a PDF that open), and the real
+reference lesions of lesjak_mni (slow)."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import LESJAK_MNI, needs_lesjak
+from msjax.report import locations, page, table
+
+
+def toy_labels():
+  labels = np.zeros((20, 20, 20), np.int32)
+  labels[2:5, 2:5, 2:5] = 1       # 27 voxels
+  labels[10:12, 10:12, 10:12] = 2  # 8 voxels
+  return labels
+
+
+def test_confidence_is_the_share_sure_by_one_spread():
+  labels = toy_labels()
+  prob = np.zeros(labels.shape, np.float32)
+  spread = np.zeros(labels.shape, np.float32)
+  prob[labels == 1] = 0.9
+  spread[labels == 1] = 0.1           # 0.8 >= 0.5: sure everywhere
+  prob[labels == 2] = 0.6
+  spread[labels == 2] = 0.2           # 0.4 < 0.5: lesion only on average...
+  spread[10, 10, 10] = 0.05           # ...except one voxel of 8
+  out = table.confidence(labels, prob, spread, threshold=0.5)
+  assert out[1]["confidence"] == 1.0 and out[1]["mean_uncertainty"] == pytest.approx(0.1)
+  assert out[2]["confidence"] == pytest.approx(1 / 8)
+  assert out[2]["max_probability"] == pytest.approx(0.6)
+
+
+def fake_locations(labels, classes):
+  z = np.zeros(labels.shape, bool)
+  details = {k: {"location": c, "ventricle_mm": 1.0, "cortex_mm": 9.0,
+                 "infratentorial_share": 0.0} for k, c in classes.items()}
+  return locations.Locations(classes=classes, details=details, ventricles=z, cortex=z,
+                             infratentorial=z, method="test", rule="test rule")
+
+
+def test_rows_merge_and_cohort_row():
+  labels = toy_labels()
+  loc = fake_locations(labels, {1: "periventricular", 2: "deep_white_matter"})
+  rows, _ = table.lesion_rows(labels, np.eye(4), locations=loc,
+                              probability=(labels > 0) * 0.9, spread=None)
+  merged = table.merge([{"lesion_id": 1, "voxels": 27}, {"lesion_id": 2, "voxels": 8}], rows)
+  assert [r["location"] for r in merged] == ["periventricular", "deep_white_matter"]
+  assert merged[0]["confidence"] is None  # no spread map: no confidence
+  summary = table.class_summary(labels, np.eye(4), loc)
+  assert summary["lesions"] == 2 and summary["lesion_volume_ml"] == pytest.approx(0.035)
+  row = table.cohort_row("ex1", summary, {"verdict": "check", "reasons": ["a", "b"]})
+  assert list(row) == list(table.COHORT_COLUMNS)
+  assert row["periventricular_count"] == 1 and row["deep_white_matter_ml"] == 0.008
+  assert row["qc"] == "check" and row["qc_reasons"] == "a; b"
+  # lesions of 3 mm³ or less are not counted (MSSEG-2016), but are in the mask's volume
+  small = toy_labels()
+  small[15, 15, 15] = 3
+  loc3 = fake_locations(small, {1: "periventricular", 2: "deep_white_matter", 3: "juxtacortical"})
+  s3 = table.class_summary(small, np.eye(4), loc3)
+  assert s3["lesions"] == 2 and s3["mask_volume_ml"] == pytest.approx(0.036)
+
+
+def test_page_png_and_pdf(tmp_path):
+  labels = toy_labels()
+  flair = np.random.default_rng(0).random(labels.shape).astype(np.float32) + 0.1
+  loc = fake_locations(labels, {1: "periventricular", 2: "infratentorial"})
+  summary = table.class_summary(labels, np.eye(4), loc)
+  qc = {"verdict": "fail", "reasons": ["fail: no FLAIR"], "checks": {}, "measures": {}}
+  out = page.draw_page(str(tmp_path / "ex_report.png"), flair, labels, loc, summary, title="ex",
+                       qc=qc, model="runs/model", version="0.1.0", pdf=True)
+  assert os.path.getsize(out["png"]) > 10_000
+  with open(out["pdf"], "rb") as f:
+    assert f.read(5) == b"%PDF-"
+  assert page.choose_slices(labels, loc.classes) == [2, 10]  # each class: its largest slice
+  with pytest.raises(ValueError, match="not one grid"):
+    page.draw_page(str(tmp_path / "x.png"), flair[:-1], labels, loc, summary, title="x")
+
+
+@pytest.mark.slow
+@needs_lesjak()
+def test_reference_lesions_of_the_real_exams(tmp_path):
+  """Every reference lesion of patient07 and patient26 classified, the page drawn, QC ok; the
+  counts as reviewed by eye (msjax/report/README or the issue's note)."""
+  from msjax.report import reference
+  reference.main(["--data", LESJAK_MNI, "--out", str(tmp_path)])
+  import csv
+  with open(tmp_path / "cohort.csv") as f:
+    rows = {r["exam_id"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"patient07", "patient26"}
+  for r in rows.values():
+    assert r["qc"] == "ok"
+    assert int(r["lesions"]) == sum(int(r[f"{c}_count"]) for c in locations.CLASSES)
+  # patient26 carries large confluent periventricular lesions; patient07 lesions everywhere
+  assert int(rows["patient26"]["periventricular_count"]) >= 8
+  assert all(int(rows["patient07"][f"{c}_count"]) >= 3 for c in locations.CLASSES)
+  assert os.path.getsize(tmp_path / "patient07_report.png") > 100_000
