@@ -12,15 +12,18 @@ from msjax.report import damage, qc
 
 from .synthetic_exam import template_exam
 
+GRID = (64, 64, 64)
+
 
 @pytest.fixture(scope="module")
 def good():
-  """The MNI152 template as an exam on the 128³ model grid, with Nyúl landmarks of its own."""
+  """The MNI152 template as an exam on a 64³ grid over FSL's MNI box (the 128³ model grid's
+  geometry at half the resolution, for speed), with Nyúl landmarks of its own."""
   affine = nifti.resampled_grid(
       nifti.Grid(affine=np.array([[1.0, 0, 0, -90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]]),
                  shape=mni.MNI_SHAPE, source_affine=np.eye(4), source_shape=mni.MNI_SHAPE,
-                 source_axcodes=("R", "A", "S")), mni.MODEL_SHAPE).affine
-  images, brain, _ = template_exam(mni.MODEL_SHAPE, affine)
+                 source_axcodes=("R", "A", "S")), GRID).affine
+  images, brain, _ = template_exam(GRID, affine)
   standard = nyul.fit_nyul({m: [v[brain]] for m, v in images.items()})
   return {"images": images, "brain": brain, "affine": affine, "native_spacing": (1.0, 1.0, 1.0)
           }, standard
@@ -33,7 +36,7 @@ def test_good_exam_is_ok(good):
   assert v["reasons"] == []
   m = v["measures"]
   assert m["registration_offset_mm"] < 1 and abs(m["registration_scale"] - 1) < 0.02
-  assert m["flair_fit_r"] > 0.9 and m["t1_ncc"] > 0.9 and m["coverage"] > 0.99
+  assert m["flair_fit_r"] > 0.9 and m["t1_ncc"] > 0.9 and m["coverage"] > 0.97
 
 
 @pytest.mark.parametrize("kind", list(damage.EXPECTED))
