@@ -19,7 +19,10 @@ by dcm2niix first (msjax/data/dicom.py) and gets a DICOM SEG over its FLAIR seri
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
+import multiprocessing
 import os
 import time
 
@@ -34,10 +37,15 @@ from msjax.infer import bundle as bundle_lib
 from msjax.infer import outputs, predict
 
 
+def _as_is(exam):
+  return exam
+
+
 def _preprocessor(config, bundle: dict, workdir: str):
-  """exam -> the exam on the model grid, standardised as the model's training exams were."""
+  """exam -> the exam on the model grid, standardised as the model's training exams were (a
+  picklable function: it may run in another process)."""
   if config.preprocessed:
-    return lambda exam: exam
+    return _as_is
   try:
     from msjax.preprocess import run as preprocess_run
   except ImportError as e:
@@ -47,10 +55,51 @@ def _preprocessor(config, bundle: dict, workdir: str):
   p = config.preprocess
   options = preprocess_run.Options(n4=p.n4, n4_iterations=tuple(p.n4_iterations),
                                    coregistration=p.coregistration, skull_strip=p.skull_strip,
-                                   mni=True, qc=p.qc, allow_any_geometry=p.allow_any_geometry)
+                                   mni=p.mni, qc=p.qc,
+                                   allow_any_geometry=config.allow_any_geometry)
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
-  return lambda exam: preprocess_run.preprocess_one(exam, out_root, options, standard)
+  return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,
+                           standard=standard)
+
+
+def _prepared(exams: list, config, bundle: dict, workdir: str):
+  """Yields (exam, the exam ready for the network, or the exception that stopped it), in order.
+  With config.overlap (raw exams), the next exam is preprocessed in a second process while the
+  caller runs the network on the current one, as nnU-Net overlaps its export and preprocessing
+  with prediction: the registrations and N4 (SimpleITK) and the network (XLA) then share the
+  cores instead of taking turns."""
+  prepare = _preprocessor(config, bundle, workdir)
+
+  def known(exam):
+    return _known_sequences(exam, bundle)
+
+  if config.preprocessed or not config.overlap or len(exams) < 2:
+    for exam in exams:
+      try:
+        yield exam, prepare(known(exam))
+      except Exception as e:  # noqa: BLE001 - reported by the caller, the others go on
+        yield exam, e
+    return
+  context = multiprocessing.get_context("spawn")  # no fork of a process running XLA threads
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    def submit(exam):
+      try:
+        return pool.submit(prepare, known(exam))
+      except Exception as e:  # noqa: BLE001 - refused before any work: the future carries it
+        failed = concurrent.futures.Future()
+        failed.set_exception(e)
+        return failed
+
+    pending = submit(exams[0])
+    for i, exam in enumerate(exams):
+      current = pending
+      if i + 1 < len(exams):
+        pending = submit(exams[i + 1])
+      try:
+        yield exam, current.result()
+      except Exception as e:  # noqa: BLE001
+        yield exam, e
 
 
 def _known_sequences(exam, bundle: dict):
@@ -126,24 +175,22 @@ def run(config, workdir: str) -> dict:
                    ", ".join(sorted(done_ids)))
     exams = [e for e in exams if e.exam_id not in done_ids]
   threshold = config.threshold if config.threshold is not None else bundle["threshold"]
-  predictor = predict.Predictor(bundle["path"], batch_size=config.predict.batch_size,
-                                mirror=config.predict.mirror)
-  prepare = _preprocessor(config, bundle, workdir)
+  options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
+                                               seed=config.seed,
+                                               allow_any_geometry=config.allow_any_geometry)
+  predictor = predict.Predictor(bundle["path"])
   outputs.write_description(workdir, outputs.generated_by(bundle["path"]))
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
                cohort.root, f" (shard {config.shard})" if config.shard else "", bundle["path"],
                threshold, "" if config.preprocessed else "; preprocessing each exam first")
   done, failed = [], []
-  for i, exam in enumerate(exams):
-    t = time.time()
+  t = time.time()
+  for i, (exam, ready) in enumerate(_prepared(exams, config, bundle, workdir)):
     earlier = outputs.clear(workdir, exam)  # one run's complete outputs, or none
     try:
-      ready = prepare(_known_sequences(exam, bundle))
-      p = config.predict
-      row = predict.predict_exam(predictor, ready, workdir, sampler=p.sampler, overlap=p.overlap,
-                                 n_random=p.n_random, threshold=threshold, seed=config.seed,
-                                 min_lesion_mm3=p.min_lesion_mm3,
-                                 allow_any_geometry=config.preprocess.allow_any_geometry)
+      if isinstance(ready, Exception):
+        raise ready
+      row = predict.predict_exam(predictor, ready, workdir, options)
       _write_dicom_seg(exam, row, bundle["path"])
       row["seconds"] = round(time.time() - t, 1)
       done.append(outputs.write_summary(workdir, exam, row))
@@ -158,6 +205,7 @@ def run(config, workdir: str) -> dict:
     eta = elapsed / (i + 1) * (len(exams) - i - 1)
     logging.info("[segment] %d/%d %s: %s (%.0f s; ETA %.0f s)", i + 1, len(exams),
                  exam.exam_id, status, time.time() - t, eta)
+    t = time.time()
   rows = sorted(resumed + done, key=lambda r: r["exam_id"])
   name = (f"segmentations.shard-{config.shard.replace('/', '-of-')}.csv" if config.shard
           else "segmentations.csv")

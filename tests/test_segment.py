@@ -208,3 +208,33 @@ def test_dicom_round_trip_of_a_real_exam(trained, tmp_path):
   for frame, ds in zip(frames, dicom_seg.read_sources(sources)):
     k = int(ds.InstanceNumber) - 1
     assert np.array_equal(frame, mask_file_order[:, :, k].T), k
+
+
+@pytest.mark.slow  # two raw exams preprocessed for real (registrations), twice
+def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monkeypatch):
+  """With --config.overlap the next raw exam is preprocessed in a second process while the
+  network runs on the current one: same masks, same table, exams in order, a broken one reported."""
+  pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
+  from msjax.preprocess import nyul
+  from preprocess.test_geometry import MarkerPredictor, draw_exam
+  for name in ("p1", "p2"):
+    draw_exam(tmp_path / "in" / name, "LPS")
+  (tmp_path / "in" / "p3").mkdir()
+  (tmp_path / "in" / "p3" / "FLAIR.nii.gz").write_bytes(b"broken")
+  standard = [float(v) for v in np.linspace(0, 100, len(nyul.PERCENTILES))]
+  bundle = {"path": "stand-in", "threshold": 0.5, "patch_size": 32, "model": {},
+            "preprocessing": {"nyul_landmarks": {"FLAIR": {"standard": standard}}}}
+  monkeypatch.setattr(segment.bundle_lib, "read", lambda path: bundle)
+  monkeypatch.setattr(segment.predict, "Predictor", lambda *a, **k: MarkerPredictor())
+  runs = {}
+  for overlap in (False, True):
+    config = load_config("segment", "smoke", model="stand-in", input=str(tmp_path / "in"),
+                         overlap=overlap, **{"preprocess.skull_strip": "none",
+                                             "preprocess.n4": False})
+    out = tmp_path / f"out_{overlap}"
+    summary = segment.run(config, str(out))
+    assert [r["exam_id"] for r in summary["exams"]] == ["p1", "p2"]
+    assert [f["exam_id"] for f in summary["failed"]] == ["p3"]
+    runs[overlap] = ((out / "segmentations.csv").read_text(), _masks(out))
+  assert runs[True][0] == runs[False][0]
+  assert all(np.array_equal(runs[True][1][k], runs[False][1][k]) for k in runs[False][1])

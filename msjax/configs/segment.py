@@ -19,12 +19,14 @@ def get_config(variant: str = ""):
   c.resume = False          # skip exams whose outputs are complete (their summary JSON exists)
   c.shard = ""              # "K/N": this machine's share of the exams (0 <= K < N), e.g. a SLURM
                             # array task; then --config.merge=True builds the cohort table
+  c.overlap = True          # raw exams: preprocess the next exam while the network runs
   c.merge = False           # only merge the complete exams in the workdir into segmentations.csv
   c.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
   # test-time mirroring on, as nnU-Net does: on Lesjak patient26 it turned 19 lesions + 18 specks
   # of <= 3 mm³ into 15 + 2 at the same volume (8x the network time: ~30 s an exam at width 8)
   c.predict = config_base.predict(mirror=True)
   c.preprocess = config_base.preprocess()
+  config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
