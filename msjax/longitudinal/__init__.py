@@ -1,0 +1,18 @@
+"""Lesion change between two visits of one patient (issue 22).
+
+The follow-up is registered rigidly to the baseline in the patient's own space (no MNI), the two
+FLAIRs are intensity-matched inside the brain and subtracted (the classic subtraction approach:
+Ganiler et al., Neuroradiology 2014; the approach the Lesjak longitudinal database was built to
+validate: Lesjak et al., Neuroinformatics 2016), the difference is divided by what noise and
+residual misalignment explain at each voxel, and a change is a cluster that is significant on
+FLAIR alone or on FLAIR and T2 together, lesion-like at the visit where it is lesion, and away
+from the brain border. Each changed lesion is then classed new / enlarging / stable / shrinking /
+disappearing by its volumes at the two visits (rule in `change.py`).
+
+  align.py    SimpleITK: N4, brain mask, rigid registration, the decision grid, resampling
+  change.py   numpy: intensity matching, the change z-map, the change mask, lesion classes
+  scores.py   change scores (MSSEG-2016 lesion rule of msjax.evaluate.metrics), reference mapping
+  naive.py    the baseline to beat: two independent FLAIR-threshold segmentations, differenced
+  run.py      run_patient: one patient's two visits -> change mask, class map, lesion table
+  lesjak.py   the Lesjak longitudinal pairs against their reference change masks
+"""
