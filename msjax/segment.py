@@ -190,7 +190,14 @@ def run(config, workdir: str) -> dict:
     try:
       if isinstance(ready, Exception):
         raise ready
-      row = predict.predict_exam(predictor, ready, workdir, options)
+      seg = predict.segment_exam(predictor, ready, options)
+      row = predict.export_exam(seg, ready, workdir)
+      row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
+      if config.report.enabled:
+        from msjax.infer import clinical
+        row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
+                                        bundle=bundle, threshold=options.threshold,
+                                        config=config.report, model=bundle["path"]))
       _write_dicom_seg(exam, row, bundle["path"])
       row["seconds"] = round(time.time() - t, 1)
       done.append(outputs.write_summary(workdir, exam, row))
@@ -243,7 +250,9 @@ def merge(workdir: str) -> dict:
 
 
 def _lesion_count(row: dict) -> str:
-  """'15 lesions (17 rows in the lesion table: 2 of 3 mm³ or less), 6.83 mL'."""
+  """'15 lesions (17 rows in the lesion table: 2 of 3 mm³ or less), 6.83 mL; QC ok'."""
   small = row["components"] - row["lesions"]
+  qc = f"; QC {row['qc']}" + (f" ({row['qc_reasons']})" if row.get("qc_reasons") else "") \
+      if row.get("qc") else ""
   return (f"{row['lesions']} lesions" + (f" (+{small} of 3 mm³ or less in the lesion table)"
-                                          if small else "") + f", {row['volume_ml']:.2f} mL")
+                                          if small else "") + f", {row['volume_ml']:.2f} mL" + qc)

@@ -6,6 +6,7 @@
 from ml_collections import config_dict
 
 from msjax import config_base
+from msjax.report import report_config
 
 
 def get_config(variant: str = ""):
@@ -26,9 +27,11 @@ def get_config(variant: str = ""):
   # of <= 3 mm³ into 15 + 2 at the same volume (8x the network time: ~30 s an exam at width 8)
   c.predict = config_base.predict(mirror=True)
   c.preprocess = config_base.preprocess()
+  c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)
   config_base.allow_any_geometry(c)
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
+    c.report.page_pdf = False
     c.preprocess.n4_iterations = (5, 5)
   return config_base.finish(c, v)

@@ -221,6 +221,13 @@ def to_source_orientation(data: np.ndarray, grid: Grid) -> np.ndarray:
   return np.ascontiguousarray(out)
 
 
+def to_canonical(data: np.ndarray, grid: Grid) -> np.ndarray:
+  """An array in the file's voxel order -> canonical (RAS) order, as `read_nifti` reorients."""
+  to_ras = ornt_lib.ornt_transform(ornt_lib.axcodes2ornt(grid.source_axcodes),
+                                   ornt_lib.axcodes2ornt(CANONICAL))
+  return np.ascontiguousarray(ornt_lib.apply_orientation(data, to_ras))
+
+
 def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
                 dtype=np.float32) -> str:
   """Writes atomically: a temporary file in the same folder, then rename, so a crash never leaves a

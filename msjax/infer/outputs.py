@@ -46,7 +46,9 @@ def paths(root: str, exam: Exam) -> dict[str, str]:
           "uncertainty": os.path.join(
               d, f"{p}_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz"),
           "table": os.path.join(d, f"{p}_desc-lesion_table.csv"),
-          "overlay": os.path.join(d, f"{p}_desc-lesion_overlay.png")}
+          "overlay": os.path.join(d, f"{p}_desc-lesion_overlay.png"),
+          "report": os.path.join(d, f"{p}_desc-lesion_report.png"),
+          "report_pdf": os.path.join(d, f"{p}_desc-lesion_report.pdf")}
 
 
 def clear(root: str, exam: Exam) -> list[str]:
@@ -99,8 +101,14 @@ def find_summaries(root: str) -> list[dict]:
 
 # The cohort table: what an exam's segmentation found. Timings stay in the summaries (they differ
 # between runs; the table does not).
-COHORT_COLUMNS = ("exam_id", "patient_id", "lesions", "components", "volume_ml", "threshold",
-                  "sampler", "mirror", "patches", "mask", "table", "overlay")
+# Report columns (msjax/report/table.py, where the report ran): lesions (> 3 mm³) and mL per
+# location class, the QC verdict and its reasons.
+REPORT_COLUMNS = tuple(f"{c}_{k}" for c in ("periventricular", "juxtacortical", "infratentorial",
+                                           "deep_white_matter") for k in ("count", "ml")) + (
+    "lesion_volume_ml", "mask_volume_ml", "qc", "qc_reasons")
+COHORT_COLUMNS = ("exam_id", "patient_id", "lesions", "components", "volume_ml") + \
+    REPORT_COLUMNS + ("threshold", "sampler", "mirror", "patches", "mask", "table", "overlay",
+                      "report")
 
 
 def cohort_rows(summaries: list[dict]) -> list[dict]:
