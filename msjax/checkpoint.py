@@ -5,8 +5,12 @@ validation Dice). Orbax writes each step into a temporary folder and renames it 
 so an interrupted save is never listed as a checkpoint; `cleanup_tmp_directories` removes such
 leftovers when the manager opens.
 
-Resume order (one place, `loop.py`): this workdir's latest checkpoint, then `init_from`
-(transfer of a pretraining encoder), then a fresh initialisation.
+Resume order (one place, msjax/train/state.py): this workdir's latest checkpoint, then
+`init_from` (transfer of a pretraining encoder), then a fresh initialisation.
+
+What reads a finished run (predict, segment, the composite jobs, `init_from`) reads
+`find_checkpoint_dir`'s choice: the workdir's best/ checkpoint (best validation Dice) when the
+run validated, else the latest of checkpoints/.
 """
 from __future__ import annotations
 
@@ -60,7 +64,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict):
 
 
 def find_checkpoint_dir(path: str) -> str:
-  """Accepts a run's workdir, its checkpoints/ or best/ folder; returns the checkpoints folder."""
+  """The checkpoint folder a finished run is read from. Given a run's workdir: its best/ folder
+  (the step with the best validation Dice) when the run validated and wrote one, else its
+  checkpoints/ folder (whose latest step is read). A checkpoints/ or best/ folder given directly
+  is used as it is."""
   path = os.path.abspath(os.path.expanduser(path))
   for candidate in (os.path.join(path, BEST), os.path.join(path, CHECKPOINTS), path):
     if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
@@ -69,7 +76,8 @@ def find_checkpoint_dir(path: str) -> str:
 
 
 def restore_params(path: str, sharding=None):
-  """Params and meta of the latest checkpoint under path, onto this process's devices.
+  """Params and meta of the latest step in find_checkpoint_dir(path) (so a workdir's
+  best-validation checkpoint when it has one), onto this process's devices; also its folder.
 
   No target structure is needed: shapes and dtypes come from the checkpoint's metadata, so a
   checkpoint written by N processes restores in one (and vice versa)."""

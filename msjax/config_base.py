@@ -90,9 +90,9 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.lr_decay = 0.985             # per epoch
   c.steps_per_epoch = 100
   c.weight_decay = 1e-5
-  c.log_every = 10
-  c.eval_every = 200             # validation Dice (finetune) / held-out MSE (pretrain)
-  c.checkpoint_every = 200
+  c.log_every = 10               # 0: the first and last steps only
+  c.eval_every = 200             # validation Dice (finetune) / held-out MSE (pretrain); 0: none
+  c.checkpoint_every = 200       # 0: at the end (and at validations, preemption) only
   c.keep_checkpoints = 2
   c.init_from = ""               # finetune: a pretraining workdir (or its checkpoint folder)
   c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)

@@ -3,6 +3,10 @@ exam's ORIGINAL voxel grid and affine, BIDS-derivative files (msjax/infer/output
 lesion mask, the probability map, the per-voxel spread of the overlapping predictions, a lesion
 table and an overlay figure; and a row (lesion count, volume in mL) of predictions.csv.
 
+The network of a fine-tuning workdir is its best/ checkpoint (best validation Dice) when the run
+validated, else its latest (msjax/checkpoint.find_checkpoint_dir); which one is logged and
+recorded (predict.json, dataset_description.json).
+
 Samplers: "sliding" (full coverage, overlap, Gaussian weighting; the default) or "random" (the
 paper's N = 150 random patches in the brain, plain averaging, uncovered voxels no-lesion).
 """
@@ -88,17 +92,17 @@ def lesion_mask(probability: np.ndarray, voxel_mm3: float, options: PredictOptio
 class Predictor:
   """A trained segmentation network with the data settings it was trained with."""
 
-  def __init__(self, checkpoint_path: str, *, conv_impl: str = ""):
+  def __init__(self, checkpoint_path: str):
     params, meta, where = checkpoint.restore_params(checkpoint_path)
     if meta.get("task") != "segmentation":
       raise ValueError(f"{where}: a {meta.get('task')} checkpoint cannot segment; give a "
                        "finetune workdir")
     cfg = config_dict.ConfigDict(meta["config"])
     self.where, self.train_config = where, cfg
-    model_cfg = cfg.model
-    if conv_impl:
-      model_cfg.conv_impl = conv_impl
-    self.model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
+    logging.info("network: %s (%s)", where,
+                 "the best validation Dice" if os.path.basename(os.path.dirname(where))
+                 == checkpoint.BEST else "the latest checkpoint")
+    self.model = model_lib.Model(isensee.constructor("segmentation", cfg.model))
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
@@ -211,10 +215,10 @@ def predict_exam(predictor: Predictor, exam, out_dir: str,
 
 
 def predict_cohort(predictor: Predictor, exams, out_dir: str, options: PredictOptions, *,
-                   keep_going=False, log=logging.info) -> list[dict]:
+                   log=logging.info) -> list[dict]:
   """Segments every exam into a BIDS-derivatives dataset at out_dir, with predictions.csv (one
-  row per exam) and dataset_description.json. keep_going: an exam that fails is reported (its
-  row says why) and the others go on; otherwise the first failure stops the run."""
+  row per exam) and dataset_description.json. The first exam that fails stops the run (segment
+  is the mode that reports a failing exam and goes on)."""
   os.makedirs(out_dir, exist_ok=True)
   prefixes = [e.bids_prefix for e in exams]
   clash = sorted({p for p in prefixes if prefixes.count(p) > 1})
@@ -224,19 +228,11 @@ def predict_cohort(predictor: Predictor, exams, out_dir: str, options: PredictOp
   outputs.write_description(out_dir, outputs.generated_by(predictor.where))
   rows, t_start = [], time.time()
   for i, exam in enumerate(exams):
-    try:
-      row = predict_exam(predictor, exam, out_dir, options)
-    except Exception as e:  # noqa: BLE001 - reported in the table and the log
-      if not keep_going:
-        raise
-      row = {"exam_id": exam.exam_id, "patient_id": exam.patient_id, "error": str(e)}
-      log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id} FAILED: {e}")
-    else:
-      done = time.time() - t_start
-      eta = done / (i + 1) * (len(exams) - i - 1)
-      log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
-          f"{row['volume_ml']:.2f} mL, {row['patches']} patches, {row['seconds']:.1f} s, "
-          f"ETA {eta:.0f} s -> {os.path.dirname(row['mask'])}")
+    row = predict_exam(predictor, exam, out_dir, options)
+    eta = (time.time() - t_start) / (i + 1) * (len(exams) - i - 1)
+    log(f"[predict] {i + 1}/{len(exams)} {exam.exam_id}: {row['lesions']} lesions, "
+        f"{row['volume_ml']:.2f} mL, {row['patches']} patches, {row['seconds']:.1f} s, "
+        f"ETA {eta:.0f} s -> {os.path.dirname(row['mask'])}")
     rows.append(row)
   files.write_csv(rows, os.path.join(out_dir, "predictions.csv"))
   return rows

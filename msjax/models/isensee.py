@@ -1,7 +1,9 @@
-"""The Isensee-2017 encoder-decoder (SPEC "Network"), and the position regressor sharing its encoder.
+"""The Isensee-2017 encoder-decoder (Isensee et al., "Brain tumor segmentation and radiomics
+survival prediction", 2017, as the paper uses it), and the position regressor sharing its encoder.
 
 Parameter paths (encoder/conv3/kernel, decoder/loc2/norm_a/scale, ...) are the contract that
 initialisation, freezing and transfer rules are written in: msjax/models/paths.py lists them.
+The modules declare shapes only; initial values come from msjax/models/init.py.
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ class Encoder(nnx.Module):
   IN-LReLU-conv, dropout, IN-LReLU-conv, and the residual sum r + context."""
 
   def __init__(self, in_channels: int = IN_CHANNELS, base: int = 16, dropout_rate: float = 0.3, *,
-               rngs: nnx.Rngs, impl: str = "xla", dtype=jnp.float32):
+               impl: str = "xla", dtype=jnp.float32):
     self.dropout_rate = dropout_rate
     w = widths(base)
-    kw = dict(rngs=rngs, impl=impl, dtype=dtype)
+    kw = dict(impl=impl, dtype=dtype)
     for level in range(1, LEVELS + 1):
       first = 3 * level - 2
       c_in = in_channels if level == 1 else w[level - 2]
@@ -84,9 +86,9 @@ class LocBlock(nnx.Module):
 
 class Decoder(nnx.Module):
 
-  def __init__(self, base: int = 16, *, rngs: nnx.Rngs, impl: str = "xla", dtype=jnp.float32):
+  def __init__(self, base: int = 16, *, impl: str = "xla", dtype=jnp.float32):
     w = widths(base)
-    kw = dict(rngs=rngs, impl=impl, dtype=dtype)
+    kw = dict(impl=impl, dtype=dtype)
     for level in (4, 3, 2, 1):
       f = w[level - 1]
       setattr(self, f"up{level}", UpBlock(w[level], f, **kw))
@@ -111,9 +113,9 @@ class Decoder(nnx.Module):
 
 class SegmentationNet(nnx.Module):
   def __init__(self, in_channels: int = IN_CHANNELS, base: int = 16, dropout_rate: float = 0.3, *,
-               rngs: nnx.Rngs, impl: str = "xla", dtype=jnp.float32):
-    self.encoder = Encoder(in_channels, base, dropout_rate, rngs=rngs, impl=impl, dtype=dtype)
-    self.decoder = Decoder(base, rngs=rngs, impl=impl, dtype=dtype)
+               impl: str = "xla", dtype=jnp.float32):
+    self.encoder = Encoder(in_channels, base, dropout_rate, impl=impl, dtype=dtype)
+    self.decoder = Decoder(base, impl=impl, dtype=dtype)
 
   def __call__(self, x, rng=None):
     """x: (N, P, P, P, 5) -> lesion logits (N, P, P, P, 1), float32."""
@@ -128,10 +130,11 @@ class PositionRegressor(nnx.Module):
   """
 
   def __init__(self, in_channels: int = IN_CHANNELS, base: int = 16, dropout_rate: float = 0.3, *,
-               rngs: nnx.Rngs, impl: str = "xla", dtype=jnp.float32):
-    self.encoder = Encoder(in_channels, base, dropout_rate, rngs=rngs, impl=impl, dtype=dtype)
-    self.head = nnx.Linear(widths(base)[-1], 3, rngs=rngs,
-                           kernel_init=jax.nn.initializers.glorot_uniform())
+               impl: str = "xla", dtype=jnp.float32):
+    self.encoder = Encoder(in_channels, base, dropout_rate, impl=impl, dtype=dtype)
+    # zeros here and in init.py's rules: the untrained regressor predicts the volume centre
+    self.head = nnx.Linear(widths(base)[-1], 3, kernel_init=nnx.initializers.zeros_init(),
+                           rngs=nnx.Rngs(0))
 
   def __call__(self, x, rng=None):
     bottleneck = self.encoder(x, rng)[-1]
@@ -139,23 +142,12 @@ class PositionRegressor(nnx.Module):
     return 0.5 + self.head(pooled)
 
 
-def constructor(task: str, model_config, seed: int = 0):
-  """A zero-argument function building the network. task: "segmentation" or "position";
-  model_config: base_width, dropout, conv_impl, dtype ("auto" resolves for this machine)."""
+def constructor(task: str, model_config):
+  """A zero-argument function building the network (only ever traced abstractly, nnx.eval_shape:
+  values come from msjax.models.init). task: "segmentation" or "position"; model_config:
+  base_width, dropout, conv_impl, dtype ("auto" resolves for this machine)."""
   cls = {"segmentation": SegmentationNet, "position": PositionRegressor}[task]
   base, rate = int(model_config.base_width), float(model_config.dropout)
   impl = str(model_config.conv_impl)
   dtype = jnp.dtype(hardware.compute_dtype(str(model_config.dtype), impl))
-  # Only ever traced abstractly (nnx.eval_shape): values come from msjax.models.init.
-  return lambda: cls(IN_CHANNELS, base, rate, rngs=nnx.Rngs(seed), impl=impl, dtype=dtype)
-
-
-def build(task: str, model_config, seed: int = 0):
-  """An initialised module (Glorot-uniform kernels, zero biases, unit norm scales)."""
-  from msjax.models import init  # local: init imports the rules of msjax.train
-  make = constructor(task, model_config, seed)
-  graphdef, abstract = nnx.split(nnx.eval_shape(make))
-  nnx.replace_by_pure_dict(abstract, init.init_params(nnx.to_pure_dict(abstract), seed))
-  return nnx.merge(graphdef, abstract)
-
-
+  return lambda: cls(IN_CHANNELS, base, rate, impl=impl, dtype=dtype)

@@ -1,7 +1,10 @@
-"""Building blocks: 3D convolution, instance norm, leaky ReLU, dropout, nearest upsampling.
+"""Building blocks: 3D convolution, instance norm + leaky ReLU, dropout, nearest upsampling.
 
 Layout is channels-last (N, X, Y, Z, C), XLA's native layout on every backend. Kernels are
 (k, k, k, C_in, C_out). Parameters are float32; `dtype` is the compute dtype (bfloat16 optional).
+Modules declare their parameters' shapes only (zeros): they are built abstractly
+(msjax/models/model.py), and every initial value comes from the path rules of msjax/models/init.py
+(Glorot-uniform kernels, zero biases, unit norm scales).
 The convolution *formulation* is swappable (`conv_impl`, msjax/ops/conv.py) without touching
 parameter names or shapes, so fast paths can be selected by config and checked against the
 reference.
@@ -14,15 +17,12 @@ from flax import nnx
 
 from msjax.ops import conv as conv_ops
 from msjax.ops import norm as norm_ops
-from msjax.ops.norm import LEAKY_SLOPE
-
-glorot_uniform = jax.nn.initializers.glorot_uniform()  # Keras default, the paper's VAN init
 
 
 class Conv3D(nnx.Module):
-  def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, *, rngs: nnx.Rngs,
+  def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, *,
                impl: str = "xla", dtype=jnp.float32):
-    self.kernel = nnx.Param(glorot_uniform(rngs.params(), (kernel,) * 3 + (c_in, c_out)))
+    self.kernel = nnx.Param(jnp.zeros((kernel,) * 3 + (c_in, c_out), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32))
     self.stride, self.impl, self.dtype = stride, impl, dtype
 
@@ -36,21 +36,13 @@ class Conv3D(nnx.Module):
 
 
 class InstanceNorm(nnx.Module):
-  """Affine instance norm: statistics per sample and channel over the spatial axes, in float32.
-  Always followed by leaky ReLU in this network: `norm_act` runs both as one fused op."""
+  """The parameters of an affine instance norm (statistics per sample and channel over the
+  spatial axes, in float32). Always followed by leaky ReLU in this network: `norm_act` applies
+  both as one fused op, so the module has no call of its own."""
 
   def __init__(self, channels: int):
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.scale = nnx.Param(jnp.zeros((channels,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-  def __call__(self, x):
-    mean, rstd = norm_ops.statistics(x)
-    y = (x.astype(jnp.float32) - mean) * rstd * self.scale[...] + self.bias[...]
-    return y.astype(x.dtype)
-
-
-def leaky_relu(x):
-  return jnp.where(x >= 0, x, LEAKY_SLOPE * x)
 
 
 def norm_act(norm: InstanceNorm, x):

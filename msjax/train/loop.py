@@ -202,23 +202,29 @@ def train_loop(run: Run) -> tuple[int, list[dict]]:
         record["batch_dice"] = float(m["dice"])
         progress.check_collapse(record, main_process)
       val = {}
-      if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+      if tc.eval_every and (_every(step, tc.eval_every) or step == tc.steps):
         val = run.validate(run.state["params"])
         record.update(val)
-      if step % tc.log_every == 0 or step == tc.steps or val or step == run.start + 1:
+      if _every(step, tc.log_every) or step == tc.steps or val or step == run.start + 1:
         _log_step(record, progress, main_process)
       if log_file:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
       history.append(record)
       stop = parallel.any_process(preempt.requested)  # every process stops at the same step
-      if step % tc.checkpoint_every == 0 or step == tc.steps or val or stop:
+      if _every(step, tc.checkpoint_every) or step == tc.steps or val or stop:
         run.save(step, val)
       if stop:
         break
   if log_file:
     log_file.close()
   return step, history
+
+
+def _every(step: int, every: int) -> bool:
+  """Is `step` one of every `every` steps; every <= 0: never (the last step is still logged,
+  validated and checkpointed where those are on)."""
+  return every > 0 and step % every == 0
 
 
 def _log_step(record: dict, progress: _Progress, main_process: bool) -> None:

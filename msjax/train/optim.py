@@ -3,7 +3,8 @@ of the parameters (`split_frozen` / `merge_frozen`). The training step different
 optimises only the trainable part; the frozen part enters the loss as constants.
 
 Strategy NCF freezes conv1..convN (kernels and biases) and every norm applied before conv(N+1) in
-forward order, i.e. encoder/norm2..norm(N+1) (SPEC). `freeze_norms=False` leaves norms trainable
+forward order, i.e. encoder/norm2..norm(N+1) (the norm k prepares the input of conv k, so those
+norms only feed frozen convs). `freeze_norms=False` leaves norms trainable
 (a literal Keras-style freeze of the conv layers only). VAN and 0CF freeze nothing.
 """
 from __future__ import annotations

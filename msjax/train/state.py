@@ -31,7 +31,7 @@ class TrainSetup:
 
 def create_train_state(config, task: str, mesh) -> TrainSetup:
   tc = config.train
-  model = model_lib.Model(isensee.constructor(task, config.model, seed=config.seed),
+  model = model_lib.Model(isensee.constructor(task, config.model),
                           seed=config.seed)
   params = model.init_params()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -109,3 +109,14 @@ def test_predict_options_come_whole_from_each_config():
     options.threshold = 0.3
   with pytest.raises(ValueError, match="unknown sampler 'grid'"):
     predict.PredictOptions.from_config(sampler="grid")
+
+
+def test_a_finished_run_is_read_from_its_best_checkpoint_when_it_validated(tmp_path):
+  from msjax import checkpoint
+  (tmp_path / "run" / "checkpoints" / "6").mkdir(parents=True)
+  assert checkpoint.find_checkpoint_dir(str(tmp_path / "run")) == str(tmp_path / "run" /
+                                                                       "checkpoints")
+  (tmp_path / "run" / "best" / "3").mkdir(parents=True)
+  assert checkpoint.find_checkpoint_dir(str(tmp_path / "run")) == str(tmp_path / "run" / "best")
+  given = str(tmp_path / "run" / "checkpoints")
+  assert checkpoint.find_checkpoint_dir(given) == given

@@ -8,6 +8,7 @@ from ml_collections import config_dict
 
 from msjax import rules
 from msjax.models import init, isensee
+from msjax.models import model as model_lib
 
 
 def _cfg(base):
@@ -65,20 +66,23 @@ def test_position_regressor_shares_the_encoder_tree():
 @pytest.mark.slow  # compiles the paper-size network
 def test_forward_shapes_deterministic_without_rng():
   cfg = _cfg(4)
-  seg = isensee.build("segmentation", cfg)
-  reg = isensee.build("position", cfg)
+  seg = model_lib.Model(isensee.constructor("segmentation", cfg))
+  reg = model_lib.Model(isensee.constructor("position", cfg))
+  p_seg, p_reg = seg.init_params(), reg.init_params()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 16, 5)), jnp.float32)
-  y = nnx.jit(lambda m, x: m(x))(seg, x)
+  apply = jax.jit(seg.apply)
+  y = apply(p_seg, x)
   assert y.shape == (2, 16, 16, 16, 1) and y.dtype == jnp.float32 and bool(jnp.isfinite(y).all())
-  y2 = nnx.jit(lambda m, x: m(x))(seg, x)
-  np.testing.assert_array_equal(y, y2)
-  y_drop = nnx.jit(lambda m, x, k: m(x, k))(seg, x, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(y, apply(p_seg, x))
+  y_drop = apply(p_seg, x, jax.random.PRNGKey(1))
   assert not np.allclose(y, y_drop)  # dropout is active only when an rng is given
-  assert reg(x).shape == (2, 3)
+  pos = reg.apply(p_reg, x)
+  assert pos.shape == (2, 3)
+  np.testing.assert_array_equal(pos, 0.5)  # the zero head predicts the volume centre
 
 
 def test_init_rules_glorot_kernels_zero_biases():
-  s = nnx.to_pure_dict(nnx.split(isensee.build("segmentation", _cfg(4)), nnx.Param)[1])
+  s = model_lib.Model(isensee.constructor("segmentation", _cfg(4))).init_params()
   flat = rules.flat_paths(s)
   k = np.asarray(flat["encoder/conv5/kernel"])  # 3³ x 8 x 8
   limit = np.sqrt(6 / (27 * 8 + 27 * 8))

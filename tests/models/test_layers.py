@@ -1,4 +1,4 @@
-"""Upsampling, leaky ReLU and dropout (msjax/models/layers.py)."""
+"""Upsampling and dropout (msjax/models/layers.py); the fused norm + leaky ReLU: tests/ops/test_norm.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,12 +6,11 @@ import numpy as np
 from msjax.models import layers
 
 
-def test_upsample_and_leaky_relu():
+def test_upsample():
   x = jnp.arange(8.0).reshape(1, 2, 2, 2, 1) - 4
   up = layers.upsample2(x)
   assert up.shape == (1, 4, 4, 4, 1)
   np.testing.assert_array_equal(up[0, 2:, :2, 2:, 0], jnp.full((2, 2, 2), x[0, 1, 0, 1, 0]))
-  np.testing.assert_allclose(layers.leaky_relu(jnp.array([-2.0, 3.0])), [-0.02, 3.0])
 
 
 def test_dropout_keeps_the_expected_share_is_reproducible_and_unbiased():

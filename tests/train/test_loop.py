@@ -52,7 +52,7 @@ def test_frozen_leaves_are_bit_identical(tiny_cohort, pretrained32, tmp_path, n_
       "train.init_from": pretrained32})
   source, _, _ = checkpoint.restore_params(pretrained32)
   final, _, _ = checkpoint.restore_params(os.path.join(str(tmp_path), "checkpoints"))
-  init = model_lib.Model(isensee.constructor("segmentation", config.model, config.seed),
+  init = model_lib.Model(isensee.constructor("segmentation", config.model),
                      config.seed).init_params()
   src, fin, ini = (rules.flat_paths(t) for t in (source, final, init))
   frozen = set(summary["frozen"])
@@ -98,6 +98,15 @@ def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypat
   # the logged rate is the one the step's update used: the staircase drops after step 2
   lr, decay = 5e-4, 0.985
   np.testing.assert_allclose([r["lr"] for r in rows], [lr, lr, lr * decay, lr * decay], rtol=1e-6)
+
+
+def test_zero_intervals_mean_never_not_a_division_by_zero(tiny_cohort, tmp_path):
+  _, summary = finetune_smoke(tiny_cohort, str(tmp_path), **{
+      "train.steps": 3, "train.log_every": 0, "train.checkpoint_every": 0, "train.freeze": "van"})
+  assert summary["steps"] == 3
+  assert checkpoint.manager(str(tmp_path)).all_steps() == [3]  # the end only
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3]
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_cohort, tmp_path, monkeypatch):
