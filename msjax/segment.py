@@ -174,7 +174,8 @@ def run(config, workdir: str) -> dict:
       logging.info("[segment] resume: %d exam(s) already complete, skipped: %s", len(resumed),
                    ", ".join(sorted(done_ids)))
     exams = [e for e in exams if e.exam_id not in done_ids]
-  threshold = config.threshold if config.threshold is not None else bundle["threshold"]
+  threshold = (config.predict.threshold if config.predict.threshold is not None
+               else bundle["threshold"])
   options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
                                                seed=config.seed,
                                                allow_any_geometry=config.allow_any_geometry)

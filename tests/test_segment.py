@@ -33,7 +33,7 @@ def test_segment_writes_bids_derivatives_and_goes_on_past_a_bad_exam(trained, ti
   bad = src / "broken"
   bad.mkdir()
   (bad / "FLAIR.nii.gz").write_bytes(b"not a nifti")
-  summary = _segment(trained, src, tmp_path / "out", threshold=0.3)
+  summary = _segment(trained, src, tmp_path / "out", **{"predict.threshold": 0.3})
   assert [r["exam_id"] for r in summary["exams"]] == [e.exam_id for e in tiny_cohort.exams[:2]]
   assert [f["exam_id"] for f in summary["failed"]] == ["broken"]
   assert "cannot be read as NIfTI" in summary["failed"][0]["error"]
