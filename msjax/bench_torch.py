@@ -1,6 +1,7 @@
-"""PyTorch reference of exactly the msjax network (layer for layer, same parameter count) and its
-timing, for the benchmark only (optional `bench` extra): float32, and bf16 autocast (PyTorch's
-fastest CPU setting) channels-first and channels_last_3d. The only module that imports torch."""
+"""PyTorch reference of exactly the msjax network (layer for layer: `load_msjax_params` copies
+msjax's parameters in and tests/test_benchmark.py compares the outputs) and its timing, for the
+benchmark only (optional `bench` extra): float32, and bf16 autocast (PyTorch's fastest CPU
+setting) channels-first and channels_last_3d. The only module that imports torch."""
 from __future__ import annotations
 
 import torch
@@ -93,6 +94,63 @@ def soft_dice_loss(logits, target, smooth=1.0):
 
 def n_params(model) -> int:
   return sum(p.numel() for p in model.parameters())
+
+
+# ---- msjax's parameters in the PyTorch network (the test that both are one function) -------------
+
+def module_paths(net) -> dict[str, str]:
+  """PyTorch module name -> msjax parameter path prefix, for every module holding parameters."""
+  out = {}
+  for i in range(LEVELS):
+    first = 3 * (i + 1) - 2
+    lv = f"encoder.levels.{i}"
+    if i > 0:
+      out[f"{lv}.pre.0"] = f"encoder/norm{first}"
+    out[f"{lv}.conv_a"] = f"encoder/conv{first}"
+    for j, k in ((0, first + 1), (4, first + 2)):  # ctx: norm, act, conv, dropout, norm, act, conv
+      out.update({f"{lv}.ctx.{j}": f"encoder/norm{k}", f"{lv}.ctx.{j + 2}": f"encoder/conv{k}"})
+  if isinstance(net, PositionRegressor):
+    out["head"] = "head"
+    return out
+  for level in (4, 3, 2, 1):
+    out.update({f"up.{level}.0": f"decoder/up{level}/norm",
+                f"up.{level}.3": f"decoder/up{level}/conv",
+                f"loc.{level}.0": f"decoder/loc{level}/norm_a",
+                f"loc.{level}.2": f"decoder/loc{level}/conv_a"})
+    if level > 1:
+      out.update({f"loc.{level}b.0": f"decoder/loc{level}/norm_b",
+                  f"loc.{level}b.2": f"decoder/loc{level}/conv_b"})
+    if level <= 3:
+      out[f"seg.{level}"] = f"decoder/seg{level}"
+  return out
+
+
+def load_msjax_params(net, flat_params: dict) -> None:
+  """Copies msjax parameters ({'encoder/conv1/kernel': array, ...}) into the PyTorch network:
+  DHWIO kernels -> (O, I, D, H, W), dense (I, O) -> (O, I). Raises unless every parameter of
+  each side is used exactly once with its shape (a layer added, removed or reshaped on either
+  side fails here)."""
+  import numpy as np
+  modules, used, filled = dict(net.named_modules()), set(), set()
+  for name, prefix in module_paths(net).items():
+    m = modules[name]
+    keys = ("scale", "bias") if isinstance(m, nn.InstanceNorm3d) else ("kernel", "bias")
+    for attr, key in zip(("weight", "bias"), keys):
+      value = np.asarray(flat_params[f"{prefix}/{key}"])
+      if key == "kernel":
+        value = value.T if isinstance(m, nn.Linear) else value.transpose(4, 3, 0, 1, 2)
+      target = getattr(m, attr)
+      if tuple(target.shape) != value.shape:
+        raise ValueError(f"{name}.{attr} {tuple(target.shape)} <- {prefix}/{key} {value.shape}")
+      with torch.no_grad():
+        target.copy_(torch.from_numpy(np.array(value, np.float32)))
+      used.add(f"{prefix}/{key}")
+      filled.add(f"{name}.{attr}")
+  unused = sorted(set(flat_params) - used)
+  unfilled = sorted(set(dict(net.named_parameters())) - filled)
+  if unused or unfilled:
+    raise ValueError(f"msjax parameters with no PyTorch place: {unused}; PyTorch parameters with "
+                     f"no msjax source: {unfilled}")
 
 
 # ---- timing (the benchmark's reference column) ---------------------------------------------------

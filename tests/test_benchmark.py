@@ -51,16 +51,59 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
     assert "| train_seg | PyTorch bf16 |" in md and "Headline" in md
 
 
-def test_torch_reference_is_the_same_network():
+def _torch_and_msjax_outputs(task, base, patch, change=None):
+  """Both networks with msjax's parameters on one random input: (msjax output, PyTorch output),
+  in msjax's layout. change(torch_net) alters the PyTorch side after the copy."""
+  import jax
   torch = pytest.importorskip("torch", reason="PyTorch reference needs the bench extra")
-  from msjax import bench_torch
-  for base in (4, 16):
-    cfg = config_base.model(base_width=base)
-    jax_params = model_lib.Model(isensee.constructor("segmentation", cfg)).init_params()
-    n_jax = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(jax_params))
-    assert bench_torch.n_params(bench_torch.SegmentationNet(5, base)) == n_jax
-    reg = model_lib.Model(isensee.constructor("position", cfg)).init_params()
-    n_reg = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(reg))
-    assert bench_torch.n_params(bench_torch.PositionRegressor(5, base)) == n_reg
-  out = bench_torch.SegmentationNet(5, 4)(torch.zeros(1, 5, 32, 32, 32))
-  assert tuple(out.shape) == (1, 1, 32, 32, 32)
+  from msjax import bench_torch, rules
+  model = model_lib.Model(isensee.constructor(
+      task, config_base.model(base_width=base, conv_impl="xla", dtype="float32")))
+  params = model.init_params()
+  rng = np.random.default_rng(0)
+  if task == "position":  # a random head, not the zero one the encoder's output would not reach
+    params["head"] = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32),
+                                  params["head"])
+  x = rng.standard_normal((2, patch, patch, patch, 5)).astype(np.float32)
+  ours = np.asarray(jax.jit(model.apply)(params, x))
+  net = (bench_torch.SegmentationNet if task == "segmentation" else
+         bench_torch.PositionRegressor)(5, base).eval()
+  bench_torch.load_msjax_params(net, rules.flat_paths(params))
+  if change:
+    change(net)
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy())).numpy()
+  return ours, theirs.transpose(0, 2, 3, 4, 1) if theirs.ndim == 5 else theirs
+
+
+def _rel(a, b):
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("task", ["segmentation", "position"])
+def test_torch_reference_is_the_same_function(task):
+  """msjax's parameters copied into the PyTorch network (every parameter of each side used once,
+  shapes checked): the same outputs on the same input, float32, 32³ (a 2³ bottleneck)."""
+  ours, theirs = _torch_and_msjax_outputs(task, 4, 32)
+  assert ours.shape == theirs.shape
+  assert _rel(theirs, ours) < 1e-4, _rel(theirs, ours)
+  # the comparison sees one layer changed: one LeakyReLU of level 3 made a ReLU
+  from torch import nn
+
+  def relu(net):
+    net.encoder.levels[2].ctx[1] = nn.ReLU()
+  _, changed = _torch_and_msjax_outputs(task, 4, 32, relu)
+  assert _rel(changed, ours) > 1e-3, _rel(changed, ours)
+
+
+def test_torch_reference_refuses_parameters_that_do_not_fit():
+  torch = pytest.importorskip("torch", reason="PyTorch reference needs the bench extra")
+  from msjax import bench_torch, rules
+  params = rules.flat_paths(model_lib.Model(isensee.constructor(
+      "segmentation", config_base.model(base_width=4))).init_params())
+  net = bench_torch.SegmentationNet(5, 4)
+  with pytest.raises(ValueError, match="no PyTorch place.*encoder/extra/kernel"):
+    bench_torch.load_msjax_params(net, dict(params, **{"encoder/extra/kernel": np.zeros(3)}))
+  net.encoder.levels[1].ctx[2] = torch.nn.Conv3d(8, 8, 1)  # a 3³ conv made 1³
+  with pytest.raises(ValueError, match=r"encoder.levels.1.ctx.2.weight"):
+    bench_torch.load_msjax_params(net, params)
