@@ -6,7 +6,9 @@
 - Batches: each process samples only its own groups (one exam of 12 patches per group, see
   msjax/data/pipeline.py) and the global array is assembled from process-local pieces, sharded
   along `data`. Parameters and optimizer state are replicated; XLA inserts the gradient
-  all-reduce. The same code runs on one device (a mesh of one).
+  all-reduce. The training step pins these shardings (in_shardings/out_shardings); validation
+  splits each patch batch along `data` the same way. The same code runs on one device (a mesh of
+  one).
 - Preemption: each process may receive SIGTERM at a slightly different step, so the decision to
   stop is agreed across processes (any process asking stops all at the same step).
 """
@@ -72,6 +74,12 @@ def abstract_replicated(abstract_tree, mesh: Mesh):
   sharding = replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       abstract_tree)
+
+
+def shard_batch(x: np.ndarray, mesh: Mesh):
+  """A batch every process holds whole -> a global array split along `data` (each process
+  contributes the shards of its own devices)."""
+  return jax.make_array_from_callback(x.shape, batch_sharding(mesh), lambda index: x[index])
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

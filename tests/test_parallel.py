@@ -33,8 +33,17 @@ def test_sharded_step_equals_single_device_step():
   assert out["spec"] in ("P('data',)", "PartitionSpec('data',)")
   assert out["shard_shapes"] == [[2, 16, 16, 16, 5]]  # 16 patches over 8 devices
   assert out["params_sharding"] in ("P()", "PartitionSpec()")  # replicated
+  # dropout on: the masks are a function of each element's global index, the same sharded
   assert out["rel_params"] < 1e-5, out
   assert abs(out["loss_single"] - out["loss_sharded"]) < 1e-5 * abs(out["loss_single"])
+  assert abs(out["grad_norm_single"] - out["grad_norm_sharded"]) < 1e-5 * out["grad_norm_single"]
+  # pinned: the batch split along data, state and metrics replicated
+  short = lambda specs: [s.replace("PartitionSpec", "P") for s in specs]  # noqa: E731
+  assert short(out["pinned"]["in_batch"]) == ["P('data',)"], out["pinned"]
+  assert short(out["pinned"]["in_state"]) == short(out["pinned"]["out"]) == ["P()"], out["pinned"]
+  # validation splits its patch batch over the devices instead of repeating it on each
+  assert short([out["predict_in_spec"]]) == ["P('data',)"]
+  assert out["predict_shape"] == [12, 16, 16, 16] and out["predict_rel"] < 1e-5, out
 
 
 def _train_cmd(cohort, workdir, steps, *extra):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msjax import parallel
 from msjax.models import init
 
 
@@ -36,11 +37,13 @@ MIRRORS = tuple(tuple(a for a, bit in zip((1, 2, 3), (m & 1, m & 2, m & 4)) if b
                 for m in range(8))  # the 8 combinations of flipping the three spatial axes
 
 
-def make_predict(model: Model, task: str, mirror: bool = False):
+def make_predict(model: Model, task: str, mirror: bool = False, mesh=None):
   """predict(params, images) -> probabilities (segmentation) or positions; no dropout.
 
   mirror=True (segmentation): test-time mirroring, nnU-Net's default: the mean of the
-  probabilities over the 8 flips of the patch, each flipped back (8× the compute)."""
+  probabilities over the 8 flips of the patch, each flipped back (8× the compute).
+  mesh: the images are split along its `data` axis (the batch must divide by its size), params
+  replicated, the output gathered onto every device (replicated)."""
 
   def probabilities(params, images):
     return jax.nn.sigmoid(model.apply(params, images, None)[..., 0])
@@ -56,4 +59,8 @@ def make_predict(model: Model, task: str, mirror: bool = False):
       total = total + flip(probabilities(params, flip(images)))
     return total / len(MIRRORS)
 
-  return jax.jit(predict)
+  if mesh is None:
+    return jax.jit(predict)
+  replicated = parallel.replicated(mesh)
+  return jax.jit(predict, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=replicated)

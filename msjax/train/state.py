@@ -25,7 +25,7 @@ class TrainSetup:
   labels: dict            # "trainable" / "frozen" per leaf (msjax/train/optim.py)
   tx: object              # the optax transformation of the trainable leaves
   train_step: object      # jitted, donating
-  predict: object         # jitted
+  predict: object         # jitted, the batch split over the mesh (validation)
   abstract: dict          # shapes, dtypes and shardings of the state
 
 
@@ -42,9 +42,10 @@ def create_train_state(config, task: str, mesh) -> TrainSetup:
       jax.eval_shape(lambda p: steps.init_state(p, tx, labels), params), mesh)
   return TrainSetup(model=model, params=params, n_params=n_params, transfer=transfer_on,
                     frozen=frozen, labels=labels, tx=tx,
-                    train_step=steps.make_train_step(model, task, tx, labels, tc.loss),
+                    train_step=steps.make_train_step(model, task, tx, labels, tc.loss, mesh),
                     predict=model_lib.make_predict(
-                        model, task, mirror=task == "segmentation" and config.predict.mirror),
+                        model, task, mirror=task == "segmentation" and config.predict.mirror,
+                        mesh=mesh),
                     abstract=abstract)
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from msjax import parallel
 from msjax.models.model import Model
 from msjax.train import losses
 from msjax.train import optim
@@ -30,8 +31,12 @@ def init_state(params, tx, labels) -> dict:
 
 
 def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, labels,
-                    seg_loss: str = "dice"):
+                    seg_loss: str = "dice", mesh=None):
   """train_step(state, batch, rng) -> (state, metrics). Pure; donate the state.
+
+  With a mesh, the shardings are pinned (msjax/parallel.py): state, rng and metrics replicated,
+  every batch array split along `data`; XLA inserts the gradient all-reduce. Without one, jit
+  follows its arguments (one device).
 
   - only the trainable leaves are differentiated (labels: msjax/train/optim.py); the frozen ones
     enter the loss as constants and leave the step as they came (bit-identical), so XLA computes
@@ -60,4 +65,9 @@ def make_train_step(model: Model, task: str, tx: optax.GradientTransformation, l
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
+                 out_shardings=(replicated, replicated))

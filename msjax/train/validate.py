@@ -49,6 +49,12 @@ class Validator:
     return {} if mean["dice"] is None else {"val_dice": mean["dice"], "val_exams": n["dice"]}
 
   def predict(self, x):
-    """Every process runs the same replicated computation (a collective on a multi-host mesh)."""
-    out = self._predict(self.params, parallel.replicate(np.asarray(x), self.mesh))
-    return np.asarray(out.addressable_data(0))
+    """One batch split over the mesh's `data` axis (padded to a multiple of the devices), each
+    device predicting its share; every process passes the same batch and gets the whole output
+    (a collective on a multi-host mesh)."""
+    x = np.asarray(x)
+    pad = -len(x) % self.mesh.size
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+    out = self._predict(self.params, parallel.shard_batch(x, self.mesh))
+    return np.asarray(out.addressable_data(0))[:len(x) - pad]
