@@ -154,6 +154,21 @@ def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:
                                          model=bundle_path)
 
 
+def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir: str) -> dict:
+  """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
+  DICOM SEG where they apply; its row."""
+  seg = predict.segment_exam(predictor, ready, options)
+  row = predict.export_exam(seg, ready, workdir)
+  row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
+  if config.report.enabled:
+    from msjax.infer import clinical
+    row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
+                                    bundle=bundle, threshold=options.threshold,
+                                    config=config.report, model=bundle["path"]))
+  _write_dicom_seg(exam, row, bundle["path"])
+  return row
+
+
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
@@ -191,15 +206,7 @@ def run(config, workdir: str) -> dict:
     try:
       if isinstance(ready, Exception):
         raise ready
-      seg = predict.segment_exam(predictor, ready, options)
-      row = predict.export_exam(seg, ready, workdir)
-      row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
-      if config.report.enabled:
-        from msjax.infer import clinical
-        row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
-                                        bundle=bundle, threshold=options.threshold,
-                                        config=config.report, model=bundle["path"]))
-      _write_dicom_seg(exam, row, bundle["path"])
+      row = _segment_one(exam, ready, predictor, options, config, bundle, workdir)
       row["seconds"] = round(time.time() - t, 1)
       done.append(outputs.write_summary(workdir, exam, row))
       status = _lesion_count(row)
