@@ -71,17 +71,6 @@ def decision_grid(baseline, followup):
   return grid
 
 
-def _mi(fixed, moving, tfm) -> float:
-  import SimpleITK as sitk
-  reg = sitk.ImageRegistrationMethod()
-  reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-  reg.SetMetricSamplingStrategy(reg.RANDOM)
-  reg.SetMetricSamplingPercentage(0.05, 0)
-  reg.SetInterpolator(sitk.sitkLinear)
-  reg.SetInitialTransform(tfm)
-  return reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
-
-
 def to_flair(flair, image, transform_path: str | None):
   """Transform mapping FLAIR points into `image`: the exam's transform file in the direction with
   the better mutual information, else rigid registration."""
@@ -91,7 +80,7 @@ def to_flair(flair, image, transform_path: str | None):
   if transform_path:
     tfm = sitk.ReadTransform(transform_path)
     candidates = [tfm, tfm.GetInverse()]
-    return candidates[int(np.argmin([_mi(flair, image, c) for c in candidates]))]
+    return candidates[int(np.argmin([steps.mutual_information(flair, image, c) for c in candidates]))]
   return _unwrap(steps.rigid_to(flair, image))
 
 

@@ -121,7 +121,7 @@ def coregister(exam, imgs: dict, options: Options):
       tfm = sitk.ReadTransform(tfm_path)
       # the shipped file's direction convention is not stated: keep the one that aligns better
       candidates = [tfm, tfm.GetInverse()]
-      scores = [_mi(imgs["FLAIR"], img, c) for c in candidates]
+      scores = [steps.mutual_information(imgs["FLAIR"], img, c) for c in candidates]
       tfm = candidates[int(np.argmin(scores))]
       how[m] = (f"file {os.path.basename(tfm_path)} "
                 f"({'as is' if np.argmin(scores) == 0 else 'inverted'})")
@@ -191,17 +191,6 @@ def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:
                                  dtype=np.uint8)
   sitk.WriteTransform(to_mni, os.path.join(folder, "to_mni.tfm"))
   return {"images": images, "masks": masks, "brain_mask": brain_path}
-
-
-def _mi(fixed, moving, transform) -> float:
-  import SimpleITK as sitk
-  reg = sitk.ImageRegistrationMethod()
-  reg.SetMetricAsMattesMutualInformation(50)
-  reg.SetMetricSamplingStrategy(reg.RANDOM)
-  reg.SetMetricSamplingPercentage(0.05, 0)
-  reg.SetInterpolator(sitk.sitkLinear)
-  reg.SetInitialTransform(transform)
-  return reg.MetricEvaluate(fixed, moving)
 
 
 def _worker(args):

@@ -37,8 +37,13 @@ def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> s
 
 # ---- registration --------------------------------------------------------------------------------
 
+# The seed of the metric's random sampling. Not 0: SimpleITK reads seed 0 as sitkWallClock, a new
+# seed every call, so the same exam registered twice came out differently (off-diagonal affine
+# terms 0.045-0.077 apart between runs, and masks a few border voxels apart).
+SAMPLING_SEED = 20170521
+
 def _registration(fixed, moving, transform, *, shrink=(4, 2, 1), smooth=(2, 1, 0), sampling=0.1,
-                  iterations=200, seed=0, fixed_mask=None):
+                  iterations=200, seed=SAMPLING_SEED, fixed_mask=None):
   reg = sitk.ImageRegistrationMethod()
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -61,6 +66,18 @@ def _registration(fixed, moving, transform, *, shrink=(4, 2, 1), smooth=(2, 1, 0
   if not np.isfinite(reg.GetMetricValue()):
     raise PreprocessingError("registration did not converge (non-finite metric)")
   return out, reg.GetMetricValue(), reg.GetOptimizerStopConditionDescription()
+
+
+def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+  """Mattes MI (negative: lower is better, as ITK reports it) of moving mapped onto fixed by
+  transform, on a fixed 5 % sample of fixed's voxels."""
+  reg = sitk.ImageRegistrationMethod()
+  reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+  reg.SetMetricSamplingStrategy(reg.RANDOM)
+  reg.SetMetricSamplingPercentage(0.05, SAMPLING_SEED)
+  reg.SetInterpolator(sitk.sitkLinear)
+  reg.SetInitialTransform(transform)
+  return reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
 
 
 def rigid_to(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
