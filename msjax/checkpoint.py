@@ -80,7 +80,13 @@ def restore_params(path: str, sharding=None):
   best-validation checkpoint when it has one), onto this process's devices; also its folder.
 
   No target structure is needed: shapes and dtypes come from the checkpoint's metadata, so a
-  checkpoint written by N processes restores in one (and vice versa)."""
+  checkpoint written by N processes restores in one (and vice versa).
+
+  A shipped model's folder (msjax/shipped/) gives its float16 weights, hash-checked, in the
+  network's parameter dtype, on the default device."""
+  from msjax import shipped
+  if shipped.is_shipped(os.path.abspath(os.path.expanduser(path))):
+    return shipped.restore_params(os.path.abspath(os.path.expanduser(path)))
   directory = find_checkpoint_dir(path)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   # every item a training checkpoint holds gets its handler, so that orbax knows what the items

@@ -29,6 +29,7 @@ MODES = {
     "evaluate": "msjax.evaluate.evaluate_mode",
     "experiment": "msjax.experiment",
     "leave_one_out": "msjax.leave_one_out",
+    "release": "msjax.release",
     "demo": "msjax.demo",
     "preprocess": "msjax.preprocess.run",
     "segment": "msjax.segment",

@@ -1,8 +1,12 @@
 """`segment` mode: raw exams -> lesion masks with a model bundle, the way MS-imaging tools do it.
 
-  msjax --config=segment --config.model=<finetune workdir> --config.input=<exam folder, folder of
-      exams, BIDS dataset or DICOM folder> --workdir OUT [--config.resume=True]
+  msjax --config=segment [--config.model=<shipped name or finetune workdir>] --config.input=<exam
+      folder, folder of exams, BIDS dataset or DICOM folder> --workdir OUT [--config.resume=True]
       [--config.shard=K/N, then --config.merge=True]
+
+With no --config.model, the model shipped with msjax (msjax/shipped/, msjax.shipped.DEFAULT); a
+bare name names a shipped model; a path, a fine-tuning workdir. An exam whose sequences are none
+of the sets the model takes (bundle.json's `inputs`) is refused with one line, not fed zeros.
 
 Per exam, with progress and ETA: the bundle's preprocessing (N4, co-registration to FLAIR, ROBEX,
 MNI registration, the 128³ grid, Nyúl standardisation with the bundle's landmarks; skipped with
@@ -30,7 +34,7 @@ from absl import logging
 
 import numpy as np
 
-from msjax import errors, files
+from msjax import errors, files, shipped
 from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
 from msjax.infer import bundle as bundle_lib
@@ -103,17 +107,23 @@ def _prepared(exams: list, config, bundle: dict, workdir: str):
 
 
 def _known_sequences(exam, bundle: dict):
-  """The exam without sequences the model never saw in training (all-zero inputs there)."""
-  seen = set(bundle["preprocessing"]["nyul_landmarks"])
-  kept = {m: p for m, p in exam.images.items() if m in seen}
+  """The exam with the sequences the model is run on: one of the sets it was trained to take
+  (msjax/infer/bundle.py sequences_for); refused in one line when it holds none of them."""
+  use = bundle_lib.sequences_for(bundle, exam.exam_id, exam.images)
+  kept = {m: p for m, p in exam.images.items() if m in use}
   dropped = sorted(set(exam.images) - set(kept))
   if dropped:
-    logging.info("[segment] %s: %s not used (the model was trained without it)", exam.exam_id,
-                 ", ".join(dropped))
-  if not kept:
-    raise errors.InvalidInputError(f"exam {exam.exam_id}: none of its sequences "
-                                   f"{sorted(exam.images)} is one the model knows ({sorted(seen)})")
+    logging.info("[segment] %s: %s not used (the model takes %s)", exam.exam_id,
+                 ", ".join(dropped), "+".join(use))
   return dataclasses.replace(exam, images=kept)
+
+
+def _model(value: str) -> tuple[str, str | None]:
+  """--config.model -> (bundle folder, the shipped model's description or None)."""
+  folder = shipped.default_model() if not value else shipped.find(value)
+  if folder is None:
+    return value, None
+  return folder, shipped.describe(folder, shipped.read_bundle(folder))
 
 
 def _load_input(config, workdir: str):
@@ -172,12 +182,19 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
-  if not config.model or not config.input:
-    raise errors.InvalidInputError("segment needs --config.model=<model bundle (a finetune "
-                                   "workdir)> and --config.input=<exam folder, folder of exams, "
-                                   "BIDS dataset or DICOM folder>")
+  if not config.input:
+    raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
+                                   "BIDS dataset or DICOM folder> (and --config.model=<shipped "
+                                   "name or finetune workdir>, default: the shipped model)")
   t0 = time.time()
-  bundle = bundle_lib.read(config.model)
+  model, described = _model(config.model)
+  if described:
+    logging.info("[segment] using the shipped model %s", described)
+  bundle = bundle_lib.read(model)
+  spec, declared = bundle_lib.inputs_of(bundle)
+  if not declared:
+    logging.warning("[segment] %s does not declare the sequence sets it takes (written before "
+                    "msjax did): exams need all of %s", bundle["path"], "+".join(spec["subsets"][0]))
   cohort = _load_input(config, workdir)
   manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
   exams = shard_of(list(cohort.exams), config.shard)

@@ -10,6 +10,7 @@ Fine-tuning writes, beside its checkpoints,
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 
@@ -57,6 +58,60 @@ def learn_landmarks(exams) -> dict:
   return nyul.fit_nyul(samples)
 
 
+def input_spec(exam_sequences, sequence_dropout: float = 0.0) -> dict:
+  """What a model trained on exams with these sequence sets takes (bundle.json's `inputs`).
+
+  With sequence dropout in training (config.data.sequence_dropout > 0), every subset of the
+  trained modalities that contains FLAIR; without it, only the sequence sets the training exams
+  had (all trained modalities when every exam had all of them): the zeros of a missing sequence
+  are inputs the network never learned."""
+  sets = sorted({tuple(m for m in MODALITIES if m in s) for s in exam_sequences},
+                key=lambda t: (-len(t), t))
+  modalities = [m for m in MODALITIES if any(m in s for s in sets)]
+  dropout = float(sequence_dropout or 0.0)
+  if dropout > 0 and "FLAIR" in modalities:
+    others = [m for m in modalities if m != "FLAIR"]
+    subsets = [sorted(set(c) | {"FLAIR"}, key=MODALITIES.index)
+               for k in range(len(others), -1, -1) for c in itertools.combinations(others, k)]
+    rule = f"FLAIR with any of the other trained sequences (sequence dropout {dropout:g})"
+  else:
+    subsets = [list(t) for t in sets]
+    rule = ("all trained sequences" if len(subsets) == 1 else
+            "the sequence sets of the training exams") + " (no sequence dropout in training)"
+  return {"modalities": modalities, "subsets": subsets, "sequence_dropout": dropout,
+          "rule": rule}
+
+
+def inputs_of(bundle: dict) -> tuple[dict, bool]:
+  """(the bundle's `inputs`, declared?): a bundle written before msjax declared them takes all the
+  sequences it has Nyúl landmarks for, together."""
+  if "inputs" in bundle:
+    return bundle["inputs"], True
+  trained = [m for m in MODALITIES if m in bundle["preprocessing"]["nyul_landmarks"]]
+  return {"modalities": trained, "subsets": [trained], "sequence_dropout": None,
+          "rule": "all trained sequences (an older bundle that does not declare its inputs)"}, False
+
+
+def sequences_for(bundle: dict, exam_id: str, sequences) -> list[str]:
+  """The sequences of an exam the model is run on: its trained sequences, when they are one of
+  the sets the model takes, else the largest such set the exam holds (the fallback, logged by the
+  caller); InvalidInputError in one line when the exam holds none of them."""
+  spec, _ = inputs_of(bundle)
+  have = [m for m in MODALITIES if m in sequences and m in spec["modalities"]]
+  fits = [s for s in spec["subsets"] if set(s) <= set(have)]
+  if not fits:
+    takes = " | ".join("+".join(s) for s in spec["subsets"][:6]) + (
+        f" | ... ({len(spec['subsets'])} sets)" if len(spec["subsets"]) > 6 else "")
+    raise errors.InvalidInputError(
+        f"exam {exam_id} has {'+'.join(sorted(sequences, key=_order)) or 'no sequence'}; the "
+        f"model takes {takes}: {spec['rule']}")
+  return max(fits, key=len)
+
+
+def _order(m: str) -> int:
+  return MODALITIES.index(m) if m in MODALITIES else len(MODALITIES)
+
+
 def write(workdir: str, config, train_exams, val_exams, summary: dict,
           threshold: float = 0.5) -> dict:
   """bundle.json and model_card.md into a fine-tuning workdir."""
@@ -88,6 +143,8 @@ def write(workdir: str, config, train_exams, val_exams, summary: dict,
           "strategy": str(config.train.freeze), "init_from": config.train.init_from,
           "steps": summary["steps"], "seed": int(config.seed),
           "final": summary.get("final", {})},
+      "inputs": input_spec([set(e.images) for e in train_exams],
+                           config.data.get("sequence_dropout", 0.0)),
   }
   files.write_json(bundle, os.path.join(workdir, BUNDLE))
   files.write_text(model_card(bundle), os.path.join(workdir, CARD))
@@ -96,6 +153,7 @@ def write(workdir: str, config, train_exams, val_exams, summary: dict,
 
 def model_card(b: dict) -> str:
   t, p = b["training"], b["preprocessing"]
+  spec, _ = inputs_of(b)
   final = t.get("final") or {}
   val = final.get("val_dice")
   lines = [
@@ -103,7 +161,7 @@ def model_card(b: dict) -> str:
       f"Created {b['created']} by msjax {b['msjax_version']}.", "",
       "## What it does",
       "Segments multiple-sclerosis white-matter lesions in brain MRI (T1W, contrast T1W, T2W, "
-      "FLAIR, PDW; missing sequences are zero inputs) with the Isensee-2017 3D encoder-decoder "
+      "FLAIR, PDW; a missing sequence is a zero input, see Inputs) with the Isensee-2017 3D encoder-decoder "
       f"on {b['patch_size']}³ patches of " + (
           f"the {'x'.join(map(str, b['model_grid']))} model grid" if b["model_grid"]
           else "each exam's own grid") +
@@ -120,6 +178,11 @@ def model_card(b: dict) -> str:
             "leave-one-out results this model came from, if any"),
       f"- last training batch: loss {final.get('loss', float('nan')):.4f}, batch Dice "
       f"{final.get('batch_dice', float('nan')):.3f}",
+      "", "## Inputs",
+      f"- trained sequences: {', '.join(spec['modalities'])}; it takes {spec['rule']}: "
+      + "; ".join(" + ".join(x) for x in spec["subsets"]),
+      "- `segment` refuses an exam outside these sets (no zeros fed for a sequence the model was "
+      "never trained without)",
       "", "## Preprocessing new scans",
       f"- {'msjax preprocessing with ' + json.dumps(p['options']) if p['by'] == 'msjax' else p['note']}",
       f"- Nyúl landmarks for {', '.join(sorted(p['nyul_landmarks']))} (in bundle.json)",
@@ -137,9 +200,12 @@ def read(path: str) -> dict:
   path = os.path.abspath(os.path.expanduser(path))
   file = os.path.join(path, BUNDLE) if os.path.isdir(path) else path
   if not os.path.exists(file):
+    from msjax import shipped
+    known = shipped.names("segmentation")
     raise errors.InvalidInputError(
         f"{path}: not a model bundle (no {BUNDLE}); give the workdir of a finished fine-tuning "
-        "(msjax --config=finetune ... --workdir DIR)")
+        "(msjax --config=finetune ... --workdir DIR) or the name of a shipped model ("
+        + (", ".join(known) if known else f"none in {shipped.root()} yet") + ")")
   try:
     with open(file) as f:
       bundle = json.load(f)
@@ -159,9 +225,12 @@ def read(path: str) -> dict:
 
 
 def _check_weights(folder: str, file: str) -> None:
-  """A bundle is only as good as its weights: refused up front when they are missing, not after
-  the first exam has been preprocessed."""
-  from msjax import checkpoint
+  """A bundle is only as good as its weights: refused up front when they are missing (or, for a
+  shipped model, damaged: msjax/shipped), not after the first exam has been preprocessed."""
+  from msjax import checkpoint, shipped
+  if shipped.is_shipped(folder):
+    shipped.verify(folder)
+    return
   try:
     checkpoint.find_checkpoint_dir(folder)
   except FileNotFoundError as e:

@@ -100,6 +100,7 @@ class Predictor:
     cfg = config_dict.ConfigDict(meta["config"])
     self.where, self.train_config = where, cfg
     logging.info("network: %s (%s)", where,
+                 f"the shipped model {meta['shipped']}" if meta.get("shipped") else
                  "the best validation Dice" if os.path.basename(os.path.dirname(where))
                  == checkpoint.BEST else "the latest checkpoint")
     self.model = model_lib.Model(isensee.constructor("segmentation", cfg.model))

@@ -65,8 +65,8 @@ def restore_or_init(setup: TrainSetup, config, mngr, data_iter, mesh):
   if setup.transfer:
     if not tc.init_from:
       raise ValueError(f"strategy {optim.strategy_name(tc.freeze)} transfers a pretrained "
-                       "encoder: set --config.train.init_from=<pretraining workdir> "
-                       "(or --config.train.freeze=van)")
+                       "encoder: set --config.train.init_from=<pretraining workdir, or a "
+                       "shipped model's name> (or --config.train.freeze=van)")
     params, report = transfer.transfer_from_checkpoint(params, tc.init_from)
   # built on the host, then one identical copy per device
   state = parallel.replicate(jax.device_get(steps.init_state(params, setup.tx, setup.labels)), mesh)

@@ -1,11 +1,14 @@
-"""Encoder transfer from a pretraining checkpoint, by parameter path, shape-checked."""
+"""Transfer into a new fine-tuning, by parameter path, shape-checked: the encoder of a pretraining
+checkpoint (a workdir, or a shipped encoder by name: msjax/shipped), or the whole network of a
+segmentation model (a shipped one by name, or a fine-tuning workdir). Freezing is unchanged: the
+strategy's first N convolutions stay fixed at what was transferred."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 from absl import logging
 
-from msjax import checkpoint
+from msjax import checkpoint, shipped
 from msjax import rules as rules_lib
 from msjax.models import paths
 
@@ -15,15 +18,20 @@ TRANSFER_RULES = [(paths.conv(paths.ENCODER_CONV), "transfer"),
                   (paths.norm(paths.ENCODER_NORM), "transfer"),
                   (paths.conv(paths.DECODER_CONV), "keep"),
                   (paths.norm(paths.DECODER_NORM), "keep"), (paths.conv(paths.HEAD), "keep")]
+# a segmentation source: the decoder too (a model adapted to a site's own labelled exams)
+WHOLE_RULES = [(rx, "transfer" if rx != paths.conv(paths.HEAD) else "keep")
+               for rx, _ in TRANSFER_RULES]
 
 
-def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkpoint"):
-  """Returns params with every `encoder/...` leaf replaced by the source's leaf at the same path.
+def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkpoint",
+                     rules=None):
+  """Returns params with every `encoder/...` leaf (every leaf `rules` labels "transfer")
+  replaced by the source's leaf at the same path.
 
   Raises if a transferred path is missing in the source or has another shape. Logs what was loaded
   and what was left (decoder, and the source's regression head, which is discarded).
   """
-  labels, _ = rules_lib.match(params, TRANSFER_RULES, what="transfer")
+  labels, _ = rules_lib.match(params, rules or TRANSFER_RULES, what="transfer")
   src = rules_lib.flat_paths(source_params)
   loaded, kept, problems = [], [], []
 
@@ -46,14 +54,25 @@ def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkp
   if problems:
     raise ValueError("encoder transfer failed:\n  " + "\n  ".join(problems))
   dropped = sorted(set(src) - set(loaded))
-  logging.info("transfer from %s: loaded %d encoder leaves; left as initialised %d leaves "
-               "(decoder); not used from the source: %s", source, len(loaded), len(kept), dropped)
+  logging.info("transfer from %s: loaded %d leaves; left as initialised %d leaves; not used "
+               "from the source: %s", source, len(loaded), len(kept), dropped)
   return out, {"loaded": sorted(loaded), "kept": sorted(kept), "dropped": dropped}
 
 
 def transfer_from_checkpoint(params: dict, path: str):
-  source_params, meta, where = checkpoint.restore_params(path)
-  if meta.get("task") not in (None, "position"):
+  """init_from: a shipped model's name (msjax/shipped) or a workdir / checkpoint folder. A
+  position (pretraining) source gives the encoder; a segmentation source the whole network."""
+  folder = shipped.find(path)
+  if folder:
+    logging.info("init_from: the shipped model %s", shipped.describe(
+        folder, shipped.read_bundle(folder)))
+  source_params, meta, where = checkpoint.restore_params(folder or path)
+  whole = meta.get("task") == "segmentation"
+  if meta.get("task") not in (None, "position", "segmentation"):
     logging.warning("init_from %s holds a %s checkpoint, not a pretraining one", where,
                     meta.get("task"))
-  return transfer_encoder(params, source_params, source=where)
+  if whole:
+    logging.info("init_from %s is a segmentation model: the whole network is transferred "
+                 "(encoder and decoder)", where)
+  return transfer_encoder(params, source_params, source=where,
+                          rules=WHOLE_RULES if whole else TRANSFER_RULES)

@@ -1,0 +1,44 @@
+"""Trains the models msjax ships and writes them into the package (msjax/shipped/, package data):
+pretraining on every scan in ../shared/data (the Lesjak MNI scans and the raw longitudinal exams
+after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesjak.py's settings
+(network, sampling, augmentation, steps: its defaults are the real-data defaults), then export
+(msjax/release.py). From the repository root:
+
+  python -m msjax.main --config configs/release.py --workdir runs/release
+
+`:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
+steps) and exports into --config.out (required there, so that a smoke model never lands in the
+package): `--config=release:smoke --config.out=/tmp/shipped --workdir /tmp/release`.
+"""
+from ml_collections import config_dict
+
+from msjax import config_base
+from msjax.configs import lesjak
+
+
+def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
+  base = lesjak.get_config("smoke" if "smoke" in v else "")
+  c = config_dict.ConfigDict()
+  c.mode = "release"
+  c.seed = 0
+  c.name = "msjax-lesjak"       # the segmentation model; its encoder is <name>-encoder
+  c.out = ""                    # shipped-models folder ('' = the package's msjax/shipped/)
+  c.labelled = base.labelled    # '' = the synthetic cohort (below)
+  c.unlabelled_raw = base.unlabelled_raw
+  c.unlabelled = base.unlabelled
+  c.strategy = "0"              # 0CF: the pretrained encoder, nothing frozen
+  c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
+                                            spacing_mm=4.0))
+  for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
+    c[block] = config_dict.ConfigDict(base[block].to_dict())
+  config_base.allow_any_geometry(c, base.allow_any_geometry)
+  if "smoke" in v:  # the synthetic cohort at its own grid; out must be given
+    c.labelled = ""
+    c.unlabelled_raw = ""
+    c.out = config_dict.placeholder(str)
+    c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
+    c.pretrain.update(dict(steps=3, log_every=1, checkpoint_every=3))
+    c.finetune.update(dict(steps=3, log_every=1, checkpoint_every=3))
+    c.predict.batch_size = 8
+  return config_base.finish(c, v)

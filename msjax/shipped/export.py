@@ -1,0 +1,110 @@
+"""A trained workdir -> a shipped-model folder (msjax/shipped/__init__.py for the layout).
+
+`export(workdir, folder, name)`: the workdir's network (its best/ checkpoint when the run
+validated, else its latest: checkpoint.find_checkpoint_dir) as float16 arrays keyed by parameter
+path, their sha256 and the bundle in bundle.json, and a model card. Every file is written
+atomically (msjax/files.py); bundle.json last, so a folder is a model only once complete.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import numpy as np
+
+from msjax import checkpoint, errors, files, rules, shipped
+from msjax.infer import bundle as bundle_lib
+
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def export(workdir: str, folder: str, name: str, *, training: dict | None = None,
+           figures: str = "") -> dict:
+  """Writes the shipped model `name` into `folder` from a pretraining or fine-tuning workdir;
+  returns its bundle. training: entries added to the bundle's training record (e.g. the number of
+  pretraining scans); figures: markdown put in the card's Results section."""
+  params, meta, where = checkpoint.restore_params(workdir)
+  task = meta.get("task")
+  if task not in ("segmentation", "position"):
+    raise errors.InvalidInputError(f"{where}: a {task} checkpoint cannot be shipped")
+  flat = {p: np.asarray(v, np.float32) for p, v in rules.flat_paths(params).items()}
+  too_big = [p for p, v in flat.items() if np.abs(v).max(initial=0) > F16_MAX]
+  if too_big:
+    raise ValueError(f"{where}: parameters beyond float16's range, cannot ship as float16: "
+                     f"{too_big[:5]}")
+  files.make_dirs(folder)
+  weights = os.path.join(folder, shipped.WEIGHTS)
+  with files.atomic(weights) as tmp:
+    np.savez_compressed(tmp, **{p: v.astype(np.float16) for p, v in sorted(flat.items())})
+  if task == "segmentation":
+    bundle = {k: v for k, v in bundle_lib.read(workdir).items() if k != "path"}
+    bundle["inputs"] = bundle_lib.inputs_of(bundle)[0]
+  else:
+    bundle = _encoder_bundle(meta)
+  bundle["training"].update(training or {})
+  bundle.update(
+      name=name, task=task, config=meta["config"],
+      exported={"from": os.path.abspath(workdir), "checkpoint": where,
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+      weights={"file": shipped.WEIGHTS, "sha256": shipped.sha256(weights), "dtype": "float16",
+               "arrays": len(flat), "parameters": int(sum(v.size for v in flat.values())),
+               "bytes": os.path.getsize(weights)})
+  files.write_text(card(bundle, figures), os.path.join(folder, shipped.CARD))
+  files.write_json(bundle, os.path.join(folder, shipped.BUNDLE))
+  return bundle
+
+
+def _encoder_bundle(meta: dict) -> dict:
+  import msjax
+  cfg = meta["config"]
+  return {"format": 1, "msjax_version": msjax.__version__,
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "model": cfg["model"], "model_grid": list(cfg["data"]["model_shape"]) or None,
+          "patch_size": int(cfg["data"]["patch_size"]),
+          "training": {"cohort": cfg["data"]["cohort"], "steps": meta.get("step"),
+                       "seed": cfg.get("seed")}}
+
+
+def card(b: dict, figures: str = "") -> str:
+  """The model card of a shipped model: the fine-tuning card (msjax/infer/bundle.py) or the
+  encoder's, with the shipped name, file, hash and use."""
+  w = b["weights"]
+  size = f"{w['bytes'] / 1e6:.1f} MB"
+  head = [f"Shipped as `{b['name']}` (msjax/shipped/{b['name']}/): {w['parameters']:,} parameters "
+          f"as float16 in `{w['file']}` ({size}, sha256 `{w['sha256']}`, checked at every load).",
+          ""]
+  results = ["## Results", figures or "<!-- LEAD: measured figures go here (leave-one-out Dice per "
+             "input: all sequences, FLAIR + T1W, FLAIR + T2W, FLAIR only, 4 mm thick slices; the "
+             "longitudinal change regions found) -->", ""]
+  if b["task"] == "segmentation":
+    text = bundle_lib.model_card(b)
+    text = text.replace("`msjax --config=segment --config.model=<this folder>",
+                        f"`msjax --config=segment --config.model={b['name']}")
+    title, rest = text.split("\n", 1)
+    return "\n".join([title, ""] + head) + rest.rstrip("\n") + "\n\n" + "\n".join(results)
+  t = b["training"]
+  lines = [
+      "# msjax pretrained encoder (position task)", ""] + head + [
+      "## What it is",
+      "The Isensee-2017 3D encoder (with its position-regression head) pretrained, "
+      "self-supervised, to predict where a patch lies in its volume (Fenneteau et al., RFIAP "
+      f"2020), on {b['patch_size']}³ patches" + (
+          f" of the {'x'.join(map(str, b['model_grid']))} model grid" if b["model_grid"] else "")
+      + f"; base width {b['model']['base_width']}.", "",
+      "## Trained on",
+      f"- {t.get('pretraining_scans', '?')} scan(s), labelled or not, from `{t['cohort']}`; "
+      f"{t['steps']} steps, seed {t['seed']}", "",
+      "## Use",
+      "Transfer to your own labelled exams, the paper's way: "
+      f"`msjax --config=finetune --config.data.cohort=COHORT --config.train.init_from={b['name']} "
+      "--config.train.freeze=0 --workdir runs/mine` (freeze=N: the first N convolutions stay "
+      "fixed).", "",
+      "## Limits",
+      "A research model pretrained on few scans; not a medical device.", ""]
+  return "\n".join(lines)
+
+
+def exported_files(folder: str) -> dict:
+  """{file name: bytes} of a shipped-model folder (for the release summary)."""
+  return {n: os.path.getsize(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
+          if not n.startswith(".")}

@@ -1,0 +1,155 @@
+"""Shipped models (msjax/shipped): the release job's export, the hash, the default model of
+`segment`, the sequence sets a bundle takes, and init_from=<shipped name>."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import finetune_smoke, load_config
+from msjax import checkpoint, errors, release, rules, segment, shipped
+from msjax.infer import bundle as bundle_lib
+from msjax.infer import predict
+
+
+@pytest.fixture(scope="module")
+def released(tiny_cohort, tmp_path_factory):
+  """configs/release.py:smoke on the tiny cohort, float32, exported into a tmp shipped folder."""
+  work = tmp_path_factory.mktemp("release")
+  out = str(work / "shipped")
+  config = load_config("release", "smoke", labelled=tiny_cohort.root, out=out,
+                       **{"model.dtype": "float32"})
+  summary = release.run(config, str(work / "run"))
+  return summary
+
+
+@pytest.fixture
+def shipped_root(released, monkeypatch):
+  monkeypatch.setenv(shipped.ENV, released["out"])
+  return released["out"]
+
+
+def test_release_exports_both_models_as_float16_of_the_trained_weights(released, shipped_root):
+  assert shipped.names() == [shipped.DEFAULT, shipped.ENCODER]
+  assert shipped.names("position") == [shipped.ENCODER]
+  for name, workdir in ((shipped.DEFAULT, released["finetune"]),
+                        (shipped.ENCODER, released["pretrain"])):
+    folder = shipped.find(name)
+    assert sorted(os.listdir(folder)) == ["bundle.json", "model_card.md", "weights.npz"]
+    params, bundle = shipped.load_params(folder)
+    assert bundle["weights"]["sha256"] == shipped.sha256(os.path.join(folder, "weights.npz"))
+    original, _, _ = checkpoint.restore_params(workdir)
+    got, want = rules.flat_paths(params), rules.flat_paths(original)
+    assert sorted(got) == sorted(want)  # the same parameter tree
+    for p, v in want.items():
+      assert got[p].dtype == np.float32 and got[p].shape == v.shape
+      np.testing.assert_array_equal(got[p], np.asarray(v).astype(np.float16).astype(np.float32))
+  card = open(os.path.join(shipped.find(shipped.DEFAULT), "model_card.md")).read()
+  assert "not a medical device" in card and "--config.model=msjax-lesjak" in card
+  assert "## Inputs" in card and "LEAD:" in card  # the figures the lead fills in
+
+
+def test_a_damaged_weights_file_is_refused_naming_it(released, tmp_path):
+  folder = str(tmp_path / "m")
+  shutil.copytree(os.path.join(released["out"], shipped.DEFAULT), folder)
+  weights = os.path.join(folder, "weights.npz")
+  data = open(weights, "rb").read()
+  open(weights, "wb").write(data[: len(data) // 2])  # truncated
+  for load in (shipped.load_params, bundle_lib.read, predict.Predictor):
+    with pytest.raises(errors.InvalidInputError, match=f"{weights}: damaged weights file"):
+      load(folder)
+  os.remove(weights)
+  with pytest.raises(errors.InvalidInputError, match="weights of the shipped model .* missing"):
+    shipped.load_params(folder)
+
+
+def test_shipped_model_predicts_as_the_workdir_within_float16(released):
+  x = np.random.default_rng(0).normal(size=(3, 16, 16, 16, 5)).astype(np.float32)
+  a = np.asarray(predict.Predictor(released["finetune"]).predict_batch(x))
+  b = np.asarray(predict.Predictor(os.path.join(released["out"], shipped.DEFAULT))
+                 .predict_batch(x))
+  assert a.shape == b.shape == (3, 16, 16, 16)
+  assert np.abs(a - b).max() < 2e-3, np.abs(a - b).max()
+
+
+def _exam(tiny_cohort, root, name, keep):
+  src = os.path.dirname(tiny_cohort.exams[0].images["FLAIR"])
+  dst = root / name
+  dst.mkdir(parents=True)
+  for f in os.listdir(src):
+    if f.startswith(keep + ".") or f.startswith("brain_mask"):
+      shutil.copy(os.path.join(src, f), dst / f)
+
+
+def test_segment_uses_the_shipped_model_and_refuses_sequences_it_was_not_trained_for(
+    released, tiny_cohort, tmp_path, monkeypatch):
+  root = tmp_path / "shipped"
+  shutil.copytree(released["out"], root)
+  file = root / shipped.DEFAULT / "bundle.json"
+  b = json.load(open(file))  # as a model trained with sequence dropout declares its inputs
+  b["inputs"] = bundle_lib.input_spec([b["inputs"]["modalities"]], sequence_dropout=0.5)
+  json.dump(b, open(file, "w"))
+  monkeypatch.setenv(shipped.ENV, str(root))
+  inp = tmp_path / "in"
+  _exam(tiny_cohort, inp, "t1only", "T1W")
+  _exam(tiny_cohort, inp, "flaironly", "FLAIR")
+  config = load_config("segment", "smoke", input=str(inp), preprocessed=True,
+                       **{"report.enabled": False})
+  summary = segment.run(config, str(tmp_path / "out"))
+  assert summary["model"] == str(root / shipped.DEFAULT)
+  assert [r["exam_id"] for r in summary["exams"]] == ["flaironly"]
+  (failed,) = summary["failed"]
+  assert failed["exam_id"] == "t1only" and "\n" not in failed["error"]
+  assert "exam t1only has T1W; the model takes " in failed["error"]
+  assert "FLAIR with any of the other trained sequences" in failed["error"]
+
+
+def test_segment_without_a_shipped_model_says_so(tmp_path, monkeypatch):
+  monkeypatch.setenv(shipped.ENV, str(tmp_path))
+  config = load_config("segment", "smoke", input=str(tmp_path), preprocessed=True)
+  with pytest.raises(errors.InvalidInputError, match="no shipped model 'msjax-lesjak' .*none yet"):
+    segment.run(config, str(tmp_path / "out"))
+
+
+def test_sequence_sets_a_bundle_takes():
+  spec = bundle_lib.input_spec([{"T1W", "T2W", "FLAIR"}] * 2, sequence_dropout=0.3)
+  assert spec["subsets"] == [["T1W", "T2W", "FLAIR"], ["T1W", "FLAIR"], ["T2W", "FLAIR"],
+                             ["FLAIR"]]
+  b = {"inputs": spec}
+  assert bundle_lib.sequences_for(b, "e", {"FLAIR": 1, "PDW": 1}) == ["FLAIR"]
+  with pytest.raises(errors.InvalidInputError, match="exam e has T1W\\+T2W; the model takes"):
+    bundle_lib.sequences_for(b, "e", {"T1W": 1, "T2W": 1})
+  # no dropout: only what the training exams had, all trained sequences here
+  b = {"inputs": bundle_lib.input_spec([{"T1W", "T2W", "FLAIR"}], 0.0)}
+  assert b["inputs"]["subsets"] == [["T1W", "T2W", "FLAIR"]]
+  with pytest.raises(errors.InvalidInputError, match="all trained sequences"):
+    bundle_lib.sequences_for(b, "e", {"FLAIR": 1, "T1W": 1})
+  # an older bundle without `inputs`: every sequence it has landmarks for, together
+  old = {"preprocessing": {"nyul_landmarks": {"FLAIR": {}, "T2W": {}}}}
+  assert bundle_lib.inputs_of(old)[1] is False
+  assert bundle_lib.sequences_for(old, "e", {"FLAIR": 1, "T2W": 1, "T1W": 1}) == ["T2W", "FLAIR"]
+  with pytest.raises(errors.InvalidInputError, match="does not declare"):
+    bundle_lib.sequences_for(old, "e", {"FLAIR": 1})
+
+
+def test_init_from_a_shipped_name(released, shipped_root, tiny_cohort, tmp_path):
+  from msjax.train import transfer
+  enc, _ = shipped.load_params(shipped.find(shipped.ENCODER))
+  seg, _ = shipped.load_params(shipped.find(shipped.DEFAULT))
+  enc, seg = rules.flat_paths(enc), rules.flat_paths(seg)
+  # 3CF from the shipped encoder: the three frozen convolutions are the shipped ones after training
+  w = str(tmp_path / "ft")
+  finetune_smoke(tiny_cohort, w, **{"train.freeze": "3", "train.init_from": shipped.ENCODER})
+  tuned = rules.flat_paths(checkpoint.restore_params(w)[0])
+  for p in ("encoder/conv1/kernel", "encoder/conv2/bias", "encoder/conv3/kernel",
+            "encoder/norm3/scale"):
+    np.testing.assert_array_equal(np.asarray(tuned[p]), enc[p])
+  assert json.load(open(os.path.join(w, "bundle.json")))["training"]["init_from"] == shipped.ENCODER
+  # the shipped segmentation model: the whole network, decoder too
+  fresh = checkpoint.restore_params(w)[0]
+  params, report = transfer.transfer_from_checkpoint(fresh, shipped.DEFAULT)
+  got = rules.flat_paths(params)
+  assert not report["kept"] and sorted(report["loaded"]) == sorted(seg)
+  for p, v in seg.items():
+    np.testing.assert_array_equal(np.asarray(got[p]), v)
