@@ -6,7 +6,7 @@
 2. pretraining (position regression) on every one of them, fine-tuning (`strategy`, from that
    encoder) on every labelled exam: the stages leave_one_out and the paper's experiment run, with
    the same blocks (configs/release.py takes configs/lesjak.py's);
-3. export (msjax/shipped/export.py) into `out` ('' = the package's msjax/shipped/): `<name>`, the
+3. export (msjax/infer/export.py) into `out` ('' = the package's msjax/shipped/): `<name>`, the
    segmentation model, and `<name>-encoder`, the pretrained position network for transfer.
 
 Every stage resumes: a finished pretraining or fine-tuning is not repeated when run again.
@@ -23,7 +23,7 @@ from msjax import config_base, errors, files, shipped, stages
 from msjax import leave_one_out as loo
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
-from msjax.shipped import export as export_lib
+from msjax.infer import export as export_lib
 
 
 def scans(config, workdir: str):

@@ -11,7 +11,7 @@ One folder per model, `msjax/shipped/<name>/`:
 
 DEFAULT (segmentation, what `segment` uses with no --config.model) and ENCODER (the pretrained
 position network, for `finetune --config.train.init_from=<name>`) are written by
-`msjax --config=release` (msjax/release.py, msjax/shipped/export.py). MSJAX_SHIPPED_DIR points
+`msjax --config=release` (msjax/release.py, msjax/infer/export.py). MSJAX_SHIPPED_DIR points
 the lookup at another folder of shipped models (tests, a site's own models).
 """
 from __future__ import annotations
