@@ -49,6 +49,16 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.min_brain_fraction = 0.75
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
+  # robust training (issue 21; msjax/data/pipeline.py drop_sequences): the share of training
+  # patches whose non-FLAIR sequences are partly or all dropped (zeroed; FLAIR never), so that
+  # FLAIR alone and every subset with FLAIR is seen; fine-tuning and pretraining separately
+  c.sequence_dropout = 0.0
+  c.pretrain_sequence_dropout = 0.0
+  # fine-tuning: acquisition augmentation (msjax/data/acquisition.py), per channel probabilities
+  c.thick_slices = 0.0          # 2D multi-slice simulation along a random axis
+  c.slice_mm = (2.0, 6.0)       # its slice thickness (mm), uniform
+  c.bias_field = 0.0            # smooth multiplicative bias field
+  c.noise = 0.0                 # Gaussian noise (nnU-Net's variance U(0, 0.1))
   c.augment = False             # fine-tuning: scaling, mirroring, intensity jitter (nnU-Net)
   c.intensity = False           # fine-tuning: nnU-Net's gamma, contrast, brightness per channel
   # fine-tuning: lesion-load augmentation (msjax/data/lesion_load.py): the share of batches whose

@@ -4,8 +4,10 @@ One record is one patch. Record i belongs to batch b = i // (G·P), group g (one
 i % P, where P = patches per exam (12 in the paper) and G = exams per batch (1 in the paper; one
 per device when training data-parallel). What is shared by a group (the exam, the rater, the
 zeroed modalities) is drawn from a generator seeded by (seed, b, g); what differs per patch (its
-position) comes from grain's per-record seed. So batch b is a pure function of (seed, b): the
-same seed gives the same batches, and a restored iterator continues exactly.
+position) comes from grain's per-record seed, and the robust-training draws (sequence dropout,
+msjax/data/acquisition.py) from a generator seeded by (seed, b, g, slot). So batch b is a pure
+function of (seed, b): the same seed gives the same batches, and a restored iterator continues
+exactly.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import threading
 import grain
 import numpy as np
 
+from msjax.data import acquisition
 from msjax.data import lesion_load
 from msjax.data import patches as patch_lib
 from msjax.data.exams import ExamArrays, ExamCache
@@ -31,6 +34,8 @@ class SamplerSpec:
   min_brain_fraction: float = 0.75
   lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
+  sequence_dropout: float = 0.0    # per patch: probability of dropping non-FLAIR sequences
+                                   # (drop_sequences; FLAIR is never dropped)
   ms_fraction: float = 0.5         # position task: share of groups drawn from MS exams
   group_by: str = "patient"        # a group's patches come from one exam of a drawn "patient"
                                    # (the paper: longitudinal patients are not oversampled) or
@@ -38,6 +43,7 @@ class SamplerSpec:
   augment: bool = False            # segmentation: scaling, mirroring, intensity jitter
   intensity: bool = False          # segmentation: nnU-Net's gamma, contrast and brightness
   lesion_load: lesion_load.LoadSpec = lesion_load.LoadSpec()  # segmentation: pasted lesions
+  acquisition: acquisition.Spec = acquisition.Spec()  # segmentation: thick slices, bias, noise
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
 
@@ -153,6 +159,12 @@ class PatchSource:
     exam_index, rater, keep = self.group_plan(batch, g)
     prep = self.prepared(self.exams[exam_index])
     a = prep.arrays
+    # the robust-training draws have their own generator: switching them on leaves every other
+    # draw (corner, zoom, mirroring, intensity) as it was
+    robust = (np.random.default_rng([spec.seed, batch, g, slot, 6007])
+              if spec.sequence_dropout > 0 or spec.acquisition.on else None)
+    if spec.sequence_dropout > 0 and robust.random() < spec.sequence_dropout:
+      keep = drop_sequences(keep, robust)
     plan = self.load_plan(batch, g, exam_index)
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
     p = spec.patch_size
@@ -172,6 +184,10 @@ class PatchSource:
       image, mask = lesion_load.render(a.images, mask, corner, p, plan.pastes, a.present)
     image = image * keep.astype(np.float32)
     mask = mask[..., None]
+    if spec.acquisition.on:  # the scanner first (zeros still mark outside / missing), then the
+      # normalisation jitter of augment, which shifts the background off zero
+      image = acquisition.augment(image, robust, spec.acquisition,
+                                  tuple(s / zoom for s in a.grid.spacing))
     if spec.augment:
       image, mask = augment(image, mask, rng)
     if spec.intensity:
@@ -179,6 +195,59 @@ class PatchSource:
     record["image"] = np.ascontiguousarray(image, dtype=np.float32)
     record["mask"] = mask.astype(np.float32)
     return record
+
+
+FLAIR = MODALITIES.index("FLAIR")
+
+
+def drop_sequences(keep: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Sequence dropout: `keep` (which channels the patch has) with some of its non-FLAIR
+  sequences dropped, their channel zero as the paper feeds a missing sequence. The number of
+  non-FLAIR sequences kept is uniform in 0..n-1 (n = those present), then which ones uniformly,
+  so FLAIR alone is 1/n of the dropouts (1/3 with T1W, T1WKS, T2W), and every subset containing
+  FLAIR is seen. FLAIR is never dropped; without FLAIR nothing is (no anchor sequence). Robust
+  training in the way of MindGlide (any single contrast) and HeMIS-style modality dropout, with
+  FLAIR the sequence every MS exam has."""
+  others = np.flatnonzero(keep)
+  others = others[others != FLAIR]
+  if not keep[FLAIR] or len(others) == 0:
+    return keep
+  n_kept = int(rng.integers(len(others)))
+  kept = rng.choice(others, n_kept, replace=False)
+  out = np.zeros_like(keep)
+  out[FLAIR] = True
+  out[kept] = True
+  return out
+
+
+def sequence_subsets(modalities, sequence_dropout: float, modality_dropout: float = 0.0
+                     ) -> list[tuple[str, ...]]:
+  """The sequence subsets that training with these dropouts shows the network when an exam has
+  `modalities`: every subset containing FLAIR with sequence dropout, every non-empty subset with
+  modality dropout, else the full set only (each in MODALITIES order, larger subsets first)."""
+  full = tuple(m for m in MODALITIES if m in set(modalities))
+  if modality_dropout > 0:
+    required = ()
+  elif sequence_dropout > 0 and "FLAIR" in full:
+    required = ("FLAIR",)
+  else:
+    return [full]
+  others = [m for m in full if m not in required]
+  subsets = []
+  for bits in range(2 ** len(others)):
+    chosen = {o for k, o in enumerate(others) if bits >> k & 1} | set(required)
+    if chosen:
+      subsets.append(tuple(m for m in MODALITIES if m in chosen))
+  return sorted(subsets, key=lambda t: (-len(t), [MODALITIES.index(m) for m in t]))
+
+
+def trained_subsets(exams: list[Exam], spec: SamplerSpec) -> list[list[str]]:
+  """Every sequence subset a run with `spec` shows the network over `exams` (what a model may be
+  said to take; a union over the exams' own sequences)."""
+  seen = set()
+  for e in exams:
+    seen.update(sequence_subsets(e.images, spec.sequence_dropout, spec.modality_dropout))
+  return [list(t) for t in sorted(seen, key=lambda t: (-len(t), [MODALITIES.index(m) for m in t]))]
 
 
 ZOOM_PROBABILITY, ZOOM_RANGE = 0.3, (0.7, 1.4)  # nnU-Net's scaling augmentation

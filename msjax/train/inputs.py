@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from msjax import errors
+from msjax.data import acquisition
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import lesion_load
@@ -61,6 +62,11 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               group_offset=process_index * local_groups,
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
+                              sequence_dropout=(d.sequence_dropout if task == "segmentation"
+                                                else d.pretrain_sequence_dropout),
+                              acquisition=acquisition.Spec(
+                                  thick_slices=d.thick_slices, slice_mm=tuple(d.slice_mm),
+                                  bias_field=d.bias_field, noise=d.noise),
                               group_by=d.group_by, augment=d.augment,
                               intensity=d.intensity, lesion_load=lesion_load.LoadSpec(
                                   probability=d.lesion_load, added_ml=tuple(d.lesion_load_ml),

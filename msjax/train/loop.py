@@ -125,7 +125,9 @@ def prepare(config, workdir: str, task: str) -> Run:
             mngr=checkpoint.manager(workdir, keep=tc.keep_checkpoints),
             best=checkpoint.manager(workdir, best=True) if task == "segmentation" else None,
             meta={"task": task, "mode": config.mode,
-                  "config": json.loads(config.to_json_best_effort())},
+                  "config": json.loads(config.to_json_best_effort()),
+                  # what the network saw: each subset of sequences a training patch can have
+                  "sequence_subsets": pipeline.trained_subsets(train_exams, spec)},
             global_patches=spec.batch_size * jax.process_count(),
             metrics_path=os.path.join(workdir, "metrics.jsonl"))
   run.state, run.start, run.transfer_report = state_lib.restore_or_init(setup, config, run.mngr,
