@@ -33,6 +33,7 @@ MODES = {
     "demo": "msjax.demo",
     "preprocess": "msjax.preprocess.run",
     "segment": "msjax.segment",
+    "longitudinal": "msjax.longitudinal.mode",
     "benchmark": "msjax.benchmark",
 }
 

@@ -1,5 +1,7 @@
 """Score predicted masks against the cohort's references: `--config.predictions=<predict
-workdir>` `--config.cohort=PATH`. Writes summary.json and metrics.csv in the workdir."""
+workdir>` `--config.cohort=PATH`. Writes summary.json and metrics.csv in the workdir.
+Change maps: `--config.predictions=<longitudinal workdir> --config.change_reference=DIR` (one
+folder per patient with its reference change mask; msjax/longitudinal/evaluate.py)."""
 from ml_collections import config_dict
 
 from msjax import config_base
@@ -11,4 +13,5 @@ def get_config(variant: str = ""):
   c.mode = "evaluate"
   c.predictions = ""
   c.cohort = ""
+  c.change_reference = ""   # reference change masks: score a longitudinal run's change maps
   return config_base.finish(c, v)

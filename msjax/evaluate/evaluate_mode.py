@@ -3,7 +3,8 @@
 Per exam: every metric against the consensus (or the only rater), and Dice against each rater.
 Writes `summary.json` (per exam, the mean of every measure and over how many exams it was taken)
 and `metrics.csv` in the workdir. Undefined values (see metrics.py) are `null` in JSON and empty
-cells in CSV, and are left out of the means.
+cells in CSV, and are left out of the means. With `--config.change_reference=DIR` it scores the
+change maps of a `longitudinal` workdir instead (msjax/longitudinal/evaluate.py).
 """
 from __future__ import annotations
 
@@ -109,6 +110,9 @@ def format_table(summary: dict) -> str:
 
 
 def run(config, workdir: str):
+  if config.change_reference:  # change maps of a longitudinal run (msjax/longitudinal/evaluate.py)
+    from msjax.longitudinal import evaluate as change_evaluate
+    return change_evaluate.run(config, workdir)
   if not config.predictions or not config.cohort:
     raise ValueError("evaluate needs --config.predictions=<predict workdir> and "
                      "--config.cohort=PATH")

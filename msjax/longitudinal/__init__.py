@@ -15,4 +15,8 @@ disappearing by its volumes at the two visits (rule in `change.py`).
   naive.py    the baseline to beat: two independent FLAIR-threshold segmentations, differenced
   run.py      run_patient: one patient's two visits -> change mask, class map, lesion table
   lesjak.py   the Lesjak longitudinal pairs against their reference change masks
+  pairs.py    the visit pairs of the mode's input (two exams per patient)
+  mode.py     the `longitudinal` mode: per patient, segmentation of both visits when a model is
+              given, run_patient, BIDS-derivative outputs, overlay (figure.py), cohort CSV
+  evaluate.py `evaluate --config.change_reference=DIR`: a longitudinal run's change maps scored
 """

@@ -3,6 +3,7 @@
 Outputs in `out_dir` (the mode's BIDS-derivative naming is for its caller to choose):
   {baseline,followup}_change_mask.nii.gz     0/1 on that visit's native FLAIR grid (nearest)
   {baseline,followup}_change_classes.nii.gz  1 new, 2 enlarging, 3 stable, 4 shrinking, 5 disappearing
+  {baseline,followup}_change_lesions.nii.gz  the lesion_id of lesions.csv at each change voxel
   decision_change_classes.nii.gz             the same on the decision grid (baseline frame)
   followup_to_baseline.tfm                   ITK transform: baseline points -> follow-up points
   lesions.csv, change.json                   one row per changed lesion; counts, volumes, times
@@ -27,25 +28,25 @@ class Options:
   brain: str = "otsu"       # otsu | robex (see align.py)
 
 
-def _write(array: np.ndarray, like, path: str) -> str:
+def _write(array: np.ndarray, like, path: str, dtype=np.uint8) -> str:
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
-  img = grid_lib.from_numpy(array.astype(np.uint8), like)
+  img = grid_lib.from_numpy(array.astype(dtype), like)
   with files.atomic(path) as tmp:
     sitk.WriteImage(img, tmp, True)
   return path
 
 
-def _onto(array: np.ndarray, grid, target, transform):
+def _onto(array: np.ndarray, grid, target, transform, dtype=np.uint8):
   """A label array of the decision grid onto `target`'s grid, nearest neighbour. transform maps
   target points to grid points (None: the same space)."""
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
-  src = grid_lib.from_numpy(array.astype(np.uint8), grid)
+  src = grid_lib.from_numpy(array.astype(dtype), grid)
   out = sitk.Resample(src, target, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                      sitk.sitkUInt8)
+                      src.GetPixelID())
   return grid_lib.to_numpy(out)
 
 
@@ -76,7 +77,7 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
     zt = change.change_z(t1, t2, brain, a.spacing, rule)
   signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt)
   followup_voxel = float(np.prod(a.native[1].GetSpacing()))
-  classes, _, rows = change.classify(signed, z1, z2, brain, a.spacing, rule,
+  classes, regions, rows = change.classify(signed, z1, z2, brain, a.spacing, rule,
                                      followup_voxel_mm3=followup_voxel, zf=zf)
   decide_s = round(time.time() - t, 1)
 
@@ -91,6 +92,9 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
         out_dir, f"{visit}_change_classes.nii.gz"))
     paths[f"{visit}_change_mask"] = _write(on_native > 0, native, os.path.join(
         out_dir, f"{visit}_change_mask.nii.gz"))
+    ids = _onto(np.where(classes > 0, regions, 0), a.grid, native, tfm, np.uint16)
+    paths[f"{visit}_change_lesions"] = _write(ids, native, os.path.join(
+        out_dir, f"{visit}_change_lesions.nii.gz"), np.uint16)
   paths["followup_to_baseline"] = os.path.join(out_dir, "followup_to_baseline.tfm")
   sitk.WriteTransform(a.to_followup, paths["followup_to_baseline"])
 

@@ -1,0 +1,40 @@
+"""Lesion change between two visits of each patient (msjax/longitudinal/mode.py):
+`--config.input=<folder of patients with study1_*/study2_* or ses-* visits, or a BIDS dataset
+with two sessions per subject>`, or `--config.baseline=DIR --config.followup=DIR` for one patient;
+`--config.model=<finetune workdir>` also segments both visits with that model, as `segment` does
+(raw exams preprocessed with the bundle's settings; `--config.preprocessed=True` for exams on the
+model grid). Outputs: a BIDS-derivatives dataset in the workdir."""
+import dataclasses
+
+from ml_collections import config_dict
+
+from msjax import config_base
+from msjax.longitudinal import change
+
+
+def get_config(variant: str = ""):
+  v = config_base.variants(variant, "smoke")
+  c = config_dict.ConfigDict()
+  c.mode = "longitudinal"
+  c.seed = 0
+  c.input = ""
+  c.baseline = ""
+  c.followup = ""
+  c.sessions = ""           # "<baseline>,<follow-up>" session labels, for patients with more visits
+  c.model = ""              # '' = change detection only, no per-visit segmentation
+  c.preprocessed = False    # exams already on the model grid (with a model): no preprocessing
+  c.predict = config_base.predict(mirror=True)  # as segment: test-time mirroring on
+  c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
+  c.preprocess = config_base.preprocess()
+  c.change = config_dict.ConfigDict()
+  c.change.n4 = True
+  c.change.use_t2 = True    # T2 as a second opinion where both visits have one
+  c.change.brain = "otsu"   # otsu | robex (msjax/longitudinal/align.py)
+  c.change.rule = config_dict.ConfigDict(dataclasses.asdict(change.Rule()))  # change.py's rule
+  c.overlay_slices = 4
+  config_base.allow_any_geometry(c)
+  if "smoke" in v:
+    c.predict.batch_size = 8
+    c.predict.mirror = False
+    c.preprocess.n4_iterations = (5, 5)
+  return config_base.finish(c, v)

@@ -1,0 +1,218 @@
+"""`longitudinal` mode: lesion change between two visits of each patient, as BIDS derivatives.
+
+  msjax --config=longitudinal --config.input=<patients with two visits, or BIDS> --workdir OUT
+  msjax --config=longitudinal --config.baseline=DIR --config.followup=DIR --workdir OUT
+        [--config.model=<finetune workdir> [--config.preprocessed=True]]
+
+Per patient (pairs.py finds them), with its time and an ETA: both visits segmented with the same
+model when one is given (segment's machinery: the bundle's preprocessing, predict.segment_exam,
+predict.export_exam: each visit's segment outputs in its ses- folder); the change between them
+(run.run_patient: rigid registration in the patient's space, subtraction, per-lesion classes);
+the outputs named by msjax/infer/outputs.change_paths; the summary JSON last, so that a patient's
+outputs are complete or absent. A failing patient is reported and the others go on. At the end:
+changes.csv (one row per patient) and longitudinal_summary.json (also the failures) in OUT.
+The decision grid's class map and change.json stay in OUT/work/change/sub-<patient>/.
+"""
+from __future__ import annotations
+
+import os
+import time
+import types
+
+import numpy as np
+from absl import logging
+
+from msjax import errors, files
+from msjax.data import manifest as manifest_lib
+from msjax.infer import outputs
+from msjax.longitudinal import change, figure, pairs as pairs_lib, run as run_lib
+
+TABLE_COLUMNS = ("lesion_id", "class", "merged", "split", "lesions_baseline", "lesions_followup",
+                 "volume_baseline_ml", "volume_followup_ml", "appeared_ml", "vanished_ml",
+                 "peak_abs_z", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+                 "mean_probability_baseline", "mean_probability_followup")
+COHORT_COLUMNS = ("patient", "baseline", "followup") + tuple(change.CLASSES.values()) + (
+    "new_or_enlarging_ml", "change_ml", "seg_lesions_baseline", "seg_lesions_followup",
+    "seg_volume_baseline_ml", "seg_volume_followup_ml", "seconds", "table", "overlay")
+CLASS_TSV = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in change.CLASSES.items())
+
+
+def _model(config, workdir: str):
+  """The bundle, network, options and preprocessing of --config.model (segment's), or None."""
+  if not config.model:
+    return None
+  from msjax import segment
+  from msjax.infer import bundle as bundle_lib
+  from msjax.infer import predict
+  bundle = bundle_lib.read(config.model)
+  threshold = (config.predict.threshold if config.predict.threshold is not None
+               else bundle["threshold"])
+  options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
+                                               seed=config.seed,
+                                               allow_any_geometry=config.allow_any_geometry)
+  prepare = segment._preprocessor(config, bundle, workdir)
+  return types.SimpleNamespace(
+      path=bundle["path"], options=options, predictor=predict.Predictor(bundle["path"]),
+      prepare=lambda exam: prepare(segment._known_sequences(exam, bundle)))
+
+
+def _segment(model, exam, workdir: str) -> tuple:
+  """One visit through segment's steps: (segmentation in the visit's space, its exported row)."""
+  from msjax.infer import predict
+  ready = model.prepare(exam)
+  seg = predict.segment_exam(model.predictor, ready, model.options)
+  return seg, predict.export_exam(seg, ready, workdir)
+
+
+def _exam_files(exam) -> dict:
+  from msjax.preprocess import run as preprocess_run
+  if "FLAIR" not in exam.images:
+    raise errors.InvalidInputError(f"exam {exam.exam_id} has no FLAIR")
+  out = {"FLAIR": exam.images["FLAIR"]}
+  if "T2W" in exam.images:
+    out["T2W"] = exam.images["T2W"]
+    tfm = preprocess_run._transform_file(exam, "T2W")
+    if tfm:
+      out["T2W_transform"] = tfm
+  return out
+
+
+def _clear(workdir: str, pair) -> list[str]:
+  removed = outputs.remove(outputs.change_paths(workdir, pair.baseline, pair.followup).values())
+  return removed + outputs.clear(workdir, pair.baseline) + outputs.clear(workdir, pair.followup)
+
+
+def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
+  """The change table: run_patient's rows, centroid as x/y/z (RAS mm of the baseline), and the
+  mean lesion probability of each visit's segmentation over the lesion's change voxels there."""
+  import nibabel as nib
+  from scipy import ndimage
+  means = {}
+  for visit, (seg, _) in visits.items():
+    ids = np.asarray(nib.load(out[f"{visit}_lesions"]).dataobj)
+    if rows and ids.shape == seg.probability.shape:
+      means[visit] = ndimage.mean(seg.probability, ids, [r["lesion_id"] for r in rows])
+  table = []
+  for i, r in enumerate(rows):
+    row = {k: v for k, v in r.items() if k != "centroid_ras_mm"}
+    row.update({f"centroid_{a}_mm": v for a, v in zip("xyz", r["centroid_ras_mm"])})
+    for visit in ("baseline", "followup"):
+      m = means.get(visit)
+      row[f"mean_probability_{visit}"] = (None if m is None or not np.isfinite(m[i])
+                                          else round(float(m[i]), 4))
+    table.append(row)
+  return table
+
+
+def _patient(pair, config, workdir: str, model) -> dict:
+  out = outputs.change_paths(workdir, pair.baseline, pair.followup)
+  t0 = time.time()
+  visits = {}
+  if model:  # both visits with the same model, before the change decision
+    visits = {v: _segment(model, e, workdir) for v, e in (("baseline", pair.baseline),
+                                                          ("followup", pair.followup))}
+  seg_s = round(time.time() - t0, 1)
+  options = run_lib.Options(rule=change.Rule(**config.change.rule.to_dict()), n4=config.change.n4,
+                            use_t2=config.change.use_t2, brain=config.change.brain)
+  work = os.path.join(workdir, "work", "change", f"sub-{pair.patient}")
+  result = run_lib.run_patient(_exam_files(pair.baseline), _exam_files(pair.followup), work,
+                               options, log=logging.info)
+  made = result["paths"]
+  for visit in ("baseline", "followup"):
+    for key, name in (("mask", "change_mask"), ("classes", "change_classes"),
+                      ("lesions", "change_lesions")):
+      files.make_dirs(os.path.dirname(out[f"{visit}_{key}"]))
+      os.replace(made[f"{visit}_{name}"], out[f"{visit}_{key}"])
+    files.write_text(CLASS_TSV, out[f"{visit}_classes_tsv"])
+  os.replace(made["followup_to_baseline"], out["transform"])
+  files.write_csv(_table(result["rows"], out, visits), out["table"], fieldnames=TABLE_COLUMNS)
+  ses = (pair.baseline.bids["ses"], pair.followup.bids["ses"])
+  figure.change_overlay(pair.baseline.images["FLAIR"], pair.followup.images["FLAIR"],
+                        out["transform"], out["baseline_classes"], out["baseline_lesions"],
+                        out["overlay"], title=f"sub-{pair.patient}: ses-{ses[0]} -> ses-{ses[1]}",
+                        n_slices=config.overlay_slices,
+                        sessions=(f"baseline ses-{ses[0]}", f"follow-up ses-{ses[1]}"))
+  segmentation = {v: {"lesions": row["lesions"], "volume_ml": row["volume_ml"],
+                      "mask": os.path.relpath(row["mask"], workdir)}
+                  for v, (_, row) in visits.items()} or None
+  summary = {
+      "patient": pair.patient, "patient_id": pair.baseline.patient_id,
+      **{v: {"exam_id": e.exam_id, "session": e.bids["ses"], "flair": e.images["FLAIR"]}
+         for v, e in (("baseline", pair.baseline), ("followup", pair.followup))},
+      "counts": result["counts"], "lesions": result["lesions"],
+      **{k: result[k] for k in ("new_or_enlarging_ml", "change_ml", "brighter_ml", "darker_ml",
+                                "t2_used")},
+      "model": model.path if model else None, "segmentation": segmentation,
+      "rule": result["rule"], "seconds": round(time.time() - t0, 1),
+      "times_s": dict(result["times_s"], segmentation=seg_s if model else None),
+      "files": {k: os.path.relpath(v, workdir) for k, v in out.items() if k != "summary"}}
+  files.write_json(summary, out["summary"])  # last: the patient's outputs are complete
+  return summary
+
+
+def cohort_row(s: dict) -> dict:
+  seg = s.get("segmentation") or {}
+  return {"patient": s["patient"], "baseline": s["baseline"]["session"],
+          "followup": s["followup"]["session"], **s["counts"],
+          "new_or_enlarging_ml": s["new_or_enlarging_ml"], "change_ml": s["change_ml"],
+          **{f"seg_lesions_{v}": seg.get(v, {}).get("lesions") for v in ("baseline", "followup")},
+          **{f"seg_volume_{v}_ml": seg.get(v, {}).get("volume_ml")
+             for v in ("baseline", "followup")},
+          "seconds": s["seconds"], "table": s["files"]["table"], "overlay": s["files"]["overlay"]}
+
+
+def _status(s: dict) -> str:
+  counts = ", ".join(f"{v} {k}" for k, v in s["counts"].items())
+  seg = s.get("segmentation")
+  return (f"{counts}; new + enlarging {s['new_or_enlarging_ml']:.2f} mL" +
+          (f"; segmented {seg['baseline']['lesions']} -> {seg['followup']['lesions']} lesions"
+           if seg else ""))
+
+
+def run(config, workdir: str) -> dict:
+  t0 = time.time()
+  pairs, source = pairs_lib.find_pairs(config)
+  manifest_lib.check_output_names([e for p in pairs for e in (p.baseline, p.followup) if e])
+  model = _model(config, workdir)
+  outputs.write_description(workdir, outputs.generated_by(
+      model.path if model else "none", Description="MS lesion change between two visits" +
+      (f", both visits segmented with the model {model.path}" if model else "")))
+  logging.info("[longitudinal] %d patient(s) from %s; %s", len(pairs), source,
+               f"both visits segmented with the model {model.path}" if model else
+               "no model given (--config.model): change detection only, no per-visit "
+               "segmentation and no lesion probabilities")
+  done, failed = [], []
+  for i, pair in enumerate(pairs):
+    t = time.time()
+    try:
+      if pair.problem:
+        raise errors.InvalidInputError(pair.problem)
+      _clear(workdir, pair)
+      done.append(_patient(pair, config, workdir, model))
+      status = _status(done[-1])
+    except Exception as e:  # noqa: BLE001 - one patient's failure must not stop the others
+      if pair.followup is not None:
+        _clear(workdir, pair)
+      failed.append({"patient": pair.patient, "error": f"{type(e).__name__}: {e}"})
+      status = f"FAILED: {type(e).__name__}: {e}"
+    eta = (time.time() - t0) / (i + 1) * (len(pairs) - i - 1)
+    logging.info("[longitudinal] %d/%d sub-%s: %s (%.0f s; ETA %.0f s)", i + 1, len(pairs),
+                 pair.patient, status, time.time() - t, eta)
+  csv_path = files.write_csv([cohort_row(s) for s in done], os.path.join(workdir, "changes.csv"),
+                             fieldnames=COHORT_COLUMNS)
+  summary = {"input": source, "model": model.path if model else None,
+             "segmented": model is not None, "patients": done, "failed": failed,
+             "wall_s": round(time.time() - t0, 1)}
+  files.write_json(summary, os.path.join(workdir, "longitudinal_summary.json"))
+  print(f"[longitudinal] {len(done)}/{len(pairs)} patient(s) in {summary['wall_s']:.0f} s -> "
+        f"{workdir}/ (BIDS derivatives: sub-*/ses-*/anat/ change mask and class map on each "
+        f"visit's FLAIR grid; sub-*/ change table, overlay PNG, summary); one row per patient in "
+        f"{csv_path}" + ("" if model else "; no model: no per-visit segmentation"))
+  for s in done:
+    print(f"  sub-{s['patient']}: {_status(s)} ({s['seconds']:.0f} s); {s['files']['overlay']}")
+  for f in failed:
+    print(f"  sub-{f['patient']} FAILED: {' '.join(f['error'].split())}")
+  if failed and not done:
+    raise errors.InvalidInputError(f"no patient could be compared ({len(failed)} failed; see "
+                                   f"{workdir}/longitudinal_summary.json)")
+  return summary

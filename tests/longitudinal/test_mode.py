@@ -1,0 +1,162 @@
+"""The `longitudinal` mode end to end on phantom pairs (tests/longitudinal/phantom.py), and
+`evaluate` scoring its change maps against a change reference."""
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA, load_config
+from longitudinal import phantom
+
+pytest.importorskip("SimpleITK")
+
+from msjax import main  # noqa: E402
+from msjax.longitudinal import scores  # noqa: E402
+
+LESIONS = [((-18.0, 8.0, 6.0), 3.5), ((16.0, -14.0, -6.0), 3.0)]
+NEW = [((18.0, 16.0, 9.0), 3.5), ((-16.0, -18.0, -9.0), 3.0)]
+MOTION = dict(rotation_deg=(3.0, -2.0, 4.0), shift_mm=(2.5, -1.5, 3.0))
+
+
+def patients(root):
+  """patA: two lesions pasted into the follow-up (after a head motion); patB: a follow-up FLAIR
+  that is not an image."""
+  a, b = root / "patA", root / "patB"
+  a.mkdir(parents=True)
+  b.mkdir()
+  phantom.write(phantom.visit(LESIONS, seed=3), str(a / "study1_FLAIR.nii.gz"))
+  phantom.write(phantom.visit(LESIONS + NEW, seed=4, **MOTION), str(a / "study2_FLAIR.nii.gz"))
+  phantom.write(phantom.visit(LESIONS, seed=5), str(b / "study1_FLAIR.nii.gz"))
+  (b / "study2_FLAIR.nii.gz").write_bytes(b"not a NIfTI file")
+  return root
+
+
+@pytest.fixture(scope="module")
+def changed(tmp_path_factory):
+  root = tmp_path_factory.mktemp("longitudinal")
+  data = patients(root / "in")
+  out = root / "out"
+  config = load_config("longitudinal", "smoke", input=str(data))
+  summary = main.run_mode(config, str(out))
+  return data, out, summary
+
+
+def test_change_outputs_named_and_filled_and_a_broken_patient_reported(changed):
+  data, out, summary = changed
+  assert [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert [f["patient"] for f in summary["failed"]] == ["patB"]
+  assert "study2_FLAIR" in summary["failed"][0]["error"]
+  assert not (out / "sub-patB").exists()  # a failed patient leaves nothing
+  anat = {ses: out / "sub-patA" / f"ses-{ses}" / "anat" for ses in ("study1", "study2")}
+  for ses, motion in (("study1", {}), ("study2", MOTION)):
+    prefix = anat[ses] / f"sub-patA_ses-{ses}_space-orig_desc-"
+    src = nib.load(str(data / "patA" / f"{ses}_FLAIR.nii.gz"))
+    mask = nib.load(f"{prefix}change_mask.nii.gz")
+    classes = np.asarray(nib.load(f"{prefix}change_dseg.nii.gz").dataobj)
+    ids = np.asarray(nib.load(f"{prefix}changelesion_dseg.nii.gz").dataobj)
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)  # the visit's grid
+    assert set(np.unique(classes)) == {0, 1} and set(np.unique(ids)) == {0, 1, 2}
+    assert ((ids > 0) == (np.asarray(mask.dataobj) > 0)).all()
+    truth = phantom.changed_by(NEW, **motion)  # where the pasted lesions are on this visit
+    found = scores.change_scores(classes == 1, truth, phantom.SPACING)
+    assert found["lesion_f1"] == 1.0 and found["dice"] > 0.6
+    assert open(f"{prefix}change_dseg.tsv").read().startswith("index\tname\n1\tnew\n")
+  sub = out / "sub-patA"
+  with open(sub / "sub-patA_desc-change_table.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["class"] for r in table] == ["new", "new"]
+  assert all(float(r["volume_baseline_ml"]) == 0 and float(r["volume_followup_ml"]) > 0.05
+             for r in table)
+  assert all(r["mean_probability_followup"] == "" for r in table)  # no model ran
+  assert os.path.getsize(sub / "sub-patA_desc-change_overlay.png") > 10_000
+  s = json.load(open(sub / "sub-patA_desc-change_summary.json"))
+  assert s["counts"]["new"] == 2 and s["model"] is None and s["segmentation"] is None
+  assert all((out / p).exists() for p in s["files"].values())
+  with open(out / "changes.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["patient"], r["baseline"], r["followup"], r["new"], r["enlarging"]) for r in rows] \
+      == [("patA", "study1", "study2", "2", "0")]
+  assert float(rows[0]["new_or_enlarging_ml"]) > 0.1
+  top = json.load(open(out / "longitudinal_summary.json"))
+  assert top["segmented"] is False and top["failed"][0]["patient"] == "patB"
+  assert json.load(open(out / "dataset_description.json"))["DatasetType"] == "derivative"
+
+
+def test_evaluate_scores_change_maps_against_a_reference(changed, tmp_path):
+  _, out, _ = changed
+  ref = tmp_path / "ref" / "patA"
+  ref.mkdir(parents=True)
+  base = nib.load(str(changed[0] / "patA" / "study1_FLAIR.nii.gz"))  # the baseline's space
+  truth = phantom.changed_by(NEW).astype(np.uint8)
+  nib.save(nib.Nifti1Image(truth, base.affine), str(ref / "change_gt.nii.gz"))
+  config = load_config("evaluate", change_reference=str(tmp_path / "ref"),
+                       predictions=str(out))
+  summary = main.run_mode(config, str(tmp_path / "eval"))
+  (row,) = summary["exams"]
+  assert row["patient"] == "patA" and row["ref_lesions"] == 2
+  assert row["lesion_f1"] == 1.0 and row["dice"] > 0.6
+  assert row["lesion_f1_followup_grid"] == 1.0
+  assert summary["mean"]["lesion_f1"] == 1.0 and summary["mean_n"]["lesion_f1"] == 1
+  with open(tmp_path / "eval" / "metrics.csv") as f:
+    assert next(csv.DictReader(f))["patient"] == "patA"
+  # a reference with nothing in it is scored (sensitivity undefined), not skipped
+  nib.save(nib.Nifti1Image(np.zeros_like(truth), base.affine), str(ref / "change_gt.nii.gz"))
+  empty = main.run_mode(config, str(tmp_path / "eval2"))["exams"][0]
+  assert empty["lesion_sensitivity"] is None and empty["pred_lesions"] == 2
+
+
+@pytest.mark.slow  # needs the session's trained model
+def test_both_visits_segmented_with_the_model(trained, tmp_path):
+  """--config.baseline/--config.followup with a model: each visit's segment outputs beside its
+  change maps, and the change table's probabilities from those segmentations."""
+  for name, lesions, seed, motion in (("v1", LESIONS, 6, {}), ("v2", LESIONS + NEW, 7, MOTION)):
+    (tmp_path / name).mkdir()
+    image = phantom.visit(lesions, seed=seed, **motion)
+    for sequence in ("FLAIR", "T1W", "T2W"):  # the sequences the tiny model was trained with
+      phantom.write(image, str(tmp_path / name / f"{sequence}.nii.gz"))
+  config = load_config("longitudinal", "smoke", baseline=str(tmp_path / "v1"),
+                       followup=str(tmp_path / "v2"), model=trained, preprocessed=True)
+  out = tmp_path / "out"
+  summary = main.run_mode(config, str(out))
+  (s,) = summary["patients"]
+  assert s["patient"] == "v1" and s["model"] and set(s["segmentation"]) == {"baseline", "followup"}
+  for ses in ("baseline", "followup"):
+    anat = out / "sub-v1" / f"ses-{ses}" / "anat"
+    seg = nib.load(str(anat / f"sub-v1_ses-{ses}_space-orig_desc-lesion_mask.nii.gz"))
+    change = nib.load(str(anat / f"sub-v1_ses-{ses}_space-orig_desc-change_mask.nii.gz"))
+    assert seg.shape == change.shape == phantom.SHAPE
+    assert (anat / f"sub-v1_ses-{ses}_desc-lesion_table.csv").exists()
+  with open(out / "sub-v1" / "sub-v1_desc-change_table.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["class"] for r in table] == ["new", "new"]
+  assert all(0 <= float(r[f"mean_probability_{v}"]) <= 1 for r in table
+             for v in ("baseline", "followup"))
+  with open(out / "changes.csv") as f:
+    row = next(csv.DictReader(f))
+  assert row["new"] == "2"
+  assert row["seg_lesions_followup"] != "" and row["seg_volume_baseline_ml"] != ""
+
+
+REAL = os.path.abspath(REAL_DATA)
+
+
+@pytest.mark.slow  # a real raw pair: N4, registration, the decision (~1-2 min on 2 cores)
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REAL, "lesjak_longitudinal_change",
+                                                  "patient01")),
+                    reason=f"real Lesjak longitudinal data not found under {REAL}")
+def test_real_patient01_through_the_mode_and_evaluate(tmp_path):
+  (tmp_path / "in").mkdir()
+  os.symlink(os.path.join(REAL, "lesjak_longitudinal_raw", "patient01"),
+             tmp_path / "in" / "patient01")
+  summary = main.run_mode(load_config("longitudinal", input=str(tmp_path / "in")),
+                          str(tmp_path / "out"))
+  (s,) = summary["patients"]
+  assert s["counts"]["new"] >= 1  # the large new lesion of study 2
+  config = load_config("evaluate", predictions=str(tmp_path / "out"),
+                       change_reference=os.path.join(REAL, "lesjak_longitudinal_change"))
+  (row,) = main.run_mode(config, str(tmp_path / "eval"))["exams"]
+  for grid in ("", "_baseline_grid", "_followup_grid"):  # as tests/longitudinal/test_lesjak.py
+    assert row[f"dice{grid}"] >= 0.4 and row[f"lesion_f1{grid}"] >= 0.2
