@@ -1,7 +1,8 @@
 """Lesion change between two visits of each patient (msjax/longitudinal/mode.py):
 `--config.input=<folder of patients with study1_*/study2_* or ses-* visits, or a BIDS dataset
 with two sessions per subject>`, or `--config.baseline=DIR --config.followup=DIR` for one patient;
-`--config.model=<finetune workdir>` also segments both visits with that model, as `segment` does
+both visits are also segmented with `--config.model=<finetune workdir or shipped name>` (default:
+the shipped model, when msjax ships one) as `segment` does
 (raw exams preprocessed with the bundle's settings; `--config.preprocessed=True` for exams on the
 model grid). Outputs: a BIDS-derivatives dataset in the workdir."""
 import dataclasses
@@ -21,7 +22,8 @@ def get_config(variant: str = ""):
   c.baseline = ""
   c.followup = ""
   c.sessions = ""           # "<baseline>,<follow-up>" session labels, for patients with more visits
-  c.model = ""              # '' = change detection only, no per-visit segmentation
+  c.model = ""              # finetune workdir or shipped name; '' = the default shipped model,
+                            # else (none shipped) change detection without per-visit segmentation
   c.preprocessed = False    # exams already on the model grid (with a model): no preprocessing
   c.predict = config_base.predict(mirror=True)  # as segment: test-time mirroring on
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold

@@ -2,11 +2,13 @@
 
   msjax --config=longitudinal --config.input=<patients with two visits, or BIDS> --workdir OUT
   msjax --config=longitudinal --config.baseline=DIR --config.followup=DIR --workdir OUT
-        [--config.model=<finetune workdir> [--config.preprocessed=True]]
+        [--config.model=<finetune workdir or shipped name> [--config.preprocessed=True]]
 
 Per patient (pairs.py finds them), with its time and an ETA: both visits segmented with the same
-model when one is given (segment's machinery: the bundle's preprocessing, predict.segment_exam,
-predict.export_exam: each visit's segment outputs in its ses- folder); the change between them
+model (--config.model as segment resolves it: without one, the default shipped model; when msjax
+ships none, change detection alone, said in the log) by segment's machinery (the bundle's
+preprocessing, predict.segment_exam, predict.export_exam: each visit's segment outputs in its
+ses- folder); the change between them
 (run.run_patient: rigid registration in the patient's space, subtraction, per-lesion classes);
 the outputs named by msjax/infer/outputs.change_paths; the summary JSON last, so that a patient's
 outputs are complete or absent. A failing patient is reported and the others go on. At the end:
@@ -38,13 +40,22 @@ CLASS_TSV = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in change.CLASSES.i
 
 
 def _model(config, workdir: str):
-  """The bundle, network, options and preprocessing of --config.model (segment's), or None."""
-  if not config.model:
-    return None
+  """The bundle, network, options and preprocessing of --config.model resolved as segment does
+  (a fine-tuning workdir or a shipped model's name; '' = the default shipped model), or None when
+  no model is given and this msjax ships none."""
   from msjax import segment
   from msjax.infer import bundle as bundle_lib
   from msjax.infer import predict
-  bundle = bundle_lib.read(config.model)
+  try:
+    folder, described = segment._model(config.model)
+  except errors.InvalidInputError as e:
+    if config.model:
+      raise
+    logging.info("[longitudinal] no --config.model and no shipped model (%s)", e)
+    return None
+  if described:
+    logging.info("[longitudinal] using the shipped model %s", described)
+  bundle = bundle_lib.read(folder)
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
   options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
@@ -179,8 +190,8 @@ def run(config, workdir: str) -> dict:
       (f", both visits segmented with the model {model.path}" if model else "")))
   logging.info("[longitudinal] %d patient(s) from %s; %s", len(pairs), source,
                f"both visits segmented with the model {model.path}" if model else
-               "no model given (--config.model): change detection only, no per-visit "
-               "segmentation and no lesion probabilities")
+               "no model (--config.model, or a shipped one): change detection only, no "
+               "per-visit segmentation and no lesion probabilities")
   done, failed = [], []
   for i, pair in enumerate(pairs):
     t = time.time()

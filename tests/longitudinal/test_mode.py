@@ -40,7 +40,9 @@ def changed(tmp_path_factory):
   data = patients(root / "in")
   out = root / "out"
   config = load_config("longitudinal", "smoke", input=str(data))
-  summary = main.run_mode(config, str(out))
+  with pytest.MonkeyPatch.context() as mp:  # no shipped model: change detection alone
+    mp.setenv("MSJAX_SHIPPED_DIR", str(root / "no_shipped_models"))
+    summary = main.run_mode(config, str(out))
   return data, out, summary
 
 
@@ -147,10 +149,11 @@ REAL = os.path.abspath(REAL_DATA)
 @pytest.mark.skipif(not os.path.isdir(os.path.join(REAL, "lesjak_longitudinal_change",
                                                   "patient01")),
                     reason=f"real Lesjak longitudinal data not found under {REAL}")
-def test_real_patient01_through_the_mode_and_evaluate(tmp_path):
+def test_real_patient01_through_the_mode_and_evaluate(tmp_path, monkeypatch):
   (tmp_path / "in").mkdir()
   os.symlink(os.path.join(REAL, "lesjak_longitudinal_raw", "patient01"),
              tmp_path / "in" / "patient01")
+  monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))  # change alone
   summary = main.run_mode(load_config("longitudinal", input=str(tmp_path / "in")),
                           str(tmp_path / "out"))
   (s,) = summary["patients"]
