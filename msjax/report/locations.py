@@ -199,79 +199,14 @@ def classify(labels: np.ndarray, affine: np.ndarray, *, to_mni=None, flair=None,
   box = _crop_box([brain_full, lesion_full], shape)
   offset = np.eye(4)
   offset[:3, 3] = [b.start for b in box]
-  grid = affine @ offset
   lab = labels[box]
   lesion = lesion_full[box]
-  brain = brain_full[box] | lesion
-  flair_c = None if flair is None else np.asarray(flair, np.float32)[box]
-  t1_c = None if t1 is None else np.asarray(t1, np.float32)[box]
-  spacing = spacing_of(affine)
-  prior = atlas_lib.on_grid(lab.shape, grid, w2m)
-
-  ventricles, cortex = prior.ventricles & ~lesion, prior.cortex & ~lesion
-  method = "template (MNI152 priors through the exam's MNI registration)"
-  channels = [c for c in (flair_c, t1_c) if c is not None] if cfg.use_exam_images else []
-  if channels and flair_c is not None:
-    where = brain & ~lesion
-    model = tissue_model(channels, where, [prior.csf, prior.gm, prior.wm])
-    f_mean = model["mean"][:, 0]  # FLAIR: the first channel
-    dark = 0.5 * (f_mean[0] + min(f_mean[1], f_mean[2]))
-    search = _grow(prior.ventricles, cfg.ventricle_grow_mm, spacing) & where
-    at = np.argwhere(search)
-    mni_xyz = _mni_points(at, prior.affine)
-    third = (np.abs(mni_xyz[:, 0]) < 4) & (mni_xyz[:, 1] < 0) & (mni_xyz[:, 2] < 12)
-    search[tuple(at[third].T)] = False
-    candidates = search & (flair_c < dark)
-    parts, _ = ndimage.label(candidates, structure=SIX)
-    keep = np.unique(parts[candidates & prior.ventricles])
-    keep = keep[keep > 0]
-    if len(keep):
-      ventricles = np.isin(parts, keep)
-      region = (_grow(prior.cortex, cfg.cortex_grow_mm, spacing) & ~prior.deep_gm & where
-                & ~_grow(ventricles, cfg.cortex_from_ventricle_mm, spacing))
-      grey = region & (most_likely(channels, model, region) == 1)
-      # the cortex is a sheet: grey-looking islands in the white matter (vessels, perivascular
-      # spaces, partial volume) are not cortex
-      parts, n = ndimage.label(grey, structure=np.ones((3, 3, 3), bool))
-      sizes = np.bincount(parts.ravel(), minlength=n + 1)
-      voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-      big = np.flatnonzero(sizes * voxel_ml >= cfg.cortex_min_ml)
-      cortex = np.isin(parts, big[big > 0])
-      method = ("the exam's FLAIR" + (" and T1" if t1_c is not None else "") +
-                " within the MNI152 priors (Gaussian mixture, template tissue priors)")
-
-  edge = float(spacing.max()) * 1.01
-  near_ventricle, near_cortex = max(cfg.ventricle_mm, edge), max(cfg.cortex_mm, edge)
-  to_ventricle = (ndimage.distance_transform_edt(~ventricles, sampling=spacing)
-                  if ventricles.any() else np.full(lab.shape, np.inf))
-  to_cortex = (ndimage.distance_transform_edt(~cortex, sampling=spacing)
-               if cortex.any() else np.full(lab.shape, np.inf))
-  n = int(lab.max()) if lab.size else 0
-  index = np.arange(1, n + 1)
-  classes, details = {}, {}
-  if n:
-    d_vent = ndimage.minimum(to_ventricle, lab, index)
-    d_cort = ndimage.minimum(to_cortex, lab, index)
-    voxels = np.argwhere(lesion)
-    ids = lab[lesion]
-    infra_voxel = atlas_lib.infratentorial_mni(_mni_points(voxels, prior.affine))
-    sizes = np.bincount(ids, minlength=n + 1)[1:]
-    infra_share = np.bincount(ids, weights=infra_voxel, minlength=n + 1)[1:] / np.maximum(sizes, 1)
-    for i in range(n):
-      if sizes[i] == 0:
-        continue
-      if infra_share[i] >= cfg.infratentorial_share:
-        c = "infratentorial"
-      elif d_vent[i] <= near_ventricle:
-        c = "periventricular"
-      elif d_cort[i] <= near_cortex:
-        c = "juxtacortical"
-      else:
-        c = "deep_white_matter"
-      classes[i + 1] = c
-      details[i + 1] = {"location": c, "ventricle_mm": _finite(d_vent[i]),
-                        "cortex_mm": _finite(d_cort[i]),
-                        "infratentorial_share": round(float(infra_share[i]), 3)}
+  prior = atlas_lib.on_grid(lab.shape, affine @ offset, w2m)
+  crop = (lambda image: None if image is None else np.asarray(image, np.float32)[box])
+  ventricles, cortex, method = _ventricles_and_cortex(
+      prior, lesion, brain_full[box] | lesion, crop(flair), crop(t1), affine, cfg)
+  classes, details, rule = _classify_lesions(lab, lesion, prior, ventricles, cortex,
+                                             spacing_of(affine), cfg)
 
   def full(m):
     out = np.zeros(shape, bool)
@@ -279,12 +214,90 @@ def classify(labels: np.ndarray, affine: np.ndarray, *, to_mni=None, flair=None,
     return out
   return Locations(classes=classes, details=details, ventricles=full(ventricles),
                    cortex=full(cortex), infratentorial=full(prior.infratentorial), method=method,
-                   brain_fit=fit, rule=(
-                       f"infratentorial: at least {100 * cfg.infratentorial_share:.0f} % of its "
-                       "voxels below the tentorium (MNI152); else periventricular: within "
-                       f"{near_ventricle:.1f} mm of the lateral ventricles; else cortical/"
-                       f"juxtacortical: within {near_cortex:.1f} mm of the cortex; else deep "
-                       "white matter"))
+                   brain_fit=fit, rule=rule)
+
+
+def _ventricles_and_cortex(prior, lesion, brain, flair, t1, affine, cfg):
+  """The lateral ventricles and the cortex on the cropped grid, and how they were found: the
+  template's priors, refined by the exam's FLAIR (and T1) with a Gaussian mixture when given."""
+  spacing = spacing_of(affine)
+  ventricles, cortex = prior.ventricles & ~lesion, prior.cortex & ~lesion
+  method = "template (MNI152 priors through the exam's MNI registration)"
+  channels = [c for c in (flair, t1) if c is not None] if cfg.use_exam_images else []
+  if not channels or flair is None:
+    return ventricles, cortex, method
+  where = brain & ~lesion
+  model = tissue_model(channels, where, [prior.csf, prior.gm, prior.wm])
+  f_mean = model["mean"][:, 0]  # FLAIR: the first channel
+  dark = 0.5 * (f_mean[0] + min(f_mean[1], f_mean[2]))
+  search = _grow(prior.ventricles, cfg.ventricle_grow_mm, spacing) & where
+  at = np.argwhere(search)
+  mni_xyz = _mni_points(at, prior.affine)
+  third = (np.abs(mni_xyz[:, 0]) < 4) & (mni_xyz[:, 1] < 0) & (mni_xyz[:, 2] < 12)
+  search[tuple(at[third].T)] = False
+  candidates = search & (flair < dark)
+  parts, _ = ndimage.label(candidates, structure=SIX)
+  keep = np.unique(parts[candidates & prior.ventricles])
+  keep = keep[keep > 0]
+  if not len(keep):
+    return ventricles, cortex, method
+  ventricles = np.isin(parts, keep)
+  region = (_grow(prior.cortex, cfg.cortex_grow_mm, spacing) & ~prior.deep_gm & where
+            & ~_grow(ventricles, cfg.cortex_from_ventricle_mm, spacing))
+  grey = region & (most_likely(channels, model, region) == 1)
+  # the cortex is a sheet: grey-looking islands in the white matter (vessels, perivascular
+  # spaces, partial volume) are not cortex
+  parts, n = ndimage.label(grey, structure=np.ones((3, 3, 3), bool))
+  sizes = np.bincount(parts.ravel(), minlength=n + 1)
+  voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+  big = np.flatnonzero(sizes * voxel_ml >= cfg.cortex_min_ml)
+  cortex = np.isin(parts, big[big > 0])
+  method = ("the exam's FLAIR" + (" and T1" if t1 is not None else "") +
+            " within the MNI152 priors (Gaussian mixture, template tissue priors)")
+  return ventricles, cortex, method
+
+
+def _classify_lesions(lab, lesion, prior, ventricles, cortex, spacing, cfg):
+  """Each lesion's class by the McDonald 2017 / MAGNIMS 2016 order (infratentorial, then
+  periventricular, then juxtacortical, else deep white matter): classes, details, the rule."""
+  edge = float(spacing.max()) * 1.01
+  near_ventricle, near_cortex = max(cfg.ventricle_mm, edge), max(cfg.cortex_mm, edge)
+  rule = (f"infratentorial: at least {100 * cfg.infratentorial_share:.0f} % of its "
+          "voxels below the tentorium (MNI152); else periventricular: within "
+          f"{near_ventricle:.1f} mm of the lateral ventricles; else cortical/"
+          f"juxtacortical: within {near_cortex:.1f} mm of the cortex; else deep "
+          "white matter")
+  n = int(lab.max()) if lab.size else 0
+  classes, details = {}, {}
+  if not n:
+    return classes, details, rule
+  to_ventricle = (ndimage.distance_transform_edt(~ventricles, sampling=spacing)
+                  if ventricles.any() else np.full(lab.shape, np.inf))
+  to_cortex = (ndimage.distance_transform_edt(~cortex, sampling=spacing)
+               if cortex.any() else np.full(lab.shape, np.inf))
+  index = np.arange(1, n + 1)
+  d_vent = ndimage.minimum(to_ventricle, lab, index)
+  d_cort = ndimage.minimum(to_cortex, lab, index)
+  ids = lab[lesion]
+  infra_voxel = atlas_lib.infratentorial_mni(_mni_points(np.argwhere(lesion), prior.affine))
+  sizes = np.bincount(ids, minlength=n + 1)[1:]
+  infra_share = np.bincount(ids, weights=infra_voxel, minlength=n + 1)[1:] / np.maximum(sizes, 1)
+  for i in range(n):
+    if sizes[i] == 0:
+      continue
+    if infra_share[i] >= cfg.infratentorial_share:
+      c = "infratentorial"
+    elif d_vent[i] <= near_ventricle:
+      c = "periventricular"
+    elif d_cort[i] <= near_cortex:
+      c = "juxtacortical"
+    else:
+      c = "deep_white_matter"
+    classes[i + 1] = c
+    details[i + 1] = {"location": c, "ventricle_mm": _finite(d_vent[i]),
+                      "cortex_mm": _finite(d_cort[i]),
+                      "infratentorial_share": round(float(infra_share[i]), 3)}
+  return classes, details, rule
 
 
 def _finite(v) -> float | None:

@@ -68,6 +68,32 @@ def draw_page(path: str, flair: np.ndarray, labels: np.ndarray,
   rows = int(np.ceil(len(slices) / cols))
   grid = fig.add_gridspec(rows + 2, cols, height_ratios=[1.0] * rows + [0.5, 0.32],
                           hspace=0.12, wspace=0.03, top=0.885, bottom=0.02, left=0.02, right=0.98)
+  _draw_slices(fig, grid, cols, flair, labels, slices, by_class, locations, regions)
+
+  handles = [Line2D([], [], color=locations_lib.COLOURS[c], lw=2,
+                    label=f"{locations_lib.DISPLAY[c]}") for c in locations_lib.CLASSES]
+  fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=7, frameon=False,
+             bbox_to_anchor=(0.5, 0.925))
+
+  _draw_class_table(fig.add_subplot(grid[rows, :2]), summary)
+  _draw_qc(fig.add_subplot(grid[rows, 2]), qc)
+  _draw_provenance(fig.add_subplot(grid[rows + 1, :]), locations, model, version, note)
+  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  fig.suptitle(f"{title}\nMS lesions by location: {summary['lesions']} lesion(s), "
+               f"{summary['lesion_volume_ml']:.2f} mL   ({stamp})", fontsize=11, y=0.985)
+  out = {"png": path, "pdf": None}
+  if pdf:
+    pdf_path = path[:-4] + ".pdf" if path.endswith(".png") else path + ".pdf"
+    with files.atomic(pdf_path) as tmp:
+      with PdfPages(tmp) as doc:
+        doc.savefig(fig)
+    out["pdf"] = pdf_path
+  figures.save_figure(fig, path, dpi=130)
+  return out
+
+
+def _draw_slices(fig, grid, cols, flair, labels, slices, by_class, locations, regions):
+  """The axial slices, lesions outlined by class and numbered by lesion_id."""
   box, limits = figures.brain_box(flair), figures.window(flair)
   bx, by = box
   for i, z in enumerate(slices):
@@ -84,13 +110,9 @@ def draw_page(path: str, flair: np.ndarray, labels: np.ndarray,
     n_here = len({int(v) for v in np.unique(labels[..., z]) if v})
     ax.set_title(f"axial {z}: {n_here} lesion(s)", fontsize=7)
 
-  handles = [Line2D([], [], color=locations_lib.COLOURS[c], lw=2,
-                    label=f"{locations_lib.DISPLAY[c]}") for c in locations_lib.CLASSES]
-  fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=7, frameon=False,
-             bbox_to_anchor=(0.5, 0.925))
 
-  # counts and volumes per class
-  ax = fig.add_subplot(grid[rows, :2])
+def _draw_class_table(ax, summary):
+  """Counts and volumes per location class."""
   ax.axis("off")
   cell = [[locations_lib.DISPLAY[c], str(summary["classes"][c]["count"]),
            f"{summary['classes'][c]['volume_ml']:.2f}"] for c in locations_lib.CLASSES]
@@ -105,8 +127,9 @@ def draw_page(path: str, flair: np.ndarray, labels: np.ndarray,
   ax.set_title("lesions of more than 3 mm³ (MSSEG-2016); whole mask "
                f"{summary['mask_volume_ml']:.2f} mL", fontsize=7, loc="left")
 
-  # QC verdict
-  ax = fig.add_subplot(grid[rows, 2])
+
+def _draw_qc(ax, qc):
+  """The scan QC verdict and its reasons."""
   ax.axis("off")
   if qc:
     colour = VERDICT_COLOURS.get(qc["verdict"], "black")
@@ -118,8 +141,9 @@ def draw_page(path: str, flair: np.ndarray, labels: np.ndarray,
   else:
     ax.text(0.0, 0.95, "scan QC: not run", fontsize=10, transform=ax.transAxes, va="top")
 
-  # how it was made
-  ax = fig.add_subplot(grid[rows + 1, :])
+
+def _draw_provenance(ax, locations, model, version, note):
+  """How the page was made: model, location rule, how to read it."""
   ax.axis("off")
   lines = [f"Model: {model or 'not given'}" + (f"  (msjax {version})" if version else ""),
            f"Locations (McDonald 2017 / MAGNIMS 2016) from {locations.method}. "
@@ -133,18 +157,6 @@ def draw_page(path: str, flair: np.ndarray, labels: np.ndarray,
     lines.insert(1, note)
   ax.text(0.0, 1.0, "\n".join(_wrap(t, 130) for t in lines), fontsize=6.5,
           transform=ax.transAxes, va="top")
-  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-  fig.suptitle(f"{title}\nMS lesions by location: {summary['lesions']} lesion(s), "
-               f"{summary['lesion_volume_ml']:.2f} mL   ({stamp})", fontsize=11, y=0.985)
-  out = {"png": path, "pdf": None}
-  if pdf:
-    pdf_path = path[:-4] + ".pdf" if path.endswith(".png") else path + ".pdf"
-    with files.atomic(pdf_path) as tmp:
-      with PdfPages(tmp) as doc:
-        doc.savefig(fig)
-    out["pdf"] = pdf_path
-  figures.save_figure(fig, path, dpi=130)
-  return out
 
 
 def _wrap(text: str, width: int) -> str:
