@@ -335,7 +335,7 @@ def format_table(report) -> str:
     lines += [f"  {name}: {h['ratio']:.2f}x (msjax {h['msjax']} vs PyTorch {h['pytorch']})"
               for name, h in head.items()]
   for setting, r in res.items():
-    prof = r["train_seg"].get("profile")
+    prof = r.get("train_seg", {}).get("profile")  # train_seg is absent without VAN/0CF
     if prof:
       lines += ["", f"Profile of train_seg ({setting}), {prof['wall_ms_per_step']:.0f} ms/step "
                 "wall:"] + [f"  {k}: {v['ms']:.0f} ms ({100 * v['share']:.0f} % of op time)"
