@@ -26,6 +26,7 @@ from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
 from msjax.data import nifti
 from msjax.evaluate import baseline, metrics, outlines
+from msjax.evaluate import variants as variants_lib
 from msjax.infer import outputs
 
 MEASURES = stages.MEASURES
@@ -159,6 +160,10 @@ def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str
     res.rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
                        f"p >= {config.predict.threshold:g}")
     masks[strategy] = pred_dir
+    for variant in variants_lib.parse(config.input_variants):
+      if variant != "all":
+        res.timed(f"predict {fold} {strategy} [{variant}]", run_variant, config, cohort, test,
+                  fold, strategy, variant, run_dir, res)
     for exam in test:
       if exam.reference:
         res.curves[(fold, strategy, exam.exam_id)] = threshold_curve(
@@ -175,6 +180,18 @@ def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str
           title=f"{exam.exam_id} left out (trained on "
                 f"{', '.join(sorted({e.patient_id for e in train_exams}))})",
           n_slices=config.figure_slices)
+
+
+def run_variant(config, cohort, test, fold: str, strategy: str, variant: str, run_dir: str,
+                res: Results) -> None:
+  """The left-out exams as a user may have them (fewer sequences, thick slices: msjax/evaluate/
+  variants.py), segmented by the same network and scored as '<strategy> [<variant>]'."""
+  folder = os.path.join(run_dir, "variants", variant)
+  exams = [variants_lib.make(e, variant, os.path.join(folder, "images")) for e in test]
+  pred_dir = os.path.join(folder, "predictions")
+  stages.predict(run_dir, exams, pred_dir, stages.predict_options(config))
+  res.rows += _score(cohort, pred_dir, exams, fold, f"{strategy} [{variant}]", folder,
+                     f"p >= {config.predict.threshold:g}")
 
 
 def run_baseline(config, cohort, fold: str, fold_dir: str, res: Results) -> str:
@@ -195,7 +212,9 @@ def run_baseline(config, cohort, fold: str, fold_dir: str, res: Results) -> str:
 
 def report(config, workdir: str, res: Results, strategies, folds) -> dict:
   """results.md/csv, scores.png, calibration.png and leave_one_out.json; prints the table."""
-  written = write_outputs(res.rows, strategies + [BASELINE], folds, workdir)
+  variants = [f"{s} [{v}]" for s in strategies
+              for v in variants_lib.parse(config.input_variants) if v != "all"]
+  written = write_outputs(res.rows, strategies + variants + [BASELINE], folds, workdir)
   written.update({f"slices_{k}": v for k, v in res.slice_figures.items()})
   if res.curves:
     written["calibration_png"] = calibration_figure(res.curves, config.predict.threshold,

@@ -39,6 +39,9 @@ def get_config(variant: str = ""):
   c.unlabelled = ""             # cohorts already on the model grid, added to pretraining (a,b)
   c.folds = ""                  # patients to leave out ('' = every labelled patient)
   c.strategies = "van,0"
+  # the left-out patient also as users have it (msjax/evaluate/variants.py): fewer sequences,
+  # 2D acquisitions with 4 mm axial slices; scored as '<strategy> [<variant>]'
+  c.input_variants = "all,FLAIR+T1W,FLAIR+T2W,FLAIR,thick4mm"
   c.figure_slices = 4
   c.preprocess = config_base.preprocess()
   c.data = config_base.data(patch_size=32, lesion_fraction=0.5, augment=True, intensity=True,
@@ -74,4 +77,5 @@ def get_config(variant: str = ""):
     c.pretrain.update(dict(steps=2, log_every=1, checkpoint_every=2))
     c.finetune.update(dict(steps=2, log_every=1, checkpoint_every=2))
     c.figure_slices = 2
+    c.input_variants = "all,FLAIR"
   return config_base.finish(c, v)
