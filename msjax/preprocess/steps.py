@@ -84,7 +84,9 @@ def rigid_to(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
   """Rigid (Euler 3D) Mattes-MI registration; maps fixed-space points into the moving image."""
   init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                            sitk.CenteredTransformInitializerFilter.GEOMETRY)
-  return _registration(fixed, moving, init, shrink=(4, 2), smooth=(2, 1))[0]
+  # a last full-resolution level: sub-millimetre alignment matters for longitudinal change
+  # (phantom with 3 mm slices: worst point error 0.95 -> 0.86 mm; 1.0 -> 2.4 s)
+  return _registration(fixed, moving, init, shrink=(4, 2, 1), smooth=(2, 1, 0))[0]
 
 
 def resample(img, reference, transform=None, *, linear=True, default=0.0) -> sitk.Image:
@@ -109,6 +111,23 @@ def robex_mask(t1: sitk.Image) -> sitk.Image:
     raise PreprocessingError("brain extraction returned an empty mask")
   out = grid_lib.from_numpy(m.astype(np.uint8), t1)
   return sitk.Cast(out, sitk.sitkUInt8)
+
+
+def threshold_brain_mask(img: sitk.Image) -> sitk.Image:
+  """A fast brain mask (a few seconds, ROBEX takes ~45 s on 2 cores): Otsu's foreground, eroded
+  3 mm so the brain comes apart from scalp and neck, its largest piece grown back inside the
+  foreground, holes filled and closed (4 mm). Works on FLAIR or T1 with the skull on."""
+  spacing = img.GetSpacing()
+  radius = lambda mm: [max(1, int(round(mm / s))) for s in spacing]  # noqa: E731
+  foreground = sitk.OtsuThreshold(img, 0, 1, 200)
+  core = sitk.BinaryErode(foreground, radius(3.0), sitk.sitkBall)
+  core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
+  brain = sitk.And(sitk.BinaryDilate(core, radius(3.0), sitk.sitkBall), foreground)
+  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), radius(4.0), sitk.sitkBall)
+  brain = sitk.Cast(sitk.BinaryFillhole(brain), sitk.sitkUInt8)
+  if not np.any(sitk.GetArrayViewFromImage(brain)):
+    raise PreprocessingError("brain extraction (threshold) returned an empty mask")
+  return brain
 
 
 # ---- MNI template --------------------------------------------------------------------------------
