@@ -8,7 +8,7 @@ from absl import logging
 from msjax import config_base, files, stages
 from msjax.data import inspect as inspect_lib
 from msjax.data import synthetic
-from msjax.evaluate import evaluate_mode
+from msjax.evaluate import evaluate_mode, metrics
 
 
 def run(config, workdir: str):
@@ -61,7 +61,7 @@ def run(config, workdir: str):
   overlay      {predicted[0]['overlay']}
   evaluation   {js}, {csv_path}
   test exams ({summary['n']}): """ + "  ".join(
-      f"{label} {evaluate_mode.fmt(m.get(key))}" for key, label in (
+      f"{label} {metrics.fmt(m.get(key))}" for key, label in (
           ("dice", "Dice"), ("sensitivity", "sensitivity"), ("precision", "precision"),
           ("lesion_f1", "lesion F1"))))
   return summary

@@ -59,17 +59,6 @@ def evaluate_exam(exam: manifest_lib.Exam, mask_path: str) -> dict:
   return row
 
 
-def numeric_keys(rows: list[dict]) -> list[str]:
-  keys = dict.fromkeys(k for r in rows for k, v in r.items()
-                       if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
-  return [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
-
-
-def mean_of(rows: list[dict]) -> tuple[dict, dict]:
-  """(mean, number of exams with a defined value) of every numeric measure."""
-  return metrics.mean_over_defined(rows, numeric_keys(rows))
-
-
 def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) -> dict:
   rows = []
   for exam in exams if exams is not None else cohort.exams:
@@ -78,17 +67,12 @@ def evaluate_predictions(cohort, pred_dir: str, exams=None, log=logging.info) ->
       continue
     row = evaluate_exam(exam, path)
     rows.append(row)
-    log("[evaluate] %s: %s" % (exam.exam_id, "  ".join(f"{k} {fmt(row[k])}" for k in HEADLINE)))
+    log("[evaluate] %s: %s" % (exam.exam_id, "  ".join(f"{k} {metrics.fmt(row[k])}" for k in HEADLINE)))
   if not rows:
     raise errors.InvalidInputError(
         f"no exam has both a prediction under {pred_dir} and a reference mask in {cohort.root}")
-  mean, n_defined = mean_of(rows)
+  mean, n_defined = metrics.mean_of(rows)
   return {"exams": rows, "mean": mean, "mean_n": n_defined, "n": len(rows)}
-
-
-def fmt(value, spec: str = ".3f", undefined: str = "undef") -> str:
-  """A measure for printing: undefined values (None) are shown as such, never as a number."""
-  return undefined if value is None else format(value, spec)
 
 
 def write_summary(summary: dict, workdir: str) -> tuple[str, str]:
@@ -102,7 +86,7 @@ def format_table(summary: dict) -> str:
   head = ["exam"] + list(HEADLINE)
   lines = ["  ".join(f"{h:>18s}" if i else f"{h:<18s}" for i, h in enumerate(head))]
   for r in summary["exams"] + [dict(summary["mean"], exam_id="MEAN")]:
-    lines.append("  ".join([f"{r['exam_id']:<18s}"] + [f"{fmt(r.get(k)):>18s}"
+    lines.append("  ".join([f"{r['exam_id']:<18s}"] + [f"{metrics.fmt(r.get(k)):>18s}"
                                                        for k in HEADLINE]))
   n = summary.get("mean_n", {})
   lines.append("  ".join([f"{'(mean over n)':<18s}"] + [f"{n.get(k, 0):>18d}" for k in HEADLINE]))

@@ -152,3 +152,19 @@ def mean_over_defined(rows: list[dict], keys) -> tuple[dict, dict]:
     counts[k] = len(vals)
     means[k] = float(np.mean(vals)) if vals else None
   return means, counts
+
+
+def numeric_keys(rows: list[dict]) -> list[str]:
+  keys = dict.fromkeys(k for r in rows for k, v in r.items()
+                       if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+  return [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
+
+
+def mean_of(rows: list[dict]) -> tuple[dict, dict]:
+  """(mean, number of exams with a defined value) of every numeric measure."""
+  return mean_over_defined(rows, numeric_keys(rows))
+
+
+def fmt(value, spec: str = ".3f", undefined: str = "undef") -> str:
+  """A measure for printing: undefined values (None) are shown as such, never as a number."""
+  return undefined if value is None else format(value, spec)

@@ -20,7 +20,8 @@ import os
 
 from absl import logging
 
-from msjax import errors
+from msjax import errors, files
+from msjax.evaluate import metrics
 from msjax.data.scan import bids_label
 
 HEADLINE = ("dice", "lesion_sensitivity", "lesion_precision", "lesion_f1", "ref_lesions",
@@ -90,7 +91,6 @@ def evaluate_patient(summary: dict, pred_root: str, ref_path: str, tfms) -> dict
 
 
 def run(config, workdir: str) -> dict:
-  from msjax.evaluate import evaluate_mode
   if not config.predictions:
     raise errors.InvalidInputError("evaluate with --config.change_reference needs "
                                    "--config.predictions=<longitudinal workdir>")
@@ -103,16 +103,17 @@ def run(config, workdir: str) -> dict:
       continue
     rows.append(evaluate_patient(s, config.predictions, *found))
     logging.info("[evaluate] sub-%s: %s", s["patient"], "  ".join(
-        f"{k} {evaluate_mode.fmt(rows[-1][k])}" for k in HEADLINE))
+        f"{k} {metrics.fmt(rows[-1][k])}" for k in HEADLINE))
   if not rows:
     raise errors.InvalidInputError(
         f"no patient of {config.predictions} ({len(summaries)} change summaries) has a reference "
         f"change mask in {config.change_reference}")
-  mean, n = evaluate_mode.mean_of(rows)
+  mean, n = metrics.mean_of(rows)
   summary = {"exams": rows, "mean": mean, "mean_n": n, "n": len(rows)}
-  js, csv_path = evaluate_mode.write_summary(summary, workdir)
+  js = files.write_json(summary, os.path.join(workdir, "summary.json"))
+  csv_path = files.write_csv(rows, os.path.join(workdir, "metrics.csv"))
   for r in rows + [dict(mean, patient="MEAN")]:
-    print(f"{r['patient']:<12s}" + "  ".join(f"{k} {evaluate_mode.fmt(r.get(k))}"
+    print(f"{r['patient']:<12s}" + "  ".join(f"{k} {metrics.fmt(r.get(k))}"
                                              for k in HEADLINE))
   print(f"[evaluate] change maps of {len(rows)} patient(s): {js}, {csv_path}")
   return summary

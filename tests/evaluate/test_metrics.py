@@ -105,7 +105,7 @@ def test_undefined_values_are_left_out_of_means_and_counted():
 def test_undefined_is_null_in_json_and_an_empty_csv_cell(tmp_path):
   summary = {"exams": [{"exam_id": "a", "dice": 0.5, "precision": None},
                        {"exam_id": "b", "dice": None, "precision": 0.25}]}
-  summary["mean"], summary["mean_n"] = evaluate_mode.mean_of(summary["exams"])
+  summary["mean"], summary["mean_n"] = metrics.mean_of(summary["exams"])
   summary["n"] = 2
   js, csv_path = evaluate_mode.write_summary(summary, str(tmp_path))
   saved = json.load(open(js))
