@@ -45,7 +45,7 @@ def _as_is(exam):
   return exam
 
 
-def _preprocessor(config, bundle: dict, workdir: str):
+def preprocessor(config, bundle: dict, workdir: str):
   """exam -> the exam on the model grid, standardised as the model's training exams were (a
   picklable function: it may run in another process)."""
   if config.preprocessed:
@@ -73,10 +73,10 @@ def _prepared(exams: list, config, bundle: dict, workdir: str):
   caller runs the network on the current one, as nnU-Net overlaps its export and preprocessing
   with prediction: the registrations and N4 (SimpleITK) and the network (XLA) then share the
   cores instead of taking turns."""
-  prepare = _preprocessor(config, bundle, workdir)
+  prepare = preprocessor(config, bundle, workdir)
 
   def known(exam):
-    return _known_sequences(exam, bundle)
+    return known_sequences(exam, bundle)
 
   if config.preprocessed or not config.overlap or len(exams) < 2:
     for exam in exams:
@@ -106,7 +106,7 @@ def _prepared(exams: list, config, bundle: dict, workdir: str):
         yield exam, e
 
 
-def _known_sequences(exam, bundle: dict):
+def known_sequences(exam, bundle: dict):
   """The exam with the sequences the model is run on: one of the sets it was trained to take
   (msjax/infer/bundle.py sequences_for); refused in one line when it holds none of them."""
   use = bundle_lib.sequences_for(bundle, exam.exam_id, exam.images)
@@ -118,7 +118,7 @@ def _known_sequences(exam, bundle: dict):
   return dataclasses.replace(exam, images=kept)
 
 
-def _model(value: str) -> tuple[str, str | None]:
+def resolve_model(value: str) -> tuple[str, str | None]:
   """--config.model -> (bundle folder, the shipped model's description or None)."""
   folder = shipped.default_model() if not value else shipped.find(value)
   if folder is None:
@@ -179,6 +179,29 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   return row
 
 
+def load_bundle(model: str) -> dict:
+  """The bundle of --config.model (a shipped name, a finetune workdir, '' = the default shipped
+  model), said which; older bundles that do not declare their sequence sets are warned about."""
+  path, described = resolve_model(model)
+  if described:
+    logging.info("[segment] using the shipped model %s", described)
+  bundle = bundle_lib.read(path)
+  spec, declared = bundle_lib.inputs_of(bundle)
+  if not declared:
+    logging.warning("[segment] %s does not declare the sequence sets it takes (written before "
+                    "msjax did): exams need all of %s", bundle["path"], "+".join(spec["subsets"][0]))
+  return bundle
+
+
+def _complete_exams(exams, workdir: str) -> list[dict]:
+  """--config.resume: the summaries of the exams whose outputs are complete (skipped)."""
+  resumed = [s for s in (outputs.complete(workdir, e) for e in exams) if s]
+  if resumed:
+    logging.info("[segment] resume: %d exam(s) already complete, skipped: %s", len(resumed),
+                 ", ".join(sorted(s["exam_id"] for s in resumed)))
+  return resumed
+
+
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
@@ -187,25 +210,12 @@ def run(config, workdir: str) -> dict:
                                    "BIDS dataset or DICOM folder> (and --config.model=<shipped "
                                    "name or finetune workdir>, default: the shipped model)")
   t0 = time.time()
-  model, described = _model(config.model)
-  if described:
-    logging.info("[segment] using the shipped model %s", described)
-  bundle = bundle_lib.read(model)
-  spec, declared = bundle_lib.inputs_of(bundle)
-  if not declared:
-    logging.warning("[segment] %s does not declare the sequence sets it takes (written before "
-                    "msjax did): exams need all of %s", bundle["path"], "+".join(spec["subsets"][0]))
+  bundle = load_bundle(config.model)
   cohort = _load_input(config, workdir)
   manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
   exams = shard_of(list(cohort.exams), config.shard)
-  resumed = []
-  if config.resume:
-    resumed = [s for s in (outputs.complete(workdir, e) for e in exams) if s]
-    done_ids = {s["exam_id"] for s in resumed}
-    if resumed:
-      logging.info("[segment] resume: %d exam(s) already complete, skipped: %s", len(resumed),
-                   ", ".join(sorted(done_ids)))
-    exams = [e for e in exams if e.exam_id not in done_ids]
+  resumed = _complete_exams(exams, workdir) if config.resume else []
+  exams = [e for e in exams if e.exam_id not in {s["exam_id"] for s in resumed}]
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
   options = predict.PredictOptions.from_config(config.predict, threshold=threshold,

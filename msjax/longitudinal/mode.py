@@ -47,7 +47,7 @@ def _model(config, workdir: str):
   from msjax.infer import bundle as bundle_lib
   from msjax.infer import predict
   try:
-    folder, described = segment._model(config.model)
+    folder, described = segment.resolve_model(config.model)
   except errors.InvalidInputError as e:
     if config.model:
       raise
@@ -61,10 +61,10 @@ def _model(config, workdir: str):
   options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
                                                seed=config.seed,
                                                allow_any_geometry=config.allow_any_geometry)
-  prepare = segment._preprocessor(config, bundle, workdir)
+  prepare = segment.preprocessor(config, bundle, workdir)
   return types.SimpleNamespace(
       path=bundle["path"], options=options, predictor=predict.Predictor(bundle["path"]),
-      prepare=lambda exam: prepare(segment._known_sequences(exam, bundle)))
+      prepare=lambda exam: prepare(segment.known_sequences(exam, bundle)))
 
 
 def _segment(model, exam, workdir: str) -> tuple:
@@ -82,7 +82,7 @@ def _exam_files(exam) -> dict:
   out = {"FLAIR": exam.images["FLAIR"]}
   if "T2W" in exam.images:
     out["T2W"] = exam.images["T2W"]
-    tfm = preprocess_run._transform_file(exam, "T2W")
+    tfm = preprocess_run.transform_file(exam, "T2W")
     if tfm:
       out["T2W_transform"] = tfm
   return out

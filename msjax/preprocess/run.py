@@ -32,14 +32,15 @@ class Options:
   n4: bool = True
   n4_iterations: tuple = (20, 20, 20)
   coregistration: str = "auto"   # auto (transform file if shipped, else register) | register | file
-  skull_strip: str = "robex"     # robex | none (images already skull-stripped: mask = non-zero)
+  skull_strip: str = "robex"     # robex | threshold (fast, steps.threshold_brain_mask) | none
+                                 # (images already skull-stripped: mask = non-zero)
   mni: bool = True
   qc: bool = True
   allow_any_geometry: bool = False
 
 
 
-def _transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
+def transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
   path = exam.images[modality]
   folder, name = os.path.split(path)
   stem = name.split(".nii")[0]
@@ -116,7 +117,7 @@ def coregister(exam, imgs: dict, options: Options):
   for m, img in imgs.items():
     if m == "FLAIR":
       continue
-    tfm_path = _transform_file(exam, m) if options.coregistration in ("auto", "file") else None
+    tfm_path = transform_file(exam, m) if options.coregistration in ("auto", "file") else None
     if tfm_path:
       tfm = sitk.ReadTransform(tfm_path)
       # the shipped file's direction convention is not stated: keep the one that aligns better
@@ -144,6 +145,10 @@ def brain_mask(exam, imgs: dict, options: Options):
     return sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
   if options.skull_strip == "robex":
     return steps.robex_mask(imgs.get("T1W", imgs["FLAIR"]))
+  if options.skull_strip == "threshold":
+    return steps.threshold_brain_mask(imgs.get("T1W", imgs["FLAIR"]))
+  if options.skull_strip != "none":
+    raise ValueError(f"preprocess.skull_strip={options.skull_strip!r}: robex, threshold or none")
   arr = sum((grid_lib.to_numpy(i) != 0) for i in imgs.values())
   return sitk.Cast(grid_lib.from_numpy((arr > 0).astype(np.uint8), imgs["FLAIR"]),
                    sitk.sitkUInt8)
