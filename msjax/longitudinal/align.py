@@ -44,16 +44,10 @@ def _unwrap(tfm):
 
 
 def brain_mask_otsu(img):
-  """The fast brain mask above (uint8 sitk image on img's grid)."""
-  import SimpleITK as sitk
-  spacing = img.GetSpacing()
-  radius = lambda mm: [max(1, int(round(mm / s))) for s in spacing]  # noqa: E731
-  fg = sitk.OtsuThreshold(img, 0, 1, 200)
-  core = sitk.BinaryErode(fg, radius(3.0), sitk.sitkBall)
-  core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
-  brain = sitk.And(sitk.BinaryDilate(core, radius(3.0), sitk.sitkBall), fg)
-  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), radius(4.0), sitk.sitkBall)
-  return sitk.Cast(sitk.BinaryFillhole(brain), sitk.sitkUInt8)
+  """The fast brain mask (uint8 sitk image on img's grid): msjax.preprocess.steps'
+  threshold_brain_mask."""
+  from msjax.preprocess import steps
+  return steps.threshold_brain_mask(img)
 
 
 def decision_grid(baseline, followup):
