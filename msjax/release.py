@@ -76,9 +76,13 @@ def run(config, workdir: str) -> dict:
   encoder = export_lib.export(
       pre_dir, os.path.join(out, encoder_name), encoder_name,
       training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
+  results = ""
+  if config.card_results:  # measured figures for the card, e.g. the leave-one-out's results.md
+    with open(config.card_results) as f:
+      results = f.read()
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training={"pretraining_scans": pre_scans,
-                                      "encoder": encoder_name})
+                                      "encoder": encoder_name}, figures=results)
   times["total"] = time.time() - t0
   summary = {"out": out, "models": {config.name: model["weights"],
                                     encoder_name: encoder["weights"]},

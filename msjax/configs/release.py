@@ -28,6 +28,8 @@ def get_config(variant: str = ""):
   c.unlabelled_raw = base.unlabelled_raw
   c.unlabelled = base.unlabelled
   c.strategy = "0"              # 0CF: the pretrained encoder, nothing frozen
+  c.card_results = ""           # a markdown file of measured figures for the model card's Results
+                                # (the leave-one-out's results.md with these settings)
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
