@@ -91,11 +91,22 @@ class Run:
                       metrics={"val_dice": val["val_dice"]})
 
 
+class Preempted(SystemExit):
+  """Training stopped by SIGTERM after saving its checkpoint. The process exits (status 143, as
+  a SIGTERM'd process does) instead of going on to the next stage (predicting, exporting) with an
+  unfinished model; the same command resumes from the checkpoint."""
+
+
 def train(config, workdir: str, task: str | None = None) -> dict:
   """Trains config's task in workdir (resuming it), logging, validating and checkpointing."""
   run = prepare(config, workdir, task or TASKS[config.mode])
   step, history = train_loop(run)
-  return finish(run, step, history)
+  summary = finish(run, step, history)
+  if step < config.train.steps:  # only a preemption stops early (a non-finite loss raises)
+    logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved in %s: run the same "
+                    "command again to resume", step, config.train.steps, summary["checkpoints"])
+    raise Preempted(143)
+  return summary
 
 
 def prepare(config, workdir: str, task: str) -> Run:
@@ -264,7 +275,7 @@ def finish(run: Run, step: int, history: list[dict]) -> dict:
   if not main_process:
     return summary
   files.write_json(summary, os.path.join(run.workdir, "train_summary.json"))
-  if run.task == "segmentation":  # the workdir is the model bundle segment reads
+  if run.task == "segmentation" and not summary["stopped_early"]:  # the bundle segment reads
     bundle.write(run.workdir, run.config, run.train_exams, run.val_exams, summary)
   print(f"[{run.config.mode}] {step} steps in {summary['wall_s']} s; final "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "lr"))
