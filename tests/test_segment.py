@@ -19,6 +19,17 @@ def _files(out, summary_row):
   return {k: os.path.join(str(out), v) for k, v in summary_row["files"].items()}
 
 
+def _flair_model(trained, folder) -> str:
+  """A copy of the session's model whose bundle takes FLAIR alone, as a model trained with
+  sequence dropout does (the tiny synthetic one was not)."""
+  shutil.copytree(trained, folder)
+  path = os.path.join(folder, "bundle.json")
+  bundle = json.load(open(path))
+  bundle["inputs"]["subsets"].append(["FLAIR"])
+  json.dump(bundle, open(path, "w"))
+  return str(folder)
+
+
 def _segment(trained, input_dir, workdir, **overrides):
   config = load_config("segment", "smoke", model=trained, input=str(input_dir), preprocessed=True,
                        **overrides)
@@ -30,8 +41,8 @@ def test_segment_writes_bids_derivatives_and_goes_on_past_a_bad_exam(trained, ti
   src = tmp_path / "in"
   for exam in tiny_cohort.exams[:2]:
     shutil.copytree(os.path.dirname(exam.images["FLAIR"]), src / exam.exam_id)
-  bad = src / "broken"
-  bad.mkdir()
+  bad = src / "broken"  # every sequence the model takes, its FLAIR not a NIfTI
+  shutil.copytree(os.path.dirname(tiny_cohort.exams[0].images["FLAIR"]), bad)
   (bad / "FLAIR.nii.gz").write_bytes(b"not a nifti")
   summary = _segment(trained, src, tmp_path / "out", **{"predict.threshold": 0.3})
   assert [r["exam_id"] for r in summary["exams"]] == [e.exam_id for e in tiny_cohort.exams[:2]]
@@ -193,9 +204,10 @@ def test_dicom_round_trip_of_a_real_exam(trained, tmp_path):
   nib.save(nib.Nifti1Image(q, src.affine), str(tmp_path / "nii" / "patient26" / "FLAIR.nii.gz"))
   write_series(q.astype(np.float32), src.affine, tmp_path / "dcm" / "series3",
                description="t2_tirm_tra_dark-fluid", patient_id="patient26", series_number=3)
-  by_nifti = _files(tmp_path / "a", _segment(trained, tmp_path / "nii" / "patient26",
+  model = _flair_model(trained, tmp_path / "model")
+  by_nifti = _files(tmp_path / "a", _segment(model, tmp_path / "nii" / "patient26",
                                             tmp_path / "a")["exams"][0])
-  row = _segment(trained, tmp_path / "dcm", tmp_path / "b")["exams"][0]
+  row = _segment(model, tmp_path / "dcm", tmp_path / "b")["exams"][0]
   by_dicom = _files(tmp_path / "b", row)
   assert row["exam_id"] == "patient26_study1" and "dicom_seg" in by_dicom
   a = nifti.read_nifti(by_nifti["mask"], kind="mask")
