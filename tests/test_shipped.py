@@ -153,3 +153,57 @@ def test_init_from_a_shipped_name(released, shipped_root, tiny_cohort, tmp_path)
   assert not report["kept"] and sorted(report["loaded"]) == sorted(seg)
   for p, v in seg.items():
     np.testing.assert_array_equal(np.asarray(got[p]), v)
+
+
+# ---- the models this package ships (msjax/shipped/, trained by configs/release.py) -------------
+
+def _package_models(monkeypatch):
+  monkeypatch.delenv(shipped.ENV, raising=False)
+  if shipped.DEFAULT not in shipped.names():
+    pytest.fail(f"the package ships no {shipped.DEFAULT} in {shipped.PACKAGE_DIR}")
+
+
+def test_the_package_ships_its_models_intact(monkeypatch):
+  """Both shipped models load, their hashes match, they are compact, the segmentation model
+  declares every sequence set with FLAIR, and a tiny prediction runs."""
+  _package_models(monkeypatch)
+  assert shipped.ENCODER in shipped.names("position")
+  for name in (shipped.DEFAULT, shipped.ENCODER):
+    folder = shipped.find(name)
+    params, bundle = shipped.load_params(folder)  # checks the sha256
+    assert bundle["weights"]["sha256"] == shipped.sha256(os.path.join(folder, "weights.npz"))
+    assert os.path.getsize(os.path.join(folder, "weights.npz")) < 10e6
+    assert "LEAD:" not in open(os.path.join(folder, "model_card.md")).read()
+  spec, declared = bundle_lib.inputs_of(bundle_lib.read(shipped.find(shipped.DEFAULT)))
+  assert declared and ["FLAIR"] in spec["subsets"] and all("FLAIR" in s for s in spec["subsets"])
+  predictor = predict.Predictor(shipped.find(shipped.DEFAULT))
+  p = predictor.patch
+  x = np.zeros((2, p, p, p, 5), np.float32)  # an empty patch: no lesion
+  out = np.asarray(predictor.predict_batch(x))
+  assert out.shape == (2, p, p, p) and np.all((out >= 0) & (out <= 1))
+
+
+@pytest.mark.slow  # one raw exam preprocessed for real (ROBEX, registrations)
+def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
+  from conftest import REAL_DATA
+  pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
+  raw = os.path.join(REAL_DATA, "lesjak_longitudinal_raw", "patient01")
+  if not os.path.isdir(raw):
+    pytest.skip(f"real data not found at {raw}")
+  _package_models(monkeypatch)
+  exam = tmp_path / "in" / "patient01"
+  exam.mkdir(parents=True)
+  for name in os.listdir(raw):  # study 2 only: FLAIR, T1W, T2W and their transforms
+    if name.startswith("study2_"):
+      shutil.copy(os.path.join(raw, name), exam / name.replace("study2_", ""))
+  t1_only = tmp_path / "in" / "t1only"
+  t1_only.mkdir()
+  shutil.copy(os.path.join(raw, "study2_T1W.nii.gz"), t1_only / "T1W.nii.gz")
+  config = load_config("segment", "", input=str(tmp_path / "in"), overlap=False)
+  summary = segment.run(config, str(tmp_path / "out"))
+  assert [r["exam_id"] for r in summary["exams"]] == ["patient01"]
+  assert summary["model"].endswith(os.path.join("shipped", shipped.DEFAULT))
+  assert [f["exam_id"] for f in summary["failed"]] == ["t1only"]
+  assert "FLAIR" in summary["failed"][0]["error"]
+  row = summary["exams"][0]
+  assert 0.5 < row["volume_ml"] < 60 and row["lesions"] >= 3  # patient01 carries many lesions
