@@ -117,18 +117,21 @@ def write_summary(root: str, exam: Exam, row: dict) -> dict:
   return summary
 
 
-def find_summaries(root: str) -> list[dict]:
-  """Every complete exam summary under a segmentation dataset (all shards), by exam id."""
+def find_summaries(root: str, suffix: str = "_desc-lesion_summary.json",
+                   key: str = "exam_id") -> list[dict]:
+  """Every complete summary under a derivatives dataset (all shards), sorted by `key`: the
+  exams' of segment by default, a longitudinal run's patients with "_desc-change_summary.json"
+  and "patient"."""
   import json
   found = []
   for dirpath, _, names in os.walk(root):
     for name in names:
-      if name.endswith("_desc-lesion_summary.json"):
+      if name.endswith(suffix):
         with open(os.path.join(dirpath, name)) as f:
           summary = json.load(f)
         if all(os.path.exists(os.path.join(root, p)) for p in summary.get("files", {}).values()):
           found.append(summary)
-  return sorted(found, key=lambda s: s["exam_id"])
+  return sorted(found, key=lambda s: s[key])
 
 
 # The cohort table: what an exam's segmentation found. Timings stay in the summaries (they differ

@@ -15,27 +15,17 @@ Writes summary.json and metrics.csv as the segmentation evaluate does.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from absl import logging
 
 from msjax import errors, files
 from msjax.evaluate import metrics
+from msjax.infer import outputs
 from msjax.data.scan import bids_label
 
 HEADLINE = ("dice", "lesion_sensitivity", "lesion_precision", "lesion_f1", "ref_lesions",
             "false_lesions", "ref_volume_ml", "pred_volume_ml")
-
-
-def find_summaries(root: str) -> list[dict]:
-  found = []
-  for dirpath, _, names in os.walk(root):
-    for name in names:
-      if name.endswith("_desc-change_summary.json"):
-        with open(os.path.join(dirpath, name)) as f:
-          found.append(json.load(f))
-  return sorted(found, key=lambda s: s["patient"])
 
 
 def reference_of(ref_root: str, summary: dict):
@@ -94,7 +84,7 @@ def run(config, workdir: str) -> dict:
   if not config.predictions:
     raise errors.InvalidInputError("evaluate with --config.change_reference needs "
                                    "--config.predictions=<longitudinal workdir>")
-  summaries = find_summaries(config.predictions)
+  summaries = outputs.find_summaries(config.predictions, "_desc-change_summary.json", "patient")
   rows = []
   for s in summaries:
     found = reference_of(config.change_reference, s)
