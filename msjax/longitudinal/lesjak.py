@@ -7,7 +7,10 @@ Per patient with raw exams (lesjak_longitudinal_raw/<patient>/study{1,2}_*) and 
 run_patient on study1 -> study2, scored on the reference's own (common) grid, and on each visit's
 native FLAIR grid with the reference brought there by nearest neighbour; the naive baseline (two
 FLAIR-threshold segmentations, threshold fitted on lesjak_mni's labelled exams) differenced on the
-common grid.
+common grid. With --segmentations (a `segment` or `longitudinal` output folder holding
+sub-<patient>/ses-study{1,2}/anat/*_space-orig_label-lesion_probseg.nii.gz of these raw exams, e.g.
+`msjax --config=segment --config.input=<data>/lesjak_longitudinal_raw`), each visit's lesion
+probability joins the change decision as the mode does with a model (change.detect).
 """
 from __future__ import annotations
 
@@ -54,14 +57,27 @@ def fit_naive_threshold(mni_folder: str) -> dict:
   return dict(naive.fit_threshold(images, brains, refs), fitted_on=sorted(os.listdir(mni_folder)))
 
 
+def probseg_files(folder: str, patient: str) -> tuple:
+  """The two visits' probability maps in a segment output folder (BIDS derivatives)."""
+  out = tuple(os.path.join(folder, f"sub-{patient}", f"ses-{s}", "anat",
+                           f"sub-{patient}_ses-{s}_space-orig_label-lesion_probseg.nii.gz")
+              for s in ("study1", "study2"))
+  missing = [p for p in out if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"no probability map {missing[0]}")
+  return out
+
+
 def evaluate_patient(data: str, patient: str, out_dir: str, threshold_z: float | None,
-                     options: run.Options | None = None, log=print) -> dict:
+                     options: run.Options | None = None, log=print,
+                     probabilities: tuple | None = None, threshold: float = 0.5) -> dict:
   import SimpleITK as sitk
   raw = os.path.join(data, "lesjak_longitudinal_raw", patient)
   ref_dir = os.path.join(data, "lesjak_longitudinal_change", patient)
   visits = [exam_files(raw, s) for s in ("study1", "study2")]
   log(f"[longitudinal] {patient}")
-  result = run.run_patient(visits[0], visits[1], os.path.join(out_dir, patient), options, log=log)
+  result = run.run_patient(visits[0], visits[1], os.path.join(out_dir, patient), options, log=log,
+                           probabilities=probabilities, threshold=threshold)
   reference = sitk.ReadImage(os.path.join(ref_dir, "change_gt.nii.gz"))
   to_visit = [sitk.ReadTransform(os.path.join(ref_dir, f"study{k}_FLAIR_to_common_space.txt"))
               for k in (1, 2)]
@@ -82,7 +98,8 @@ def evaluate_patient(data: str, patient: str, out_dir: str, threshold_z: float |
     rows["naive_common"] = scores.change_scores(naive.naive_change(masks, to_visit, reference),
                                                 ref_common, reference.GetSpacing())
     rows["naive_common"]["time_s"] = round(time.time() - t, 1)
-  return {"patient": patient, "scores": rows, "times_s": result["times_s"],
+  return {"patient": patient, "probabilities": probabilities, "scores": rows,
+          "times_s": result["times_s"],
           "counts": result["counts"], "change_ml": result["change_ml"]}
 
 
@@ -106,13 +123,20 @@ def main(argv=None):
   parser.add_argument("--out", default="runs/longitudinal")
   parser.add_argument("--no-t2", action="store_true")
   parser.add_argument("--no-naive", action="store_true")
+  parser.add_argument("--segmentations", default="",
+                      help="segment outputs of these raw exams: their probabilities join the "
+                           "change decision")
+  parser.add_argument("--threshold", type=float, default=0.5,
+                      help="the segmentations' lesion threshold (the shipped bundle's: 0.5)")
   args = parser.parse_args(argv)
   options = run.Options(use_t2=not args.no_t2)
   threshold = None if args.no_naive else fit_naive_threshold(
       os.path.join(args.data, "lesjak_mni"))
   print("naive threshold", threshold)
   results = [evaluate_patient(args.data, p, args.out, threshold and threshold["threshold_z"],
-                              options) for p in patients(args.data)]
+                              options, probabilities=probseg_files(args.segmentations, p)
+                              if args.segmentations else None, threshold=args.threshold)
+             for p in patients(args.data)]
   files.write_json({"naive_threshold": threshold, "results": results},
                    os.path.join(args.out, "results.json"))
   md = table(results)

@@ -9,7 +9,8 @@ model (--config.model as segment resolves it: without one, the default shipped m
 ships none, change detection alone, said in the log) by segment's machinery (the bundle's
 preprocessing, predict.segment_exam, predict.export_exam: each visit's segment outputs in its
 ses- folder); the change between them
-(run.run_patient: rigid registration in the patient's space, subtraction, per-lesion classes);
+(run.run_patient: rigid registration in the patient's space, subtraction, each visit's lesion
+probability as a second opinion on faint change (change.detect), per-lesion classes);
 the outputs named by msjax/infer/outputs.change_paths; the summary JSON last, so that a patient's
 outputs are complete or absent. A failing patient is reported and the others go on. At the end:
 changes.csv (one row per patient) and longitudinal_summary.json (also the failures) in OUT.
@@ -126,8 +127,12 @@ def _patient(pair, config, workdir: str, model) -> dict:
   options = run_lib.Options(rule=change.Rule(**config.change.rule.to_dict()), n4=config.change.n4,
                             use_t2=config.change.use_t2, brain=config.change.brain)
   work = os.path.join(workdir, "work", "change", f"sub-{pair.patient}")
+  probabilities = (tuple(outputs.paths(workdir, e)["probseg"] for e in (pair.baseline,
+                                                                          pair.followup))
+                   if model else None)  # the network's opinion as change evidence
   result = run_lib.run_patient(_exam_files(pair.baseline), _exam_files(pair.followup), work,
-                               options, log=logging.info)
+                               options, log=logging.info, probabilities=probabilities,
+                               threshold=model.options.threshold if model else 0.5)
   made = result["paths"]
   for visit in ("baseline", "followup"):
     for key, name in (("mask", "change_mask"), ("classes", "change_classes"),
@@ -152,7 +157,7 @@ def _patient(pair, config, workdir: str, model) -> dict:
          for v, e in (("baseline", pair.baseline), ("followup", pair.followup))},
       "counts": result["counts"], "lesions": result["lesions"],
       **{k: result[k] for k in ("new_or_enlarging_ml", "change_ml", "brighter_ml", "darker_ml",
-                                "t2_used")},
+                                "t2_used", "probabilities_used", "probability_threshold")},
       "model": model.path if model else None, "segmentation": segmentation,
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),

@@ -50,11 +50,27 @@ def _onto(array: np.ndarray, grid, target, transform, dtype=np.uint8):
   return grid_lib.to_numpy(out)
 
 
+def probabilities_on_grid(paths: tuple, a: align.Aligned) -> tuple:
+  """Each visit's lesion probability map (a NIfTI on any grid of that visit's space, e.g. segment's
+  probseg on its native FLAIR grid) onto the decision grid, linearly (the follow-up's through the
+  rigid registration)."""
+  import SimpleITK as sitk
+
+  from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
+  return tuple(grid_lib.to_numpy(steps.resample(sitk.ReadImage(path, sitk.sitkFloat32), a.grid,
+                                                tfm))
+               for path, tfm in zip(paths, (None, a.to_followup)))
+
+
 def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: str,
-                options: Options | None = None, log=print) -> dict:
+                options: Options | None = None, log=print, probabilities: tuple | None = None,
+                threshold: float = 0.5) -> dict:
   """baseline/followup_exam_files: {"FLAIR": path, "T2W": path, "T2W_transform": path} (T2 and
-  its transform optional). Returns the lesion rows, counts per class, change volumes, output paths
-  and times; writes the files listed in this module's docstring."""
+  its transform optional). probabilities: (baseline, follow-up) lesion probability NIfTIs of one
+  network (segment's probseg), threshold its lesion threshold: the network's opinion as change
+  evidence (change.detect); None: subtraction alone. Returns the lesion rows, counts per class,
+  change volumes, output paths and times; writes the files listed in this module's docstring."""
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
@@ -75,7 +91,9 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
     t2 = change.robust_units(change.match_intensities(a.t2[1], a.t2[0], brain), brain,
                              like=a.t2[0])
     zt = change.change_z(t1, t2, brain, a.spacing, rule)
-  signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt)
+  p = probabilities_on_grid(probabilities, a) if probabilities else None
+  signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt, probabilities=p,
+                         threshold=threshold)
   followup_voxel = float(np.prod(a.native[1].GetSpacing()))
   classes, regions, rows = change.classify(signed, z1, z2, brain, a.spacing, rule,
                                      followup_voxel_mm3=followup_voxel, zf=zf)
@@ -107,6 +125,7 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   summary = {
       "baseline": baseline_exam_files, "followup": followup_exam_files,
       "rule": dataclasses.asdict(rule), "t2_used": zt is not None, "brain_mask": options.brain,
+      "probabilities_used": p is not None, "probability_threshold": threshold if p else None,
       "decision_grid": {"size": list(a.grid.GetSize()), "spacing_mm": list(a.spacing)},
       "counts": counts, "lesions": len(rows),
       "brighter_ml": round(float((signed > 0).sum()) * voxel_ml, 4),

@@ -27,7 +27,7 @@ def world_points(shape=SHAPE, spacing=SPACING, origin=ORIGIN) -> np.ndarray:
 
 
 def head(points: np.ndarray, lesions=()) -> np.ndarray:
-  """points: (..., 3) head-frame mm. lesions: (centre mm, radius mm) spheres."""
+  """points: (..., 3) head-frame mm. lesions: (centre mm, radius mm[, intensity]) spheres."""
   e = lambda a, b, c: (points[..., 0] / a) ** 2 + (points[..., 1] / b) ** 2 + (points[..., 2] / c) ** 2  # noqa: E731
   img = np.zeros(points.shape[:-1], np.float32)
   img[e(52, 58, 50) <= 1] = 140                       # scalp
@@ -38,8 +38,8 @@ def head(points: np.ndarray, lesions=()) -> np.ndarray:
   for x, y, a, b, c in ((-6, 0, 4, 16, 9), (6, 4, 3, 12, 7)):  # ventricles, unequal: no mirror
     v = ((points[..., 0] - x) / a) ** 2 + ((points[..., 1] - y) / b) ** 2 + (points[..., 2] / c) ** 2
     img[v <= 1] = 20
-  for centre, radius in lesions:
-    img[((points - np.asarray(centre)) ** 2).sum(-1) <= radius ** 2] = 175
+  for centre, radius, *value in lesions:  # (centre, radius[, intensity]); default 175
+    img[((points - np.asarray(centre)) ** 2).sum(-1) <= radius ** 2] = value[0] if value else 175
   return img
 
 

@@ -116,3 +116,37 @@ def test_change_smaller_than_one_resolution_element_is_dropped():
   assert n == 2
   assert sorted(np.bincount(labels.ravel())[1:]) == [4, 4]
   assert set(np.unique(signed[signed != 0])) == {-1, 1}
+
+
+def test_faint_change_is_kept_only_where_the_network_agrees():
+  """A change of z 3.5 (under the FLAIR seed 5, no T2) is kept when the network's lesion
+  probability says lesion at the visit where the change would be lesion and not at the other (a
+  second opinion, as T2 agreeing with FLAIR at z 3 is): brighter at follow-up with p2 >= 0.5 > p1,
+  darker with p1 >= 0.5 > p2. Not kept: without probabilities, a lesion at both visits (stable),
+  a lesion at the other visit only, or the network alone where the subtraction stays under z 3."""
+  spacing = (1.0, 1.0, 3.0)
+  shape = (48, 48, 12)
+  brain = np.zeros(shape, bool)
+  brain[2:-2, 2:-2, 1:-1] = True
+  z1 = np.ones(shape, np.float32)
+  z2 = z1.copy()
+  zf = np.zeros(shape, np.float32)
+  p1 = np.full(shape, 0.05, np.float32)
+  p2 = p1.copy()
+  blob = lambda x, y, z: (slice(x, x + 3), slice(y, y + 3), slice(z, z + 2))  # noqa: E731
+  regions = {  # name: (box, change z, p1, p2, kept)
+      "new": (blob(10, 10, 3), 3.5, 0.1, 0.9, 1),
+      "vanished": (blob(10, 30, 3), -3.5, 0.8, 0.2, -1),
+      "stable lesion": (blob(30, 10, 3), 3.5, 0.9, 0.9, 0),
+      "lesion at the other visit": (blob(30, 30, 3), 3.5, 0.9, 0.1, 0),
+      "network alone": (blob(20, 20, 7), 2.8, 0.05, 0.95, 0)}
+  for box, z, a, b, _ in regions.values():
+    zf[box], p1[box], p2[box] = z, a, b
+  assert not change.detect(zf, z1, z2, brain, spacing).any()
+  signed = change.detect(zf, z1, z2, brain, spacing, probabilities=(p1, p2), threshold=0.5)
+  for name, (box, _, _, _, kept) in regions.items():
+    assert (signed[box] == kept).all(), name
+  assert ndimage.label(signed != 0)[1] == 2
+  # the network's own threshold decides what it calls lesion: at 0.95 it calls none of them
+  assert not change.detect(zf, z1, z2, brain, spacing, probabilities=(p1, p2),
+                           threshold=0.95).any()

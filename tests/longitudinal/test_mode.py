@@ -76,6 +76,7 @@ def test_change_outputs_named_and_filled_and_a_broken_patient_reported(changed):
   assert os.path.getsize(sub / "sub-patA_desc-change_overlay.png") > 10_000
   s = json.load(open(sub / "sub-patA_desc-change_summary.json"))
   assert s["counts"]["new"] == 2 and s["model"] is None and s["segmentation"] is None
+  assert not s["probabilities_used"]
   assert all((out / p).exists() for p in s["files"].values())
   with open(out / "changes.csv") as f:
     rows = list(csv.DictReader(f))
@@ -125,6 +126,7 @@ def test_both_visits_segmented_with_the_model(trained, tmp_path):
   summary = main.run_mode(config, str(out))
   (s,) = summary["patients"]
   assert s["patient"] == "v1" and s["model"] and set(s["segmentation"]) == {"baseline", "followup"}
+  assert s["probabilities_used"]  # the network's opinion joined the change decision
   for ses in ("baseline", "followup"):
     anat = out / "sub-v1" / f"ses-{ses}" / "anat"
     seg = nib.load(str(anat / f"sub-v1_ses-{ses}_space-orig_desc-lesion_mask.nii.gz"))

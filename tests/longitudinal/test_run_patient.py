@@ -59,3 +59,32 @@ def test_new_lesions_after_motion_are_found_as_new_on_both_grids(tmp_path):
   summary = json.load(open(os.path.join(str(tmp_path / "out"), "change.json")))
   assert summary["counts"]["new"] == 2 and summary["times_s"]["total"] > 0
   assert open(out["paths"]["lesions"]).read().startswith("lesion_id,class")
+
+
+FAINT = 108.0  # a new lesion of little FLAIR contrast over white matter (100): peak change z 4.5
+
+
+def probability_map(tmp_path, name, lesions, motion):
+  """A network's opinion drawn in that visit's own space: 0.9 inside its lesions, 0.05 outside."""
+  inside = phantom.visit([(c, r) for c, r, *_ in lesions], noise=0.0, **motion) > 150
+  return phantom.write(np.where(inside, 0.9, 0.05), str(tmp_path / f"{name}_probseg.nii.gz"))
+
+
+def test_faint_new_lesion_after_motion_is_found_only_with_the_networks_probabilities(tmp_path):
+  """The probabilities come on each visit's own grid and are brought onto the decision grid (the
+  follow-up's through the registration): a faint new lesion, under the FLAIR seed and with no T2,
+  is found as new where the network sees it at the follow-up only; nothing else changes."""
+  faint = [((18.0, 16.0, 9.0), 3.5, FAINT)]
+  base = files_of(tmp_path, "v1", phantom.visit(LESIONS, seed=12))
+  follow = files_of(tmp_path, "v2", phantom.visit(LESIONS + faint, seed=13, **MOTION))
+  quiet = lambda *a: None  # noqa: E731
+  alone = run.run_patient(base, follow, str(tmp_path / "alone"), log=quiet)
+  assert alone["rows"] == []
+  probabilities = (probability_map(tmp_path, "v1", LESIONS, {}),
+                   probability_map(tmp_path, "v2", LESIONS + faint, MOTION))
+  out = run.run_patient(base, follow, str(tmp_path / "out"), log=quiet,
+                        probabilities=probabilities, threshold=0.5)
+  assert [r["class"] for r in out["rows"]] == ["new"]
+  assert np.linalg.norm(np.array(faint[0][0]) - out["rows"][0]["centroid_ras_mm"]) < 2.5
+  summary = json.load(open(os.path.join(str(tmp_path / "out"), "change.json")))
+  assert summary["probabilities_used"] and summary["probability_threshold"] == 0.5
