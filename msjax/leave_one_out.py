@@ -28,6 +28,7 @@ from msjax.data import nifti
 from msjax.evaluate import baseline, metrics, outlines
 from msjax.evaluate import variants as variants_lib
 from msjax.infer import outputs
+from msjax.infer import predict as predict_lib
 
 MEASURES = stages.MEASURES
 BASELINE = "FLAIR threshold"
@@ -155,15 +156,17 @@ def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str
     res.timed(f"finetune {fold} {strategy}", stages.finetune, config, _data(config, manifest),
               run_dir, strategy=strategy, init_from=pre_dir)
     pred_dir = os.path.join(run_dir, "predictions")
+    # one network for the exams and their variants: compiled once, not once per variant
+    predictor = predict_lib.Predictor(run_dir)
     res.timed(f"predict {fold} {strategy}", stages.predict, run_dir, test, pred_dir,
-              stages.predict_options(config))
+              stages.predict_options(config), predictor)
     res.rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
                        f"p >= {config.predict.threshold:g}")
     masks[strategy] = pred_dir
     for variant in variants_lib.parse(config.input_variants):
       if variant != "all":
         res.timed(f"predict {fold} {strategy} [{variant}]", run_variant, config, cohort, test,
-                  fold, strategy, variant, run_dir, res)
+                  fold, strategy, variant, run_dir, res, predictor)
     for exam in test:
       if exam.reference:
         res.curves[(fold, strategy, exam.exam_id)] = threshold_curve(
@@ -183,13 +186,13 @@ def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str
 
 
 def run_variant(config, cohort, test, fold: str, strategy: str, variant: str, run_dir: str,
-                res: Results) -> None:
+                res: Results, predictor: predict_lib.Predictor | None = None) -> None:
   """The left-out exams as a user may have them (fewer sequences, thick slices: msjax/evaluate/
   variants.py), segmented by the same network and scored as '<strategy> [<variant>]'."""
   folder = os.path.join(run_dir, "variants", variant)
   exams = [variants_lib.make(e, variant, os.path.join(folder, "images")) for e in test]
   pred_dir = os.path.join(folder, "predictions")
-  stages.predict(run_dir, exams, pred_dir, stages.predict_options(config))
+  stages.predict(run_dir, exams, pred_dir, stages.predict_options(config), predictor)
   res.rows += _score(cohort, pred_dir, exams, fold, f"{strategy} [{variant}]", folder,
                      f"p >= {config.predict.threshold:g}")
 

@@ -167,7 +167,9 @@ def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:
 def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir: str) -> dict:
   """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
   DICOM SEG where they apply; its row."""
+  t = time.time()
   seg = predict.segment_exam(predictor, ready, options)
+  predict_s, t = time.time() - t, time.time()
   row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
   if config.report.enabled:
@@ -176,6 +178,7 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
                                     bundle=bundle, threshold=options.threshold,
                                     config=config.report, model=bundle["path"]))
   _write_dicom_seg(exam, row, bundle["path"])
+  row.update(predict_s=round(predict_s, 1), outputs_s=round(time.time() - t, 1))
   return row
 
 
@@ -229,12 +232,14 @@ def run(config, workdir: str) -> dict:
   done, failed = [], []
   t = time.time()
   for i, (exam, ready) in enumerate(_prepared(exams, config, bundle, workdir)):
+    # serial: this exam's preprocessing; overlapped: the part of it the network did not hide
+    waited = time.time() - t
     earlier = outputs.clear(workdir, exam)  # one run's complete outputs, or none
     try:
       if isinstance(ready, Exception):
         raise ready
       row = _segment_one(exam, ready, predictor, options, config, bundle, workdir)
-      row["seconds"] = round(time.time() - t, 1)
+      row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1))
       done.append(outputs.write_summary(workdir, exam, row))
       status = _lesion_count(row)
     except Exception as e:  # noqa: BLE001 - one exam's failure must not stop the others

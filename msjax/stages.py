@@ -51,10 +51,12 @@ def finetune(config, data, workdir: str, *, strategy: str, init_from: str = "") 
                                       any_geometry=config.allow_any_geometry), workdir)
 
 
-def predict(run_dir: str, exams, out_dir: str,
-            options: predict_lib.PredictOptions) -> list[dict]:
-  """Segments `exams` with the network fine-tuned in run_dir; masks in each exam's own space."""
-  return predict_lib.predict_cohort(predict_lib.Predictor(run_dir), exams, out_dir, options)
+def predict(run_dir: str, exams, out_dir: str, options: predict_lib.PredictOptions,
+            predictor: predict_lib.Predictor | None = None) -> list[dict]:
+  """Segments `exams` with the network fine-tuned in run_dir (or `predictor`, already loaded
+  from it: its compiled functions are reused); masks in each exam's own space."""
+  return predict_lib.predict_cohort(predictor or predict_lib.Predictor(run_dir), exams, out_dir,
+                                    options)
 
 
 def evaluate(cohort, pred_dir: str, exams, out_dir: str | None = None) -> dict:
