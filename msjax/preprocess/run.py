@@ -1,8 +1,9 @@
 """`preprocess` mode: a folder of raw exams -> a cohort on the paper's 128³ MNI grid.
 
 Stage 1, per exam (in parallel processes): N4, co-registration to FLAIR, brain extraction, MNI
-registration, resampling; written into a temporary folder renamed only when the exam is complete,
-with the transform back to native FLAIR space (`to_mni.tfm`) and QC figures. A failing exam is
+registration (with skull_strip=atlas: a head mask, the MNI registration of the image within it,
+then the template's brain mask brought back to bound the brain), resampling; written into a
+temporary folder renamed only when the exam is complete, with the transform back to native FLAIR space (`to_mni.tfm`) and QC figures. A failing exam is
 reported and the others go on. Stage 2: Nyúl landmarks are fitted on the reference exams (or read
 from a file) and applied. Output: `<workdir>/cohort/cohort.json` + `<exam>/...`.
 """
@@ -32,12 +33,24 @@ class Options:
   n4: bool = True
   n4_iterations: tuple = (20, 20, 20)
   coregistration: str = "auto"   # auto (transform file if shipped, else register) | register | file
-  skull_strip: str = "robex"     # robex | threshold (fast, steps.threshold_brain_mask) | none
-                                 # (images already skull-stripped: mask = non-zero)
+  skull_strip: str = "robex"     # robex | atlas (fast: the threshold mask bounded by the MNI
+                                 # template's brain, steps.atlas_brain_mask) | threshold (fast,
+                                 # steps.threshold_brain_mask) | none (images already
+                                 # skull-stripped: mask = non-zero)
   mni: bool = True
   qc: bool = True
   allow_any_geometry: bool = False
 
+  def __post_init__(self):  # refused before any exam is read
+    if self.skull_strip not in SKULL_STRIP:
+      raise ValueError(f"preprocess.skull_strip={self.skull_strip!r}: one of "
+                       f"{', '.join(SKULL_STRIP)}")
+    if self.skull_strip == "atlas" and not self.mni:
+      raise ValueError("preprocess.skull_strip='atlas' takes the MNI template's brain mask "
+                       "through the MNI registration: it needs preprocess.mni=True")
+
+
+SKULL_STRIP = ("robex", "atlas", "threshold", "none")
 
 
 def transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
@@ -76,8 +89,18 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
         m: steps.n4(img, iterations=options.n4_iterations) for m, img in imgs.items()})
   imgs, coreg = step("coregistration", "co-registration to FLAIR", coregister, exam, imgs,
                      options)
-  brain = step("skull_strip", "brain extraction", brain_mask, exam, imgs, options)
-  to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, brain, options)
+  if options.skull_strip == "atlas" and not exam.brain_mask:
+    # the over-inclusive threshold mask is enough for the affine registration; the template's
+    # brain mask, brought back with that transform, then bounds it
+    head = step("skull_strip", "brain extraction (head mask)",
+                lambda: steps.threshold_brain_mask(brain_image(imgs),
+                                                   erode_mm=steps.ATLAS_HEAD_ERODE_MM))
+    to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, head, options)
+    brain = step("atlas_mask", "brain extraction (within the MNI template's brain)",
+                 steps.atlas_brain_mask, brain_image(imgs), to_mni)
+  else:
+    brain = step("skull_strip", "brain extraction", brain_mask, exam, imgs, options)
+    to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, brain, options)
   final = os.path.join(out_root, exam.exam_id)
   tmp = final + ".incomplete"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -135,8 +158,14 @@ def coregister(exam, imgs: dict, options: Options):
   return out, how
 
 
+def brain_image(imgs: dict):
+  """The image brain extraction and MNI registration work on: T1, else FLAIR."""
+  return imgs.get("T1W", imgs["FLAIR"])
+
+
 def brain_mask(exam, imgs: dict, options: Options):
-  """A provided brain mask, ROBEX on T1 (FLAIR without T1), or the non-zero voxels."""
+  """A provided brain mask, ROBEX or the threshold mask on T1 (FLAIR without T1), or the non-zero
+  voxels. ('atlas' needs the MNI registration first: `preprocess_exam` runs it in its order.)"""
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
@@ -144,11 +173,11 @@ def brain_mask(exam, imgs: dict, options: Options):
   if exam.brain_mask:
     return sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
   if options.skull_strip == "robex":
-    return steps.robex_mask(imgs.get("T1W", imgs["FLAIR"]))
+    return steps.robex_mask(brain_image(imgs))
   if options.skull_strip == "threshold":
-    return steps.threshold_brain_mask(imgs.get("T1W", imgs["FLAIR"]))
+    return steps.threshold_brain_mask(brain_image(imgs))
   if options.skull_strip != "none":
-    raise ValueError(f"preprocess.skull_strip={options.skull_strip!r}: robex, threshold or none")
+    raise ValueError(f"preprocess.skull_strip={options.skull_strip!r} is not computed here")
   arr = sum((grid_lib.to_numpy(i) != 0) for i in imgs.values())
   return sitk.Cast(grid_lib.from_numpy((arr > 0).astype(np.uint8), imgs["FLAIR"]),
                    sitk.sitkUInt8)
@@ -161,7 +190,7 @@ def mni_transform(imgs: dict, brain, options: Options):
   from msjax.preprocess import steps
   if not options.mni:
     return sitk.Transform()
-  return steps.register_to_mni(sitk.Mask(imgs.get("T1W", imgs["FLAIR"]), brain))
+  return steps.register_to_mni(sitk.Mask(brain_image(imgs), brain))
 
 
 def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:

@@ -1,0 +1,115 @@
+"""skull_strip=atlas: the threshold head mask bounded by the MNI template's brain mask.
+
+A synthetic head: the MNI152 template's brain, placed in a subject by a known affine, with a dark
+CSF/skull gap, a bright scalp shell beyond it, and bright bridges (neck below the brainstem,
+vessels across the gap) that keep Otsu + morphology (`threshold_brain_mask`) from separating scalp
+and neck from the brain. The atlas mask must drop them and match the brain; without the template
+step (the threshold mask alone) it does not.
+"""
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
+                                               "pip install -e '.[preprocess]'")
+from msjax.data import manifest as manifest_lib  # noqa: E402
+from msjax.preprocess import grid as grid_lib  # noqa: E402
+from msjax.preprocess import run as run_lib  # noqa: E402
+from msjax.preprocess import steps  # noqa: E402
+
+
+def known_to_mni() -> sitk.AffineTransform:
+  """MNI points -> subject points (LPS): turned 6° and 4°, 5 % larger, shifted."""
+  a, b = np.deg2rad(6.0), np.deg2rad(-4.0)
+  r = (np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+       @ np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]]))
+  t = sitk.AffineTransform(3)
+  t.SetMatrix([float(v) for v in (1.05 * r).ravel()])
+  t.SetTranslation((4.0, -7.0, 10.0))
+  return t
+
+
+def synthetic_head():
+  """(image, brain, scalp) on a 2 mm subject grid."""
+  to_mni = known_to_mni()
+  grid = sitk.Image([110, 130, 115], sitk.sitkFloat32)
+  grid.SetSpacing((2.0, 2.0, 2.0))
+  grid.SetOrigin((-110.0, -140.0, -110.0))
+  _, template_mask = steps.mni_template()
+  brain = steps.resample(sitk.Cast(template_mask, sitk.sitkFloat32), grid,
+                         to_mni.GetInverse()) >= 0.5
+  outside = grid_lib.to_numpy(sitk.SignedMaurerDistanceMap(
+      brain, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+  brain = grid_lib.to_numpy(brain) > 0
+  scalp = (outside > 8.0) & (outside < 22.0)
+  idx = np.indices(brain.shape)
+  centre = np.argwhere(brain).mean(0)
+  # the neck: a bright column from below the brainstem down out of the image
+  lowest = np.argwhere(brain)[:, 2].min()
+  neck = (((idx[0] - centre[0]) ** 2 + (idx[1] - centre[1] + 8) ** 2 < 12 ** 2)
+          & (idx[2] < lowest + 6) & ~brain)
+  # vessels across the gap, over the vertex and at the sides
+  bridges = np.zeros_like(brain)
+  for axis, sign in ((2, 1), (0, 1), (0, -1), (1, 1)):
+    line = np.ones_like(brain)
+    for k in range(3):
+      if k != axis:
+        line &= np.abs(idx[k] - centre[k]) < 4
+    line &= sign * (idx[axis] - centre[axis]) > 0
+    bridges |= line & (outside > 0) & (outside < 22.0)
+  rng = np.random.default_rng(0)
+  image = np.full(brain.shape, 8.0, np.float32)  # CSF, skull, air
+  image[brain] = 100.0 + 10 * rng.standard_normal(brain.sum())
+  image[scalp | neck | bridges] = 140.0
+  return grid_lib.from_numpy(image, grid), brain, scalp | neck, to_mni
+
+
+def dice(a, b):
+  return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_atlas_mask_drops_scalp_and_neck_that_the_threshold_mask_keeps():
+  image, brain, scalp, to_mni = synthetic_head()
+  head = grid_lib.to_numpy(steps.threshold_brain_mask(image)) > 0
+  # the case the atlas step is for: the threshold mask alone keeps scalp and neck
+  assert (head & scalp).sum() > 0.5 * scalp.sum()
+  assert dice(head, brain) < 0.8
+  atlas = steps.atlas_brain_mask(image, to_mni)
+  atlas = grid_lib.to_numpy(atlas) > 0
+  assert dice(atlas, brain) > 0.97, dice(atlas, brain)
+  assert (atlas & scalp).sum() < 0.01 * scalp.sum()
+
+
+def test_preprocess_exam_with_atlas_mask(tmp_path, monkeypatch):
+  """Through `preprocess_exam`: registration on the threshold-masked image, then the template's
+  mask; the brain mask on the model grid is the brain, and to_mni.tfm is the registration's."""
+  image, brain, _, to_mni = synthetic_head()
+  flair = str(tmp_path / "FLAIR.nii.gz")
+  sitk.WriteImage(image, flair)
+  seen = []
+
+  def register(masked):
+    seen.append(grid_lib.to_numpy(masked) != 0)
+    return to_mni
+  monkeypatch.setattr(steps, "register_to_mni", register)
+  exam = manifest_lib.Exam(exam_id="head", patient_id="head", ms=True, images={"FLAIR": flair})
+  record = run_lib.preprocess_exam(exam, str(tmp_path / "out"),
+                                   run_lib.Options(n4=False, skull_strip="atlas", qc=False))
+  assert len(seen) == 1 and (seen[0] & brain).sum() > 0.95 * brain.sum()  # within the head mask
+  assert set(record["times_s"]) >= {"skull_strip", "mni_registration", "atlas_mask"}
+  written = np.asarray(nib.load(record["brain_mask"]).dataobj) > 0
+  truth = grid_lib.to_numpy(steps.resample(
+      sitk.Cast(grid_lib.from_numpy(brain.astype(np.float32), image), sitk.sitkFloat32),
+      grid_lib.reference_image(), to_mni)) >= 0.5
+  assert dice(written, truth) > 0.95, dice(written, truth)
+  stored = sitk.ReadTransform(os.path.join(os.path.dirname(record["brain_mask"]), "to_mni.tfm"))
+  np.testing.assert_allclose(stored.TransformPoint((10.0, 20.0, 30.0)),
+                             to_mni.TransformPoint((10.0, 20.0, 30.0)), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"skull_strip": "bet"}, {"skull_strip": "atlas", "mni": False}])
+def test_unknown_or_impossible_skull_strip_refused(bad):
+  with pytest.raises(ValueError, match="skull_strip"):
+    run_lib.Options(**bad)
