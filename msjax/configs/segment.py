@@ -2,7 +2,9 @@
 `--config.model=<finetune workdir> --config.input=<exam folder, folder of exams, or BIDS dataset>
 --workdir OUT`. Raw exams are preprocessed as the model's training exams were (needs the
 [preprocess] extra); `--config.preprocessed=True` feeds exams already on the model grid (like
-../shared/data/lesjak_mni) straight to the network. Outputs: a BIDS-derivatives dataset in OUT."""
+../shared/data/lesjak_mni) straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
+`configs/segment.py:fast`: the atlas-bounded brain mask instead of ROBEX and no test-time
+mirroring (README, "Segment": its time and how its masks compare)."""
 from ml_collections import config_dict
 
 from msjax import config_base
@@ -10,7 +12,7 @@ from msjax.report import report_config
 
 
 def get_config(variant: str = ""):
-  v = config_base.variants(variant, "smoke")
+  v = config_base.variants(variant, "smoke", "fast")
   c = config_dict.ConfigDict()
   c.mode = "segment"
   c.seed = 0
@@ -29,6 +31,10 @@ def get_config(variant: str = ""):
   c.preprocess = config_base.preprocess()
   c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)
   config_base.allow_any_geometry(c)
+  if "fast" in v:  # one raw exam in about a minute on 2 cores (README, "Segment"): the atlas-
+    # bounded brain mask instead of ROBEX, one prediction per patch instead of the 8 mirrored
+    c.preprocess.skull_strip = "atlas"
+    c.predict.mirror = False
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
