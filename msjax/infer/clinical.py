@@ -6,7 +6,6 @@ report is left out and says why."""
 from __future__ import annotations
 
 import csv
-import os
 
 import nibabel as nib
 import numpy as np
