@@ -14,7 +14,7 @@ from msjax.longitudinal import change
 
 
 def get_config(variant: str = ""):
-  v = config_base.variants(variant, "smoke")
+  v = config_base.variants(variant, "smoke", "fast")
   c = config_dict.ConfigDict()
   c.mode = "longitudinal"
   c.seed = 0
@@ -35,6 +35,10 @@ def get_config(variant: str = ""):
   c.change.rule = config_dict.ConfigDict(dataclasses.asdict(change.Rule()))  # change.py's rule
   c.overlay_slices = 4
   config_base.allow_any_geometry(c)
+  if "fast" in v:  # both visits segmented as segment:fast does (atlas-bounded brain mask, no
+    # test-time mirroring): about half the time of a visit (README, "Segment")
+    c.preprocess.skull_strip = "atlas"
+    c.predict.mirror = False
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
