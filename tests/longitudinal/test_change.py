@@ -94,6 +94,15 @@ def test_edge_term_absorbs_a_sub_voxel_shift(baseline):
   assert (plain > 5 * 3.0 * np.sqrt(2)).sum() > 1000
 
 
+def _flat_maps(shape):
+  """A brain away from the volume's edges, both visits at robust value 1 (lesion-like, not CSF)
+  and no change: (brain, z1, z2, change z) for detect()."""
+  brain = np.zeros(shape, bool)
+  brain[2:-2, 2:-2, 1:-1] = True
+  z1 = np.ones(shape, np.float32)
+  return brain, z1, z1.copy(), np.zeros(shape, np.float32)
+
+
 def test_change_smaller_than_one_resolution_element_is_dropped():
   """A change cluster must hold one resel of the smoothed change map (FWHM 2.355 σ in-plane × the
   3 mm slice = 10.6 mm³ at σ 0.8 mm), not just the evaluator's 3 mm³: a 2-voxel (6 mm³) bright
@@ -102,11 +111,7 @@ def test_change_smaller_than_one_resolution_element_is_dropped():
   spacing = (1.0, 1.0, 3.0)
   assert change.resel_mm3(spacing, change.Rule().smooth_mm) == pytest.approx(10.65, abs=0.01)
   shape = (40, 40, 12)
-  brain = np.zeros(shape, bool)
-  brain[2:-2, 2:-2, 1:-1] = True
-  z1 = np.ones(shape, np.float32)
-  z2 = z1.copy()
-  zf = np.zeros(shape, np.float32)
+  brain, z1, z2, zf = _flat_maps(shape)
   blobs = [((slice(18, 20), slice(18, 19), 6), 1), ((slice(18, 20), slice(22, 24), 4), 1),
            ((slice(10, 12), slice(10, 11), 5), -1), ((slice(10, 12), slice(28, 30), 7), -1)]
   for box, sign in blobs:
@@ -126,11 +131,7 @@ def test_faint_change_is_kept_only_where_the_network_agrees():
   a lesion at the other visit only, or the network alone where the subtraction stays under z 3."""
   spacing = (1.0, 1.0, 3.0)
   shape = (48, 48, 12)
-  brain = np.zeros(shape, bool)
-  brain[2:-2, 2:-2, 1:-1] = True
-  z1 = np.ones(shape, np.float32)
-  z2 = z1.copy()
-  zf = np.zeros(shape, np.float32)
+  brain, z1, z2, zf = _flat_maps(shape)
   p1 = np.full(shape, 0.05, np.float32)
   p2 = p1.copy()
   blob = lambda x, y, z: (slice(x, x + 3), slice(y, y + 3), slice(z, z + 2))  # noqa: E731
