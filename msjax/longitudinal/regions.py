@@ -60,6 +60,10 @@ def found_regions(reference: np.ndarray, flair: dict, masks: dict) -> dict:
 
 def check_patient(data: str, segmentations: str, patient: str) -> dict:
   import SimpleITK as sitk
+
+  from msjax.longitudinal import scores
+  from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
   ref_dir = os.path.join(data, "lesjak_longitudinal_change", patient)
   reference = sitk.ReadImage(os.path.join(ref_dir, "change_gt.nii.gz"))
   flair, masks = {}, {}
@@ -67,11 +71,10 @@ def check_patient(data: str, segmentations: str, patient: str) -> dict:
     tfm = sitk.ReadTransform(os.path.join(ref_dir, f"study{s}_FLAIR_to_common_space.txt"))
     image = sitk.ReadImage(os.path.join(data, "lesjak_longitudinal_raw", patient,
                                         f"study{s}_FLAIR.nii.gz"), sitk.sitkFloat32)
-    flair[s] = sitk.GetArrayFromImage(sitk.Resample(image, reference, tfm, sitk.sitkLinear, 0.0))
-    mask = sitk.ReadImage(visit_mask(segmentations, patient, f"study{s}"))
-    masks[s] = sitk.GetArrayFromImage(sitk.Resample(mask, reference, tfm,
-                                                    sitk.sitkNearestNeighbor, 0)) > 0
-  return dict(found_regions(sitk.GetArrayFromImage(reference), flair, masks), patient=patient)
+    flair[s] = grid_lib.to_numpy(steps.resample(image, reference, tfm))
+    masks[s] = scores.mask_onto(sitk.ReadImage(visit_mask(segmentations, patient, f"study{s}")),
+                                reference, tfm) > 0
+  return dict(found_regions(grid_lib.to_numpy(reference), flair, masks), patient=patient)
 
 
 def main(argv=None):
