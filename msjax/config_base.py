@@ -129,6 +129,15 @@ def predict(**overrides) -> config_dict.ConfigDict:
   return c
 
 
+def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """The ':fast' variant of the jobs that segment raw exams (segment, longitudinal): the atlas-
+  bounded brain mask instead of ROBEX and one prediction per patch instead of the 8 mirrored
+  (README, "Segment": about half the time, masks Dice 0.82 with the default's)."""
+  c.preprocess.skull_strip = "atlas"
+  c.predict.mirror = False
+  return c
+
+
 def allow_any_geometry(c: config_dict.ConfigDict, value: bool = False) -> config_dict.ConfigDict:
   """The one geometry switch of a job that reads exams, at its top level: accept grids that cannot
   be a brain exam (few-cm field of view, absurd voxel sizes), refused by default with the file

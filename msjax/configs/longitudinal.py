@@ -35,10 +35,8 @@ def get_config(variant: str = ""):
   c.change.rule = config_dict.ConfigDict(dataclasses.asdict(change.Rule()))  # change.py's rule
   c.overlay_slices = 4
   config_base.allow_any_geometry(c)
-  if "fast" in v:  # both visits segmented as segment:fast does (atlas-bounded brain mask, no
-    # test-time mirroring): about half the time of a visit (README, "Segment")
-    c.preprocess.skull_strip = "atlas"
-    c.predict.mirror = False
+  if "fast" in v:
+    config_base.fast_raw_path(c)
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False

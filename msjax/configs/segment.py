@@ -31,10 +31,8 @@ def get_config(variant: str = ""):
   c.preprocess = config_base.preprocess()
   c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)
   config_base.allow_any_geometry(c)
-  if "fast" in v:  # one raw exam in about a minute on 2 cores (README, "Segment"): the atlas-
-    # bounded brain mask instead of ROBEX, one prediction per patch instead of the 8 mirrored
-    c.preprocess.skull_strip = "atlas"
-    c.predict.mirror = False
+  if "fast" in v:
+    config_base.fast_raw_path(c)
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
