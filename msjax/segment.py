@@ -56,11 +56,7 @@ def preprocessor(config, bundle: dict, workdir: str):
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
-  p = config.preprocess
-  options = preprocess_run.Options(n4=p.n4, n4_iterations=tuple(p.n4_iterations),
-                                   coregistration=p.coregistration, skull_strip=p.skull_strip,
-                                   mni=p.mni, qc=p.qc,
-                                   allow_any_geometry=config.allow_any_geometry)
+  options = preprocess_run.Options.from_config(config.preprocess, config.allow_any_geometry)
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
   return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,

@@ -32,6 +32,7 @@ from msjax.preprocess import nyul
 class Options:
   n4: bool = True
   n4_iterations: tuple = (20, 20, 20)
+  n4_mm: float = 3.0             # N4 fits its bias field on a copy shrunk to ~this voxel size
   coregistration: str = "auto"   # auto (transform file if shipped, else register) | register | file
   skull_strip: str = "robex"     # robex | atlas (fast: the threshold mask bounded by the MNI
                                  # template's brain, steps.atlas_brain_mask) | threshold (fast,
@@ -48,6 +49,14 @@ class Options:
     if self.skull_strip == "atlas" and not self.mni:
       raise ValueError("preprocess.skull_strip='atlas' takes the MNI template's brain mask "
                        "through the MNI registration: it needs preprocess.mni=True")
+
+
+  @classmethod
+  def from_config(cls, p, allow_any_geometry: bool = False) -> "Options":
+    """From a job's preprocess block (config_base.preprocess)."""
+    return cls(n4=p.n4, n4_iterations=tuple(p.n4_iterations), n4_mm=float(p.n4_mm),
+               coregistration=p.coregistration, skull_strip=p.skull_strip, mni=p.mni, qc=p.qc,
+               allow_any_geometry=allow_any_geometry)
 
 
 SKULL_STRIP = ("robex", "atlas", "threshold", "none")
@@ -86,16 +95,19 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   imgs = dict(raw)
   if options.n4:
     imgs = step("n4", "N4 bias-field correction", lambda: {
-        m: steps.n4(img, iterations=options.n4_iterations) for m, img in imgs.items()})
+        m: steps.n4(img, target_mm=options.n4_mm, iterations=options.n4_iterations)
+        for m, img in imgs.items()})
   imgs, coreg = step("coregistration", "co-registration to FLAIR", coregister, exam, imgs,
                      options)
   if options.skull_strip == "atlas" and not exam.brain_mask:
-    # the over-inclusive threshold mask is enough for the affine registration; the template's
-    # brain mask, brought back with that transform, then bounds it
+    # the over-inclusive threshold mask is enough for the affine registration (its metric kept
+    # near the template's brain); the template's brain mask, brought back with that transform,
+    # then bounds it
     head = step("skull_strip", "brain extraction (head mask)",
                 lambda: steps.threshold_brain_mask(brain_image(imgs),
                                                    erode_mm=steps.ATLAS_HEAD_ERODE_MM))
-    to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, head, options)
+    to_mni = step("mni_registration", "MNI registration", lambda: steps.register_head_to_mni(
+        sitk.Mask(brain_image(imgs), head)))
     brain = step("atlas_mask", "brain extraction (within the MNI template's brain)",
                  steps.atlas_brain_mask, brain_image(imgs), to_mni)
   else:
@@ -290,10 +302,7 @@ def run(config, workdir: str):
   raw = cohort_lib.load_cohort(config.input)
   out_root = os.path.join(workdir, "cohort")
   os.makedirs(out_root, exist_ok=True)
-  options = Options(n4=config.n4, n4_iterations=tuple(config.n4_iterations),
-                    coregistration=config.coregistration, skull_strip=config.skull_strip,
-                    mni=config.mni, qc=config.qc,
-                    allow_any_geometry=config.allow_any_geometry)
+  options = Options.from_config(config, config.allow_any_geometry)
   exams = list(raw.exams)
   if config.exams:
     keep = set(config_base.parse_list(config.exams))
