@@ -11,7 +11,6 @@ def write_series(volume: np.ndarray, affine: np.ndarray, folder, *, description:
                  patient_id: str = "PAT01", study_uid: str = "", study_date: str = "20240101",
                  series_number: int = 1, **fields) -> list[str]:
   """volume (i, j, k) with RAS `affine`; slices along k; uint16 pixels (volume is rounded)."""
-  import pydicom
   from pydicom.dataset import FileDataset, FileMetaDataset
   from pydicom.uid import ExplicitVRLittleEndian, generate_uid
   os.makedirs(folder, exist_ok=True)

@@ -68,8 +68,8 @@ def test_dicom_tree_to_exams_keeps_an_oblique_orientation_and_seg_lands_on_the_m
   dicom_root = tmp_path / "dicom"
   for visit, date in ((1, "20230105"), (2, "20240110")):
     folder = dicom_root / f"visit{visit}"
-    flair_files = write_series(flair, flair_affine, folder / "s3", description="t2_tirm_tra_dark-fluid",
-                               study_date=date, series_number=3)
+    write_series(flair, flair_affine, folder / "s3", description="t2_tirm_tra_dark-fluid",
+                 study_date=date, series_number=3)
     write_series(t1, t1_affine, folder / "s2", description="t1_mprage_tra", study_date=date,
                  series_number=2)
     write_series(flair[..., :3], flair_affine, folder / "s1", description="localizer",

@@ -42,7 +42,6 @@ def test_new_lesions_after_motion_are_found_as_new_on_both_grids(tmp_path):
   assert [r["class"] for r in out["rows"]] == ["new", "new"]
   assert out["counts"]["new"] == 2 and out["new_or_enlarging_ml"] > 0
   # centroids (RAS mm, baseline space) at the pasted lesions' places in the baseline's frame
-  r, t = phantom.rotation(*MOTION["rotation_deg"]), np.array(MOTION["shift_mm"])
   found = sorted(tuple(row["centroid_ras_mm"]) for row in out["rows"])
   for (centre, _), c in zip(sorted(NEW), found):
     assert np.linalg.norm(np.array(centre) - np.array(c)) < 2.5
