@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -183,8 +184,11 @@ def test_the_package_ships_its_models_intact(monkeypatch):
   assert out.shape == (2, p, p, p) and np.all((out >= 0) & (out <= 1))
 
 
-@pytest.mark.slow  # one raw exam preprocessed for real (ROBEX, registrations)
+@pytest.mark.slow  # one raw exam preprocessed for real (segment:fast: atlas mask, registrations)
 def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
+  """segment:fast (under a minute; the default's ROBEX and 8 flips are 4x that and are tested on
+  real exams by tests/preprocess and tests/test_segment): the shipped model found without
+  --config.model, the atlas brain mask through the 2 mm head registration sane on a real exam."""
   from conftest import REAL_DATA
   pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
   raw = os.path.join(REAL_DATA, "lesjak_longitudinal_raw", "patient01")
@@ -199,8 +203,13 @@ def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
   t1_only = tmp_path / "in" / "t1only"
   t1_only.mkdir()
   shutil.copy(os.path.join(raw, "study2_T1W.nii.gz"), t1_only / "T1W.nii.gz")
-  config = load_config("segment", "", input=str(tmp_path / "in"), overlap=False)
+  config = load_config("segment", "fast", input=str(tmp_path / "in"), overlap=False)
   summary = segment.run(config, str(tmp_path / "out"))
+  prep = tmp_path / "out" / "work" / "preprocessed" / "patient01"
+  assert "atlas_mask" in json.loads((prep / "preprocess.json").read_text())["times_s"]
+  brain = nib.load(prep / "patient01_brain_mask.nii.gz")
+  litres = (np.asarray(brain.dataobj) > 0).sum() * abs(np.linalg.det(brain.affine[:3, :3])) / 1e6
+  assert 1.5 < litres < 2.3, litres  # MNI grid: ROBEX's are 1.9-2.0 L here
   assert [r["exam_id"] for r in summary["exams"]] == ["patient01"]
   assert summary["model"].endswith(os.path.join("shipped", shipped.DEFAULT))
   assert [f["exam_id"] for f in summary["failed"]] == ["t1only"]
