@@ -186,9 +186,10 @@ def test_the_package_ships_its_models_intact(monkeypatch):
 
 @pytest.mark.slow  # one raw exam preprocessed for real (segment:fast: atlas mask, registrations)
 def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
-  """segment:fast (under a minute; the default's ROBEX and 8 flips are 4x that and are tested on
-  real exams by tests/preprocess and tests/test_segment): the shipped model found without
-  --config.model, the atlas brain mask through the 2 mm head registration sane on a real exam."""
+  """segment:fast (under a minute; the default takes 4x that: its ROBEX is tested on real exams
+  by tests/preprocess, its 8-flip mirroring by tests/models/test_model.py): the shipped model
+  found without --config.model, the atlas brain mask through the 2 mm head registration sane on
+  a real exam."""
   from conftest import REAL_DATA
   pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
   raw = os.path.join(REAL_DATA, "lesjak_longitudinal_raw", "patient01")

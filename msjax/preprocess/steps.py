@@ -28,7 +28,7 @@ def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> s
   0.72 x 0.72 x 3 mm) 18 s at 3 mm, 3 s at 6 mm, the log bias fields 0.8-1.3 % apart (median;
   p99 2.5-3.8 %); dropping a fitting level instead moves them 1.4-2.8 %."""
   img = sitk.Cast(img, sitk.sitkFloat32)
-  shrink = [max(1, int(round(target_mm / s))) for s in img.GetSpacing()]
+  shrink = _voxels(img, target_mm)
   mask = sitk.OtsuThreshold(img, 0, 1, 200)
   small, small_mask = sitk.Shrink(img, shrink), sitk.Shrink(mask, shrink)
   corrector = sitk.N4BiasFieldCorrectionImageFilter()
@@ -78,8 +78,7 @@ def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
   transform, on a fixed 5 % sample of fixed's voxels, both images first bin-shrunk to about
   voxel_mm (it chooses between candidate transforms: on a raw Lesjak exam, 0.28 s instead of
   1.1 s a call, the same choice by a similar margin)."""
-  fixed, moving = (sitk.BinShrink(i, [max(1, int(round(voxel_mm / s))) for s in i.GetSpacing()])
-                   for i in (fixed, moving))
+  fixed, moving = (sitk.BinShrink(i, _voxels(i, voxel_mm)) for i in (fixed, moving))
   reg = sitk.ImageRegistrationMethod()
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -127,10 +126,10 @@ def threshold_brain_mask(img: sitk.Image, *, erode_mm: float = 3.0) -> sitk.Imag
   erode_mm so the brain comes apart from scalp and neck, its largest piece grown back inside the
   foreground, holes filled and closed (4 mm). Works on FLAIR or T1 with the skull on."""
   foreground = sitk.OtsuThreshold(img, 0, 1, 200)
-  core = sitk.BinaryErode(foreground, _radius(img, erode_mm), sitk.sitkBall)
+  core = sitk.BinaryErode(foreground, _voxels(img, erode_mm), sitk.sitkBall)
   core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
-  brain = sitk.And(sitk.BinaryDilate(core, _radius(img, erode_mm), sitk.sitkBall), foreground)
-  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), _radius(img, 4.0),
+  brain = sitk.And(sitk.BinaryDilate(core, _voxels(img, erode_mm), sitk.sitkBall), foreground)
+  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), _voxels(img, 4.0),
                                           sitk.sitkBall)
   brain = sitk.Cast(sitk.BinaryFillhole(brain), sitk.sitkUInt8)
   if not np.any(sitk.GetArrayViewFromImage(brain)):
@@ -138,8 +137,8 @@ def threshold_brain_mask(img: sitk.Image, *, erode_mm: float = 3.0) -> sitk.Imag
   return brain
 
 
-def _radius(img: sitk.Image, mm: float) -> list[int]:
-  """A ball of mm in voxels along each axis (at least one)."""
+def _voxels(img: sitk.Image, mm: float) -> list[int]:
+  """mm in whole voxels of img along each axis, at least one: a ball's radius, a shrink factor."""
   return [max(1, int(round(mm / s))) for s in img.GetSpacing()]
 
 
@@ -152,7 +151,7 @@ def mni_template() -> tuple[sitk.Image, sitk.Image]:
   datasets.load_mni152_template / load_mni152_brain_mask(resolution=1) give them (the same
   arrays), without importing nilearn.datasets: that import alone took 2.8 s of an exam's 60."""
   from msjax.report import atlas
-  t1, affine = atlas._load("t1")
+  t1, affine = atlas.load_template("t1")
   ref = grid_lib.reference_image(mni.MNI_SHAPE, mni.MNI_AFFINE)
   out = []
   for data, linear in ((t1, True), ((t1 > 0.2).astype(np.float32), False)):
@@ -218,7 +217,7 @@ def _template_for_heads() -> tuple[sitk.Image, sitk.Image]:
   grid.SetOrigin(template.GetOrigin())
   grid.SetDirection(template.GetDirection())
   small = resample(sitk.SmoothingRecursiveGaussian(template, 0.425 * mm), grid)
-  within = sitk.BinaryDilate(mask, _radius(mask, HEAD_METRIC_MARGIN_MM), sitk.sitkBall)
+  within = sitk.BinaryDilate(mask, _voxels(mask, HEAD_METRIC_MARGIN_MM), sitk.sitkBall)
   return small, sitk.Cast(resample(within, grid, linear=False), sitk.sitkUInt8)
 
 
@@ -251,7 +250,7 @@ def _template_brain_within(margin_mm: float) -> sitk.Image:
   """The MNI152 template's brain mask grown by margin_mm (a ball), as float32 for resampling."""
   _, mask = mni_template()
   if margin_mm > 0:
-    mask = sitk.BinaryDilate(mask, _radius(mask, margin_mm), sitk.sitkBall)
+    mask = sitk.BinaryDilate(mask, _voxels(mask, margin_mm), sitk.sitkBall)
   return sitk.Cast(mask, sitk.sitkFloat32)
 
 
@@ -267,10 +266,10 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
   within = sitk.Cast(resample(_template_brain_within(float(margin_mm)), img,
                               to_mni.GetInverse()) >= 0.5, sitk.sitkUInt8)
   brain = sitk.And(sitk.OtsuThreshold(img, 0, 1, 200), within)
-  core = sitk.BinaryErode(brain, _radius(img, opening_mm), sitk.sitkBall)
+  core = sitk.BinaryErode(brain, _voxels(img, opening_mm), sitk.sitkBall)
   core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
-  brain = sitk.And(sitk.BinaryDilate(core, _radius(img, opening_mm), sitk.sitkBall), brain)
-  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), _radius(img, 4.0),
+  brain = sitk.And(sitk.BinaryDilate(core, _voxels(img, opening_mm), sitk.sitkBall), brain)
+  brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), _voxels(img, 4.0),
                                           sitk.sitkBall)
   brain = sitk.Cast(sitk.And(sitk.BinaryFillhole(brain), within), sitk.sitkUInt8)
   if not np.any(sitk.GetArrayViewFromImage(brain)):

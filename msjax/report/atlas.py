@@ -111,7 +111,7 @@ def template_path(name: str) -> str:
   return path
 
 
-def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
   """As nilearn.datasets.load_mni152_{template,gm_template,wm_template}(resolution=1): the
   stored uint8 values divided by their maximum."""
   import nibabel as nib
@@ -123,8 +123,8 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def mni_atlas() -> Atlas:
   """The priors on the template's own 1 mm grid (197×233×189 voxels; about 5 s)."""
-  t1, affine = _load("t1")
-  gm, wm = _load("gm")[0], _load("wm")[0]
+  t1, affine = load_template("t1")
+  gm, wm = load_template("gm")[0], load_template("wm")[0]
   brain = t1 > 0.2  # nilearn.datasets.load_mni152_brain_mask's rule
   csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0).astype(np.float32)
   x, y, z = _mni_coordinates(gm.shape, affine)
