@@ -1,6 +1,5 @@
 """The evidence ceiling (msjax/longitudinal/evidence.py) on synthetic visits: a change that is in
 the images shows as a strong peak, a reference region with no change in the images as none."""
-import numpy as np
 from scipy import ndimage
 
 from msjax.longitudinal import evidence
