@@ -87,3 +87,10 @@ def load_config(name: str, variant: str = "", **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slow tier first (a stable sort: file order within each tier): with two workers (-n 2)
+  the minute-long tests start early and the short ones fill in around them, so neither worker
+  idles at the end waiting for the other's last long test."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
