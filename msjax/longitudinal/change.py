@@ -93,6 +93,21 @@ def match_intensities(moving: np.ndarray, reference: np.ndarray, brain: np.ndarr
   return out.astype(np.float32)
 
 
+def visit_units(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> tuple:
+  """Step 1 for one sequence: (baseline, follow-up) in robust units of the baseline's brain, the
+  follow-up's histogram first matched onto the baseline's."""
+  return (robust_units(baseline, brain),
+          robust_units(match_intensities(followup, baseline, brain), brain, like=baseline))
+
+
+def lesion_change_possible(lesion_visit: np.ndarray, other_visit: np.ndarray, depth: np.ndarray,
+                           rule: Rule = Rule()) -> np.ndarray:
+  """Step 3's gate: lesion-like at the visit where the change would be lesion, not CSF at the
+  other, deeper than border_mm in the brain (depth: mm to the brain's edge)."""
+  return ((lesion_visit > rule.lesion_like) & (other_visit > rule.not_csf)
+          & (depth > rule.border_mm))
+
+
 def _slice_axis(spacing) -> int | None:
   """The thick-slice axis of a 2D multi-slice grid (None when near isotropic)."""
   sp = np.asarray(spacing, float)
@@ -148,8 +163,8 @@ def detect(zf: np.ndarray, z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, sp
                                  max(MIN_LESION_MM3, resel_mm3(spacing, rule.smooth_mm)))
   out = np.zeros(zf.shape, np.int8)
   for sign, lesion_visit, other_visit in ((1, z2, z1), (-1, z1, z2)):
-    cand = ((sign * zf > rule.grow_z) & (lesion_visit > rule.lesion_like)
-            & (other_visit > rule.not_csf) & (depth > rule.border_mm) & brain)
+    cand = ((sign * zf > rule.grow_z) & brain
+            & lesion_change_possible(lesion_visit, other_visit, depth, rule))
     labels, n = ndimage.label(cand, structure=SIX_CONNECTED)
     if not n:
       continue

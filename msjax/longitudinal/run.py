@@ -81,16 +81,11 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
                        use_t2=options.use_t2, brain=options.brain, log=log)
   t = time.time()
   brain = a.brain
-  z1 = change.robust_units(a.flair[0], brain)
-  z2 = change.robust_units(change.match_intensities(a.flair[1], a.flair[0], brain), brain,
-                           like=a.flair[0])
+  z1, z2 = change.visit_units(*a.flair, brain)
   zf = change.change_z(z1, z2, brain, a.spacing, rule)
   zt = None
   if a.t2 is not None:
-    t1 = change.robust_units(a.t2[0], brain)
-    t2 = change.robust_units(change.match_intensities(a.t2[1], a.t2[0], brain), brain,
-                             like=a.t2[0])
-    zt = change.change_z(t1, t2, brain, a.spacing, rule)
+    zt = change.change_z(*change.visit_units(*a.t2, brain), brain, a.spacing, rule)
   p = probabilities_on_grid(probabilities, a) if probabilities else None
   signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt, probabilities=p,
                          threshold=threshold)
