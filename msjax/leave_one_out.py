@@ -98,8 +98,12 @@ def run(config, workdir: str):
   workdir = os.path.abspath(workdir)
   res = Results()
   labelled, folds, strategies, pre_manifest = plan(config, workdir, res)
-  pre_dir = os.path.join(workdir, "pretrain")
-  res.timed("pretrain", stages.pretrain, config, _data(config, pre_manifest), pre_dir)
+  if config.pretrained:  # an encoder pretrained before (a workdir or a shipped encoder's name)
+    pre_dir = config.pretrained
+    logging.info("[leave_one_out] no pretraining here: the encoder of %s", pre_dir)
+  else:
+    pre_dir = os.path.join(workdir, "pretrain")
+    res.timed("pretrain", stages.pretrain, config, _data(config, pre_manifest), pre_dir)
   for fold in folds:
     run_fold(config, workdir, fold, labelled, strategies, pre_dir, res)
   res.times["total"] = time.time() - t_all
@@ -127,7 +131,7 @@ def plan(config, workdir: str, res: Results):
   strategies = stages.strategy_names(config.strategies)
   # the labelled cohort's own unlabelled exams go to pretraining too
   unlabelled: list[manifest_lib.Exam] = list(labelled_cohort.select(labelled=False))
-  if config.unlabelled_raw:
+  if config.unlabelled_raw and not config.pretrained:  # unlabelled exams are for pretraining
     unlabelled += res.timed("preprocess", preprocess_raw, config, workdir)
   for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(_existing(path, "unlabelled")).exams)

@@ -38,6 +38,9 @@ def get_config(variant: str = ""):
   c.labelled = "../shared/data/lesjak_mni"                   # cohort with lesion masks
   c.unlabelled_raw = "../shared/data/lesjak_longitudinal_raw"  # raw exams: preprocessed first
   c.unlabelled = ""             # cohorts already on the model grid, added to pretraining (a,b)
+  c.pretrained = ""             # '' = pretrain here; else that encoder (a pretraining workdir or
+                                # a shipped encoder's name, e.g. msjax-lesjak-encoder: the release
+                                # pretraining on the same six scans)
   c.folds = ""                  # patients to leave out ('' = every labelled patient)
   c.strategies = "van,0"
   # the left-out patient also as users have it (msjax/evaluate/variants.py): fewer sequences,
@@ -47,6 +50,10 @@ def get_config(variant: str = ""):
   c.preprocess = config_base.preprocess()
   c.data = config_base.data(patch_size=32, lesion_fraction=0.5, augment=True, intensity=True,
                             lesion_load=0.5, val_fraction=0.0)
+  # lesion transplant (msjax/data/transplant.py): half the batches get the lesions of one of the
+  # 27 lesion maps of the same database, in the training brain's own lesion look; lesion_load
+  # pastes the training patient's own lesions into half of the others
+  c.data.update(dict(transplant=0.5, lesion_maps="../shared/data/lesjak_lesion_maps"))
   # robust defaults (issue 21): the model must take FLAIR alone or with any other sequence, and
   # 2D thick-slice clinical scans of other scanners. Half the patches lose some or all of their
   # non-FLAIR sequences (FLAIR alone in 1/6 of all patches with the four Lesjak sequences), in
@@ -63,6 +70,7 @@ def get_config(variant: str = ""):
   config_base.allow_any_geometry(c)
   if "full" in v:  # the paper's method as it ran: network, sampling, loss, inference (a GPU)
     c.data.update(dict(lesion_fraction=0.0, augment=False, intensity=False, lesion_load=0.0,
+                       transplant=0.0,
                        sequence_dropout=0.0, pretrain_sequence_dropout=0.0, thick_slices=0.0,
                        bias_field=0.0, noise=0.0))
     c.model.base_width = 16

@@ -38,6 +38,7 @@ def get_config(variant: str = ""):
   if "smoke" in v:  # the synthetic cohort at its own grid; out must be given
     c.labelled = ""
     c.unlabelled_raw = ""
+    c.data.transplant = 0.0     # the synthetic brains are not on the lesion maps' MNI space
     c.out = config_dict.placeholder(str)
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
     c.pretrain.update(dict(steps=3, log_every=1, checkpoint_every=3))

@@ -21,6 +21,7 @@ import numpy as np
 from msjax.data import acquisition
 from msjax.data import lesion_load
 from msjax.data import patches as patch_lib
+from msjax.data import transplant as transplant_lib
 from msjax.data.exams import ExamArrays, ExamCache
 from msjax.data.manifest import MODALITIES, Exam
 
@@ -43,6 +44,7 @@ class SamplerSpec:
   augment: bool = False            # segmentation: scaling, mirroring, intensity jitter
   intensity: bool = False          # segmentation: nnU-Net's gamma, contrast and brightness
   lesion_load: lesion_load.LoadSpec = lesion_load.LoadSpec()  # segmentation: pasted lesions
+  transplant: transplant_lib.Spec = transplant_lib.Spec()  # segmentation: other patients' lesions
   acquisition: acquisition.Spec = acquisition.Spec()  # segmentation: thick slices, bias, noise
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
@@ -84,6 +86,9 @@ class PatchSource:
     self._lock = threading.Lock()
     self._bank: list | None = None
     self._plans: collections.OrderedDict = collections.OrderedDict()
+    self._donors = (transplant_lib.DonorBank(spec.transplant.maps)
+                    if spec.task == "segmentation" and spec.transplant.probability > 0 else None)
+    self._looks: dict = {}
 
   def prepared(self, exam: Exam) -> _Prepared:
     spec = self.spec
@@ -122,26 +127,46 @@ class PatchSource:
         bank = []
         for exam in self.exams:
           a = self.prepared(exam).arrays
-          mask = a.reference if a.reference is not None else a.masks[0]
+          mask = _label(a)
           bank += lesion_load.carve(exam.exam_id, a.images, a.brain, mask, a.present,
                                     self.spec.lesion_load.min_voxels)
         self._bank = bank
       return self._bank
 
+  def look(self, exam_index: int) -> transplant_lib.Look:
+    """How lesions look in this exam (its own, or its white matter shifted by the contrast of
+    the cohort's labelled lesions); measured once per exam, in exam order."""
+    with self._lock:
+      if not self._looks:
+        for i, exam in enumerate(self.exams):
+          a = self.prepared(exam).arrays
+          self._looks[i] = transplant_lib.measure_look(a.images, a.brain, _label(a), a.present)
+      own = list(self._looks.values())
+      return transplant_lib.borrowed(self._looks[exam_index], own)
+
   def load_plan(self, batch: int, group: int, exam_index: int) -> lesion_load.Plan:
-    """The group's pasted lesions: a pure function of (seed, batch, group), cached per group."""
+    """The group's added lesions: a donor's transplanted (with probability transplant.p), else
+    the training exams' own pasted (lesion_load.p); a pure function of (seed, batch, group),
+    cached per group. Each option off draws no random number."""
     spec = self.spec
-    if spec.task != "segmentation" or spec.lesion_load.probability <= 0:
+    if spec.task != "segmentation" or (spec.lesion_load.probability <= 0 and
+                                       self._donors is None):
       return lesion_load.EMPTY
     key = (batch, group)
     with self._lock:
       if key in self._plans:
         return self._plans[key]
-    bank = self.bank()
     a = self.prepared(self.exams[exam_index]).arrays
-    rng = np.random.default_rng([spec.seed, batch, group, 4099])
-    plan = lesion_load.plan(rng, bank, a.images, a.brain, a.present, a.grid.voxel_ml,
-                            spec.lesion_load)
+    plan = lesion_load.EMPTY
+    if self._donors is not None:
+      rng = np.random.default_rng([spec.seed, batch, group, 8191])
+      plan = transplant_lib.plan(rng, self._donors.donors(a.grid), self.look(exam_index),
+                                 a.images, a.brain, _label(a), a.present, spec.transplant)
+    if not plan.pastes and spec.lesion_load.probability > 0:
+      bank = self.bank()
+      rng = np.random.default_rng([spec.seed, batch, group, 4099])
+      plan = lesion_load.plan(rng, bank, a.images, a.brain, a.present, a.grid.voxel_ml,
+                              spec.lesion_load)
     with self._lock:
       self._plans[key] = plan
       while len(self._plans) > 16:
@@ -198,6 +223,10 @@ class PatchSource:
 
 
 FLAIR = MODALITIES.index("FLAIR")
+
+
+def _label(a: ExamArrays):
+  return a.reference if a.reference is not None else (a.masks[0] if a.masks else None)
 
 
 def drop_sequences(keep: np.ndarray, rng: np.random.Generator) -> np.ndarray:

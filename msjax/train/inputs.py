@@ -11,6 +11,7 @@ from msjax.data import acquisition
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import lesion_load
+from msjax.data import transplant
 from msjax.data import manifest as manifest_lib
 from msjax.data import pipeline
 
@@ -71,4 +72,6 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               intensity=d.intensity, lesion_load=lesion_load.LoadSpec(
                                   probability=d.lesion_load, added_ml=tuple(d.lesion_load_ml),
                                   max_grow=d.lesion_grow, contrast=tuple(d.lesion_contrast)),
+                              transplant=transplant.Spec(probability=d.transplant,
+                                                         maps=d.lesion_maps),
                               seed=config.seed)
