@@ -45,7 +45,7 @@ def get_config(variant: str = ""):
   c.strategies = "van,0"
   # the left-out patient also as users have it (msjax/evaluate/variants.py): fewer sequences,
   # 2D acquisitions with 4 mm axial slices; scored as '<strategy> [<variant>]'
-  c.input_variants = "all,FLAIR+T1W,FLAIR+T2W,FLAIR,thick4mm"
+  c.input_variants = "all,FLAIR+T1W,FLAIR+T2W,FLAIR,slab5mm"
   c.figure_slices = 4
   c.preprocess = config_base.preprocess()
   c.data = config_base.data(patch_size=32, lesion_fraction=0.5, augment=True, intensity=True,

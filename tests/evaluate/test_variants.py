@@ -30,11 +30,12 @@ def test_sequence_subsets_keep_only_what_they_name(tmp_path):
     variants.make(exam, "FLAIR+PDW", str(tmp_path))
 
 
+@pytest.mark.parametrize("variant", ["thick4mm", "slab4mm"])
 @pytest.mark.parametrize("superior_axis", [2, 0])
-def test_thick_slices_blur_along_the_axial_axis_only(tmp_path, superior_axis):
+def test_thick_slices_blur_along_the_axial_axis_only(tmp_path, superior_axis, variant):
   affine = np.eye(4)[[1, 2, 0, 3]] if superior_axis == 0 else np.eye(4)  # voxel axis 0 -> S
   exam = _exam(tmp_path, affine)
-  thick = variants.make(exam, "thick4mm", str(tmp_path / "out"))
+  thick = variants.make(exam, variant, str(tmp_path / "out"))
   assert set(thick.images) == set(exam.images)
   for m, path in thick.images.items():
     a, b = nib.load(exam.images[m]), nib.load(path)
@@ -47,6 +48,32 @@ def test_thick_slices_blur_along_the_axial_axis_only(tmp_path, superior_axis):
     across = [rough(y, k) for k in range(3) if k != superior_axis]
     assert along < 0.3 * rough(x, superior_axis) and along < 0.5 * min(across)
     assert abs(y[inner].mean() - x[inner].mean()) < 2.0
+
+
+def test_the_slab_variant_is_not_the_training_simulator(tmp_path):
+  """slab<N>mm (rectangular profile, gap, cubic) must not reproduce thick<N>mm (the robust
+  training's Gaussian profile, linear): a test variant made by the training augmentation is not
+  evidence of robustness."""
+  exam = _exam(tmp_path, np.eye(4))
+  a = variants.make(exam, "thick4mm", str(tmp_path / "a"))
+  b = variants.make(exam, "slab4mm", str(tmp_path / "b"))
+  for m in exam.images:
+    x = np.asarray(nib.load(exam.images[m]).dataobj, np.float32)
+    ya, yb = (np.asarray(nib.load(v.images[m]).dataobj, np.float32) for v in (a, b))
+    inner = (slice(4, -4),) * 3
+    change = np.abs(ya - x)[inner].mean()
+    assert np.abs(ya - yb)[inner].mean() > 0.25 * change
+
+
+def test_slab_slices_average_a_slab_and_pass_through_its_centres():
+  x = np.zeros((4, 4, 40), np.float32)
+  x[..., :] = np.arange(1, 41, dtype=np.float32)  # a ramp along the slice axis: slabs average it
+  y = variants.slab_slices(x, 2, thickness=4.0, gap=1.0)
+  # slab 0 covers voxels 0..3 (centre 1.5), slab 1 voxels 5..8 (centre 6.5): a ramp stays a ramp
+  np.testing.assert_allclose(y[0, 0, 2:35], np.arange(3, 36), atol=0.05)
+  x[..., 20:22] = 100.0  # a thin bright line: a slab smears it over its thickness
+  y = variants.slab_slices(x, 2, thickness=4.0, gap=1.0)
+  assert y[0, 0, 20:22].max() < 70
 
 
 def test_unknown_variants_are_refused():
