@@ -21,7 +21,7 @@ def test_each_region_is_looked_for_in_the_visit_where_it_is_lesion():
   masks[2][4:7, 4:7, 4:7] = True       # the new lesion, in study 2's mask: found
   masks[2][12:15, 12:15, 12:15] = True  # the disappearing one in the wrong visit's mask: not found
   got = regions.found_regions(reference, flair, masks)
-  assert got == {"regions": 2, "found": 1, "brighter": 1, "brighter_found": 1, "darker": 1,
+  assert got == {"regions": 2, "found": 1, "found_50": 1, "brighter": 1, "brighter_found": 1, "darker": 1,
                  "darker_found": 0, "share": 0.5}
 
 
@@ -32,3 +32,13 @@ def test_a_region_needs_a_tenth_of_it_covered():
   masks[2][4, 4, 4:6] = True          # 2 of 27: 7 %
   got = regions.found_regions(reference, flair, masks)
   assert (got["darker_found"], got["brighter_found"]) == (1, 0)
+  assert got["found_50"] == 0  # 11 % is found at the 10 % bar, not at the 50 % one
+
+
+def test_half_covered_regions_count_at_the_50_percent_bar():
+  reference, flair = _case()
+  masks = {1: np.zeros(reference.shape, bool), 2: np.zeros(reference.shape, bool)}
+  masks[1][12:15, 12:15, 12:14] = True  # 18 of 27: 67 %
+  masks[2][4:7, 4:7, 4] = True          # 9 of 27: 33 %
+  got = regions.found_regions(reference, flair, masks)
+  assert (got["found"], got["found_50"]) == (2, 1)
