@@ -14,8 +14,12 @@ Every stage resumes: a finished pretraining or fine-tuning is not repeated when 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
+
+import numpy as np
 
 from absl import logging
 
@@ -47,12 +51,103 @@ def scans(config, workdir: str):
   return labelled, labelled + unlabelled
 
 
+def fingerprint(config) -> dict:
+  """What makes a release run what it is (what it trains on and how), without where it writes
+  or what goes into the card: a workdir holding a run of another fingerprint is not resumed."""
+  c = config.to_dict()
+  for key in ("out", "card_results", "threshold_from", "name"):
+    c.pop(key, None)
+  text = json.dumps(c, sort_keys=True, default=str)
+  return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "config": json.loads(text)}
+
+
+def _same_run(config, workdir: str) -> None:
+  """Refuses to resume a workdir whose run was started with other settings (its checkpoints
+  would be another model's); writes this run's fingerprint when the workdir is new."""
+  path = os.path.join(workdir, "release_run.json")
+  mine = fingerprint(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      theirs = json.load(f)
+    if theirs.get("sha256") != mine["sha256"]:
+      diff = sorted(_differences(theirs.get("config", {}), mine["config"]))
+      what = "; ".join(diff[:6]) or "its fingerprint differs"
+      raise errors.InvalidInputError(
+          f"{workdir} holds a release run with other settings ({what}): its checkpoints are "
+          "not this run's; give another --workdir")
+    return
+  if any(os.path.isdir(os.path.join(workdir, d)) for d in ("pretrain", "finetune")):
+    raise errors.InvalidInputError(
+        f"{workdir} holds training runs not made by a release of this msjax (no "
+        "release_run.json): give another --workdir")
+  files.write_json(mine, path)
+
+
+def _differences(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      yield from _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+  elif a != b:
+    yield f"{prefix.rstrip('.')}: {a!r} there, {b!r} here"
+
+
+def threshold_from(loo_workdir: str, strategy: str) -> tuple[float, str]:
+  """The probability threshold with the best mean Dice over the left-out patients of a
+  leave-one-out run (its calibration curves of `strategy`, all sequences), and how it was
+  chosen, for the card. Ties go to the threshold nearest 0.5."""
+  path = os.path.join(os.path.abspath(os.path.expanduser(loo_workdir)), "leave_one_out.json")
+  if not os.path.exists(path):
+    raise errors.InvalidInputError(f"{path}: no leave-one-out results to choose the threshold "
+                                   "from (--config.threshold_from=<leave_one_out workdir>)")
+  with open(path) as f:
+    curves = [c for c in json.load(f)["calibration"] if c["method"] == strategy]
+  if not curves:
+    raise errors.InvalidInputError(f"{path}: no calibration curve of {strategy}")
+  ts = curves[0]["threshold"]
+  mean = [float(np.mean([c["dice"][i] or 0.0 for c in curves])) for i in range(len(ts))]
+  best = max(range(len(ts)), key=lambda i: (round(mean[i], 4), -abs(ts[i] - 0.5)))
+  at_half = mean[ts.index(0.5)] if 0.5 in ts else float("nan")
+  how = (f"the best mean Dice of {strategy} over the {len(curves)} left-out patient(s) of a "
+         f"leave-one-out run ({', '.join(sorted(c['fold'] for c in curves))}): "
+         f"{100 * mean[best]:.1f} at {ts[best]:g} ({100 * at_half:.1f} at 0.5)")
+  return float(ts[best]), how
+
+
+def provenance(exams) -> dict:
+  """sha256 of every image and mask file the model was trained on, by exam and role."""
+  out = {}
+  for e in exams:
+    for role, _, path in e.all_paths():
+      out[f"{e.exam_id}/{role}"] = shipped.sha256(path)
+  return out
+
+
+def _encoder_hash(pre_dir: str) -> str:
+  """The pretrained encoder's identity: a shipped encoder's weights hash, or the sha256 over
+  the files of the pretraining checkpoint used."""
+  folder = shipped.find(pre_dir) if not os.path.isdir(pre_dir) else pre_dir
+  if folder and shipped.is_shipped(folder):
+    return shipped.read_bundle(folder)["weights"]["sha256"]
+  from msjax import checkpoint
+  step = checkpoint.restore_params(pre_dir)[2]
+  h = hashlib.sha256()
+  for dirpath, _, names in sorted(os.walk(step)):
+    for n in sorted(names):
+      h.update(os.path.relpath(os.path.join(dirpath, n), step).encode())
+      h.update(shipped.sha256(os.path.join(dirpath, n)).encode())
+  return h.hexdigest()
+
+
 def run(config, workdir: str) -> dict:
   if config.out is None:
     raise errors.InvalidInputError("--config.out=FOLDER is required here (the :smoke variant "
                                    "never writes into the package)")
   t0, times = time.time(), {}
   workdir = os.path.abspath(workdir)
+  files.make_dirs(workdir)
+  _same_run(config, workdir)
+  threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
+      config.strategy)[0]) if config.threshold_from else (None, ""))
   labelled, everything = scans(config, workdir)
   as_train = [dataclasses.replace(e, split="train") for e in everything]
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))
@@ -63,7 +158,10 @@ def run(config, workdir: str) -> dict:
                len({e.patient_id for e in labelled}))
   pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")
   t = time.time()
-  stages.pretrain(config, _data(config, pre_manifest), pre_dir)
+  if config.pretrained:  # an encoder pretrained before: shipped with the model as it is
+    pre_dir = config.pretrained
+  else:
+    stages.pretrain(config, _data(config, pre_manifest), pre_dir)
   times["pretrain"] = time.time() - t
   t = time.time()
   stages.finetune(config, _data(config, ft_manifest), ft_dir,
@@ -73,16 +171,27 @@ def run(config, workdir: str) -> dict:
   files.writable_folder(out, "shipped-models folder")
   pre_scans = len(everything)
   encoder_name = config.name + shipped.ENCODER_SUFFIX
-  encoder = export_lib.export(
-      pre_dir, os.path.join(out, encoder_name), encoder_name,
-      training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
+  encoder_sha = _encoder_hash(pre_dir)
+  if config.pretrained:
+    found = shipped.find(config.pretrained)
+    encoder_name = shipped.read_bundle(found)["name"] if found else encoder_name
+    encoder = shipped.read_bundle(found) if found else export_lib.export(
+        pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir)
+    pre_scans = encoder["training"].get("pretraining_scans", pre_scans)
+  else:
+    encoder = export_lib.export(
+        pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
+        training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
   results = ""
   if config.card_results:  # measured figures for the card, e.g. the leave-one-out's results.md
     with open(config.card_results) as f:
       results = f.read()
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
-                            training={"pretraining_scans": pre_scans,
-                                      "encoder": encoder_name}, figures=results)
+                            training={"pretraining_scans": pre_scans, "encoder": encoder_name,
+                                      "encoder_sha256": encoder_sha,
+                                      "exam_files": provenance(labelled)},
+                            figures=results, threshold=threshold, calibration=calibration,
+                            root=workdir)
   times["total"] = time.time() - t0
   summary = {"out": out, "models": {config.name: model["weights"],
                                     encoder_name: encoder["weights"]},

@@ -56,11 +56,39 @@ def preprocessor(config, bundle: dict, workdir: str):
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
-  options = preprocess_run.Options.from_config(config.preprocess, config.allow_any_geometry)
+  options = preprocess_run.Options.from_config(preprocess_block(config, bundle),
+                                               config.allow_any_geometry)
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
   return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,
                            standard=standard)
+
+
+def preprocess_block(config, bundle: dict):
+  """The preprocessing options raw exams get: those the model's training exams were made with
+  (bundle.json's preprocessing.options, when msjax made them), except where this command (or
+  its variant) sets another value, which is used and said. Bundles of exams preprocessed
+  elsewhere record none: the command's options are used."""
+  from msjax import config_base
+  made = bundle["preprocessing"].get("options") or {}
+  block = config.preprocess.to_dict()
+  defaults = config_base.preprocess().to_dict()
+  for key, trained in made.items():
+    if key not in block or key == "allow_any_geometry":
+      continue
+    given = block[key]
+    same = (list(given) == list(trained) if isinstance(given, (list, tuple)) and
+            isinstance(trained, (list, tuple)) else given == trained)
+    if same:
+      continue
+    if given != defaults.get(key):  # set on the command line or by a variant
+      logging.warning("[segment] preprocess.%s=%r here, the model's training exams were made "
+                      "with %r: using %r", key, given, trained, given)
+    else:
+      logging.info("[segment] preprocess.%s=%r: as the model's training exams were made",
+                   key, trained)
+      block[key] = tuple(trained) if isinstance(trained, list) else trained
+  return config_base.preprocess(**block)
 
 
 def _prepared(exams: list, config, bundle: dict, workdir: str):

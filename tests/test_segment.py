@@ -276,3 +276,18 @@ def _segment_with_and_without_overlap(tmp_path) -> dict:
     assert summary["exams"][0]["qc"] in ("ok", "check", "fail")
     assert "qc" in (out / "segmentations.csv").read_text().splitlines()[0].split(",")
   return runs
+
+
+def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
+  """bundle.json's preprocessing options are applied; an option this command sets otherwise is
+  used as given (and said); bundles of externally preprocessed exams record none."""
+  bundle = {"preprocessing": {"options": {"skull_strip": "atlas", "n4_mm": 6.0, "mni": True,
+                                          "n4_iterations": [20, 20, 20],
+                                          "allow_any_geometry": False}}}
+  block = segment.preprocess_block(load_config("segment"), bundle)
+  assert (block.skull_strip, block.n4_mm) == ("atlas", 6.0)
+  given = load_config("segment", **{"preprocess.skull_strip": "threshold"})
+  block = segment.preprocess_block(given, bundle)
+  assert (block.skull_strip, block.n4_mm) == ("threshold", 6.0)
+  external = {"preprocessing": {"options": None}}
+  assert segment.preprocess_block(load_config("segment"), external).skull_strip == "robex"

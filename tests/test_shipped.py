@@ -217,3 +217,60 @@ def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
   assert "FLAIR" in summary["failed"][0]["error"]
   row = summary["exams"][0]
   assert 0.5 < row["volume_ml"] < 60 and row["lesions"] >= 3  # patient01 carries many lesions
+
+
+def test_the_card_and_bundle_name_no_path_of_the_training_machine(released, tiny_cohort):
+  """What ships names what trained the model (its exams with their sha256, the encoder's hash),
+  never where it lay on the machine that trained it."""
+  folder = os.path.join(released["out"], shipped.DEFAULT)
+  card = open(os.path.join(folder, "model_card.md")).read()
+  text = open(os.path.join(folder, "bundle.json")).read()
+  run_dir = os.path.dirname(released["finetune"])
+  for where in (run_dir, tiny_cohort.root, os.path.dirname(tiny_cohort.root)):
+    assert where not in card and where not in text
+  bundle = json.loads(text)
+  t = bundle["training"]
+  exam = tiny_cohort.select(labelled=True)[0]
+  assert t["exam_files"][f"{exam.exam_id}/FLAIR"] == shipped.sha256(exam.images["FLAIR"])
+  assert len(t["encoder_sha256"]) == 64 and "provenance:" in card
+
+
+def test_release_refuses_to_resume_a_workdir_of_another_run(released, tiny_cohort, tmp_path):
+  run_dir = os.path.dirname(released["finetune"])
+  config = load_config("release", "smoke", labelled=tiny_cohort.root, out=str(tmp_path / "o"),
+                       **{"model.dtype": "float32", "finetune.steps": 5})
+  with pytest.raises(errors.InvalidInputError, match="finetune.steps: 3 there, 5 here"):
+    release.run(config, run_dir)
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_the_threshold_is_chosen_on_the_left_out_patients(tmp_path):
+  ts = [0.3, 0.4, 0.5, 0.6]
+  curves = [{"fold": "a", "method": "0CF", "exam_id": "a", "threshold": ts,
+             "dice": [0.50, 0.62, 0.60, 0.55]},
+            {"fold": "b", "method": "0CF", "exam_id": "b", "threshold": ts,
+             "dice": [0.70, 0.74, 0.75, 0.70]},
+            {"fold": "a", "method": "VAN", "exam_id": "a", "threshold": ts,
+             "dice": [0.9, 0.1, 0.1, 0.1]}]
+  (tmp_path / "leave_one_out.json").write_text(json.dumps({"calibration": curves}))
+  t, how = release.threshold_from(str(tmp_path), "0CF")
+  assert t == 0.4 and "68.0 at 0.4" in how and "67.5 at 0.5" in how
+  with pytest.raises(errors.InvalidInputError, match="no calibration curve of 3CF"):
+    release.threshold_from(str(tmp_path), "3CF")
+
+
+def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_path):
+  """bundle.json is covered by its own hash (threshold, landmarks, config): an edit is refused
+  naming the file, as is a format this msjax does not know."""
+  for change, match in ((lambda b: b.update(threshold=0.05), "edited after it was made"),
+                        (lambda b: b.update(format=99), "format 99")):
+    folder = str(tmp_path / f"m{len(os.listdir(tmp_path))}")
+    shutil.copytree(os.path.join(released["out"], shipped.DEFAULT), folder)
+    path = os.path.join(folder, "bundle.json")
+    bundle = json.load(open(path))
+    change(bundle)
+    json.dump(bundle, open(path, "w"))
+    for load in (shipped.read_bundle, bundle_lib.read):
+      with pytest.raises(errors.InvalidInputError, match=match) as e:
+        load(folder)
+      assert "bundle.json" in str(e.value)

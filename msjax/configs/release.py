@@ -28,6 +28,10 @@ def get_config(variant: str = ""):
   c.unlabelled_raw = base.unlabelled_raw
   c.unlabelled = base.unlabelled
   c.strategy = "0"              # 0CF: the pretrained encoder, nothing frozen
+  c.pretrained = ""             # '' = pretrain here; else that encoder (a pretraining workdir
+                                # or a shipped encoder's name, shipped with the model as it is)
+  c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
+                                # over its left-out patients ('' = predict.threshold)
   c.card_results = ""           # a markdown file of measured figures for the model card's Results
                                 # (the leave-one-out's results.md with these settings)
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),

@@ -146,9 +146,19 @@ def write(workdir: str, config, train_exams, val_exams, summary: dict,
       "inputs": input_spec([set(e.images) for e in train_exams],
                            config.data.get("sequence_dropout", 0.0)),
   }
+  from msjax import shipped
+  bundle = shipped.seal(bundle)
   files.write_json(bundle, os.path.join(workdir, BUNDLE))
   files.write_text(model_card(bundle), os.path.join(workdir, CARD))
   return bundle
+
+
+def _provenance(t: dict) -> str:
+  files_ = t["exam_files"]
+  text = (f"{len(files_)} training image/mask file(s), sha256 per file in bundle.json "
+          "(training.exam_files)")
+  enc = t.get("encoder_sha256")
+  return text + (f"; encoder {t.get('encoder')} sha256 `{enc[:16]}...`" if enc else "")
 
 
 def model_card(b: dict) -> str:
@@ -172,6 +182,9 @@ def model_card(b: dict) -> str:
       f"- strategy {t['strategy']}" + (f", encoder from `{t['init_from']}`" if t['init_from']
                                        else "") + f"; {t['steps']} steps, seed {t['seed']}",
       f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}",
+  ] + ([f"- threshold {b['threshold']:g}: {t['threshold_chosen']}"]
+       if t.get("threshold_chosen") else []) + [
+      f"- provenance: {_provenance(t)}" if t.get("exam_files") else "- provenance: not recorded",
       "", "## Validation",
       (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None
        else "- no validation patients (every labelled patient was used for training); see the "
@@ -214,6 +227,8 @@ def read(path: str) -> dict:
   for key in ("model", "threshold", "preprocessing", "patch_size"):
     if key not in bundle:
       raise errors.InvalidInputError(f"{file}: a model bundle without {key!r}")
+  from msjax import shipped
+  shipped.check_content(bundle, file)
   made = bundle["preprocessing"]
   problem = made.get("by") == "msjax" and manifest_lib.preprocessing_format_problem(
       made, f"{file} (the preprocessing of the model's training exams)")

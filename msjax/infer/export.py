@@ -19,10 +19,14 @@ F16_MAX = float(np.finfo(np.float16).max)
 
 
 def export(workdir: str, folder: str, name: str, *, training: dict | None = None,
-           figures: str = "") -> dict:
+           figures: str = "", threshold: float | None = None, calibration: str = "",
+           root: str = "") -> dict:
   """Writes the shipped model `name` into `folder` from a pretraining or fine-tuning workdir;
   returns its bundle. training: entries added to the bundle's training record (e.g. the number of
-  pretraining scans); figures: markdown put in the card's Results section."""
+  pretraining scans); figures: markdown put in the card's Results section; threshold: the
+  probability threshold chosen for the shipped model (calibration: how, for the card); root: the
+  folder the training ran in, whose paths the bundle and card name relative to it (no path of
+  the machine that trained the model is shipped)."""
   params, meta, where = checkpoint.restore_params(workdir)
   task = meta.get("task")
   if task not in ("segmentation", "position"):
@@ -37,21 +41,45 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   with files.atomic(weights) as tmp:
     np.savez_compressed(tmp, **{p: v.astype(np.float16) for p, v in sorted(flat.items())})
   if task == "segmentation":
-    bundle = {k: v for k, v in bundle_lib.read(workdir).items() if k != "path"}
+    bundle = {k: v for k, v in bundle_lib.read(workdir).items()
+              if k not in ("path", shipped.CONTENT_KEY)}
     bundle["inputs"] = bundle_lib.inputs_of(bundle)[0]
   else:
     bundle = _encoder_bundle(meta)
   bundle["training"].update(training or {})
+  if threshold is not None:
+    bundle["threshold"] = float(threshold)
+    bundle["training"]["threshold_chosen"] = calibration
+  root = os.path.abspath(root or os.path.dirname(os.path.abspath(workdir)))
   bundle.update(
       name=name, task=task, config=meta["config"],
       exported={"from": os.path.abspath(workdir), "checkpoint": where,
-                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+  bundle = portable(bundle, root)
+  bundle.update(
       weights={"file": shipped.WEIGHTS, "sha256": shipped.sha256(weights), "dtype": "float16",
                "arrays": len(flat), "parameters": int(sum(v.size for v in flat.values())),
                "bytes": os.path.getsize(weights)})
+  bundle = shipped.seal(bundle)
   files.write_text(card(bundle, figures), os.path.join(folder, shipped.CARD))
   files.write_json(bundle, os.path.join(folder, shipped.BUNDLE))
   return bundle
+
+
+def portable(value, root: str):
+  """`value` with every absolute path of this machine made relative to `root` (the training
+  folder, written `<training>/...`) or, outside it, cut to its last two parts: a shipped bundle
+  and card name what trained the model, not where it lay."""
+  if isinstance(value, dict):
+    return {k: portable(v, root) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return type(value)(portable(v, root) for v in value)
+  if isinstance(value, str) and os.path.isabs(value):
+    path = os.path.normpath(value)
+    if path == root or path.startswith(root + os.sep):
+      return "<training>/" + os.path.relpath(path, root) if path != root else "<training>"
+    return os.path.join("...", *path.split(os.sep)[-2:])
+  return value
 
 
 def _encoder_bundle(meta: dict) -> dict:

@@ -100,6 +100,38 @@ def sha256(path: str) -> str:
   return h.hexdigest()
 
 
+CONTENT_KEY = "content_sha256"  # bundle.json's own hash: its threshold, landmarks and config
+KNOWN_FORMAT = 1                # the newest bundle format this msjax reads
+
+
+def content_hash(bundle: dict) -> str:
+  """sha256 of a bundle's content (canonical JSON without this hash and the loader's `path`)."""
+  body = {k: v for k, v in bundle.items() if k not in (CONTENT_KEY, "path")}
+  text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(bundle: dict) -> dict:
+  """The bundle with its content hash, as written."""
+  return dict(bundle, **{CONTENT_KEY: content_hash(bundle)})
+
+
+def check_content(bundle: dict, file: str) -> None:
+  """Refuses a bundle of a format this msjax does not know, and one whose content no longer
+  matches the hash it was written with (edited or damaged after it was made)."""
+  fmt = bundle.get("format", 1)
+  if not isinstance(fmt, int) or fmt > KNOWN_FORMAT:
+    raise errors.InvalidInputError(
+        f"{file}: a model bundle of format {fmt!r}, made by another msjax version "
+        f"({bundle.get('msjax_version', 'unknown')}); this msjax reads format {KNOWN_FORMAT}: "
+        "upgrade msjax or export the model again with this one")
+  want = bundle.get(CONTENT_KEY)
+  if want is not None and want != content_hash(bundle):
+    raise errors.InvalidInputError(
+        f"{file}: damaged or edited after it was made (its content no longer matches its "
+        f"{CONTENT_KEY} {str(want)[:16]}...): reinstall msjax or export the model again")
+
+
 def read_bundle(folder: str) -> dict:
   file = os.path.join(folder, BUNDLE)
   try:
@@ -113,6 +145,7 @@ def read_bundle(folder: str) -> dict:
   for key in ("task", "config", "weights"):
     if key not in bundle:
       raise errors.InvalidInputError(f"{file}: a shipped model's bundle without {key!r}")
+  check_content(bundle, file)
   return bundle
 
 
