@@ -63,15 +63,15 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.intensity = False           # fine-tuning: nnU-Net's gamma, contrast, brightness per channel
   # fine-tuning: lesion-load augmentation (msjax/data/lesion_load.py): the share of batches whose
   # exam gets real lesions of the training exams pasted in (grown, mirrored, contrast-scaled)
-  c.lesion_load = 0.0
+  c.lesion_load = 0.0           # share of batches with the training exams' own lesions pasted in
   c.lesion_load_ml = (1.0, 50.0)  # added lesion volume per exam, log-uniform (mL)
   c.lesion_grow = 2             # pasted lesions grow by 0..lesion_grow voxels (confluence)
   c.lesion_contrast = (0.6, 1.2)  # pasted lesions' contrast to their background, uniform
   # fine-tuning: lesion transplant (msjax/data/transplant.py): the share of batches whose exam
   # gets the lesions of another patient's lesion map (a folder of masks on the cohort's MNI
   # space), with intensities modelled on the exam's own lesions; tried before lesion_load
-  c.transplant = 0.0
-  c.lesion_maps = ""
+  c.transplant = 0.0            # share of batches with another patient's lesion map put in
+  c.lesion_maps = ""            # folder of lesion masks (NIfTI) on the cohort's MNI space
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 
 from msjax.errors import InvalidInputError
@@ -45,6 +46,17 @@ def writable_folder(folder: str, what: str = "output folder") -> str:
     raise InvalidInputError(f"{folder}: the {what} cannot be written ({e.strerror or e}); give a "
                             "folder you can write to") from e
   return folder
+
+
+def remove_empty_tree(folder: str) -> bool:
+  """Removes `folder` when it holds nothing but empty folders; True if it did."""
+  if not os.path.isdir(folder):
+    return False
+  for _, _, names in os.walk(folder):
+    if names:
+      return False
+  shutil.rmtree(folder, ignore_errors=True)
+  return True
 
 
 def make_dirs(folder: str) -> str:

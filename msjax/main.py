@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from msjax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A packaged config's name or a config file, with optional variants: "
     "demo, finetune:smoke, configs/<name>.py[:variant,...]", lock_config=True)
@@ -66,16 +68,14 @@ def run_mode(config, workdir: str):
     parallel.initialize(config.distributed)
   module = importlib.import_module(MODES[config.mode])
   from msjax import files
+  new = not os.path.exists(workdir)
   files.writable_folder(workdir, "workdir")  # refused now, not after the work
-  return module.run(config, workdir)
-
-
-PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-
-
-def packaged_configs() -> list[str]:
-  return sorted(n[:-3] for n in os.listdir(PACKAGED_CONFIGS)
-                if n.endswith(".py") and not n.startswith("_"))
+  try:
+    return module.run(config, workdir)
+  except Exception:  # a run refused before it wrote anything leaves no empty workdir behind
+    if new:
+      files.remove_empty_tree(workdir)
+    raise
 
 
 def resolve_config(value: str) -> str:
@@ -85,11 +85,11 @@ def resolve_config(value: str) -> str:
   if os.path.isfile(path):
     return value
   name = os.path.basename(path)[:-3] if path.endswith(".py") else path
-  packaged = os.path.join(PACKAGED_CONFIGS, f"{name}.py")
+  packaged = os.path.join(cli.PACKAGED_CONFIGS, f"{name}.py")
   if os.sep not in name and os.path.isfile(packaged):
     return packaged + sep + variant
   raise app.UsageError(f"--config {value}: no config file {path!r} and no packaged config named "
-                       f"{name!r} (packaged: {', '.join(packaged_configs())})")
+                       f"{name!r} (packaged: {', '.join(cli.packaged_configs())}; msjax --help)")
 
 
 def resolve_argv(argv: list[str]) -> list[str]:
@@ -114,7 +114,10 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   workdir = _WORKDIR.value or os.path.join("runs", config.mode)
+  plain = flags.FLAGS.verbosity <= 0  # absl's prefixes only when asked for (-v 1)
   logging.set_verbosity(logging.INFO)
+  if plain:
+    plain_console()
   quiet_libraries()
   setup_compilation_cache()
   logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
@@ -124,13 +127,48 @@ def main(argv):
   except InvalidInputError as e:  # bad input: the message names the file and the problem
     print(f"msjax {config.mode}: invalid input: {e}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:
+    print(f"msjax {config.mode}: interrupted. Finished outputs stay in {os.path.abspath(workdir)}; "
+          "the same command continues from them.", file=sys.stderr)
+    sys.exit(130)
+
+
+def plain_console():
+  """Log lines as people read them: the message, with 'warning:' / 'error:' where it is one."""
+  import logging as py_logging
+
+  class Plain(py_logging.Formatter):
+    def format(self, record):
+      text = record.getMessage()
+      if record.levelno >= py_logging.ERROR:
+        return "error: " + text
+      return ("warning: " + text) if record.levelno >= py_logging.WARNING else text
+
+  logging.get_absl_handler().setFormatter(Plain())
+
+
+def config_argument(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(("--config=", "-config=")):
+      return arg.partition("=")[2]
+  return None
 
 
 def run():
   """The `msjax` console script."""
   try:
     argv = resolve_argv(sys.argv)
-  except app.UsageError as e:
+    config_path = config_argument(argv)
+    if any(a in ("--help", "-h", "-help", "--helpshort") for a in argv[1:]):
+      print(cli.config_help(config_path) if config_path else cli.usage())
+      sys.exit(0)
+    if config_path is None:
+      print(cli.usage(), file=sys.stderr)
+      sys.exit(2)
+    cli.check_overrides(argv, config_path)
+  except (app.UsageError, cli.BadCommandLine) as e:
     print(f"msjax: {e}", file=sys.stderr)
     sys.exit(2)
   app.run(main, argv=argv)

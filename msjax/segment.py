@@ -1,8 +1,8 @@
 """`segment` mode: raw exams -> lesion masks with a model bundle, the way MS-imaging tools do it.
 
   msjax --config=segment [--config.model=<shipped name or finetune workdir>] --config.input=<exam
-      folder, folder of exams, BIDS dataset or DICOM folder> --workdir OUT [--config.resume=True]
-      [--config.shard=K/N, then --config.merge=True]
+      folder, folder of exams, BIDS dataset or DICOM folder> --workdir OUT
+      [--config.overwrite=True] [--config.shard=K/N, then --config.merge=True]
 
 With no --config.model, the model shipped with msjax (msjax/shipped/, msjax.shipped.DEFAULT); a
 bare name names a shipped model; a path, a fine-tuning workdir. An exam whose sequences are none
@@ -14,10 +14,14 @@ MNI registration, the 128³ grid, Nyúl standardisation with the bundle's landma
 the exam's native FLAIR space as a BIDS-derivatives dataset in OUT (msjax/infer/outputs.py). An
 exam that fails is reported and the others go on; segment_summary.json lists both.
 
-An exam's outputs are one run's complete set or nothing: they are removed before it is segmented
-(and again if it fails), and its summary JSON is written last, so `--config.resume=True` skips
-exactly the exams that are complete. `--config.shard=K/N` takes every N-th exam (a SLURM array
-task, a Kubernetes indexed job: launch/slurm_segment.sh); each shard writes its own rows, and
+An exam's outputs are one run's complete set: they are built aside (workdir/work/staging) and
+moved into place only when complete, its summary JSON last, so an earlier set stays whole until
+then, whatever stops the run. A re-run into a workdir keeps the exams already made with the same
+model, threshold and options (a hash of them in each exam's summary) and redoes the others,
+saying which and why; `--config.overwrite=True` redoes all.
+
+`--config.shard=K/N` takes every N-th exam (a SLURM array task, a Kubernetes indexed job:
+launch/slurm_segment.sh); each shard writes its own rows, and
 `--config.merge=True` builds segmentations.csv from every complete exam. DICOM input is converted
 by dcm2niix first (msjax/data/dicom.py) and gets a DICOM SEG over its FLAIR series beside the mask.
 """
@@ -28,6 +32,8 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import shutil
+import sys
 import time
 
 from absl import logging
@@ -196,14 +202,31 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   predict_s, t = time.time() - t, time.time()
   row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
-  if config.report.enabled:
-    from msjax.infer import clinical
-    row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
-                                    bundle=bundle, threshold=options.threshold,
-                                    config=config.report, model=bundle["path"]))
-  _write_dicom_seg(exam, row, bundle["path"])
+  problems = []
+  if config.report.enabled:  # optional: its failure leaves the mask, probability and table
+    try:
+      from msjax.infer import clinical
+      row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
+                                      bundle=bundle, threshold=options.threshold,
+                                      config=config.report, model=model_name(bundle)))
+    except ImportError as e:
+      problems.append(f"report skipped: it needs the preprocess extra (pip install "
+                      f"'msjax[preprocess]'; {e})")
+    except Exception as e:  # noqa: BLE001 - an optional output
+      problems.append(f"report failed: {type(e).__name__}: {e}")
+  try:
+    _write_dicom_seg(exam, row, model_name(bundle))
+  except Exception as e:  # noqa: BLE001 - an optional output
+    problems.append(f"DICOM SEG failed: {type(e).__name__}: {e}")
+    row.pop("dicom_seg", None)
+  row["status"] = "; ".join(["segmented"] + problems)
   row.update(predict_s=round(predict_s, 1), outputs_s=round(time.time() - t, 1))
   return row
+
+
+def model_name(bundle: dict) -> str:
+  """How outputs name the model: a shipped model by name, a workdir bundle by its folder."""
+  return bundle.get("name") or bundle["path"]
 
 
 def load_bundle(model: str) -> dict:
@@ -220,79 +243,148 @@ def load_bundle(model: str) -> dict:
   return bundle
 
 
-def _complete_exams(exams, workdir: str) -> list[dict]:
-  """--config.resume: the summaries of the exams whose outputs are complete (skipped)."""
-  resumed = [s for s in (outputs.complete(workdir, e) for e in exams) if s]
-  if resumed:
-    logging.info("[segment] resume: %d exam(s) already complete, skipped: %s", len(resumed),
-                 ", ".join(sorted(s["exam_id"] for s in resumed)))
-  return resumed
+def settings(config, bundle: dict, options) -> dict:
+  """What makes an exam's outputs what they are: the model (its bundle's content hash or
+  weights), the threshold and inference options, the preprocessing, the report's settings."""
+  import msjax
+  from msjax import shipped
+  model = bundle.get(shipped.CONTENT_KEY) or shipped.content_hash(bundle)
+  return {"msjax": msjax.__version__, "model": model_name(bundle), "model_sha256": model,
+          "predict": {k: v for k, v in dataclasses.asdict(options).items()},
+          "preprocess": ("given on the model grid" if config.preprocessed
+                         else preprocess_block(config, bundle).to_dict()),
+          "report": config.report.to_dict()}
+
+
+def settings_hash(s: dict) -> str:
+  import hashlib
+  import json
+  return hashlib.sha256(json.dumps(s, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, list[dict]]:
+  """(exams to segment, summaries of the exams already made with these settings): a re-run into
+  a workdir skips what is done and redoes what was made otherwise, saying which and why
+  (--config.overwrite=True redoes all)."""
+  todo, done = [], []
+  for exam in exams:
+    prior = outputs.complete(workdir, exam)
+    if prior is None:
+      todo.append(exam)
+    elif config.overwrite or not config.resume:
+      logging.info("[segment] %s: redone (--config.overwrite=True)", exam.exam_id)
+      todo.append(exam)
+    elif prior.get("settings_sha256") == key:
+      done.append(prior)
+    else:
+      theirs = prior.get("settings") or {}
+      differ = [k for k in mine if theirs.get(k) != mine[k]] or ["settings not recorded"]
+      logging.info("[segment] %s: redone, its outputs were made with other settings (%s); the "
+                   "old ones stay until the new ones are complete", exam.exam_id,
+                   ", ".join(differ))
+      todo.append(exam)
+  if done:
+    logging.info("[segment] %d exam(s) already made with these settings, kept: %s", len(done),
+                 ", ".join(sorted(s["exam_id"] for s in done)))
+  return todo, done
+
+
+def _check_input(value: str) -> None:
+  if not value:
+    raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
+                                   "BIDS dataset or DICOM folder> (and --config.model=<shipped "
+                                   "name or finetune workdir>, default: the shipped model)")
+  path = os.path.abspath(os.path.expanduser(value))
+  if not os.path.exists(path):
+    near = os.path.dirname(path)
+    hint = (f"; {near} holds: {', '.join(sorted(os.listdir(near))[:8])}"
+            if os.path.isdir(near) else "")
+    raise errors.InvalidInputError(f"--config.input={value}: no such file or folder{hint}")
 
 
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
-  if not config.input:
-    raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
-                                   "BIDS dataset or DICOM folder> (and --config.model=<shipped "
-                                   "name or finetune workdir>, default: the shipped model)")
+  _check_input(config.input)
   t0 = time.time()
   bundle = load_bundle(config.model)
   cohort = _load_input(config, workdir)
   manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
   exams = shard_of(list(cohort.exams), config.shard)
-  resumed = _complete_exams(exams, workdir) if config.resume else []
-  exams = [e for e in exams if e.exam_id not in {s["exam_id"] for s in resumed}]
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
   options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
                                                seed=config.seed,
                                                allow_any_geometry=config.allow_any_geometry)
+  mine = settings(config, bundle, options)
+  key = settings_hash(mine)
+  exams, resumed = _to_do(exams, workdir, config, key, mine)
   predictor = predict.Predictor(bundle["path"])
-  outputs.write_description(workdir, outputs.generated_by(bundle["path"]))
+  outputs.write_description(workdir, outputs.generated_by(model_name(bundle)))
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
-               cohort.root, f" (shard {config.shard})" if config.shard else "", bundle["path"],
-               threshold, "" if config.preprocessed else "; preprocessing each exam first")
+               cohort.root, f" (shard {config.shard})" if config.shard else "",
+               model_name(bundle), threshold,
+               "" if config.preprocessed else "; preprocessing each exam first")
   done, failed = [], []
   t = time.time()
-  for i, (exam, ready) in enumerate(_prepared(exams, config, bundle, workdir)):
-    # serial: this exam's preprocessing; overlapped: the part of it the network did not hide
-    waited = time.time() - t
-    earlier = outputs.clear(workdir, exam)  # one run's complete outputs, or none
-    try:
-      if isinstance(ready, Exception):
-        raise ready
-      row = _segment_one(exam, ready, predictor, options, config, bundle, workdir)
-      row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1))
-      done.append(outputs.write_summary(workdir, exam, row))
-      status = _lesion_count(row)
-    except Exception as e:  # noqa: BLE001 - one exam's failure must not stop the others
-      outputs.clear(workdir, exam)
-      failed.append({"exam_id": exam.exam_id, "error": f"{type(e).__name__}: {e}",
-                     "earlier_outputs_removed": len(earlier)})
-      status = f"FAILED: {e}" + (f" (its {len(earlier)} earlier output files were removed)"
-                                 if earlier else "")
-    elapsed = time.time() - t0
-    eta = elapsed / (i + 1) * (len(exams) - i - 1)
-    logging.info("[segment] %d/%d %s: %s (%.0f s; ETA %.0f s)", i + 1, len(exams),
-                 exam.exam_id, status, time.time() - t, eta)
-    t = time.time()
+  staging_root = os.path.join(workdir, "work", "staging")
+  current = None
+  try:
+    for i, (exam, ready) in enumerate(_prepared(exams, config, bundle, workdir)):
+      current = exam.exam_id
+      # serial: this exam's preprocessing; overlapped: the part of it the network did not hide
+      waited = time.time() - t
+      staging = os.path.join(staging_root, exam.bids_prefix)
+      shutil.rmtree(staging, ignore_errors=True)
+      had = outputs.complete(workdir, exam) is not None
+      try:
+        if isinstance(ready, Exception):
+          raise ready
+        row = _segment_one(exam, ready, predictor, options, config, bundle, staging)
+        row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1),
+                   settings=mine, settings_sha256=key)
+        summary = outputs.write_summary(staging, exam, row)
+        outputs.publish(staging, workdir, exam)  # the exam's old outputs stay until here
+        done.append(summary)
+        status = _lesion_count(row) + ("" if row["status"] == "segmented"
+                                       else f" [{row['status']}]")
+      except Exception as e:  # noqa: BLE001 - one exam's failure must not stop the others
+        failed.append({"exam_id": exam.exam_id, "error": f"{type(e).__name__}: {e}",
+                       "earlier_outputs_kept": had})
+        status = f"FAILED: {e}" + (" (its earlier outputs are kept)" if had else "")
+      finally:
+        shutil.rmtree(staging, ignore_errors=True)
+      elapsed = time.time() - t0
+      eta = elapsed / (i + 1) * (len(exams) - i - 1)
+      logging.info("[segment] %d/%d %s: %s (%.0f s; ETA %.0f s)", i + 1, len(exams),
+                   exam.exam_id, status, time.time() - t, eta)
+      t = time.time()
+      current = None
+  except KeyboardInterrupt:
+    shutil.rmtree(staging_root, ignore_errors=True)
+    finished = sorted(r["exam_id"] for r in done)
+    print(f"msjax segment: interrupted{' during ' + current if current else ''}. "
+          f"{len(finished)} exam(s) finished in this run ({', '.join(finished) or 'none'}), "
+          f"{len(resumed)} before; their outputs are complete in {workdir}. The same command "
+          "continues with the rest.", file=sys.stderr)
+    raise SystemExit(130)
   rows = sorted(resumed + done, key=lambda r: r["exam_id"])
   name = (f"segmentations.shard-{config.shard.replace('/', '-of-')}.csv" if config.shard
           else "segmentations.csv")
   files.write_csv(outputs.cohort_rows(rows), os.path.join(workdir, name),
                   fieldnames=outputs.COHORT_COLUMNS)
-  summary = {"model": bundle["path"], "input": cohort.root, "threshold": threshold,
+  summary = {"model": model_name(bundle), "input": cohort.root, "threshold": threshold,
              "shard": config.shard or None, "exams": done, "resumed": resumed, "failed": failed,
              "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, name.replace("segmentations", "segment_summary")
                                          .replace(".csv", ".json")))
   print(f"[segment] {len(done)}/{len(exams)} exam(s) segmented in {summary['wall_s']:.0f} s"
-        + (f", {len(resumed)} already complete (resumed)" if resumed else "")
+        + (f", {len(resumed)} already made with these settings (kept)" if resumed else "")
         + f" -> {workdir}/ (BIDS derivatives: sub-*/[ses-*/]anat/ lesion mask, probability, "
         f"uncertainty, per-lesion table, overlay PNG); one row per exam in {workdir}/{name}")
   for row in done:
-    print(f"  {row['exam_id']}: {_lesion_count(row)}; {row['files']['overlay']}")
+    print(f"  {row['exam_id']}: {_lesion_count(row)}; {row['files']['overlay']}"
+          + ("" if row.get("status", "segmented") == "segmented" else f" [{row['status']}]"))
   for f in failed:
     print(f"  {f['exam_id']} FAILED: {' '.join(line.strip() for line in f['error'].splitlines())}")
   if failed and not done and not resumed:

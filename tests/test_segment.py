@@ -124,37 +124,66 @@ def test_sharded_and_resumed_runs_give_the_outputs_of_one_run(trained, tiny_coho
   sharded = _masks(tmp_path / "sharded")
   assert sharded.keys() == masks.keys() and all(np.array_equal(sharded[k], masks[k]) for k in masks)
 
-  # a run killed while writing its second exam (mask written, summary not), then resumed
-  real = segment.outputs.write_summary
+  # a re-run with the same settings keeps every exam; with another threshold it redoes them,
+  # and one interrupted while writing its second exam (its outputs built aside, not yet moved)
+  # leaves that exam's first-run outputs whole; the next re-run completes only the rest
+  again = _segment(trained, src, tmp_path / "one")
+  assert len(again["resumed"]) == 3 and not again["exams"]
+  real = segment.outputs.publish
   calls = []
 
-  def dies_on_the_second(root, exam, row):
+  def dies_on_the_second(staging, root, exam):
     calls.append(exam.exam_id)
     if len(calls) == 2:
-      raise KeyboardInterrupt("killed")
-    return real(root, exam, row)
+      raise KeyboardInterrupt("Ctrl-C")
+    return real(staging, root, exam)
 
-  monkeypatch.setattr(segment.outputs, "write_summary", dies_on_the_second)
-  with pytest.raises(KeyboardInterrupt):
-    _segment(trained, src, tmp_path / "killed")
-  monkeypatch.setattr(segment.outputs, "write_summary", real)
-  assert len(_masks(tmp_path / "killed")) == 2  # the second exam's mask is there, incomplete
-  summary = _segment(trained, src, tmp_path / "killed", resume=True)
+  monkeypatch.setattr(segment.outputs, "publish", dies_on_the_second)
+  with pytest.raises(SystemExit) as stop:
+    _segment(trained, src, tmp_path / "one", **{"predict.threshold": 0.3})
+  assert stop.value.code == 130
+  monkeypatch.setattr(segment.outputs, "publish", real)
+  now = _masks(tmp_path / "one")
+  assert len(now) == 3 and not os.path.exists(tmp_path / "one" / "work" / "staging")
+  second = [k for k in now if calls[1] in k]
+  assert second and all(np.array_equal(now[k], masks[k]) for k in second)  # the old set, whole
+  summary = _segment(trained, src, tmp_path / "one", **{"predict.threshold": 0.3})
   assert [s["exam_id"] for s in summary["resumed"]] == [calls[0]]
-  assert sorted(r["exam_id"] for r in summary["exams"]) == sorted(
-      e.exam_id for e in tiny_cohort.exams[1:3])
-  assert (tmp_path / "killed" / "segmentations.csv").read_text() == one
-  killed = _masks(tmp_path / "killed")
-  assert all(np.array_equal(killed[k], masks[k]) for k in masks)
+  assert sorted(r["exam_id"] for r in summary["exams"]) == sorted(calls[1:]) + sorted(
+      set(e.exam_id for e in tiny_cohort.exams[:3]) - set(calls))
+  assert all(r["threshold"] == 0.3 for r in summary["resumed"] + summary["exams"])
 
-  # an exam that now fails loses its earlier outputs, whole, and leaves the table
+  # an exam that now fails keeps its earlier outputs, whole, and says so
+  before = _masks(tmp_path / "one")
   flair = src / tiny_cohort.exams[0].exam_id / "FLAIR.nii.gz"
   flair.write_bytes(b"broken")
-  summary = _segment(trained, src, tmp_path / "one")
-  assert summary["failed"][0]["earlier_outputs_removed"] >= 6
-  anat = tmp_path / "one" / f"sub-{tiny_cohort.exams[0].exam_id}" / "anat"
-  assert not os.path.exists(anat) or not os.listdir(anat)
-  assert tiny_cohort.exams[0].exam_id not in (tmp_path / "one" / "segmentations.csv").read_text()
+  summary = _segment(trained, src, tmp_path / "one", overwrite=True)
+  assert summary["failed"][0]["earlier_outputs_kept"]
+  after = _masks(tmp_path / "one")
+  assert after.keys() == before.keys()
+  assert all(np.array_equal(after[k], before[k]) for k in before
+             if tiny_cohort.exams[0].exam_id in k)
+
+
+@pytest.mark.slow  # needs the session's trained model
+def test_a_failing_report_leaves_the_mask_and_table(trained, tiny_cohort, tmp_path, monkeypatch):
+  """The report is optional: its failure leaves the exam segmented (mask, probability, table),
+  said in its status, the console and the cohort table."""
+  from msjax.infer import clinical
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("no atlas here")
+
+  monkeypatch.setattr(clinical, "report_exam", broken)
+  src = _exam_folders(tiny_cohort, tmp_path / "in", n=1)
+  summary = _segment(trained, src, tmp_path / "out", **{"report.enabled": True})
+  assert not summary["failed"] and len(summary["exams"]) == 1
+  row = summary["exams"][0]
+  assert row["status"] == "segmented; report failed: RuntimeError: no atlas here"
+  files_ = _files(tmp_path / "out", row)
+  assert os.path.exists(files_["mask"]) and os.path.exists(files_["table"])
+  table = list(csv.DictReader(open(tmp_path / "out" / "segmentations.csv")))
+  assert table[0]["status"].startswith("segmented; report failed")
 
 
 def test_colliding_exam_names_are_refused_before_anything_is_written(tmp_path):

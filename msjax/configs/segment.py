@@ -20,7 +20,9 @@ def get_config(variant: str = ""):
   c.model = ""
   c.input = ""
   c.preprocessed = False    # exams already on the model grid: no preprocessing
-  c.resume = False          # skip exams whose outputs are complete (their summary JSON exists)
+  c.overwrite = False       # redo every exam; by default a re-run keeps the exams already made
+                            # with the same model, threshold and options and redoes the others
+  c.resume = True           # kept for older scripts: the default now (False = overwrite)
   c.shard = ""              # "K/N": this machine's share of the exams (0 <= K < N), e.g. a SLURM
                             # array task; then --config.merge=True builds the cohort table
   c.overlap = True          # raw exams: preprocess the next exam while the network runs

@@ -67,6 +67,26 @@ def remove(listed) -> list[str]:
   return removed
 
 
+def publish(staging: str, root: str, exam: Exam) -> list[str]:
+  """Moves an exam's complete set of outputs, built under `staging`, into `root` in place of
+  whatever set it had: its old summary goes first (the exam reads as incomplete for the few
+  moves that follow), each new file replaces its old one atomically (os.replace), old files the
+  new set lacks are removed, the new summary comes last. Until this call the old set is whole.
+  Returns the old files removed without a replacement."""
+  new, old = paths(staging, exam), paths(root, exam)
+  remove([old["summary"]])
+  moved = set()
+  for key, path in new.items():
+    if key != "summary" and os.path.exists(path):
+      os.makedirs(os.path.dirname(old[key]), exist_ok=True)
+      os.replace(path, old[key])
+      moved.add(key)
+  gone = remove(old[k] for k in old if k != "summary" and k not in moved)
+  os.makedirs(os.path.dirname(old["summary"]), exist_ok=True)
+  os.replace(new["summary"], old["summary"])
+  return gone
+
+
 def change_paths(root: str, baseline: Exam, followup: Exam) -> dict[str, str]:
   """Every output file of one patient's change between two visits (the `longitudinal` mode): on
   each visit's native FLAIR grid, in that visit's folder,
@@ -141,7 +161,7 @@ def find_summaries(root: str, suffix: str = "_desc-lesion_summary.json",
 REPORT_COLUMNS = tuple(f"{c}_{k}" for c in ("periventricular", "juxtacortical", "infratentorial",
                                            "deep_white_matter") for k in ("count", "ml")) + (
     "lesion_volume_ml", "mask_volume_ml", "qc", "qc_reasons")
-COHORT_COLUMNS = ("exam_id", "patient_id", "lesions", "components", "volume_ml") + \
+COHORT_COLUMNS = ("exam_id", "patient_id", "status", "lesions", "components", "volume_ml") + \
     REPORT_COLUMNS + ("threshold", "sampler", "mirror", "patches", "mask", "table", "overlay",
                       "report")
 

@@ -286,12 +286,49 @@ def exam_of(record: dict) -> manifest_lib.Exam:
       bids=record.get("bids"))
 
 
+REUSE_NAME = "made_from.json"  # in a preprocessed exam's folder: what made it, for re-runs
+
+
+def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) -> str:
+  """A hash of what a preprocessed exam is made from: its input files' contents, the options,
+  the Nyúl landmarks, the preprocessing format and msjax's version."""
+  import hashlib
+
+  import msjax
+  h = hashlib.sha256()
+  for role, _, path in sorted(exam.all_paths()):
+    h.update(role.encode())
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+  for name in ("FLAIR", "T1W", "T1WKS", "T2W", "PDW"):  # a shipped co-registration transform
+    t = transform_file(exam, name) if name in exam.images else None
+    if t:
+      with open(t, "rb") as f:
+        h.update(f.read())
+  h.update(json.dumps([dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
+                       msjax.__version__], sort_keys=True, default=str).encode())
+  return h.hexdigest()
+
+
 def preprocess_one(exam: manifest_lib.Exam, out_root: str, options: Options,
                    standard: dict | None) -> manifest_lib.Exam:
-  """One raw exam onto the model grid, standardised with given Nyúl landmarks (a model bundle's)."""
+  """One raw exam onto the model grid, standardised with given Nyúl landmarks (a model bundle's).
+  A folder this made earlier from the same files, options and landmarks is reused."""
+  key = made_from(exam, options, standard)
+  marker = os.path.join(out_root, exam.exam_id, REUSE_NAME)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      earlier = json.load(f)
+    if earlier.get("key") == key and all(os.path.exists(p) for p in earlier["record"]["images"]
+                                         .values()):
+      logging.info("[preprocess] %s: reusing %s (made from the same files and options)",
+                   exam.exam_id, os.path.dirname(marker))
+      return exam_of(earlier["record"])
   record = preprocess_exam(exam, out_root, options)
   if standard:
     standardise([record], {m: v for m, v in standard.items() if m in record["images"]})
+  files.write_json({"key": key, "record": record}, marker)  # last: the folder is complete
   return exam_of(record)
 
 

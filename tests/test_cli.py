@@ -1,0 +1,47 @@
+"""What the msjax command says before any work (msjax/cli.py, msjax/main.py): help, one-line
+refusals, nothing written for a command that cannot run."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+from msjax import cli
+
+
+def _msjax(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "msjax.main", *args], capture_output=True,
+                        text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_every_mode_and_examples_and_exits_0():
+  proc = _msjax("--help")
+  assert proc.returncode == 0, proc.stderr
+  for name in cli.packaged_configs():
+    assert f"\n  {name} " in proc.stdout
+  assert proc.stdout.count("msjax --config=") >= 3 and "segment" in proc.stdout
+  assert "Try --helpfull" not in proc.stdout + proc.stderr
+
+
+def test_a_modes_help_lists_its_fields_with_defaults_and_their_comments():
+  proc = _msjax("--config=segment", "--help")
+  assert proc.returncode == 0, proc.stderr
+  lines = {line.split("=")[0].strip(): line for line in proc.stdout.splitlines() if " = " in line}
+  assert "'robex'" in lines["preprocess.skull_strip"] and "ROBEX" in lines["preprocess.skull_strip"]
+  assert "sliding window" in lines["predict.overlap"]  # the predict block's, not segment's own
+  assert "preprocess the next exam" in lines["overlap"]
+
+
+def test_a_typo_in_a_field_is_one_line_with_the_nearest_name(tmp_path):
+  proc = _msjax("--config=segment", "--config.imput=x", f"--workdir={tmp_path}/w")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().count("\n") == 0 and "did you mean input?" in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_missing_input_path_says_so_and_writes_nothing(tmp_path):
+  (tmp_path / "patient01").mkdir()
+  proc = _msjax("--config=segment", f"--config.input={tmp_path}/patient1",
+                f"--workdir={tmp_path}/w")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "no such file or folder" in proc.stderr and "patient01" in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
