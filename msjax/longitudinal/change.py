@@ -68,6 +68,7 @@ class Rule:
   not_csf: float = -1.5                # robust units at the other visit
   border_mm: float = 8.0
   lesion_z: float = 1.5                # lesion voxels of a visit, for the classes
+  cortex_mm: float = 3.0               # ... never within this of the brain's surface (cortex)
   enlarge_ratio: float = 1.5
   enlarge_voxels: int = 3              # follow-up voxels
 
@@ -187,16 +188,41 @@ def _count_lesions(mask, min_voxels):
   return int((np.bincount(labels.ravel(), minlength=n + 1)[1:] >= min_voxels).sum())
 
 
+def visit_lesions(z: np.ndarray, brain: np.ndarray, spacing, rule: Rule = Rule(),
+                  segmentation: np.ndarray | None = None) -> np.ndarray:
+  """A visit's lesion voxels, for the classes: the network's mask when there is one, else
+  smoothed FLAIR >= lesion_z robust units and brighter than cortex, never within cortex_mm of
+  the brain's surface (a new lesion touching cortex must not join a region of the whole
+  cortical ribbon and read as stable)."""
+  if segmentation is not None:
+    return (segmentation > 0) & brain
+  depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+  smooth = _smooth(z, spacing, rule.smooth_mm)
+  # lesions are brighter than cortex on FLAIR: above the bright end (99th percentile) of the
+  # brain's outer shell, which is cortex and sulcal CSF, as well as above lesion_z
+  shell = brain & (depth <= rule.cortex_mm)
+  bar = max(rule.lesion_z, float(np.percentile(smooth[shell], 99)) if shell.any() else 0.0)
+  lesions = (smooth >= bar) & brain & (depth > rule.cortex_mm)
+  # specks of noise above the bar are no lesion: components smaller than a lesion go
+  labels, n = ndimage.label(lesions, structure=SIX_CONNECTED)
+  big = np.bincount(labels.ravel(), minlength=n + 1) >= min_lesion_voxels(float(np.prod(spacing)))
+  big[0] = False
+  return big[labels]
+
+
 def classify(change: np.ndarray, z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, spacing,
-             rule: Rule = Rule(), followup_voxel_mm3: float | None = None, zf=None):
+             rule: Rule = Rule(), followup_voxel_mm3: float | None = None, zf=None,
+             segmentations: tuple | None = None):
   """Step 4. Returns (class map uint8 on the change voxels, region labels int32, one row per
-  changed lesion region: id, class, merged/split, volumes, centroid voxel, peak |z|)."""
+  changed lesion region: id, class, merged/split, volumes, centroid voxel, peak |z|).
+  segmentations: each visit's lesion mask from the network on this grid (visit_lesions)."""
   voxel_mm3 = float(np.prod(spacing))
   present = min_lesion_voxels(voxel_mm3)
   enlarge = rule.enlarge_voxels * (followup_voxel_mm3 or voxel_mm3) / voxel_mm3
   pos, neg = change > 0, change < 0
-  lesion1 = (_smooth(z1, spacing, rule.smooth_mm) >= rule.lesion_z) & brain
-  lesion2 = (_smooth(z2, spacing, rule.smooth_mm) >= rule.lesion_z) & brain
+  s1, s2 = segmentations or (None, None)
+  lesion1 = visit_lesions(z1, brain, spacing, rule, s1)
+  lesion2 = visit_lesions(z2, brain, spacing, rule, s2)
   at1, at2 = lesion1 | neg, lesion2 | pos
   regions, n = ndimage.label(at1 | at2, structure=SIX_CONNECTED)
   classes = np.zeros(change.shape, np.uint8)

@@ -90,8 +90,9 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt, probabilities=p,
                          threshold=threshold)
   followup_voxel = float(np.prod(a.native[1].GetSpacing()))
-  classes, regions, rows = change.classify(signed, z1, z2, brain, a.spacing, rule,
-                                     followup_voxel_mm3=followup_voxel, zf=zf)
+  classes, regions, rows = change.classify(
+      signed, z1, z2, brain, a.spacing, rule, followup_voxel_mm3=followup_voxel, zf=zf,
+      segmentations=tuple(q >= threshold for q in p) if p is not None else None)
   decide_s = round(time.time() - t, 1)
 
   os.makedirs(out_dir, exist_ok=True)

@@ -151,3 +151,41 @@ def test_faint_change_is_kept_only_where_the_network_agrees():
   # the network's own threshold decides what it calls lesion: at 0.95 it calls none of them
   assert not change.detect(zf, z1, z2, brain, spacing, probabilities=(p1, p2),
                            threshold=0.95).any()
+
+
+def _brain():
+  """The phantom's brain as a skull stripper gives it: cortex and white matter (and the
+  ventricles inside), not the CSF rim, skull or scalp."""
+  p = phantom.world_points()
+  return (p[..., 0] / 40) ** 2 + (p[..., 1] / 46) ** 2 + (p[..., 2] / 38) ** 2 <= 1
+
+
+@pytest.mark.parametrize("x_mm", [-33.0, -28.0])  # touching the cortex; 5 mm deeper
+def test_a_new_lesion_touching_cortex_is_new(x_mm):
+  """A visit's lesion region is lesion, not cortex: a new lesion at the cortex must not join the
+  cortical ribbon (as bright as lesion_z) into one region that reads as stable."""
+  lesion = [((x_mm, 0.0, 0.0), 4.0)]
+  v1, v2 = phantom.visit((), seed=11), phantom.visit(lesion, seed=12)
+  brain = _brain()
+  z1 = change.robust_units(v1, brain)
+  z2 = change.robust_units(change.match_intensities(v2, v1, brain), brain, like=v1)
+  signed = np.where(lesion_voxels(lesion) & brain, 1, 0).astype(np.int8)
+  _, _, rows = change.classify(signed, z1, z2, brain, phantom.SPACING)
+  assert [r["class"] for r in rows] == ["new"]
+  assert rows[0]["volume_baseline_ml"] < 0.05 and rows[0]["volume_followup_ml"] < 0.5
+
+
+def test_with_the_networks_masks_the_classes_follow_them():
+  lesion = [((-20.0, 10.0, 0.0), 4.0)]
+  v1, v2 = phantom.visit((), seed=13), phantom.visit(lesion, seed=14)
+  brain = _brain()
+  z1, z2 = change.robust_units(v1, brain), change.robust_units(v2, brain, like=v1)
+  signed = np.where(lesion_voxels(lesion), 1, 0).astype(np.int8)
+  seg = lesion_voxels(lesion)
+  # the network says it was there at baseline already: an enlarging/stable lesion, not new
+  _, _, rows = change.classify(signed, z1, z2, brain, phantom.SPACING,
+                               segmentations=(seg, seg))
+  assert rows[0]["class"] == "stable"
+  _, _, rows = change.classify(signed, z1, z2, brain, phantom.SPACING,
+                               segmentations=(np.zeros_like(seg), seg))
+  assert rows[0]["class"] == "new"
