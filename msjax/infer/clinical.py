@@ -6,6 +6,7 @@ report is left out and says why."""
 from __future__ import annotations
 
 import csv
+import os
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,18 @@ def _model_grid_images(exam) -> tuple[dict, np.ndarray, np.ndarray]:
   brain = (volumes["brain_mask"].data > 0 if "brain_mask" in volumes
            else np.any([v != 0 for v in images.values()], axis=0))
   return images, brain, first.grid.affine
+
+
+def _raw_landmarks(exam) -> dict | None:
+  """The exam's Nyúl landmarks before standardisation, when msjax's preprocessing kept them
+  beside its images (msjax.preprocess.run.RAW_LANDMARKS_NAME); None for exams given on the model
+  grid, whose own intensities are what the check reads."""
+  import json
+  path = os.path.join(os.path.dirname(exam.images["FLAIR"]), "raw_landmarks.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, threshold: float,
@@ -60,7 +73,8 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
   verdict = qc.exam_qc(images, brain, grid_affine, config.qc,
                        native_spacing=tuple(float(z) for z in flair_img.header.get_zooms()[:3]),
                        world_to_mni=world_to_mni,
-                       landmarks=bundle["preprocessing"]["nyul_landmarks"])
+                       landmarks=bundle["preprocessing"]["nyul_landmarks"],
+                       raw_landmarks=_raw_landmarks(exam))
   grid = nifti.read_nifti(flair_path).grid
   drawn = page.draw_page(out["report"], nifti.to_canonical(flair, grid),
                          nifti.to_canonical(labels, grid), locations, summary,

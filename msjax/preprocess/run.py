@@ -287,6 +287,14 @@ def exam_of(record: dict) -> manifest_lib.Exam:
 
 
 REUSE_NAME = "made_from.json"  # in a preprocessed exam's folder: what made it, for re-runs
+RAW_LANDMARKS_NAME = "raw_landmarks.json"  # ... and its Nyúl landmarks before standardisation
+
+
+def raw_landmarks(record: dict) -> dict:
+  """{modality: the 11 Nyúl landmarks of its brain intensities} of a stage-1 record's images."""
+  brain = nifti.read_nifti(record["brain_mask"], kind="mask").data > 0
+  return {m: [float(v) for v in nyul.landmarks(nifti.read_nifti(p).data[brain])]
+          for m, p in record["images"].items()}
 
 
 def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) -> str:
@@ -327,6 +335,10 @@ def preprocess_one(exam: manifest_lib.Exam, out_root: str, options: Options,
       return exam_of(earlier["record"])
   record = preprocess_exam(exam, out_root, options)
   if standard:
+    # the exam's own landmarks before standardisation, for the report's intensity check (after
+    # it, every exam sits on the standard landmarks whatever its contrast was)
+    files.write_json(raw_landmarks(record), os.path.join(os.path.dirname(marker),
+                                                         RAW_LANDMARKS_NAME))
     standardise([record], {m: v for m, v in standard.items() if m in record["images"]})
   files.write_json({"key": key, "record": record}, marker)  # last: the folder is complete
   return exam_of(record)

@@ -81,3 +81,74 @@ def test_real_exams_ok_and_their_damaged_copies_flagged():
       assert v["verdict"] == "ok", (key, v["reasons"])
     else:
       assert v["checks"][damage.EXPECTED[kind]] != "ok", (key, v["reasons"])
+
+
+def _sick(exam, ventricles_mm=6.0, lesions_ml=40.0, seed=0):
+  """The exam with the look of progressive MS: ventricles grown by `ventricles_mm` (CSF
+  intensities), the brain's outer 1.5 mm dark as widened sulci, and `lesions_ml` of bright-on-
+  FLAIR, dark-on-T1 blobs in the white matter around the ventricles."""
+  from scipy import ndimage
+  images = {m: np.array(v, np.float32) for m, v in exam["images"].items()}
+  brain = exam["brain"]
+  spacing = np.sqrt((np.asarray(exam["affine"])[:3, :3] ** 2).sum(0))
+  depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+  flair = images["FLAIR"]
+  csf = brain & (flair <= np.percentile(flair[brain], 5)) & (depth > 12)
+  grown = brain & (ndimage.distance_transform_edt(~csf, sampling=spacing) <= ventricles_mm)
+  outer = brain & (depth <= 1.5)
+  rng = np.random.default_rng(seed)
+  rim = brain & ~grown & (ndimage.distance_transform_edt(~grown, sampling=spacing) <= 10) & \
+      (depth > 8)
+  voxel_ml = float(np.prod(spacing)) / 1000
+  lesions = np.zeros(brain.shape, bool)
+  candidates = np.argwhere(rim)
+  while lesions.sum() * voxel_ml < lesions_ml:
+    c = candidates[rng.integers(len(candidates))]
+    r = rng.uniform(3, 8) / spacing
+    idx = np.indices(brain.shape)
+    lesions |= (sum(((idx[k] - c[k]) / r[k]) ** 2 for k in range(3)) <= 1) & rim
+  for m, v in images.items():
+    lo, hi = np.percentile(v[brain], [2, 99])
+    v[grown | outer] = np.median(v[csf]) if csf.any() else lo
+    v[lesions] = hi if m != "T1W" else lo
+  return {**exam, "images": images}
+
+
+def test_an_atrophic_brain_with_a_heavy_lesion_load_is_not_failed(good):
+  """Progressive MS brains are atrophic and heavily lesioned: their registration and
+  intensities are right, and the verdict must not fail them (at most check). Ventricles grown
+  by 22 mm and 120 mL of lesions take the template-correlation measures to r 0.38-0.39, where a
+  heavy-load Lesjak patient's were (0.35-0.37); the brain's outline still fits (Dice 0.98)."""
+  exam, standard = good
+  v = qc.exam_qc(landmarks=standard, **_sick(exam, ventricles_mm=22.0, lesions_ml=120.0))
+  assert v["measures"]["flair_fit_r"] < 0.45 and v["measures"]["t1_ncc"] < 0.5
+  assert v["verdict"] in ("ok", "check"), v["reasons"]
+  assert v["checks"]["registration"] != "fail"
+
+
+def test_correlations_alone_ask_for_a_look_and_a_wrong_outline_fails(good):
+  exam, standard = good
+  m = qc.measure(landmarks=standard, **exam)
+  low = {**m, "flair_fit_r": 0.30, "t1_ncc": 0.30}
+  v = qc.verdict(low)
+  assert v["checks"]["registration"] == "check" and "outline fits" in " ".join(v["reasons"])
+  v = qc.verdict({**low, "overlap": 0.78})
+  assert v["checks"]["registration"] == "fail"
+
+
+def test_the_raw_landmarks_preprocessing_keeps_reach_the_report(tmp_path):
+  """segment's exams are standardised onto the bundle's landmarks before the report reads them:
+  the landmarks from before (written by the preprocessing beside the images) are what the
+  intensity check compares."""
+  import json
+
+  from msjax.data.manifest import Exam
+  from msjax.infer import clinical
+  folder = tmp_path / "exam"
+  folder.mkdir()
+  (folder / "FLAIR.nii.gz").write_bytes(b"")
+  exam = Exam(exam_id="e", patient_id="e", ms=True,
+              images={"FLAIR": str(folder / "FLAIR.nii.gz")})
+  assert clinical._raw_landmarks(exam) is None
+  (folder / "raw_landmarks.json").write_text(json.dumps({"FLAIR": list(range(11))}))
+  assert clinical._raw_landmarks(exam) == {"FLAIR": list(range(11))}
