@@ -63,6 +63,9 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
       labels, seg.affine, probability=seg.probability, spread=seg.spread,
       to_mni=None if on_mni_grid else seg.to_mni, flair=flair,
       brain=(flair != 0) if on_mni_grid else None, threshold=threshold, cfg=config.locations)
+  edge = table.fov_edge_lesions(labels, flair, seg.affine)
+  for lesion_id, flagged in edge.items():
+    extra.setdefault(lesion_id, {})["fov_edge"] = flagged
   rows = table.merge(_read_table(out["table"]), extra)
   files.write_csv(rows, out["table"], fieldnames=outputs.TABLE_COLUMNS + table.EXTRA_COLUMNS)
   summary = table.class_summary(labels, seg.affine, locations)
@@ -75,6 +78,12 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
                        world_to_mni=world_to_mni,
                        landmarks=bundle["preprocessing"]["nyul_landmarks"],
                        raw_landmarks=_raw_landmarks(exam))
+  edge_ml = sum(float(r["volume_ml"]) for r in rows if r.get("fov_edge"))
+  if edge_ml >= table.FOV_EDGE_ML:
+    verdict = qc.lift(verdict, "field_of_view", qc.CHECK,
+                      f"{edge_ml:.2f} mL of lesion within {table.FOV_EDGE_MM:g} mm of the first or "
+                      "last acquired slice, where 2D acquisitions carry artefacts (fov_edge in "
+                      "the lesion table): check those lesions")
   grid = nifti.read_nifti(flair_path).grid
   drawn = page.draw_page(out["report"], nifti.to_canonical(flair, grid),
                          nifti.to_canonical(labels, grid), locations, summary,

@@ -279,6 +279,14 @@ def verdict(m: dict, cfg=None) -> dict:
   return {"verdict": worst, "reasons": reasons, "checks": checks, "measures": m}
 
 
+def lift(v: dict, check: str, status: str, reason: str) -> dict:
+  """The verdict `v` with one more reason: `check` raised to `status` (never lowered)."""
+  checks = dict(v["checks"])
+  checks[check] = max(checks.get(check, OK), status, key=ORDER.get)
+  worst = max(checks.values(), key=ORDER.get)
+  return {**v, "verdict": worst, "checks": checks, "reasons": v["reasons"] + [f"{status}: {reason}"]}
+
+
 def exam_qc(images, brain, affine, cfg=None, **kwargs) -> dict:
   """measure + verdict in one call (see both)."""
   return verdict(measure(images, brain, affine, **kwargs), cfg)

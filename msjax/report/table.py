@@ -22,7 +22,32 @@ from msjax.data import lesions as lesions_lib
 from msjax.report import locations as locations_lib
 
 EXTRA_COLUMNS = ("location", "ventricle_mm", "cortex_mm", "infratentorial_share",
-                 "mean_uncertainty", "confidence")
+                 "mean_uncertainty", "confidence", "fov_edge")
+FOV_EDGE_MM = 5.0      # a lesion this close to the first or last acquired slice is flagged
+FOV_EDGE_ML = 0.1      # flagged lesions of this much volume lift the QC verdict to check
+
+
+def fov_edge_lesions(labels: np.ndarray, image: np.ndarray, affine: np.ndarray,
+                     edge_mm: float = FOV_EDGE_MM) -> dict[int, bool]:
+  """{lesion_id: True when any of its voxels lies within edge_mm of the first or last slice
+  that holds data along the acquisition's slice axis (its coarsest voxel axis)}. The end slices
+  of a 2D acquisition carry partial-volume and inflow artefacts that look like lesion (e.g. the
+  cerebellum at the bottom of a FLAIR stack)."""
+  spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
+  axis = int(np.argmax(spacing))
+  other = tuple(a for a in range(3) if a != axis)
+  acquired = np.flatnonzero((np.asarray(image) != 0).any(axis=other))
+  n = labels.max()
+  if not len(acquired) or n == 0:
+    return {}
+  reach = int(np.floor(edge_mm / spacing[axis]))
+  near = np.zeros(labels.shape[axis], bool)
+  near[acquired[0]:acquired[0] + reach + 1] = True
+  near[max(acquired[-1] - reach, 0):acquired[-1] + 1] = True
+  shape = [1, 1, 1]
+  shape[axis] = -1
+  hit = np.unique(labels[(labels > 0) & near.reshape(shape)])
+  return {int(k): int(k) in set(hit.tolist()) for k in range(1, n + 1)}
 
 
 def lesion_labels(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -95,3 +95,30 @@ def test_reference_lesions_of_the_real_exams(tmp_path):
   assert int(rows["patient26"]["periventricular_count"]) >= 8
   assert all(int(rows["patient07"][f"{c}_count"]) >= 3 for c in locations.CLASSES)
   assert os.path.getsize(tmp_path / "patient07_report.png") > 100_000
+
+
+def test_lesions_at_the_first_or_last_acquired_slice_are_flagged():
+  """A 2D stack with 4 mm slices: data in slices 2..20; a lesion in slice 3 (4 mm from the
+  bottom one) and one in the middle; the edge one is flagged, the middle one not."""
+  import numpy as np
+
+  from msjax.report import table
+  image = np.zeros((30, 30, 24), np.float32)
+  image[:, :, 2:21] = 1.0
+  labels = np.zeros(image.shape, np.int32)
+  labels[10:13, 10:13, 3] = 1
+  labels[10:13, 10:13, 11] = 2
+  affine = np.diag([0.9, 0.9, 4.0, 1.0])
+  assert table.fov_edge_lesions(labels, image, affine) == {1: True, 2: False}
+  labels[10:13, 10:13, 3] = 0
+  labels[5:8, 5:8, 19] = 1  # one slice below the top one
+  assert table.fov_edge_lesions(labels, image, affine)[1] is True
+
+
+def test_lifting_a_verdict_never_lowers_it():
+  from msjax.report import qc
+  v = {"verdict": "ok", "checks": {"field_of_view": "ok"}, "reasons": []}
+  up = qc.lift(v, "field_of_view", "check", "edge lesions")
+  assert up["verdict"] == "check" and up["reasons"] == ["check: edge lesions"]
+  failed = {"verdict": "fail", "checks": {"registration": "fail"}, "reasons": ["fail: x"]}
+  assert qc.lift(failed, "field_of_view", "check", "y")["verdict"] == "fail"
