@@ -209,7 +209,7 @@ def convert(folder: str, out_root: str, log=print) -> str:
     raise InvalidInputError(f"{folder}: no MR series msjax can identify as FLAIR, T1W, T1WKS, T2W "
                             f"or PDW ({len(skipped)} series skipped: "
                             + "; ".join(f"{s.description!r}: {s.why}" for s in skipped[:5]) + ")")
-  exe = shutil.which("dcm2niix")
+  exe = find_dcm2niix()
   if exe is None:
     raise InvalidInputError("DICOM input needs dcm2niix: pip install 'msjax[preprocess]' (or [dicom])")
   for s in skipped:
@@ -230,6 +230,17 @@ def convert(folder: str, out_root: str, log=print) -> str:
                                  "description": s.description, "why": s.why} for s in skipped]},
                    os.path.join(out_root, SOURCES))
   return out_root
+
+
+def find_dcm2niix() -> str | None:
+  """dcm2niix beside the running interpreter first (the `preprocess` extra installs it into the
+  environment's bin/, which is not on PATH when that environment is not activated), then on
+  PATH."""
+  import sys
+  here = os.path.join(os.path.dirname(sys.executable), "dcm2niix")
+  if os.path.isfile(here) and os.access(here, os.X_OK):
+    return here
+  return shutil.which("dcm2niix")
 
 
 def _dcm2niix(exe: str, series: Series, out_dir: str, stem: str) -> None:

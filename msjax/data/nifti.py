@@ -88,6 +88,29 @@ def _stored_bytes(path: str) -> int | None:
     return int.from_bytes(f.read(4), "little")
 
 
+def _is_gzip(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(2) == b"\x1f\x8b"
+
+
+def _decompressed_bytes(path: str, enough: int) -> int:
+  """Bytes a gzip file (of one member or several) decompresses to, counted up to `enough`; a
+  truncated file counts what it holds."""
+  import gzip
+  import zlib
+  total = 0
+  try:
+    with gzip.open(path, "rb") as f:
+      while total < enough:
+        block = f.read(1 << 22)
+        if not block:
+          break
+        total += len(block)
+  except (EOFError, OSError, zlib.error):
+    pass
+  return total
+
+
 # No brain MRI volume comes near this (1024³ float32): a header claiming more is refused before
 # anything is allocated, whatever the file holds.
 MAX_VOLUME_BYTES = 4 * 1024 ** 3
@@ -104,6 +127,11 @@ def _check_size(img, path: str) -> None:
                             "brain MRI volume (a damaged header?)")
   offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
   stored = _stored_bytes(path)
+  if stored is not None and claimed < 2 ** 32 and stored < offset + claimed and \
+      _is_gzip(path):
+    # the trailer gives the last gzip member's size only: a file written in several members
+    # (valid, and read by nibabel) is measured by decompressing it, up to what is needed
+    stored = _decompressed_bytes(path, offset + claimed)
   if stored is not None and claimed < 2 ** 32 and stored < offset + claimed:
     raise InvalidInputError(f"{path}: the header claims {claimed:,} bytes of voxels "
                             f"({'x'.join(map(str, img.shape))} {header.get_data_dtype()}) but the "

@@ -40,6 +40,24 @@ def test_truncated_file(tmp_path):
   assert str(t) in msg
 
 
+def test_a_multi_member_gzip_is_read(tmp_path):
+  """gzip allows several members one after the other (pigz and some exporters write them);
+  nibabel reads them, and so must msjax, though the trailer gives the last member's size."""
+  import gzip
+  p = save(tmp_path / "one.nii", brainlike((30, 30, 30)))
+  raw = open(p, "rb").read()
+  half = len(raw) // 2
+  multi = tmp_path / "multi.nii.gz"
+  multi.write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
+  v = nifti.read_nifti(multi)
+  np.testing.assert_array_equal(v.data, nifti.read_nifti(p).data)
+  # and a multi-member file cut short is still refused
+  cut = tmp_path / "cut.nii.gz"
+  data = multi.read_bytes()
+  cut.write_bytes(data[: len(data) - len(gzip.compress(raw[half:])) // 2])
+  expect("truncated|cannot be read", nifti.read_nifti, cut)
+
+
 def test_not_3d(tmp_path):
   expect("expected a 3D volume", nifti.read_nifti, save(tmp_path / "a.nii", np.ones((8, 8)) + 1))
   expect("4D series", nifti.read_nifti, save(tmp_path / "b.nii", brainlike((8, 8, 8, 2))))
