@@ -8,6 +8,7 @@ path to a config file. `config.mode` picks the stage; each stage is one importab
 """
 import importlib
 import os
+import shutil
 import sys
 
 from absl import app, flags, logging
@@ -70,9 +71,16 @@ def run_mode(config, workdir: str):
   from msjax import files
   new = not os.path.exists(workdir)
   files.writable_folder(workdir, "workdir")  # refused now, not after the work
+  from msjax.errors import InvalidInputError, RunFailedError
   try:
     return module.run(config, workdir)
-  except Exception:  # a run refused before it wrote anything leaves no empty workdir behind
+  except RunFailedError:  # the workdir holds the record of why
+    raise
+  except InvalidInputError:  # a refused run leaves no workdir of its own behind
+    if new:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  except Exception:
     if new:
       files.remove_empty_tree(workdir)
     raise

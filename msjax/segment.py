@@ -308,6 +308,9 @@ def run(config, workdir: str) -> dict:
   _check_input(config.input)
   t0 = time.time()
   bundle = load_bundle(config.model)
+  # the workdir says at once that msjax made it, so that a workdir inside the input folder is
+  # never read as input
+  outputs.write_description(workdir, outputs.generated_by(model_name(bundle)))
   cohort = _load_input(config, workdir)
   manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
   exams = shard_of(list(cohort.exams), config.shard)
@@ -320,7 +323,6 @@ def run(config, workdir: str) -> dict:
   key = settings_hash(mine)
   exams, resumed = _to_do(exams, workdir, config, key, mine)
   predictor = predict.Predictor(bundle["path"])
-  outputs.write_description(workdir, outputs.generated_by(model_name(bundle)))
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
                cohort.root, f" (shard {config.shard})" if config.shard else "",
                model_name(bundle), threshold,
@@ -388,7 +390,7 @@ def run(config, workdir: str) -> dict:
   for f in failed:
     print(f"  {f['exam_id']} FAILED: {' '.join(line.strip() for line in f['error'].splitlines())}")
   if failed and not done and not resumed:
-    raise errors.InvalidInputError(f"no exam could be segmented ({len(failed)} failed; see "
+    raise errors.RunFailedError(f"no exam could be segmented ({len(failed)} failed; see "
                                    f"{workdir}/segment_summary.json)")
   return summary
 

@@ -18,6 +18,10 @@ def load_cohort(path: str) -> Cohort:
         f"{path}: {kind}, where a folder is expected: give the folder that holds the exam "
         f"({os.path.dirname(path)}), a folder of exams, a BIDS dataset or a cohort.json")
   if os.path.isdir(path):
+    from msjax.data.scan import msjax_output
+    if msjax_output(path):
+      raise InvalidInputError(f"{path}: a folder of msjax's own outputs (its "
+                              "dataset_description.json says msjax made it), not input exams")
     manifest = os.path.join(path, MANIFEST_NAME)
     if not os.path.exists(manifest):
       return build_cohort(path)

@@ -4,6 +4,7 @@ recognised by name. Symbolic links are followed; files not used are listed, not 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 
@@ -53,12 +54,26 @@ def _walk(folder: str):
   seen = set()
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
     real = os.path.realpath(dirpath)
-    if real in seen:
-      dirnames[:] = []
+    if real in seen or (real != os.path.realpath(folder) and msjax_output(dirpath)):
+      dirnames[:] = []  # msjax's own outputs (a workdir inside the input) are never inputs
       continue
     seen.add(real)
     dirnames.sort()
     yield dirpath, dirnames, sorted(filenames)
+
+
+def msjax_output(folder: str) -> bool:
+  """A folder msjax wrote: a derivatives dataset whose dataset_description.json says msjax
+  generated it (segment, longitudinal and predict write one first)."""
+  path = os.path.join(folder, "dataset_description.json")
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path) as f:
+      made = json.load(f).get("GeneratedBy") or []
+  except (OSError, ValueError, AttributeError):
+    return False
+  return any(isinstance(g, dict) and g.get("Name") == "msjax" for g in made)
 
 
 def _is_nifti(name: str) -> bool:

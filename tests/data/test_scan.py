@@ -105,3 +105,21 @@ def test_one_patients_folder_of_visits_and_upper_case_extensions(tmp_path):
   assert sorted(c.exams[0].images) == ["FLAIR", "T1W"]
   assert c.exams[0].images["FLAIR"].endswith("study1_FLAIR.NII.GZ")
   assert nifti.read_nifti(c.exams[0].images["FLAIR"]).data.shape == (10, 10, 10)
+
+
+def test_msjax_own_outputs_inside_the_input_are_never_read_as_exams(tmp_path):
+  """A workdir (or derivatives/msjax dataset) inside the input folder holds FLAIR-named files
+  and lesion masks msjax wrote: the scan skips it, and given on its own it is refused."""
+  import json
+  touch_nifti(str(tmp_path / "in" / "p1" / "FLAIR.nii.gz"))
+  touch_nifti(str(tmp_path / "in" / "p2" / "FLAIR.nii.gz"))
+  out = tmp_path / "in" / "out"
+  touch_nifti(str(out / "work" / "preprocessed" / "p1" / "FLAIR.nii.gz"))
+  (out / "dataset_description.json").write_text(json.dumps(
+      {"Name": "x", "DatasetType": "derivative", "GeneratedBy": [{"Name": "msjax"}]}))
+  cohort = cohort_lib.load_cohort(str(tmp_path / "in"))
+  assert sorted(e.exam_id for e in cohort.exams) == ["p1", "p2"]
+  expect("msjax's own outputs", cohort_lib.load_cohort, str(out))
+  # a dataset another tool generated is read as before
+  (out / "dataset_description.json").write_text(json.dumps({"GeneratedBy": [{"Name": "x"}]}))
+  assert len(cohort_lib.load_cohort(str(tmp_path / "in")).exams) == 3
