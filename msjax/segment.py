@@ -208,7 +208,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
       from msjax.infer import clinical
       row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
                                       bundle=bundle, threshold=options.threshold,
-                                      config=config.report, model=model_name(bundle)))
+                                      config=config.report, model=made_with(config, bundle,
+                                                                            options)))
     except ImportError as e:
       problems.append(f"report skipped: it needs the preprocess extra (pip install "
                       f"'msjax[preprocess]'; {e})")
@@ -222,6 +223,15 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   row["status"] = "; ".join(["segmented"] + problems)
   row.update(predict_s=round(predict_s, 1), outputs_s=round(time.time() - t, 1))
   return row
+
+
+def made_with(config, bundle: dict, options) -> str:
+  """The model and the settings that made a mask, as the report page prints them."""
+  how = ("exam given on the model grid" if config.preprocessed else
+         f"brain extraction {config.preprocess.skull_strip}, N4 fit at "
+         f"{config.preprocess.n4_mm:g} mm")
+  return (f"{model_name(bundle)}; lesion at p >= {options.threshold:g}, "
+          f"{'8-flip mirroring' if options.mirror else 'no test-time mirroring'}, {how}")
 
 
 def model_name(bundle: dict) -> str:
@@ -310,9 +320,17 @@ def run(config, workdir: str) -> dict:
   bundle = load_bundle(config.model)
   # the workdir says at once that msjax made it, so that a workdir inside the input folder is
   # never read as input
+  description = os.path.join(workdir, "dataset_description.json")
+  marked = not os.path.exists(description)
   outputs.write_description(workdir, outputs.generated_by(model_name(bundle)))
-  cohort = _load_input(config, workdir)
-  manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything is written
+  try:
+    cohort = _load_input(config, workdir)
+    manifest_lib.check_output_names(cohort.exams)  # all shards' names, before anything else
+  except Exception:  # refused: the workdir is left as it was
+    if marked:
+      os.remove(description)
+      files.remove_empty_tree(workdir)
+    raise
   exams = shard_of(list(cohort.exams), config.shard)
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])

@@ -105,7 +105,7 @@ def scan_series(folder: str) -> list[Series]:
       uid = str(ds.get("SeriesInstanceUID", ""))
       if uid not in found:
         found[uid] = Series(
-            uid=uid, patient=_text(ds, "PatientID") or "patient",
+            uid=uid, patient=patient_key(ds),
             study_uid=str(ds.get("StudyInstanceUID", "")),
             study_when=_text(ds, "StudyDate") + _text(ds, "StudyTime"),
             number=int(_number(ds, "SeriesNumber") or 0),
@@ -125,6 +125,21 @@ def scan_series(folder: str) -> list[Series]:
   for uid, items in order.items():
     found[uid].files = [p for _, p in sorted(items)]
   return sorted(found.values(), key=lambda s: (s.patient, s.study_when, s.number))
+
+
+def patient_key(ds) -> str:
+  """Who a series belongs to: its PatientID; without one, its patient attributes (name, birth
+  date, sex) when it has any; without those, its own study, so that series whose patient
+  cannot be told apart are never taken for visits of one patient."""
+  import hashlib
+  pid = _text(ds, "PatientID")
+  if pid:
+    return pid
+  who = [_text(ds, k) for k in ("PatientName", "PatientBirthDate", "PatientSex")]
+  if any(who):
+    return "noid-" + hashlib.sha256("|".join(who).encode()).hexdigest()[:8]
+  study = str(ds.get("StudyInstanceUID", "")) or str(ds.get("SeriesInstanceUID", ""))
+  return "unknown-" + hashlib.sha256(study.encode()).hexdigest()[:8]
 
 
 _WORDS = {  # series-description words (lower case, split on non-letters), most specific first

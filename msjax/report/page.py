@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from msjax import figures, files  # noqa: E402
@@ -106,7 +107,8 @@ def _draw_slices(fig, grid, cols, flair, labels, slices, by_class, locations, re
     for lid in (int(v) for v in np.unique(here) if v):  # numbered as in the lesion table
       xi, yi = np.nonzero(here == lid)
       ax.text(here.shape[0] - 1 - xi.mean() + 2.5, here.shape[1] - 1 - yi.mean() - 2.5, str(lid),
-              color="white", fontsize=6, ha="left", va="bottom")
+              color="white", fontsize=6.5, fontweight="bold", ha="left", va="bottom",
+              path_effects=[patheffects.withStroke(linewidth=1.6, foreground="black")])
     n_here = len({int(v) for v in np.unique(labels[..., z]) if v})
     ax.set_title(f"axial {z}: {n_here} lesion(s)", fontsize=7)
 
@@ -147,8 +149,7 @@ def _draw_provenance(ax, locations, model, version, note):
   ax.axis("off")
   lines = [f"Model: {model or 'not given'}" + (f"  (msjax {version})" if version else ""),
            f"Locations (McDonald 2017 / MAGNIMS 2016) from {locations.method}. "
-           f"{locations.rule[:1].upper() + locations.rule[1:]}. Rule and limits: "
-           "msjax/report/locations.py.",
+           f"{locations.rule[:1].upper() + locations.rule[1:]}.",
            "Numbers on the slices are the lesion_id of the lesion table; its columns give each "
            "lesion's class, distances, probability and confidence.",
            "Radiological view: the patient's left on the image's right. A research tool, not a "

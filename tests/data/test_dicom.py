@@ -105,3 +105,31 @@ def test_dicom_tree_to_exams_keeps_an_oblique_orientation_and_seg_lands_on_the_m
   truth = pixels > level
   assert frames.shape == truth.shape and (frames > 0).sum() == truth.sum()
   assert np.array_equal(frames > 0, truth)
+
+
+def test_series_without_a_patient_id_are_told_apart_by_patient_and_study(tmp_path):
+  """Without PatientID, series are grouped by the patient's attributes; without those either,
+  by study, so that two anonymous exams are never taken for two visits of one patient."""
+  import pydicom
+
+  from dicom_files import write_series
+  from msjax.data import dicom
+  vol = np.full((8, 8, 4), 100.0)
+  a = write_series(vol, np.eye(4), tmp_path / "a", description="FLAIR", patient_id="X",
+                   study_date="20240101")
+  b = write_series(vol, np.eye(4), tmp_path / "b", description="FLAIR", patient_id="Y",
+                   study_date="20250101")
+  c = write_series(vol, np.eye(4), tmp_path / "c", description="FLAIR", patient_id="Z",
+                   study_date="20250101")
+  for paths, keep_name in ((a, True), (b, True), (c, False)):
+    for p in paths:
+      ds = pydicom.dcmread(p)
+      del ds.PatientID
+      if not keep_name:
+        for k in ("PatientName", "PatientBirthDate", "PatientSex"):
+          delattr(ds, k)
+      ds.save_as(p)
+  found = {os.path.basename(os.path.dirname(s.files[0])): s.patient
+           for s in dicom.scan_series(str(tmp_path))}
+  assert found["a"] != found["b"]  # names X^Test and Y^Test: two patients
+  assert found["c"].startswith("unknown-") and found["c"] not in (found["a"], found["b"])
