@@ -391,8 +391,7 @@ def run(config, workdir: str) -> dict:
   rows = sorted(resumed + done, key=lambda r: r["exam_id"])
   name = (f"segmentations.shard-{config.shard.replace('/', '-of-')}.csv" if config.shard
           else "segmentations.csv")
-  files.write_csv(outputs.cohort_rows(rows), os.path.join(workdir, name),
-                  fieldnames=outputs.COHORT_COLUMNS)
+  outputs.write_cohort_table(rows, os.path.join(workdir, name))
   summary = {"model": model_name(bundle), "input": cohort.root, "threshold": threshold,
              "shard": config.shard or None, "exams": done, "resumed": resumed, "failed": failed,
              "wall_s": round(time.time() - t0, 1)}
@@ -419,8 +418,7 @@ def merge(workdir: str) -> dict:
   if not summaries:
     raise errors.InvalidInputError(f"{workdir}: no complete exam outputs to merge "
                                    "(*_desc-lesion_summary.json)")
-  path = files.write_csv(outputs.cohort_rows(summaries), os.path.join(workdir, "segmentations.csv"),
-                         fieldnames=outputs.COHORT_COLUMNS)
+  path = outputs.write_cohort_table(summaries, os.path.join(workdir, "segmentations.csv"))
   print(f"[segment] merged {len(summaries)} exam(s) -> {path}")
   return {"exams": summaries, "csv": path}
 

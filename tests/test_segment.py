@@ -184,6 +184,10 @@ def test_a_failing_report_leaves_the_mask_and_table(trained, tiny_cohort, tmp_pa
   assert os.path.exists(files_["mask"]) and os.path.exists(files_["table"])
   table = list(csv.DictReader(open(tmp_path / "out" / "segmentations.csv")))
   assert table[0]["status"].startswith("segmented; report failed")
+  # one count and one volume, every column described beside the table (as BIDS does)
+  described = json.load(open(tmp_path / "out" / "segmentations.json"))
+  assert set(described) == set(table[0]) and described["volume_ml"]["Units"] == "mL"
+  assert "components" not in table[0] and "mask_volume_ml" not in table[0]
 
 
 def test_colliding_exam_names_are_refused_before_anything_is_written(tmp_path):

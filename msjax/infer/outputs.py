@@ -154,16 +154,48 @@ def find_summaries(root: str, suffix: str = "_desc-lesion_summary.json",
   return sorted(found, key=lambda s: s[key])
 
 
-# The cohort table: what an exam's segmentation found. Timings stay in the summaries (they differ
-# between runs; the table does not).
+# The cohort table: what an exam's segmentation found, one count and one volume; timings and the
+# finer counts (components of the mask, the report's lesion-only volume) stay in the summaries.
 # Report columns (msjax/report/table.py, where the report ran): lesions (> 3 mm³) and mL per
 # location class, the QC verdict and its reasons.
 REPORT_COLUMNS = tuple(f"{c}_{k}" for c in ("periventricular", "juxtacortical", "infratentorial",
                                            "deep_white_matter") for k in ("count", "ml")) + (
-    "lesion_volume_ml", "mask_volume_ml", "qc", "qc_reasons")
-COHORT_COLUMNS = ("exam_id", "patient_id", "status", "lesions", "components", "volume_ml") + \
+    "qc", "qc_reasons")
+COHORT_COLUMNS = ("exam_id", "patient_id", "status", "lesions", "volume_ml") + \
     REPORT_COLUMNS + ("threshold", "sampler", "mirror", "patches", "mask", "table", "overlay",
                       "report")
+# what each column means, written beside the table as BIDS does for tabular files
+COLUMN_DESCRIPTIONS = {
+    "exam_id": {"Description": "the exam (sub-<id>[_ses-<id>] of the outputs)"},
+    "patient_id": {"Description": "the patient the exam belongs to"},
+    "status": {"Description": "'segmented', or 'segmented; <optional output> failed: <why>'"},
+    "lesions": {"Description": "lesions in the mask: 6-connected components of more than "
+                               "3 mm³ (the MSSEG-2016 evaluator's count)"},
+    "volume_ml": {"Description": "volume of the whole lesion mask", "Units": "mL"},
+    **{f"{c}_count": {"Description": f"{c.replace('_', ' ')} lesions (McDonald 2017 / MAGNIMS "
+                                     "2016 location classes), of more than 3 mm³"}
+       for c in ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")},
+    **{f"{c}_ml": {"Description": f"volume of the {c.replace('_', ' ')} lesions", "Units": "mL"}
+       for c in ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")},
+    "qc": {"Description": "scan QC verdict", "Levels": {"ok": "within what the model saw",
+                                                        "check": "look at the exam",
+                                                        "fail": "do not use the result"}},
+    "qc_reasons": {"Description": "why the verdict is not ok, '; '-separated"},
+    "threshold": {"Description": "probability at and above which a voxel is lesion"},
+    "sampler": {"Description": "how patches were placed: sliding (Gaussian window) or random"},
+    "mirror": {"Description": "test-time mirroring (the mean over 8 flips)"},
+    "patches": {"Description": "patches the network ran on"},
+    "mask": {"Description": "the lesion mask, relative to this folder"},
+    "table": {"Description": "the per-lesion table, relative to this folder"},
+    "overlay": {"Description": "FLAIR slices with the mask outlined, relative to this folder"},
+    "report": {"Description": "the report page, relative to this folder"},
+}
+
+
+def write_cohort_table(rows: list[dict], path: str) -> str:
+  """The cohort CSV and its column descriptions (<name>.json beside it)."""
+  files.write_json(COLUMN_DESCRIPTIONS, os.path.splitext(path)[0] + ".json")
+  return files.write_csv(cohort_rows(rows), path, fieldnames=COHORT_COLUMNS)
 
 
 def cohort_rows(summaries: list[dict]) -> list[dict]:

@@ -1,0 +1,99 @@
+"""The lesion-transplant ablation on the Lesjak leave-one-out (issue 32): Dice per left-out patient
+and input, with and without transplant, from leave_one_out runs' `leave_one_out.json`.
+
+  python studies/lesion_transplant.py --with runs/loo_tp,runs/loo_tp_slab \\
+      --without runs/loo_base --out docs/results/lesion_transplant.md
+
+Each --with / --without is a comma-separated list of leave_one_out workdirs (their rows are
+merged: a later run's row for the same fold and method wins), or a results.md table of the same
+columns (e.g. an earlier model card's Results). Strategy 0CF; the FLAIR threshold for reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results  # noqa: E402
+
+VARIANTS = ("all", "FLAIR+T1W", "FLAIR+T2W", "FLAIR", "slab5mm", "thick4mm")
+FOLDS = ("patient07", "patient26")
+
+
+def rows_of(sources: str) -> dict:
+  """{(fold, method): row} from leave_one_out workdirs or results.md files."""
+  out = {}
+  for src in [s for s in sources.split(",") if s]:
+    if os.path.isdir(src):
+      with open(os.path.join(src, "leave_one_out.json")) as f:
+        for r in json.load(f)["rows"]:
+          out[(r["fold"], r["method"])] = r
+    else:
+      for line in open(src):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[0] in FOLDS:
+          pct = lambda v: None if v == "undef" else float(v) / 100  # noqa: E731
+          out[(cells[0], cells[1])] = {"dice": pct(cells[2]), "sensitivity": pct(cells[3]),
+                                       "precision": pct(cells[4]), "lesion_f1": pct(cells[5]),
+                                       "pred_volume_ml": float(cells[6])}
+  return out
+
+
+def method(variant: str, strategy: str = "0CF") -> str:
+  return strategy if variant == "all" else f"{strategy} [{variant}]"
+
+
+def fmt(v) -> str:
+  return "–" if v is None else f"{100 * v:.1f}"
+
+
+def table(named: dict) -> str:
+  lines = ["| input | " + " | ".join(
+      f"{name}: Dice 07 | Dice 26 | mean Dice | lesion F1 26" for name in named) + " |",
+           "| --- |" + " --- | --- | --- | --- |" * len(named)]
+  for variant in VARIANTS + ("FLAIR threshold",):
+    cells = []
+    for rows in named.values():
+      m = variant if variant == "FLAIR threshold" else method(variant)
+      d = [rows.get((f, m), {}).get("dice") for f in FOLDS]
+      mean = sum(d) / 2 if None not in d else None
+      f1 = rows.get(("patient26", m), {}).get("lesion_f1")
+      cells += [fmt(d[0]), fmt(d[1]), f"**{fmt(mean)}**" if mean is not None else "–", fmt(f1)]
+    if any(c not in ("–", "**–**") for c in cells):
+      lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--with", dest="with_", required=True)
+  p.add_argument("--without", required=True)
+  p.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
+                                               "lesion_transplant.md"))
+  p.add_argument("--note", default="")
+  a = p.parse_args(argv)
+  named = {"with transplant": rows_of(a.with_), "without": rows_of(a.without)}
+  text = results.header("Lesion transplant on the Lesjak leave-one-out (0CF, Dice %)")
+  text += ("Left-out patient scores, 0CF fine-tuned on the other patient, seed 0, 800 steps; "
+           "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
+           "the training never used (`thick4mm` is the training's own augmentation).\n\n")
+  text += table(named) + ("\n" + a.note + "\n" if a.note else "")
+  times = {}
+  for src in a.with_.split(","):
+    path = os.path.join(src, "leave_one_out.json")
+    if os.path.isdir(src) and os.path.exists(path):
+      times.update(json.load(open(path)).get("times_s", {}))
+  if times:
+    text += "\nWall time on 2 cores (with transplant): " + ", ".join(
+        f"{k} {v / 60:.1f} min" for k, v in times.items() if not k.startswith("predict") or
+        "[" not in k) + "\n"
+  print(text)
+  results.write(a.out, text)
+  print(f"-> {a.out}")
+
+
+if __name__ == "__main__":
+  main()
