@@ -67,7 +67,10 @@ def run_mode(config, workdir: str):
   if "distributed" in config:  # before any other JAX call
     from msjax import parallel
     parallel.initialize(config.distributed)
-  module = importlib.import_module(MODES[config.mode])
+  name = MODES[config.mode]
+  if config.mode == "evaluate" and config.get("change_reference"):
+    name = "msjax.longitudinal.evaluate"  # a longitudinal run's change maps against a reference
+  module = importlib.import_module(name)
   from msjax import files
   new = not os.path.exists(workdir)
   files.writable_folder(workdir, "workdir")  # refused now, not after the work

@@ -1,5 +1,6 @@
-"""The paper's model grid in numbers (numpy only): FSL's MNI152 1 mm box and its 128³ resampling
-(1.422×1.703×1.422 mm), and whether an exam already sits on either."""
+"""The paper's model grid in numbers: FSL's MNI152 1 mm box and its 128³ resampling
+(1.422×1.703×1.422 mm), whether an exam already sits on either, and the MNI152 templates shipped
+in nilearn's wheel (read for preprocessing's registration and the report's priors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +33,33 @@ def is_mni_grid(shape, affine, atol: float = 1e-2) -> bool:
     if all(min(np.abs(np.subtract(g, w)).max() for w in want) < max(atol, 0.1) for g in got):
       return True
   return False
+
+
+TEMPLATES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+             "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+             "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
+def template_path(name: str) -> str:
+  """A template file inside nilearn's installed package (found without importing nilearn, which
+  takes seconds): the `preprocess` extra installs it."""
+  import importlib.util
+  import os
+  spec = importlib.util.find_spec("nilearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("lesion locations need nilearn's MNI152 templates: pip install "
+                      "'msjax[preprocess]'")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data",
+                      TEMPLATES[name])
+  if not os.path.exists(path):
+    raise ImportError(f"{path}: not in this nilearn installation (nilearn >= 0.10 ships it)")
+  return path
+
+
+def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """As nilearn.datasets.load_mni152_{template,gm_template,wm_template}(resolution=1): the
+  stored uint8 values divided by their maximum."""
+  import nibabel as nib
+  img = nib.load(template_path(name))
+  data = np.asarray(img.dataobj, np.float32)
+  return data / data.max(), np.asarray(img.affine, float)

@@ -94,9 +94,6 @@ def format_table(summary: dict) -> str:
 
 
 def run(config, workdir: str):
-  if config.change_reference:  # change maps of a longitudinal run (msjax/longitudinal/evaluate.py)
-    from msjax.longitudinal import evaluate as change_evaluate
-    return change_evaluate.run(config, workdir)
   if not config.predictions or not config.cohort:
     raise ValueError("evaluate needs --config.predictions=<predict workdir> and "
                      "--config.cohort=PATH")

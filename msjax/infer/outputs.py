@@ -87,33 +87,6 @@ def publish(staging: str, root: str, exam: Exam) -> list[str]:
   return gone
 
 
-def change_paths(root: str, baseline: Exam, followup: Exam) -> dict[str, str]:
-  """Every output file of one patient's change between two visits (the `longitudinal` mode): on
-  each visit's native FLAIR grid, in that visit's folder,
-
-    sub-01/ses-1/anat/sub-01_ses-1_space-orig_desc-change_mask.nii.gz     0/1 change
-                      sub-01_ses-1_space-orig_desc-change_dseg.nii.gz     change classes (+ .tsv)
-                      sub-01_ses-1_space-orig_desc-changelesion_dseg.nii.gz  change-table ids
-
-  and for the pair, in the subject's folder: the per-lesion change table, the overlay figure,
-  the follow-up -> baseline transform and the summary (written last, listed first)."""
-  if baseline.bids["sub"] != followup.bids["sub"]:
-    raise ValueError(f"{baseline.exam_id} and {followup.exam_id} are not one subject's visits")
-  sub = f"sub-{baseline.bids['sub']}"
-  top = os.path.join(root, sub)
-  out = {"summary": os.path.join(top, f"{sub}_desc-change_summary.json")}
-  for visit, exam in (("baseline", baseline), ("followup", followup)):
-    d, p = exam_folder(root, exam), exam.bids_prefix
-    out[f"{visit}_mask"] = os.path.join(d, f"{p}_space-orig_desc-change_mask.nii.gz")
-    out[f"{visit}_classes"] = os.path.join(d, f"{p}_space-orig_desc-change_dseg.nii.gz")
-    out[f"{visit}_classes_tsv"] = os.path.join(d, f"{p}_space-orig_desc-change_dseg.tsv")
-    out[f"{visit}_lesions"] = os.path.join(d, f"{p}_space-orig_desc-changelesion_dseg.nii.gz")
-  out.update(table=os.path.join(top, f"{sub}_desc-change_table.csv"),
-             overlay=os.path.join(top, f"{sub}_desc-change_overlay.png"),
-             transform=os.path.join(top, f"{sub}_desc-followuptobaseline_xfm.tfm"))
-  return out
-
-
 def complete(root: str, exam: Exam) -> dict | None:
   """The exam's summary when its outputs are complete (the summary and every file it lists)."""
   import json

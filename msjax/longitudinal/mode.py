@@ -11,7 +11,7 @@ preprocessing, predict.segment_exam, predict.export_exam: each visit's segment o
 ses- folder); the change between them
 (run.run_patient: rigid registration in the patient's space, subtraction, each visit's lesion
 probability as a second opinion on faint change (change.detect), per-lesion classes);
-the outputs named by msjax/infer/outputs.change_paths; the summary JSON last, so that a patient's
+the outputs named by change_paths (below, beside segment's naming in msjax/infer/outputs.py); the summary JSON last, so that a patient's
 outputs are complete or absent. A failing patient is reported and the others go on. At the end:
 changes.csv (one row per patient) and longitudinal_summary.json (also the failures) in OUT.
 The decision grid's class map and change.json stay in OUT/work/change/sub-<patient>/.
@@ -38,6 +38,34 @@ COHORT_COLUMNS = ("patient", "baseline", "followup") + tuple(change.CLASSES.valu
     "new_or_enlarging_ml", "change_ml", "seg_lesions_baseline", "seg_lesions_followup",
     "seg_volume_baseline_ml", "seg_volume_followup_ml", "seconds", "table", "overlay")
 CLASS_TSV = "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in change.CLASSES.items())
+
+
+def change_paths(root: str, baseline: manifest_lib.Exam, followup: manifest_lib.Exam
+                 ) -> dict[str, str]:
+  """Every output file of one patient's change between two visits (the `longitudinal` mode): on
+  each visit's native FLAIR grid, in that visit's folder,
+
+    sub-01/ses-1/anat/sub-01_ses-1_space-orig_desc-change_mask.nii.gz     0/1 change
+                      sub-01_ses-1_space-orig_desc-change_dseg.nii.gz     change classes (+ .tsv)
+                      sub-01_ses-1_space-orig_desc-changelesion_dseg.nii.gz  change-table ids
+
+  and for the pair, in the subject's folder: the per-lesion change table, the overlay figure,
+  the follow-up -> baseline transform and the summary (written last, listed first)."""
+  if baseline.bids["sub"] != followup.bids["sub"]:
+    raise ValueError(f"{baseline.exam_id} and {followup.exam_id} are not one subject's visits")
+  sub = f"sub-{baseline.bids['sub']}"
+  top = os.path.join(root, sub)
+  out = {"summary": os.path.join(top, f"{sub}_desc-change_summary.json")}
+  for visit, exam in (("baseline", baseline), ("followup", followup)):
+    d, p = outputs.exam_folder(root, exam), exam.bids_prefix
+    out[f"{visit}_mask"] = os.path.join(d, f"{p}_space-orig_desc-change_mask.nii.gz")
+    out[f"{visit}_classes"] = os.path.join(d, f"{p}_space-orig_desc-change_dseg.nii.gz")
+    out[f"{visit}_classes_tsv"] = os.path.join(d, f"{p}_space-orig_desc-change_dseg.tsv")
+    out[f"{visit}_lesions"] = os.path.join(d, f"{p}_space-orig_desc-changelesion_dseg.nii.gz")
+  out.update(table=os.path.join(top, f"{sub}_desc-change_table.csv"),
+             overlay=os.path.join(top, f"{sub}_desc-change_overlay.png"),
+             transform=os.path.join(top, f"{sub}_desc-followuptobaseline_xfm.tfm"))
+  return out
 
 
 def _model(config, workdir: str):
@@ -90,7 +118,7 @@ def _exam_files(exam) -> dict:
 
 
 def _clear(workdir: str, pair) -> list[str]:
-  removed = outputs.remove(outputs.change_paths(workdir, pair.baseline, pair.followup).values())
+  removed = outputs.remove(change_paths(workdir, pair.baseline, pair.followup).values())
   return removed + outputs.clear(workdir, pair.baseline) + outputs.clear(workdir, pair.followup)
 
 
@@ -117,7 +145,7 @@ def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
 
 
 def _patient(pair, config, workdir: str, model) -> dict:
-  out = outputs.change_paths(workdir, pair.baseline, pair.followup)
+  out = change_paths(workdir, pair.baseline, pair.followup)
   t0 = time.time()
   visits = {}
   if model:  # both visits with the same model, before the change decision

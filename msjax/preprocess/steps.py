@@ -150,8 +150,7 @@ def mni_template() -> tuple[sitk.Image, sitk.Image]:
   affine onto FSL's 182×218×182 MNI grid. Read from nilearn's files as
   datasets.load_mni152_template / load_mni152_brain_mask(resolution=1) give them (the same
   arrays), without importing nilearn.datasets: that import alone took 2.8 s of an exam's 60."""
-  from msjax.report import atlas
-  t1, affine = atlas.load_template("t1")
+  t1, affine = mni.load_template("t1")
   ref = grid_lib.reference_image(mni.MNI_SHAPE, mni.MNI_AFFINE)
   out = []
   for data, linear in ((t1, True), ((t1 > 0.2).astype(np.float32), False)):

@@ -24,6 +24,8 @@ import functools
 import numpy as np
 from scipy import interpolate, ndimage
 
+from msjax.data.mni import load_template
+
 VENTRICLE_SEEDS_MM = ((8.0, -10.0, 20.0), (-8.0, -10.0, 20.0))
 
 # The tentorium cerebelli as a height z_t(|x|, y) in MNI mm, read off the ICBM 2009a T1 template
@@ -88,36 +90,6 @@ def _mni_coordinates(shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   i, j, k = np.meshgrid(*axes, indexing="ij", sparse=True)
   a = np.asarray(affine, np.float32)
   return tuple(a[r, 0] * i + a[r, 1] * j + a[r, 2] * k + a[r, 3] for r in range(3))
-
-
-TEMPLATES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-             "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-             "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
-
-
-def template_path(name: str) -> str:
-  """A template file inside nilearn's installed package (found without importing nilearn, which
-  takes seconds): the `preprocess` extra installs it."""
-  import importlib.util
-  import os
-  spec = importlib.util.find_spec("nilearn")
-  if spec is None or not spec.submodule_search_locations:
-    raise ImportError("lesion locations need nilearn's MNI152 templates: pip install "
-                      "'msjax[preprocess]'")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data",
-                      TEMPLATES[name])
-  if not os.path.exists(path):
-    raise ImportError(f"{path}: not in this nilearn installation (nilearn >= 0.10 ships it)")
-  return path
-
-
-def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
-  """As nilearn.datasets.load_mni152_{template,gm_template,wm_template}(resolution=1): the
-  stored uint8 values divided by their maximum."""
-  import nibabel as nib
-  img = nib.load(template_path(name))
-  data = np.asarray(img.dataobj, np.float32)
-  return data / data.max(), np.asarray(img.affine, float)
 
 
 @functools.lru_cache(maxsize=1)

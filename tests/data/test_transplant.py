@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msjax.data import lesion_load, nifti, pipeline, transplant
+from msjax.data import nifti, pipeline, transplant
 from msjax.data import exams as exams_lib
 
 C = 5
