@@ -239,6 +239,15 @@ def model_name(bundle: dict) -> str:
   return bundle.get("name") or bundle["path"]
 
 
+def inference_options(config, bundle: dict) -> predict.PredictOptions:
+  """The network's options for a job's predict block: the bundle's threshold unless the command
+  sets one."""
+  threshold = (config.predict.threshold if config.predict.threshold is not None
+               else bundle["threshold"])
+  return predict.PredictOptions.from_config(config.predict, threshold=threshold, seed=config.seed,
+                                            allow_any_geometry=config.allow_any_geometry)
+
+
 def load_bundle(model: str) -> dict:
   """The bundle of --config.model (a shipped name, a finetune workdir, '' = the default shipped
   model), said which; older bundles that do not declare their sequence sets are warned about."""
@@ -332,11 +341,8 @@ def run(config, workdir: str) -> dict:
       files.remove_empty_tree(workdir)
     raise
   exams = shard_of(list(cohort.exams), config.shard)
-  threshold = (config.predict.threshold if config.predict.threshold is not None
-               else bundle["threshold"])
-  options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
-                                               seed=config.seed,
-                                               allow_any_geometry=config.allow_any_geometry)
+  options = inference_options(config, bundle)
+  threshold = options.threshold
   mine = settings(config, bundle, options)
   key = settings_hash(mine)
   exams, resumed = _to_do(exams, workdir, config, key, mine)

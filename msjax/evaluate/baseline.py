@@ -30,24 +30,30 @@ def _flair(arrays: exams_lib.ExamArrays) -> np.ndarray:
   return arrays.images[..., FLAIR]
 
 
-def fit_threshold(exams, candidates=CANDIDATES, allow_any_geometry: bool = False) -> dict:
-  """The z-score threshold with the best pooled Dice on `exams` (labelled), and its curve."""
-  tp = np.zeros(len(candidates))
-  n_pred = np.zeros(len(candidates))
-  n_ref = 0
-  for exam in exams:
-    arrays = exams_lib.load_exam(exam, allow_any_geometry=allow_any_geometry)
-    if arrays.reference is None:
-      raise errors.InvalidInputError(f"exam {exam.exam_id}: fitting the FLAIR threshold "
-                                         "needs a reference mask")
-    brain = arrays.brain > 0
-    flair, ref = _flair(arrays)[brain], arrays.reference[brain] > 0
-    # sorted values give every candidate's "how many ≥ t" by one binary search each
-    all_sorted, ref_sorted = np.sort(flair), np.sort(flair[ref])
+def pooled_dice(pairs, candidates) -> np.ndarray:
+  """Dice pooled over exams at every candidate threshold: pairs of (values in the brain, their
+  reference flags); sorted values give every candidate's "how many >= t" by one binary search."""
+  tp, n_pred, n_ref = np.zeros(len(candidates)), np.zeros(len(candidates)), 0
+  for values, ref in pairs:
+    all_sorted, ref_sorted = np.sort(values), np.sort(values[ref])
     n_pred += len(all_sorted) - np.searchsorted(all_sorted, candidates, side="left")
     tp += len(ref_sorted) - np.searchsorted(ref_sorted, candidates, side="left")
     n_ref += int(ref.sum())
-  dice = 2 * tp / np.maximum(n_pred + n_ref, 1)
+  return 2 * tp / np.maximum(n_pred + n_ref, 1)
+
+
+def fit_threshold(exams, candidates=CANDIDATES, allow_any_geometry: bool = False) -> dict:
+  """The z-score threshold with the best pooled Dice on `exams` (labelled), and its curve."""
+  def pairs():
+    for exam in exams:
+      arrays = exams_lib.load_exam(exam, allow_any_geometry=allow_any_geometry)
+      if arrays.reference is None:
+        raise errors.InvalidInputError(f"exam {exam.exam_id}: fitting the FLAIR threshold "
+                                       "needs a reference mask")
+      brain = arrays.brain > 0
+      yield _flair(arrays)[brain], arrays.reference[brain] > 0
+
+  dice = pooled_dice(pairs(), candidates)
   best = int(np.argmax(dice))
   return {"threshold_z": float(candidates[best]), "train_dice": float(dice[best]),
           "fitted_on": [e.exam_id for e in exams],

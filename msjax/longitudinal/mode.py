@@ -72,24 +72,15 @@ def _model(config, workdir: str):
   """The bundle, network, options and preprocessing of --config.model resolved as segment does
   (a fine-tuning workdir or a shipped model's name; '' = the default shipped model), or None when
   no model is given and this msjax ships none."""
-  from msjax import segment
-  from msjax.infer import bundle as bundle_lib
+  from msjax import segment, shipped
   from msjax.infer import predict
-  try:
-    folder, described = segment.resolve_model(config.model)
-  except errors.InvalidInputError as e:
-    if config.model:
-      raise
-    logging.info("[longitudinal] no --config.model and no shipped model (%s)", e)
+  if not config.model and shipped.find(shipped.DEFAULT) is None:
+    logging.warning("[longitudinal] no --config.model and this msjax ships no model (%s holds "
+                    "none): change detection alone, without the network's opinion",
+                    shipped.root())
     return None
-  if described:
-    logging.info("[longitudinal] using the shipped model %s", described)
-  bundle = bundle_lib.read(folder)
-  threshold = (config.predict.threshold if config.predict.threshold is not None
-               else bundle["threshold"])
-  options = predict.PredictOptions.from_config(config.predict, threshold=threshold,
-                                               seed=config.seed,
-                                               allow_any_geometry=config.allow_any_geometry)
+  bundle = segment.load_bundle(config.model)  # a damaged or unknown bundle is refused by name
+  options = segment.inference_options(config, bundle)
   prepare = segment.preprocessor(config, bundle, workdir)
   return types.SimpleNamespace(
       path=bundle["path"], options=options, predictor=predict.Predictor(bundle["path"]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from msjax.data.lesions import lesion_labels
+from msjax.evaluate import baseline
 
 CANDIDATES = np.round(np.arange(0.5, 8.0001, 0.05), 2)
 
@@ -23,15 +24,9 @@ def brain_z(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 def fit_threshold(images, brains, references, candidates=CANDIDATES) -> dict:
   """The z threshold with the best pooled Dice over labelled exams (arrays)."""
-  tp, n_pred, n_ref = np.zeros(len(candidates)), np.zeros(len(candidates)), 0
-  for image, brain, ref in zip(images, brains, references):
-    z = brain_z(image, brain)[brain]
-    r = ref[brain] > 0
-    all_sorted, ref_sorted = np.sort(z), np.sort(z[r])
-    n_pred += len(all_sorted) - np.searchsorted(all_sorted, candidates, side="left")
-    tp += len(ref_sorted) - np.searchsorted(ref_sorted, candidates, side="left")
-    n_ref += int(r.sum())
-  dice = 2 * tp / np.maximum(n_pred + n_ref, 1)
+  dice = baseline.pooled_dice(((brain_z(image, brain)[brain], ref[brain] > 0)
+                               for image, brain, ref in zip(images, brains, references)),
+                              candidates)
   best = int(np.argmax(dice))
   return {"threshold_z": float(candidates[best]), "train_dice": float(dice[best])}
 
