@@ -190,12 +190,12 @@ def _count_lesions(mask, min_voxels):
 
 def visit_lesions(z: np.ndarray, brain: np.ndarray, spacing, rule: Rule = Rule(),
                   segmentation: np.ndarray | None = None) -> np.ndarray:
-  """A visit's lesion voxels, for the classes: the network's mask when there is one, else
-  smoothed FLAIR >= lesion_z robust units and brighter than cortex, never within cortex_mm of
-  the brain's surface (a new lesion touching cortex must not join a region of the whole
-  cortical ribbon and read as stable)."""
-  if segmentation is not None:
-    return (segmentation > 0) & brain
+  """A visit's lesion voxels, for the classes: smoothed FLAIR >= lesion_z robust units and
+  brighter than cortex, never within cortex_mm of the brain's surface (a new lesion touching
+  cortex must not join a region of the whole cortical ribbon and read as stable); with the
+  network's mask of the visit, only what it also calls lesion (grown by a voxel for partial
+  volume): FLAIR-bright tissue the network rejects is no lesion, and a network that calls too
+  much cannot add what FLAIR does not show."""
   depth = ndimage.distance_transform_edt(brain, sampling=spacing)
   smooth = _smooth(z, spacing, rule.smooth_mm)
   # lesions are brighter than cortex on FLAIR: above the bright end (99th percentile) of the
@@ -207,7 +207,10 @@ def visit_lesions(z: np.ndarray, brain: np.ndarray, spacing, rule: Rule = Rule()
   labels, n = ndimage.label(lesions, structure=SIX_CONNECTED)
   big = np.bincount(labels.ravel(), minlength=n + 1) >= min_lesion_voxels(float(np.prod(spacing)))
   big[0] = False
-  return big[labels]
+  lesions = big[labels]
+  if segmentation is not None:
+    lesions &= ndimage.binary_dilation(segmentation > 0, SIX_CONNECTED)
+  return lesions
 
 
 def classify(change: np.ndarray, z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, spacing,
