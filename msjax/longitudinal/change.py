@@ -73,6 +73,21 @@ class Rule:
   enlarge_voxels: int = 3              # follow-up voxels
 
 
+# Two visits of one patient, rigidly registered, correlate over the brain (FLAIR in robust units):
+# the Lesjak pairs 0.91 (patient01) and 0.90 (patient12) without N4; patient01's first visit
+# against patient12's second 0.34. Below this they are not compared.
+SAME_PATIENT_MIN_R = 0.7
+
+
+def visits_correlation(z1: np.ndarray, z2: np.ndarray, brain: np.ndarray) -> float:
+  """Correlation of two registered visits' FLAIR over the brain: do they look like one patient
+  (and did the registration between them work)?"""
+  a, b = z1[brain].astype(np.float64), z2[brain].astype(np.float64)
+  a, b = a - a.mean(), b - b.mean()
+  d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+  return float((a * b).sum() / d) if d > 0 else 0.0
+
+
 def robust_units(image: np.ndarray, brain: np.ndarray, like: np.ndarray | None = None):
   """(image - median) / (1.4826 MAD) of `like` (default: image) inside the brain."""
   ref = (image if like is None else like)[brain]

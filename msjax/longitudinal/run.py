@@ -82,6 +82,14 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   t = time.time()
   brain = a.brain
   z1, z2 = change.visit_units(*a.flair, brain)
+  same = change.visits_correlation(z1, z2, brain)
+  if same < change.SAME_PATIENT_MIN_R:
+    from msjax import errors
+    raise errors.InvalidInputError(
+        f"{baseline_exam_files['FLAIR']} and {followup_exam_files['FLAIR']} do not look like two "
+        f"visits of one patient: their FLAIRs correlate at r = {same:.2f} over the brain after "
+        f"registration (one patient's visits: 0.9; ok >= {change.SAME_PATIENT_MIN_R:g}); check "
+        "that they are the same patient, or the registration between them (not compared)")
   zf = change.change_z(z1, z2, brain, a.spacing, rule)
   zt = None
   if a.t2 is not None:
@@ -123,7 +131,7 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
       "rule": dataclasses.asdict(rule), "t2_used": zt is not None, "brain_mask": options.brain,
       "probabilities_used": p is not None, "probability_threshold": threshold if p else None,
       "decision_grid": {"size": list(a.grid.GetSize()), "spacing_mm": list(a.spacing)},
-      "counts": counts, "lesions": len(rows),
+      "visits_correlation": round(same, 4), "counts": counts, "lesions": len(rows),
       "brighter_ml": round(float((signed > 0).sum()) * voxel_ml, 4),
       "darker_ml": round(float((signed < 0).sum()) * voxel_ml, 4),
       "new_or_enlarging_ml": round(float(np.isin(classes, (1, 2)).sum()) * voxel_ml, 4),

@@ -194,3 +194,18 @@ def test_with_the_networks_masks_what_it_rejects_is_no_lesion():
   _, _, rows = change.classify(signed, z1, z2, brain, phantom.SPACING,
                                segmentations=(brain, brain))
   assert [r["class"] for r in rows] == ["enlarging"]
+
+
+def test_visits_of_two_patients_do_not_correlate_like_one_patients():
+  """One patient's two visits (the phantom with its own noise at each) correlate far above the
+  bar; a visit against another head (the phantom moved by 12 mm, as if another anatomy) or
+  against noise falls below it."""
+  v1, v2 = phantom.visit(BASE_LESIONS, seed=21), phantom.visit(BASE_LESIONS, seed=22)
+  brain = _brain()
+  z1, z2 = change.robust_units(v1, brain), change.robust_units(v2, brain, like=v1)
+  assert change.visits_correlation(z1, z2, brain) > 0.9
+  other = phantom.visit(BASE_LESIONS, shift_mm=(12.0, 9.0, 0.0), rotation_deg=(0, 0, 25), seed=23)
+  zo = change.robust_units(other, brain, like=v1)
+  assert change.visits_correlation(z1, zo, brain) < change.SAME_PATIENT_MIN_R
+  noise = np.random.default_rng(0).normal(size=v1.shape).astype(np.float32)
+  assert abs(change.visits_correlation(z1, noise, brain)) < 0.1
