@@ -98,7 +98,7 @@ def test_segment_uses_the_shipped_model_and_refuses_sequences_it_was_not_trained
   config = load_config("segment", "smoke", input=str(inp), preprocessed=True,
                        **{"report.enabled": False})
   summary = segment.run(config, str(tmp_path / "out"))
-  assert summary["model"] == str(root / shipped.DEFAULT)
+  assert summary["model"] == shipped.DEFAULT  # by its name, not a path of this machine
   assert [r["exam_id"] for r in summary["exams"]] == ["flaironly"]
   (failed,) = summary["failed"]
   assert failed["exam_id"] == "t1only" and "\n" not in failed["error"]
