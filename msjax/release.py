@@ -182,10 +182,11 @@ def run(config, workdir: str) -> dict:
     encoder = export_lib.export(
         pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
         training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
-  results = ""
-  if config.card_results:  # measured figures for the card, e.g. the leave-one-out's results.md
-    with open(config.card_results) as f:
-      results = f.read()
+  results = []
+  for path in config_base.parse_list(config.card_results):  # measured figures for the card,
+    with open(path) as f:                                   # generated files (docs/results/)
+      results.append(_demote_headings(f.read()))
+  results = "\n\n".join(results)
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training={"pretraining_scans": pre_scans, "encoder": encoder_name,
                                       "encoder_sha256": encoder_sha,
@@ -207,3 +208,8 @@ def run(config, workdir: str) -> dict:
 
 def _data(config, cohort: str):
   return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
+
+
+def _demote_headings(text: str) -> str:
+  """A results file's headings one level below the card's Results section."""
+  return "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())

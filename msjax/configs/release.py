@@ -32,8 +32,8 @@ def get_config(variant: str = ""):
                                 # or a shipped encoder's name, shipped with the model as it is)
   c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
                                 # over its left-out patients ('' = predict.threshold)
-  c.card_results = ""           # a markdown file of measured figures for the model card's Results
-                                # (the leave-one-out's results.md with these settings)
+  c.card_results = ""           # markdown files (comma-separated) of measured figures for the
+                                # model card's Results (docs/results/: the leave-one-out's tables)
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
