@@ -44,7 +44,7 @@ def scans(config, workdir: str):
   if not labelled:
     raise errors.InvalidInputError(f"{cohort.root}: no labelled exam to fine-tune on")
   unlabelled = list(cohort.select(labelled=False))
-  if config.unlabelled_raw:
+  if config.unlabelled_raw and not config.pretrained:  # unlabelled scans are for pretraining
     unlabelled += loo.preprocess_raw(config, workdir)
   for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(loo._existing(path, "unlabelled")).exams)

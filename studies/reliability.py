@@ -120,7 +120,7 @@ def main(argv=None):
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
   fig.savefig(png, dpi=100)
-  text += f"\n![reliability]({os.path.basename(png)})\n"
+  text += f"\nFigure: docs/results/{os.path.basename(png)} (beside this file in the repository).\n"
   print(text)
   results.write(a.out, text)
   print(f"-> {a.out}, {png}")
