@@ -10,6 +10,7 @@ import dataclasses
 from ml_collections import config_dict
 
 from msjax import config_base
+from msjax.report import report_config
 from msjax.longitudinal import change
 
 
@@ -34,6 +35,7 @@ def get_config(variant: str = ""):
   c.change.brain = "otsu"   # otsu | robex (msjax/longitudinal/align.py)
   c.change.rule = config_dict.ConfigDict(dataclasses.asdict(change.Rule()))  # change.py's rule
   c.overlay_slices = 4
+  c.report = report_config()  # each visit's page (as segment writes it), with a model
   config_base.allow_any_geometry(c)
   if "fast" in v:
     config_base.fast_raw_path(c)
@@ -41,4 +43,5 @@ def get_config(variant: str = ""):
     c.predict.batch_size = 8
     c.predict.mirror = False
     c.preprocess.n4_iterations = (5, 5)
+    c.report.page_pdf = False
   return config_base.finish(c, v)

@@ -84,15 +84,28 @@ def _model(config, workdir: str):
   prepare = segment.preprocessor(config, bundle, workdir)
   return types.SimpleNamespace(
       path=bundle["path"], options=options, predictor=predict.Predictor(bundle["path"]),
+      bundle=bundle, made_with=segment.made_with(config, bundle, options),
       prepare=lambda exam: prepare(segment.known_sequences(exam, bundle)))
 
 
-def _segment(model, exam, workdir: str) -> tuple:
-  """One visit through segment's steps: (segmentation in the visit's space, its exported row)."""
+def _segment(model, exam, workdir: str, config=None) -> tuple:
+  """One visit through segment's steps: (segmentation in the visit's space, its exported row
+  with the visit's report page and QC verdict where the report is on; a failing report leaves
+  the visit's mask, as in segment)."""
   from msjax.infer import predict
   ready = model.prepare(exam)
   seg = predict.segment_exam(model.predictor, ready, model.options)
-  return seg, predict.export_exam(seg, ready, workdir)
+  row = predict.export_exam(seg, ready, workdir)
+  if config is not None and config.report.enabled:
+    try:
+      from msjax.infer import clinical
+      row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
+                                      bundle=model.bundle, threshold=model.options.threshold,
+                                      config=config.report, model=model.made_with))
+    except Exception as e:  # noqa: BLE001 - an optional output
+      row["report_error"] = f"{type(e).__name__}: {e}"
+      logging.warning("[longitudinal] %s: report failed (%s); its mask is kept", exam.exam_id, e)
+  return seg, row
 
 
 def _exam_files(exam) -> dict:
@@ -140,8 +153,8 @@ def _patient(pair, config, workdir: str, model) -> dict:
   t0 = time.time()
   visits = {}
   if model:  # both visits with the same model, before the change decision
-    visits = {v: _segment(model, e, workdir) for v, e in (("baseline", pair.baseline),
-                                                          ("followup", pair.followup))}
+    visits = {v: _segment(model, e, workdir, config) for v, e in (("baseline", pair.baseline),
+                                                                  ("followup", pair.followup))}
   seg_s = round(time.time() - t0, 1)
   options = run_lib.Options(rule=change.Rule(**config.change.rule.to_dict()), n4=config.change.n4,
                             use_t2=config.change.use_t2, brain=config.change.brain)
@@ -160,21 +173,35 @@ def _patient(pair, config, workdir: str, model) -> dict:
       os.replace(made[f"{visit}_{name}"], out[f"{visit}_{key}"])
     files.write_text(CLASS_TSV, out[f"{visit}_classes_tsv"])
   os.replace(made["followup_to_baseline"], out["transform"])
-  files.write_csv(_table(result["rows"], out, visits), out["table"], fieldnames=TABLE_COLUMNS)
+  rows = _table(result["rows"], out, visits)
+  files.write_csv(rows, out["table"], fieldnames=TABLE_COLUMNS)
   ses = (pair.baseline.bids["ses"], pair.followup.bids["ses"])
+  checks = [f"registration between the visits: FLAIR r = {result['visits_correlation']:.2f} "
+            f"over the brain (one patient's visits: about 0.9; refused under "
+            f"{change.SAME_PATIENT_MIN_R:g})"]
+  for visit, (_, row) in visits.items():
+    if row.get("qc"):
+      checks.append(f"{visit} scan QC: {row['qc'].upper()}"
+                    + (f" ({row['qc_reasons']})" if row.get("qc_reasons") else ""))
   figure.change_overlay(pair.baseline.images["FLAIR"], pair.followup.images["FLAIR"],
                         out["transform"], out["baseline_classes"], out["baseline_lesions"],
                         out["overlay"], title=f"sub-{pair.patient}: ses-{ses[0]} -> ses-{ses[1]}",
                         n_slices=config.overlay_slices,
-                        sessions=(f"baseline ses-{ses[0]}", f"follow-up ses-{ses[1]}"))
+                        sessions=(f"baseline ses-{ses[0]}", f"follow-up ses-{ses[1]}"),
+                        table=rows, checks=checks,
+                        model=model.made_with if model else "no model: change detection alone")
   segmentation = {v: {"lesions": row["lesions"], "volume_ml": row["volume_ml"],
-                      "mask": os.path.relpath(row["mask"], workdir)}
+                      "mask": os.path.relpath(row["mask"], workdir),
+                      **({"report": os.path.relpath(row["report"], workdir), "qc": row["qc"],
+                          "qc_reasons": row.get("qc_reasons")} if row.get("report") else {}),
+                      **({"report_error": row["report_error"]} if "report_error" in row else {})}
                   for v, (_, row) in visits.items()} or None
   summary = {
       "patient": pair.patient, "patient_id": pair.baseline.patient_id,
       **{v: {"exam_id": e.exam_id, "session": e.bids["ses"], "flair": e.images["FLAIR"]}
          for v, e in (("baseline", pair.baseline), ("followup", pair.followup))},
       "counts": result["counts"], "lesions": result["lesions"],
+      "visits_correlation": result["visits_correlation"],
       **{k: result[k] for k in ("new_or_enlarging_ml", "change_ml", "brighter_ml", "darker_ml",
                                 "t2_used", "probabilities_used", "probability_threshold")},
       "model": model.path if model else None, "segmentation": segmentation,

@@ -138,6 +138,9 @@ def test_both_visits_segmented_with_the_model(trained, tmp_path):
   assert [r["class"] for r in table] == ["new", "new"]
   assert all(0 <= float(r[f"mean_probability_{v}"]) <= 1 for r in table
              for v in ("baseline", "followup"))
+  # the change page: both visits' slices, the changed lesions' table, the registration check
+  assert s["visits_correlation"] > 0.9
+  assert os.path.getsize(out / s["files"]["overlay"]) > 30000
   with open(out / "changes.csv") as f:
     row = next(csv.DictReader(f))
   assert row["new"] == "2"
