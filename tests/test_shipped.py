@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import finetune_smoke, load_config
+from conftest import LESJAK_MNI, finetune_smoke, load_config, needs_lesjak
 from msjax import checkpoint, errors, release, rules, segment, shipped
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import predict
@@ -177,11 +177,43 @@ def test_the_package_ships_its_models_intact(monkeypatch):
     assert "LEAD:" not in open(os.path.join(folder, "model_card.md")).read()
   spec, declared = bundle_lib.inputs_of(bundle_lib.read(shipped.find(shipped.DEFAULT)))
   assert declared and ["FLAIR"] in spec["subsets"] and all("FLAIR" in s for s in spec["subsets"])
+
+
+
+@needs_lesjak()
+def test_the_shipped_model_finds_a_real_lesion_and_leaves_clean_tissue(monkeypatch):
+  """Behaviour, not shape: on patient26 as the model sees it (the 128³ grid, z-scored), the
+  32³ patch around its largest lesion is segmented like the raters' consensus (Dice >= 0.5) and
+  a patch of its white matter away from every lesion gets (almost) nothing; weights that are
+  wrong, untrained or read in the wrong order fail both."""
+  from scipy import ndimage
+
+  from msjax.data import cohort as cohort_lib
+  from msjax.data import exams as exams_lib
+  _package_models(monkeypatch)
+  exam = next(e for e in cohort_lib.load_cohort(LESJAK_MNI).exams if e.patient_id == "patient26")
+  bundle = bundle_lib.read(shipped.find(shipped.DEFAULT))
+  a = exams_lib.load_exam(exam, model_shape=tuple(bundle["model_grid"]))
   predictor = predict.Predictor(shipped.find(shipped.DEFAULT))
   p = predictor.patch
-  x = np.zeros((2, p, p, p, 5), np.float32)  # an empty patch: no lesion
+  labels, n = ndimage.label(a.reference > 0)
+  biggest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+  centre = np.round(ndimage.center_of_mass(labels == biggest)).astype(int)
+  corners = [np.clip(centre - p // 2, 0, np.array(a.shape) - p)]
+  for c in np.ndindex(*(np.array(a.shape) // (p // 4) - 3)):  # a patch of brain, no lesion
+    k = np.array(c) * (p // 4)
+    box = tuple(slice(i, i + p) for i in k)
+    if a.brain[box].mean() > 0.9 and not a.reference[box].any():
+      corners.append(k)
+      break
+  x = np.stack([a.images[tuple(slice(c, c + p) for c in k)] for k in corners])
   out = np.asarray(predictor.predict_batch(x))
   assert out.shape == (2, p, p, p) and np.all((out >= 0) & (out <= 1))
+  ref = a.reference[tuple(slice(c, c + p) for c in corners[0])] > 0
+  hit = out[0] >= bundle["threshold"]
+  dice = 2 * (hit & ref).sum() / (hit.sum() + ref.sum())
+  assert dice >= 0.5, dice
+  assert (out[1] >= bundle["threshold"]).mean() < 0.01
 
 
 @pytest.mark.slow  # one raw exam preprocessed for real (segment:fast: atlas mask, registrations)
