@@ -82,43 +82,45 @@ def test_atlas_mask_drops_scalp_and_neck_that_the_threshold_mask_keeps():
   assert (atlas & scalp).sum() < 0.01 * scalp.sum()
 
 
-def test_preprocess_exam_with_atlas_mask(tmp_path, monkeypatch):
-  """Through `preprocess_exam`: registration on the threshold-masked image, then the template's
-  mask; the brain mask on the model grid is the brain, and to_mni.tfm is the registration's."""
-  image, brain, _, to_mni = synthetic_head()
+def _template_head():
+  """The synthetic head with the MNI template's own intensities inside its brain (at a known
+  affine from MNI), scalp, neck and bridges kept."""
+  image, brain, scalp, to_mni = synthetic_head()
+  template, _ = steps.mni_template()
+  inside = grid_lib.to_numpy(steps.resample(template, image, to_mni.GetInverse()))
+  arr = grid_lib.to_numpy(image)
+  arr[brain] = 100.0 * inside[brain] / inside[brain].max() + 20.0
+  return grid_lib.from_numpy(arr, image), brain, scalp, to_mni
+
+
+def test_preprocess_exam_with_atlas_mask(tmp_path):
+  """Through `preprocess_exam`, with the real registration (no stand-in): the threshold-masked
+  head registered to MNI, the template's mask brought back; the brain mask on the model grid is
+  the head's brain (put there by a known affine), and to_mni.tfm maps points within 2 mm of it."""
+  image, brain, _, to_mni = _template_head()
   flair = str(tmp_path / "FLAIR.nii.gz")
   sitk.WriteImage(image, flair)
-  seen = []
-
-  def register(masked):
-    seen.append(grid_lib.to_numpy(masked) != 0)
-    return to_mni
-  monkeypatch.setattr(steps, "register_head_to_mni", register)
   exam = manifest_lib.Exam(exam_id="head", patient_id="head", ms=True, images={"FLAIR": flair})
   record = run_lib.preprocess_exam(exam, str(tmp_path / "out"),
                                    run_lib.Options(n4=False, skull_strip="atlas", qc=False))
-  assert len(seen) == 1 and (seen[0] & brain).sum() > 0.95 * brain.sum()  # within the head mask
   assert set(record["times_s"]) >= {"skull_strip", "mni_registration", "atlas_mask"}
   written = np.asarray(nib.load(record["brain_mask"]).dataobj) > 0
   truth = grid_lib.to_numpy(steps.resample(
       sitk.Cast(grid_lib.from_numpy(brain.astype(np.float32), image), sitk.sitkFloat32),
       grid_lib.reference_image(), to_mni)) >= 0.5
-  assert dice(written, truth) > 0.95, dice(written, truth)
+  assert dice(written, truth) > 0.9, dice(written, truth)
   stored = sitk.ReadTransform(os.path.join(os.path.dirname(record["brain_mask"]), "to_mni.tfm"))
-  np.testing.assert_allclose(stored.TransformPoint((10.0, 20.0, 30.0)),
-                             to_mni.TransformPoint((10.0, 20.0, 30.0)), atol=1e-6)
+  for point in ((10.0, 20.0, 30.0), (-30.0, -40.0, 10.0), (0.0, 0.0, -20.0)):
+    assert np.linalg.norm(np.subtract(stored.TransformPoint(point),
+                                      to_mni.TransformPoint(point))) < 2.0
 
 
 def test_head_registration_recovers_the_known_affine_despite_the_scalp():
   """register_head_to_mni on the synthetic head with the template's own intensities inside the
   brain, through the head mask as `preprocess_exam` gives it (scalp, neck and bridges kept): the
   MNI -> subject map it finds lands within 2 mm of the known one over the template's brain."""
-  image, brain, _, to_mni = synthetic_head()
-  template, template_mask = steps.mni_template()
-  inside = grid_lib.to_numpy(steps.resample(template, image, to_mni.GetInverse()))
-  arr = grid_lib.to_numpy(image)
-  arr[brain] = 100.0 * inside[brain] / inside[brain].max() + 20.0
-  image = grid_lib.from_numpy(arr, image)
+  image, brain, _, to_mni = _template_head()
+  _, template_mask = steps.mni_template()
   head = steps.threshold_brain_mask(image, erode_mm=steps.ATLAS_HEAD_ERODE_MM)
   found = steps.register_head_to_mni(sitk.Mask(image, head))
   idx = np.argwhere(sitk.GetArrayViewFromImage(template_mask) > 0)[::2000][:, ::-1]
