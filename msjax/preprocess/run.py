@@ -164,9 +164,10 @@ def coregister(exam, imgs: dict, options: Options):
     elif options.coregistration == "file":
       raise steps.PreprocessingError(f"{exam.images[m]}: no transform file to FLAIR")
     else:
-      logging.info("[preprocess] %s: no %s_intrastudy_to_FLAIR.txt beside %s: registering it to "
-                   "FLAIR (rigid, mutual information; tens of seconds, a shipped transform "
-                   "takes about one)", exam.exam_id, m, os.path.basename(exam.images[m]))
+      stem = os.path.basename(exam.images[m]).split(".nii")[0]
+      logging.info("[preprocess] %s: no %s_intrastudy_to_FLAIR.txt beside its %s: registering it "
+                   "to FLAIR (rigid, mutual information; tens of seconds, where a shipped "
+                   "transform takes about one)", exam.exam_id, stem, m)
       tfm = steps.rigid_to(imgs["FLAIR"], img)
       how[m] = "rigid registration"
     out[m] = steps.resample(img, imgs["FLAIR"], tfm)
