@@ -1,0 +1,129 @@
+"""Are the longitudinal mode's change classes right? Scored by direction against the Lesjak
+reference (issue 33): a reference change region brighter on FLAIR at the follow-up is a new or
+enlarging lesion, a darker one shrinking or disappearing. Per patient, on the reference's common
+grid (the baseline's class map brought there with the database's transform, nearest):
+
+- sensitivity per direction: of the reference regions of that direction that the change map
+  touches, the share whose predicted class (the most voxels of the region) has that direction;
+- precision per class: of the predicted changed lesions of a class that touch a reference
+  region, the share whose region has the class's direction;
+- lesion F1 over the reference regions with visible change (peak |z| >= 4 by
+  msjax.longitudinal.evidence's evidence.json, when given) beside the F1 over all regions
+  (the evaluate mode's, from its summary.json).
+
+  python studies/change_classes.py --run runs/long --data ../shared/data \\
+      [--evidence runs/evidence/evidence.json] [--evaluation runs/long_eval/summary.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results  # noqa: E402
+
+UP, DOWN = {1, 2}, {4, 5}          # new, enlarging | shrinking, disappearing (change.CLASSES)
+NAMES = {1: "new", 2: "enlarging", 4: "shrinking", 5: "disappearing"}
+
+
+def score_patient(run: str, data: str, patient: str) -> dict:
+  import SimpleITK as sitk
+  from scipy import ndimage
+
+  from msjax.longitudinal import regions, scores
+  from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
+  ref_dir = os.path.join(data, "lesjak_longitudinal_change", patient)
+  reference = sitk.ReadImage(os.path.join(ref_dir, "change_gt.nii.gz"))
+  tfm = {s: sitk.ReadTransform(os.path.join(ref_dir, f"study{s}_FLAIR_to_common_space.txt"))
+         for s in (1, 2)}
+  flair = {s: grid_lib.to_numpy(steps.resample(sitk.ReadImage(os.path.join(
+      data, "lesjak_longitudinal_raw", patient, f"study{s}_FLAIR.nii.gz"), sitk.sitkFloat32),
+      reference, tfm[s])) for s in (1, 2)}
+  anat = os.path.join(run, f"sub-{patient}", "ses-study1", "anat")
+  classes_img = sitk.ReadImage(os.path.join(
+      anat, f"sub-{patient}_ses-study1_space-orig_desc-change_dseg.nii.gz"))
+  classes = scores.mask_onto(classes_img, reference, tfm[1])
+  ref = grid_lib.to_numpy(reference) > 0
+  labels, n = ndimage.label(ref, regions.SIX_CONNECTED)
+  out = {"patient": patient, "regions": n, "touched": {"up": 0, "down": 0},
+         "right": {"up": 0, "down": 0}}
+  for k in range(1, n + 1):
+    region = labels == k
+    shell = ndimage.binary_dilation(region, iterations=3) & ~region
+    contrast = {}
+    for s in (1, 2):
+      around = shell & (flair[s] > 0)
+      contrast[s] = flair[s][region].mean() / max(float(flair[s][around].mean())
+                                                  if around.any() else 0.0, 1e-6)
+    direction = "up" if contrast[2] > contrast[1] else "down"
+    hit = classes[region]
+    hit = hit[np.isin(hit, list(UP | DOWN))]
+    if not len(hit):
+      continue
+    out["touched"][direction] += 1
+    predicted = np.bincount(hit).argmax()
+    out["right"][direction] += int(predicted in (UP if direction == "up" else DOWN))
+  # precision per class: predicted components that touch a reference region
+  out["classes"] = {}
+  ref_dir_map = np.zeros(ref.shape, np.int8)
+  for k in range(1, n + 1):
+    region = labels == k
+    shell = ndimage.binary_dilation(region, iterations=3) & ~region
+    up = flair[2][region].mean() / max(float(flair[2][shell & (flair[2] > 0)].mean()), 1e-6) > \
+        flair[1][region].mean() / max(float(flair[1][shell & (flair[1] > 0)].mean()), 1e-6)
+    ref_dir_map[region] = 1 if up else -1
+  for code, name in NAMES.items():
+    comp, m = ndimage.label(classes == code, regions.SIX_CONNECTED)
+    touching, right = 0, 0
+    for j in range(1, m + 1):
+      dirs = ref_dir_map[comp == j]
+      dirs = dirs[dirs != 0]
+      if len(dirs):
+        touching += 1
+        right += int(np.sign(dirs.sum()) == (1 if code in UP else -1))
+    out["classes"][name] = {"touching": touching, "right": right,
+                            "predicted": m}
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--run", required=True)
+  ap.add_argument("--data", default="../shared/data")
+  ap.add_argument("--patients", default="patient01,patient12")
+  ap.add_argument("--evaluation", default="", help="evaluate's summary.json of the same run")
+  ap.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
+                                                "change_classes.md"))
+  a = ap.parse_args(argv)
+  rows = [score_patient(a.run, a.data, p) for p in a.patients.split(",")]
+  text = results.header("Longitudinal change classes against the Lesjak reference, by direction")
+  text += ("| patient | reference regions | brighter at follow-up, classed new/enlarging | "
+           "darker, classed shrinking/disappearing | " + " | ".join(
+               f"{c} (right / touching / predicted)" for c in NAMES.values()) + " |\n"
+           "| --- | --- | --- | --- |" + " --- |" * len(NAMES) + "\n")
+  for r in rows:
+    text += (f"| {r['patient']} | {r['regions']} | {r['right']['up']}/{r['touched']['up']} | "
+             f"{r['right']['down']}/{r['touched']['down']} | " + " | ".join(
+                 f"{c['right']}/{c['touching']}/{c['predicted']}" for c in r["classes"].values())
+             + " |\n")
+  text += ("\nSensitivity by direction counts the reference regions the change map touches; "
+           "a class's precision counts its predicted lesions that touch a reference region "
+           "(the others are false changes or changes the reference does not mark).\n")
+  if a.evaluation and os.path.exists(a.evaluation):
+    ev = json.load(open(a.evaluation))
+    text += "\n| patient | change Dice | lesion F1 (all reference lesions) |\n| --- | --- | --- |\n"
+    for e in ev["exams"]:
+      text += f"| {e['patient']} | {e['dice']:.3f} | {e['lesion_f1']:.3f} |\n"
+  print(text)
+  results.write(a.out, text)
+  print(f"-> {a.out}")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
