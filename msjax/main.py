@@ -46,8 +46,14 @@ def quiet_libraries():
   msjax's progress lines stay readable."""
   import logging as py_logging
   noisy = ("orbax", "grain", "jax/_src")
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or not any(n in r.pathname for n in noisy))
+
+  def keep(r) -> bool:
+    if not any(n in r.pathname for n in noisy):
+      return True
+    # orbax warns at every read of a checkpoint that it opens it read-only, as asked
+    return r.levelno >= py_logging.WARNING and "read_only" not in str(r.msg) and \
+        "read only" not in str(r.msg)
+  logging.get_absl_handler().addFilter(keep)
 
 
 def setup_compilation_cache():

@@ -153,8 +153,9 @@ def run(config, workdir: str) -> dict:
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))
   ft_manifest = loo.write_manifest([dataclasses.replace(e, split="train") for e in labelled],
                                    os.path.join(workdir, "cohorts", "finetune.json"))
-  logging.info("[release] pretraining on %d scans, fine-tuning (%s) on %d labelled exams of %d "
-               "patients", len(everything), config.strategy, len(labelled),
+  logging.info("[release] %s, fine-tuning (%s) on %d labelled exams of %d patients",
+               f"the encoder of {config.pretrained}" if config.pretrained else
+               f"pretraining on {len(everything)} scans", config.strategy, len(labelled),
                len({e.patient_id for e in labelled}))
   pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")
   t = time.time()
