@@ -44,16 +44,10 @@ def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> s
 # seed every call, so the same exam registered twice came out differently (off-diagonal affine
 # terms 0.045-0.077 apart between runs, and masks a few border voxels apart).
 SAMPLING_SEED = 20170521
-# Registrations run in one thread: ITK's multi-threaded Mattes metric sums its threads' parts in
-# the order they finish, so the same exam registered twice moved by ~1e-5, and a mask built on
-# it by a few voxels and a lesion (issue 34: one scan given twice, 45 vs 44 lesions). The rest of
-# the pipeline (N4, resampling, the network) keeps every core.
-REGISTRATION_THREADS = 1
 
 def _registration(fixed, moving, transform, *, shrink=(4, 2, 1), smooth=(2, 1, 0), sampling=0.1,
                   iterations=200, seed=SAMPLING_SEED, fixed_mask=None, regular=False):
   reg = sitk.ImageRegistrationMethod()
-  reg.SetNumberOfThreads(REGISTRATION_THREADS)
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   # regular: a grid of samples (jittered with the seed) instead of random points: smoother metric
   reg.SetMetricSamplingStrategy(reg.REGULAR if regular else reg.RANDOM)
@@ -86,7 +80,6 @@ def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
   1.1 s a call, the same choice by a similar margin)."""
   fixed, moving = (sitk.BinShrink(i, _voxels(i, voxel_mm)) for i in (fixed, moving))
   reg = sitk.ImageRegistrationMethod()
-  reg.SetNumberOfThreads(REGISTRATION_THREADS)
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   reg.SetMetricSamplingStrategy(reg.RANDOM)
   reg.SetMetricSamplingPercentage(0.05, SAMPLING_SEED)
