@@ -26,7 +26,8 @@ def _flair_model(trained, folder) -> str:
   path = os.path.join(folder, "bundle.json")
   bundle = json.load(open(path))
   bundle["inputs"]["subsets"].append(["FLAIR"])
-  json.dump(bundle, open(path, "w"))
+  from msjax import shipped
+  json.dump(shipped.seal(bundle), open(path, "w"))  # re-sealed: an edit msjax would refuse
   return str(folder)
 
 
