@@ -34,15 +34,6 @@ class Aligned:
   times_s: dict
 
 
-def _unwrap(tfm):
-  import SimpleITK as sitk
-  if tfm.GetName() == "CompositeTransform":
-    composite = sitk.CompositeTransform(tfm)
-    if composite.GetNumberOfTransforms() == 1:
-      return composite.GetNthTransform(0)
-  return tfm
-
-
 def brain_mask_otsu(img):
   """The fast brain mask (uint8 sitk image on img's grid): msjax.preprocess.steps'
   threshold_brain_mask."""
@@ -66,16 +57,9 @@ def decision_grid(baseline, followup):
 
 
 def to_flair(flair, image, transform_path: str | None):
-  """Transform mapping FLAIR points into `image`: the exam's transform file in the direction with
-  the better mutual information, else rigid registration."""
-  import SimpleITK as sitk
-
+  """Transform mapping FLAIR points into `image` (msjax.preprocess.steps.to_flair)."""
   from msjax.preprocess import steps
-  if transform_path:
-    tfm = sitk.ReadTransform(transform_path)
-    candidates = [tfm, tfm.GetInverse()]
-    return candidates[int(np.argmin([steps.mutual_information(flair, image, c) for c in candidates]))]
-  return _unwrap(steps.rigid_to(flair, image))
+  return steps.to_flair(flair, image, transform_path)[0]
 
 
 def read_image(path: str, n4: bool = True):
@@ -106,7 +90,7 @@ def align_pair(baseline: dict, followup: dict, *, n4: bool = True, use_t2: bool 
 
   f1 = timed("n4_flair_baseline", read_image, baseline["FLAIR"], n4)
   f2 = timed("n4_flair_followup", read_image, followup["FLAIR"], n4)
-  to_followup = timed("rigid_registration", lambda: _unwrap(steps.rigid_to(f1, f2)))
+  to_followup = timed("rigid_registration", lambda: steps.unwrap(steps.rigid_to(f1, f2)))
   if brain == "robex":
     mask = timed("brain_mask", steps.robex_mask, f1)
   else:

@@ -145,31 +145,20 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
 def coregister(exam, imgs: dict, options: Options):
   """Every sequence onto FLAIR: a shipped `*_intrastudy_to_FLAIR.txt` transform (its direction
   checked by mutual information) or rigid Mattes-MI registration. Returns (images, how)."""
-  import SimpleITK as sitk
-
   from msjax.preprocess import steps
   out, how = dict(imgs), {}
   for m, img in imgs.items():
     if m == "FLAIR":
       continue
     tfm_path = transform_file(exam, m) if options.coregistration in ("auto", "file") else None
-    if tfm_path:
-      tfm = sitk.ReadTransform(tfm_path)
-      # the shipped file's direction convention is not stated: keep the one that aligns better
-      candidates = [tfm, tfm.GetInverse()]
-      scores = [steps.mutual_information(imgs["FLAIR"], img, c) for c in candidates]
-      tfm = candidates[int(np.argmin(scores))]
-      how[m] = (f"file {os.path.basename(tfm_path)} "
-                f"({'as is' if np.argmin(scores) == 0 else 'inverted'})")
-    elif options.coregistration == "file":
+    if not tfm_path and options.coregistration == "file":
       raise steps.PreprocessingError(f"{exam.images[m]}: no transform file to FLAIR")
-    else:
+    if not tfm_path:
       stem = os.path.basename(exam.images[m]).split(".nii")[0]
       logging.info("[preprocess] %s: no %s_intrastudy_to_FLAIR.txt beside its %s: registering it "
                    "to FLAIR (rigid, mutual information; tens of seconds, where a shipped "
                    "transform takes about one)", exam.exam_id, stem, m)
-      tfm = steps.rigid_to(imgs["FLAIR"], img)
-      how[m] = "rigid registration"
+    tfm, how[m] = steps.to_flair(imgs["FLAIR"], img, tfm_path)
     out[m] = steps.resample(img, imgs["FLAIR"], tfm)
   return out, how
 

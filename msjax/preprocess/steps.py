@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 
+import os
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -165,11 +167,11 @@ def register_to_mni(brain_t1: sitk.Image) -> sitk.Transform:
   template, template_mask = mni_template()
   init = sitk.CenteredTransformInitializer(template, brain_t1, sitk.Euler3DTransform(),
                                            sitk.CenteredTransformInitializerFilter.MOMENTS)
-  rigid = _unwrap(_registration(template, brain_t1, init, shrink=(8, 4), smooth=(4, 2))[0])
+  rigid = unwrap(_registration(template, brain_t1, init, shrink=(8, 4), smooth=(4, 2))[0])
   affine = _affine_from(sitk.Euler3DTransform(rigid))  # the affine stage starts from it
   out, metric, stop = _registration(template, brain_t1, affine, shrink=(4, 2, 1),
                                     smooth=(2, 1, 0), iterations=150)
-  return sitk.AffineTransform(_unwrap(out))
+  return sitk.AffineTransform(unwrap(out))
 
 
 def register_head_to_mni(head_t1: sitk.Image) -> sitk.Transform:
@@ -187,11 +189,11 @@ def register_head_to_mni(head_t1: sitk.Image) -> sitk.Transform:
   init = sitk.CenteredTransformInitializer(template, head_t1, sitk.Euler3DTransform(),
                                            sitk.CenteredTransformInitializerFilter.MOMENTS)
   sampling = dict(sampling=HEAD_SAMPLING, regular=True, fixed_mask=metric_mask)
-  rigid = sitk.Euler3DTransform(_unwrap(_registration(
+  rigid = sitk.Euler3DTransform(unwrap(_registration(
       template, head_t1, init, shrink=(4, 2), smooth=(4, 2), **sampling)[0]))
   out, _, _ = _registration(template, head_t1, _affine_from(rigid), shrink=(2, 1),
                             smooth=(2, 1), iterations=150, **sampling)
-  return sitk.AffineTransform(_unwrap(out))
+  return sitk.AffineTransform(unwrap(out))
 
 
 # register_head_to_mni: how far (mm) beyond the template's brain its metric looks (3 mm left one
@@ -277,10 +279,24 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
   return brain
 
 
-def _unwrap(tfm: sitk.Transform) -> sitk.Transform:
+def unwrap(tfm: sitk.Transform) -> sitk.Transform:
   """Registration returns its result wrapped in a one-element CompositeTransform."""
   if tfm.GetName() == "CompositeTransform":
     composite = sitk.CompositeTransform(tfm)
     if composite.GetNumberOfTransforms() == 1:
       return composite.GetNthTransform(0)
   return tfm
+
+
+def to_flair(flair: sitk.Image, image: sitk.Image, transform_path: str | None
+             ) -> tuple[sitk.Transform, str]:
+  """The transform mapping FLAIR points into `image`, and how it was found: a shipped transform
+  file in the direction with the better mutual information (the files' convention is not
+  stated), else rigid registration."""
+  if transform_path:
+    tfm = sitk.ReadTransform(transform_path)
+    candidates = [tfm, tfm.GetInverse()]
+    best = int(np.argmin([mutual_information(flair, image, c) for c in candidates]))
+    return candidates[best], (f"file {os.path.basename(transform_path)} "
+                              f"({'as is' if best == 0 else 'inverted'})")
+  return unwrap(rigid_to(flair, image)), "rigid registration"
