@@ -2,6 +2,7 @@
 `segment`, the sequence sets a bundle takes, and init_from=<shipped name>."""
 import json
 import os
+import re
 import shutil
 
 import nibabel as nib
@@ -164,6 +165,17 @@ def _package_models(monkeypatch):
     pytest.fail(f"the package ships no {shipped.DEFAULT} in {shipped.PACKAGE_DIR}")
 
 
+def _strings(value, out: list) -> None:
+  if isinstance(value, dict):
+    for v in value.values():
+      _strings(v, out)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      _strings(v, out)
+  elif isinstance(value, str):
+    out.append(value)
+
+
 def test_the_package_ships_its_models_intact(monkeypatch):
   """Both shipped models load, their hashes match, they are compact, the segmentation model
   declares every sequence set with FLAIR, and a tiny prediction runs."""
@@ -175,6 +187,12 @@ def test_the_package_ships_its_models_intact(monkeypatch):
     assert bundle["weights"]["sha256"] == shipped.sha256(os.path.join(folder, "weights.npz"))
     assert os.path.getsize(os.path.join(folder, "weights.npz")) < 10e6
     assert "LEAD:" not in open(os.path.join(folder, "model_card.md")).read()
+    # no path of the machine that trained it, in the card or anywhere in the bundle
+    card = open(os.path.join(folder, "model_card.md")).read()
+    assert not re.search(r"`/|\(/|\s/(?:work|tmp|home|root|Users)/", card), name
+    strings = []
+    _strings(json.load(open(os.path.join(folder, "bundle.json"))), strings)
+    assert not [t for t in strings if os.path.isabs(t)], name
   spec, declared = bundle_lib.inputs_of(bundle_lib.read(shipped.find(shipped.DEFAULT)))
   assert declared and ["FLAIR"] in spec["subsets"] and all("FLAIR" in s for s in spec["subsets"])
 
