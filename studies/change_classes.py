@@ -51,32 +51,20 @@ def score_patient(run: str, data: str, patient: str) -> dict:
   ref = grid_lib.to_numpy(reference) > 0
   labels, n = ndimage.label(ref, regions.SIX_CONNECTED)
   out = {"patient": patient, "regions": n, "touched": {"up": 0, "down": 0},
-         "right": {"up": 0, "down": 0}}
+         "right": {"up": 0, "down": 0}, "classes": {}}
+  ref_dir_map = np.zeros(ref.shape, np.int8)  # +1 brighter at follow-up, -1 darker
   for k in range(1, n + 1):
     region = labels == k
-    shell = ndimage.binary_dilation(region, iterations=3) & ~region
-    contrast = {}
-    for s in (1, 2):
-      around = shell & (flair[s] > 0)
-      contrast[s] = flair[s][region].mean() / max(float(flair[s][around].mean())
-                                                  if around.any() else 0.0, 1e-6)
-    direction = "up" if contrast[2] > contrast[1] else "down"
+    up = regions.brighter_at_followup(region, flair)
+    ref_dir_map[region] = 1 if up else -1
     hit = classes[region]
     hit = hit[np.isin(hit, list(UP | DOWN))]
     if not len(hit):
       continue
+    direction = "up" if up else "down"
     out["touched"][direction] += 1
-    predicted = np.bincount(hit).argmax()
-    out["right"][direction] += int(predicted in (UP if direction == "up" else DOWN))
+    out["right"][direction] += int(np.bincount(hit).argmax() in (UP if up else DOWN))
   # precision per class: predicted components that touch a reference region
-  out["classes"] = {}
-  ref_dir_map = np.zeros(ref.shape, np.int8)
-  for k in range(1, n + 1):
-    region = labels == k
-    shell = ndimage.binary_dilation(region, iterations=3) & ~region
-    up = flair[2][region].mean() / max(float(flair[2][shell & (flair[2] > 0)].mean()), 1e-6) > \
-        flair[1][region].mean() / max(float(flair[1][shell & (flair[1] > 0)].mean()), 1e-6)
-    ref_dir_map[region] = 1 if up else -1
   for code, name in NAMES.items():
     comp, m = ndimage.label(classes == code, regions.SIX_CONNECTED)
     touching, right = 0, 0

@@ -38,6 +38,18 @@ def visit_mask(segmentations: str, patient: str, study: str) -> str:
   return path
 
 
+def brighter_at_followup(region: np.ndarray, flair: dict) -> bool:
+  """Is a change region brighter on FLAIR at study 2 than at study 1, each relative to the mean
+  of its 3-voxel shell (flair: {1: study 1, 2: study 2} on the region's grid)?"""
+  shell = ndimage.binary_dilation(region, iterations=3) & ~region
+  contrast = {}
+  for s in (1, 2):
+    around = shell & (flair[s] > 0)
+    contrast[s] = flair[s][region].mean() / max(float(flair[s][around].mean())
+                                                if around.any() else 0.0, 1e-6)
+  return bool(contrast[2] > contrast[1])
+
+
 def found_regions(reference: np.ndarray, flair: dict, masks: dict) -> dict:
   """reference: change mask; flair, masks: {1: study 1, 2: study 2} on the reference's grid.
   Per region: brighter at study 2 or not, and found in the right visit's mask."""
@@ -45,13 +57,7 @@ def found_regions(reference: np.ndarray, flair: dict, masks: dict) -> dict:
   brighter, found, well = [], [], []
   for k in range(1, n + 1):
     region = labels == k
-    shell = ndimage.binary_dilation(region, iterations=3) & ~region
-    contrast = {}
-    for s in (1, 2):
-      around = shell & (flair[s] > 0)
-      contrast[s] = flair[s][region].mean() / max(float(flair[s][around].mean())
-                                                  if around.any() else 0.0, 1e-6)
-    up = bool(contrast[2] > contrast[1])
+    up = brighter_at_followup(region, flair)
     brighter.append(up)
     covered = float(masks[2 if up else 1][region].mean())
     found.append(covered >= MIN_COVERED)
