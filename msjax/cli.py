@@ -36,8 +36,9 @@ def _docstring(path: str) -> str:
 
 
 def summary_line(name: str) -> str:
-  """The first sentence of a packaged config's docstring, on one line."""
-  doc = " ".join(_docstring(os.path.join(PACKAGED_CONFIGS, f"{name}.py")).split())
+  """The first sentence of a packaged config's (or a config file's) docstring, on one line."""
+  path = name if name.endswith(".py") else os.path.join(PACKAGED_CONFIGS, f"{name}.py")
+  doc = " ".join(_docstring(path).split())
   first = re.split(r"(?<=\.)\s", doc, maxsplit=1)[0].rstrip(".:;")
   return first[:110] + ("..." if len(first) > 110 else "")
 
@@ -123,11 +124,10 @@ def config_help(path: str) -> str:
   comments = field_comments(file, os.path.join(here, "config_base.py"),
                             os.path.join(here, "report", "__init__.py"))
   fields = flatten(config)
-  name = os.path.basename(file)[:-3]
-  doc = _docstring(file).strip().splitlines()
-  lines = [f"msjax --config={path.partition(':')[2] and name + ':' + path.partition(':')[2] or name}"
-           f": {summary_line(name) if os.path.dirname(file) == PACKAGED_CONFIGS else doc[:1]}",
-           "", "fields (--config.<field>=<value>; defaults shown):"]
+  variant = path.partition(":")[2]
+  name = os.path.basename(file)[:-3] + (f":{variant}" if variant else "")
+  lines = [f"msjax --config={name}: {summary_line(file)}", "",
+           "fields (--config.<field>=<value>; defaults shown):"]
   width = min(max(map(len, fields)), 34)
   for key, value in fields.items():
     parts = key.split(".")

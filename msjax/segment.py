@@ -269,7 +269,7 @@ def settings(config, bundle: dict, options) -> dict:
   from msjax import shipped
   model = bundle.get(shipped.CONTENT_KEY) or shipped.content_hash(bundle)
   return {"msjax": msjax.__version__, "model": model_name(bundle), "model_sha256": model,
-          "predict": {k: v for k, v in dataclasses.asdict(options).items()},
+          "predict": dataclasses.asdict(options),
           "preprocess": ("given on the model grid" if config.preprocessed
                          else preprocess_block(config, bundle).to_dict()),
           "report": config.report.to_dict()}

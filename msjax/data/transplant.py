@@ -221,19 +221,18 @@ class DonorBank:
   def __init__(self, folder: str):
     self.paths = map_files(folder)
     self._lock = threading.Lock()
-    self._volumes: list | None = None
     self._by_grid: dict = {}
 
   def donors(self, grid: nifti.Grid) -> list[Donor]:
+    """The donors on `grid`: each map read and brought there once per grid (the full-size maps
+    are not kept: 27 of them are ~200 MB, their lesions on the model grid a few)."""
     key = (tuple(grid.shape), np.round(grid.affine, 3).tobytes())
     with self._lock:
       if key not in self._by_grid:
-        if self._volumes is None:
-          self._volumes = [nifti.read_nifti(p, kind="mask") for p in self.paths]
         self._by_grid[key] = [
-            make_donor(os.path.basename(v.path).split(".nii")[0], onto_grid(v, grid),
-                       grid.voxel_ml)
-            for v in self._volumes]
+            make_donor(os.path.basename(p).split(".nii")[0],
+                       onto_grid(nifti.read_nifti(p, kind="mask"), grid), grid.voxel_ml)
+            for p in self.paths]
       return self._by_grid[key]
 
 
