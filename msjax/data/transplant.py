@@ -22,7 +22,9 @@ per sequence, with texture) fitted on real lesions instead of drawn at random:
   keeps only its voxels inside the brain (eroded) and off CSF, and is dropped when it lands
   mostly outside white matter; each kept lesion gets its own mean (shared across sequences: a
   faint lesion is faint on every sequence), a smooth texture, and its soft edge blended with the
-  target's tissue.
+  target's tissue; per transplant, each sequence's contrast to white matter is scaled by a random
+  factor (`Spec.contrast`), since lesion contrast differs between patients and scanners (the
+  domain randomisation of SynthSeg, narrowed to the measured look).
 
 Pastes are `lesion_load.Paste`s, rendered into patches by `lesion_load.render` (image ←
 (1 − soft)·image + soft·lesion, mask ∪ hard). A plan is a pure function of its generator.
@@ -59,6 +61,10 @@ class Spec:
   jitter: int = 3            # whole-donor shift, voxels per axis, uniform in ±jitter
   min_kept: float = 0.5      # a lesion is dropped when less of it lands on brain off CSF
   min_white_matter: float = 0.5  # ... or when less of what is kept lies in white matter
+  # per transplant and sequence, the look's contrast to white matter scaled by a factor uniform
+  # in this range: one training brain's look is one patient's (the two Lesjak patients' FLAIR
+  # contrasts differ by a factor 0.71, their T2W by 1.15); (1, 1) draws nothing
+  contrast: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +269,9 @@ def plan(rng: np.random.Generator, donors: list[Donor], look: Look, images: np.n
   wm_like = (images[..., T1W] >= WHITE_MATTER_T1W_Z) if present[T1W] else np.ones_like(allowed)
   if lesions is not None:
     wm_like = wm_like | (lesions > 0)  # where this brain has a lesion, one may lie
+  lo_c, hi_c = spec.contrast
+  scale = (rng.uniform(lo_c, hi_c, len(present)).astype(np.float32) if (lo_c, hi_c) != (1.0, 1.0)
+           else np.ones(len(present), np.float32))
   pastes, centres = [], []
   channel_sign = np.sign(look.contrast) + (look.contrast == 0)
   for lesion in donor.lesions:
@@ -287,6 +296,7 @@ def plan(rng: np.random.Generator, donors: list[Donor], look: Look, images: np.n
     u = float(np.clip(rng.standard_normal(), -2.0, 2.0))
     t = texture(rng, hard.shape)[..., None]
     values = look.mean + u * look.between + t * look.within * channel_sign
+    values = look.white_matter + scale * (values - look.white_matter)  # this patient's contrast
     values = np.where(present, values, 0.0).astype(np.float32)
     pastes.append(lesion_load.Paste(lo=lo, soft=soft, hard=np.ascontiguousarray(kept),
                                     images=np.ascontiguousarray(values, dtype=np.float32)))

@@ -73,5 +73,6 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                   probability=d.lesion_load, added_ml=tuple(d.lesion_load_ml),
                                   max_grow=d.lesion_grow, contrast=tuple(d.lesion_contrast)),
                               transplant=transplant.Spec(probability=d.transplant,
-                                                         maps=d.lesion_maps),
+                                                         maps=d.lesion_maps,
+                                                         contrast=tuple(d.transplant_contrast)),
                               seed=config.seed)

@@ -80,10 +80,11 @@ def setting(tmp_path):
   return images, brain, mask, present, csf, str(tmp_path), grid
 
 
-def _plans(images, brain, mask, present, folder, grid, n, probability=1.0, seed=0):
+def _plans(images, brain, mask, present, folder, grid, n, probability=1.0, seed=0,
+           contrast=(1.0, 1.0)):
   donors = transplant.DonorBank(folder).donors(grid)
   look = transplant.measure_look(images, brain, mask, present)
-  spec = transplant.Spec(probability=probability)
+  spec = transplant.Spec(probability=probability, contrast=contrast)
   return [transplant.plan(np.random.default_rng([seed, i]), donors, look, images, brain, mask,
                           present, spec) for i in range(n)], look
 
@@ -128,6 +129,29 @@ def test_transplanted_lesions_look_like_the_brains_own(setting):
     assert voxels[:, c].std() == pytest.approx(images[real_core, c].std(), rel=0.35), c
   # missing sequences stay missing
   assert (voxels[:, 1] == 0).all() and (voxels[:, 4] == 0).all()
+
+
+def test_contrast_randomisation_scales_each_sequences_contrast_within_its_range(setting):
+  """Spec.contrast: per transplant and sequence, the lesions' mean contrast to white matter is the
+  look's times a factor in the range, drawn independently per sequence; (1, 1) is the look."""
+  images, brain, mask, present, csf, folder, grid = setting
+  look = transplant.measure_look(images, brain, mask, present)
+  ratios = []
+  for p in _plans(images, brain, mask, present, folder, grid, n=16, contrast=(0.6, 1.4))[0]:
+    if not p.pastes:
+      continue
+    mean = np.mean([q.images[q.hard].mean(axis=0) for q in p.pastes], axis=0)  # over lesions
+    ratios.append([(mean[c] - look.white_matter[c]) / look.contrast[c] for c in (T1W, T2W, FLAIR)])
+  ratios = np.array(ratios)
+  assert len(ratios) >= 10
+  # a lesion's mean is off the look by the between-lesion spread (≤ 2 sd, averaged over lesions)
+  assert (ratios > 0.4).all() and (ratios < 1.6).all()
+  assert ratios.std(axis=0).min() > 0.1                     # the factor varies between transplants
+  assert abs(np.corrcoef(ratios[:, 1], ratios[:, 2])[0, 1]) < 0.9  # and per sequence
+  off = np.array([[(np.mean([q.images[q.hard].mean(axis=0) for q in p.pastes], axis=0)[c] - look.white_matter[c])
+                   / look.contrast[c] for c in (T1W, T2W, FLAIR)]
+                  for p in _plans(images, brain, mask, present, folder, grid, n=16)[0] if p.pastes])
+  assert off.std(axis=0).max() < ratios.std(axis=0).min()
 
 
 def test_no_transplanted_lesion_outside_the_brain_or_in_csf_and_image_and_mask_align(setting):
