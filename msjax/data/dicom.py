@@ -5,9 +5,10 @@ Series are grouped with pydicom (headers only) and each is identified as FLAIR, 
 contrast), T2W or PDW from its DICOM fields: the series description and protocol name first (what
 the technologist typed, the most direct evidence), then the acquisition itself (inversion time,
 echo time, repetition time, contrast agent). A series that cannot be identified (localisers,
-diffusion, derived maps, ...) is listed with its description and skipped; `plan` shows the mapping
-before anything is converted. Each kept series is converted by dcm2niix (Chris Rorden's converter,
-the `dcm2niix` wheel on PyPI), which handles mosaics, enhanced multi-frame objects, gantry tilt and
+diffusion, derived maps, ...) is listed with its description and skipped, and so is one whose
+slices are not one regular volume (a missing file's gap, mixed orientations: `geometry_problem`);
+`plan` shows the mapping before anything is converted. Each kept series is converted by dcm2niix
+(Chris Rorden's converter, the `dcm2niix` wheel on PyPI), which handles mosaics, enhanced multi-frame objects, gantry tilt and
 orientation; msjax never reorders DICOM pixels itself. Visits of a patient (studies) are numbered
 study1, study2, ... by study date and time. `dicom_sources.json` in the output records, per exam and
 sequence, the series UID and its files: the DICOM SEG written back refers to the FLAIR series.
@@ -69,6 +70,9 @@ class Series:
   files: list[str]
   modality: str | None = None
   why: str = ""
+  # per file, in instance order: (ImagePositionPatient, ImageOrientationPatient) or None where a
+  # file has no such tags (enhanced multi-frame objects carry them per frame; dcm2niix reads those)
+  geometry: list = dataclasses.field(default_factory=list)
 
 
 def _text(ds, key) -> str:
@@ -121,10 +125,63 @@ def scan_series(folder: str) -> list[Series]:
                     "RepetitionTime": _number(ds, "RepetitionTime"),
                     "ContrastBolusAgent": _text(ds, "ContrastBolusAgent")},
             files=[])
-      order[uid].append((int(_number(ds, "InstanceNumber") or 0), path))
+      order[uid].append((int(_number(ds, "InstanceNumber") or 0), path, _geometry(ds)))
   for uid, items in order.items():
-    found[uid].files = [p for _, p in sorted(items)]
+    items.sort(key=lambda item: (item[0], item[1]))
+    found[uid].files = [p for _, p, _ in items]
+    found[uid].geometry = [g for _, _, g in items]
   return sorted(found.values(), key=lambda s: (s.patient, s.study_when, s.number))
+
+
+def _geometry(ds):
+  try:
+    position = [float(v) for v in ds.ImagePositionPatient]
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+  except (AttributeError, TypeError, ValueError):
+    return None
+  return (position, orientation) if len(position) == 3 and len(orientation) == 6 else None
+
+
+# slices of one volume: orientations equal to 1e-3 (direction cosines), spacings equal to 2 % or
+# 0.1 mm, whichever is larger (scanners round positions; dcm2niix itself warns past ~1 %)
+ORIENTATION_TOL = 1e-3
+SPACING_REL_TOL, SPACING_ABS_TOL_MM = 0.02, 0.1
+
+
+def geometry_problem(series: Series) -> str | None:
+  """Why a single-frame series' slices are not one regular volume (mixed orientations, a gap
+  from a missing file, unequal spacing, repeated positions in unequal numbers), or None. Series
+  whose files carry no per-file geometry (enhanced multi-frame) are left to dcm2niix."""
+  import numpy as np
+  geometry = [g for g in series.geometry if g is not None]
+  if len(geometry) < 3 or len(geometry) != len(series.files):
+    return None
+  orientations = np.array([o for _, o in geometry])
+  odd = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > ORIENTATION_TOL)
+  if len(odd):
+    return (f"slices of more than one orientation ({len(odd)} of {len(geometry)} files differ "
+            f"from the first, e.g. {os.path.basename(series.files[odd[0]])}): a localiser or a "
+            f"reformat merged into the series")
+  normal = np.cross(orientations[0][:3], orientations[0][3:])
+  depth = np.array([p for p, _ in geometry]) @ normal
+  levels, counts = np.unique(np.round(depth, 2), return_counts=True)
+  if len(levels) < 2:
+    return None
+  if counts.min() != counts.max():  # echoes or phases repeat every position the same number
+    at = levels[np.argmin(counts)]
+    return (f"slice positions repeated unequally ({counts.min()}-{counts.max()} files per "
+            f"position, e.g. at {at:.2f} mm): duplicated or missing files")
+  steps = np.diff(levels)
+  typical = float(np.median(steps))
+  tol = max(SPACING_REL_TOL * typical, SPACING_ABS_TOL_MM)
+  bad = np.flatnonzero(np.abs(steps - typical) > tol)
+  if len(bad):
+    k = bad[0]
+    what = ("a gap" if steps[k] > typical else "unequal spacing")
+    return (f"{what}: {steps[k]:.2f} mm between slices at {levels[k]:.2f} and {levels[k + 1]:.2f} mm "
+            f"along the slice normal where the others are {typical:.2f} mm apart "
+            f"({len(bad)} such step(s); a file missing from the series?)")
+  return None
 
 
 def patient_key(ds) -> str:
@@ -190,6 +247,12 @@ def plan(folder: str) -> tuple[list[dict], list[Series]]:
   for s in scan_series(folder):
     s.modality, s.why = identify(s.fields)
     if s.modality is None:
+      skipped.append(s)
+      continue
+    problem = geometry_problem(s)
+    if problem:  # never converted with a wrong geometry: the series is left out, by name
+      s.why = f"{s.modality}, but not one regular volume: {problem}"
+      s.modality = None
       skipped.append(s)
       continue
     exam = exams.setdefault((s.patient, s.study_uid), {"patient": s.patient,

@@ -133,3 +133,45 @@ def test_series_without_a_patient_id_are_told_apart_by_patient_and_study(tmp_pat
            for s in dicom.scan_series(str(tmp_path))}
   assert found["a"] != found["b"]  # names X^Test and Y^Test: two patients
   assert found["c"].startswith("unknown-") and found["c"] not in (found["a"], found["b"])
+
+
+def _damaged_series(tmp_path, damage):
+  from dicom_files import write_series
+  vol = np.random.default_rng(0).uniform(50, 150, (12, 12, 10))
+  affine = np.diag([1.0, 1.0, 3.0, 1.0])
+  paths = write_series(vol, affine, tmp_path / "flair", description="AX FLAIR", series_number=3)
+  write_series(vol, affine, tmp_path / "t2", description="AX T2", series_number=4)
+  import pydicom
+  if damage == "gap":
+    os.remove(paths[5])  # a file lost in transfer: a 6 mm step among 3 mm ones
+  elif damage == "orientation":
+    ds = pydicom.dcmread(paths[-1])  # a localiser slice merged into the series
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    ds.save_as(paths[-1])
+  elif damage == "duplicate":
+    ds = pydicom.dcmread(paths[2])  # one slice exported twice
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(str(tmp_path / "flair" / "copy.dcm"))
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize("damage,words", [("gap", "a gap: 6.00 mm"),
+                                          ("orientation", "more than one orientation"),
+                                          ("duplicate", "repeated unequally")])
+def test_a_series_that_is_not_one_regular_volume_is_left_out_by_name(tmp_path, damage, words):
+  """A FLAIR series with a missing file, a merged localiser slice or a duplicated slice is never
+  converted with a wrong geometry: it is skipped with the reason, the sound T2 is kept."""
+  pytest.importorskip("pydicom")
+  from msjax.data import dicom
+  exams, skipped = dicom.plan(_damaged_series(tmp_path, damage))
+  assert [sorted(e["sequences"]) for e in exams] == [["T2W"]]
+  (flair,) = [s for s in skipped if s.number == 3]
+  assert "FLAIR, but not one regular volume" in flair.why and words in flair.why, flair.why
+
+
+def test_a_regular_series_has_no_geometry_problem(tmp_path):
+  pytest.importorskip("pydicom")
+  from msjax.data import dicom
+  exams, skipped = dicom.plan(_damaged_series(tmp_path, "none"))
+  assert [sorted(e["sequences"]) for e in exams] == [["FLAIR", "T2W"]] and not skipped
