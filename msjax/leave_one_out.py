@@ -138,9 +138,10 @@ def plan(config, workdir: str, res: Results):
   pre_manifest = write_manifest([dataclasses.replace(e, split="train")
                                  for e in labelled + unlabelled],
                                 os.path.join(workdir, "cohorts", "pretrain.json"))
-  logging.info("[leave_one_out] pretraining on %d scans (%d labelled, %d unlabelled); folds %s; "
-               "strategies %s", len(labelled) + len(unlabelled), len(labelled), len(unlabelled),
-               folds, strategies)
+  if not config.pretrained:
+    logging.info("[leave_one_out] pretraining on %d scans (%d labelled, %d unlabelled)",
+                 len(labelled) + len(unlabelled), len(labelled), len(unlabelled))
+  logging.info("[leave_one_out] folds %s; strategies %s", folds, strategies)
   return labelled, folds, strategies, pre_manifest
 
 
