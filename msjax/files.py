@@ -48,6 +48,42 @@ def writable_folder(folder: str, what: str = "output folder") -> str:
   return folder
 
 
+LOCK = ".msjax.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(folder: str, what: str = ""):
+  """Holds an exclusive lock on `folder` for one run: a second msjax run into the same folder is
+  refused in one line naming the first (its pid, mode and start), instead of both writing the
+  same outputs. The lock (fcntl, released by the kernel when a run dies) is a hidden file,
+  removed when the run ends."""
+  import datetime
+  import fcntl
+  path = os.path.join(folder, LOCK)
+  f = open(path, "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise InvalidInputError(f"{folder}: another msjax run is writing into this workdir "
+                            f"({holder}); wait for it to end or give another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()}{', ' + what if what else ''}, since "
+          f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
+  f.flush()
+  try:
+    yield path
+  finally:
+    try:
+      os.remove(path)  # while still held: a run waiting on it finds no stale holder's text
+    except OSError:
+      pass
+    f.close()
+
+
 def remove_empty_tree(folder: str) -> bool:
   """Removes `folder` when it holds nothing but empty folders; True if it did."""
   if not os.path.isdir(folder):

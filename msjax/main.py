@@ -6,6 +6,7 @@ path to a config file. `config.mode` picks the stage; each stage is one importab
 `run(config, workdir)`. Any config field can be overridden on the command line, e.g.
 `--config.seed=3`.
 """
+import contextlib
 import importlib
 import os
 import shutil
@@ -81,8 +82,12 @@ def run_mode(config, workdir: str):
   new = not os.path.exists(workdir)
   files.writable_folder(workdir, "workdir")  # refused now, not after the work
   from msjax.errors import InvalidInputError, RunFailedError
+  # one run per workdir; the processes of a multi-host job share theirs and are not locked
+  multi = "distributed" in config and _process_count() > 1
+  lock = contextlib.nullcontext() if multi else files.workdir_lock(workdir, f"mode {config.mode}")
   try:
-    return module.run(config, workdir)
+    with lock:
+      return module.run(config, workdir)
   except RunFailedError:  # the workdir holds the record of why
     raise
   except InvalidInputError:  # a refused run leaves no workdir of its own behind
@@ -93,6 +98,11 @@ def run_mode(config, workdir: str):
     if new:
       files.remove_empty_tree(workdir)
     raise
+
+
+def _process_count() -> int:
+  import jax
+  return jax.process_count()
 
 
 def resolve_config(value: str) -> str:

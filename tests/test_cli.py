@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from msjax import cli
 
@@ -45,3 +47,24 @@ def test_a_missing_input_path_says_so_and_writes_nothing(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "no such file or folder" in proc.stderr and "patient01" in proc.stderr
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_second_run_into_a_locked_workdir_is_refused_naming_the_first(tmp_path):
+  """Two runs into one workdir would write the same outputs: the second is refused in one line
+  naming the first's pid and mode, and the lock goes with the first run."""
+  from msjax import files
+  from msjax.errors import InvalidInputError
+  with files.workdir_lock(str(tmp_path), "mode segment"):
+    with pytest.raises(InvalidInputError, match=r"another msjax run .*pid \d+, mode segment"):
+      with files.workdir_lock(str(tmp_path)):
+        pass
+  assert not os.path.exists(os.path.join(tmp_path, files.LOCK))
+  with files.workdir_lock(str(tmp_path)):  # free again
+    pass
+  # through the command: exit 2, one line, the first run's files untouched
+  (tmp_path / "kept.txt").write_text("first run")
+  with files.workdir_lock(str(tmp_path), "mode segment"):
+    p = _msjax("--config=synthetic:smoke", f"--workdir={tmp_path}")
+  assert p.returncode == 2 and "another msjax run" in p.stderr and "Traceback" not in p.stderr
+  assert (tmp_path / "kept.txt").read_text() == "first run"
+  assert sorted(os.listdir(tmp_path)) == ["kept.txt"]
