@@ -8,7 +8,7 @@ grid (the baseline's class map brought there with the database's transform, near
 - precision per class: of the predicted changed lesions of a class that touch a reference
   region, the share whose region has the class's direction;
 - lesion F1 over the reference regions with visible change (peak |z| >= 4 by
-  msjax.longitudinal.evidence's evidence.json, when given) beside the F1 over all regions
+  studies/change_evidence.py's evidence.json, when given) beside the F1 over all regions
   (the evaluate mode's, from its summary.json).
 
   python studies/change_classes.py --run runs/long --data ../shared/data \\
@@ -24,7 +24,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository root: `from studies import ...` as a script (python studies/x.py) too
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results  # noqa: E402
+from studies import change_regions  # noqa: E402
 
 UP, DOWN = {1, 2}, {4, 5}          # new, enlarging | shrinking, disappearing (change.CLASSES)
 NAMES = {1: "new", 2: "enlarging", 4: "shrinking", 5: "disappearing"}
@@ -34,7 +37,7 @@ def score_patient(run: str, data: str, patient: str) -> dict:
   import SimpleITK as sitk
   from scipy import ndimage
 
-  from msjax.longitudinal import regions, scores
+  from msjax.longitudinal import scores
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
   ref_dir = os.path.join(data, "lesjak_longitudinal_change", patient)
@@ -49,13 +52,13 @@ def score_patient(run: str, data: str, patient: str) -> dict:
       anat, f"sub-{patient}_ses-study1_space-orig_desc-change_dseg.nii.gz"))
   classes = scores.mask_onto(classes_img, reference, tfm[1])
   ref = grid_lib.to_numpy(reference) > 0
-  labels, n = ndimage.label(ref, regions.SIX_CONNECTED)
+  labels, n = ndimage.label(ref, change_regions.SIX_CONNECTED)
   out = {"patient": patient, "regions": n, "touched": {"up": 0, "down": 0},
          "right": {"up": 0, "down": 0}, "classes": {}}
   ref_dir_map = np.zeros(ref.shape, np.int8)  # +1 brighter at follow-up, -1 darker
   for k in range(1, n + 1):
     region = labels == k
-    up = regions.brighter_at_followup(region, flair)
+    up = change_regions.brighter_at_followup(region, flair)
     ref_dir_map[region] = 1 if up else -1
     hit = classes[region]
     hit = hit[np.isin(hit, list(UP | DOWN))]
@@ -66,7 +69,7 @@ def score_patient(run: str, data: str, patient: str) -> dict:
     out["right"][direction] += int(np.bincount(hit).argmax() in (UP if up else DOWN))
   # precision per class: predicted components that touch a reference region
   for code, name in NAMES.items():
-    comp, m = ndimage.label(classes == code, regions.SIX_CONNECTED)
+    comp, m = ndimage.label(classes == code, change_regions.SIX_CONNECTED)
     touching, right = 0, 0
     for j in range(1, m + 1):
       dirs = ref_dir_map[comp == j]

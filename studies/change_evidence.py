@@ -1,7 +1,7 @@
 """How much image evidence of change a reference change mask holds, and the best lesion F1 that
 any detector working from that evidence could reach.
 
-  python -m msjax.longitudinal.evidence --data ../shared/data --out runs/evidence
+  python studies/change_evidence.py --data ../shared/data --out runs/evidence
 
 A change detector (subtraction, or a network that sees both visits) can only find a reference
 change region where the two visits differ by more than noise. Per patient of the Lesjak
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 import numpy as np
 from scipy import ndimage
@@ -31,6 +32,10 @@ from scipy import ndimage
 from msjax import files
 from msjax.data.lesions import SIX_CONNECTED, lesion_labels, min_lesion_voxels
 from msjax.longitudinal import change
+
+# the repository root: `from studies import ...` as a script (python studies/x.py) too
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from studies import lesjak_longitudinal  # noqa: E402
 
 THRESHOLDS = tuple(np.round(np.arange(2.0, 8.01, 0.25), 2))
 
@@ -89,7 +94,7 @@ def lesjak_patient(data: str, patient: str, log=print) -> dict:
   """Both raw visits onto the reference's grid with the database's transforms; region_peaks."""
   import SimpleITK as sitk
 
-  from msjax.longitudinal import align, lesjak
+  from msjax.longitudinal import align
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
   raw = os.path.join(data, "lesjak_longitudinal_raw", patient)
@@ -100,7 +105,7 @@ def lesjak_patient(data: str, patient: str, log=print) -> dict:
       steps.resample(img, grid, tfm, linear=linear))
   flair, t2, inside, brain = [], [], None, None
   for k in (1, 2):
-    exam = lesjak.exam_files(raw, f"study{k}")
+    exam = lesjak_longitudinal.exam_files(raw, f"study{k}")
     common_to_visit = sitk.ReadTransform(os.path.join(ref_dir,
                                                       f"study{k}_FLAIR_to_common_space.txt"))
     f = align.read_image(exam["FLAIR"])
@@ -160,12 +165,11 @@ def figure(results: list[dict], path: str) -> str:
 
 
 def main(argv=None):
-  from msjax.longitudinal import lesjak
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data", default="../shared/data")
   parser.add_argument("--out", default="runs/evidence")
   args = parser.parse_args(argv)
-  names = lesjak.patients(args.data)
+  names = lesjak_longitudinal.patients(args.data)
   if not names:
     raise SystemExit(f"{args.data}: no lesjak_longitudinal_raw/ + lesjak_longitudinal_change/ "
                      "patients")

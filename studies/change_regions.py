@@ -2,7 +2,7 @@
 patient's reference change regions, those brighter on FLAIR at study 2 (new or enlarging lesions)
 must be lesion in study 2's mask, those darker (shrinking or disappearing) lesion in study 1's.
 
-  python -m msjax.longitudinal.regions --data ../shared/data --segmentations runs/seg
+  python studies/change_regions.py --data ../shared/data --segmentations runs/seg
 
 `--segmentations` is a `segment` workdir over lesjak_longitudinal_raw (BIDS derivatives,
 sub-<patient>/ses-study{1,2}/anat/*_space-orig_desc-lesion_mask.nii.gz). Regions are the

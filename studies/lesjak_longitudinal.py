@@ -1,6 +1,6 @@
 """The Lesjak longitudinal pairs against their reference change masks, beside the naive baseline.
 
-  python -m msjax.longitudinal.lesjak --data ../shared/data --out runs/longitudinal
+  python studies/lesjak_longitudinal.py --data ../shared/data --out runs/longitudinal
 
 Per patient with raw exams (lesjak_longitudinal_raw/<patient>/study{1,2}_*) and a reference
 (lesjak_longitudinal_change/<patient>/change_gt.nii.gz + studyN_FLAIR_to_common_space.txt):

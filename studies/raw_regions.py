@@ -1,6 +1,6 @@
 """The shipped model on the raw longitudinal Lesjak exams (issue 32): of each patient's reference
 change regions, those found in the mask of the visit where they are lesion, at >= 10 % and
->= 50 % coverage, with each visit's mask volume beside (msjax.longitudinal.regions).
+>= 50 % coverage, with each visit's mask volume beside (studies/change_regions.py).
 
   msjax --config=segment --config.input=../shared/data/lesjak_longitudinal_raw --workdir runs/seg
   python studies/raw_regions.py --segmentations runs/seg --out docs/results/raw_regions.md
@@ -13,9 +13,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository root: `from studies import ...` as a script (python studies/x.py) too
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results  # noqa: E402
 
-from msjax.longitudinal import regions  # noqa: E402
+from studies import change_regions  # noqa: E402
 
 
 def main(argv=None):
@@ -26,7 +28,8 @@ def main(argv=None):
   ap.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
                                                 "raw_regions.md"))
   a = ap.parse_args(argv)
-  rows = [regions.check_patient(a.data, a.segmentations, p) for p in a.patients.split(",")]
+  rows = [change_regions.check_patient(a.data, a.segmentations, p)
+          for p in a.patients.split(",")]
   summary_path = os.path.join(a.segmentations, "segment_summary.json")
   model, seconds = "", {}
   if os.path.exists(summary_path):

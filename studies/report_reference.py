@@ -1,6 +1,6 @@
 """The report on real exams with reference masks, and the QC measurements behind its thresholds.
 
-  python -m msjax.report.reference --data ../shared/data/lesjak_mni --out runs/report_ref
+  python studies/report_reference.py --data ../shared/data/lesjak_mni --out runs/report_ref
 
 classifies every lesion of each exam's reference mask (consensus_gt.nii.gz), writes its lesion
 table with the location columns (<exam>_lesions.csv), its page (<exam>_report.png/.pdf, and
@@ -8,7 +8,7 @@ table with the location columns (<exam>_lesions.csv), its page (<exam>_report.pn
 the rule by eye), its QC verdict, and one cohort-table row per exam (cohort.csv).
 
 `measure_qc` gives the numbers msjax.report.qc's thresholds were set from: the real exams and
-damaged copies of each (msjax.report.damage).
+damaged copies of each (studies/qc_damage.py).
 """
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ import argparse
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 
 from msjax import files
 from msjax.data import mni, nifti
 from msjax.preprocess import nyul
-from msjax.report import damage, page, qc, table
+from msjax.report import page, qc, table
+
+# the repository root: `from studies import ...` as a script (python studies/x.py) too
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from studies import qc_damage  # noqa: E402
 
 SEQUENCES = ("FLAIR", "T1W", "T1WKS", "T2W", "PDW")
 
@@ -74,7 +79,7 @@ def preprocessed_exam(folder: str) -> dict:
 
 
 def measure_qc(mni_folders: list[str], preprocessed_folders: list[str], standard: dict,
-               kinds=("none",) + tuple(damage.EXPECTED)) -> dict:
+               kinds=("none",) + tuple(qc_damage.EXPECTED)) -> dict:
   """{exam/damage: qc measures and verdict} for real exams and their damaged copies."""
   exams = {os.path.basename(f.rstrip("/")): mni_exam_on_model_grid(f) for f in mni_folders}
   exams.update({os.path.basename(f.rstrip("/")): preprocessed_exam(f)
@@ -83,7 +88,8 @@ def measure_qc(mni_folders: list[str], preprocessed_folders: list[str], standard
   for name, ex in exams.items():
     for kind in kinds:
       kw = dict(ex) if kind == "none" else {
-          **damage.damaged(kind, ex["images"], ex["brain"], ex["affine"], ex["native_spacing"]),
+          **qc_damage.damaged(kind, ex["images"], ex["brain"], ex["affine"],
+                              ex["native_spacing"]),
           **({"world_to_mni": ex["world_to_mni"]} if "world_to_mni" in ex else {})}
       m = qc.measure(landmarks=standard, **kw)
       out[f"{name}/{kind}"] = qc.verdict(m)

@@ -1,5 +1,6 @@
 """The package's layers (msjax.LAYERS) hold: no module imports from a later layer, directly or
-from inside a function, and no two layers import each other."""
+from inside a function, and no two layers import each other; and no module imports the lab's
+studies (studies/, not installed)."""
 import ast
 import os
 
@@ -64,3 +65,11 @@ def test_layers_the_check_sees_an_upward_import():
   probe = "def f():\n  from msjax import segment\n  return segment\n"
   assert upward_imports({"msjax.data.probe": probe}) == [
       "msjax.data.probe -> msjax.segment"]
+
+
+def test_the_package_imports_no_study():
+  """studies/ is not in the wheel: an installed msjax that imported it would fail."""
+  found = sorted(f"{module} -> {target}" for module, path in _modules()
+                 for target in _imports(module, path)
+                 if target == "studies" or target.startswith("studies."))
+  assert found == []

@@ -14,9 +14,12 @@ disappearing by its volumes at the two visits (rule in `change.py`).
   scores.py   change scores (MSSEG-2016 lesion rule of msjax.evaluate.metrics), reference mapping
   naive.py    the baseline to beat: two independent FLAIR-threshold segmentations, differenced
   run.py      run_patient: one patient's two visits -> change mask, class map, lesion table
-  lesjak.py   the Lesjak longitudinal pairs against their reference change masks
   pairs.py    the visit pairs of the mode's input (two exams per patient)
   mode.py     the `longitudinal` mode: per patient, segmentation of both visits when a model is
               given, run_patient, BIDS-derivative outputs, overlay (figure.py), cohort CSV
   evaluate.py `evaluate --config.change_reference=DIR`: a longitudinal run's change maps scored
+
+The studies on the Lesjak longitudinal database (its pairs against their reference change masks,
+the image evidence of change, the raw-exam change regions) are in the repository's studies/
+(lesjak_longitudinal.py, change_evidence.py, change_regions.py), not in the package.
 """

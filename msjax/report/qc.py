@@ -63,13 +63,14 @@ def config() -> config_dict.ConfigDict:
   return c
 
 
-# What the defaults were set from (msjax.report.reference.measure_qc; standard landmarks: fitted
-# on the two lesjak_mni exams, as a bundle trained on them holds; raw exams: msjax preprocessing,
+# What the defaults were set from (measure_qc of studies/report_reference.py, in the repository,
+# not the package; standard landmarks: fitted on the two lesjak_mni exams, as a bundle trained on
+# them holds; raw exams: msjax preprocessing,
 # images before Nyúl standardisation). Real exams, min-max over the 6: offset 0.2-3.0 mm, scale
 # 0.98-1.14, FLAIR fit r 0.66-0.83, T1 r 0.73-0.84, brain 1123-1461 mL (lesjak_mni 1123/1135 in
 # MNI space, rigidly registered; raw 1310-1461 in their own space), slices 1-4 mm, in-plane
 # 0.72-1.0 mm, landmark gap 6.6-20.0 (the raw exams' T1W against lesjak_mni's: 15.6-20.0),
-# coverage 0.91-0.97, border 0. Damaged copies (msjax.report.damage), same 6 exams:
+# coverage 0.91-0.97, border 0. Damaged copies (studies/qc_damage.py), same 6 exams:
 #   shift 15 mm       offset 15.1-17.5 mm
 #   rotation 20 deg   FLAIR fit r 0.29-0.46, T1 r 0.38-0.51 (lesjak_mni: overlap 0.855-0.869)
 #   skull (+12 mm)    brain 2050-2371 mL (and landmark gap 67-70: zeros inside the mask)

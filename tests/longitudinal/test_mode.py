@@ -166,5 +166,6 @@ def test_real_patient01_through_the_mode_and_evaluate(tmp_path, monkeypatch):
   config = load_config("evaluate", predictions=str(tmp_path / "out"),
                        change_reference=os.path.join(REAL, "lesjak_longitudinal_change"))
   (row,) = main.run_mode(config, str(tmp_path / "eval"))["exams"]
-  for grid in ("", "_baseline_grid", "_followup_grid"):  # as tests/longitudinal/test_lesjak.py
+  # the bars of tests/studies/test_lesjak_longitudinal.py
+  for grid in ("", "_baseline_grid", "_followup_grid"):
     assert row[f"dice{grid}"] >= 0.4 and row[f"lesion_f1{grid}"] >= 0.2

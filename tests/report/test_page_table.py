@@ -1,11 +1,10 @@
-"""Per-lesion confidence, the cohort row and the page (a PNG and a PDF that open), and the real
-reference lesions of lesjak_mni (slow)."""
+"""Per-lesion confidence, the cohort row and the page (a PNG and a PDF that open); the real
+reference lesions of lesjak_mni: tests/studies/test_report_reference.py."""
 import os
 
 import numpy as np
 import pytest
 
-from conftest import LESJAK_MNI, needs_lesjak
 from msjax.report import locations, page, table
 
 
@@ -75,26 +74,6 @@ def test_page_png_and_pdf(tmp_path):
   assert page.choose_slices(labels, loc.classes) == [2, 10]  # each class: its largest slice
   with pytest.raises(ValueError, match="not one grid"):
     page.draw_page(str(tmp_path / "x.png"), flair[:-1], labels, loc, summary, title="x")
-
-
-@pytest.mark.slow
-@needs_lesjak()
-def test_reference_lesions_of_the_real_exams(tmp_path):
-  """Every reference lesion of patient07 and patient26 classified, the page drawn, QC ok; the
-  counts as reviewed by eye (msjax/report/README or the issue's note)."""
-  from msjax.report import reference
-  reference.main(["--data", LESJAK_MNI, "--out", str(tmp_path)])
-  import csv
-  with open(tmp_path / "cohort.csv") as f:
-    rows = {r["exam_id"]: r for r in csv.DictReader(f)}
-  assert set(rows) == {"patient07", "patient26"}
-  for r in rows.values():
-    assert r["qc"] == "ok"
-    assert int(r["lesions"]) == sum(int(r[f"{c}_count"]) for c in locations.CLASSES)
-  # patient26 carries large confluent periventricular lesions; patient07 lesions everywhere
-  assert int(rows["patient26"]["periventricular_count"]) >= 8
-  assert all(int(rows["patient07"][f"{c}_count"]) >= 3 for c in locations.CLASSES)
-  assert os.path.getsize(tmp_path / "patient07_report.png") > 100_000
 
 
 def test_lesions_at_the_first_or_last_acquired_slice_are_flagged():

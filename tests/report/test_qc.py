@@ -1,5 +1,5 @@
-"""The QC verdict: every reason fires on its damaged copy of an exam and none on the exam; on the
-real Lesjak exams (slow) every exam is `ok` and every damage flagged."""
+"""The QC verdict: every reason fires on its damaged copy of an exam (studies/qc_damage.py) and none
+on the exam; on the real Lesjak exams (slow) every exam is `ok` and every damage flagged."""
 import os
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 from conftest import LESJAK_MNI, needs_lesjak
 from msjax.data import mni, nifti
 from msjax.preprocess import nyul
-from msjax.report import damage, qc
+from msjax.report import qc
+from studies import qc_damage as damage
 
 from .synthetic_exam import template_exam
 
@@ -71,7 +72,7 @@ def test_native_brain_volume_through_the_registration_scale(good):
 @pytest.mark.slow
 @needs_lesjak()
 def test_real_exams_ok_and_their_damaged_copies_flagged():
-  from msjax.report import reference
+  from studies import report_reference as reference
   folders = [os.path.join(LESJAK_MNI, p) for p in ("patient07", "patient26")]
   standard = reference.landmarks_of(folders)
   results = reference.measure_qc(folders, [], standard)

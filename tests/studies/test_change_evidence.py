@@ -1,9 +1,9 @@
-"""The evidence ceiling (msjax/longitudinal/evidence.py) on synthetic visits: a change that is in
+"""The evidence ceiling (studies/change_evidence.py) on synthetic visits: a change that is in
 the images shows as a strong peak, a reference region with no change in the images as none."""
 from scipy import ndimage
 
-from msjax.longitudinal import evidence
 from longitudinal import phantom
+from studies import change_evidence as evidence
 
 BASE = [((-18.0, 8.0, 6.0), 3.5)]
 NEW = ((18.0, 16.0, 9.0), 3.5)

@@ -1,7 +1,7 @@
-"""The raw-exam change-region check (msjax/longitudinal/regions.py) on arrays made by hand."""
+"""The raw-exam change-region check (studies/change_regions.py) on arrays made by hand."""
 import numpy as np
 
-from msjax.longitudinal import regions
+from studies import change_regions as regions
 
 
 def _case():

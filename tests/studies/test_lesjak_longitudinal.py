@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 def test_patient01_change_beats_the_naive_difference(tmp_path):
   pytest.importorskip("SimpleITK")
-  from msjax.longitudinal import lesjak
+  from studies import lesjak_longitudinal as lesjak
   threshold = lesjak.fit_naive_threshold(os.path.join(DATA, "lesjak_mni"))
   out = lesjak.evaluate_patient(DATA, "patient01", str(tmp_path), threshold["threshold_z"],
                                 log=lambda *a: None)

@@ -1,0 +1,1 @@
+"""The lab's studies: run from the repository root (python studies/<name>.py), not installed."""
