@@ -6,18 +6,20 @@ VAN and 0CF on one labelled patient, predicts the other in its original 182×218
 scores it beside a FLAIR threshold fitted on the training patient (results.md: Dice, sensitivity,
 precision, lesion F1, predicted vs reference mL and the threshold of every row).
 
-Defaults fit under an hour on a 2-core CPU (bf16 where the CPU has it) and were each measured on
-the two folds (README, "Real data"): the paper's 32³ patches (a 2³ bottleneck; 16³ leaves the
-deepest level a constant) at base width 8, 800 fine-tuning steps, half the patches centred on a
+Defaults fit under an hour on a 2-core CPU (bf16 where the CPU has it) and were each measured on the
+two folds (docs/lab_notebook.md, "Real data"): the paper's 32³ patches (a 2³ bottleneck; 16³ leaves
+the deepest level a constant) at base width 8, 800 fine-tuning steps, half the patches centred on a
 lesion, Dice + cross-entropy, nnU-Net scaling/mirroring/intensity augmentation, lesion-load
 augmentation (real lesions of the training patient pasted, grown and contrast-scaled into white
-matter of half the batches: one training patient carries 1.3 mL, the next patient may carry 50)
-and test-time mirroring. The threshold stays 0.5, chosen before any left-out patient was seen:
-with lesion-load augmentation the left-out patient's best threshold is 0.3-0.55 on every fold and
-strategy, 0.5 within 0.045 Dice of it (calibration.png). The robust-training defaults of issue 21
-(sequence dropout, thick-slice / bias-field / noise augmentation; `data.sequence_dropout` and
-the fields after it) keep 0.91-0.99 of the full exam's mean Dice with fewer sequences or 4 mm
-slices, 3 points under the run without them on full exams (README, "Robust defaults").
+matter of half the batches: one training patient carries 1.3 mL, the next patient may carry 50) and
+test-time mirroring. The threshold stays 0.5, chosen before any left-out patient was seen: with
+lesion-load augmentation the left-out patient's best threshold lies close to 0.5 on every fold and
+strategy (calibration.png; docs/lab_notebook.md, "Calibration" under "Real data"; the current
+figures: docs/results/reliability.md). The robust-training defaults of issue 21 (sequence dropout,
+thick-slice / bias-field / noise augmentation; `data.sequence_dropout` and the fields after it) keep
+most of the full exam's mean Dice with fewer sequences or thick slices, at a small cost on full
+exams (docs/lab_notebook.md, "Robust defaults" under "Real data"; the current figures:
+docs/results/lesion_transplant.md).
 `:full` is the paper's method as the paper ran it (width 16, uniform patch sampling, soft Dice,
 no augmentation, 150 random patches at inference) for a GPU. Paths are relative to where the
 command runs (the repository root):
