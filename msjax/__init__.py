@@ -7,6 +7,6 @@ point, unnamed here, come last.
 """
 __version__ = "0.1.0"
 
-LAYERS = ("errors", "files", "rules", "figures", "config_base", "parallel", "profiler", "data",
-          "preprocess", "report", "ops", "models", "shipped", "checkpoint", "infer", "evaluate",
+LAYERS = ("errors", "console", "files", "rules", "figures", "config_base", "parallel", "profiler",
+          "data", "preprocess", "report", "ops", "models", "shipped", "checkpoint", "infer", "evaluate",
           "train", "stages", "segment", "longitudinal", "cli")

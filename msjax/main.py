@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msjax import cli
+from msjax import cli, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A packaged config's name or a config file, with optional variants: "
@@ -141,10 +141,7 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   workdir = _WORKDIR.value or os.path.join("runs", config.mode)
-  plain = flags.FLAGS.verbosity <= 0  # absl's prefixes only when asked for (-v 1)
-  logging.set_verbosity(logging.INFO)
-  if plain:
-    plain_console()
+  console.setup(plain=flags.FLAGS.verbosity <= 0)  # absl's prefixes only when asked for (-v 1)
   quiet_libraries()
   setup_compilation_cache()
   logging.info("mode %s, workdir %s", config.mode, os.path.abspath(workdir))
@@ -158,20 +155,6 @@ def main(argv):
     print(f"msjax {config.mode}: interrupted. Finished outputs stay in {os.path.abspath(workdir)}; "
           "the same command continues from them.", file=sys.stderr)
     sys.exit(130)
-
-
-def plain_console():
-  """Log lines as people read them: the message, with 'warning:' / 'error:' where it is one."""
-  import logging as py_logging
-
-  class Plain(py_logging.Formatter):
-    def format(self, record):
-      text = record.getMessage()
-      if record.levelno >= py_logging.ERROR:
-        return "error: " + text
-      return ("warning: " + text) if record.levelno >= py_logging.WARNING else text
-
-  logging.get_absl_handler().setFormatter(Plain())
 
 
 def config_argument(argv: list[str]) -> str | None:

@@ -40,7 +40,7 @@ from absl import logging
 
 import numpy as np
 
-from msjax import errors, files, shipped
+from msjax import console, errors, files, shipped
 from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
 from msjax.infer import bundle as bundle_lib
@@ -116,7 +116,9 @@ def _prepared(exams: list, config, bundle: dict, workdir: str):
         yield exam, e
     return
   context = multiprocessing.get_context("spawn")  # no fork of a process running XLA threads
-  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+  # the worker's preprocessing steps reach the same console, in the same form
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=console.setup,
+                                              initargs=(console.is_plain(),)) as pool:
     def submit(exam):
       try:
         return pool.submit(prepare, known(exam))
@@ -194,22 +196,28 @@ def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:
                                          model=bundle_path)
 
 
+_PHASES = console.Phases("[segment]")
+
+
 def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir: str) -> dict:
   """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
   DICOM SEG where they apply; its row."""
   t = time.time()
-  seg = predict.segment_exam(predictor, ready, options)
+  with _PHASES(exam.exam_id, "network", "8-flip mirroring" if options.mirror else ""):
+    seg = predict.segment_exam(predictor, ready, options)
   predict_s, t = time.time() - t, time.time()
-  row = predict.export_exam(seg, ready, workdir)
+  with _PHASES(exam.exam_id, "mask, probability and lesion table"):
+    row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table
     try:
       from msjax.infer import clinical
-      row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
-                                      bundle=bundle, threshold=options.threshold,
-                                      config=config.report, model=made_with(config, bundle,
-                                                                            options)))
+      with _PHASES(exam.exam_id, "report (locations, QC, page)"):
+        row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
+                                        bundle=bundle, threshold=options.threshold,
+                                        config=config.report, model=made_with(config, bundle,
+                                                                              options)))
     except ImportError as e:
       problems.append(f"report skipped: it needs the preprocess extra (pip install "
                       f"'msjax[preprocess]'; {e})")

@@ -68,3 +68,20 @@ def test_a_second_run_into_a_locked_workdir_is_refused_naming_the_first(tmp_path
   assert p.returncode == 2 and "another msjax run" in p.stderr and "Traceback" not in p.stderr
   assert (tmp_path / "kept.txt").read_text() == "first run"
   assert sorted(os.listdir(tmp_path)) == ["kept.txt"]
+
+
+def test_phases_say_each_start_with_what_it_took_the_last_time(caplog):
+  import logging
+  import time
+
+  from msjax import console
+  phases = console.Phases("[segment]")
+  with caplog.at_level(logging.INFO):
+    with phases("exam1", "network", "8-flip mirroring"):
+      time.sleep(0.05)
+    with phases("exam2", "network", "8-flip mirroring"):
+      pass
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == "[segment] exam1: network (8-flip mirroring)"
+  assert lines[1].startswith("[segment] exam2: network (8-flip mirroring), ~0 s as on the last")
+  assert phases.last["network"] < 0.05

@@ -260,9 +260,10 @@ def test_dicom_round_trip_of_a_real_exam(trained, tmp_path):
 
 
 @pytest.mark.slow  # two raw exams preprocessed for real (registrations), twice
-def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monkeypatch):
+def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monkeypatch, capfd):
   """With --config.overlap the next raw exam is preprocessed in a second process while the
-  network runs on the current one: same masks, same table, exams in order, a broken one reported."""
+  network runs on the current one: same masks, same table, exams in order, a broken one reported;
+  the second process's preprocessing steps reach the console like the first's."""
   pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
   from msjax.preprocess import nyul
   from preprocess.test_geometry import MarkerPredictor, draw_exam
@@ -282,7 +283,7 @@ def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monk
   threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
   sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
   try:
-    runs = _segment_with_and_without_overlap(tmp_path)
+    runs = _segment_with_and_without_overlap(tmp_path, capfd)
   finally:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
   table = {k: list(csv.DictReader(runs[k][0].splitlines())) for k in runs}
@@ -290,7 +291,9 @@ def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monk
   assert all(np.array_equal(runs[True][1][k], runs[False][1][k]) for k in runs[False][1])
 
 
-def _segment_with_and_without_overlap(tmp_path) -> dict:
+def _segment_with_and_without_overlap(tmp_path, capfd) -> dict:
+  from msjax import console
+  console.setup()
   runs = {}
   for overlap in (False, True):
     config = load_config("segment", "smoke", model="stand-in", input=str(tmp_path / "in"),
@@ -301,6 +304,10 @@ def _segment_with_and_without_overlap(tmp_path) -> dict:
     assert [r["exam_id"] for r in summary["exams"]] == ["p1", "p2"]
     assert [f["exam_id"] for f in summary["failed"]] == ["p3"]
     runs[overlap] = ((out / "segmentations.csv").read_text(), _masks(out))
+    said = capfd.readouterr().err
+    for exam in ("p1", "p2"):  # in the worker process when overlapped
+      assert f"[preprocess] {exam}: Nyúl" in said or f"[preprocess] {exam}: " in said, said[-2000:]
+      assert f"[segment] {exam}: network" in said
     # the clinical report of each exam: location and confidence per lesion, a page, a QC verdict
     files = _files(out, summary["exams"][0])
     lesion = list(csv.DictReader(open(files["table"])))[0]
