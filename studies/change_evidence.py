@@ -92,6 +92,24 @@ def region_peaks(maps: dict, reference: np.ndarray, brain: np.ndarray, spacing,
 
 def lesjak_patient(data: str, patient: str, log=print) -> dict:
   """Both raw visits onto the reference's grid with the database's transforms; region_peaks."""
+  maps, reference, brain, spacing = lesjak_maps(data, patient)
+  out = region_peaks(maps, reference, brain, spacing)
+  log(f"[evidence] {patient}: {out['reference_lesions']} reference lesions, peak |z| "
+      f"{out['peaks']}")
+  return dict(out, patient=patient)
+
+
+def lesion_peaks(maps: dict, reference: np.ndarray, brain: np.ndarray, spacing):
+  """(reference lesion labels, n, each lesion's peak evidence in label order 1..n)."""
+  labels, n = lesion_labels(reference > 0, float(np.prod(spacing)))
+  evidence = np.max(np.stack([v for k, v in maps.items() if k != "plausible"]), axis=0) * brain
+  peaks = (np.asarray(ndimage.maximum(evidence, labels, np.arange(1, n + 1)), float)
+           if n else np.zeros(0))
+  return labels, n, peaks
+
+
+def lesjak_maps(data: str, patient: str):
+  """(evidence maps, reference array, brain, spacing) of one patient on the reference's grid."""
   import SimpleITK as sitk
 
   from msjax.longitudinal import align
@@ -122,10 +140,7 @@ def lesjak_patient(data: str, patient: str, log=print) -> dict:
   brain &= inside
   spacing = reference.GetSpacing()
   maps = evidence_maps(tuple(flair), tuple(t2) if len(t2) == 2 else None, brain, spacing)
-  out = region_peaks(maps, grid_lib.to_numpy(reference), brain, spacing)
-  log(f"[evidence] {patient}: {out['reference_lesions']} reference lesions, peak |z| "
-      f"{out['peaks']}")
-  return dict(out, patient=patient)
+  return maps, grid_lib.to_numpy(reference), brain, spacing
 
 
 def figure(results: list[dict], path: str) -> str:
