@@ -1,8 +1,13 @@
 """Location classes on a synthetic exam built from the MNI152 template with one lesion in each
-location, and the atlas rules they rest on."""
+location, and the atlas rules they rest on; and on lesions drawn by hand at MNI coordinates
+chosen from the template's anatomy, independent of the atlas code (`hand_drawn`)."""
+import itertools
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from msjax.data import mni
 from msjax.report import atlas, locations, table
 
 from .synthetic_exam import class_centres, mni_grid, paint, template_exam
@@ -101,3 +106,102 @@ def test_to_mni_must_be_affine():
     atlas.world_to_mni_affine(lambda p: p + 0.01 * p ** 2, affine, shape)
   m = atlas.world_to_mni_affine(lambda p: 2 * p + 1, affine, shape)
   np.testing.assert_allclose(m[:3], np.c_[2 * np.eye(3), np.ones(3)], atol=1e-9)
+
+
+# Lesions drawn by hand at MNI152 coordinates: independent of the atlas code above. The lesions
+# of `exam` are placed with the very atlas (ventricles, cortex, distances) the classifier reads,
+# so a classifier wrong in the same way as the atlas (a template read back to front, the wrong
+# CSF taken for the ventricles) places and finds them alike and passes; these are not.
+HAND_DRAWN_MNI = {
+    "periventricular": (30, -42, 15),
+    "juxtacortical": (-20, 30, 48),
+    "cerebellum": (20, -60, -35),
+    "pons": (-6, -28, -27),
+    "deep_white_matter": (-25, -20, 35),
+}
+HAND_DRAWN_CLASS = {"periventricular": "periventricular", "juxtacortical": "juxtacortical",
+                    "cerebellum": "infratentorial", "pons": "infratentorial",
+                    "deep_white_matter": "deep_white_matter"}
+
+
+@pytest.fixture(scope="module")
+def hand_drawn():
+  """An exam that is the MNI152 template itself, on the template's own 1 mm grid
+  (197x233x189; voxel (i, j, k) is MNI (i - 98, j - 134, k - 72) mm), read from nilearn's files
+  with msjax.data.mni.load_template (the file loader only: nothing of msjax.report.atlas), with
+  a ball of 2 mm radius (33 voxels) at each point of HAND_DRAWN_MNI.
+
+  How each point was chosen: by printing the template's tissue (GM >= 0.5, WM >= 0.5,
+  CSF = 1 - GM - WM >= 0.5 inside T1 > 0.2) on coronal, sagittal and axial slices through it and
+  measuring, by brute force over the voxels, the distance from the ball to the nearest CSF and
+  GM voxels:
+  - periventricular (30, -42, 15), right: in the white matter lateral to the atrium (trigone) of
+    the right lateral ventricle, the tapetum / optic radiation, where MS lesions line the
+    ventricle. At z = 15, y = -42 the atrium's CSF runs x = 19..27, a partial-volume voxel at
+    28, white matter from 29: the ball (x 28..32) sits on the wall, its edge voxel face to face
+    with CSF >= 0.5 (no white matter between). The grey-labelled voxels within 3 mm are the
+    wall's partial-volume rim (GM of about 0.5, the rest CSF); solid grey matter (GM >= 0.7) is
+    5.7 mm away.
+  - juxtacortical (-20, 30, 48), left: in the white-matter core of the superior frontal gyrus
+    (coronal y = 30: a finger of white matter x = -22..-6 under the gyrus's grey matter, the
+    superior frontal sulcus lateral to it). The ball's lateral edge (x = -22) is in contact
+    with the gyrus's grey matter at x = -23 (one voxel of it, -21,31,47, is grey), no white
+    matter between: a U-fibre lesion. Lateral ventricle beyond 30 mm.
+  - cerebellum (20, -60, -35), right: the white-matter core of the right cerebellar hemisphere
+    (sagittal x = 20: white matter z = -42..-30 from y = -71 to -30, the folia's grey matter
+    around it, 2.5 mm from the ball), all 33 voxels WM.
+  - pons (-6, -28, -27), left: the white matter of the left half of the pons (sagittal and
+    coronal y = -28 slices: the brainstem's white-matter band z = -29..-25 at |x| < 10), in front
+    of the fourth ventricle.
+  - deep white matter (-25, -20, 35), left: the centrum semiovale above the body of the left
+    lateral ventricle, all 33 voxels WM; the nearest CSF (the ventricle's superolateral angle)
+    8.5 mm and the nearest grey matter (the caudate body's top, -19,-21,29) 7.1 mm from the ball,
+    the nearest cortex (cingulate sulcus, -16,-23,37) 7.9 mm: with no lesion-to-structure
+    distance under 7 mm, no reasonable threshold makes it periventricular or juxtacortical.
+  The FLAIR is made from the tissue probabilities as template_exam makes it (CSF dark, grey
+  brighter than white), lesions bright; the brain mask is T1 > 0.2 (nilearn's rule)."""
+  t1, affine = mni.load_template("t1")
+  gm, wm = mni.load_template("gm")[0], mni.load_template("wm")[0]
+  brain = t1 > 0.2
+  csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0)
+  labels = np.zeros(gm.shape, np.int32)
+  ball = [d for d in itertools.product(range(-2, 3), repeat=3) if np.dot(d, d) <= 4]
+  names = {}
+  for lid, (name, point) in enumerate(HAND_DRAWN_MNI.items(), start=1):
+    centre = np.linalg.solve(affine, [*point, 1.0])[:3]
+    assert np.allclose(centre, np.round(centre))  # MNI mm land on voxel centres of this grid
+    for d in ball:
+      labels[tuple(np.round(centre).astype(int) + d)] = lid
+    names[lid] = name
+  rng = np.random.default_rng(0)
+  flair = 0.08 * csf + 0.75 * gm + 0.55 * wm + rng.normal(0, 0.01, gm.shape)
+  flair = np.where(labels > 0, 1.3, np.where(brain, flair, 0.0)).astype(np.float32)
+  t1_exam = np.where(brain, t1, 0.0).astype(np.float32)
+  return affine, labels, names, {"flair": flair, "t1": t1_exam, "brain": brain}, (gm, wm)
+
+
+def test_hand_drawn_points_are_where_the_docstring_says(hand_drawn):
+  """The tissue under each ball, read from the template files: a guard on the hand-drawn
+  placement (not on the classifier)."""
+  affine, labels, names, images, (gm, wm) = hand_drawn
+  for lid, name in names.items():
+    inside = labels == lid
+    assert inside.sum() == 33
+    assert (wm[inside] >= 0.5).mean() >= 0.8, name  # white matter, as chosen
+  pv = labels == next(k for k, v in names.items() if v == "periventricular")
+  csf = np.where(images["brain"], 1.0 - gm - wm, 0.0) >= 0.5
+  assert not (csf & pv).any() and (csf & ndimage.binary_dilation(pv)).any()  # on the wall
+
+
+@pytest.mark.parametrize("use_images", [True, False], ids=["exam_images", "template_only"])
+def test_hand_drawn_lesions_classes(hand_drawn, use_images):
+  """Each hand-drawn lesion gets the class its anatomy implies: through the exam's FLAIR, T1 and
+  brain mask (the path msjax segment takes, brain fit included), and from the template alone."""
+  affine, labels, names, images, _ = hand_drawn
+  loc = (locations.classify(labels, affine, **images) if use_images
+         else locations.classify(labels, affine))
+  got = {names[k]: v for k, v in loc.classes.items()}
+  want = {name: HAND_DRAWN_CLASS[name] for name in names.values()}
+  assert got == want, {names[k]: d for k, d in loc.details.items()}
+  assert loc.counts() == {"periventricular": 1, "juxtacortical": 1, "infratentorial": 2,
+                          "deep_white_matter": 1}
