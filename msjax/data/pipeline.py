@@ -89,6 +89,8 @@ class PatchSource:
     self._donors = (transplant_lib.DonorBank(spec.transplant.maps)
                     if spec.task == "segmentation" and spec.transplant.probability > 0 else None)
     self._looks: dict = {}
+    # exam index -> transplant.where_lesions_go (deterministic; as many as the exam cache holds)
+    self._gates: collections.OrderedDict = collections.OrderedDict()
 
   def prepared(self, exam: Exam) -> _Prepared:
     spec = self.spec
@@ -160,8 +162,15 @@ class PatchSource:
     plan = lesion_load.EMPTY
     if self._donors is not None:
       rng = np.random.default_rng([spec.seed, batch, group, 8191])
+      gates = self._gates.get(exam_index)
+      if gates is None:
+        gates = transplant_lib.where_lesions_go(a.images, a.brain, _label(a), a.present)
+        with self._lock:
+          self._gates[exam_index] = gates
+          while len(self._gates) > self.cache.maxsize:
+            self._gates.popitem(last=False)
       plan = transplant_lib.plan(rng, self._donors.donors(a.grid), self.look(exam_index),
-                                 a.images, a.brain, _label(a), a.present, spec.transplant)
+                                 a.images, a.brain, _label(a), a.present, spec.transplant, gates)
     if not plan.pastes and spec.lesion_load.probability > 0:
       bank = self.bank()
       rng = np.random.default_rng([spec.seed, batch, group, 4099])

@@ -252,23 +252,32 @@ def texture(rng: np.random.Generator, shape) -> np.ndarray:
   return noise / std if std > 0 else noise
 
 
+def where_lesions_go(images: np.ndarray, brain: np.ndarray, lesions: np.ndarray | None,
+                     present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(allowed, white-matter-like) of one exam: where a transplanted lesion may keep voxels (the
+  brain eroded by one voxel, off CSF) and where it counts as in white matter (bright on T1, or
+  where this brain has a lesion). The same for every plan of an exam: samplers keep them."""
+  allowed = ndimage.binary_erosion(brain > 0, SIX)  # no lesion on the brain's surface
+  if present[FLAIR]:
+    allowed &= images[..., FLAIR] > CSF_FLAIR_Z
+  wm_like = (images[..., T1W] >= WHITE_MATTER_T1W_Z) if present[T1W] else np.ones_like(allowed)
+  if lesions is not None:
+    wm_like = wm_like | (lesions > 0)  # where this brain has a lesion, one may lie
+  return allowed, wm_like
+
+
 def plan(rng: np.random.Generator, donors: list[Donor], look: Look, images: np.ndarray,
          brain: np.ndarray, lesions: np.ndarray | None, present: np.ndarray,
-         spec: Spec) -> lesion_load.Plan:
-  """One donor's lesions placed into one exam, as pastes (or EMPTY when none lands)."""
+         spec: Spec, gates: tuple[np.ndarray, np.ndarray] | None = None) -> lesion_load.Plan:
+  """One donor's lesions placed into one exam, as pastes (or EMPTY when none lands); `gates`:
+  the exam's where_lesions_go, computed here when not given."""
   if not donors or rng.random() >= spec.probability:
     return lesion_load.EMPTY
   donor = donors[int(rng.integers(len(donors)))]
   mirror = bool(rng.random() < 0.5)
   shift = rng.integers(-spec.jitter, spec.jitter + 1, 3)
   shape = np.array(brain.shape)
-  inside = ndimage.binary_erosion(brain > 0, SIX)  # no lesion on the brain's surface
-  allowed = inside.copy()
-  if present[FLAIR]:
-    allowed &= images[..., FLAIR] > CSF_FLAIR_Z
-  wm_like = (images[..., T1W] >= WHITE_MATTER_T1W_Z) if present[T1W] else np.ones_like(allowed)
-  if lesions is not None:
-    wm_like = wm_like | (lesions > 0)  # where this brain has a lesion, one may lie
+  allowed, wm_like = gates or where_lesions_go(images, brain, lesions, present)
   lo_c, hi_c = spec.contrast
   scale = (rng.uniform(lo_c, hi_c, len(present)).astype(np.float32) if (lo_c, hi_c) != (1.0, 1.0)
            else np.ones(len(present), np.float32))
