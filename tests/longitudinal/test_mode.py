@@ -136,8 +136,7 @@ def test_both_visits_segmented_with_the_model(trained, tmp_path):
   with open(out / "sub-v1" / "sub-v1_desc-change_table.csv") as f:
     table = list(csv.DictReader(f))
   assert [r["class"] for r in table] == ["new", "new"]
-  assert all(0 <= float(r[f"mean_probability_{v}"]) <= 1 for r in table
-             for v in ("baseline", "followup"))
+  assert_table_probabilities_are_the_segmentations(out, "v1", table)
   # the change page: both visits' slices, the changed lesions' table, the registration check
   assert s["visits_correlation"] > 0.9
   assert os.path.getsize(out / s["files"]["overlay"]) > 30000
@@ -145,6 +144,94 @@ def test_both_visits_segmented_with_the_model(trained, tmp_path):
     row = next(csv.DictReader(f))
   assert row["new"] == "2"
   assert row["seg_lesions_followup"] != "" and row["seg_volume_baseline_ml"] != ""
+
+
+def assert_table_probabilities_are_the_segmentations(out, sub, table):
+  """Each change-table row's mean_probability_<visit> is the mean of that visit's written
+  probseg over the row's change voxels there (the changelesion_dseg ids on the same grid)."""
+  for ses in ("baseline", "followup"):
+    prefix = out / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}_space-orig_"
+    probability = np.asarray(nib.load(f"{prefix}label-lesion_probseg.nii.gz").dataobj, np.float64)
+    ids = np.asarray(nib.load(f"{prefix}desc-changelesion_dseg.nii.gz").dataobj)
+    for r in table:
+      inside = ids == int(r["lesion_id"])
+      assert inside.any()
+      assert float(r[f"mean_probability_{ses}"]) == pytest.approx(
+          probability[inside].mean(), abs=1e-4), (ses, r)
+
+
+FAINT = [((-14.0, 22.0, -3.0), 3.5, 108.0)]  # FLAIR 108 over white matter 100: change z ~4.5
+
+
+class PhantomNetwork:
+  """Stands in for the network (msjax.infer.predict.Predictor): it knows what was drawn at each
+  visit (by the visit's folder) and says 0.9 inside those lesions, 0.05 elsewhere, on the grid
+  the mode loads the visit onto. A reader that sees the faint lesion FLAIR subtraction misses."""
+  model_shape, patch, mirror, where = None, 32, False, "phantom network"
+
+  def __init__(self, visits: dict):
+    self.visits = visits  # folder name -> (lesions, motion)
+
+  def predict_exam(self, arrays, options):
+    from msjax.infer import sliding_window
+    lesions, motion = self.visits[os.path.basename(os.path.dirname(arrays.exam.images["FLAIR"]))]
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in arrays.shape], indexing="ij"), -1)
+    world = idx @ arrays.grid.affine[:3, :3].T + arrays.grid.affine[:3, 3]
+    head = (world - np.asarray(motion.get("shift_mm", (0, 0, 0)))) @ phantom.rotation(
+        *motion.get("rotation_deg", (0, 0, 0)))  # as phantom.visit images the head
+    inside = np.zeros(arrays.shape, bool)
+    for centre, radius, *_ in lesions:
+      inside |= ((head - np.asarray(centre)) ** 2).sum(-1) <= radius ** 2
+    probability = np.where(inside, 0.9, 0.05).astype(np.float32)
+    return sliding_window.Prediction(probability=probability, spread=np.zeros_like(probability),
+                                     coverage=np.ones_like(probability)), 1
+
+
+@pytest.mark.slow  # the session's trained model's bundle (its network stood in for)
+def test_the_networks_opinion_decides_a_faint_new_lesion(trained, tmp_path, monkeypatch):
+  """A faint new lesion (FLAIR 108 over 100; T2, the other second opinion, off) that subtraction
+  alone does not call: the mode without a model finds the two bright new lesions only; with a
+  model whose network sees the faint lesion at the follow-up and not at baseline (PhantomNetwork),
+  the mode's own path (each visit segmented and exported, its probseg brought onto the decision
+  grid, change.detect seeding on FLAIR z >= 3 where the network agrees) calls it new as well, and
+  the change table carries the network's probabilities of it. (The network only adds evidence:
+  change.detect has no veto, so a bright change the network rejects stays called.)"""
+  visits = {"v1": (LESIONS, {}), "v2": (LESIONS + NEW + FAINT, MOTION)}
+  for (name, (lesions, motion)), seed in zip(visits.items(), (8, 9)):
+    (tmp_path / name).mkdir()
+    image = phantom.visit(lesions, seed=seed, **motion)
+    for sequence in ("FLAIR", "T1W", "T2W"):  # the sequences the tiny model was trained with
+      phantom.write(image, str(tmp_path / name / f"{sequence}.nii.gz"))
+  faint_centre = np.array(FAINT[0][0])
+
+  def run(out, **model):
+    config = load_config("longitudinal", "smoke", baseline=str(tmp_path / "v1"),
+                         followup=str(tmp_path / "v2"), preprocessed=True,
+                         **{"change.use_t2": False}, **model)  # T2 here is FLAIR's copy
+    (s,) = main.run_mode(config, str(out))["patients"]
+    with open(out / "sub-v1" / "sub-v1_desc-change_table.csv") as f:
+      return s, list(csv.DictReader(f))
+
+  def near_faint(r):
+    centre = np.array([float(r[f"centroid_{a}_mm"]) for a in "xyz"])
+    return np.linalg.norm(centre - faint_centre) < 3.0
+
+  monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
+  alone, alone_table = run(tmp_path / "alone")  # no model: subtraction alone
+  assert not alone["probabilities_used"] and not alone["t2_used"]
+  assert alone["counts"]["new"] == 2 and not any(near_faint(r) for r in alone_table)
+
+  from msjax.infer import predict
+  monkeypatch.setattr(predict, "Predictor", lambda *a, **k: PhantomNetwork(visits))
+  s, table = run(tmp_path / "with", model=trained)
+  assert s["probabilities_used"] and s["probability_threshold"] == 0.5 and not s["t2_used"]
+  assert s["counts"] == {"new": 3, "enlarging": 0, "stable": 0, "shrinking": 0,
+                         "disappearing": 0}
+  (faint,) = [r for r in table if near_faint(r)]
+  assert faint["class"] == "new"
+  assert float(faint["mean_probability_followup"]) > 0.5  # the network's lesion
+  assert float(faint["mean_probability_baseline"]) < 0.1  # ... that was not there before
+  assert_table_probabilities_are_the_segmentations(tmp_path / "with", "v1", table)
 
 
 REAL = os.path.abspath(REAL_DATA)
