@@ -396,12 +396,14 @@ def run(config, workdir: str) -> dict:
       current = None
   except KeyboardInterrupt:
     shutil.rmtree(staging_root, ignore_errors=True)
+    files.remove_empty_tree(os.path.join(workdir, "work"))
     finished = sorted(r["exam_id"] for r in done)
     print(f"msjax segment: interrupted{' during ' + current if current else ''}. "
           f"{len(finished)} exam(s) finished in this run ({', '.join(finished) or 'none'}), "
           f"{len(resumed)} before; their outputs are complete in {workdir}. The same command "
           "continues with the rest.", file=sys.stderr)
     raise SystemExit(130)
+  files.remove_empty_tree(os.path.join(workdir, "work"))  # the staging folders, when all moved
   rows = sorted(resumed + done, key=lambda r: r["exam_id"])
   name = (f"segmentations.shard-{config.shard.replace('/', '-of-')}.csv" if config.shard
           else "segmentations.csv")
