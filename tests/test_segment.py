@@ -64,6 +64,7 @@ def test_segment_writes_bids_derivatives_and_goes_on_past_a_bad_exam(trained, ti
   description = json.load(open(tmp_path / "out" / "dataset_description.json"))
   assert description["DatasetType"] == "derivative" and trained in str(description["GeneratedBy"])
   assert json.load(open(tmp_path / "out" / "segment_summary.json"))["threshold"] == 0.3
+  assert not os.path.exists(tmp_path / "out" / "work")  # nothing left of the staging
 
 
 def test_segment_refuses_bad_input_without_a_traceback(tmp_path):
@@ -308,15 +309,76 @@ def _segment_with_and_without_overlap(tmp_path, capfd) -> dict:
     for exam in ("p1", "p2"):  # in the worker process when overlapped
       assert f"[preprocess] {exam}: Nyúl" in said or f"[preprocess] {exam}: " in said, said[-2000:]
       assert f"[segment] {exam}: network" in said
-    # the clinical report of each exam: location and confidence per lesion, a page, a QC verdict
-    files = _files(out, summary["exams"][0])
-    lesion = list(csv.DictReader(open(files["table"])))[0]
-    assert lesion["location"] in ("periventricular", "juxtacortical", "infratentorial",
-                                  "deep_white_matter") and lesion["confidence"] != ""
-    assert os.path.getsize(files["report"]) > 20000
-    assert summary["exams"][0]["qc"] in ("ok", "check", "fail")
+    for row in summary["exams"]:  # the clinical report of each exam (both drawn alike)
+      _check_the_marker_exams_report(out, row)
     assert "qc" in (out / "segmentations.csv").read_text().splitlines()[0].split(",")
   return runs
+
+
+def _check_the_marker_exams_report(out, row):
+  """The clinical report of an exam drawn by draw_exam (tests/preprocess/test_geometry.py), its
+  marker segmented by MarkerPredictor, is what that exam must get:
+  - one lesion, the marker: a ball of 10 mm radius (4.19 mL) centred at ROTATION @ MARKER_MNI +
+    SHIFT in the subject's world; at MARKER_MNI (-35, 20, 30) such a ball reaches into the
+    MNI152 template's cortex (left middle/inferior frontal gyri: 1268 of its 4169 1 mm voxels
+    have GM >= 0.5 in the template files) and stays 14 mm from the lateral ventricle (the
+    frontal horn), far above the tentorium: cortical/juxtacortical, not periventricular;
+  - QC `fail`: the drawn head is a textured ellipsoid, not a brain. Its FLAIR does not fit the
+    template's tissue priors (r under the fail bar, 0.45) while its outline does not fit the
+    template brain's either (Dice between the fail and check bars, 0.80-0.89), so the poor fit is
+    not excused as atrophy (qc.verdict); its 2 mm in-plane voxels are past the check bar
+    (1.8 mm); its histogram (texture about 100, the marker 400) is far from the stand-in
+    bundle's straight-line Nyúl landmarks (check: gap 25-35). Nothing else is a reason: centre
+    and size (it is drawn where the template's brain is, 1.24 L), 2 mm slices, coverage, border;
+  - the page: A4 portrait, with slice panels where the marker is outlined in the juxtacortical
+    colour and in no other class's, and the verdict written in the fail colour."""
+  import re
+
+  import matplotlib.image
+
+  from msjax.report import locations, page
+  from preprocess.test_geometry import MARKER_MNI, MARKER_RADIUS, ROTATION, SHIFT
+  files = _files(out, row)
+  (lesion,) = list(csv.DictReader(open(files["table"])))
+  assert lesion["location"] == "juxtacortical", lesion
+  assert float(lesion["ventricle_mm"]) > 3.0 and float(lesion["cortex_mm"]) <= 2.5, lesion
+  centre = [float(lesion[f"centroid_{a}_mm"]) for a in "xyz"]
+  np.testing.assert_allclose(centre, ROTATION @ MARKER_MNI + SHIFT, atol=1.0)
+  assert float(lesion["volume_ml"]) == pytest.approx(4 / 3 * np.pi * MARKER_RADIUS ** 3 / 1000,
+                                                     rel=0.05)
+  assert float(lesion["mni_x_mm"]) < 0 and float(lesion["confidence"]) == 1.0  # left; p 0/1
+  assert row["juxtacortical_count"] == row["lesions"] == 1
+
+  assert row["qc"] == "fail"
+  reasons = row["qc_reasons"].split("; ")
+  patterns = [r"check: MNI registration: the brain's outline overlaps the template brain's by "
+              r"Dice (0\.\d\d) \(ok >= 0\.89\)",
+              r"fail: MNI registration: FLAIR vs template tissues r = (-?\d\.\d\d) \(ok >= 0\.6\)",
+              r"check: in-plane voxels 2\.00 mm \(the model saw up to 1\.8 mm\)",
+              r"check: FLAIR intensities far from the model's Nyúl landmarks \(gap (\d+\.\d) of "
+              r"100, ok <= 25\)"]
+  assert len(reasons) == len(patterns), reasons
+  found = [re.fullmatch(p, r) for p, r in zip(patterns, reasons)]
+  assert all(found), reasons
+  dice, r, gap = float(found[0][1]), float(found[1][1]), float(found[3][1])
+  assert 0.80 <= dice < 0.89 and r < 0.45 and 25 < gap <= 35, reasons
+
+  rgb = np.round(matplotlib.image.imread(files["report"])[..., :3] * 255).astype(int)
+  height, width = rgb.shape[:2]
+  assert width >= 1000 and 1.35 < height / width < 1.48  # A4 (8.27 x 11.69 in) at 130 dpi
+  assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100  # drawn, not blank
+
+  def painted(image, colour):  # pixels of a "#rrggbb" colour
+    want = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(image - want).max(-1) <= 10).sum())
+  panels = rgb[(rgb.min(-1) < 235).mean(1) > 0.8]  # rows across the slice panels (not white)
+  assert len(panels) > 200
+  outlines = {c: painted(panels, locations.COLOURS[c]) for c in locations.CLASSES}
+  assert outlines["juxtacortical"] > 50 and sum(outlines.values()) == outlines["juxtacortical"], \
+      outlines
+  assert painted(rgb, page.VERDICT_COLOURS["fail"]) > 100
+  assert painted(rgb, page.VERDICT_COLOURS["ok"]) == painted(rgb, page.VERDICT_COLOURS["check"]) \
+      == 0
 
 
 def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
