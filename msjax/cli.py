@@ -40,7 +40,13 @@ def summary_line(name: str) -> str:
   path = name if name.endswith(".py") else os.path.join(PACKAGED_CONFIGS, f"{name}.py")
   doc = " ".join(_docstring(path).split())
   first = re.split(r"(?<=\.)\s", doc, maxsplit=1)[0].rstrip(".:;")
-  return first[:110] + ("..." if len(first) > 110 else "")
+  # the what, not the how: up to a colon that starts the usage, or a parenthesis, if long
+  for cut in (": `", ": ", " ("):
+    if len(first) > 90 and cut in first[20:]:
+      first = first[:20 + first[20:].index(cut)]
+  if len(first) > 100:
+    first = first[:100].rsplit(" ", 1)[0] + " ..."
+  return first
 
 
 def usage() -> str:

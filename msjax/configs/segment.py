@@ -1,7 +1,9 @@
-"""Segment new exams with a trained model bundle (a fine-tuning workdir):
-`--config.model=<finetune workdir> --config.input=<exam folder, folder of exams, or BIDS dataset>
---workdir OUT`. Raw exams are preprocessed as the model's training exams were (needs the
-[preprocess] extra); `--config.preprocessed=True` feeds exams already on the model grid (like
+"""Segment your exams: a lesion mask, table and report page each, by the shipped model or yours.
+
+  --config.input=<exam folder, folder of exams, BIDS dataset or DICOM folder>
+  [--config.model=<shipped name or finetune workdir>] --workdir OUT
+
+Raw exams are preprocessed as the model's training exams were (needs the [preprocess] extra); `--config.preprocessed=True` feeds exams already on the model grid (like
 ../shared/data/lesjak_mni) straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
 `configs/segment.py:fast`: for throughput and triage (config_base.fast_raw_path: the
 atlas-bounded brain mask instead of ROBEX, N4 at 6 mm, no test-time mirroring; its measured time
