@@ -3,8 +3,9 @@
   --config.input=<exam folder, folder of exams, BIDS dataset or DICOM folder>
   [--config.model=<shipped name or finetune workdir>] --workdir OUT
 
-Raw exams are preprocessed as the model's training exams were (needs the [preprocess] extra); `--config.preprocessed=True` feeds exams already on the model grid (like
-../shared/data/lesjak_mni) straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
+Raw exams are preprocessed as the model's training exams were (needs the [preprocess] extra);
+`--config.preprocessed=True` feeds exams already on the model grid (like ../shared/data/lesjak_mni)
+straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
 `configs/segment.py:fast`: for throughput and triage (config_base.fast_raw_path: the
 atlas-bounded brain mask instead of ROBEX, N4 at 6 mm, no test-time mirroring; its measured time
 and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
