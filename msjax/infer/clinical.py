@@ -80,10 +80,12 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
                        raw_landmarks=_raw_landmarks(exam))
   edge_ml = sum(float(r["volume_ml"]) for r in rows if r.get("fov_edge"))
   if edge_ml >= table.FOV_EDGE_ML:
+    _, slices, mm = table.fov_edge_reach(seg.affine)
     verdict = qc.lift(verdict, "field_of_view", qc.CHECK,
-                      f"{edge_ml:.2f} mL of lesion within {table.FOV_EDGE_MM:g} mm of the first or "
-                      "last acquired slice, where 2D acquisitions carry artefacts (fov_edge in "
-                      "the lesion table): check those lesions")
+                      f"{edge_ml:.2f} mL of lesion within {slices} slices ({mm:.0f} mm) of the "
+                      "first or last acquired slice, where 2D acquisitions carry inflow and "
+                      "partial-volume artefacts (fov_edge in the lesion table): check those "
+                      "lesions")
   grid = nifti.read_nifti(flair_path).grid
   drawn = page.draw_page(out["report"], nifti.to_canonical(flair, grid),
                          nifti.to_canonical(labels, grid), locations, summary,

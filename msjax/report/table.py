@@ -23,24 +23,37 @@ from msjax.report import locations as locations_lib
 
 EXTRA_COLUMNS = ("location", "ventricle_mm", "cortex_mm", "infratentorial_share",
                  "mean_uncertainty", "confidence", "fov_edge")
-FOV_EDGE_MM = 5.0      # a lesion this close to the first or last acquired slice is flagged
+FOV_EDGE_MM = 5.0      # a lesion this close to the first or last acquired slice is flagged,
+FOV_EDGE_SLICES = 3    # or this many slices, whichever reaches further (2D stacks)
 FOV_EDGE_ML = 0.1      # flagged lesions of this much volume lift the QC verdict to check
 
 
-def fov_edge_lesions(labels: np.ndarray, image: np.ndarray, affine: np.ndarray,
-                     edge_mm: float = FOV_EDGE_MM) -> dict[int, bool]:
-  """{lesion_id: True when any of its voxels lies within edge_mm of the first or last slice
-  that holds data along the acquisition's slice axis (its coarsest voxel axis)}. The end slices
-  of a 2D acquisition carry partial-volume and inflow artefacts that look like lesion (e.g. the
-  cerebellum at the bottom of a FLAIR stack)."""
+def fov_edge_reach(affine: np.ndarray, edge_mm: float = FOV_EDGE_MM,
+                   edge_slices: int = FOV_EDGE_SLICES) -> tuple[int, int, float]:
+  """(slice axis, slices, mm) of the end zones: the acquisition's coarsest voxel axis, and
+  edge_mm or edge_slices slices of it, whichever reaches further. In a 2D FLAIR stack the
+  uninverted CSF and blood flowing in through an end of the stack keep their signal for the
+  first few slices (the inflow artefact: bright spots in the posterior fossa at the bottom of
+  the stack), so the zone is counted in slices there; a 1 mm 3D acquisition keeps 5 mm."""
   spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
   axis = int(np.argmax(spacing))
+  reach = max(int(np.floor(edge_mm / spacing[axis])), int(edge_slices))
+  return axis, reach, reach * float(spacing[axis])
+
+
+def fov_edge_lesions(labels: np.ndarray, image: np.ndarray, affine: np.ndarray,
+                     edge_mm: float = FOV_EDGE_MM,
+                     edge_slices: int = FOV_EDGE_SLICES) -> dict[int, bool]:
+  """{lesion_id: True when any of its voxels lies in the end zones (fov_edge_reach) of the
+  first or last slice that holds data along the acquisition's slice axis}. The end slices of a
+  2D acquisition carry partial-volume and inflow artefacts that look like lesion (e.g. the
+  cerebellum at the bottom of a FLAIR stack)."""
+  axis, reach, _ = fov_edge_reach(affine, edge_mm, edge_slices)
   other = tuple(a for a in range(3) if a != axis)
   acquired = np.flatnonzero((np.asarray(image) != 0).any(axis=other))
   n = labels.max()
   if not len(acquired) or n == 0:
     return {}
-  reach = int(np.floor(edge_mm / spacing[axis]))
   near = np.zeros(labels.shape[axis], bool)
   near[acquired[0]:acquired[0] + reach + 1] = True
   near[max(acquired[-1] - reach, 0):acquired[-1] + 1] = True

@@ -78,7 +78,8 @@ def test_page_png_and_pdf(tmp_path):
 
 def test_lesions_at_the_first_or_last_acquired_slice_are_flagged():
   """A 2D stack with 4 mm slices: data in slices 2..20; a lesion in slice 3 (4 mm from the
-  bottom one) and one in the middle; the edge one is flagged, the middle one not."""
+  bottom one) and one in the middle; the edge one is flagged, the middle one not; the end zone
+  of a 4 mm stack is three slices (the inflow artefact), of a 1 mm acquisition 5 mm."""
   import numpy as np
 
   from msjax.report import table
@@ -92,6 +93,12 @@ def test_lesions_at_the_first_or_last_acquired_slice_are_flagged():
   labels[10:13, 10:13, 3] = 0
   labels[5:8, 5:8, 19] = 1  # one slice below the top one
   assert table.fov_edge_lesions(labels, image, affine)[1] is True
+  labels[5:8, 5:8, 19] = 0
+  labels[5:8, 5:8, 5] = 1  # three slices (12 mm) above the bottom one: in the zone
+  labels[5:8, 5:8, 6] = 3  # four: out
+  assert table.fov_edge_lesions(labels, image, affine) == {1: True, 2: False, 3: False}
+  assert table.fov_edge_reach(affine)[1:] == (3, 12.0)
+  assert table.fov_edge_reach(np.diag([1.0, 1.0, 1.0, 1.0]))[1:] == (5, 5.0)
 
 
 def test_lifting_a_verdict_never_lowers_it():
