@@ -4,7 +4,8 @@ and input, with and without transplant, from leave_one_out runs' `leave_one_out.
   python studies/lesion_transplant.py --with runs/loo_tp,runs/loo_tp_slab \\
       --without runs/loo_base --out docs/results/lesion_transplant.md
 
-Each --with / --without is a comma-separated list of leave_one_out workdirs (their rows are
+Each --with / --without (and --also NAME=..., repeatable: a further arm, e.g. a variant of the
+transplant) is a comma-separated list of leave_one_out workdirs (their rows are
 merged: a later run's row for the same fold and method wins), or a results.md table of the same
 columns (e.g. an earlier model card's Results). Strategy 0CF; the FLAIR threshold for reference.
 """
@@ -72,9 +73,13 @@ def main(argv=None):
   p.add_argument("--without", required=True)
   p.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
                                                "lesion_transplant.md"))
+  p.add_argument("--also", action="append", default=[], help="NAME=SOURCES, a further arm")
   p.add_argument("--note", default="")
   a = p.parse_args(argv)
   named = {"with transplant": rows_of(a.with_), "without": rows_of(a.without)}
+  for arm in a.also:
+    name, _, sources = arm.partition("=")
+    named[name] = rows_of(sources)
   text = results.header("Lesion transplant on the Lesjak leave-one-out (0CF, Dice %)")
   text += ("Left-out patient scores, 0CF fine-tuned on the other patient, seed 0, 800 steps; "
            "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
