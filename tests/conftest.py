@@ -73,10 +73,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, variant: str = "", **overrides):
-  """configs/<name>.py:variant, with dotted overrides ({'train.steps': 3})."""
+  """configs/<name>.py:variant (the repository's configs: the packaged ones and the lab's), with
+  dotted overrides ({'train.steps': 3})."""
   import importlib.util
   spec = importlib.util.spec_from_file_location(
-      f"configs_{name}", os.path.join(ROOT, "msjax", "configs", f"{name}.py"))
+      f"configs_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant)

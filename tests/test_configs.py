@@ -9,7 +9,8 @@ from ml_collections import config_dict
 from conftest import ROOT, load_config
 from msjax import config_base, main
 
-NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "msjax", "configs",
+# the repository's configs: the packaged ones (msjax/configs/, linked) and the lab's (configs/)
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs",
                                                                          "[a-z]*.py")))
 
 
@@ -41,6 +42,19 @@ def test_configs_by_bare_name_or_path():
     main.resolve_config("nope")
   argv = main.resolve_argv(["msjax", "--config", "finetune:smoke", "--config.seed=3"])
   assert argv[2].endswith("finetune.py:smoke") and argv[3] == "--config.seed=3"
+
+
+def test_the_wheel_holds_no_config_of_the_labs_data():
+  """The packaged configs read nothing of ../shared: the lab's (the Lesjak leave-one-out, the
+  release training) live in the repository's configs/, beside links to the packaged ones."""
+  packaged = os.path.join(ROOT, "msjax", "configs")
+  for name in os.listdir(packaged):
+    if name.endswith(".py"):
+      with open(os.path.join(packaged, name), encoding="utf-8") as f:
+        assert not re.search(r"""=\s*["'][^"']*\.\./shared""", f.read()), name
+  for name in ("lesjak.py", "release.py"):
+    assert os.path.isfile(os.path.join(ROOT, "configs", name))
+    assert not os.path.islink(os.path.join(ROOT, "configs", name))
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

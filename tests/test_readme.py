@@ -104,7 +104,7 @@ def test_relative_links_resolve():
 
 
 def test_stages_table_lists_every_config():
-  names = sorted(n for n in os.listdir(os.path.join(ROOT, "msjax", "configs"))
+  names = sorted(n for n in os.listdir(os.path.join(ROOT, "configs"))
                  if n.endswith(".py") and n != "__init__.py")
   rows = [r for rows, _ in _tables(_lines()) for r in rows]
   missing = [n for n in names if not any(r.startswith(f"| `{n}`") for r in rows)]

@@ -11,8 +11,9 @@ One folder per model, `msjax/shipped/<name>/`:
 
 DEFAULT (segmentation, what `segment` uses with no --config.model) and ENCODER (the pretrained
 position network, for `finetune --config.train.init_from=<name>`) are written by
-`msjax --config=release` (msjax/release.py, msjax/infer/export.py). MSJAX_SHIPPED_DIR points
-the lookup at another folder of shipped models (tests, a site's own models).
+`python -m msjax.main --config configs/release.py` in the repository (msjax/release.py,
+msjax/infer/export.py). MSJAX_SHIPPED_DIR points the lookup at another folder of shipped models
+(tests, a site's own models).
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def default_model() -> str:
     raise errors.InvalidInputError(
         f"no shipped model {DEFAULT!r} in this msjax ({root()} holds "
         + (f"only {', '.join(others)}" if others else "none yet") + "): train and export it with "
-        "`msjax --config=release --workdir runs/release`, name a shipped one with "
+        "`python -m msjax.main --config configs/release.py --workdir runs/release` in the "
+        "repository, name a shipped one with "
         "--config.model=<name>, or give --config.model=<fine-tuning workdir>")
   return folder
 

@@ -193,12 +193,12 @@ def test_acquisition_in_the_pipeline_leaves_masks_and_patches(tiny_cohort):
 
 
 def test_config_fields_reach_the_sampler_per_task():
+  from conftest import load_config
   from msjax import config_base
-  from msjax.configs import finetune, lesjak
   from msjax.train import inputs
-  c = finetune.get_config()
+  c = load_config("finetune")
   assert c.data.sequence_dropout == 0 and not inputs.sampler_spec(c, "segmentation").acquisition.on
-  c = lesjak.get_config()
+  c = load_config("lesjak")
   d = c.data
   assert d.sequence_dropout > 0 and d.pretrain_sequence_dropout > 0 and d.thick_slices > 0
   stage = config_base.stage("finetune", d, c.model, c.finetune)
@@ -207,4 +207,4 @@ def test_config_fields_reach_the_sampler_per_task():
   assert seg.acquisition.thick_slices == d.thick_slices
   stage.data.pretrain_sequence_dropout = 0.25
   assert inputs.sampler_spec(stage, "position").sequence_dropout == 0.25
-  assert lesjak.get_config("full").data.sequence_dropout == 0
+  assert load_config("lesjak", "full").data.sequence_dropout == 0

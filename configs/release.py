@@ -8,17 +8,28 @@ after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesja
 
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
 steps) and exports into --config.out (required there, so that a smoke model never lands in the
-package): `--config=release:smoke --config.out=/tmp/shipped --workdir /tmp/release`.
+package): `--config configs/release.py:smoke --config.out=/tmp/shipped --workdir /tmp/release`.
 """
+import importlib.util
+import os
+
 from ml_collections import config_dict
 
 from msjax import config_base
-from msjax.configs import lesjak
+
+
+def _lesjak():
+  """configs/lesjak.py beside this file (the lab's configs are not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      "configs_lesjak", os.path.join(os.path.dirname(os.path.abspath(__file__)), "lesjak.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def get_config(variant: str = ""):
   v = config_base.variants(variant, "smoke")
-  base = lesjak.get_config("smoke" if "smoke" in v else "")
+  base = _lesjak().get_config("smoke" if "smoke" in v else "")
   c = config_dict.ConfigDict()
   c.mode = "release"
   c.seed = 0

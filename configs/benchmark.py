@@ -1,0 +1,1 @@
+../msjax/configs/benchmark.py

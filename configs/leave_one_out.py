@@ -1,0 +1,1 @@
+../msjax/configs/leave_one_out.py

@@ -1,0 +1,1 @@
+../msjax/configs/paper_table2.py
