@@ -1,5 +1,6 @@
-"""The README's main job, on a laptop-class CPU: synthetic cohort -> pretrain -> 0CF fine-tune ->
-predict -> evaluate.
+"""The whole method in about a minute on msjax's synthetic cohort: pretrain, fine-tune 0CF,
+predict, evaluate (synthetic cohort -> pretrain -> 0CF fine-tune -> predict -> evaluate, on a
+laptop-class CPU).
 
 CPU-sized settings: the synthetic heads are 64³ at 2.5 mm, so a 16³ patch spans 40 mm, about
 what the paper's 32³ patch spans at 1.42 mm; base width 8 instead of 16. The paper's settings
