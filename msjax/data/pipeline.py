@@ -58,6 +58,7 @@ class SamplerSpec:
 class _Prepared:
   arrays: ExamArrays
   index: patch_lib.SamplingIndex
+  gates: tuple | None = None  # transplant.where_lesions_go, when transplant is on
 
 
 class PatchSource:
@@ -89,13 +90,13 @@ class PatchSource:
     self._donors = (transplant_lib.DonorBank(spec.transplant.maps)
                     if spec.task == "segmentation" and spec.transplant.probability > 0 else None)
     self._looks: dict = {}
-    # exam index -> transplant.where_lesions_go (deterministic; as many as the exam cache holds)
-    self._gates: collections.OrderedDict = collections.OrderedDict()
 
   def prepared(self, exam: Exam) -> _Prepared:
-    spec = self.spec
+    spec, transplanting = self.spec, self._donors is not None
     return self.cache.get(exam, derive=lambda a: _Prepared(
-        a, patch_lib.sampling_index(a, spec.patch_size, spec.min_brain_fraction)))
+        a, patch_lib.sampling_index(a, spec.patch_size, spec.min_brain_fraction),
+        transplant_lib.where_lesions_go(a.images, a.brain, _label(a), a.present)
+        if transplanting else None))
 
   def group_plan(self, batch: int, group: int):
     """(exam index, rater index, channel keep-mask) shared by the patches of one group."""
@@ -158,19 +159,14 @@ class PatchSource:
     with self._lock:
       if key in self._plans:
         return self._plans[key]
-    a = self.prepared(self.exams[exam_index]).arrays
+    prep = self.prepared(self.exams[exam_index])
+    a = prep.arrays
     plan = lesion_load.EMPTY
     if self._donors is not None:
       rng = np.random.default_rng([spec.seed, batch, group, 8191])
-      gates = self._gates.get(exam_index)
-      if gates is None:
-        gates = transplant_lib.where_lesions_go(a.images, a.brain, _label(a), a.present)
-        with self._lock:
-          self._gates[exam_index] = gates
-          while len(self._gates) > self.cache.maxsize:
-            self._gates.popitem(last=False)
       plan = transplant_lib.plan(rng, self._donors.donors(a.grid), self.look(exam_index),
-                                 a.images, a.brain, _label(a), a.present, spec.transplant, gates)
+                                 a.images, a.brain, _label(a), a.present, spec.transplant,
+                                 prep.gates)
     if not plan.pastes and spec.lesion_load.probability > 0:
       bank = self.bank()
       rng = np.random.default_rng([spec.seed, batch, group, 4099])
