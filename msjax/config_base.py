@@ -72,6 +72,8 @@ def data(**overrides) -> config_dict.ConfigDict:
   # space), with intensities modelled on the exam's own lesions; tried before lesion_load
   c.transplant = 0.0            # share of batches with another patient's lesion map put in
   c.lesion_maps = ""            # folder of lesion masks (NIfTI) on the cohort's MNI space
+  c.lesion_maps_registration = ""  # 4x4 matrix file: cohort world -> the maps' ('' = same);
+                                   # leave_one_out sets it when it registers the labelled exams
   c.transplant_contrast = (1.0, 1.0)  # per transplant and sequence, the lesion look's contrast
                                       # to white matter scaled by a factor in this range
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams

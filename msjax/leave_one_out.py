@@ -65,6 +65,76 @@ def preprocess_raw(config, workdir: str) -> list[manifest_lib.Exam]:
   return list(cohort_lib.load_cohort(manifest).exams)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelledPreprocessing:
+  """The labelled exams put through msjax's pipeline (config.preprocess_labelled): what training
+  reads, and how the left-out patient's files are to be made into the same."""
+  exams: dict                # exam id -> the preprocessed exam (on the 128³ grid, masks carried)
+  options: object            # preprocess_run.Options they were made with
+  standard: dict             # their Nyúl landmarks
+  maps_registration: str     # the lesion maps onto the new grid (transplant.read_registration)
+
+  def test_exam(self, exam, out_root: str):
+    """A left-out exam (or a variant of it, from its own files) made as the training exams
+    were: its own MNI registration, the training exams' Nyúl landmarks. Reused when made."""
+    from msjax.preprocess import run as preprocess_run
+    return preprocess_run.preprocess_one(exam, out_root=out_root, options=self.options,
+                                         standard=self.standard)
+
+
+PREPROCESS_LABELLED = ("", "stripped", "raw")
+
+
+def preprocess_labelled(config, workdir: str) -> LabelledPreprocessing:
+  """The labelled cohort -> <workdir>/preprocessed_labelled/cohort, as a user's exam becomes at
+  `segment`: "stripped" (exams already bias-corrected, skull-stripped and in MNI space, like
+  lesjak_mni: preprocess_run.for_stripped_exams) or "raw" (the whole pipeline). Nyúl landmarks
+  are fitted on these exams (intensities only, no label). Reused when an earlier run made it
+  with the same options."""
+  import json
+
+  from msjax.preprocess import native as native_lib
+  from msjax.preprocess import run as preprocess_run
+  if config.preprocess_labelled not in PREPROCESS_LABELLED[1:]:
+    raise ValueError(f"preprocess_labelled={config.preprocess_labelled!r}: one of "
+                     f"{PREPROCESS_LABELLED}")
+  out = os.path.join(workdir, "preprocessed_labelled")
+  block = config_base.allow_any_geometry(
+      config_base.preprocess(**dict(config.preprocess.to_dict(),
+                                    input=_existing(config.labelled, "labelled"))),
+      config.allow_any_geometry)
+  if config.preprocess_labelled == "stripped":
+    block.update(n4=False, coregistration="none", skull_strip="none")
+  options = preprocess_run.Options.from_config(block, config.allow_any_geometry)
+  manifest = os.path.join(out, "cohort", manifest_lib.MANIFEST_NAME)
+  made = os.path.join(out, "cohort", manifest_lib.PREPROCESSING_NAME)
+  wanted = {e.exam_id for e in cohort_lib.load_cohort(block.input).exams}
+  reuse = False
+  if os.path.exists(manifest) and os.path.exists(made):
+    with open(made) as f:
+      reuse = (json.load(f)["options"] == json.loads(json.dumps(dataclasses.asdict(options)))
+               and {e.exam_id for e in cohort_lib.load_cohort(manifest).exams} == wanted)
+  if reuse:
+    logging.info("[leave_one_out] reusing the preprocessed labelled exams in %s", manifest)
+  else:
+    logging.info("[leave_one_out] the labelled exams through msjax's pipeline (%s: %s)",
+                 config.preprocess_labelled, options)
+    summary = preprocess_run.run(block, out)
+    if summary["failures"]:
+      raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} labelled "
+                         f"exam(s); see {out}/preprocess_summary.json")
+  done = cohort_lib.load_cohort(manifest)
+  with open(os.path.join(out, "nyul_landmarks.json")) as f:
+    standard = json.load(f)
+  # the lesion maps lie in the space the labelled exams came in: the mean of their
+  # registrations carries them onto the new grid
+  registration = os.path.join(out, "lesion_maps_registration.txt")
+  np.savetxt(registration, native_lib.mean_world_matrix(
+      [e.native["transform"] for e in done.exams]), fmt="%.8f")
+  return LabelledPreprocessing(exams={e.exam_id: e for e in done.exams}, options=options,
+                               standard=standard, maps_registration=registration)
+
+
 def write_manifest(exams, path: str) -> str:
   ids = [e.exam_id for e in exams]
   dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -97,7 +167,7 @@ def run(config, workdir: str):
   t_all = time.time()
   workdir = os.path.abspath(workdir)
   res = Results()
-  labelled, folds, strategies, pre_manifest = plan(config, workdir, res)
+  labelled, folds, strategies, pre_manifest, prep = plan(config, workdir, res)
   if config.pretrained:  # an encoder pretrained before (a workdir or a shipped encoder's name)
     pre_dir = config.pretrained
     logging.info("[leave_one_out] no pretraining here: the encoder of %s", pre_dir)
@@ -105,18 +175,20 @@ def run(config, workdir: str):
     pre_dir = os.path.join(workdir, "pretrain")
     res.timed("pretrain", stages.pretrain, config, _data(config, pre_manifest), pre_dir)
   for fold in folds:
-    run_fold(config, workdir, fold, labelled, strategies, pre_dir, res)
+    run_fold(config, workdir, fold, labelled, strategies, pre_dir, res, prep)
   res.times["total"] = time.time() - t_all
   return report(config, workdir, res, strategies, folds)
 
 
-def _data(config, cohort: str):
-  return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
+def _data(config, cohort: str, prep: LabelledPreprocessing | None = None):
+  extra = {"lesion_maps_registration": prep.maps_registration} if prep else {}
+  return config_base.data(**dict(config.data.to_dict(), cohort=cohort, **extra))
 
 
 def plan(config, workdir: str, res: Results):
-  """(labelled exams, folds, strategies, pretraining manifest): the inputs checked, the raw
-  unlabelled exams preprocessed, every scan written into the pretraining cohort."""
+  """(labelled exams, folds, strategies, pretraining manifest, the labelled exams'
+  preprocessing or None): the inputs checked, the labelled exams preprocessed when asked, the
+  raw unlabelled exams preprocessed, every scan written into the pretraining cohort."""
   labelled_cohort = cohort_lib.load_cohort(_existing(config.labelled, "labelled"))
   labelled = labelled_cohort.select(labelled=True)
   patients = sorted({e.patient_id for e in labelled})
@@ -129,53 +201,62 @@ def plan(config, workdir: str, res: Results):
     raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
                      f"({patients})")
   strategies = stages.strategy_names(config.strategies)
+  prep = (res.timed("preprocess labelled", preprocess_labelled, config, workdir)
+          if config.preprocess_labelled else None)
   # the labelled cohort's own unlabelled exams go to pretraining too
-  unlabelled: list[manifest_lib.Exam] = list(labelled_cohort.select(labelled=False))
+  unlabelled: list[manifest_lib.Exam] = [prep.exams.get(e.exam_id, e) if prep else e
+                                         for e in labelled_cohort.select(labelled=False)]
   if config.unlabelled_raw and not config.pretrained:  # unlabelled exams are for pretraining
     unlabelled += res.timed("preprocess", preprocess_raw, config, workdir)
   for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(_existing(path, "unlabelled")).exams)
+  seen = [prep.exams[e.exam_id] for e in labelled] if prep else labelled  # what training reads
   pre_manifest = write_manifest([dataclasses.replace(e, split="train")
-                                 for e in labelled + unlabelled],
+                                 for e in seen + unlabelled],
                                 os.path.join(workdir, "cohorts", "pretrain.json"))
   if not config.pretrained:
     logging.info("[leave_one_out] pretraining on %d scans (%d labelled, %d unlabelled)",
                  len(labelled) + len(unlabelled), len(labelled), len(unlabelled))
   logging.info("[leave_one_out] folds %s; strategies %s", folds, strategies)
-  return labelled, folds, strategies, pre_manifest
+  return labelled, folds, strategies, pre_manifest, prep
 
 
 def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str,
-             res: Results) -> None:
+             res: Results, prep: LabelledPreprocessing | None = None) -> None:
   """Patient `fold` left out: every strategy fine-tuned, predicted and scored, the FLAIR
-  threshold fitted and scored, the slice figure of each left-out exam."""
+  threshold fitted and scored, the slice figure of each left-out exam. With `prep`, training
+  reads the preprocessed exams and the left-out exams (and each variant, made from their own
+  files) are preprocessed as a user's exam is at `segment`; masks are scored in their space."""
   fold_dir = os.path.join(workdir, "folds", f"test_{fold}")
   exams = [dataclasses.replace(e, split="test" if e.patient_id == fold else "train")
            for e in labelled]
   manifest = write_manifest(exams, os.path.join(workdir, "cohorts", f"test_{fold}.json"))
   cohort = cohort_lib.load_cohort(manifest)
   test, train_exams = cohort.select(split="test"), cohort.select(split="train")
+  train_manifest = manifest
+  if prep:
+    train_manifest = write_manifest(
+        [dataclasses.replace(prep.exams[e.exam_id], split=e.split) for e in exams],
+        os.path.join(workdir, "cohorts", f"test_{fold}_preprocessed.json"))
   masks = {}
   for strategy in strategies:
     run_dir = os.path.join(fold_dir, strategy)
-    res.timed(f"finetune {fold} {strategy}", stages.finetune, config, _data(config, manifest),
-              run_dir, strategy=strategy, init_from=pre_dir)
-    pred_dir = os.path.join(run_dir, "predictions")
+    res.timed(f"finetune {fold} {strategy}", stages.finetune, config,
+              _data(config, train_manifest, prep), run_dir, strategy=strategy,
+              init_from=pre_dir)
     # one network for the exams and their variants: compiled once, not once per variant
     predictor = predict_lib.Predictor(run_dir)
-    res.timed(f"predict {fold} {strategy}", stages.predict, run_dir, test, pred_dir,
-              stages.predict_options(config), predictor)
-    res.rows += _score(cohort, pred_dir, test, fold, strategy, run_dir,
-                       f"p >= {config.predict.threshold:g}")
-    masks[strategy] = pred_dir
-    for variant in variants_lib.parse(config.input_variants):
-      if variant != "all":
-        res.timed(f"predict {fold} {strategy} [{variant}]", run_variant, config, cohort, test,
-                  fold, strategy, variant, run_dir, res, predictor)
-    for exam in test:
-      if exam.reference:
-        res.curves[(fold, strategy, exam.exam_id)] = threshold_curve(
-            outputs.paths(pred_dir, exam)["probseg"], exam.reference)
+    for variant in ["all"] + [v for v in variants_lib.parse(config.input_variants)
+                              if v != "all"]:
+      label = f"{fold} {strategy}" + ("" if variant == "all" else f" [{variant}]")
+      pred_dir = res.timed(f"predict {label}", run_variant, config, cohort, test, fold,
+                           strategy, variant, run_dir, res, predictor, prep, workdir)
+      if variant == "all":
+        masks[strategy] = pred_dir
+        for exam in test:
+          if exam.reference:
+            res.curves[(fold, strategy, exam.exam_id)] = threshold_curve(
+                outputs.paths(pred_dir, exam)["probseg"], exam.reference)
   masks[BASELINE] = res.timed(f"baseline {fold}", run_baseline, config, cohort, fold, fold_dir,
                               res)
   for exam in test:
@@ -191,15 +272,23 @@ def run_fold(config, workdir: str, fold: str, labelled, strategies, pre_dir: str
 
 
 def run_variant(config, cohort, test, fold: str, strategy: str, variant: str, run_dir: str,
-                res: Results, predictor: predict_lib.Predictor | None = None) -> None:
-  """The left-out exams as a user may have them (fewer sequences, thick slices: msjax/evaluate/
-  variants.py), segmented by the same network and scored as '<strategy> [<variant>]'."""
-  folder = os.path.join(run_dir, "variants", variant)
+                res: Results, predictor: predict_lib.Predictor | None = None,
+                prep: LabelledPreprocessing | None = None, workdir: str = "") -> str:
+  """The left-out exams as a user may have them ('all', or fewer sequences, thick slices:
+  msjax/evaluate/variants.py), segmented by the same network and scored as '<strategy>' or
+  '<strategy> [<variant>]'; returns the predictions folder."""
+  folder = run_dir if variant == "all" else os.path.join(run_dir, "variants", variant)
   exams = [variants_lib.make(e, variant, os.path.join(folder, "images")) for e in test]
+  network_exams = exams
+  if prep:  # each variant from its own files, as segment makes a user's exam
+    network_exams = [prep.test_exam(e, os.path.join(workdir, "preprocessed_test", variant))
+                     for e in exams]
   pred_dir = os.path.join(folder, "predictions")
-  stages.predict(run_dir, exams, pred_dir, stages.predict_options(config), predictor)
-  res.rows += _score(cohort, pred_dir, exams, fold, f"{strategy} [{variant}]", folder,
+  stages.predict(run_dir, network_exams, pred_dir, stages.predict_options(config), predictor)
+  name = strategy if variant == "all" else f"{strategy} [{variant}]"
+  res.rows += _score(cohort, pred_dir, exams, fold, name, folder,
                      f"p >= {config.predict.threshold:g}")
+  return pred_dir
 
 
 def run_baseline(config, cohort, fold: str, fold_dir: str, res: Results) -> str:

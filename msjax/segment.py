@@ -43,6 +43,7 @@ import numpy as np
 from msjax import console, errors, files, shipped
 from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
+from msjax.data import nifti
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import outputs, predict
 
@@ -53,12 +54,22 @@ def _as_is(exam):
 
 def preprocessor(config, bundle: dict, workdir: str):
   """exam -> the exam on the model grid, standardised as the model's training exams were (a
-  picklable function: it may run in another process)."""
-  if config.preprocessed:
+  picklable function: it may run in another process). With --config.preprocessed=True: an exam
+  on the model grid goes to the network as it is; one in MNI space on another grid (already
+  skull-stripped, like ../shared/data/lesjak_mni) too when the model's training exams were made
+  outside msjax, and through the MNI registration and Nyúl standardisation they had when msjax
+  made them (preprocess_run.for_stripped_exams)."""
+  made_by_msjax = bundle["preprocessing"].get("by") == "msjax"
+  if config.preprocessed and not made_by_msjax:
     return _as_is
   try:
     from msjax.preprocess import run as preprocess_run
   except ImportError as e:
+    if config.preprocessed:
+      raise errors.InvalidInputError(
+          f"this model's training exams were registered and standardised by msjax; exams not on "
+          f"its grid need the same, from the preprocessing extra (pip install "
+          f"'msjax[preprocess]': {e})") from e
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
@@ -66,8 +77,28 @@ def preprocessor(config, bundle: dict, workdir: str):
                                                config.allow_any_geometry)
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
+  if config.preprocessed:
+    return functools.partial(_stripped_exam, out_root=out_root,
+                             options=preprocess_run.for_stripped_exams(options),
+                             standard=standard)
   return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,
                            standard=standard)
+
+
+def _stripped_exam(exam, out_root: str, options, standard: dict):
+  """An exam given as preprocessed: as it is on the model grid, else registered to MNI and
+  standardised as the model's training exams were."""
+  from msjax.data import mni
+  from msjax.preprocess import run as preprocess_run
+  grid = nifti.read_nifti(exam.images["FLAIR"] if "FLAIR" in exam.images else
+                          next(iter(exam.images.values()))).grid
+  if sorted(grid.shape) == sorted(mni.MODEL_SHAPE) and mni.is_mni_grid(grid.shape, grid.affine):
+    return exam
+  logging.info("[segment] %s: given preprocessed, on a %s grid: the MNI registration and Nyúl "
+               "standardisation the model's training exams had (no N4, no co-registration, "
+               "the brain = its non-zero voxels)", exam.exam_id, "x".join(map(str, grid.shape)))
+  return preprocess_run.preprocess_one(exam, out_root=out_root, options=options,
+                                       standard=standard)
 
 
 def preprocess_block(config, bundle: dict):
@@ -76,11 +107,17 @@ def preprocess_block(config, bundle: dict):
   its variant) sets another value, which is used and said. Bundles of exams preprocessed
   elsewhere record none: the command's options are used."""
   from msjax import config_base
+  from msjax.preprocess import run as preprocess_run
   made = bundle["preprocessing"].get("options") or {}
   block = config.preprocess.to_dict()
   defaults = config_base.preprocess().to_dict()
+  # exams that came in skull-stripped say nothing of how a raw head is to be stripped: raw exams
+  # get this command's N4, co-registration and brain extraction
+  stripped = preprocess_run.takes_stripped_exams(made)
   for key, trained in made.items():
     if key not in block or key == "allow_any_geometry":
+      continue
+    if stripped and key in preprocess_run.INPUT_STATE:
       continue
     given = block[key]
     same = (list(given) == list(trained) if isinstance(given, (list, tuple)) and
@@ -235,7 +272,9 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
 
 def made_with(config, bundle: dict, options) -> str:
   """The model and the settings that made a mask, as the report page prints them."""
-  how = ("exam given on the model grid" if config.preprocessed else
+  by_msjax = bundle["preprocessing"].get("by") == "msjax"
+  how = (("exam given preprocessed, MNI-registered and standardised as the training exams were"
+          if by_msjax else "exam given on the model grid") if config.preprocessed else
          f"brain extraction {config.preprocess.skull_strip}, N4 fit at "
          f"{config.preprocess.n4_mm:g} mm")
   return (f"{model_name(bundle)}; lesion at p >= {options.threshold:g}, "
@@ -279,7 +318,9 @@ def settings(config, bundle: dict, options) -> dict:
   return {"msjax": msjax.__version__, "model": model_name(bundle), "model_sha256": model,
           "predict": dataclasses.asdict(options),
           "preprocess": ("given on the model grid" if config.preprocessed
-                         else preprocess_block(config, bundle).to_dict()),
+                         and bundle["preprocessing"].get("by") != "msjax"
+                         else dict(preprocess_block(config, bundle).to_dict(),
+                                   given_preprocessed=bool(config.preprocessed))),
           "report": config.report.to_dict()}
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import LESJAK_MNI, ROOT, load_config, needs_lesjak
 from msjax import segment
+from msjax.data import nifti
 
 
 def _files(out, summary_row):
@@ -394,3 +395,41 @@ def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
   assert (block.skull_strip, block.n4_mm) == ("threshold", 6.0)
   external = {"preprocessing": {"options": None}}
   assert segment.preprocess_block(load_config("segment"), external).skull_strip == "robex"
+
+
+def test_a_model_trained_on_skull_stripped_exams_leaves_raw_exams_their_own_brain_extraction():
+  """Training exams that came in skull-stripped (leave_one_out's preprocess_labelled=stripped)
+  were made without N4, co-registration or brain extraction: a raw exam still gets this
+  command's, and only the MNI registration is taken from the bundle."""
+  bundle = {"preprocessing": {"by": "msjax", "options": {
+      "n4": False, "coregistration": "none", "skull_strip": "none", "mni": True,
+      "n4_mm": 3.0, "n4_iterations": [20, 20, 20], "allow_any_geometry": False}}}
+  block = segment.preprocess_block(load_config("segment"), bundle)
+  assert (block.n4, block.coregistration, block.skull_strip) == (True, "auto", "robex")
+  raw_bundle = {"preprocessing": {"by": "msjax", "options": dict(
+      bundle["preprocessing"]["options"], skull_strip="atlas", n4=True)}}
+  assert segment.preprocess_block(load_config("segment"), raw_bundle).skull_strip == "atlas"
+
+
+def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(tmp_path):
+  """--config.preprocessed=True with a model whose exams msjax made: an exam on the 128³ model
+  grid goes to the network as it is; an MNI-space exam on another grid goes through the
+  stripped-exam pipeline (its MNI registration, the bundle's Nyúl landmarks). With a model of
+  externally preprocessed exams, every exam goes as it is."""
+  from msjax.data import manifest as manifest_lib
+  from msjax.data import mni
+  pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
+  image = np.zeros(mni.MODEL_SHAPE, np.float32)
+  image[40:80, 40:80, 40:80] = 1.0
+  on_grid = nifti.write_nifti(image, mni.box_affine(),
+                              str(tmp_path / "on_grid_FLAIR.nii.gz"))
+  exam = manifest_lib.Exam(exam_id="a", patient_id="a", ms=True, images={"FLAIR": on_grid})
+  config = load_config("segment", preprocessed=True)
+  msjax_made = {"preprocessing": {"by": "msjax", "options": {"skull_strip": "robex"},
+                                  "nyul_landmarks": {}}}
+  prepare = segment.preprocessor(config, msjax_made, str(tmp_path))
+  assert prepare.keywords["options"].skull_strip == "none"  # the stripped-exam pipeline
+  assert not prepare.keywords["options"].n4
+  assert prepare(exam) is exam  # on the model grid: as it is, nothing registered
+  external = {"preprocessing": {"by": "external", "options": None, "nyul_landmarks": {}}}
+  assert segment.preprocessor(config, external, str(tmp_path))(exam) is exam

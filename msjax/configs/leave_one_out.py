@@ -42,6 +42,10 @@ def get_config(variant: str = ""):
   c.pretrained = ""             # '' = pretrain here; else that encoder (a pretraining workdir or
                                 # a shipped encoder's name, e.g. msjax-lesjak-encoder)
   c.folds = ""                  # patients to leave out ('' = every labelled patient)
+  # the labelled exams as given ('', on the model grid or its MNI box), or through msjax's
+  # pipeline as a user's exam at segment: 'stripped' (already skull-stripped MNI-space exams:
+  # MNI registration + Nyúl) or 'raw' (the whole pipeline); the left-out patient the same way
+  c.preprocess_labelled = ""
   c.strategies = "van,0"
   # the left-out patient also as users have it (msjax/evaluate/variants.py): fewer sequences,
   # 2D acquisitions with 4 mm axial slices; scored as '<strategy> [<variant>]'

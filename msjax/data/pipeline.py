@@ -87,7 +87,8 @@ class PatchSource:
     self._lock = threading.Lock()
     self._bank: list | None = None
     self._plans: collections.OrderedDict = collections.OrderedDict()
-    self._donors = (transplant_lib.DonorBank(spec.transplant.maps)
+    self._donors = (transplant_lib.DonorBank(spec.transplant.maps,
+                                                    spec.transplant.maps_registration)
                     if spec.task == "segmentation" and spec.transplant.probability > 0 else None)
     self._looks: dict = {}
 

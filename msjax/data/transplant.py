@@ -58,6 +58,9 @@ MIN_VOXELS = 2                 # donor lesions smaller than this on the model gr
 class Spec:
   probability: float = 0.0   # share of training groups whose exam gets a donor's lesions
   maps: str = ""             # folder of lesion-mask NIfTIs on the cohort's MNI space
+  # a text file of a 4x4 matrix taking the cohort's world points (RAS mm) to the maps' ('': the
+  # same space): maps in the space the labelled exams came in, the cohort registered again
+  maps_registration: str = ""
   jitter: int = 3            # whole-donor shift, voxels per axis, uniform in ±jitter
   min_kept: float = 0.5      # a lesion is dropped when less of it lands on brain off CSF
   min_white_matter: float = 0.5  # ... or when less of what is kept lies in white matter
@@ -164,23 +167,50 @@ def map_files(folder: str) -> list[str]:
   return paths
 
 
-def onto_grid(volume: nifti.Volume, grid: nifti.Grid) -> np.ndarray:
+def onto_grid(volume: nifti.Volume, grid: nifti.Grid, world: np.ndarray | None = None
+              ) -> np.ndarray:
   """A mask brought onto `grid` through world coordinates, linearly: values in [0, 1], the
-  partial volume of each target voxel (outside the source: 0)."""
+  partial volume of each target voxel (outside the source: 0). `world`: a 4x4 matrix taking
+  the grid's world points to the mask's (None: the same world)."""
   data = (volume.data > 0).astype(np.float32)
-  if volume.grid.shape == tuple(grid.shape):
-    if np.allclose(volume.grid.affine, grid.affine, atol=1e-3):
-      return data
-  src = nifti.resampled_grid(volume.grid, grid.shape)
-  if np.allclose(src.affine, grid.affine, atol=1e-3):  # same box, other voxel size: separable
-    # a mask shrinks to ~1/3 of its voxels here; averaging the source voxels each target voxel
-    # covers (not sampling its centre) gives each voxel its partial volume
-    factor = np.array(volume.grid.shape) / np.array(grid.shape)
-    smooth = ndimage.uniform_filter(data, size=np.maximum(np.round(factor), 1).astype(int))
-    return np.clip(nifti.resample_box(smooth, grid.shape), 0, 1)
-  m = np.linalg.inv(volume.grid.affine) @ grid.affine
-  return np.clip(ndimage.affine_transform(data, m[:3, :3], m[:3, 3], output_shape=grid.shape,
-                                          order=1, mode="constant", cval=0.0), 0, 1)
+  if world is None:
+    if volume.grid.shape == tuple(grid.shape):
+      if np.allclose(volume.grid.affine, grid.affine, atol=1e-3):
+        return data
+    src = nifti.resampled_grid(volume.grid, grid.shape)
+    if np.allclose(src.affine, grid.affine, atol=1e-3):  # same box, other voxel size: separable
+      # a mask shrinks to ~1/3 of its voxels here; averaging the source voxels each target voxel
+      # covers (not sampling its centre) gives each voxel its partial volume
+      factor = np.array(volume.grid.shape) / np.array(grid.shape)
+      return np.clip(nifti.resample_box(_anti_alias(data, factor), grid.shape), 0, 1)
+  m = np.linalg.inv(volume.grid.affine) @ (np.eye(4) if world is None else world) @ grid.affine
+  factor = np.sqrt((m[:3, :3] ** 2).sum(axis=0))  # source voxels per target voxel, per axis
+  return np.clip(ndimage.affine_transform(_anti_alias(data, factor), m[:3, :3], m[:3, 3],
+                                          output_shape=grid.shape, order=1, mode="constant",
+                                          cval=0.0), 0, 1)
+
+
+def _anti_alias(data: np.ndarray, factor: np.ndarray) -> np.ndarray:
+  """The mask blurred over the source voxels one target voxel covers (a Gaussian whose FWHM
+  makes up the difference between the voxel sizes; centred, so nothing moves), so that sampling
+  gives each target voxel its partial volume instead of its centre's value."""
+  sigma = np.sqrt(np.maximum(np.asarray(factor, float) ** 2 - 1.0, 0.0)) / 2.355
+  return ndimage.gaussian_filter(data, sigma) if (sigma > 0.05).any() else data
+
+
+def read_registration(path: str) -> np.ndarray | None:
+  """The 4x4 matrix of Spec.maps_registration ('' -> None), checked."""
+  if not path:
+    return None
+  try:
+    m = np.loadtxt(path, dtype=np.float64)
+  except (OSError, ValueError) as e:
+    raise InvalidInputError(f"{path}: not a readable 4x4 matrix for the lesion maps "
+                            f"(data.lesion_maps_registration): {e}") from e
+  if m.shape != (4, 4) or not np.allclose(m[3], [0, 0, 0, 1]) or abs(np.linalg.det(m)) < 1e-6:
+    raise InvalidInputError(f"{path}: the lesion maps' registration must be an invertible 4x4 "
+                            f"affine matrix with last row 0 0 0 1, found shape {m.shape}")
+  return m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,8 +254,9 @@ def make_donor(name: str, partial: np.ndarray, voxel_ml: float) -> Donor:
 class DonorBank:
   """The donors of a lesion-map folder, brought onto each model grid once (thread-safe)."""
 
-  def __init__(self, folder: str):
+  def __init__(self, folder: str, registration: str = ""):
     self.paths = map_files(folder)
+    self.world = read_registration(registration)
     self._lock = threading.Lock()
     self._by_grid: dict = {}
 
@@ -237,7 +268,8 @@ class DonorBank:
       if key not in self._by_grid:
         self._by_grid[key] = [
             make_donor(os.path.basename(p).split(".nii")[0],
-                       onto_grid(nifti.read_nifti(p, kind="mask"), grid), grid.voxel_ml)
+                       onto_grid(nifti.read_nifti(p, kind="mask"), grid, self.world),
+                       grid.voxel_ml)
             for p in self.paths]
       return self._by_grid[key]
 

@@ -38,3 +38,22 @@ def native_to_mni(points: np.ndarray, native: dict) -> np.ndarray:
   inverse = sitk.ReadTransform(native["transform"]).GetInverse()
   lps = np.asarray(points, float) * [-1, -1, 1]
   return np.array([inverse.TransformPoint(tuple(float(v) for v in p)) for p in lps]) * [-1, -1, 1]
+
+
+def world_matrix(transform_path: str) -> np.ndarray:
+  """The 4x4 matrix (RAS mm) of an affine ITK transform file, in ITK's direction: MNI points ->
+  the exam's native points."""
+  tfm = sitk.ReadTransform(transform_path)
+  ras = np.diag([-1.0, -1.0, 1.0])
+  points = np.vstack([np.zeros(3), np.eye(3) * 100.0])  # RAS
+  mapped = np.array([tfm.TransformPoint(tuple(float(v) for v in ras @ p)) for p in points]) @ ras
+  m = np.eye(4)
+  m[:3, 3] = mapped[0]
+  m[:3, :3] = (mapped[1:] - mapped[0]).T / 100.0
+  return m
+
+
+def mean_world_matrix(transform_paths: list[str]) -> np.ndarray:
+  """The mean of several exams' MNI registrations (world_matrix), for masks of other patients
+  that lie in the space those exams came in (lesion maps registered as the exams were)."""
+  return np.mean([world_matrix(p) for p in transform_paths], axis=0)

@@ -33,7 +33,8 @@ class Options:
   n4: bool = True
   n4_iterations: tuple = (20, 20, 20)
   n4_mm: float = 3.0             # N4 fits its bias field on a copy shrunk to ~this voxel size
-  coregistration: str = "auto"   # auto (transform file if shipped, else register) | register | file
+  coregistration: str = "auto"   # auto (transform file if shipped, else register) | register |
+                                 # file | none (every sequence already on FLAIR's grid, aligned)
   skull_strip: str = "robex"     # robex | atlas (fast: the threshold mask bounded by the MNI
                                  # template's brain, steps.atlas_brain_mask) | threshold (fast,
                                  # steps.threshold_brain_mask) | none (images already
@@ -46,6 +47,9 @@ class Options:
     if self.skull_strip not in SKULL_STRIP:
       raise ValueError(f"preprocess.skull_strip={self.skull_strip!r}: one of "
                        f"{', '.join(SKULL_STRIP)}")
+    if self.coregistration not in COREGISTRATION:
+      raise ValueError(f"preprocess.coregistration={self.coregistration!r}: one of "
+                       f"{', '.join(COREGISTRATION)}")
     if self.skull_strip == "atlas" and not self.mni:
       raise ValueError("preprocess.skull_strip='atlas' takes the MNI template's brain mask "
                        "through the MNI registration: it needs preprocess.mni=True")
@@ -60,6 +64,24 @@ class Options:
 
 
 SKULL_STRIP = ("robex", "atlas", "threshold", "none")
+COREGISTRATION = ("auto", "register", "file", "none")
+# the options that describe the state an exam comes in (raw head, or already bias-corrected,
+# co-registered and skull-stripped), not how the model's grid and intensities are made
+INPUT_STATE = ("n4", "n4_iterations", "n4_mm", "coregistration", "skull_strip")
+
+
+def for_stripped_exams(options: Options) -> Options:
+  """The pipeline for exams already bias-corrected, co-registered and skull-stripped (a lab's
+  MNI-space data, like ../shared/data/lesjak_mni): no N4, no co-registration, the brain = the
+  non-zero voxels; the MNI registration and the standardisation a raw exam gets, so that such
+  an exam ends up as a user's raw exam does (brain size, grid, intensities)."""
+  return dataclasses.replace(options, n4=False, coregistration="none", skull_strip="none")
+
+
+def takes_stripped_exams(options: dict | None) -> bool:
+  """Whether preprocessing options (a bundle's or preprocessing.json's) were those of
+  `for_stripped_exams`: the exams they made came in skull-stripped."""
+  return bool(options) and options.get("skull_strip") == "none"
 
 
 def transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
@@ -150,6 +172,17 @@ def coregister(exam, imgs: dict, options: Options):
   for m, img in imgs.items():
     if m == "FLAIR":
       continue
+    if options.coregistration == "none":
+      if not same_grid(img, imgs["FLAIR"]):
+        raise steps.PreprocessingError(
+            f"{exam.images[m]}: preprocess.coregistration='none' takes every sequence on "
+            f"FLAIR's grid, this one is not ({img.GetSize()} voxels of "
+            f"{tuple(round(v, 3) for v in img.GetSpacing())} mm against FLAIR's "
+            f"{imgs['FLAIR'].GetSize()} of "
+            f"{tuple(round(v, 3) for v in imgs['FLAIR'].GetSpacing())} mm, or another origin "
+            "or direction): co-register it (preprocess.coregistration=auto)")
+      how[m] = "none (on FLAIR's grid)"
+      continue
     tfm_path = transform_file(exam, m) if options.coregistration in ("auto", "file") else None
     if not tfm_path and options.coregistration == "file":
       raise steps.PreprocessingError(f"{exam.images[m]}: no transform file to FLAIR")
@@ -161,6 +194,14 @@ def coregister(exam, imgs: dict, options: Options):
     tfm, how[m] = steps.to_flair(imgs["FLAIR"], img, tfm_path)
     out[m] = steps.resample(img, imgs["FLAIR"], tfm)
   return out, how
+
+
+def same_grid(a, b, tol: float = 1e-3) -> bool:
+  """Whether two ITK images share size, spacing, origin and direction."""
+  return (a.GetSize() == b.GetSize() and
+          np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol) and
+          np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 100) and
+          np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
 def brain_image(imgs: dict):

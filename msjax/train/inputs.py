@@ -74,5 +74,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                   max_grow=d.lesion_grow, contrast=tuple(d.lesion_contrast)),
                               transplant=transplant.Spec(probability=d.transplant,
                                                          maps=d.lesion_maps,
+                                                         maps_registration=(
+                                                             d.lesion_maps_registration),
                                                          contrast=tuple(d.transplant_contrast)),
                               seed=config.seed)

@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from msjax.data import nifti, pipeline, transplant
+from msjax.errors import InvalidInputError
 from msjax.data import exams as exams_lib
 
 C = 5
@@ -275,3 +276,37 @@ def test_real_donors_in_a_real_brain_look_like_its_lesions():
   real = a.images[ndimage.binary_erosion(a.reference > 0, transplant.SIX)]
   for c in np.flatnonzero(a.present):
     assert abs(voxels[:, c].mean() - real[:, c].mean()) < 0.3, c
+
+
+def test_lesion_maps_follow_the_registration_of_the_exams_they_came_with(tmp_path):
+  """When the labelled exams are registered again (leave_one_out's preprocess_labelled), the
+  maps, which lie in the space those exams came in, follow through the given matrix: a lesion
+  at world x lands at the grid point the matrix takes there; a bad matrix file is named."""
+  shape = (40, 40, 40)
+  lesion = np.zeros(shape, np.uint8)
+  lesion[20:26, 10:16, 18:24] = 1  # centre (22.5, 12.5, 20.5) mm, 1 mm voxels, world = index
+  volume = nifti.Volume(data=lesion, grid=nifti.Grid(
+      affine=np.eye(4), shape=shape, source_affine=np.eye(4), source_shape=shape,
+      source_axcodes=("R", "A", "S")), path="")
+  grid = nifti.Grid(affine=np.diag([2.0, 2.0, 2.0, 1.0]), shape=(20, 20, 20),
+                    source_affine=np.diag([2.0, 2.0, 2.0, 1.0]), source_shape=(20, 20, 20),
+                    source_axcodes=("R", "A", "S"))
+  # the grid's world is the maps' world shrunk by 0.8 about the origin and shifted by 4 mm in y
+  world = np.diag([0.8, 0.8, 0.8, 1.0])
+  world[1, 3] = 4.0
+  moved = transplant.onto_grid(volume, grid, world)
+  centre = ndimage.center_of_mass(moved) @ np.diag([2.0, 2.0, 2.0])  # grid world mm
+  expected = (np.array([22.5, 12.5, 20.5]) - [0, 4, 0]) / 0.8
+  np.testing.assert_allclose(centre, expected, atol=0.6)
+  # volume scales with the inverse of the matrix' determinant (1 mm³ voxels -> 8 mm³)
+  assert moved.sum() * 8 == pytest.approx(lesion.sum() / 0.8 ** 3, rel=0.2)
+  plain = transplant.onto_grid(volume, grid)  # no registration: where it was
+  np.testing.assert_allclose(ndimage.center_of_mass(plain) @ np.diag([2.0, 2.0, 2.0]),
+                             [22.5, 12.5, 20.5], atol=0.6)
+  path = tmp_path / "m.txt"
+  np.savetxt(path, world)
+  np.testing.assert_allclose(transplant.read_registration(str(path)), world)
+  assert transplant.read_registration("") is None
+  np.savetxt(path, np.eye(3))
+  with pytest.raises(InvalidInputError, match="m.txt.*4x4"):
+    transplant.read_registration(str(path))

@@ -120,3 +120,25 @@ def test_preprocess_one_real_raw_exam(tmp_path):
   assert dice > 0.85, dice
   assert os.path.getsize(os.path.join(os.path.dirname(exam.brain_mask), "qc.png")) > 10000
   assert not [d for d in os.listdir(tmp_path / "cohort") if d.endswith(".incomplete")]
+
+
+def test_coregistration_none_takes_sequences_on_flairs_grid_and_names_one_that_is_not():
+  """preprocess.coregistration='none' (exams already co-registered, e.g. a lab's MNI-space
+  data): a sequence on FLAIR's grid is taken as it is; one on another grid is refused by file,
+  never silently resampled as if aligned."""
+  from msjax.data import manifest as manifest_lib
+  from msjax.preprocess import run as run_lib
+  flair = sitk.Image([20, 20, 20], sitk.sitkFloat32)
+  t1 = sitk.Image([20, 20, 20], sitk.sitkFloat32)
+  t1 = sitk.Add(t1, 1.0)
+  exam = manifest_lib.Exam(exam_id="e", patient_id="e", ms=True,
+                           images={"FLAIR": "/x/FLAIR.nii.gz", "T1W": "/x/T1W.nii.gz"})
+  options = run_lib.Options(coregistration="none", skull_strip="none", n4=False)
+  out, how = run_lib.coregister(exam, {"FLAIR": flair, "T1W": t1}, options)
+  assert out["T1W"] is t1 and how["T1W"].startswith("none")
+  moved = sitk.Image(t1)
+  moved.SetOrigin((0.0, 5.0, 0.0))
+  with pytest.raises(steps.PreprocessingError, match="T1W.nii.gz.*coregistration='none'"):
+    run_lib.coregister(exam, {"FLAIR": flair, "T1W": moved}, options)
+  with pytest.raises(ValueError, match="coregistration='nothing'"):
+    run_lib.Options(coregistration="nothing")
