@@ -38,6 +38,7 @@ def get_config(variant: str = ""):
   c.labelled = base.labelled    # '' = the synthetic cohort (below)
   c.unlabelled_raw = base.unlabelled_raw
   c.unlabelled = base.unlabelled
+  c.preprocess_labelled = base.preprocess_labelled  # see msjax/configs/leave_one_out.py
   c.strategy = "0"              # 0CF: the pretrained encoder, nothing frozen
   c.pretrained = ""             # '' = pretrain here; else that encoder (a pretraining workdir
                                 # or a shipped encoder's name, shipped with the model as it is)
@@ -53,6 +54,7 @@ def get_config(variant: str = ""):
   if "smoke" in v:  # the synthetic cohort at its own grid; out must be given
     c.labelled = ""
     c.unlabelled_raw = ""
+    c.preprocess_labelled = ""
     c.data.transplant = 0.0     # the synthetic brains are not on the lesion maps' MNI space
     c.out = config_dict.placeholder(str)
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))

@@ -31,7 +31,8 @@ from msjax.infer import export as export_lib
 
 
 def scans(config, workdir: str):
-  """(labelled exams, every scan for pretraining)."""
+  """(labelled exams as given, the labelled exams training reads, every scan for pretraining,
+  the labelled exams' preprocessing or None: config.preprocess_labelled, as leave_one_out)."""
   if config.labelled:
     cohort = cohort_lib.load_cohort(loo._existing(config.labelled, "labelled"))
   else:
@@ -40,15 +41,19 @@ def scans(config, workdir: str):
                                    shape=tuple(s.shape), spacing_mm=s.spacing_mm, seed=config.seed)
     cohort = synthetic.write_synthetic_cohort(os.path.join(workdir, "cohort"), spec,
                                               log=logging.info)
-  labelled = cohort.select(labelled=True)
-  if not labelled:
+  given = cohort.select(labelled=True)
+  if not given:
     raise errors.InvalidInputError(f"{cohort.root}: no labelled exam to fine-tune on")
-  unlabelled = list(cohort.select(labelled=False))
+  prep = (loo.preprocess_labelled(config, workdir)
+          if config.labelled and config.preprocess_labelled else None)
+  labelled = [prep.exams[e.exam_id] for e in given] if prep else given
+  unlabelled = [prep.exams.get(e.exam_id, e) if prep else e
+                for e in cohort.select(labelled=False)]
   if config.unlabelled_raw and not config.pretrained:  # unlabelled scans are for pretraining
     unlabelled += loo.preprocess_raw(config, workdir)
   for path in config_base.parse_list(config.unlabelled):
     unlabelled += list(cohort_lib.load_cohort(loo._existing(path, "unlabelled")).exams)
-  return labelled, labelled + unlabelled
+  return given, labelled, labelled + unlabelled, prep
 
 
 def fingerprint(config) -> dict:
@@ -148,7 +153,7 @@ def run(config, workdir: str) -> dict:
   _same_run(config, workdir)
   threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
       config.strategy)[0]) if config.threshold_from else (None, ""))
-  labelled, everything = scans(config, workdir)
+  given, labelled, everything, prep = scans(config, workdir)
   as_train = [dataclasses.replace(e, split="train") for e in everything]
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))
   ft_manifest = loo.write_manifest([dataclasses.replace(e, split="train") for e in labelled],
@@ -162,10 +167,10 @@ def run(config, workdir: str) -> dict:
   if config.pretrained:  # an encoder pretrained before: shipped with the model as it is
     pre_dir = config.pretrained
   else:
-    stages.pretrain(config, _data(config, pre_manifest), pre_dir)
+    stages.pretrain(config, loo._data(config, pre_manifest, prep), pre_dir)
   times["pretrain"] = time.time() - t
   t = time.time()
-  stages.finetune(config, _data(config, ft_manifest), ft_dir,
+  stages.finetune(config, loo._data(config, ft_manifest, prep), ft_dir,
                   strategy=stages.strategy_names(config.strategy)[0], init_from=pre_dir)
   times["finetune"] = time.time() - t
   out = os.path.abspath(os.path.expanduser(config.out or shipped.PACKAGE_DIR))
@@ -191,7 +196,7 @@ def run(config, workdir: str) -> dict:
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training={"pretraining_scans": pre_scans, "encoder": encoder_name,
                                       "encoder_sha256": encoder_sha,
-                                      "exam_files": provenance(labelled)},
+                                      "exam_files": provenance(given)},
                             figures=results, threshold=threshold, calibration=calibration,
                             root=workdir)
   times["total"] = time.time() - t0
@@ -205,10 +210,6 @@ def run(config, workdir: str) -> dict:
     print(f"  {os.path.join(out, name)}/  {w['parameters']:,} parameters, {w['file']} "
           f"{w['bytes'] / 1e6:.2f} MB, sha256 {w['sha256'][:16]}...")
   return summary
-
-
-def _data(config, cohort: str):
-  return config_base.data(**dict(config.data.to_dict(), cohort=cohort))
 
 
 def _demote_headings(text: str) -> str:
