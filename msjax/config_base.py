@@ -131,7 +131,10 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.n_random = 150           # random sampler: patches per exam (paper: 150)
   c.threshold = 0.5          # probability threshold of the mask
   c.batch_size = 16          # patches per forward pass (bounds memory for any volume size)
-  c.mirror = False           # test-time mirroring: mean over the 8 flips (8× the compute)
+  c.mirror = False           # test-time mirroring: mean over the 8 flips
+  c.flips = "all"            # with mirror: "all", every patch in its 8 flips (nnU-Net; 8× the
+                             # compute); "spread", each sliding window in one flip by its place,
+                             # every voxel still seen in all 8 (the compute of no mirroring)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.update(overrides)

@@ -240,12 +240,13 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
   DICOM SEG where they apply; its row."""
   t = time.time()
-  with _PHASES(exam.exam_id, "network", "8-flip mirroring" if options.mirror else ""):
+  with _PHASES(exam.exam_id, "network", mirroring_label(options)):
     seg = predict.segment_exam(predictor, ready, options)
   predict_s, t = time.time() - t, time.time()
   with _PHASES(exam.exam_id, "mask, probability and lesion table"):
     row = predict.export_exam(seg, ready, workdir)
-  row.update(sampler=options.sampler, mirror=options.mirror, threshold=options.threshold)
+  row.update(sampler=options.sampler, mirror=options.mirror, flips=options.flips,
+             threshold=options.threshold)
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table
     try:
@@ -270,6 +271,12 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   return row
 
 
+def mirroring_label(options) -> str:
+  if not options.mirror:
+    return ""
+  return "8-flip mirroring" if options.flips == "all" else "mirroring spread over the windows"
+
+
 def made_with(config, bundle: dict, options) -> str:
   """The model and the settings that made a mask, as the report page prints them."""
   by_msjax = bundle["preprocessing"].get("by") == "msjax"
@@ -278,7 +285,7 @@ def made_with(config, bundle: dict, options) -> str:
          f"brain extraction {config.preprocess.skull_strip}, N4 fit at "
          f"{config.preprocess.n4_mm:g} mm")
   return (f"{model_name(bundle)}; lesion at p >= {options.threshold:g}, "
-          f"{'8-flip mirroring' if options.mirror else 'no test-time mirroring'}, {how}")
+          f"{mirroring_label(options) or 'no test-time mirroring'}, {how}")
 
 
 def model_name(bundle: dict) -> str:

@@ -32,6 +32,7 @@ from msjax.models import isensee
 from msjax.models import model as model_lib
 
 SAMPLERS = ("sliding", "random")
+FLIPS = ("all", "spread")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +47,23 @@ class PredictOptions:
   batch_size: int
   mirror: bool
   min_lesion_mm3: float
+  flips: str = "all"
   seed: int = 0
   allow_any_geometry: bool = False
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
       raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+    if self.flips not in FLIPS:
+      raise ValueError(f"predict.flips={self.flips!r}: one of {', '.join(FLIPS)}")
+    if self.flips == "spread" and self.sampler != "sliding":
+      raise ValueError("predict.flips='spread' spreads the flips over the sliding window's "
+                       "overlapping windows: it needs predict.sampler='sliding'")
+
+  @property
+  def mirror_every_patch(self) -> bool:
+    """Whether the network sees every patch in its 8 flips (nnU-Net's mirroring, 8x)."""
+    return self.mirror and self.flips == "all"
 
   @classmethod
   def from_config(cls, predict_config=None, **changes) -> "PredictOptions":
@@ -74,8 +86,10 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
     corners = sliding_window.random_brain_corners(arrays.brain, patch, options.n_random,
                                                   options.seed)
     weighting = "uniform"
+  flips = (sliding_window.spread_flips(corners) if options.mirror and options.flips == "spread"
+           else None)
   pred = sliding_window.predict_volume(predict_batch, arrays.images, corners, patch,
-                                       options.batch_size, weighting)
+                                       options.batch_size, weighting, flips)
   brain = arrays.brain > 0  # lesions are only sought in the brain
   pred.probability = np.where(brain, pred.probability, 0).astype(np.float32)
   pred.spread = np.where(brain, pred.spread, 0).astype(np.float32)
@@ -116,8 +130,8 @@ class Predictor:
 
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
     """(probabilities on the model grid, patches used): `probabilities` with this network."""
-    return probabilities(lambda x: self.predict_batch(x, options.mirror), arrays, self.patch,
-                         options)
+    return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch), arrays,
+                         self.patch, options)
 
 
 def select_exams(cohort, which: str):

@@ -59,3 +59,30 @@ def test_sliding_window_skips_patches_without_brain_and_keeps_the_brain_s_predic
   np.testing.assert_allclose(a.probability[inside], b.probability[inside], rtol=1e-6)
   np.testing.assert_allclose(a.spread[inside], b.spread[inside], rtol=1e-5, atol=1e-7)
   assert (b.coverage[inside] > 0).all()
+
+
+def test_spread_flips_show_every_interior_voxel_in_all_8_flips_and_map_back():
+  """predict.flips='spread': each window gets one flip by its place; with 50 % overlap every
+  voxel inside the volume is seen in all 8, and each prediction is mirrored back onto its
+  window (a network that returns its input channel gives the input back exactly)."""
+  shape, patch = (48, 48, 48), 16
+  corners = sliding_window.sliding_window_corners(shape, patch, 0.5)
+  flips = sliding_window.spread_flips(corners)
+  seen = np.zeros(shape + (8,), bool)
+  for c, f in zip(corners, flips):
+    sl = tuple(slice(int(v), int(v) + patch) for v in c)
+    seen[sl + (int(f[0]) * 4 + int(f[1]) * 2 + int(f[2]),)] = True
+  interior = (slice(patch // 2, -patch // 2),) * 3
+  assert seen[interior].all()  # all 8 flips at every interior voxel
+  assert len({tuple(f) for f in flips}) == 8
+  rng = np.random.default_rng(0)
+  images = rng.random(shape + (2,)).astype(np.float32)
+  pred = sliding_window.predict_volume(lambda x: x[..., 0], images, corners, patch, 5,
+                                       flips=flips)
+  np.testing.assert_allclose(pred.probability, images[..., 0], atol=1e-6)
+  # a network that is not mirror-symmetric: flipped windows are seen flipped (and mapped back)
+  ramp = lambda x: np.broadcast_to(np.arange(patch, dtype=np.float32)[:, None, None],  # noqa
+                                   x.shape[:4]).copy()
+  plain = sliding_window.predict_volume(ramp, images, corners, patch, 5)
+  spread = sliding_window.predict_volume(ramp, images, corners, patch, 5, flips=flips)
+  assert not np.allclose(plain.probability, spread.probability)

@@ -1,0 +1,103 @@
+"""How segment's settings change its masks and its time (issue 36): segment workdirs of the same
+exams, each against a reference workdir (today's default): per exam, lesion-mask Dice against
+the reference's mask in the exam's own space, lesions and mL, the network's seconds.
+
+  python -m msjax.main --config=segment --config.input=../shared/data/lesjak_longitudinal_raw \\
+      --workdir runs/d36_default --config.overlap=False
+  python -m msjax.main ... --workdir runs/d36_spread --config.predict.flips=spread
+  python studies/segment_compare.py --reference default=runs/d36_default \\
+      --run spread=runs/d36_spread --run none=runs/d36_none --out docs/results/mirroring.md
+
+A run's `segment_summary.json` gives each exam's mask path and timings; an arm's seconds are
+comparable with the others' only when they ran on a quiet machine (say so in --note).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results  # noqa: E402
+
+from msjax.data import nifti  # noqa: E402
+
+
+def exams_of(workdir: str) -> dict:
+  """{exam_id: (summary row, mask path)} of a segment workdir's segmented exams."""
+  with open(os.path.join(workdir, "segment_summary.json")) as f:
+    rows = json.load(f)["exams"]
+  out = {}
+  for r in rows:
+    if r.get("status", "").startswith("segmented"):
+      masks = glob.glob(os.path.join(workdir, r.get("outputs_dir", "") or "", "**",
+                                     "*desc-lesion_mask.nii.gz"), recursive=True)
+      prefix = "sub-" + r["exam_id"].replace("_study", "_ses-study")
+      hit = [m for m in masks if os.path.basename(m).startswith(prefix + "_space")]
+      if hit:
+        out[r["exam_id"]] = (r, hit[0])
+  return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+  total = a.sum() + b.sum()
+  return 1.0 if total == 0 else 2.0 * (a & b).sum() / total
+
+
+def compare(reference: str, runs: list[tuple[str, str]]) -> list[dict]:
+  ref = exams_of(reference)
+  rows = []
+  for name, workdir in [("reference", reference)] + runs:
+    mine = exams_of(workdir)
+    for exam_id in sorted(ref):
+      if exam_id not in mine:
+        continue
+      r, path = mine[exam_id]
+      m = nifti.read_nifti(path, kind="mask").data > 0
+      base = nifti.read_nifti(ref[exam_id][1], kind="mask").data > 0
+      rows.append({"arm": name, "exam": exam_id, "dice": dice(m, base),
+                   "lesions": r.get("lesions"), "ml": r.get("volume_ml"),
+                   "infratentorial_ml": r.get("infratentorial_ml"),
+                   "network_s": r.get("predict_s"), "seconds": r.get("seconds"),
+                   "qc": r.get("qc")})
+  return rows
+
+
+def table(rows: list[dict], names: list[str]) -> str:
+  lines = ["| arm | exam | Dice vs reference | lesions | mL | infratentorial mL | network s | "
+           "exam s | QC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for name in names:
+    for r in (r for r in rows if r["arm"] == name):
+      lines.append(f"| {name} | {r['exam']} | {r['dice']:.3f} | {r['lesions']} | {r['ml']:.2f} "
+                   f"| {r['infratentorial_ml'] or 0:.2f} | {r['network_s']} | {r['seconds']} | "
+                   f"{r['qc']} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--reference", required=True, help="NAME=WORKDIR")
+  p.add_argument("--run", action="append", default=[], help="NAME=WORKDIR (repeatable)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--note", default="")
+  a = p.parse_args(argv)
+  ref_name, ref_dir = a.reference.split("=", 1)
+  runs = [tuple(r.split("=", 1)) for r in a.run]
+  rows = compare(ref_dir, runs)
+  for r in rows:
+    if r["arm"] == "reference":
+      r["arm"] = ref_name
+  text = (results.header("segment's settings: masks against the reference and time",
+                         "python studies/segment_compare.py " + " ".join(argv or sys.argv[1:]))
+          + (a.note + "\n\n" if a.note else "")
+          + table(rows, [ref_name] + [n for n, _ in runs]) + "\n")
+  print(text)
+  results.write(a.out, text)
+
+
+if __name__ == "__main__":
+  main()
