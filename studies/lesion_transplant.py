@@ -75,13 +75,14 @@ def main(argv=None):
                                                "lesion_transplant.md"))
   p.add_argument("--also", action="append", default=[], help="NAME=SOURCES, a further arm")
   p.add_argument("--note", default="")
+  p.add_argument("--title", default="Lesion transplant on the Lesjak leave-one-out (0CF, Dice %)")
   a = p.parse_args(argv)
   named = {"with transplant": rows_of(a.with_), "without": rows_of(a.without)}
   for arm in a.also:
     name, _, sources = arm.partition("=")
     named[name] = rows_of(sources)
-  text = results.header("Lesion transplant on the Lesjak leave-one-out (0CF, Dice %)")
-  text += ("Left-out patient scores, 0CF fine-tuned on the other patient, seed 0, 800 steps; "
+  text = results.header(a.title)
+  text += ("Left-out patient scores, 0CF fine-tuned on the other patient, 800 steps; "
            "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
            "the training never used (`thick4mm` is the training's own augmentation).\n\n")
   text += table(named) + ("\n" + a.note + "\n" if a.note else "")
