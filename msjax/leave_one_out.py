@@ -46,7 +46,6 @@ def _existing(path: str, what: str) -> str:
 
 def preprocess_raw(config, workdir: str) -> list[manifest_lib.Exam]:
   """Raw exams -> <workdir>/preprocessed/cohort; reused when a previous run completed it."""
-  from msjax.preprocess import run as preprocess_run  # needs the [preprocess] extra
   out = os.path.join(workdir, "preprocessed")
   manifest = os.path.join(out, "cohort", manifest_lib.MANIFEST_NAME)
   raw = cohort_lib.load_cohort(_existing(config.unlabelled_raw, "unlabelled_raw"))
@@ -58,11 +57,17 @@ def preprocess_raw(config, workdir: str) -> list[manifest_lib.Exam]:
   pc = config_base.allow_any_geometry(
       config_base.preprocess(**dict(config.preprocess.to_dict(), input=raw.root)),
       config.allow_any_geometry)
-  summary = preprocess_run.run(pc, out)
-  if summary["failures"]:
-    raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} exam(s); see "
-                       f"{out}/preprocess_summary.json")
+  _run_preprocessing(pc, out)
   return list(cohort_lib.load_cohort(manifest).exams)
+
+
+def _run_preprocessing(block, out: str) -> None:
+  """preprocess mode on a block into `out`; any failed exam stops the job, named there."""
+  from msjax.preprocess import run as preprocess_run
+  summary = preprocess_run.run(block, out)
+  if summary["failures"]:
+    raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} exam(s) of "
+                       f"{block.input}; see {out}/preprocess_summary.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +109,7 @@ def preprocess_labelled(config, workdir: str) -> LabelledPreprocessing:
                                     input=_existing(config.labelled, "labelled"))),
       config.allow_any_geometry)
   if config.preprocess_labelled == "stripped":
-    block.update(n4=False, coregistration="none", skull_strip="none")
+    block.update(preprocess_run.STRIPPED)
   options = preprocess_run.Options.from_config(block, config.allow_any_geometry)
   manifest = os.path.join(out, "cohort", manifest_lib.MANIFEST_NAME)
   made = os.path.join(out, "cohort", manifest_lib.PREPROCESSING_NAME)
@@ -119,18 +124,16 @@ def preprocess_labelled(config, workdir: str) -> LabelledPreprocessing:
   else:
     logging.info("[leave_one_out] the labelled exams through msjax's pipeline (%s: %s)",
                  config.preprocess_labelled, options)
-    summary = preprocess_run.run(block, out)
-    if summary["failures"]:
-      raise RuntimeError(f"preprocessing failed for {len(summary['failures'])} labelled "
-                         f"exam(s); see {out}/preprocess_summary.json")
+    _run_preprocessing(block, out)
   done = cohort_lib.load_cohort(manifest)
   with open(os.path.join(out, "nyul_landmarks.json")) as f:
     standard = json.load(f)
   # the lesion maps lie in the space the labelled exams came in: the mean of their
   # registrations carries them onto the new grid
-  registration = os.path.join(out, "lesion_maps_registration.txt")
-  np.savetxt(registration, native_lib.mean_world_matrix(
-      [e.native["transform"] for e in done.exams]), fmt="%.8f")
+  matrix = native_lib.mean_world_matrix([e.native["transform"] for e in done.exams])
+  registration = files.write_text(
+      "\n".join(" ".join(f"{v:.8f}" for v in row) for row in matrix) + "\n",
+      os.path.join(out, "lesion_maps_registration.txt"))
   return LabelledPreprocessing(exams={e.exam_id: e for e in done.exams}, options=options,
                                standard=standard, maps_registration=registration)
 

@@ -43,7 +43,6 @@ import numpy as np
 from msjax import console, errors, files, shipped
 from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
-from msjax.data import nifti
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import outputs, predict
 
@@ -88,15 +87,17 @@ def preprocessor(config, bundle: dict, workdir: str):
 def _stripped_exam(exam, out_root: str, options, standard: dict):
   """An exam given as preprocessed: as it is on the model grid, else registered to MNI and
   standardised as the model's training exams were."""
+  import nibabel as nib
+
   from msjax.data import mni
   from msjax.preprocess import run as preprocess_run
-  grid = nifti.read_nifti(exam.images["FLAIR"] if "FLAIR" in exam.images else
-                          next(iter(exam.images.values()))).grid
-  if sorted(grid.shape) == sorted(mni.MODEL_SHAPE) and mni.is_mni_grid(grid.shape, grid.affine):
+  header = nib.load(exam.images.get("FLAIR") or next(iter(exam.images.values())))  # no voxels read
+  shape = header.shape[:3]
+  if sorted(shape) == sorted(mni.MODEL_SHAPE) and mni.is_mni_grid(shape, header.affine):
     return exam
   logging.info("[segment] %s: given preprocessed, on a %s grid: the MNI registration and Nyúl "
                "standardisation the model's training exams had (no N4, no co-registration, "
-               "the brain = its non-zero voxels)", exam.exam_id, "x".join(map(str, grid.shape)))
+               "the brain = its non-zero voxels)", exam.exam_id, "x".join(map(str, shape)))
   return preprocess_run.preprocess_one(exam, out_root=out_root, options=options,
                                        standard=standard)
 

@@ -14,7 +14,6 @@ comparable with the others' only when they ran on a quiet machine (say so in --n
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -31,16 +30,8 @@ def exams_of(workdir: str) -> dict:
   """{exam_id: (summary row, mask path)} of a segment workdir's segmented exams."""
   with open(os.path.join(workdir, "segment_summary.json")) as f:
     rows = json.load(f)["exams"]
-  out = {}
-  for r in rows:
-    if r.get("status", "").startswith("segmented"):
-      masks = glob.glob(os.path.join(workdir, r.get("outputs_dir", "") or "", "**",
-                                     "*desc-lesion_mask.nii.gz"), recursive=True)
-      prefix = "sub-" + r["exam_id"].replace("_study", "_ses-study")
-      hit = [m for m in masks if os.path.basename(m).startswith(prefix + "_space")]
-      if hit:
-        out[r["exam_id"]] = (r, hit[0])
-  return out
+  return {r["exam_id"]: (r, os.path.join(workdir, r["files"]["mask"])) for r in rows
+          if r.get("status", "").startswith("segmented") and r.get("files", {}).get("mask")}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -78,7 +78,8 @@ def test_labelled_exams_go_through_msjax_pipeline_and_their_masks_come_back(tmp_
   a = nifti.read_nifti(again.images["FLAIR"]).data
   b = nifti.read_nifti(exam.images["FLAIR"]).data
   # the same up to ITK's multi-threaded registration, which differs a little from run to run
-  # (parameters ~1e-5 to ~1e-3 apart): the same brain, the same intensities but at edges
+  # (parameters ~1e-5 apart in one pair of runs): the same brain, the same intensities but at
+  # edges
   inside = (a != 0) & (b != 0)
   assert inside.sum() > 0.99 * max((a != 0).sum(), (b != 0).sum())
   assert np.median(np.abs(a - b)[inside]) < 2e-3 * np.abs(b).max()

@@ -68,6 +68,7 @@ COREGISTRATION = ("auto", "register", "file", "none")
 # the options that describe the state an exam comes in (raw head, or already bias-corrected,
 # co-registered and skull-stripped), not how the model's grid and intensities are made
 INPUT_STATE = ("n4", "n4_iterations", "n4_mm", "coregistration", "skull_strip")
+STRIPPED = {"n4": False, "coregistration": "none", "skull_strip": "none"}  # for_stripped_exams
 
 
 def for_stripped_exams(options: Options) -> Options:
@@ -75,7 +76,7 @@ def for_stripped_exams(options: Options) -> Options:
   MNI-space data, like ../shared/data/lesjak_mni): no N4, no co-registration, the brain = the
   non-zero voxels; the MNI registration and the standardisation a raw exam gets, so that such
   an exam ends up as a user's raw exam does (brain size, grid, intensities)."""
-  return dataclasses.replace(options, n4=False, coregistration="none", skull_strip="none")
+  return dataclasses.replace(options, **STRIPPED)
 
 
 def takes_stripped_exams(options: dict | None) -> bool:
