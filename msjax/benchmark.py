@@ -161,6 +161,22 @@ def bench_volume(predict_batch, shape, patch, batch, overlap) -> dict:
 FUNCTIONS = ("train_seg", "train_pretrain", "infer")
 
 
+def without_emulated_bf16(names: list[str], what: str, keep: bool = False) -> list[str]:
+  """`names` less its bf16 ones on a CPU without bf16 instructions (AVX2), unless `keep`
+  (config.emulated_bf16, on in the smoke variant so that tests run those paths): there bf16 is emulated
+  and far slower than float32 (PyTorch 2.13's bf16 autocast did not finish one warm-up and two
+  steps of the paper network in 280 s on an AVX2 EPYC, where float32 takes 3 s a step), so it
+  can be neither anyone's fastest setting nor worth the benchmark's time."""
+  if keep or jax.default_backend() != "cpu" or hardware.native_bf16_cpu():
+    return names
+  kept = [n for n in names if "bf16" not in n and "bfloat16" not in n]
+  if len(kept) < len(names):
+    logging.warning("[benchmark] %s: skipping %s on this CPU (%s, no bf16 instructions: "
+                    "emulated bf16 is slower than float32)", what,
+                    ", ".join(n for n in names if n not in kept), hardware.cpu_isa()["isa"])
+  return kept
+
+
 def bench_torch(config, volume_shape) -> dict:
   """PyTorch's settings, timed in this run; {} when torch is not installed."""
   try:
@@ -172,7 +188,8 @@ def bench_torch(config, volume_shape) -> dict:
     return {}
   torch.set_num_threads(os.cpu_count() or 1)
   out = {}
-  for setting in config_base.parse_list(config.torch_settings):
+  for setting in without_emulated_bf16(config_base.parse_list(config.torch_settings),
+                                      "PyTorch", config.emulated_bf16):
     logging.info("[benchmark] PyTorch %s", setting)
     vol = (lambda pb: bench_volume(pb, volume_shape, config.patch_size, config.infer_batch,
                                    config.overlap)) if volume_shape else None
@@ -184,7 +201,14 @@ def bench_torch(config, volume_shape) -> dict:
     if "volume_infer" in r:
       res["volume_infer"] = r["volume_infer"]
     out[setting] = res
+    logging.info("[benchmark] PyTorch %s: %s", setting, _figures(res))
   return {"version": torch.__version__, "threads": torch.get_num_threads(), "settings": out}
+
+
+def _figures(res: dict) -> str:
+  """One setting's throughputs, for the progress log."""
+  return ", ".join(f"{k} {v['patches_per_s']:.2f} patches/s" for k, v in res.items()
+                   if isinstance(v, dict) and "patches_per_s" in v)
 
 
 def best(settings: dict, name: str) -> tuple[str, dict] | None:
@@ -256,7 +280,8 @@ def headline_ratios(results: dict, torch_settings: dict, impl: str) -> dict:
 def run(config, workdir: str) -> dict:
   device = jax.devices()[0]
   impls = config_base.parse_list(config.conv_impls)
-  dtypes = config_base.parse_list(config.dtypes)
+  dtypes = without_emulated_bf16(config_base.parse_list(config.dtypes), "msjax",
+                                 config.emulated_bf16)
   info = {"backend": jax.default_backend(), "device": device.device_kind,
           "n_devices": jax.device_count(), "cpu": hardware.cpu_isa(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__,
@@ -269,9 +294,11 @@ def run(config, workdir: str) -> dict:
   volume_shape = tuple(config.volume_shape) if config.volume else None
   # every dtype with the headline formulation; the other formulations in float32, beside it
   runs = [(impls[0], d) for d in dtypes] + [(i, "float32") for i in impls[1:]]
-  results = {f"{impl}/{dtype}": bench_setting(config, impl, dtype, peak, workdir,
-                                              impl == impls[0], volume_shape)
-             for impl, dtype in runs}
+  results = {}
+  for impl, dtype in runs:
+    results[f"{impl}/{dtype}"] = bench_setting(config, impl, dtype, peak, workdir,
+                                               impl == impls[0], volume_shape)
+    logging.info("[benchmark] %s/%s: %s", impl, dtype, _figures(results[f"{impl}/{dtype}"]))
   torch_results = bench_torch(config, volume_shape) if config.torch else {}
   report = {"info": info, "matmul_peak_gflops": peak / 1e9,
             "config": json.loads(config.to_json_best_effort()), "results": results,

@@ -50,6 +50,26 @@ def collect(runs: list[str]) -> dict:
   return out
 
 
+def times(runs: list[str]) -> str:
+  """Wall time per run and strategy on this machine: fine-tuning per fold, the predictions of
+  every input variant, from each leave_one_out.json's times_s. A fold whose trained checkpoint
+  was reused shows 'reused'; one resumed mid-training counts only the steps after resuming."""
+  lines = ["| strategy | seed | run | fine-tuning per fold (min) | predictions, all variants (min) |",
+           "| --- | --- | --- | --- | --- |"]
+  for arg in runs:
+    seed, _, workdir = arg.partition(":")
+    with open(os.path.join(workdir, "leave_one_out.json")) as f:
+      t = json.load(f).get("times_s", {})
+    for s in ORDER:
+      tune = [v for k, v in t.items() if k.startswith("finetune ") and k.endswith(f" {s}")]
+      pred = [v for k, v in t.items() if k.startswith("predict ") and f" {s}" in k]
+      if tune or pred:
+        lines.append(f"| {s} | {seed} | {workdir} | "
+                     + ", ".join(f"{v / 60:.1f}" if v >= 60 else "reused" for v in tune)
+                     + f" | {sum(pred) / 60:.1f} |")
+  return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def table(scores: dict) -> str:
   strategies = [s for s in ORDER if any(k[0] == s for k in scores)]
   folds = sorted({k[3] for k in scores})
@@ -140,6 +160,7 @@ def main(argv=None):
            "scans). Dice in %.\n\n")
   text += table(scores) + "\n" + gains(scores)
   text += f"\n![Dice per strategy]({os.path.basename(png)})\n"
+  text += "\nWall time on 2 cores, as each run recorded it:\n\n" + times(a.run)
   text += ("\n" + a.note + "\n") if a.note else ""
   print(text)
   results.write(a.out, text)

@@ -107,3 +107,14 @@ def test_torch_reference_refuses_parameters_that_do_not_fit():
   net.encoder.levels[1].ctx[2] = torch.nn.Conv3d(8, 8, 1)  # a 3³ conv made 1³
   with pytest.raises(ValueError, match=r"encoder.levels.1.ctx.2.weight"):
     bench_torch.load_msjax_params(net, params)
+
+
+def test_emulated_bf16_is_skipped_only_on_cpus_without_bf16(monkeypatch):
+  from msjax.ops import hardware
+  names = ["float32", "bf16", "bf16_cl3d"]
+  monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: False)
+  assert benchmark.without_emulated_bf16(names, "PyTorch") == ["float32"]
+  assert benchmark.without_emulated_bf16(["float32", "bfloat16"], "msjax") == ["float32"]
+  assert benchmark.without_emulated_bf16(names, "PyTorch", keep=True) == names
+  monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
+  assert benchmark.without_emulated_bf16(names, "PyTorch") == names
