@@ -201,3 +201,40 @@ def bench_setting(setting: str, base_width: int, dropout: float, batch: int, pat
         return torch.sigmoid(seg(t_in.contiguous(memory_format=fmt)).float())[:, 0].numpy()
       out["volume_infer"] = volume(predict_batch)
   return out
+
+
+def main(argv=None) -> None:
+  """`python -m msjax.bench_torch '<json>'`: one setting timed in a fresh process, its figures as
+  the last line of stdout (JSON). The benchmark runs PyTorch this way because in its own process,
+  after JAX and oneDNN had run, PyTorch's float32 training step of the paper network ran 1.8x
+  slower than in a process of its own (AVX2 EPYC, 2 cores: 1.99 against 3.64 patches/s)."""
+  import json
+  import sys
+  import time
+
+  import numpy as np
+
+  from msjax.infer import sliding_window
+  a = json.loads((argv or sys.argv[1:])[0])
+  torch.set_num_threads(int(a["threads"]))
+  volume = None
+  if a.get("volume_shape"):
+    shape, patch, batch = tuple(a["volume_shape"]), int(a["patch"]), int(a["batch"])
+
+    def volume(predict_batch):
+      images = np.random.default_rng(1).standard_normal(shape + (5,)).astype(np.float32)
+      corners = sliding_window.sliding_window_corners(shape, patch, a["overlap"])
+      sliding_window.predict_volume(predict_batch, images, corners[:batch], patch, batch)
+      t = time.perf_counter()
+      sliding_window.predict_volume(predict_batch, images, corners, patch, batch)
+      seconds = time.perf_counter() - t
+      return {"seconds": seconds, "patches": len(corners), "shape": list(shape),
+              "overlap": a["overlap"], "patches_per_s": len(corners) / seconds}
+  r = bench_setting(a["setting"], a["base_width"], 0.3, a["batch"], a["patch"], a["warmup"],
+                    a["repeats"], volume)
+  print(json.dumps({"version": torch.__version__, "threads": torch.get_num_threads(),
+                    "result": r}))
+
+
+if __name__ == "__main__":
+  main()

@@ -178,31 +178,37 @@ def without_emulated_bf16(names: list[str], what: str, keep: bool = False) -> li
 
 
 def bench_torch(config, volume_shape) -> dict:
-  """PyTorch's settings, timed in this run; {} when torch is not installed."""
-  try:
-    import torch
-
-    from msjax import bench_torch as bt
-  except ImportError:
+  """PyTorch's settings, timed in this run, each in a fresh process of its own
+  (`python -m msjax.bench_torch`: in this one, after JAX and oneDNN, PyTorch ran up to 1.8x
+  slower); {} when torch is not installed."""
+  import importlib.util
+  import subprocess
+  import sys
+  if importlib.util.find_spec("torch") is None:
     logging.warning("PyTorch is not installed (pip install -e '.[bench]'): no reference column")
     return {}
-  torch.set_num_threads(os.cpu_count() or 1)
-  out = {}
+  out, meta = {}, {}
   for setting in without_emulated_bf16(config_base.parse_list(config.torch_settings),
                                       "PyTorch", config.emulated_bf16):
-    logging.info("[benchmark] PyTorch %s", setting)
-    vol = (lambda pb: bench_volume(pb, volume_shape, config.patch_size, config.infer_batch,
-                                   config.overlap)) if volume_shape else None
-    r = bt.bench_setting(setting, config.base_width, 0.3, config.batch_size, config.patch_size,
-                         config.warmup, config.repeats, vol)
+    logging.info("[benchmark] PyTorch %s (in a process of its own)", setting)
+    args = {"setting": setting, "base_width": config.base_width, "batch": config.batch_size,
+            "patch": config.patch_size, "warmup": config.warmup, "repeats": config.repeats,
+            "threads": os.cpu_count() or 1, "overlap": config.overlap,
+            "volume_shape": list(volume_shape) if volume_shape else None}
+    proc = subprocess.run([sys.executable, "-m", "msjax.bench_torch", json.dumps(args)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+      raise RuntimeError(f"the PyTorch reference ({setting}) failed:\n{proc.stderr[-2000:]}")
+    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = meta["result"]
     res = {name: {**{k: v for k, v in r[name].items() if k != "times"},
-                  **_stats(r[name]["times"], config.batch_size if name != "infer"
-                           else config.batch_size)} for name in FUNCTIONS}
+                  **_stats(r[name]["times"], config.batch_size)} for name in FUNCTIONS}
     if "volume_infer" in r:
       res["volume_infer"] = r["volume_infer"]
     out[setting] = res
     logging.info("[benchmark] PyTorch %s: %s", setting, _figures(res))
-  return {"version": torch.__version__, "threads": torch.get_num_threads(), "settings": out}
+  return {"version": meta.get("version"), "threads": meta.get("threads"), "settings": out,
+          "process": "one fresh process per setting"}
 
 
 def _figures(res: dict) -> str:
