@@ -13,8 +13,10 @@ template msjax's preprocessing registers exams to), and what msjax derives from 
   cortex          GM >= 0.5 that is neither deep grey matter nor infratentorial;
   infratentorial  below the tentorium cerebelli, `infratentorial_mni` (a rule in MNI mm).
 
-All of it is computed once per process (cached) on the template's own 1 mm grid
-(197×233×189 voxels); `on_grid` brings it onto any exam grid through an affine map to MNI mm.
+All of it is computed on the template's own 1 mm grid (197×233×189 voxels) once per machine
+(about 5 s; kept in `~/.cache/msjax/` or `$MSJAX_ATLAS_CACHE`, keyed by this module's source and
+the templates, so a `segment` run loads it in a fraction of a second) and once per process in
+memory; `on_grid` brings it onto any exam grid through an affine map to MNI mm.
 """
 from __future__ import annotations
 
@@ -92,9 +94,50 @@ def _mni_coordinates(shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   return tuple(a[r, 0] * i + a[r, 1] * j + a[r, 2] * k + a[r, 3] for r in range(3))
 
 
+def _cache_path() -> str | None:
+  """Where the derived atlas is kept: named by a hash of this module's source and the template
+  files' names and sizes (a change to either derives it again); None when turned off
+  (MSJAX_ATLAS_CACHE='')."""
+  import hashlib
+  import os
+
+  from msjax.data import mni
+  folder = os.environ.get("MSJAX_ATLAS_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "msjax"))
+  if not folder:
+    return None
+  h = hashlib.sha256(open(__file__, "rb").read())
+  for kind in ("t1", "gm", "wm"):
+    path = mni.template_path(kind)
+    h.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
+  return os.path.join(folder, f"mni_atlas-{h.hexdigest()[:16]}.npz")
+
+
 @functools.lru_cache(maxsize=1)
 def mni_atlas() -> Atlas:
-  """The priors on the template's own 1 mm grid (197×233×189 voxels; about 5 s)."""
+  """The priors on the template's own 1 mm grid (197×233×189 voxels): from the disk cache, else
+  derived (about 5 s) and cached; a cache that cannot be read or written is only skipped."""
+  from msjax import files
+  path = _cache_path()
+  if path:
+    try:
+      with np.load(path) as z:
+        return Atlas(**{f.name: z[f.name] for f in dataclasses.fields(Atlas)})
+    except (OSError, KeyError, ValueError):
+      pass
+  atlas = _derive_mni_atlas()
+  if path:
+    try:
+      with files.atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+          np.savez(f, **{f_.name: getattr(atlas, f_.name) for f_ in dataclasses.fields(Atlas)})
+    except (OSError, files.InvalidInputError):
+      pass
+  return atlas
+
+
+def _derive_mni_atlas() -> Atlas:
+  """The priors on the template's own 1 mm grid, derived from nilearn's templates."""
   t1, affine = load_template("t1")
   gm, wm = load_template("gm")[0], load_template("wm")[0]
   brain = t1 > 0.2  # nilearn.datasets.load_mni152_brain_mask's rule
@@ -239,15 +282,28 @@ REGIONS = ("brain", "ventricles", "deep_gm", "cortex", "infratentorial")
 
 def on_grid(shape, affine: np.ndarray, to_mni=None, fields=PROBABILITIES + REGIONS) -> Atlas:
   """The atlas on an exam grid (`shape` voxels, RAS `affine` voxel -> world mm) whose world
-  maps to MNI mm by `to_mni` (see world_to_mni_affine). Probabilities linear, regions nearest;
-  fields not asked for are None."""
+  maps to MNI mm by `to_mni` (see world_to_mni_affine). Probabilities linear, regions nearest
+  (all of them in one pass, as the bits of one volume); fields not asked for are None."""
   src = mni_atlas()
   w2m = world_to_mni_affine(to_mni, affine, shape)
   out = dict.fromkeys(PROBABILITIES + REGIONS)
   for f in fields:
     if f in PROBABILITIES:
       out[f] = sample(getattr(src, f), src.affine, shape, affine, w2m)
-    else:
-      out[f] = sample(getattr(src, f).astype(np.uint8), src.affine, shape, affine, w2m,
-                      order=0) > 0
+  regions = [f for f in REGIONS if f in fields]
+  if regions:
+    packed = _packed_regions(tuple(regions))
+    bits = sample(packed, src.affine, shape, affine, w2m, order=0)
+    for k, f in enumerate(regions):
+      out[f] = (bits & np.uint8(1 << k)) > 0
   return Atlas(affine=w2m @ np.asarray(affine, float), **out)
+
+
+@functools.lru_cache(maxsize=4)
+def _packed_regions(regions: tuple[str, ...]) -> np.ndarray:
+  """The template's regions as the bits of one uint8 volume (bit k: regions[k])."""
+  src = mni_atlas()
+  packed = np.zeros(src.gm.shape, np.uint8)
+  for k, f in enumerate(regions):
+    packed |= getattr(src, f).astype(np.uint8) << k
+  return packed

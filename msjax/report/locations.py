@@ -201,7 +201,8 @@ def classify(labels: np.ndarray, affine: np.ndarray, *, to_mni=None, flair=None,
   offset[:3, 3] = [b.start for b in box]
   lab = labels[box]
   lesion = lesion_full[box]
-  prior = atlas_lib.on_grid(lab.shape, affine @ offset, w2m)
+  prior = atlas_lib.on_grid(lab.shape, affine @ offset, w2m, fields=(
+      "gm", "wm", "csf", "ventricles", "deep_gm", "cortex", "infratentorial"))
   crop = (lambda image: None if image is None else np.asarray(image, np.float32)[box])
   ventricles, cortex, method = _ventricles_and_cortex(
       prior, lesion, brain_full[box] | lesion, crop(flair), crop(t1), affine, cfg)

@@ -205,3 +205,48 @@ def test_hand_drawn_lesions_classes(hand_drawn, use_images):
   assert got == want, {names[k]: d for k, d in loc.details.items()}
   assert loc.counts() == {"periventricular": 1, "juxtacortical": 1, "infratentorial": 2,
                           "deep_white_matter": 1}
+
+
+def test_regions_sampled_together_equal_each_alone():
+  """on_grid samples the regions as the bits of one volume: the same voxels as one at a time,
+  on an oblique grid (affine_transform) and an axis-aligned one (separable)."""
+  src = atlas.mni_atlas()
+  theta = np.deg2rad(12)
+  oblique = np.array([[1.1 * np.cos(theta), -np.sin(theta), 0, -80],
+                      [np.sin(theta), 1.1 * np.cos(theta), 0, -110],
+                      [0, 0, 3.0, -60], [0, 0, 0, 1]])
+  aligned = np.diag([1.5, 1.5, 1.5, 1.0])
+  aligned[:3, 3] = [-90, -126, -72]
+  for affine, shape in ((oblique, (150, 170, 45)), (aligned, (120, 140, 110))):
+    got = atlas.on_grid(shape, affine, np.eye(4))
+    w2m = atlas.world_to_mni_affine(np.eye(4), affine, shape)
+    for f in atlas.REGIONS:
+      alone = atlas.sample(getattr(src, f).astype(np.uint8), src.affine, shape, affine, w2m,
+                           order=0) > 0
+      assert alone.any() and np.array_equal(getattr(got, f), alone), f
+    only = atlas.on_grid(shape, affine, np.eye(4), fields=("cortex", "gm"))
+    assert only.t1 is None and only.ventricles is None
+    assert np.array_equal(only.cortex, got.cortex) and np.allclose(only.gm, got.gm)
+
+
+def test_derived_atlas_is_cached_on_disk_and_read_back(tmp_path, monkeypatch):
+  monkeypatch.setenv("MSJAX_ATLAS_CACHE", str(tmp_path))
+  path = atlas._cache_path()
+  assert path.startswith(str(tmp_path)) and not (tmp_path / path).exists()
+  atlas.mni_atlas.cache_clear()
+  try:
+    first = atlas.mni_atlas()  # derived, then written
+    assert len(list(tmp_path.glob("mni_atlas-*.npz"))) == 1
+    atlas.mni_atlas.cache_clear()
+    again = atlas.mni_atlas()  # read back
+    derived = atlas._derive_mni_atlas()
+    for f in ("t1", "gm", "csf", "ventricles", "deep_gm", "cortex", "infratentorial", "affine"):
+      assert np.array_equal(getattr(again, f), getattr(derived, f)), f
+      assert np.array_equal(getattr(first, f), getattr(derived, f)), f
+    # a damaged cache file is derived again, not trusted
+    open(path, "wb").write(b"not an npz")
+    atlas.mni_atlas.cache_clear()
+    assert np.array_equal(atlas.mni_atlas().cortex, derived.cortex)
+  finally:
+    atlas.mni_atlas.cache_clear()
+    atlas._packed_regions.cache_clear()
