@@ -64,9 +64,14 @@ def table(rows: list[dict], names: list[str]) -> str:
   for name in names:
     for r in (r for r in rows if r["arm"] == name):
       lines.append(f"| {name} | {r['exam']} | {r['dice']:.3f} | {r['lesions']} | {r['ml']:.2f} "
-                   f"| {r['infratentorial_ml'] or 0:.2f} | {r['network_s']} | {r['seconds']} | "
-                   f"{r['qc']} |")
+                   f"| {_num(r['infratentorial_ml'])} | {_num(r['network_s'], 1)} "
+                   f"| {_num(r['seconds'], 1)} | {r['qc'] or '–'} |")
   return "\n".join(lines)
+
+
+def _num(v, digits: int = 2) -> str:
+  """A figure the run recorded, or '–' where it did not record one (no report, no timing)."""
+  return "–" if v is None else f"{v:.{digits}f}"
 
 
 def main(argv=None):
