@@ -210,26 +210,14 @@ def main(argv=None) -> None:
   slower than in a process of its own (AVX2 EPYC, 2 cores: 1.99 against 3.64 patches/s)."""
   import json
   import sys
-  import time
 
-  import numpy as np
-
-  from msjax.infer import sliding_window
+  from msjax.benchmark import bench_volume  # numpy and the sliding window only; JAX stays idle
   a = json.loads((argv or sys.argv[1:])[0])
   torch.set_num_threads(int(a["threads"]))
   volume = None
   if a.get("volume_shape"):
-    shape, patch, batch = tuple(a["volume_shape"]), int(a["patch"]), int(a["batch"])
-
-    def volume(predict_batch):
-      images = np.random.default_rng(1).standard_normal(shape + (5,)).astype(np.float32)
-      corners = sliding_window.sliding_window_corners(shape, patch, a["overlap"])
-      sliding_window.predict_volume(predict_batch, images, corners[:batch], patch, batch)
-      t = time.perf_counter()
-      sliding_window.predict_volume(predict_batch, images, corners, patch, batch)
-      seconds = time.perf_counter() - t
-      return {"seconds": seconds, "patches": len(corners), "shape": list(shape),
-              "overlap": a["overlap"], "patches_per_s": len(corners) / seconds}
+    volume = lambda pb: bench_volume(pb, tuple(a["volume_shape"]), int(a["patch"]),  # noqa: E731
+                                     int(a["batch"]), a["overlap"])
   r = bench_setting(a["setting"], a["base_width"], 0.3, a["batch"], a["patch"], a["warmup"],
                     a["repeats"], volume)
   print(json.dumps({"version": torch.__version__, "threads": torch.get_num_threads(),

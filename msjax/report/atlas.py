@@ -117,13 +117,15 @@ def _cache_path() -> str | None:
 def mni_atlas() -> Atlas:
   """The priors on the template's own 1 mm grid (197×233×189 voxels): from the disk cache, else
   derived (about 5 s) and cached; a cache that cannot be read or written is only skipped."""
+  import zipfile
+
   from msjax import files
   path = _cache_path()
   if path:
     try:
       with np.load(path) as z:
         return Atlas(**{f.name: z[f.name] for f in dataclasses.fields(Atlas)})
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
       pass
   atlas = _derive_mni_atlas()
   if path:
