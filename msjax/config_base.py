@@ -116,6 +116,9 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.init_from = ""               # finetune: a pretraining workdir (or its checkpoint folder)
   c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)
+  # strategies that transfer: the learning rate of the transferred (encoder) leaves that train,
+  # as a factor of lr (discriminative fine-tuning, Howard & Ruder 2018); 1.0 = one rate for all
+  c.transferred_lr_scale = 1.0
   c.loss = "dice"                # segmentation: "dice" (the paper) or "dice_bce" (nnU-Net)
   c.update(overrides)
   return c

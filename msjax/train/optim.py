@@ -9,6 +9,7 @@ norms only feed frozen convs). `freeze_norms=False` leaves norms trainable
 """
 from __future__ import annotations
 
+import jax
 import optax
 from absl import logging
 from flax import traverse_util
@@ -87,10 +88,26 @@ def merge_frozen(trainable: dict, frozen: dict) -> dict:
                                        **traverse_util.flatten_dict(frozen)})
 
 
-def make_optimizer(train_config):
+def make_optimizer(train_config, transferred=None):
   """Adam with L2 weight decay (Isensee 2017), over the trainable leaves only: the training step
   hands it the trainable part of the parameters (split_frozen), so frozen leaves carry no
-  optimizer state and get no gradient at all."""
-  return optax.chain(optax.add_decayed_weights(train_config.weight_decay),
-                     optax.scale_by_adam(),
-                     optax.scale_by_learning_rate(learning_rate(train_config)))
+  optimizer state and get no gradient at all.
+
+  `transferred`: a tree of bools over those trainable leaves, True where the leaf came from
+  pretraining; their updates are scaled by train.transferred_lr_scale (when it is not 1)."""
+  parts = [optax.add_decayed_weights(train_config.weight_decay), optax.scale_by_adam(),
+           optax.scale_by_learning_rate(learning_rate(train_config))]
+  scale = float(train_config.get("transferred_lr_scale", 1.0))
+  if transferred is not None and scale != 1.0:
+    parts.append(optax.masked(optax.scale(scale), transferred))
+  return optax.chain(*parts)
+
+
+def transferred_mask(params: dict, labels: dict, rules) -> dict:
+  """The trainable part (split_frozen by `labels`) of a bool tree: True where `rules` label the
+  leaf "transfer" (transfer.TRANSFER_RULES: the encoder), logged like every other policy."""
+  marks, _ = rules_lib.match(params, rules, what="transferred learning rate")
+  trainable, _ = split_frozen(jax.tree.map(lambda m: m == "transfer", marks), labels)
+  n = sum(jax.tree.leaves(trainable))
+  logging.info("transferred learning rate: %d trainable leaves at its factor", n)
+  return trainable

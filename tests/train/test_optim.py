@@ -52,3 +52,29 @@ def test_every_rule_list_names_what_it_covers_so_a_new_parameter_fails_loudly(ta
                        ("initialisation", lambda: init.init_params(grown, 0))):
       with pytest.raises(ValueError, match=f"{what}: 1 parameter.*{'/'.join(path)}"):
         call()
+
+
+def test_transferred_leaves_learn_at_their_own_rate_and_frozen_ones_are_left_out():
+  import jax.numpy as jnp
+  from msjax import config_base
+  from msjax.models import isensee
+  from msjax.models import model as model_lib
+  from msjax.train import transfer
+  model = model_lib.Model(isensee.constructor("segmentation", config_base.model(base_width=4)))
+  params = model.init_params()
+  labels, _ = optim.freeze_labels(params, 1, log=False)
+  trainable, _ = optim.split_frozen(params, labels)
+  mask = optim.transferred_mask(params, labels, transfer.TRANSFER_RULES)
+  assert jax.tree.structure(mask) == jax.tree.structure(trainable)
+  flat = rules.flat_paths(mask)
+  assert "encoder/conv1/kernel" not in flat  # frozen: not in the trainable part at all
+  assert flat["encoder/conv2/kernel"] and not any(v for p, v in flat.items()
+                                                  if p.startswith("decoder"))
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  updates = {}
+  for scale in (1.0, 0.1):
+    tx = optim.make_optimizer(config_base.train(transferred_lr_scale=scale), mask)
+    updates[scale], _ = tx.update(grads, tx.init(trainable), trainable)
+  ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), updates[0.1], updates[1.0])
+  for path, r in rules.flat_paths(ratio).items():
+    assert r == pytest.approx(0.1 if path.startswith("encoder") else 1.0, rel=1e-4), path
