@@ -13,6 +13,13 @@
 # .gpudata/lesjak_lesion_maps, .gpudata/rawprep (the four raw longitudinal exams after msjax's
 # pipeline, the cohort configs/lesjak.py pretrains on), .whl (nibabel, grain, ... for the image).
 # Read the archive with studies/paper_claim.py (--run SEED:DIR per run).
+#
+# Measured on an H200 (16 Xeon cores), 2026-12-04, all 15 runs at once: none finished in 470 s.
+# Every run went at ~52 patches/s, pretraining too (whose batches cost 8 ms of host time), so the
+# shared GPU was the limit, not the data: the 0CF runs had pretrained (600 steps, 231 s) and
+# fine-tuned fold 1 (800 steps, ~210 s); VAN was at step ~290 of fold 2. The grid needs ~15 min
+# this way: give it one call of its own (RUN_LIMIT=900 does not fit a 10-minute call; split it
+# by ARMS / SEEDS over calls).
 set -u
 RUN_LIMIT=${RUN_LIMIT:-480}
 SEEDS=${SEEDS:-"0 1 2"}

@@ -238,7 +238,13 @@ def test_derived_atlas_is_cached_on_disk_and_read_back(tmp_path, monkeypatch):
     first = atlas.mni_atlas()  # derived, then written
     assert len(list(tmp_path.glob("mni_atlas-*.npz"))) == 1
     atlas.mni_atlas.cache_clear()
-    again = atlas.mni_atlas()  # read back
+    derive = atlas._derive_mni_atlas
+
+    def no_derivation():
+      raise AssertionError("the atlas was derived again instead of read from its cache file")
+    monkeypatch.setattr(atlas, "_derive_mni_atlas", no_derivation)
+    again = atlas.mni_atlas()  # read back, never derived
+    monkeypatch.setattr(atlas, "_derive_mni_atlas", derive)
     derived = atlas._derive_mni_atlas()
     for f in ("t1", "gm", "csf", "ventricles", "deep_gm", "cortex", "infratentorial", "affine"):
       assert np.array_equal(getattr(again, f), getattr(derived, f)), f
