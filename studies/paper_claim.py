@@ -7,7 +7,10 @@
       --out docs/results/paper_claim.md
 
 Each --run is SEED:WORKDIR of a leave_one_out run (any strategies; the rows of one seed and
-strategy may come from several runs, a later one winning). Per strategy and input variant: Dice
+strategy may come from several runs, a later one winning), or SEED:FILE.json, a run's summary
+kept by --keep; SEED:WORKDIR@LABEL names a variant of the recipe (a lever): its strategies are
+reported as '0CF LABEL'. --keep DIR copies each run's rows and times into DIR/<run>.json, so that
+the results file can be made again once the workdirs are gone. Per strategy and input variant: Dice
 of each left-out patient, their mean per seed, and mean ± sd over seeds (the paper's Table 2
 layout; sd over seeds of the two-fold mean); the transfer's gain over VAN per fold and seed; a
 figure in the layout of the paper's Figure 4 (Dice per strategy, one point per fold and seed).
@@ -36,17 +39,47 @@ def split_method(method: str) -> tuple[str, str]:
   return method, "all"
 
 
+def parse_run(arg: str) -> tuple[int, str, str]:
+  """'SEED:PATH[@LABEL]' -> (seed, path, label)."""
+  seed, _, rest = arg.partition(":")
+  path, _, label = rest.partition("@")
+  return int(seed), path, label
+
+
+def load_run(path: str) -> dict:
+  """A run's leave_one_out.json: from its workdir, or a summary file kept by --keep."""
+  with open(path if path.endswith(".json") else os.path.join(path, "leave_one_out.json")) as f:
+    return json.load(f)
+
+
+def keep(runs: list[str], folder: str) -> None:
+  """Each run's rows and times (no paths of this machine) as <folder>/<run name>.json."""
+  os.makedirs(folder, exist_ok=True)
+  for arg in runs:
+    _, path, _ = parse_run(arg)
+    if path.endswith(".json"):
+      continue
+    d = load_run(path)
+    results.write(os.path.join(folder, os.path.basename(os.path.normpath(path)) + ".json"),
+                  json.dumps({k: d[k] for k in ("rows", "times_s", "thresholds") if k in d},
+                             indent=1) + "\n")
+
+
+def strategy_key(name: str):
+  base, _, label = name.partition(" ")
+  return (ORDER.index(base), label)
+
+
 def collect(runs: list[str]) -> dict:
-  """{(strategy, variant, seed, fold): dice} from SEED:WORKDIR arguments."""
+  """{(strategy, variant, seed, fold): dice} from SEED:WORKDIR[@LABEL] arguments."""
   out = {}
   for arg in runs:
-    seed, _, workdir = arg.partition(":")
-    with open(os.path.join(workdir, "leave_one_out.json")) as f:
-      rows = json.load(f)["rows"]
-    for r in rows:
+    seed, path, label = parse_run(arg)
+    for r in load_run(path)["rows"]:
       strategy, variant = split_method(r["method"])
       if strategy in ORDER and r.get("dice") is not None:
-        out[(strategy, variant, int(seed), r["fold"])] = float(r["dice"])
+        name = f"{strategy} {label}" if label else strategy
+        out[(name, variant, seed, r["fold"])] = float(r["dice"])
   return out
 
 
@@ -57,21 +90,20 @@ def times(runs: list[str]) -> str:
   lines = ["| strategy | seed | run | fine-tuning per fold (min) | predictions, all variants (min) |",
            "| --- | --- | --- | --- | --- |"]
   for arg in runs:
-    seed, _, workdir = arg.partition(":")
-    with open(os.path.join(workdir, "leave_one_out.json")) as f:
-      t = json.load(f).get("times_s", {})
+    seed, workdir, label = parse_run(arg)
+    t = load_run(workdir).get("times_s", {})
     for s in ORDER:
       tune = [v for k, v in t.items() if k.startswith("finetune ") and k.endswith(f" {s}")]
       pred = [v for k, v in t.items() if k.startswith("predict ") and f" {s}" in k]
       if tune or pred:
-        lines.append(f"| {s} | {seed} | {workdir} | "
+        lines.append(f"| {s} {label}".rstrip() + f" | {seed} | {workdir} | "
                      + ", ".join(f"{v / 60:.1f}" if v >= 60 else "reused" for v in tune)
                      + f" | {sum(pred) / 60:.1f} |")
   return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def table(scores: dict) -> str:
-  strategies = [s for s in ORDER if any(k[0] == s for k in scores)]
+  strategies = sorted({k[0] for k in scores}, key=strategy_key)
   folds = sorted({k[3] for k in scores})
   lines = ["| strategy | input | seeds | " + " | ".join(f"Dice {f}" for f in folds)
            + " | mean Dice ± sd over seeds |",
@@ -95,7 +127,7 @@ def gains(scores: dict, base: str = "VAN") -> str:
   """Transfer minus scratch, per variant, fold and seed where both were run."""
   lines = ["| strategy − VAN | input | per fold and seed (Dice points) | mean |",
            "| --- | --- | --- | --- |"]
-  for s in ORDER[1:]:
+  for s in sorted({k[0] for k in scores} - {base}, key=strategy_key):
     for variant in VARIANTS:
       pairs = sorted((k[2], k[3]) for k in scores if k[0] == s and k[1] == variant
                      and (base, variant, k[2], k[3]) in scores)
@@ -114,7 +146,7 @@ def figure(scores: dict, path: str) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  strategies = [s for s in ORDER if any(k[0] == s for k in scores)]
+  strategies = sorted({k[0] for k in scores}, key=strategy_key)
   variants = [v for v in VARIANTS if any(k[1] == v for k in scores)]
   folds = sorted({k[3] for k in scores})
   fig, axes = plt.subplots(1, len(variants), figsize=(2.6 * len(variants), 3.4), sharey=True,
@@ -149,11 +181,16 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
                                                "paper_claim.md"))
   p.add_argument("--note", default="")
+  p.add_argument("--title", default="The paper's claim on the Lesjak scans: transfer vs training "
+                                    "from scratch")
+  p.add_argument("--keep", default="", help="folder for each run's rows and times (JSON)")
   a = p.parse_args(argv)
+  if a.keep:
+    keep(a.run, a.keep)
   scores = collect(a.run)
   os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
   png = figure(scores, os.path.splitext(a.out)[0] + ".png")
-  text = results.header("The paper's claim on the Lesjak scans: transfer vs training from scratch")
+  text = results.header(a.title)
   text += ("Leave-one-out 07 ↔ 26 with configs/lesjak.py's defaults (width 8, 800 fine-tuning "
            "steps, lesion transplant and robust training on); the encoder of 0CF/nCF is the "
            "shipped msjax-lesjak-encoder (600 steps of position pretraining on the six Lesjak "
