@@ -327,7 +327,8 @@ def format_table(report) -> str:
   cfg = report["config"]
   cpu = info["cpu"]
   lines = [f"msjax benchmark on {info['device']} ({info['backend']}; {cpu['model']}, ISA "
-           f"{cpu['isa']}, {info['cpu_count']} CPUs), jax {info['jax']}"
+           f"{cpu['isa']}" + "".join(f" ({k}={v})" for k, v in cpu.get("caps", {}).items())
+           + f", {info['cpu_count']} CPUs), jax {info['jax']}"
            + (f", PyTorch {tr['version']}" if tr else "") +
            f"; base width {cfg['base_width']}, {cfg['patch_size']}³ patches, batch "
            f"{cfg['batch_size']} (inference batch {cfg['infer_batch']}); float32 matmul peak "

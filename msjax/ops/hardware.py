@@ -7,7 +7,9 @@ convolutions fast on CPU); float32 everywhere else, where bf16 would be emulated
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import re
 
 from absl import logging
 
@@ -42,12 +44,44 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def cpu_isa() -> dict:
-  """{"model", "isa" (amx | avx512_bf16 | avx512 | avx2 | other), "flags" (the relevant ones)}."""
+# the ISA caps a user sets to run (or measure) this CPU as a lesser one, mapped onto _ISA_LEVELS:
+# oneDNN's ONEDNN_MAX_CPU_ISA and XLA's --xla_cpu_max_isa (what a kernel may use, both sides)
+_RANK = {"other": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "amx": 4}
+_ONEDNN_CAPS = (("AVX512_CORE_AMX", "amx"), ("AVX10_1_512_AMX", "amx"), ("AVX10", "avx512_bf16"),
+                ("AVX512_CORE_FP16", "avx512_bf16"), ("AVX512_CORE_BF16", "avx512_bf16"),
+                ("AVX512", "avx512"), ("AVX2", "avx2"), ("AVX", "other"), ("SSE", "other"))
+_XLA_CAPS = (("AMX", "amx"), ("AVX512_BF16", "avx512_bf16"), ("AVX512", "avx512"),
+             ("AVX2", "avx2"), ("AVX", "other"), ("SSE", "other"))
+
+
+def isa_caps(environ=None) -> dict:
+  """{variable: the ISA level it caps this process at} for the caps that are set."""
+  env = os.environ if environ is None else environ
+  caps = {}
+  onednn = env.get("ONEDNN_MAX_CPU_ISA", env.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
+  if onednn and onednn not in ("ALL", "DEFAULT"):
+    caps["ONEDNN_MAX_CPU_ISA"] = next((lvl for p, lvl in _ONEDNN_CAPS if onednn.startswith(p)),
+                                      "other")
+  m = re.search(r"--xla_cpu_max_isa=(\S+)", env.get("XLA_FLAGS", ""))
+  if m:
+    xla = m.group(1).upper()
+    caps["xla_cpu_max_isa"] = next((lvl for p, lvl in _XLA_CAPS if xla.startswith(p)), "other")
+  return caps
+
+
+def cpu_isa(environ=None) -> dict:
+  """{"model", "isa" (amx | avx512_bf16 | avx512 | avx2 | other), "flags" (the relevant ones),
+  "caps"}: the ISA is the CPU's, lowered to the lowest cap set (isa_caps), since a kernel that
+  may not use bf16 instructions emulates bf16, as on a CPU without them."""
   flags = cpu_flags()
   isa = next((name for name, need in _ISA_LEVELS if all(f in flags for f in need)), "other")
+  caps = isa_caps(environ)
+  for level in caps.values():
+    if _RANK[level] < _RANK[isa]:
+      isa = level
   relevant = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-  return {"model": cpu_model(), "machine": platform.machine(), "isa": isa, "flags": relevant}
+  return {"model": cpu_model(), "machine": platform.machine(), "isa": isa, "flags": relevant,
+          "caps": caps}
 
 
 def native_bf16_cpu() -> bool:
