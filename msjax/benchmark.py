@@ -6,7 +6,7 @@ Per function and setting: ahead-of-time compile time (`lower().compile()`), stea
 step (warm-up, then repeats: median, min and max), patches/s, peak device memory (compiled memory
 analysis), FLOPs per patch (XLA cost analysis) and achieved FLOP/s as a fraction of a float32
 matmul peak measured in the same run. Also whole-volume inference of one exam with the sliding
-window, and an op-category profile of the training step per dtype (PNG). The headline ratio is
+window, and an op-category profile of each function per dtype (PNG). The headline ratio is
 msjax's fastest setting over PyTorch's fastest, per function. `benchmark.json` records the CPU's
 ISA (avx2, avx512, avx512_bf16, amx) and the dtype `model.dtype="auto"` picks on it.
 """
@@ -96,6 +96,9 @@ def _step_and_data(task: str, model_cfg, train_cfg, batch: int, patch: int, n_fr
     data["position"] = jnp.asarray(rng.random((batch, 3)), jnp.float32)
   return steps.make_train_step(model, task, tx, labels), state, data
 
+# the functions whose headline setting gets an op-category profile (config.profile)
+PROFILED = ("train_seg", "train_pretrain", "infer")
+
 
 def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
                    repeats: int, peak: float, profile_dir: str | None = None,
@@ -124,7 +127,8 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
 
 
 def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int, peak: float,
-                    volume_shape=None, overlap: float = 0.5) -> tuple[dict, dict | None]:
+                    volume_shape=None, overlap: float = 0.5,
+                    profile_dir: str | None = None) -> tuple[dict, dict | None]:
   model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
   params = model.init_params()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, patch, patch, patch, 5)),
@@ -139,8 +143,12 @@ def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int
     m = model_lib.Model(isensee.constructor("segmentation", cfg))
     return model_lib.make_predict(m, "segmentation").lower(m.init_params(), x)
   info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
-  times = profiler.timed(lambda: compiled(params, x).block_until_ready(), warmup, repeats)
+  def run_once():
+    compiled(params, x).block_until_ready()
+  times = profiler.timed(run_once, warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
+  if profile_dir:
+    out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir)
   volume = None
   if volume_shape:
     volume = bench_volume(lambda b: compiled(params, b), volume_shape, patch, batch, overlap)
@@ -251,22 +259,26 @@ def bench_setting(config, impl: str, dtype: str, peak: float, workdir: str, head
       r[key] = bench_jax_step("segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
                               os.path.join(workdir, f"trace_{dtype}") if profile else None,
                               n_frozen=n_frozen)
-    prof = r.get("train_seg", {}).get("profile")
-    if prof:
-      r["train_seg"]["profile_png"] = profiler.profile_figure(
-          prof, f"train_seg ({name}, width {config.base_width}, {b}×{p}³): where a step's time "
-          "goes", os.path.join(workdir, f"profile_train_seg_{dtype}.png"))
   if "train_pretrain" in functions:
     logging.info("[benchmark] %s: train_pretrain", name)
-    r["train_pretrain"] = bench_jax_step("position", mc, tc, b, p, config.warmup, config.repeats,
-                                         peak)
+    r["train_pretrain"] = bench_jax_step(
+        "position", mc, tc, b, p, config.warmup, config.repeats, peak,
+        os.path.join(workdir, f"trace_pretrain_{dtype}") if config.profile and headline else None)
   if "infer" in functions:
     logging.info("[benchmark] %s: infer", name)
-    r["infer"], volume = bench_jax_infer(mc, config.infer_batch, p, config.warmup,
-                                         config.repeats, peak,
-                                         volume_shape if headline else None, config.overlap)
+    r["infer"], volume = bench_jax_infer(
+        mc, config.infer_batch, p, config.warmup, config.repeats, peak,
+        volume_shape if headline else None, config.overlap,
+        os.path.join(workdir, f"trace_infer_{dtype}") if config.profile and headline else None)
     if volume:
       r["volume_infer"] = volume
+  for key in PROFILED:
+    prof = r.get(key, {}).get("profile")
+    if prof:
+      batch = config.infer_batch if key == "infer" else b
+      r[key]["profile_png"] = profiler.profile_figure(
+          prof, f"{key} ({name}, width {config.base_width}, {batch}×{p}³): where a step's time "
+          "goes", os.path.join(workdir, f"profile_{key}_{dtype}.png"))
   return r
 
 
@@ -317,8 +329,8 @@ def run(config, workdir: str) -> dict:
   print(table)
   print(f"[benchmark] {os.path.join(workdir, 'benchmark.json')}, "
         f"{os.path.join(workdir, 'benchmark.md')}"
-        + "".join(f", {r['train_seg']['profile_png']}" for r in results.values()
-                  if "profile_png" in r.get("train_seg", {})))
+        + "".join(f", {r[k]['profile_png']}" for r in results.values() for k in PROFILED
+                  if "profile_png" in r.get(k, {})))
   return report
 
 
@@ -369,9 +381,10 @@ def format_table(report) -> str:
     lines += [f"  {name}: {h['ratio']:.2f}x (msjax {h['msjax']} vs PyTorch {h['pytorch']})"
               for name, h in head.items()]
   for setting, r in res.items():
-    prof = r.get("train_seg", {}).get("profile")  # train_seg is absent without VAN/0CF
-    if prof:
-      lines += ["", f"Profile of train_seg ({setting}), {prof['wall_ms_per_step']:.0f} ms/step "
-                "wall:"] + [f"  {k}: {v['ms']:.0f} ms ({100 * v['share']:.0f} % of op time)"
-                            for k, v in prof["categories"].items()]
+    for key in PROFILED:  # train_seg is absent without VAN/0CF
+      prof = r.get(key, {}).get("profile")
+      if prof:
+        lines += ["", f"Profile of {key} ({setting}), {prof['wall_ms_per_step']:.0f} ms/step "
+                  "wall:"] + [f"  {k}: {v['ms']:.0f} ms ({100 * v['share']:.0f} % of op time)"
+                              for k, v in prof["categories"].items()]
   return "\n".join(lines)

@@ -32,15 +32,17 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
       assert r["gflop_per_patch"] > 0 and 0 < r["fraction_of_matmul_peak"] < 10
       assert r["peak_memory_mb"] > 0
     assert res["volume_infer"]["patches"] == 8  # 48³ by 32³ at overlap 0.5: 2 x 2 x 2
-    prof = res["train_seg"]["profile"]  # op time by category, from a profiler trace
-    assert prof["op_ms_per_step"] > 0 and prof["wall_ms_per_step"] > 0
-    assert abs(sum(c["share"] for c in prof["categories"].values()) - 1) < 1e-6
     dtype = setting.split("/")[1]
     onednn_used = benchmark_uses_onednn() and (
         dtype == "float32" or __import__("msjax.ops.hardware").ops.hardware.native_bf16_cpu())
     conv = "oneDNN convolution (custom call)" if onednn_used else "XLA convolution"
-    assert prof["categories"].get(conv, {}).get("ms", 0) > 0, (setting, prof["categories"])
-    assert (tmp_path / f"profile_train_seg_{dtype}.png").stat().st_size > 5000
+    for name in ("train_seg", "train_pretrain", "infer"):
+      prof = res[name]["profile"]  # op time by category, from a profiler trace
+      assert prof["op_ms_per_step"] > 0 and prof["wall_ms_per_step"] > 0
+      assert abs(sum(c["share"] for c in prof["categories"].values()) - 1) < 1e-6
+      assert prof["categories"].get(conv, {}).get("ms", 0) > 0, (setting, name,
+                                                                prof["categories"])
+      assert (tmp_path / f"profile_{name}_{dtype}.png").stat().st_size > 5000
   md = open(tmp_path / "benchmark.md").read()
   assert "| train_seg | msjax onednn/bfloat16 |" in md
   assert "| train_seg_3CF | msjax onednn/float32 |" in md

@@ -31,7 +31,8 @@ def get_config(variant: str = ""):
   c.volume = True            # whole-volume inference of one exam
   c.volume_shape = (128, 128, 128)
   c.overlap = 0.5
-  c.profile = True           # op-category profile of the headline train_seg step (+ PNG)
+  c.profile = True           # op-category profile of the headline train_seg, train_pretrain and
+                             # infer steps (+ PNG each)
   c.torch = True             # time the PyTorch reference when it is installed
   if "smoke" in v:
     # 32³ even here: at 16³ the bottleneck is 1³, where PyTorch refuses instance norm in training
