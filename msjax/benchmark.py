@@ -250,26 +250,27 @@ def bench_setting(config, impl: str, dtype: str, peak: float, workdir: str, head
   b, p = config.batch_size, config.patch_size
   functions = config_base.parse_list(config.functions)
   r: dict[str, dict] = {}
+
+  def trace_dir(key: str) -> str | None:  # the headline setting's profiled functions only
+    profiled = config.profile and headline and key in PROFILED
+    return os.path.join(workdir, f"trace_{key}_{dtype}") if profiled else None
+
   if "train_seg" in functions:
     for strategy in config_base.parse_list(config.strategies):
       _, n_frozen = optim.parse_strategy(strategy)
       key = train_seg_key(optim.strategy_name(strategy))
       logging.info("[benchmark] %s: %s", name, key)
-      profile = config.profile and headline and key == "train_seg"
       r[key] = bench_jax_step("segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
-                              os.path.join(workdir, f"trace_{dtype}") if profile else None,
-                              n_frozen=n_frozen)
+                              trace_dir(key), n_frozen=n_frozen)
   if "train_pretrain" in functions:
     logging.info("[benchmark] %s: train_pretrain", name)
-    r["train_pretrain"] = bench_jax_step(
-        "position", mc, tc, b, p, config.warmup, config.repeats, peak,
-        os.path.join(workdir, f"trace_pretrain_{dtype}") if config.profile and headline else None)
+    r["train_pretrain"] = bench_jax_step("position", mc, tc, b, p, config.warmup, config.repeats,
+                                         peak, trace_dir("train_pretrain"))
   if "infer" in functions:
     logging.info("[benchmark] %s: infer", name)
     r["infer"], volume = bench_jax_infer(
         mc, config.infer_batch, p, config.warmup, config.repeats, peak,
-        volume_shape if headline else None, config.overlap,
-        os.path.join(workdir, f"trace_infer_{dtype}") if config.profile and headline else None)
+        volume_shape if headline else None, config.overlap, trace_dir("infer"))
     if volume:
       r["volume_infer"] = volume
   for key in PROFILED:

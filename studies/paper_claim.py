@@ -90,13 +90,13 @@ def times(runs: list[str]) -> str:
   lines = ["| strategy | seed | run | fine-tuning per fold (min) | predictions, all variants (min) |",
            "| --- | --- | --- | --- | --- |"]
   for arg in runs:
-    seed, workdir, label = parse_run(arg)
-    t = load_run(workdir).get("times_s", {})
+    seed, path, label = parse_run(arg)
+    t = load_run(path).get("times_s", {})
     for s in ORDER:
       tune = [v for k, v in t.items() if k.startswith("finetune ") and k.endswith(f" {s}")]
       pred = [v for k, v in t.items() if k.startswith("predict ") and f" {s}" in k]
       if tune or pred:
-        lines.append(f"| {s} {label}".rstrip() + f" | {seed} | {workdir} | "
+        lines.append(f"| {s} {label}".rstrip() + f" | {seed} | {path} | "
                      + ", ".join(f"{v / 60:.1f}" if v >= 60 else "reused" for v in tune)
                      + f" | {sum(pred) / 60:.1f} |")
   return "\n".join(lines) + "\n" if len(lines) > 2 else ""

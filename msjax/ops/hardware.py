@@ -46,7 +46,7 @@ def cpu_model() -> str:
 
 # the ISA caps a user sets to run (or measure) this CPU as a lesser one, mapped onto _ISA_LEVELS:
 # oneDNN's ONEDNN_MAX_CPU_ISA and XLA's --xla_cpu_max_isa (what a kernel may use, both sides)
-_RANK = {"other": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3, "amx": 4}
+_RANK = {"other": 0, **{name: len(_ISA_LEVELS) - i for i, (name, _) in enumerate(_ISA_LEVELS)}}
 _ONEDNN_CAPS = (("AVX512_CORE_AMX", "amx"), ("AVX10_1_512_AMX", "amx"), ("AVX10", "avx512_bf16"),
                 ("AVX512_CORE_FP16", "avx512_bf16"), ("AVX512_CORE_BF16", "avx512_bf16"),
                 ("AVX512", "avx512"), ("AVX2", "avx2"), ("AVX", "other"), ("SSE", "other"))
