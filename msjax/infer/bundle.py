@@ -189,8 +189,9 @@ def model_card(b: dict) -> str:
       (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None
        else "- no validation patients (every labelled patient was used for training); see the "
             "leave-one-out results this model came from, if any"),
-      f"- last training batch: loss {final.get('loss', float('nan')):.4f}, batch Dice "
-      f"{final.get('batch_dice', float('nan')):.3f}",
+      (f"- last training batch (step {final.get('step', t['steps'])}): loss {final['loss']:.4f}"
+       + (f", batch Dice {final['batch_dice']:.3f}" if "batch_dice" in final else "")
+       if "loss" in final else "- last training batch: not recorded"),
       "", "## Inputs",
       f"- trained sequences: {', '.join(spec['modalities'])}; it takes {spec['rule']}: "
       + "; ".join(" + ".join(x) for x in spec["subsets"]),

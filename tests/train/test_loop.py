@@ -98,6 +98,11 @@ def test_resume_after_interruption_is_bit_exact(tiny_cohort, tmp_path, monkeypat
   # the logged rate is the one the step's update used: the staircase drops after step 2
   lr, decay = 5e-4, 0.985
   np.testing.assert_allclose([r["lr"] for r in rows], [lr, lr, lr * decay, lr * decay], rtol=1e-6)
+  # run again when finished: nothing trains, and the summary and model card keep the last row
+  again = finetune_smoke(tiny_cohort, str(tmp_path / "resumed"), **overrides)[1]
+  assert again["final"]["step"] == 4 and again["final"]["loss"] == rows[-1]["loss"]
+  card = open(tmp_path / "resumed" / "model_card.md").read()
+  assert f"last training batch (step 4): loss {rows[-1]['loss']:.4f}" in card, card
 
 
 def test_zero_intervals_mean_never_not_a_division_by_zero(tiny_cohort, tmp_path):
