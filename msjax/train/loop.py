@@ -261,7 +261,6 @@ def finish(run: Run, step: int, history: list[dict]) -> dict:
   if main_process:
     plots.loss_curve(history, png, run.task)
   # a run resumed at its last step trains nothing: its final row is the history's, read back
-  # a run resumed at its last step trains nothing: its final row is the history's, read back
   last = history[-1] if history and history[-1].get("step") == step else {}
   directory = run.mngr.directory
   summary = {"task": run.task, "workdir": os.path.abspath(run.workdir), "steps": step,
