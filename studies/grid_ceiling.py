@@ -1,0 +1,128 @@
+"""What the paper's 128³ model grid alone costs a lesion mask (issue 32): every real lesion mask
+taken to the model grid and back, scored against itself as leave_one_out scores a prediction.
+
+  python studies/grid_ceiling.py --data ../shared/data --out docs/results/grid_ceiling.md
+
+A network on the 128³ grid can at best reproduce its training label there (the consensus resampled
+as msjax.data.exams makes it: trilinear, >= 0.5) or, at the very best, each coarse voxel's lesion
+fraction (a soft label). Either is brought back to the 1 mm grid the way a prediction is
+(msjax.infer.predict: trilinear, then the threshold) and scored with msjax's own Dice and
+lesion F1 (Anima's detection rules). The result is the ceiling of any Dice this grid can give:
+small lesions lose most, so light-load patients are capped lowest. Masks: the two labelled Lesjak
+patients (lesjak_mni) and the 27 lesion maps of the same database (lesjak_lesion_maps), all on
+the same 182×218×182 1 mm MNI grid.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results  # noqa: E402
+
+from msjax.data import nifti  # noqa: E402
+from msjax.data.lesions import lesion_labels  # noqa: E402
+from msjax.evaluate import metrics  # noqa: E402
+
+MODEL_GRID = (128, 128, 128)
+
+
+def masks(data: str) -> dict[str, str]:
+  """{name: path} of every real lesion mask under `data`."""
+  found = {os.path.basename(os.path.dirname(p)): p
+           for p in sorted(glob.glob(os.path.join(data, "lesjak_mni", "*", "consensus_gt.nii*")))}
+  for p in sorted(glob.glob(os.path.join(data, "lesjak_lesion_maps", "*_consensus_gt.nii*"))):
+    found[os.path.basename(p).split("_")[0] + " (map)"] = p
+  if not found:
+    raise SystemExit(f"{data}: no lesjak_mni/*/consensus_gt.nii* nor lesjak_lesion_maps/*")
+  return found
+
+
+def ceiling(mask: np.ndarray, voxel_mm3: float, thresholds=(0.4, 0.5)) -> dict:
+  """Dice and lesion F1 of `mask` after the model grid and back, per threshold, for the binary
+  training label and the soft (lesion-fraction) one."""
+  label = nifti.resample_mask(mask, MODEL_GRID)               # what training teaches
+  soft = nifti.resample_box(mask.astype(np.float32), MODEL_GRID)  # the best a coarse voxel holds
+  _, n = lesion_labels(mask, voxel_mm3)
+  out = {"ml": float(mask.sum() * voxel_mm3 / 1000), "lesions": int(n)}
+  for name, coarse in (("label", label), ("soft", soft)):
+    back = nifti.resample_box(coarse.astype(np.float32), mask.shape)
+    for t in thresholds:
+      pred = back >= t
+      out[f"dice_{name}_{t:g}"] = metrics.voxel_metrics(pred, mask)["dice"]
+      out[f"f1_{name}_{t:g}"] = metrics.lesion_metrics(pred, mask, voxel_mm3)["lesion_f1"]
+  return out
+
+
+def figure(rows: dict, path: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  names = list(rows)
+  ml = np.array([rows[n]["ml"] for n in names])
+  for key, style, label in (("dice_label_0.4", "o", "Dice, training label, p >= 0.4"),
+                            ("dice_soft_0.5", "s", "Dice, lesion fraction, p >= 0.5"),
+                            ("f1_label_0.4", "^", "lesion F1, training label, p >= 0.4")):
+    ax.scatter(ml, [rows[n][key] for n in names], marker=style, label=label, alpha=0.75)
+  for n in names:
+    if "(map)" not in n:
+      ax.annotate(n, (rows[n]["ml"], rows[n]["dice_label_0.4"]), fontsize=8,
+                  xytext=(4, -10), textcoords="offset points")
+  ax.set_xscale("log")
+  ax.set_xlabel("lesion load (mL, log scale)")
+  ax.set_ylabel("score of the mask after the 128³ grid")
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title("The model grid's ceiling per real lesion mask (29 Lesjak patients)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--data", default="../shared/data")
+  ap.add_argument("--out", default="docs/results/grid_ceiling.md")
+  args = ap.parse_args(argv)
+  rows = {}
+  for name, path in masks(args.data).items():
+    img = nib.load(path)
+    mask = np.asarray(img.dataobj) > 0
+    rows[name] = ceiling(mask, float(np.prod(img.header.get_zooms()[:3])))
+    print(f"{name}: {rows[name]['ml']:.2f} mL, {rows[name]['lesions']} lesions, Dice ceiling "
+          f"{rows[name]['dice_label_0.4']:.3f} (p >= 0.4)", flush=True)
+  png = figure(rows, os.path.splitext(args.out)[0] + ".png")
+  light = [r for r in rows.values() if r["ml"] < 5]
+  heavy = [r for r in rows.values() if r["ml"] >= 5]
+  lines = [results.header("The 128³ model grid's ceiling on the Lesjak lesion masks"),
+           __doc__.split("\n\n", 2)[2].strip(), "",
+           f"![ceiling against load]({os.path.basename(png)})", "",
+           "Dice and lesion F1 (Anima's rules) in %, of each mask against itself after the model "
+           "grid and back; 'label' is the binarised training label, 'soft' each coarse voxel's "
+           "lesion fraction.", "",
+           "| mask | mL | lesions | Dice label p≥0.4 | Dice label p≥0.5 | Dice soft p≥0.5 "
+           "| lesion F1 label p≥0.4 | lesion F1 label p≥0.5 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  pct = lambda v: "undef" if v is None else f"{100 * v:.1f}"  # noqa: E731
+  for name, r in sorted(rows.items(), key=lambda kv: ("(map)" in kv[0], kv[1]["ml"])):
+    lines.append(f"| {name} | {r['ml']:.2f} | {r['lesions']} | {pct(r['dice_label_0.4'])} | "
+                 f"{pct(r['dice_label_0.5'])} | {pct(r['dice_soft_0.5'])} | "
+                 f"{pct(r['f1_label_0.4'])} | {pct(r['f1_label_0.5'])} |")
+  mean = lambda rs, k: 100 * float(np.mean([r[k] for r in rs]))  # noqa: E731
+  lines += ["", f"Mean Dice ceiling (training label, p >= 0.4): {mean(light, 'dice_label_0.4'):.1f} "
+                f"over the {len(light)} masks under 5 mL, {mean(heavy, 'dice_label_0.4'):.1f} "
+                f"over the {len(heavy)} of 5 mL or more.", ""]
+  results.write(args.out, "\n".join(lines))
+  print(f"[grid_ceiling] {len(rows)} masks -> {args.out}, {png}")
+
+
+if __name__ == "__main__":
+  main()
