@@ -37,8 +37,12 @@ def create_train_state(config, task: str, mesh) -> TrainSetup:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   transfer_on, n_frozen = (False, 0) if task == "position" else optim.parse_strategy(tc.freeze)
   labels, frozen = optim.freeze_labels(params, n_frozen, tc.freeze_norms)
-  transferred = (optim.transferred_mask(params, labels, transfer.TRANSFER_RULES)
-                 if transfer_on and tc.get("transferred_lr_scale", 1.0) != 1.0 else None)
+  transferred = None
+  if transfer_on and tc.get("transferred_lr_scale", 1.0) != 1.0:
+    # what init_from transfers learns at the factor: the encoder of a pretraining checkpoint,
+    # encoder and decoder of a segmentation model
+    rules = transfer.source_rules(tc.init_from) if tc.init_from else transfer.TRANSFER_RULES
+    transferred = optim.transferred_mask(params, labels, rules)
   tx = optim.make_optimizer(tc, transferred)
   abstract = parallel.abstract_replicated(
       jax.eval_shape(lambda p: steps.init_state(p, tx, labels), params), mesh)

@@ -59,6 +59,14 @@ def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkp
   return out, {"loaded": sorted(loaded), "kept": sorted(kept), "dropped": dropped}
 
 
+def source_rules(path: str):
+  """The rules transfer_from_checkpoint(params, path) will follow: WHOLE_RULES for a segmentation
+  model (encoder and decoder), TRANSFER_RULES for a pretraining checkpoint (the encoder)."""
+  folder = shipped.find(path)
+  _, meta, _ = checkpoint.restore_params(folder or path)
+  return WHOLE_RULES if meta.get("task") == "segmentation" else TRANSFER_RULES
+
+
 def transfer_from_checkpoint(params: dict, path: str):
   """init_from: a shipped model's name (msjax/shipped) or a workdir / checkpoint folder. A
   position (pretraining) source gives the encoder; a segmentation source the whole network."""

@@ -78,3 +78,18 @@ def test_transferred_leaves_learn_at_their_own_rate_and_frozen_ones_are_left_out
   ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), updates[0.1], updates[1.0])
   for path, r in rules.flat_paths(ratio).items():
     assert r == pytest.approx(0.1 if path.startswith("encoder") else 1.0, rel=1e-4), path
+
+
+def test_a_segmentation_source_trains_its_decoder_at_the_transferred_rate_too():
+  from msjax import config_base
+  from msjax.models import isensee
+  from msjax.models import model as model_lib
+  from msjax.train import transfer
+  assert transfer.source_rules("msjax-lesjak-encoder") is transfer.TRANSFER_RULES
+  assert transfer.source_rules("msjax-lesjak") is transfer.WHOLE_RULES
+  model = model_lib.Model(isensee.constructor("segmentation", config_base.model(base_width=4)))
+  params = model.init_params()
+  labels, _ = optim.freeze_labels(params, 0, log=False)
+  flat = rules.flat_paths(optim.transferred_mask(params, labels, transfer.WHOLE_RULES))
+  assert flat["encoder/conv2/kernel"] and any(v for p, v in flat.items() if p.startswith("decoder"))
+  assert not any(v for p, v in flat.items() if p.startswith("head"))  # not transferred: full rate
