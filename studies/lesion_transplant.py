@@ -5,9 +5,10 @@ and input, with and without transplant, from leave_one_out runs' `leave_one_out.
       --without runs/loo_base --out docs/results/lesion_transplant.md
 
 Each --with / --without (and --also NAME=..., repeatable: a further arm, e.g. a variant of the
-transplant) is a comma-separated list of leave_one_out workdirs (their rows are
-merged: a later run's row for the same fold and method wins), or a results.md table of the same
-columns (e.g. an earlier model card's Results). Strategy 0CF; the FLAIR threshold for reference.
+transplant) is a comma-separated list of leave_one_out workdirs or their leave_one_out.json kept
+elsewhere (their rows are merged: a later run's row for the same fold and method wins), a
+results.md table of the same columns (e.g. an earlier model card's Results), or FILE#ARM, one arm
+of a results file this script wrote (when the runs behind it are gone). Strategy 0CF; the FLAIR threshold for reference.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ FOLDS = ("patient07", "patient26")
 def rows_of(sources: str) -> dict:
   """{(fold, method): row} from leave_one_out workdirs or results.md files."""
   out = {}
-  for src in [s for s in sources.split(",") if s]:
-    if os.path.isdir(src):
-      with open(os.path.join(src, "leave_one_out.json")) as f:
+  # FILE#ARM is one source (an arm's name may hold a comma)
+  for src in [sources] if "#" in sources else [s for s in sources.split(",") if s]:
+    if os.path.isdir(src) or src.endswith(".json"):
+      with open(src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")) as f:
         for r in json.load(f)["rows"]:
           out[(r["fold"], r["method"])] = r
+    elif "#" in src:
+      out.update(arm_of(*src.split("#", 1)))
     else:
       for line in open(src):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -39,6 +43,26 @@ def rows_of(sources: str) -> dict:
           out[(cells[0], cells[1])] = {"dice": pct(cells[2]), "sensitivity": pct(cells[3]),
                                        "precision": pct(cells[4]), "lesion_f1": pct(cells[5]),
                                        "pred_volume_ml": float(cells[6])}
+  return out
+
+
+def arm_of(path: str, arm: str) -> dict:
+  """An arm of an earlier results file of this script (FILE#ARM: its 'ARM: Dice 07 | Dice 26 |
+  mean Dice | lesion F1 26' columns): Dice per fold and patient26's lesion F1, 0CF."""
+  out, col = {}, None
+  pct = lambda v: None if v in ("–", "undef") else float(v.strip("*")) / 100  # noqa: E731
+  for line in open(path):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if col is None and cells and cells[0] == "input":
+      names = [c.rsplit(": Dice 07", 1)[0] for c in cells]
+      if arm not in names:
+        raise SystemExit(f"{path}: no arm '{arm}' (arms: "
+                         f"{[n for n in names if n not in ('input', 'Dice 26', 'mean Dice', 'lesion F1 26')]})")
+      col = names.index(arm)
+    elif col is not None and cells and (cells[0] in VARIANTS or cells[0] == "FLAIR threshold"):
+      m = cells[0] if cells[0] == "FLAIR threshold" else method(cells[0])
+      out[(FOLDS[0], m)] = {"dice": pct(cells[col])}
+      out[(FOLDS[1], m)] = {"dice": pct(cells[col + 1]), "lesion_f1": pct(cells[col + 3])}
   return out
 
 
@@ -76,8 +100,11 @@ def main(argv=None):
   p.add_argument("--also", action="append", default=[], help="NAME=SOURCES, a further arm")
   p.add_argument("--note", default="")
   p.add_argument("--title", default="Lesion transplant on the Lesjak leave-one-out (0CF, Dice %)")
+  p.add_argument("--names", default="with transplant,without",
+                 help="the column names of --with and --without")
   a = p.parse_args(argv)
-  named = {"with transplant": rows_of(a.with_), "without": rows_of(a.without)}
+  first, second = a.names.split(",", 1)
+  named = {first: rows_of(a.with_), second: rows_of(a.without)}
   for arm in a.also:
     name, _, sources = arm.partition("=")
     named[name] = rows_of(sources)
@@ -88,12 +115,12 @@ def main(argv=None):
   text += table(named) + ("\n" + a.note + "\n" if a.note else "")
   times = {}
   for src in a.with_.split(","):
-    path = os.path.join(src, "leave_one_out.json")
-    if os.path.isdir(src) and os.path.exists(path):  # a resumed run's stages took ~0 s: the
+    path = src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")
+    if os.path.exists(path):  # a resumed run's stages took ~0 s: the
       for k, v in json.load(open(path)).get("times_s", {}).items():  # longest is the real one
         times[k] = max(v, times.get(k, 0.0))
   if times:
-    text += "\nWall time on 2 cores (with transplant): " + ", ".join(
+    text += f"\nWall time on 2 cores ({first}): " + ", ".join(
         f"{k} {v / 60:.1f} min" for k, v in times.items() if k != "total") + "\n"
   print(text)
   results.write(a.out, text)
