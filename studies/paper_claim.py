@@ -194,7 +194,8 @@ def main(argv=None):
   text += ("Leave-one-out 07 ↔ 26 with configs/lesjak.py's defaults (width 8, 800 fine-tuning "
            "steps, lesion transplant and robust training on); the encoder of 0CF/nCF is the "
            "shipped msjax-lesjak-encoder (600 steps of position pretraining on the six Lesjak "
-           "scans). Dice in %.\n\n")
+           "scans)" + (", or, where a lever's note says so, one pretrained in the run" if any(
+               parse_run(r)[2] for r in a.run) else "") + ". Dice in %.\n\n")
   text += table(scores) + "\n" + gains(scores)
   text += f"\n![Dice per strategy]({os.path.basename(png)})\n"
   text += "\nWall time on 2 cores, as each run recorded it:\n\n" + times(a.run)
