@@ -75,6 +75,21 @@ def find_checkpoint_dir(path: str) -> str:
   raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected <workdir>/checkpoints/<step>)")
 
 
+def source_task(path: str) -> str | None:
+  """The task ('position', 'segmentation') a finished run or shipped model was trained for, from
+  its metadata alone (no weights read)."""
+  from msjax import shipped
+  path = os.path.abspath(os.path.expanduser(path))
+  if shipped.is_shipped(path):
+    return shipped.read_bundle(path).get("task")
+  handlers = {"meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(find_checkpoint_dir(path),
+                             options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_names=tuple(handlers), item_handlers=handlers) as m:
+    meta = m.restore(m.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return meta["meta"].get("task")
+
+
 def restore_params(path: str, sharding=None):
   """Params and meta of the latest step in find_checkpoint_dir(path) (so a workdir's
   best-validation checkpoint when it has one), onto this process's devices; also its folder.

@@ -8,7 +8,8 @@ Each --with / --without (and --also NAME=..., repeatable: a further arm, e.g. a 
 transplant) is a comma-separated list of leave_one_out workdirs or their leave_one_out.json kept
 elsewhere (their rows are merged: a later run's row for the same fold and method wins), a
 results.md table of the same columns (e.g. an earlier model card's Results), or FILE#ARM, one arm
-of a results file this script wrote (when the runs behind it are gone). Strategy 0CF; the FLAIR threshold for reference.
+of a results file this script wrote (when the runs behind it are gone). Strategy 0CF; the FLAIR
+threshold for reference.
 """
 from __future__ import annotations
 
@@ -54,11 +55,10 @@ def arm_of(path: str, arm: str) -> dict:
   for line in open(path):
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     if col is None and cells and cells[0] == "input":
-      names = [c.rsplit(": Dice 07", 1)[0] for c in cells]
-      if arm not in names:
-        raise SystemExit(f"{path}: no arm '{arm}' (arms: "
-                         f"{[n for n in names if n not in ('input', 'Dice 26', 'mean Dice', 'lesion F1 26')]})")
-      col = names.index(arm)
+      arms = [c[:-len(": Dice 07")] if c.endswith(": Dice 07") else None for c in cells]
+      if arm not in arms:
+        raise SystemExit(f"{path}: no arm '{arm}' (arms: {[a for a in arms if a]})")
+      col = arms.index(arm)
     elif col is not None and cells and (cells[0] in VARIANTS or cells[0] == "FLAIR threshold"):
       m = cells[0] if cells[0] == "FLAIR threshold" else method(cells[0])
       out[(FOLDS[0], m)] = {"dice": pct(cells[col])}

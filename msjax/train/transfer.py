@@ -59,12 +59,15 @@ def transfer_encoder(params: dict, source_params: dict, *, source: str = "checkp
   return out, {"loaded": sorted(loaded), "kept": sorted(kept), "dropped": dropped}
 
 
+def rules_for(task: str | None):
+  """WHOLE_RULES for a segmentation source (encoder and decoder), TRANSFER_RULES for a pretraining
+  one (the encoder)."""
+  return WHOLE_RULES if task == "segmentation" else TRANSFER_RULES
+
+
 def source_rules(path: str):
-  """The rules transfer_from_checkpoint(params, path) will follow: WHOLE_RULES for a segmentation
-  model (encoder and decoder), TRANSFER_RULES for a pretraining checkpoint (the encoder)."""
-  folder = shipped.find(path)
-  _, meta, _ = checkpoint.restore_params(folder or path)
-  return WHOLE_RULES if meta.get("task") == "segmentation" else TRANSFER_RULES
+  """The rules transfer_from_checkpoint(params, path) will follow, from the source's metadata."""
+  return rules_for(checkpoint.source_task(shipped.find(path) or path))
 
 
 def transfer_from_checkpoint(params: dict, path: str):
@@ -82,5 +85,4 @@ def transfer_from_checkpoint(params: dict, path: str):
   if whole:
     logging.info("init_from %s is a segmentation model: the whole network is transferred "
                  "(encoder and decoder)", where)
-  return transfer_encoder(params, source_params, source=where,
-                          rules=WHOLE_RULES if whole else TRANSFER_RULES)
+  return transfer_encoder(params, source_params, source=where, rules=rules_for(meta.get("task")))

@@ -16,4 +16,5 @@ def test_an_arm_of_a_written_table_reads_back_by_name_even_with_a_comma(tmp_path
   got = lesion_transplant.rows_of(f"{path}#transplant, seed 1")
   assert got[("patient26", "0CF")] == {"dice": pytest.approx(0.714), "lesion_f1": 0.65}
   assert got[("patient07", "0CF [FLAIR]")] == {"dice": pytest.approx(0.275)}
-  assert lesion_transplant.rows_of(f"{path}#with transplant")[("patient07", "0CF")]["dice"] == pytest.approx(0.382)
+  first = lesion_transplant.rows_of(f"{path}#with transplant")
+  assert first[("patient07", "0CF")]["dice"] == pytest.approx(0.382)

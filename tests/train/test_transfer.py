@@ -20,3 +20,12 @@ def test_transfer_checks_shapes(pretrained):
   from msjax.train import transfer
   with pytest.raises(ValueError, match="shape"):
     transfer.transfer_encoder(params, source)
+
+
+@pytest.mark.slow  # pretrains a network
+def test_a_source_task_reads_from_its_metadata(pretrained, trained):
+  from msjax.train import transfer
+  assert checkpoint.source_task(pretrained[0]) == "position"
+  assert checkpoint.source_task(trained) == "segmentation"
+  assert transfer.source_rules(pretrained[0]) is transfer.TRANSFER_RULES
+  assert transfer.source_rules(trained) is transfer.WHOLE_RULES
