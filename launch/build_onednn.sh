@@ -6,8 +6,8 @@
 #   export MSJAX_ONEDNN_ROOT=~/.local/onednn-v3.12.4  # msjax builds its extension against it once
 #
 # PyPI's newest GNU-OpenMP oneDNN is 3.2 (onednn-cpu-gomp 2023.2.0, the default); PyTorch 2.13
-# bundles 3.12. Needs git (or an unpacked source in $ONEDNN_SRC), cmake >= 3.13 and g++; about
-# 70 min of compilation on 2 cores. Figures with either version: docs/benchmark.md.
+# bundles 3.12. Needs git (or an unpacked source in $ONEDNN_SRC), cmake >= 3.13 and g++; under
+# 2 h of compilation on 2 cores (measured beside other work). Figures: docs/benchmark.md.
 set -euo pipefail
 VERSION="${1:-v3.12.4}"
 PREFIX="${2:-$HOME/.local/onednn-$VERSION}"
