@@ -28,8 +28,7 @@ FOLDS = ("patient07", "patient26")
 def rows_of(sources: str) -> dict:
   """{(fold, method): row} from leave_one_out workdirs or results.md files."""
   out = {}
-  # FILE#ARM is one source (an arm's name may hold a comma)
-  for src in [sources] if "#" in sources else [s for s in sources.split(",") if s]:
+  for src in split_sources(sources):
     if os.path.isdir(src) or src.endswith(".json"):
       with open(src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")) as f:
         for r in json.load(f)["rows"]:
@@ -45,6 +44,25 @@ def rows_of(sources: str) -> dict:
                                        "precision": pct(cells[4]), "lesion_f1": pct(cells[5]),
                                        "pred_volume_ml": float(cells[6])}
   return out
+
+
+def split_sources(sources: str) -> list[str]:
+  """The comma-separated sources of an arm; FILE#ARM is one source (an arm's name may hold a
+  comma)."""
+  return [sources] if "#" in sources else [s for s in sources.split(",") if s]
+
+
+def wall_times(sources: str) -> dict:
+  """{stage: seconds} of an arm's leave_one_out runs (none for results files); a resumed run's
+  stages took ~0 s, so the longest of a stage's runs is the real one."""
+  times = {}
+  for src in split_sources(sources):
+    if os.path.isdir(src) or src.endswith(".json"):
+      path = src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")
+      for k, v in json.load(open(path)).get("times_s", {}).items():
+        if k != "total":
+          times[k] = max(v, times.get(k, 0.0))
+  return times
 
 
 def arm_of(path: str, arm: str) -> dict:
@@ -104,24 +122,21 @@ def main(argv=None):
                  help="the column names of --with and --without")
   a = p.parse_args(argv)
   first, second = a.names.split(",", 1)
-  named = {first: rows_of(a.with_), second: rows_of(a.without)}
+  arms = {first: a.with_, second: a.without}
   for arm in a.also:
     name, _, sources = arm.partition("=")
-    named[name] = rows_of(sources)
+    arms[name] = sources
+  named = {name: rows_of(sources) for name, sources in arms.items()}
   text = results.header(a.title)
   text += ("Left-out patient scores, 0CF fine-tuned on the other patient, 800 steps; "
            "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
            "the training never used (`thick4mm` is the training's own augmentation).\n\n")
   text += table(named) + ("\n" + a.note + "\n" if a.note else "")
-  times = {}
-  for src in a.with_.split(","):
-    path = src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")
-    if os.path.exists(path):  # a resumed run's stages took ~0 s: the
-      for k, v in json.load(open(path)).get("times_s", {}).items():  # longest is the real one
-        times[k] = max(v, times.get(k, 0.0))
-  if times:
-    text += f"\nWall time on 2 cores ({first}): " + ", ".join(
-        f"{k} {v / 60:.1f} min" for k, v in times.items() if k != "total") + "\n"
+  for name, sources in arms.items():
+    times = wall_times(sources)
+    if times:
+      text += f"\nWall time on 2 cores ({name}): " + ", ".join(
+          f"{k} {v / 60:.1f} min" for k, v in times.items()) + "\n"
   print(text)
   results.write(a.out, text)
   print(f"-> {a.out}")

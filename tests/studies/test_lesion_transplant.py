@@ -18,3 +18,23 @@ def test_an_arm_of_a_written_table_reads_back_by_name_even_with_a_comma(tmp_path
   assert got[("patient07", "0CF [FLAIR]")] == {"dice": pytest.approx(0.275)}
   first = lesion_transplant.rows_of(f"{path}#with transplant")
   assert first[("patient07", "0CF")]["dice"] == pytest.approx(0.382)
+
+
+def test_each_arm_gets_its_runs_wall_times_and_a_results_file_none(tmp_path):
+  import json
+  rows = [{"fold": "patient07", "method": "0CF", "dice": 0.3},
+          {"fold": "patient26", "method": "0CF", "dice": 0.7, "lesion_f1": 0.6}]
+  for name, minutes in (("a.json", 10.0), ("b.json", 12.0)):
+    (tmp_path / name).write_text(json.dumps({"rows": rows, "times_s": {
+        "finetune patient07 0CF": minutes * 60, "total": 1e6}}))
+  earlier = tmp_path / "earlier.md"
+  earlier.write_text("# earlier\n\n" + lesion_transplant.table(
+      {"x, y": {(r["fold"], r["method"]): r for r in rows}}))
+  out = tmp_path / "out.md"
+  lesion_transplant.main(["--with", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}",
+                          "--without", f"{earlier}#x, y", "--also", f"c={tmp_path / 'a.json'}",
+                          "--names", "ab,old", "--out", str(out)])
+  text = out.read_text()
+  assert "Wall time on 2 cores (ab): finetune patient07 0CF 12.0 min\n" in text  # the longest
+  assert "Wall time on 2 cores (c): finetune patient07 0CF 10.0 min\n" in text
+  assert "(old)" not in text and "total" not in text
