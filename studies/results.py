@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -42,7 +43,8 @@ def commit() -> str:
 
 
 def header(title: str, command: str | None = None) -> str:
-  command = command or " ".join([os.path.basename(sys.executable)] + sys.argv)
+  """The title, when, where and the command, quoted for a shell: pasted, it writes the file again."""
+  command = command or shlex.join([os.path.basename(sys.executable)] + sys.argv)
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   return (f"# {title}\n\n_Generated {now} on {cpu()}, msjax at commit {commit()}, by_\n\n"
           f"```\n{command}\n```\n\n")
