@@ -44,14 +44,18 @@ def get_config(variant: str = ""):
                                 # or a shipped encoder's name, shipped with the model as it is)
   c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
                                 # over its left-out patients ('' = predict.threshold)
-  c.card_results = ""           # markdown files (comma-separated) of measured figures for the
-                                # model card's Results (docs/results/: the leave-one-out's tables)
+  # markdown files (comma-separated) of measured figures for the model card's Results: the
+  # recipe's leave-one-out at two seeds, the evidence for its 0CF initialisation and what was
+  # tried to widen it (issue 37), the reliability of its probabilities
+  c.card_results = ",".join(f"docs/results/{name}.md" for name in (
+      "shared_preprocessing", "paper_claim", "transfer_levers", "reliability"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
     c[block] = config_dict.ConfigDict(base[block].to_dict())
   config_base.allow_any_geometry(c, base.allow_any_geometry)
   if "smoke" in v:  # the synthetic cohort at its own grid; out must be given
+    c.card_results = ""
     c.labelled = ""
     c.unlabelled_raw = ""
     c.preprocess_labelled = ""

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -153,6 +154,7 @@ def run(config, workdir: str) -> dict:
   _same_run(config, workdir)
   threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
       config.strategy)[0]) if config.threshold_from else (None, ""))
+  results = card_results(config.card_results)  # read now: a missing file fails before training
   given, labelled, everything, prep = scans(config, workdir)
   as_train = [dataclasses.replace(e, split="train") for e in everything]
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))
@@ -188,11 +190,6 @@ def run(config, workdir: str) -> dict:
     encoder = export_lib.export(
         pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
         training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
-  results = []
-  for path in config_base.parse_list(config.card_results):  # measured figures for the card,
-    with open(path) as f:                                   # generated files (docs/results/)
-      results.append(_demote_headings(f.read()))
-  results = "\n\n".join(results)
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training={"pretraining_scans": pre_scans, "encoder": encoder_name,
                                       "encoder_sha256": encoder_sha,
@@ -210,6 +207,23 @@ def run(config, workdir: str) -> dict:
     print(f"  {os.path.join(out, name)}/  {w['parameters']:,} parameters, {w['file']} "
           f"{w['bytes'] / 1e6:.2f} MB, sha256 {w['sha256'][:16]}...")
   return summary
+
+
+def card_results(paths: str) -> str:
+  """The measured figures for the card's Results: generated results files (docs/results/), their
+  headings demoted below the card's own, each figure link (relative to its file, which the
+  package does not carry) turned into a line naming the figure's path in the repository."""
+  parts = []
+  for path in config_base.parse_list(paths):
+    if not os.path.isfile(path):
+      raise errors.InvalidInputError(f"{path}: release.card_results names no such file")
+    with open(path) as f:
+      text = _demote_headings(f.read())
+    folder = os.path.relpath(os.path.dirname(os.path.abspath(path)))
+    parts.append(re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)",
+                        lambda m: f"Figure ({m.group(1)}): {os.path.join(folder, m.group(2))} "
+                                  "(in the repository)", text))
+  return "\n\n".join(parts)
 
 
 def _demote_headings(text: str) -> str:

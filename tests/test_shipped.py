@@ -324,3 +324,24 @@ def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_pat
       with pytest.raises(errors.InvalidInputError, match=match) as e:
         load(folder)
       assert "bundle.json" in str(e.value)
+
+
+def test_card_results_turn_figure_links_into_repository_paths_and_a_missing_file_is_refused(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "docs" / "results").mkdir(parents=True)
+  (tmp_path / "docs" / "results" / "claim.md").write_text(
+      "# The claim\n\n| a |\n\n![Dice per strategy](claim.png)\n")
+  text = release.card_results("docs/results/claim.md")
+  assert text.startswith("### The claim") and "![" not in text
+  assert "Figure (Dice per strategy): docs/results/claim.png (in the repository)" in text
+  with pytest.raises(errors.InvalidInputError, match="docs/results/gone.md: .*no such file"):
+    release.card_results("docs/results/claim.md,docs/results/gone.md")
+
+
+def test_the_release_config_names_results_files_that_exist():
+  from conftest import ROOT
+  config = load_config("release")
+  assert load_config("release", "smoke").card_results == ""  # the synthetic model has none
+  for path in config.card_results.split(","):
+    assert os.path.isfile(os.path.join(ROOT, path)), path
