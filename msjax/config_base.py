@@ -108,8 +108,8 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.lr = 5e-4                    # Isensee 2017
   c.lr_decay = 0.985             # per epoch
   c.steps_per_epoch = 100
-  # "isensee" (the line above: ×lr_decay per epoch) or "poly" (nnU-Net v2: lr × (1 - step /
-  # steps)^0.9, to 0 at the last step; measured in docs/results/model_levers.md)
+  # "isensee" (the two lines above: ×lr_decay per epoch) or "poly" (nnU-Net v2: lr × (1 - step /
+  # steps)^0.9, towards 0 at the last step; measured in docs/results/model_levers.md)
   c.lr_schedule = "isensee"
   c.weight_decay = 1e-5
   c.log_every = 10               # 0: the first and last steps only

@@ -29,6 +29,10 @@ from msjax import leave_one_out as loo
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.infer import export as export_lib
+from msjax.train import optim
+
+# the checkout msjax runs from (release trains from the repository's configs and docs/results/)
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def scans(config, workdir: str):
@@ -155,6 +159,8 @@ def run(config, workdir: str) -> dict:
   threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
       config.strategy)[0]) if config.threshold_from else (None, ""))
   results = card_results(config.card_results)  # read now: a missing file fails before training
+  for train_config in (config.pretrain, config.finetune):  # and a misspelt schedule
+    optim.learning_rate(train_config)
   given, labelled, everything, prep = scans(config, workdir)
   as_train = [dataclasses.replace(e, split="train") for e in everything]
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))
@@ -211,17 +217,19 @@ def run(config, workdir: str) -> dict:
 
 def card_results(paths: str) -> str:
   """The measured figures for the card's Results: generated results files (docs/results/), their
-  headings demoted below the card's own, each figure link (relative to its file, which the
-  package does not carry) turned into a line naming the figure's path in the repository."""
+  headings demoted below the card's own, each figure link (relative to its file; the package
+  does not carry the figure) turned into a line naming the figure's path in the repository."""
   parts = []
   for path in config_base.parse_list(paths):
     if not os.path.isfile(path):
       raise errors.InvalidInputError(f"{path}: release.card_results names no such file")
     with open(path) as f:
       text = _demote_headings(f.read())
-    folder = os.path.relpath(os.path.dirname(os.path.abspath(path)))
-    parts.append(re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)",
-                        lambda m: f"Figure ({m.group(1)}): {os.path.join(folder, m.group(2))} "
+    # the repository's path, never the training machine's
+    folder = os.path.relpath(os.path.dirname(os.path.abspath(path)), REPOSITORY)
+    parts.append(re.sub(r"!\[([^\]]*)\]\((?![a-z]+://)([^)\s]+)\)",
+                        lambda m: f"Figure ({m.group(1)}): "
+                                  f"{os.path.normpath(os.path.join(folder, m.group(2)))} "
                                   "(in the repository)", text))
   return "\n\n".join(parts)
 

@@ -59,7 +59,9 @@ def wall_times(sources: str) -> dict:
   for src in split_sources(sources):
     if os.path.isdir(src) or src.endswith(".json"):
       path = src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")
-      for k, v in json.load(open(path)).get("times_s", {}).items():
+      with open(path) as f:
+        stage_times = json.load(f).get("times_s", {})
+      for k, v in stage_times.items():
         if k != "total":
           times[k] = max(v, times.get(k, 0.0))
   return times
@@ -127,7 +129,7 @@ def main(argv=None):
     name, _, sources = arm.partition("=")
     arms[name] = sources
   named = {name: rows_of(sources) for name, sources in arms.items()}
-  text = results.header(a.title)
+  text = results.header(a.title, argv=argv)
   text += ("Left-out patient scores, 0CF fine-tuned on the other patient, 800 steps; "
            "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
            "the training never used (`thick4mm` is the training's own augmentation).\n\n")

@@ -190,7 +190,7 @@ def main(argv=None):
   scores = collect(a.run)
   os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
   png = figure(scores, os.path.splitext(a.out)[0] + ".png")
-  text = results.header(a.title)
+  text = results.header(a.title, argv=argv)
   text += ("Leave-one-out 07 ↔ 26 with configs/lesjak.py's defaults (width 8, 800 fine-tuning "
            "steps, lesion transplant and robust training on); the encoder of 0CF/nCF is the "
            "shipped msjax-lesjak-encoder (600 steps of position pretraining on the six Lesjak "

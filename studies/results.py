@@ -42,9 +42,11 @@ def commit() -> str:
     return "unknown"
 
 
-def header(title: str, command: str | None = None) -> str:
-  """The title, when, where and the command, quoted for a shell: pasted, it writes the file again."""
-  command = command or shlex.join([os.path.basename(sys.executable)] + sys.argv)
+def header(title: str, command: str | None = None, argv: list[str] | None = None) -> str:
+  """The title, when, where and the command: this script with `argv` (a main(argv)'s arguments;
+  None: this process's), quoted for a shell, so that pasted it writes the file again."""
+  args = sys.argv[1:] if argv is None else list(argv)
+  command = command or shlex.join([os.path.basename(sys.executable), sys.argv[0]] + args)
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   return (f"# {title}\n\n_Generated {now} on {cpu()}, msjax at commit {commit()}, by_\n\n"
           f"```\n{command}\n```\n\n")

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import LESJAK_MNI, finetune_smoke, load_config, needs_lesjak
+from conftest import LESJAK_MNI, ROOT, finetune_smoke, load_config, needs_lesjak
 from msjax import checkpoint, errors, release, rules, segment, shipped
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import predict
@@ -329,18 +329,21 @@ def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_pat
 def test_card_results_turn_figure_links_into_repository_paths_and_a_missing_file_is_refused(
     tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(release, "REPOSITORY", str(tmp_path))
   (tmp_path / "docs" / "results").mkdir(parents=True)
   (tmp_path / "docs" / "results" / "claim.md").write_text(
-      "# The claim\n\n| a |\n\n![Dice per strategy](claim.png)\n")
-  text = release.card_results("docs/results/claim.md")
-  assert text.startswith("### The claim") and "![" not in text
+      "# The claim\n\n| a |\n\n![Dice per strategy](claim.png)\n![up](../figures/u.png)\n"
+      "![web](https://example.org/w.png)\n")
+  text = release.card_results(str(tmp_path / "docs" / "results" / "claim.md"))  # absolute
+  assert text.startswith("### The claim") and "![Dice" not in text and str(tmp_path) not in text
   assert "Figure (Dice per strategy): docs/results/claim.png (in the repository)" in text
+  assert "Figure (up): docs/figures/u.png (in the repository)" in text
+  assert "![web](https://example.org/w.png)" in text  # a link that works anywhere stays
   with pytest.raises(errors.InvalidInputError, match="docs/results/gone.md: .*no such file"):
     release.card_results("docs/results/claim.md,docs/results/gone.md")
 
 
 def test_the_release_config_names_results_files_that_exist():
-  from conftest import ROOT
   config = load_config("release")
   assert load_config("release", "smoke").card_results == ""  # the synthetic model has none
   for path in config.card_results.split(","):

@@ -71,8 +71,10 @@ LR_SCHEDULES = ("isensee", "poly")
 
 def learning_rate(train_config):
   """train.lr_schedule: "isensee" (Isensee 2017: ×lr_decay per epoch of steps_per_epoch steps,
-  staircase; over the 800 steps of the real-data recipe that ends at 0.89 × lr) or "poly"
-  (nnU-Net v2's PolyLRScheduler: lr × (1 - step / steps)^0.9, annealed to 0 at the last step)."""
+  staircase; over the real-data recipe's 800 fine-tuning steps that ends at 0.90 × lr) or "poly"
+  (nnU-Net v2's PolyLRScheduler: lr × (1 - step / steps)^0.9, towards 0: the last update at
+  lr × (1 / steps)^0.9). Poly makes train.steps part of the schedule: resuming a run with more
+  steps lifts the rate from near 0 again (800 -> 1600 steps: to 0.54 × lr)."""
   name = train_config.get("lr_schedule", "isensee")
   if name == "isensee":
     return optax.exponential_decay(train_config.lr, transition_steps=train_config.steps_per_epoch,

@@ -1,4 +1,7 @@
-"""studies/lesion_transplant.py: an arm of an earlier results file reads back by its name."""
+"""studies/lesion_transplant.py: an arm of an earlier results file reads back by its name; each
+arm's wall time comes from its own runs."""
+import json
+
 import pytest
 
 from studies import lesion_transplant
@@ -21,7 +24,6 @@ def test_an_arm_of_a_written_table_reads_back_by_name_even_with_a_comma(tmp_path
 
 
 def test_each_arm_gets_its_runs_wall_times_and_a_results_file_none(tmp_path):
-  import json
   rows = [{"fold": "patient07", "method": "0CF", "dice": 0.3},
           {"fold": "patient26", "method": "0CF", "dice": 0.7, "lesion_f1": 0.6}]
   for name, minutes in (("a.json", 10.0), ("b.json", 12.0)):

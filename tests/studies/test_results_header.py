@@ -11,3 +11,9 @@ def test_the_header_command_quotes_arguments_with_spaces_and_quotes(monkeypatch)
   text = results.header("t")
   command = text.split("```\n", 1)[1].split("\n```", 1)[0]
   assert shlex.split(command)[1:] == argv
+
+
+def test_a_main_called_with_argv_records_those_arguments(monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["studies/x.py", "--from", "the", "shell"])
+  text = results.header("t", argv=["--note", "two words"])
+  assert "studies/x.py --note 'two words'\n" in text and "shell" not in text
