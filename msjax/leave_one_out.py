@@ -29,7 +29,6 @@ from msjax.evaluate import baseline, metrics, outlines
 from msjax.evaluate import variants as variants_lib
 from msjax.infer import outputs
 from msjax.infer import predict as predict_lib
-from msjax.train import optim
 
 MEASURES = stages.MEASURES
 BASELINE = "FLAIR threshold"
@@ -205,8 +204,7 @@ def plan(config, workdir: str, res: Results):
     raise ValueError(f"folds {unknown} are not labelled patients of {labelled_cohort.root} "
                      f"({patients})")
   strategies = stages.strategy_names(config.strategies)
-  for train_config in (config.pretrain, config.finetune):  # a misspelt schedule fails now,
-    optim.learning_rate(train_config)                       # not after the pretraining
+  stages.check_schedules(config)
   prep = (res.timed("preprocess labelled", preprocess_labelled, config, workdir)
           if config.preprocess_labelled else None)
   # the labelled cohort's own unlabelled exams go to pretraining too

@@ -29,7 +29,6 @@ from msjax import leave_one_out as loo
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.infer import export as export_lib
-from msjax.train import optim
 
 # the checkout msjax runs from (release trains from the repository's configs and docs/results/)
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,8 +158,7 @@ def run(config, workdir: str) -> dict:
   threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
       config.strategy)[0]) if config.threshold_from else (None, ""))
   results = card_results(config.card_results)  # read now: a missing file fails before training
-  for train_config in (config.pretrain, config.finetune):  # and a misspelt schedule
-    optim.learning_rate(train_config)
+  stages.check_schedules(config)
   given, labelled, everything, prep = scans(config, workdir)
   as_train = [dataclasses.replace(e, split="train") for e in everything]
   pre_manifest = loo.write_manifest(as_train, os.path.join(workdir, "cohorts", "pretrain.json"))

@@ -26,6 +26,13 @@ def freeze_value(strategy: str) -> str:
   return str(n) if transfer else "van"
 
 
+def check_schedules(config) -> None:
+  """A composite mode's pretraining and fine-tuning schedules built once up front, so that a
+  misspelt train.lr_schedule is refused before hours of preprocessing and pretraining."""
+  for train_config in (config.pretrain, config.finetune):
+    optim.learning_rate(train_config)
+
+
 def predict_options(config, **changes) -> predict_lib.PredictOptions:
   """The PredictOptions of a composite job's config: its predict block, seed and geometry
   switch."""

@@ -29,8 +29,8 @@ def rows_of(sources: str) -> dict:
   """{(fold, method): row} from leave_one_out workdirs or results.md files."""
   out = {}
   for src in split_sources(sources):
-    if os.path.isdir(src) or src.endswith(".json"):
-      with open(src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")) as f:
+    if run_file(src):
+      with open(run_file(src)) as f:
         for r in json.load(f)["rows"]:
           out[(r["fold"], r["method"])] = r
     elif "#" in src:
@@ -52,14 +52,20 @@ def split_sources(sources: str) -> list[str]:
   return [sources] if "#" in sources else [s for s in sources.split(",") if s]
 
 
+def run_file(src: str) -> str | None:
+  """A source's leave_one_out.json (a workdir's or one kept elsewhere), None for a results file."""
+  if src.endswith(".json"):
+    return src
+  return os.path.join(src, "leave_one_out.json") if os.path.isdir(src) else None
+
+
 def wall_times(sources: str) -> dict:
   """{stage: seconds} of an arm's leave_one_out runs (none for results files); a resumed run's
   stages took ~0 s, so the longest of a stage's runs is the real one."""
   times = {}
   for src in split_sources(sources):
-    if os.path.isdir(src) or src.endswith(".json"):
-      path = src if src.endswith(".json") else os.path.join(src, "leave_one_out.json")
-      with open(path) as f:
+    if run_file(src):
+      with open(run_file(src)) as f:
         stage_times = json.load(f).get("times_s", {})
       for k, v in stage_times.items():
         if k != "total":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shlex
 import sys
 import time
 
@@ -76,8 +75,9 @@ def main(argv=None):
   base = predict.PredictOptions.from_config(loo_config.get_config().predict)
   exams = {e.exam_id: e for e in cohort_lib.load_cohort(a.labelled).exams}
   rows = [r for run in a.run for r in score(run, a.strategy, exams, base)]
-  text = (results.header("Test-time mirroring against the consensus (leave-one-out folds)",
-                         "python studies/mirroring_truth.py " + shlex.join(argv or sys.argv[1:]))
+  text = (results.header(
+      "Test-time mirroring against the consensus (leave-one-out folds)",
+      argv=argv)
           + (a.note + "\n\n" if a.note else "") + table(rows) + "\n")
   print(text)
   results.write(a.out, text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 
 import numpy as np
@@ -88,8 +87,9 @@ def main(argv=None):
   for r in rows:
     if r["arm"] == "reference":
       r["arm"] = ref_name
-  text = (results.header("segment's settings: masks against the reference and time",
-                         "python studies/segment_compare.py " + shlex.join(argv or sys.argv[1:]))
+  text = (results.header(
+      "segment's settings: masks against the reference and time",
+      argv=argv)
           + (a.note + "\n\n" if a.note else "")
           + table(rows, [ref_name] + [n for n, _ in runs]) + "\n")
   print(text)

@@ -66,7 +66,12 @@ def freeze_labels(params, n_frozen: int, freeze_norms: bool = True, log: bool = 
   return labels, frozen
 
 
-LR_SCHEDULES = ("isensee", "poly")
+LR_SCHEDULES = {  # train.lr_schedule -> the schedule of a train config
+    "isensee": lambda tc: optax.exponential_decay(
+        tc.lr, transition_steps=tc.steps_per_epoch, decay_rate=tc.lr_decay, staircase=True),
+    "poly": lambda tc: optax.polynomial_schedule(
+        tc.lr, 0.0, power=0.9, transition_steps=max(1, int(tc.steps))),
+}
 
 
 def learning_rate(train_config):
@@ -76,14 +81,10 @@ def learning_rate(train_config):
   lr × (1 / steps)^0.9). Poly makes train.steps part of the schedule: resuming a run with more
   steps lifts the rate from near 0 again (800 -> 1600 steps: to 0.54 × lr)."""
   name = train_config.get("lr_schedule", "isensee")
-  if name == "isensee":
-    return optax.exponential_decay(train_config.lr, transition_steps=train_config.steps_per_epoch,
-                                   decay_rate=train_config.lr_decay, staircase=True)
-  if name == "poly":
-    return optax.polynomial_schedule(train_config.lr, 0.0, power=0.9,
-                                     transition_steps=max(1, int(train_config.steps)))
-  raise errors.InvalidInputError(
-      f"train.lr_schedule={name!r}: not one of {', '.join(LR_SCHEDULES)}")
+  if name not in LR_SCHEDULES:
+    raise errors.InvalidInputError(
+        f"train.lr_schedule={name!r}: not one of {', '.join(LR_SCHEDULES)}")
+  return LR_SCHEDULES[name](train_config)
 
 
 def split_frozen(params: dict, labels: dict) -> tuple[dict, dict]:
