@@ -30,8 +30,6 @@ from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
 from msjax.infer import export as export_lib
 
-# the checkout msjax runs from (release trains from the repository's configs and docs/results/)
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def scans(config, workdir: str):
@@ -224,12 +222,26 @@ def card_results(paths: str) -> str:
     with open(path) as f:
       text = _demote_headings(f.read())
     # the repository's path, never the training machine's
-    folder = os.path.relpath(os.path.dirname(os.path.abspath(path)), REPOSITORY)
+    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.relpath(folder, repository_root(folder))
     parts.append(re.sub(r"!\[([^\]]*)\]\((?![a-z]+://)([^)\s]+)\)",
                         lambda m: f"Figure ({m.group(1)}): "
                                   f"{os.path.normpath(os.path.join(folder, m.group(2)))} "
                                   "(in the repository)", text))
   return "\n\n".join(parts)
+
+
+def repository_root(folder: str) -> str:
+  """The checkout that holds folder: the nearest folder up with a pyproject.toml or .git (msjax
+  itself may be installed elsewhere, e.g. into site-packages); the working directory if none."""
+  here = os.path.abspath(folder)
+  while True:
+    if any(os.path.exists(os.path.join(here, m)) for m in ("pyproject.toml", ".git")):
+      return here
+    parent = os.path.dirname(here)
+    if parent == here:
+      return os.getcwd()
+    here = parent
 
 
 def _demote_headings(text: str) -> str:

@@ -329,7 +329,7 @@ def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_pat
 def test_card_results_turn_figure_links_into_repository_paths_and_a_missing_file_is_refused(
     tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(release, "REPOSITORY", str(tmp_path))
+  (tmp_path / "pyproject.toml").write_text("")  # the checkout's root, wherever msjax is installed
   (tmp_path / "docs" / "results").mkdir(parents=True)
   (tmp_path / "docs" / "results" / "claim.md").write_text(
       "# The claim\n\n| a |\n\n![Dice per strategy](claim.png)\n![up](../figures/u.png)\n"

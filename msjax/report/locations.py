@@ -111,10 +111,28 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
 
 
 def _grow(mask: np.ndarray, mm: float, spacing) -> np.ndarray:
-  """Voxels within mm of the mask (Euclidean, in the grid's own voxel sizes)."""
+  """Voxels within mm of the mask (Euclidean, in the grid's own voxel sizes). The distance map
+  is computed on the mask's bounding box grown by mm only (nothing further can be within mm):
+  the same voxels as on the whole grid, at a fraction of the time for a small mask."""
   if mm <= 0 or not mask.any():
     return mask.copy()
-  return ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
+  spacing = np.broadcast_to(np.asarray(spacing, float), (mask.ndim,))
+  nz = np.nonzero(mask)
+  reach = np.ceil(mm / spacing).astype(int) + 1
+  box = tuple(slice(max(int(a.min()) - r, 0), min(int(a.max()) + r + 1, n))
+              for a, r, n in zip(nz, reach, mask.shape))
+  out = np.zeros(mask.shape, bool)
+  out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= mm
+  return out
+
+
+def _lesion_minimum(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+  """The least value over each lesion's voxels (labels 1..n; inf for an empty label):
+  ndimage.minimum's answer, reading the lesion voxels only (it sorts the whole grid)."""
+  out = np.full(n + 1, np.inf)
+  inside = lab > 0
+  np.minimum.at(out, lab[inside], values[inside])
+  return out[1:]
 
 
 def tissue_model(channels: list[np.ndarray], where: np.ndarray, priors: np.ndarray,
@@ -128,15 +146,15 @@ def tissue_model(channels: list[np.ndarray], where: np.ndarray, priors: np.ndarr
     pick = np.random.default_rng(seed).choice(len(x), max_voxels, replace=False)
     x, p = x[pick], p[pick]
   p /= p.sum(1, keepdims=True)
-  resp = p
+  resp, log_p, floor = p, np.log(p), 1e-6 * x.var(0) + 1e-12
   for _ in range(iterations):
     w = resp.sum(0)[:, None] + 1e-9
     mean = resp.T @ x / w
-    var = np.stack([(resp[:, k:k + 1] * (x - mean[k]) ** 2).sum(0) for k in range(len(w))]) / w
-    std = np.sqrt(np.maximum(var, 1e-6 * x.var(0) + 1e-12))
-    log_like = -0.5 * (((x[:, None, :] - mean[None]) / std[None]) ** 2).sum(-1) - np.log(
-        std).sum(-1)[None]
-    log_post = np.log(p) + log_like
+    square = (x[:, None, :] - mean[None]) ** 2  # (N, K, C), for the spreads and the likelihood
+    var = np.einsum("nk,nkc->kc", resp, square) / w
+    std = np.sqrt(np.maximum(var, floor))
+    log_like = -0.5 * (square / std[None] ** 2).sum(-1) - np.log(std).sum(-1)[None]
+    log_post = log_p + log_like
     log_post -= log_post.max(1, keepdims=True)
     resp = np.exp(log_post)
     resp /= resp.sum(1, keepdims=True)
@@ -276,9 +294,8 @@ def _classify_lesions(lab, lesion, prior, ventricles, cortex, spacing, cfg):
                   if ventricles.any() else np.full(lab.shape, np.inf))
   to_cortex = (ndimage.distance_transform_edt(~cortex, sampling=spacing)
                if cortex.any() else np.full(lab.shape, np.inf))
-  index = np.arange(1, n + 1)
-  d_vent = ndimage.minimum(to_ventricle, lab, index)
-  d_cort = ndimage.minimum(to_cortex, lab, index)
+  d_vent = _lesion_minimum(to_ventricle, lab, n)
+  d_cort = _lesion_minimum(to_cortex, lab, n)
   ids = lab[lesion]
   infra_voxel = atlas_lib.infratentorial_mni(_mni_points(np.argwhere(lesion), prior.affine))
   sizes = np.bincount(ids, minlength=n + 1)[1:]

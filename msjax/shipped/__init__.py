@@ -182,6 +182,9 @@ def load_params(folder: str):
   bundle = read_bundle(folder)
   file = verify(folder, bundle)
   cfg = config_dict.ConfigDict(bundle["config"])
+  # the template gives the parameters' paths and shapes, float32 whatever the compute dtype: a
+  # bundle's "auto" is not resolved here (its log line would contradict a user's model.dtype)
+  cfg.model.dtype = "float32"
   model = model_lib.Model(isensee.constructor(bundle["task"], cfg.model))
   template = nnx.to_pure_dict(model.template)
   try:

@@ -256,3 +256,27 @@ def test_derived_atlas_is_cached_on_disk_and_read_back(tmp_path, monkeypatch):
   finally:
     atlas.mni_atlas.cache_clear()
     atlas._packed_regions.cache_clear()
+
+
+@pytest.mark.parametrize("mm", [0.5, 3.0, 7.0])
+def test_growing_on_the_masks_box_is_growing_on_the_whole_grid(mm):
+  """_grow measures distances on the mask's box grown by mm only: the same voxels as the
+  distance map of the whole grid, for masks in the middle, at an edge and filling the grid."""
+  rng = np.random.default_rng(3)
+  spacing = np.array([0.8, 1.0, 3.0])
+  middle = np.zeros((40, 36, 20), bool)
+  middle[12:20, 10:14, 8:10] = rng.random((8, 4, 2)) > 0.5
+  edge = np.zeros((40, 36, 20), bool)
+  edge[0:3, 30:36, 17:20] = True
+  edge[25, 5, 0] = True
+  for mask in (middle, edge, np.ones((6, 5, 4), bool)):
+    whole = ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
+    np.testing.assert_array_equal(locations._grow(mask, mm, spacing), whole)
+
+
+def test_each_lesions_least_distance_is_ndimages_minimum():
+  rng = np.random.default_rng(4)
+  lab, n = ndimage.label(rng.random((30, 30, 12)) > 0.8)
+  values = rng.random(lab.shape) * 50
+  np.testing.assert_array_equal(locations._lesion_minimum(values, lab, n),
+                                ndimage.minimum(values, lab, np.arange(1, n + 1)))
