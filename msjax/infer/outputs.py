@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from scipy import ndimage
 
 from msjax import figures, files
 from msjax.data import lesions as lesions_lib
@@ -190,13 +189,10 @@ def lesion_table(mask: np.ndarray, probability: np.ndarray, affine: np.ndarray,
   labels, n = lesions_lib.lesion_labels(mask, voxel_mm3, min_mm3=0.0)
   if n == 0:
     return []
-  index = np.arange(1, n + 1)
-  counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-  centres = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, index), float)
-  world = (np.c_[centres, np.ones(n)] @ np.asarray(affine, float).T)[:, :3]
+  stats = lesions_lib.per_lesion(labels, n, probability)
+  counts, mean, peak = stats["voxels"], stats["mean"], stats["max"]
+  world = (np.c_[stats["centre"], np.ones(n)] @ np.asarray(affine, float).T)[:, :3]
   mni = to_mni(world) if to_mni is not None else None
-  mean = ndimage.mean(probability, labels, index)
-  peak = ndimage.maximum(probability, labels, index)
   rows = []
   for i in range(n):
     rows.append({"lesion_id": i + 1, "voxels": int(counts[i]),

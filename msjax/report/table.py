@@ -16,7 +16,6 @@ standard deviation):
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from msjax.data import lesions as lesions_lib
 from msjax.report import locations as locations_lib
@@ -76,14 +75,12 @@ def confidence(labels: np.ndarray, probability: np.ndarray, spread: np.ndarray |
   n = int(labels.max()) if labels.size else 0
   if n == 0:
     return {}
-  index = np.arange(1, n + 1)
-  sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
   p = np.asarray(probability, np.float32)
   s = np.zeros_like(p) if spread is None else np.asarray(spread, np.float32)
-  mean_p = ndimage.mean(p, labels, index)
-  max_p = ndimage.maximum(p, labels, index)
-  mean_s = ndimage.mean(s, labels, index)
-  sure = np.bincount(labels.ravel(), weights=((p - s) >= threshold).ravel(), minlength=n + 1)[1:]
+  prob = lesions_lib.per_lesion(labels, n, p)
+  sizes, mean_p, max_p = prob["voxels"], prob["mean"], prob["max"]
+  mean_s = lesions_lib.per_lesion(labels, n, s)["mean"]
+  sure_share = lesions_lib.per_lesion(labels, n, (p - s) >= threshold)["mean"]
   out = {}
   for i in range(n):
     if sizes[i] == 0:
@@ -91,7 +88,7 @@ def confidence(labels: np.ndarray, probability: np.ndarray, spread: np.ndarray |
     out[i + 1] = {"mean_probability": round(float(mean_p[i]), 4),
                   "max_probability": round(float(max_p[i]), 4),
                   "mean_uncertainty": None if spread is None else round(float(mean_s[i]), 4),
-                  "confidence": None if spread is None else round(float(sure[i] / sizes[i]), 4)}
+                  "confidence": None if spread is None else round(float(sure_share[i]), 4)}
   return out
 
 

@@ -6,6 +6,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from msjax.data import lesions as lesions_lib
 from msjax.evaluate import cxx_sort, evaluate_mode, metrics
@@ -275,3 +276,22 @@ def test_hd95_is_medpy_s_pooled_percentile():
   assert pooled < directed
   with pytest.raises(ValueError, match="different grids"):
     metrics.evaluate_masks(a, a[:-1], ONE_MM)
+
+
+def test_per_lesion_figures_are_ndimages():
+  """Centres, means and maxima from each lesion's own voxels: what ndimage's center_of_mass,
+  mean and maximum give over the whole grid; a label with no voxel is nan."""
+  rng = np.random.default_rng(6)
+  labels, n = lesions_lib.lesion_labels(rng.random((30, 25, 12)) > 0.85, 1.0, min_mm3=0.0)
+  labels[labels == 2] = 0  # label 2 left empty
+  value = rng.random(labels.shape).astype(np.float32)
+  got = lesions_lib.per_lesion(labels, n, value)
+  index = [k for k in range(1, n + 1) if k != 2]
+  np.testing.assert_array_equal(got["voxels"], np.bincount(labels.ravel(), minlength=n + 1)[1:])
+  np.testing.assert_allclose(got["centre"][np.array(index) - 1], ndimage.center_of_mass(
+      np.ones_like(labels), labels, index), rtol=1e-12)
+  np.testing.assert_allclose(got["mean"][np.array(index) - 1], ndimage.mean(value, labels, index),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(got["max"][np.array(index) - 1],
+                                ndimage.maximum(value, labels, index))
+  assert np.isnan(got["mean"][1]) and np.isnan(got["max"][1]) and got["voxels"][1] == 0

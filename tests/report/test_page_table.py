@@ -30,6 +30,21 @@ def test_confidence_is_the_share_sure_by_one_spread():
   assert out[2]["max_probability"] == pytest.approx(0.6)
 
 
+def test_confidence_reads_each_lesions_own_voxels_as_ndimage_does():
+  """Means and maxima from the lesion voxels alone: ndimage's answer over the whole grid."""
+  from scipy import ndimage
+  rng = np.random.default_rng(5)
+  labels, n = ndimage.label(rng.random((40, 30, 20)) > 0.9)
+  prob = rng.random(labels.shape).astype(np.float32)
+  spread = (0.2 * rng.random(labels.shape)).astype(np.float32)
+  out = table.confidence(labels, prob, spread, threshold=0.5)
+  index = np.arange(1, n + 1)
+  for name, want in (("mean_probability", ndimage.mean(prob, labels, index)),
+                     ("max_probability", ndimage.maximum(prob, labels, index)),
+                     ("mean_uncertainty", ndimage.mean(spread, labels, index))):
+    np.testing.assert_allclose([out[k][name] for k in index], want, atol=6e-5, err_msg=name)
+
+
 def fake_locations(labels, classes):
   z = np.zeros(labels.shape, bool)
   details = {k: {"location": c, "ventricle_mm": 1.0, "cortex_mm": 9.0,
