@@ -42,6 +42,10 @@ def get_config(variant: str = ""):
   c.strategy = "0"              # 0CF: the pretrained encoder, nothing frozen
   c.pretrained = ""             # '' = pretrain here; else that encoder (a pretraining workdir
                                 # or a shipped encoder's name, shipped with the model as it is)
+  # the compute dtype the shipped models run in, whatever they were trained in: 'auto' is
+  # bfloat16 where the user's CPU has it (float32 training on an AVX2 machine must not hold every
+  # user to float32); '' keeps the training's model.dtype
+  c.shipped_dtype = "auto"
   c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
                                 # over its left-out patients ('' = predict.threshold)
   # markdown files (comma-separated) of measured figures for the model card's Results: the
@@ -56,6 +60,7 @@ def get_config(variant: str = ""):
   config_base.allow_any_geometry(c, base.allow_any_geometry)
   if "smoke" in v:  # the synthetic cohort at its own grid; out must be given
     c.card_results = ""
+    c.shipped_dtype = ""        # the smoke model runs as it was trained (tests compare them)
     c.labelled = ""
     c.unlabelled_raw = ""
     c.preprocess_labelled = ""

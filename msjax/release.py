@@ -186,18 +186,20 @@ def run(config, workdir: str) -> dict:
     found = shipped.find(config.pretrained)
     encoder_name = shipped.read_bundle(found)["name"] if found else encoder_name
     encoder = shipped.read_bundle(found) if found else export_lib.export(
-        pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir)
+        pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
+        compute_dtype=config.shipped_dtype)
     pre_scans = encoder["training"].get("pretraining_scans", pre_scans)
   else:
     encoder = export_lib.export(
         pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
-        training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans})
+        training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans},
+        compute_dtype=config.shipped_dtype)
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training={"pretraining_scans": pre_scans, "encoder": encoder_name,
                                       "encoder_sha256": encoder_sha,
                                       "exam_files": provenance(given)},
                             figures=results, threshold=threshold, calibration=calibration,
-                            root=workdir)
+                            root=workdir, compute_dtype=config.shipped_dtype)
   times["total"] = time.time() - t0
   summary = {"out": out, "models": {config.name: model["weights"],
                                     encoder_name: encoder["weights"]},

@@ -348,3 +348,18 @@ def test_the_release_config_names_results_files_that_exist():
   assert load_config("release", "smoke").card_results == ""  # the synthetic model has none
   for path in config.card_results.split(","):
     assert os.path.isfile(os.path.join(ROOT, path)), path
+
+
+def test_a_float32_training_ships_to_run_in_the_dtype_auto_picks(released, tmp_path):
+  """release.shipped_dtype: the bundle's compute dtype (what segment runs) is 'auto' whatever the
+  training's; the training's is kept in the record and said in the card."""
+  from msjax.infer import export as export_lib
+  folder = str(tmp_path / "m")
+  bundle = export_lib.export(released["finetune"], folder, "m", compute_dtype="auto")
+  assert bundle["config"]["model"]["dtype"] == "auto" and bundle["model"]["dtype"] == "auto"
+  assert bundle["training"]["trained_dtype"] == "float32"
+  assert "compute dtype auto (trained in float32)" in open(os.path.join(folder, "model_card.md")
+                                                          ).read()
+  kept = export_lib.export(released["finetune"], str(tmp_path / "k"), "k")
+  assert kept["config"]["model"]["dtype"] == "float32" and "trained_dtype" not in kept["training"]
+  assert load_config("release").shipped_dtype == "auto"

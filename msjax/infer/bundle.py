@@ -181,7 +181,9 @@ def model_card(b: dict) -> str:
       f"{', '.join(t['patients'])} (cohort `{t['cohort']}`)",
       f"- strategy {t['strategy']}" + (f", encoder from `{t['init_from']}`" if t['init_from']
                                        else "") + f"; {t['steps']} steps, seed {t['seed']}",
-      f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}",
+      f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}"
+      + (f" (trained in {t['trained_dtype']})"
+         if t.get("trained_dtype", b["model"]["dtype"]) != b["model"]["dtype"] else ""),
   ] + ([f"- threshold {b['threshold']:g}: {t['threshold_chosen']}"]
        if t.get("threshold_chosen") else []) + [
       f"- provenance: {_provenance(t)}" if t.get("exam_files") else "- provenance: not recorded",

@@ -20,13 +20,15 @@ F16_MAX = float(np.finfo(np.float16).max)
 
 def export(workdir: str, folder: str, name: str, *, training: dict | None = None,
            figures: str = "", threshold: float | None = None, calibration: str = "",
-           root: str = "") -> dict:
+           root: str = "", compute_dtype: str = "") -> dict:
   """Writes the shipped model `name` into `folder` from a pretraining or fine-tuning workdir;
   returns its bundle. training: entries added to the bundle's training record (e.g. the number of
   pretraining scans); figures: markdown put in the card's Results section; threshold: the
   probability threshold chosen for the shipped model (calibration: how, for the card); root: the
   folder the training ran in, whose paths the bundle and card name relative to it (no path of
-  the machine that trained the model is shipped)."""
+  the machine that trained the model is shipped); compute_dtype: the model.dtype the shipped
+  model runs in ('auto': bfloat16 where the user's machine has it), whatever it was trained in
+  (kept in training.trained_dtype); '' keeps the training's."""
   params, meta, where = checkpoint.restore_params(workdir)
   task = meta.get("task")
   if task not in ("segmentation", "position"):
@@ -55,6 +57,12 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
       name=name, task=task, config=meta["config"],
       exported={"from": os.path.abspath(workdir), "checkpoint": where,
                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+  if compute_dtype:
+    trained_in = bundle["config"]["model"]["dtype"]
+    bundle["config"] = {**bundle["config"],
+                        "model": {**bundle["config"]["model"], "dtype": compute_dtype}}
+    bundle["model"] = {**bundle["model"], "dtype": compute_dtype}
+    bundle["training"]["trained_dtype"] = trained_in
   bundle = portable(bundle, root)
   bundle.update(
       weights={"file": shipped.WEIGHTS, "sha256": shipped.sha256(weights), "dtype": "float16",
