@@ -46,6 +46,8 @@ def get_config(variant: str = ""):
   # bfloat16 where the user's CPU has it (float32 training on an AVX2 machine must not hold every
   # user to float32); '' keeps the training's model.dtype
   c.shipped_dtype = "auto"
+  c.card_only = False           # True: write the shipped model's card again (its Results from
+                                # card_results), no training, weights untouched
   c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
                                 # over its left-out patients ('' = predict.threshold)
   # markdown files (comma-separated) of measured figures for the model card's Results: the

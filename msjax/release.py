@@ -145,10 +145,28 @@ def _encoder_hash(pre_dir: str) -> str:
   return h.hexdigest()
 
 
+def recard(config) -> str:
+  """Writes the card of the shipped model config.name again from its own bundle (hash checked)
+  and config.card_results, without training: the card's Results follow the evidence as it lands
+  and the weights stay as they are. Returns the card's path."""
+  folder = os.path.join(os.path.abspath(os.path.expanduser(config.out or shipped.PACKAGE_DIR)),
+                        config.name)
+  results = card_results(config.card_results)
+  bundle = shipped.read_bundle(folder)
+  shipped.verify(folder, bundle)
+  path = os.path.join(folder, shipped.CARD)
+  files.write_text(export_lib.card(bundle, results), path)
+  print(f"[release] card of {config.name} written again from its bundle and "
+        f"{config.card_results or 'no results'} (weights unchanged) -> {path}")
+  return path
+
+
 def run(config, workdir: str) -> dict:
   if config.out is None:
     raise errors.InvalidInputError("--config.out=FOLDER is required here (the :smoke variant "
                                    "never writes into the package)")
+  if config.card_only:
+    return {"card": recard(config)}
   t0, times = time.time(), {}
   workdir = os.path.abspath(workdir)
   files.make_dirs(workdir)

@@ -363,3 +363,22 @@ def test_a_float32_training_ships_to_run_in_the_dtype_auto_picks(released, tmp_p
   kept = export_lib.export(released["finetune"], str(tmp_path / "k"), "k")
   assert kept["config"]["model"]["dtype"] == "float32" and "trained_dtype" not in kept["training"]
   assert load_config("release").shipped_dtype == "auto"
+
+
+def test_card_only_writes_the_card_again_and_leaves_the_weights(released, tmp_path):
+  out = tmp_path / "shipped"
+  shutil.copytree(released["out"], out)
+  folder = out / shipped.DEFAULT
+  before = {n: (folder / n).read_bytes() for n in ("bundle.json", "weights.npz")}
+  (tmp_path / "claim.md").write_text("# The finding\n\nTransfer leads by 2.3 points.\n")
+  config = load_config("release", "smoke", out=str(out), card_only=True,
+                       card_results=str(tmp_path / "claim.md"))
+  release.run(config, str(tmp_path / "unused"))
+  card = (folder / "model_card.md").read_text()
+  assert "### The finding" in card and "Transfer leads by 2.3 points." in card
+  assert "LEAD:" not in card and "not a medical device" in card
+  assert {n: (folder / n).read_bytes() for n in before} == before  # weights and bundle untouched
+  assert not (tmp_path / "unused").exists()  # no training, no workdir
+  with pytest.raises(errors.InvalidInputError, match="gone.md"):
+    release.run(load_config("release", "smoke", out=str(out), card_only=True,
+                            card_results=str(tmp_path / "gone.md")), str(tmp_path / "unused"))
