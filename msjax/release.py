@@ -62,7 +62,7 @@ def fingerprint(config) -> dict:
   """What makes a release run what it is (what it trains on and how), without where it writes
   or what goes into the card: a workdir holding a run of another fingerprint is not resumed."""
   c = config.to_dict()
-  for key in ("out", "card_results", "threshold_from", "name"):
+  for key in ("out", "card_results", "threshold_from", "name", "shipped_dtype", "card_only"):
     c.pop(key, None)
   text = json.dumps(c, sort_keys=True, default=str)
   return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "config": json.loads(text)}

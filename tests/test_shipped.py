@@ -360,9 +360,22 @@ def test_a_float32_training_ships_to_run_in_the_dtype_auto_picks(released, tmp_p
   assert bundle["training"]["trained_dtype"] == "float32"
   assert "compute dtype auto (trained in float32)" in open(os.path.join(folder, "model_card.md")
                                                           ).read()
+  params, read = shipped.load_params(folder)  # the sealed bundle reads back, weights fit
+  assert read["config"]["model"]["dtype"] == "auto" and len(jax_leaves(params)) > 0
   kept = export_lib.export(released["finetune"], str(tmp_path / "k"), "k")
   assert kept["config"]["model"]["dtype"] == "float32" and "trained_dtype" not in kept["training"]
   assert load_config("release").shipped_dtype == "auto"
+  with pytest.raises(errors.InvalidInputError, match="'bf16'.*float32, bfloat16, auto"):
+    export_lib.export(released["finetune"], str(tmp_path / "b"), "b", compute_dtype="bf16")
+  # where it ships to is not what it trains: a workdir is resumed whatever shipped_dtype says
+  a = load_config("release")
+  b = load_config("release", shipped_dtype="")
+  assert release.fingerprint(a) == release.fingerprint(b)
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
 
 
 def test_card_only_writes_the_card_again_and_leaves_the_weights(released, tmp_path):

@@ -49,7 +49,7 @@ def per_lesion(labels: np.ndarray, n: int, value: np.ndarray | None = None) -> d
   coordinates) and, for a value map on the same grid, its "mean" and "max" (nan for a label with
   no voxel). ndimage's center_of_mass / mean / maximum answers, without sorting the whole grid."""
   inside = labels > 0
-  ids = labels[inside]
+  ids = labels[inside].astype(np.intp)  # a bool mask too (one lesion), as ndimage took it
   voxels = np.bincount(ids, minlength=n + 1)[1:]
   count = np.where(voxels > 0, voxels, np.nan)
   out = {"voxels": voxels,

@@ -14,6 +14,7 @@ import numpy as np
 
 from msjax import checkpoint, errors, files, rules, shipped
 from msjax.infer import bundle as bundle_lib
+from msjax.ops import hardware
 
 F16_MAX = float(np.finfo(np.float16).max)
 
@@ -29,6 +30,9 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   the machine that trained the model is shipped); compute_dtype: the model.dtype the shipped
   model runs in ('auto': bfloat16 where the user's machine has it), whatever it was trained in
   (kept in training.trained_dtype); '' keeps the training's."""
+  if compute_dtype and compute_dtype not in hardware.DTYPES + ("auto",):
+    raise errors.InvalidInputError(f"compute dtype {compute_dtype!r} for {name}: not one of "
+                                   f"{', '.join(hardware.DTYPES + ('auto',))}")
   params, meta, where = checkpoint.restore_params(workdir)
   task = meta.get("task")
   if task not in ("segmentation", "position"):

@@ -116,9 +116,11 @@ def _grow(mask: np.ndarray, mm: float, spacing) -> np.ndarray:
   the same voxels as on the whole grid, at a fraction of the time for a small mask."""
   if mm <= 0 or not mask.any():
     return mask.copy()
+  if not np.isfinite(mm):  # no limit: every voxel (a box cannot be sized by it)
+    return np.ones(mask.shape, bool)
   spacing = np.broadcast_to(np.asarray(spacing, float), (mask.ndim,))
   nz = np.nonzero(mask)
-  reach = np.ceil(mm / spacing).astype(int) + 1
+  reach = np.minimum(np.ceil(mm / spacing), mask.shape).astype(int) + 1
   box = tuple(slice(max(int(a.min()) - r, 0), min(int(a.max()) + r + 1, n))
               for a, r, n in zip(nz, reach, mask.shape))
   out = np.zeros(mask.shape, bool)
@@ -131,7 +133,7 @@ def _lesion_minimum(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
   ndimage.minimum's answer, reading the lesion voxels only (it sorts the whole grid)."""
   out = np.full(n + 1, np.inf)
   inside = lab > 0
-  np.minimum.at(out, lab[inside], values[inside])
+  np.minimum.at(out, lab[inside].astype(np.intp), values[inside])
   return out[1:]
 
 

@@ -295,3 +295,5 @@ def test_per_lesion_figures_are_ndimages():
   np.testing.assert_array_equal(got["max"][np.array(index) - 1],
                                 ndimage.maximum(value, labels, index))
   assert np.isnan(got["mean"][1]) and np.isnan(got["max"][1]) and got["voxels"][1] == 0
+  one = lesions_lib.per_lesion(labels > 0, 1, value)  # a bool mask is one lesion, as in ndimage
+  assert one["max"][0] == ndimage.maximum(value, labels > 0, 1)

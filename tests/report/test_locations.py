@@ -272,6 +272,7 @@ def test_growing_on_the_masks_box_is_growing_on_the_whole_grid(mm):
   for mask in (middle, edge, np.ones((6, 5, 4), bool)):
     whole = ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
     np.testing.assert_array_equal(locations._grow(mask, mm, spacing), whole)
+  assert locations._grow(middle, np.inf, spacing).all()  # no limit: every voxel, as before
 
 
 def test_each_lesions_least_distance_is_ndimages_minimum():
