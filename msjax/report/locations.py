@@ -116,10 +116,9 @@ def _grow(mask: np.ndarray, mm: float, spacing) -> np.ndarray:
   the same voxels as on the whole grid, at a fraction of the time for a small mask."""
   if mm <= 0 or not mask.any():
     return mask.copy()
-  if not np.isfinite(mm):  # no limit: every voxel (a box cannot be sized by it)
-    return np.ones(mask.shape, bool)
   spacing = np.broadcast_to(np.asarray(spacing, float), (mask.ndim,))
   nz = np.nonzero(mask)
+  # clamped to the grid: no limit (mm = inf) is the whole grid, not an integer overflow
   reach = np.minimum(np.ceil(mm / spacing), mask.shape).astype(int) + 1
   box = tuple(slice(max(int(a.min()) - r, 0), min(int(a.max()) + r + 1, n))
               for a, r, n in zip(nz, reach, mask.shape))
