@@ -61,11 +61,19 @@ def scans(config, workdir: str):
 def fingerprint(config) -> dict:
   """What makes a release run what it is (what it trains on and how), without where it writes
   or what goes into the card: a workdir holding a run of another fingerprint is not resumed."""
-  c = config.to_dict()
-  for key in ("out", "card_results", "threshold_from", "name", "shipped_dtype", "card_only"):
-    c.pop(key, None)
-  text = json.dumps(c, sort_keys=True, default=str)
+  text = json.dumps(_training_settings(config.to_dict()), sort_keys=True, default=str)
   return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "config": json.loads(text)}
+
+
+# not what trains: where it writes, what goes into the card, the shipped dtype; members (member
+# k is the same fine-tuning at seed + k in its own folder, so a run with more members resumes one
+# with fewer and trains only the new ones)
+NOT_TRAINING = ("out", "card_results", "threshold_from", "name", "shipped_dtype", "card_only",
+                "members")
+
+
+def _training_settings(c: dict) -> dict:
+  return {k: v for k, v in c.items() if k not in NOT_TRAINING}
 
 
 def _same_run(config, workdir: str) -> None:
@@ -76,8 +84,10 @@ def _same_run(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       theirs = json.load(f)
-    if theirs.get("sha256") != mine["sha256"]:
-      diff = sorted(_differences(theirs.get("config", {}), mine["config"]))
+    # compared as settings, not by hash: a run recorded before a key left the fingerprint
+    # (shipped_dtype, members) still resumes
+    if _training_settings(theirs.get("config", {})) != mine["config"]:
+      diff = sorted(_differences(_training_settings(theirs.get("config", {})), mine["config"]))
       what = "; ".join(diff[:6]) or "its fingerprint differs"
       raise errors.InvalidInputError(
           f"{workdir} holds a release run with other settings ({what}): its checkpoints are "
@@ -192,8 +202,16 @@ def run(config, workdir: str) -> dict:
     stages.pretrain(config, loo._data(config, pre_manifest, prep), pre_dir)
   times["pretrain"] = time.time() - t
   t = time.time()
-  stages.finetune(config, loo._data(config, ft_manifest, prep), ft_dir,
-                  strategy=stages.strategy_names(config.strategy)[0], init_from=pre_dir)
+  # an ensemble: the same fine-tuning at seeds seed, seed + 1, ... (member k in finetune-k)
+  seeds = [config.seed + k for k in range(config.members)]
+  ft_dirs = [ft_dir] + [f"{ft_dir}-{k}" for k in range(1, config.members)]
+  for k, (member_dir, seed) in enumerate(zip(ft_dirs, seeds)):
+    if config.members > 1:
+      logging.info("[release] ensemble member %d of %d: fine-tuning at seed %d", k + 1,
+                   config.members, seed)
+    stages.finetune(config, loo._data(config, ft_manifest, prep), member_dir,
+                    strategy=stages.strategy_names(config.strategy)[0], init_from=pre_dir,
+                    seed=seed)
   times["finetune"] = time.time() - t
   out = os.path.abspath(os.path.expanduser(config.out or shipped.PACKAGE_DIR))
   files.writable_folder(out, "shipped-models folder")
@@ -212,16 +230,19 @@ def run(config, workdir: str) -> dict:
         pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
         training={"exams": sorted(e.exam_id for e in everything), "pretraining_scans": pre_scans},
         compute_dtype=config.shipped_dtype)
+  training = {"pretraining_scans": pre_scans, "encoder": encoder_name,
+              "encoder_sha256": encoder_sha, "exam_files": provenance(given)}
+  if config.members > 1:
+    training["member_seeds"] = seeds
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
-                            training={"pretraining_scans": pre_scans, "encoder": encoder_name,
-                                      "encoder_sha256": encoder_sha,
-                                      "exam_files": provenance(given)},
-                            figures=results, threshold=threshold, calibration=calibration,
-                            root=workdir, compute_dtype=config.shipped_dtype)
+                            training=training, figures=results, threshold=threshold,
+                            calibration=calibration, root=workdir,
+                            compute_dtype=config.shipped_dtype, members=tuple(ft_dirs[1:]))
   times["total"] = time.time() - t0
   summary = {"out": out, "models": {config.name: model["weights"],
                                     encoder_name: encoder["weights"]},
-             "pretrain": pre_dir, "finetune": ft_dir, "times_s": times}
+             "pretrain": pre_dir, "finetune": ft_dirs if config.members > 1 else ft_dir,
+             "times_s": times}
   files.write_json(summary, os.path.join(workdir, "release.json"))
   print(f"[release] done in {times['total']:.0f} s (pretraining {times['pretrain']:.0f} s, "
         f"fine-tuning {times['finetune']:.0f} s)")

@@ -241,7 +241,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
   DICOM SEG where they apply; its row."""
   t = time.time()
-  with _PHASES(exam.exam_id, "network", mirroring_label(options)):
+  label = ", ".join(x for x in (_ensemble_label(bundle), mirroring_label(options)) if x)
+  with _PHASES(exam.exam_id, "network", label):
     seg = predict.segment_exam(predictor, ready, options)
   predict_s, t = time.time() - t, time.time()
   with _PHASES(exam.exam_id, "mask, probability and lesion table"):
@@ -278,6 +279,11 @@ def mirroring_label(options) -> str:
   return "8-flip mirroring" if options.flips == "all" else "mirroring spread over the windows"
 
 
+def _ensemble_label(bundle: dict) -> str:
+  n = len(bundle.get("members") or ())
+  return f"the mean of a {n}-member ensemble" if n > 1 else ""
+
+
 def made_with(config, bundle: dict, options) -> str:
   """The model and the settings that made a mask, as the report page prints them."""
   by_msjax = bundle["preprocessing"].get("by") == "msjax"
@@ -285,7 +291,9 @@ def made_with(config, bundle: dict, options) -> str:
           if by_msjax else "exam given on the model grid") if config.preprocessed else
          f"brain extraction {config.preprocess.skull_strip}, N4 fit at "
          f"{config.preprocess.n4_mm:g} mm")
-  return (f"{model_name(bundle)}; lesion at p >= {options.threshold:g}, "
+  ensemble = _ensemble_label(bundle)
+  return (f"{model_name(bundle)}{f' ({ensemble})' if ensemble else ''}; lesion at p >= "
+          f"{options.threshold:g}, "
           f"{mirroring_label(options) or 'no test-time mirroring'}, {how}")
 
 
@@ -296,10 +304,16 @@ def model_name(bundle: dict) -> str:
 
 def inference_options(config, bundle: dict) -> predict.PredictOptions:
   """The network's options for a job's predict block: the bundle's threshold unless the command
-  sets one."""
+  sets one; test-time mirroring unless the command says: 8 flips for one network, none for an
+  ensemble, whose members are its averaging (on the Lesjak leave-one-out three members without
+  flips beat one network with 8 on every input, at 3/8 of its compute:
+  docs/results/seed_ensemble.md)."""
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
-  return predict.PredictOptions.from_config(config.predict, threshold=threshold, seed=config.seed,
+  mirror = (config.predict.mirror if config.predict.mirror is not None
+            else not _ensemble_label(bundle))
+  return predict.PredictOptions.from_config(config.predict, threshold=threshold, mirror=mirror,
+                                            seed=config.seed,
                                             allow_any_geometry=config.allow_any_geometry)
 
 

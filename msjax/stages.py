@@ -48,12 +48,15 @@ def pretrain(config, data, workdir: str) -> dict:
                     workdir)
 
 
-def finetune(config, data, workdir: str, *, strategy: str, init_from: str = "") -> dict:
+def finetune(config, data, workdir: str, *, strategy: str, init_from: str = "",
+             seed: int | None = None) -> dict:
   """Fine-tunes one strategy with a composite job's model, finetune and predict blocks (the last
-  for validation) on `data`; resumes (or returns at once) when the workdir already holds it."""
+  for validation) on `data`; resumes (or returns at once) when the workdir already holds it.
+  seed: another than the job's (an ensemble's further members)."""
   tc = config_base.train(**dict(config.finetune.to_dict(), freeze=freeze_value(strategy),
                                 init_from=init_from))
-  return loop.train(config_base.stage("finetune", data, config.model, tc, config.seed,
+  seed = config.seed if seed is None else seed
+  return loop.train(config_base.stage("finetune", data, config.model, tc, seed,
                                       predict_cfg=config.predict,
                                       any_geometry=config.allow_any_geometry), workdir)
 

@@ -75,6 +75,83 @@ def test_shipped_model_predicts_as_the_workdir_within_float16(released):
   assert np.abs(a - b).max() < 2e-3, np.abs(a - b).max()
 
 
+@pytest.fixture(scope="module")
+def ensemble(released, tiny_cohort, tmp_path_factory):
+  """The same smoke release as `released` with a second member (seed 1): its workdir resumes the
+  first member and trains only the second."""
+  work = tmp_path_factory.mktemp("ensemble")
+  run_dir = str(work / "run")
+  shutil.copytree(os.path.dirname(released["finetune"]), run_dir)
+  # as a run recorded before shipped_dtype and members left the fingerprint: it still resumes
+  record = os.path.join(run_dir, "release_run.json")
+  fingerprint = json.load(open(record))
+  fingerprint["config"].update(shipped_dtype="auto", members=1)
+  json.dump(dict(fingerprint, sha256="recorded-by-an-older-msjax"), open(record, "w"))
+  config = load_config("release", "smoke", labelled=tiny_cohort.root, out=str(work / "shipped"),
+                       members=2, **{"model.dtype": "float32"})
+  return release.run(config, run_dir)
+
+
+def test_an_ensemble_ships_every_member_and_predicts_their_mean(ensemble):
+  folder = os.path.join(ensemble["out"], shipped.DEFAULT)
+  assert sorted(os.listdir(folder)) == ["bundle.json", "model_card.md", "weights-1.npz",
+                                        "weights.npz"]
+  bundle = shipped.read_bundle(folder)
+  assert bundle["format"] == 2 and bundle["training"]["member_seeds"] == [0, 1]
+  assert [m["file"] for m in shipped.member_records(bundle)] == ["weights.npz", "weights-1.npz"]
+  first, second = ensemble["finetune"]
+  x = np.random.default_rng(0).normal(size=(2, 16, 16, 16, 5)).astype(np.float32)
+  a = np.asarray(predict.Predictor(first).predict_batch(x))
+  b = np.asarray(predict.Predictor(second).predict_batch(x))
+  assert np.abs(a - b).max() > 1e-2  # two networks, not one twice
+  got = np.asarray(predict.Predictor(folder).predict_batch(x))
+  np.testing.assert_allclose(got, (a + b) / 2, atol=2e-3)
+  mirrored = np.asarray(predict.Predictor(folder).predict_batch(x, mirror=True))
+  want = (np.asarray(predict.Predictor(first).predict_batch(x, mirror=True))
+          + np.asarray(predict.Predictor(second).predict_batch(x, mirror=True))) / 2
+  np.testing.assert_allclose(mirrored, want, atol=2e-3)
+  card = open(os.path.join(folder, "model_card.md")).read()
+  assert "an ensemble of 2 networks" in card and "at seeds 0, 1" in card
+
+
+def test_segment_with_the_ensemble_says_so_and_writes_its_mean(ensemble, tiny_cohort, tmp_path,
+                                                                monkeypatch):
+  monkeypatch.setenv(shipped.ENV, ensemble["out"])
+  inp = tmp_path / "in"
+  _exam(tiny_cohort, inp, "one", "FLAIR")
+  config = load_config("segment", "smoke", input=str(inp), preprocessed=True,
+                       **{"report.enabled": False})
+  summary = segment.run(config, str(tmp_path / "out"))
+  (row,) = summary["exams"]
+  assert row["settings"]["model"] == shipped.DEFAULT
+  assert os.path.exists(tmp_path / "out" / row["files"]["probseg"])
+  bundle = shipped.read_bundle(os.path.join(ensemble["out"], shipped.DEFAULT))
+  assert "the mean of a 2-member ensemble" in segment.made_with(
+      config, dict(bundle, path=""), segment.inference_options(config, bundle))
+
+
+def test_test_time_mirroring_by_default_for_one_network_not_for_an_ensemble(released, ensemble):
+  one = shipped.read_bundle(os.path.join(released["out"], shipped.DEFAULT))
+  many = shipped.read_bundle(os.path.join(ensemble["out"], shipped.DEFAULT))
+  for mode in ("segment", "longitudinal"):
+    config = load_config(mode)
+    assert segment.inference_options(config, one).mirror
+    assert not segment.inference_options(config, many).mirror
+    config.predict.mirror = True  # the command's word wins
+    assert segment.inference_options(config, many).mirror
+
+
+def test_a_damaged_ensemble_member_is_refused_naming_it(ensemble, tmp_path):
+  folder = str(tmp_path / "m")
+  shutil.copytree(os.path.join(ensemble["out"], shipped.DEFAULT), folder)
+  weights = os.path.join(folder, "weights-1.npz")
+  data = open(weights, "rb").read()
+  open(weights, "wb").write(data[: len(data) // 2])
+  with pytest.raises(errors.InvalidInputError, match=f"{weights}: damaged weights file"):
+    predict.Predictor(folder)
+  shipped.load_params(folder)  # the first member alone is intact
+
+
 def _exam(tiny_cohort, root, name, keep):
   src = os.path.dirname(tiny_cohort.exams[0].images["FLAIR"])
   dst = root / name

@@ -30,9 +30,12 @@ def get_config(variant: str = ""):
                             # array task; then --config.merge=True builds the cohort table
   c.overlap = True          # raw exams: preprocess the next exam while the network runs
   c.merge = False           # only merge the complete exams in the workdir into segmentations.csv
-  # test-time mirroring on, as nnU-Net does: on Lesjak patient26 it turned 19 lesions + 18 specks
-  # of <= 3 mm³ into 15 + 2 at the same volume (8x the network time: ~30 s an exam at width 8)
-  c.predict = config_base.predict(mirror=True)
+  # test-time mirroring: None = 8 flips for one network (nnU-Net's; on Lesjak patient26 it turned
+  # 19 lesions + 18 specks of <= 3 mm³ into 15 + 2 at the same volume, 8x the network time), none
+  # for an ensemble such as the shipped model (its members are the averaging:
+  # docs/results/seed_ensemble.md); True / False force it
+  c.predict = config_base.predict()
+  c.predict.mirror = config_dict.placeholder(bool)
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
   c.preprocess = config_base.preprocess()
   c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)

@@ -21,7 +21,7 @@ F16_MAX = float(np.finfo(np.float16).max)
 
 def export(workdir: str, folder: str, name: str, *, training: dict | None = None,
            figures: str = "", threshold: float | None = None, calibration: str = "",
-           root: str = "", compute_dtype: str = "") -> dict:
+           root: str = "", compute_dtype: str = "", members: tuple[str, ...] = ()) -> dict:
   """Writes the shipped model `name` into `folder` from a pretraining or fine-tuning workdir;
   returns its bundle. training: entries added to the bundle's training record (e.g. the number of
   pretraining scans); figures: markdown put in the card's Results section; threshold: the
@@ -29,7 +29,9 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   folder the training ran in, whose paths the bundle and card name relative to it (no path of
   the machine that trained the model is shipped); compute_dtype: the model.dtype the shipped
   model runs in ('auto': bfloat16 where the user's machine has it), whatever it was trained in
-  (kept in training.trained_dtype); '' keeps the training's."""
+  (kept in training.trained_dtype); '' keeps the training's. members: further fine-tuning
+  workdirs of the same network (other seeds), shipped with it as one ensemble (bundle format 2,
+  weights-1.npz, ...: segment averages their probabilities)."""
   if compute_dtype and compute_dtype not in hardware.DTYPES + ("auto",):
     raise errors.InvalidInputError(f"compute dtype {compute_dtype!r} for {name}: not one of "
                                    f"{', '.join(hardware.DTYPES + ('auto',))}")
@@ -37,15 +39,19 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   task = meta.get("task")
   if task not in ("segmentation", "position"):
     raise errors.InvalidInputError(f"{where}: a {task} checkpoint cannot be shipped")
-  flat = {p: np.asarray(v, np.float32) for p, v in rules.flat_paths(params).items()}
-  too_big = [p for p, v in flat.items() if np.abs(v).max(initial=0) > F16_MAX]
-  if too_big:
-    raise ValueError(f"{where}: parameters beyond float16's range, cannot ship as float16: "
-                     f"{too_big[:5]}")
+  if members and task != "segmentation":
+    raise errors.InvalidInputError(f"{where}: only a segmentation network ships as an ensemble")
   files.make_dirs(folder)
-  weights = os.path.join(folder, shipped.WEIGHTS)
-  with files.atomic(weights) as tmp:
-    np.savez_compressed(tmp, **{p: v.astype(np.float16) for p, v in sorted(flat.items())})
+  records = [_write_weights(params, where, folder, shipped.WEIGHTS)]
+  sources = [where]
+  for k, other in enumerate(members, start=1):
+    more, their_meta, their_where = checkpoint.restore_params(other)
+    if their_meta.get("task") != task or _architecture(their_meta) != _architecture(meta):
+      raise errors.InvalidInputError(
+          f"{their_where}: not the same network as {where} (task, model block), cannot join "
+          "its ensemble")
+    records.append(_write_weights(more, their_where, folder, f"weights-{k}.npz"))
+    sources.append(their_where)
   if task == "segmentation":
     bundle = {k: v for k, v in bundle_lib.read(workdir).items()
               if k not in ("path", shipped.CONTENT_KEY)}
@@ -61,6 +67,9 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
       name=name, task=task, config=meta["config"],
       exported={"from": os.path.abspath(workdir), "checkpoint": where,
                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+  if members:
+    bundle["exported"]["members"] = [{"from": os.path.abspath(w), "checkpoint": c}
+                                     for w, c in zip((workdir,) + tuple(members), sources)]
   if compute_dtype:
     trained_in = bundle["config"]["model"]["dtype"]
     bundle["config"] = {**bundle["config"],
@@ -68,14 +77,34 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
     bundle["model"] = {**bundle["model"], "dtype": compute_dtype}
     bundle["training"]["trained_dtype"] = trained_in
   bundle = portable(bundle, root)
-  bundle.update(
-      weights={"file": shipped.WEIGHTS, "sha256": shipped.sha256(weights), "dtype": "float16",
-               "arrays": len(flat), "parameters": int(sum(v.size for v in flat.values())),
-               "bytes": os.path.getsize(weights)})
+  bundle["weights"] = records[0]
+  if members:
+    bundle.update(format=2, members=records)  # an older msjax refuses it, not half-reads it
   bundle = shipped.seal(bundle)
   files.write_text(card(bundle, figures), os.path.join(folder, shipped.CARD))
   files.write_json(bundle, os.path.join(folder, shipped.BUNDLE))
   return bundle
+
+
+def _write_weights(params, where: str, folder: str, file: str) -> dict:
+  """One network's parameters as float16 arrays keyed by path, written atomically; its record."""
+  flat = {p: np.asarray(v, np.float32) for p, v in rules.flat_paths(params).items()}
+  too_big = [p for p, v in flat.items() if np.abs(v).max(initial=0) > F16_MAX]
+  if too_big:
+    raise ValueError(f"{where}: parameters beyond float16's range, cannot ship as float16: "
+                     f"{too_big[:5]}")
+  path = os.path.join(folder, file)
+  with files.atomic(path) as tmp:
+    np.savez_compressed(tmp, **{p: v.astype(np.float16) for p, v in sorted(flat.items())})
+  return {"file": file, "sha256": shipped.sha256(path), "dtype": "float16", "arrays": len(flat),
+          "parameters": int(sum(v.size for v in flat.values())), "bytes": os.path.getsize(path)}
+
+
+def _architecture(meta: dict) -> dict:
+  """What must match for two networks to be averaged: the model block without its dtype."""
+  model = dict(meta.get("config", {}).get("model", {}))
+  model.pop("dtype", None)
+  return {"model": model, "patch": meta.get("config", {}).get("data", {}).get("patch_size")}
 
 
 def portable(value, root: str):
@@ -113,6 +142,16 @@ def card(b: dict, figures: str = "") -> str:
   head = [f"Shipped as `{b['name']}` (msjax/shipped/{b['name']}/): {w['parameters']:,} parameters "
           f"as float16 in `{w['file']}` ({size}, sha256 `{w['sha256']}`, checked at every load).",
           ""]
+  members = shipped.member_records(b)
+  if len(members) > 1:
+    seeds = b.get("training", {}).get("member_seeds")
+    head = [f"Shipped as `{b['name']}` (msjax/shipped/{b['name']}/): an ensemble of "
+            f"{len(members)} networks of {w['parameters']:,} parameters each, the same recipe "
+            + (f"at seeds {', '.join(map(str, seeds))}" if seeds else "at other seeds")
+            + "; `segment` averages their probabilities (nnU-Net's ensemble). As float16, "
+            "sha256 checked at every load: "
+            + "; ".join(f"`{m['file']}` ({m['bytes'] / 1e6:.1f} MB, `{m['sha256'][:16]}…`)"
+                        for m in members) + ".", ""]
   results = ["## Results", figures or "<!-- LEAD: measured figures go here (leave-one-out Dice per "
              "input: all sequences, FLAIR + T1W, FLAIR + T2W, FLAIR only, 4 mm thick slices; the "
              "longitudinal change regions found) -->", ""]

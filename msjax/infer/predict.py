@@ -118,6 +118,15 @@ class Predictor:
                  "the best validation Dice" if os.path.basename(os.path.dirname(where))
                  == checkpoint.BEST else "the latest checkpoint")
     self.model = model_lib.Model(isensee.constructor("segmentation", cfg.model))
+    # an ensemble (a shipped model of several members): their mean probability, one network
+    # compiled and run member after member on the members' stacked parameters
+    self.members = int(meta.get("members", 1))
+    if self.members > 1:
+      from msjax import shipped
+      members = shipped.restore_members(os.path.dirname(where))
+      params = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *members)
+      logging.info("network: an ensemble of %d members (the mean of their probabilities)",
+                   self.members)
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
@@ -125,7 +134,8 @@ class Predictor:
 
   def predict_batch(self, x, mirror: bool = False):
     if mirror not in self._predict:
-      self._predict[mirror] = model_lib.make_predict(self.model, "segmentation", mirror=mirror)
+      self._predict[mirror] = model_lib.make_predict(self.model, "segmentation", mirror=mirror,
+                                                     members=self.members)
     return self._predict[mirror](self.params, x)
 
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):

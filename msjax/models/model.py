@@ -37,13 +37,15 @@ MIRRORS = tuple(tuple(a for a, bit in zip((1, 2, 3), (m & 1, m & 2, m & 4)) if b
                 for m in range(8))  # the 8 combinations of flipping the three spatial axes
 
 
-def make_predict(model: Model, task: str, mirror: bool = False, mesh=None):
+def make_predict(model: Model, task: str, mirror: bool = False, mesh=None, members: int = 1):
   """predict(params, images) -> probabilities (segmentation) or positions; no dropout.
 
   mirror=True (segmentation): test-time mirroring, nnU-Net's default: the mean of the
   probabilities over the 8 flips of the patch, each flipped back (8× the compute).
   mesh: the images are split along its `data` axis (the batch must divide by its size), params
-  replicated, the output gathered onto every device (replicated)."""
+  replicated, the output gathered onto every device (replicated).
+  members > 1 (segmentation): an ensemble; params are the members' trees stacked along a leading
+  axis and the probabilities their mean (one member after the other: one compiled network)."""
 
   def probabilities(params, images):
     return jax.nn.sigmoid(model.apply(params, images, None)[..., 0])
@@ -59,8 +61,12 @@ def make_predict(model: Model, task: str, mirror: bool = False, mesh=None):
       total = total + flip(probabilities(params, flip(images)))
     return total / len(MIRRORS)
 
+  def ensemble(stacked, images):
+    return jnp.mean(jax.lax.map(lambda params: predict(params, images), stacked), axis=0)
+
+  fn = ensemble if members > 1 and task == "segmentation" else predict
   if mesh is None:
-    return jax.jit(predict)
+    return jax.jit(fn)
   replicated = parallel.replicated(mesh)
-  return jax.jit(predict, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+  return jax.jit(fn, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                  out_shardings=replicated)

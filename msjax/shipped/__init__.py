@@ -7,6 +7,9 @@ One folder per model, `msjax/shipped/<name>/`:
   weights.npz    every parameter as a float16 array keyed by its stable path
                  (`encoder/conv3/kernel`, msjax/models/paths.py), loaded into the same NNX
                  parameter tree (shape-checked) in the network's float32 parameter dtype;
+  weights-1.npz… an ensemble's further members (the same network trained again at other
+                 seeds), listed with their sha256 in bundle.json's `members` (format 2): the
+                 prediction is the mean of the members' probabilities (nnU-Net's ensemble);
   model_card.md  training data, steps, scores, intended use and limits.
 
 DEFAULT (segmentation, what `segment` uses with no --config.model) and ENCODER (the pretrained
@@ -103,7 +106,7 @@ def sha256(path: str) -> str:
 
 
 CONTENT_KEY = "content_sha256"  # bundle.json's own hash: its threshold, landmarks and config
-KNOWN_FORMAT = 1                # the newest bundle format this msjax reads
+KNOWN_FORMAT = 2                # the newest bundle format this msjax reads (2: ensembles)
 
 
 def content_hash(bundle: dict) -> str:
@@ -151,10 +154,16 @@ def read_bundle(folder: str) -> dict:
   return bundle
 
 
-def verify(folder: str, bundle: dict | None = None) -> str:
-  """The weights file, after checking that it is there and that its sha256 is bundle.json's."""
+def member_records(bundle: dict) -> list[dict]:
+  """The weights record of each member of the model (one, unless it is an ensemble)."""
+  return list(bundle.get("members") or [bundle["weights"]])
+
+
+def verify(folder: str, bundle: dict | None = None, record: dict | None = None) -> str:
+  """A weights file (`record`, default the first member's), after checking that it is there and
+  that its sha256 is bundle.json's."""
   bundle = bundle or read_bundle(folder)
-  w = bundle["weights"]
+  w = record or bundle["weights"]
   file = os.path.join(folder, w["file"])
   if not os.path.isfile(file):
     raise errors.InvalidInputError(f"{file}: the weights of the shipped model {folder} are "
@@ -168,9 +177,9 @@ def verify(folder: str, bundle: dict | None = None) -> str:
   return file
 
 
-def load_params(folder: str):
+def load_params(folder: str, member: int = 0):
   """(params in the network's own parameter tree and dtype, bundle): the hash checked, every
-  leaf present with its shape, no array left over."""
+  leaf present with its shape, no array left over. member: which of an ensemble's networks."""
   import jax
   from ml_collections import config_dict
 
@@ -180,7 +189,10 @@ def load_params(folder: str):
   from flax import nnx
 
   bundle = read_bundle(folder)
-  file = verify(folder, bundle)
+  records = member_records(bundle)
+  if not 0 <= member < len(records):
+    raise errors.InvalidInputError(f"{folder}: member {member} of a model of {len(records)}")
+  file = verify(folder, bundle, records[member])
   cfg = config_dict.ConfigDict(bundle["config"])
   # the template gives the parameters' paths and shapes, float32 whatever the compute dtype: a
   # bundle's "auto" is not resolved here (its log line would contradict a user's model.dtype)
@@ -220,8 +232,16 @@ def restore_params(folder: str):
   import jax
   params, bundle = load_params(folder)
   params = jax.tree.map(jax.numpy.asarray, params)
-  meta = {"task": bundle["task"], "config": bundle["config"], "shipped": bundle.get("name")}
+  meta = {"task": bundle["task"], "config": bundle["config"], "shipped": bundle.get("name"),
+          "members": len(member_records(bundle))}
   return params, meta, os.path.join(folder, bundle["weights"]["file"])
+
+
+def restore_members(folder: str) -> list:
+  """Every member's params of a shipped model (one for a single network), each hash-checked."""
+  import jax
+  n = len(member_records(read_bundle(folder)))
+  return [jax.tree.map(jax.numpy.asarray, load_params(folder, k)[0]) for k in range(n)]
 
 
 def describe(folder: str, bundle: dict) -> str:

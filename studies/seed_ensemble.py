@@ -1,0 +1,214 @@
+"""Does averaging independently trained models (nnU-Net's ensemble, seeds instead of folds) lift
+the Lesjak leave-one-out and narrow the seed-to-seed spread? Reads leave-one-out workdirs of one
+recipe at several seeds (their saved probability maps: nothing is trained or predicted again),
+averages each left-out exam's maps over the seeds, thresholds it as the leave-one-out did and
+scores it with the same evaluator, beside each seed scored again from its own map (which must
+give back the figures the leave-one-out recorded: the check that this script scores as it did).
+
+  python studies/seed_ensemble.py --group 'pretraining ×4=runs/loo_pre2400_s0,runs/loo_pre2400_s1,\
+runs/loo_pre2400_s2' --out docs/results/seed_ensemble.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from msjax.data import lesions as lesions_lib  # noqa: E402
+from msjax.evaluate import metrics  # noqa: E402
+from studies import results  # noqa: E402
+
+FOLDS = ("test_patient07", "test_patient26")
+VARIANTS = ("all", "FLAIR+T1W", "FLAIR+T2W", "FLAIR", "slab5mm")
+STRATEGY = "0CF"
+SWEEP = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # thresholds the ensemble's mean Dice is read at
+
+
+def metrics_csv(run: str, fold: str, variant: str) -> str:
+  base = os.path.join(run, "folds", fold, STRATEGY)
+  return os.path.join(base, "metrics.csv") if variant == "all" else os.path.join(
+      base, "variants", variant, "metrics.csv")
+
+
+def recorded(run: str, fold: str, variant: str) -> dict:
+  """The leave-one-out's own row for the left-out exam (one exam per fold)."""
+  with open(metrics_csv(run, fold, variant)) as f:
+    rows = list(csv.DictReader(f))
+  if len(rows) != 1:
+    raise ValueError(f"{metrics_csv(run, fold, variant)}: {len(rows)} rows, one expected")
+  return rows[0]
+
+
+def probability_path(mask_path: str) -> str:
+  return mask_path.replace("_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz")
+
+
+def score(probability: np.ndarray, reference: np.ndarray, spacing, threshold: float,
+          min_lesion_mm3: float) -> dict:
+  """The leave-one-out's mask (p >= threshold, lesions of min_lesion_mm3 or less removed) scored
+  as `evaluate` scores a mask file; arrays in the files' voxel order."""
+  mask = (probability >= threshold).astype(np.uint8)
+  if min_lesion_mm3 > 0 and mask.any():
+    labels, _ = lesions_lib.lesion_labels(mask, float(np.prod(spacing)), min_lesion_mm3)
+    mask = (labels > 0).astype(np.uint8)
+  return metrics.evaluate_masks(mask, reference, spacing)
+
+
+def _file_array(path: str) -> np.ndarray:
+  return np.asarray(nib.load(path).dataobj, np.float32)
+
+
+MODES = {"saved": "the leave-one-out's own maps (8-flip mirroring: 8 passes per member)",
+         "none": "predicted again by each fold's network without test-time mirroring (1 pass "
+                 "per member)",
+         "spread": "predicted again by each fold's network with the 8 flips spread over the "
+                   "overlapping windows (each window once, in one flip: 1 pass per member)"}
+
+
+class Repredict:
+  """Each seed's map made again by its fold's network with other test-time settings (the
+  leave-one-out saved only its 8-flip maps): the left-out exam as the leave-one-out gave it.
+  Maps are kept in `folder` (float16), so that the results file is written again in minutes."""
+
+  def __init__(self, mode: str, threshold: float, labelled: str, folder: str):
+    from msjax.configs import leave_one_out as loo_config
+    from msjax.data import cohort as cohort_lib
+    from msjax.infer import predict
+    self.options = predict.PredictOptions.from_config(
+        loo_config.get_config().predict, mirror=mode == "spread", flips="spread",
+        threshold=threshold)
+    self.mode, self.folder, self._predictors = mode, folder, {}
+    self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
+
+  def __call__(self, run: str, fold: str, variant: str) -> np.ndarray:
+    from msjax.evaluate import variants as variants_lib
+    from msjax.infer import predict
+    key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, self.mode])
+    kept = os.path.join(self.folder, "maps", key + ".npy")
+    if os.path.exists(kept):
+      return np.load(kept).astype(np.float32)
+    if (run, fold) not in self._predictors:
+      self._predictors[(run, fold)] = predict.Predictor(os.path.join(run, "folds", fold,
+                                                                     STRATEGY))
+    exam = variants_lib.make(self.exams[fold.removeprefix("test_")], variant,
+                             os.path.join(self.folder, "variants", variant))
+    seg = predict.segment_exam(self._predictors[(run, fold)], exam, self.options)
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    np.save(kept + ".tmp.npy", seg.probability.astype(np.float16))
+    os.replace(kept + ".tmp.npy", kept)
+    return seg.probability  # in the exam file's voxel order, as the saved maps
+
+
+def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
+                 repredict: Repredict | None = None) -> dict:
+  """{(fold, variant): {"seeds": [row per run], "ensemble": row, "recorded": [dice per run]}}."""
+  out = {}
+  for fold in FOLDS:
+    for variant in VARIANTS:
+      rows = [recorded(r, fold, variant) for r in runs]
+      ref = nib.load(rows[0]["reference"])
+      reference, spacing = np.asarray(ref.dataobj) > 0, ref.header.get_zooms()[:3]
+      maps = [repredict(run, fold, variant) if repredict else
+              _file_array(probability_path(row["prediction"])) for run, row in zip(runs, rows)]
+      mean = np.mean(maps, axis=0)
+      out[(fold, variant)] = {
+          "seeds": [score(m, reference, spacing, threshold, min_lesion_mm3) for m in maps],
+          "ensemble": score(mean, reference, spacing, threshold, min_lesion_mm3),
+          "recorded": [float(r["dice"]) for r in rows],
+          "sweep": {t: score(mean, reference, spacing, t, min_lesion_mm3)["dice"]
+                    for t in SWEEP}}
+      print(f"[seed_ensemble] {fold} {variant}: Dice " + " / ".join(
+          f"{100 * x['dice']:.1f}" for x in out[(fold, variant)]["seeds"])
+            + f", ensemble {100 * out[(fold, variant)]['ensemble']['dice']:.1f}", flush=True)
+  return out
+
+
+def table(name: str, runs: list[str], scores: dict) -> list[str]:
+  lines = [f"### {name}: {len(runs)} seeds ({', '.join(os.path.basename(r) for r in runs)})", "",
+           "| input | mean Dice, each seed | seeds' mean ± sd | ensemble | lesion F1 26, each "
+           "seed | ensemble | mL 26, each seed | ensemble | reference mL 26 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for variant in VARIANTS:
+    per_fold = [scores[(f, variant)] for f in FOLDS]
+    seed_dice = np.mean([[s["dice"] for s in p["seeds"]] for p in per_fold], axis=0) * 100
+    ens_dice = np.mean([p["ensemble"]["dice"] for p in per_fold]) * 100
+    p26 = scores[("test_patient26", variant)]
+    f1 = [100 * (s["lesion_f1"] or 0.0) for s in p26["seeds"]]
+    ml = [s["pred_volume_ml"] for s in p26["seeds"]]
+    lines.append(
+        f"| {variant} | {' / '.join(f'{d:.1f}' for d in seed_dice)} | {seed_dice.mean():.1f} ± "
+        f"{seed_dice.std(ddof=1):.1f} | **{ens_dice:.1f}** | {' / '.join(f'{v:.1f}' for v in f1)}"
+        f" | **{100 * (p26['ensemble']['lesion_f1'] or 0.0):.1f}** | "
+        f"{' / '.join(f'{v:.2f}' for v in ml)} | {p26['ensemble']['pred_volume_ml']:.2f} | "
+        f"{p26['seeds'][0]['ref_volume_ml']:.2f} |")
+  return lines + [""]
+
+
+def sweep_table(scores: dict) -> list[str]:
+  """The ensemble's Dice, mean over both patients and every input, at each threshold."""
+  means = {t: 100 * np.mean([s["sweep"][t] for s in scores.values()]) for t in SWEEP}
+  best = max(means, key=means.get)
+  return ["Ensemble, mean Dice over both patients and the five inputs, by threshold: "
+          + ", ".join(f"{t:g}: {'**' if t == best else ''}{v:.1f}{'**' if t == best else ''}"
+                      for t, v in means.items()) + ".", ""]
+
+
+def check_rescoring(name: str, scores: dict) -> float:
+  """Largest |Dice rescored here - Dice the leave-one-out recorded| over seeds, folds, inputs."""
+  worst = 0.0
+  for (fold, variant), s in scores.items():
+    for got, want in zip([x["dice"] for x in s["seeds"]], s["recorded"]):
+      worst = max(worst, abs(got - want))
+  if worst > 1e-6:
+    raise SystemExit(f"{name}: a seed rescored from its probability map differs from the "
+                     f"leave-one-out's own Dice by {worst:.2g}: this script does not score as it did")
+  return worst
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--group", action="append", required=True,
+                  help="'name[@mode]=run1,run2,...': leave-one-out workdirs of one recipe, one "
+                       f"per seed; mode (test-time mirroring): {', '.join(MODES)} (default saved)")
+  ap.add_argument("--threshold", type=float, default=0.5, help="the leave-one-out's threshold")
+  ap.add_argument("--min-lesion-mm3", type=float, default=0.0)
+  ap.add_argument("--labelled", default="../shared/data/lesjak_mni")
+  ap.add_argument("--scratch", default="/tmp/seed_ensemble")
+  ap.add_argument("--note", default="")
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  text = [results.header("Ensembles of seeds on the Lesjak leave-one-out (0CF, Dice and lesion "
+                         "F1 %)", argv=argv)]
+  if args.note:
+    text += [args.note, ""]
+  text += [f"Each left-out exam's probability maps averaged over the seeds, then p >= "
+           f"{args.threshold:g} and scored as the leave-one-out scores (mean Dice: the mean of "
+           "patient07's and patient26's). The maps: "
+           + "; ".join(f"`{k}`, {v}" for k, v in MODES.items())
+           + ". With `saved`, each seed rescored from its own map gives back the leave-one-out's "
+           "recorded Dice (checked).", ""]
+  for spec in args.group:
+    name, _, runs = spec.partition("=")
+    name, _, mode = name.partition("@")
+    mode = mode or "saved"
+    runs = [r.strip() for r in runs.split(",") if r.strip()]
+    repredict = (None if mode == "saved" else
+                 Repredict(mode, args.threshold, args.labelled, args.scratch))
+    scores = group_scores(runs, args.threshold, args.min_lesion_mm3, repredict)
+    if repredict is None:
+      check_rescoring(name, scores)
+    lines = table(f"{name}, test-time mirroring `{mode}`", runs, scores) + sweep_table(scores)
+    text += lines
+    print("\n".join(lines), flush=True)
+  results.write(args.out, "\n".join(text))
+  print(f"[seed_ensemble] -> {args.out}")
+
+
+if __name__ == "__main__":
+  main()
