@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -368,7 +369,8 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, lis
       done.append(prior)
     else:
       theirs = prior.get("settings") or {}
-      differ = [k for k in mine if theirs.get(k) != mine[k]] or ["settings not recorded"]
+      as_read = json.loads(json.dumps(mine, default=str))  # as summaries hold it (lists)
+      differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
       logging.info("[segment] %s: redone, its outputs were made with other settings (%s); the "
                    "old ones stay until the new ones are complete", exam.exam_id,
                    ", ".join(differ))

@@ -433,3 +433,23 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
   assert prepare(exam) is exam  # on the model grid: as it is, nothing registered
   external = {"preprocessing": {"by": "external", "options": None, "nyul_landmarks": {}}}
   assert segment.preprocessor(config, external, str(tmp_path))(exam) is exam
+
+
+def test_a_rerun_names_only_the_settings_that_changed(monkeypatch, caplog):
+  """Settings read back from an exam's summary (JSON: lists, not tuples) are compared as JSON:
+  a re-run with another threshold names `predict`, not `preprocess` and `report` as well."""
+  import json
+  import logging as std_logging
+
+  from msjax.data import manifest as manifest_lib
+  mine = {"model": "m", "predict": {"threshold": 0.5}, "preprocess": {"n4_iterations": (20, 20)},
+          "report": {"slices": (1, 2)}}
+  before = json.loads(json.dumps(dict(mine, predict={"threshold": 0.3})))
+  monkeypatch.setattr(segment.outputs, "complete",
+                      lambda workdir, exam: {"settings": before, "settings_sha256": "old"})
+  config = load_config("segment")
+  exam = manifest_lib.Exam(exam_id="e1", patient_id="p1", ms=True, images={"FLAIR": "f.nii.gz"})
+  with caplog.at_level(std_logging.INFO):
+    todo, done = segment._to_do([exam], "w", config, "new", mine)
+  assert [e.exam_id for e in todo] == ["e1"] and not done
+  assert "made with other settings (predict);" in caplog.text
