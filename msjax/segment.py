@@ -305,16 +305,10 @@ def model_name(bundle: dict) -> str:
 
 def inference_options(config, bundle: dict) -> predict.PredictOptions:
   """The network's options for a job's predict block: the bundle's threshold unless the command
-  sets one; test-time mirroring unless the command says: 8 flips for one network, none for an
-  ensemble, whose members are its averaging (on the Lesjak leave-one-out three members without
-  flips beat one network with 8 on every input, at 3/8 of its compute:
-  docs/results/seed_ensemble.md)."""
+  sets one."""
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
-  mirror = (config.predict.mirror if config.predict.mirror is not None
-            else not _ensemble_label(bundle))
-  return predict.PredictOptions.from_config(config.predict, threshold=threshold, mirror=mirror,
-                                            seed=config.seed,
+  return predict.PredictOptions.from_config(config.predict, threshold=threshold, seed=config.seed,
                                             allow_any_geometry=config.allow_any_geometry)
 
 

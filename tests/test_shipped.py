@@ -130,17 +130,6 @@ def test_segment_with_the_ensemble_says_so_and_writes_its_mean(ensemble, tiny_co
       config, dict(bundle, path=""), segment.inference_options(config, bundle))
 
 
-def test_test_time_mirroring_by_default_for_one_network_not_for_an_ensemble(released, ensemble):
-  one = shipped.read_bundle(os.path.join(released["out"], shipped.DEFAULT))
-  many = shipped.read_bundle(os.path.join(ensemble["out"], shipped.DEFAULT))
-  for mode in ("segment", "longitudinal"):
-    config = load_config(mode)
-    assert segment.inference_options(config, one).mirror
-    assert not segment.inference_options(config, many).mirror
-    config.predict.mirror = True  # the command's word wins
-    assert segment.inference_options(config, many).mirror
-
-
 def test_a_damaged_ensemble_member_is_refused_naming_it(ensemble, tmp_path):
   folder = str(tmp_path / "m")
   shutil.copytree(os.path.join(ensemble["out"], shipped.DEFAULT), folder)
