@@ -25,6 +25,7 @@ def main(argv=None):
   ap.add_argument("--data", default="../shared/data")
   ap.add_argument("--segmentations", required=True)
   ap.add_argument("--patients", default="patient01,patient12")
+  ap.add_argument("--note", default="", help="what the run was (model, settings, machine load)")
   ap.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
                                                 "raw_regions.md"))
   a = ap.parse_args(argv)
@@ -40,7 +41,7 @@ def main(argv=None):
   text += (f"Masks by `segment`{' with ' + model if model else ''} on "
            "`lesjak_longitudinal_raw` (no label of these exams was used in training). A region "
            "brighter on FLAIR at study 2 must be lesion in study 2's mask, a darker one in "
-           "study 1's.\n\n| patient | regions | found (>= 10 %) | found (>= 50 %) | brighter "
+           "study 1's." + (f" {a.note}" if a.note else "") + "\n\n| patient | regions | found (>= 10 %) | found (>= 50 %) | brighter "
            "found | darker found | mask mL study 1 | mask mL study 2 |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
   for r in rows:

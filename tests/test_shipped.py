@@ -251,7 +251,9 @@ def test_the_package_ships_its_models_intact(monkeypatch):
     folder = shipped.find(name)
     params, bundle = shipped.load_params(folder)  # checks the sha256
     assert bundle["weights"]["sha256"] == shipped.sha256(os.path.join(folder, "weights.npz"))
-    assert os.path.getsize(os.path.join(folder, "weights.npz")) < 10e6
+    for k, member in enumerate(shipped.member_records(bundle)):  # an ensemble's every network
+      shipped.load_params(folder, k)
+      assert os.path.getsize(os.path.join(folder, member["file"])) < 10e6
     assert "LEAD:" not in open(os.path.join(folder, "model_card.md")).read()
     # no path of the machine that trained it, in the card or anywhere in the bundle
     card = open(os.path.join(folder, "model_card.md")).read()
