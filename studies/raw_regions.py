@@ -41,7 +41,8 @@ def main(argv=None):
   text += (f"Masks by `segment`{' with ' + model if model else ''} on "
            "`lesjak_longitudinal_raw` (no label of these exams was used in training). A region "
            "brighter on FLAIR at study 2 must be lesion in study 2's mask, a darker one in "
-           "study 1's." + (f" {a.note}" if a.note else "") + "\n\n| patient | regions | found (>= 10 %) | found (>= 50 %) | brighter "
+           "study 1's." + (f" {a.note}" if a.note else "")
+           + "\n\n| patient | regions | found (>= 10 %) | found (>= 50 %) | brighter "
            "found | darker found | mask mL study 1 | mask mL study 2 |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
   for r in rows:

@@ -167,7 +167,8 @@ def check_rescoring(name: str, scores: dict) -> float:
       worst = max(worst, abs(got - want))
   if worst > 1e-6:
     raise SystemExit(f"{name}: a seed rescored from its probability map differs from the "
-                     f"leave-one-out's own Dice by {worst:.2g}: this script does not score as it did")
+                     f"leave-one-out's own Dice by {worst:.2g}: this script does not score as "
+                     "it did")
   return worst
 
 
