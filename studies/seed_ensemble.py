@@ -20,7 +20,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from msjax.data import lesions as lesions_lib  # noqa: E402
 from msjax.evaluate import metrics  # noqa: E402
 from studies import results  # noqa: E402
 
@@ -53,10 +52,9 @@ def score(probability: np.ndarray, reference: np.ndarray, spacing, threshold: fl
           min_lesion_mm3: float) -> dict:
   """The leave-one-out's mask (p >= threshold, lesions of min_lesion_mm3 or less removed) scored
   as `evaluate` scores a mask file; arrays in the files' voxel order."""
-  mask = (probability >= threshold).astype(np.uint8)
-  if min_lesion_mm3 > 0 and mask.any():
-    labels, _ = lesions_lib.lesion_labels(mask, float(np.prod(spacing)), min_lesion_mm3)
-    mask = (labels > 0).astype(np.uint8)
+  from msjax.infer import predict
+  mask = predict.remove_small_lesions((probability >= threshold).astype(np.uint8),
+                                      float(np.prod(spacing)), min_lesion_mm3)
   return metrics.evaluate_masks(mask, reference, spacing)
 
 

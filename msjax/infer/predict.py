@@ -123,7 +123,7 @@ class Predictor:
     self.members = int(meta.get("members", 1))
     if self.members > 1:
       from msjax import shipped
-      members = shipped.restore_members(os.path.dirname(where))
+      members = [params] + shipped.restore_members(os.path.dirname(where), start=1)
       params = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *members)
       logging.info("network: an ensemble of %d members (the mean of their probabilities)",
                    self.members)

@@ -237,11 +237,12 @@ def restore_params(folder: str):
   return params, meta, os.path.join(folder, bundle["weights"]["file"])
 
 
-def restore_members(folder: str) -> list:
-  """Every member's params of a shipped model (one for a single network), each hash-checked."""
+def restore_members(folder: str, start: int = 0) -> list:
+  """The params of a shipped model's members from `start` on (one network: just its own), each
+  hash-checked (start=1: the rest, when restore_params gave the first)."""
   import jax
   n = len(member_records(read_bundle(folder)))
-  return [jax.tree.map(jax.numpy.asarray, load_params(folder, k)[0]) for k in range(n)]
+  return [jax.tree.map(jax.numpy.asarray, load_params(folder, k)[0]) for k in range(start, n)]
 
 
 def describe(folder: str, bundle: dict) -> str:
