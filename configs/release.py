@@ -53,8 +53,10 @@ def get_config(variant: str = ""):
   c.members = 3
   c.card_only = False           # True: write the shipped model's card again (its Results from
                                 # card_results), no training, weights untouched
-  c.threshold_from = ""         # a leave_one_out workdir: the threshold with the best mean Dice
-                                # over its left-out patients ('' = predict.threshold)
+  # leave-one-out workdirs of this recipe, comma-separated, one per member seed: the threshold
+  # with the best mean Dice of their averaged maps over the left-out patients and every input
+  # ('' = predict.threshold; msjax/evaluate/ensemble.py)
+  c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
   # recipe's leave-one-out at two seeds, the evidence for its 0CF initialisation and what was
   # tried to widen it (issue 37), for the ensemble, the reliability of its probabilities

@@ -20,14 +20,13 @@ import os
 import re
 import time
 
-import numpy as np
-
 from absl import logging
 
 from msjax import config_base, errors, files, shipped, stages
 from msjax import leave_one_out as loo
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
+from msjax.evaluate import ensemble
 from msjax.infer import export as export_lib
 
 
@@ -108,26 +107,19 @@ def _differences(a, b, prefix=""):
     yield f"{prefix.rstrip('.')}: {a!r} there, {b!r} here"
 
 
-def threshold_from(loo_workdir: str, strategy: str) -> tuple[float, str]:
-  """The probability threshold with the best mean Dice over the left-out patients of a
-  leave-one-out run (its calibration curves of `strategy`, all sequences), and how it was
-  chosen, for the card. Ties go to the threshold nearest 0.5."""
-  path = os.path.join(os.path.abspath(os.path.expanduser(loo_workdir)), "leave_one_out.json")
-  if not os.path.exists(path):
-    raise errors.InvalidInputError(f"{path}: no leave-one-out results to choose the threshold "
-                                   "from (--config.threshold_from=<leave_one_out workdir>)")
-  with open(path) as f:
-    curves = [c for c in json.load(f)["calibration"] if c["method"] == strategy]
-  if not curves:
-    raise errors.InvalidInputError(f"{path}: no calibration curve of {strategy}")
-  ts = curves[0]["threshold"]
-  mean = [float(np.mean([c["dice"][i] or 0.0 for c in curves])) for i in range(len(ts))]
-  best = max(range(len(ts)), key=lambda i: (round(mean[i], 4), -abs(ts[i] - 0.5)))
-  at_half = mean[ts.index(0.5)] if 0.5 in ts else float("nan")
-  how = (f"the best mean Dice of {strategy} over the {len(curves)} left-out patient(s) of a "
-         f"leave-one-out run ({', '.join(sorted(c['fold'] for c in curves))}): "
-         f"{100 * mean[best]:.1f} at {ts[best]:g} ({100 * at_half:.1f} at 0.5)")
-  return float(ts[best]), how
+def threshold_from(loo_workdirs: str, strategy: str, min_lesion_mm3: float = 0.0
+                   ) -> tuple[float, str]:
+  """The probability threshold for the shipped model, chosen on left-out patients: the best mean
+  Dice over the left-out patients and inputs of leave-one-out runs of the recipe (comma-separated
+  workdirs, one per member seed: their probability maps averaged as the ensemble averages its
+  members), and how it was chosen, for the card."""
+  runs = [os.path.abspath(os.path.expanduser(r)) for r in config_base.parse_list(loo_workdirs)]
+  for run in runs:
+    if not os.path.exists(os.path.join(run, "leave_one_out.json")):
+      raise errors.InvalidInputError(
+          f"{run}: no finished leave-one-out to choose the threshold from "
+          "(--config.threshold_from=<leave_one_out workdir>[,<another seed's>...])")
+  return ensemble.best_threshold(runs, strategy, min_lesion_mm3=min_lesion_mm3)
 
 
 def provenance(exams) -> dict:
@@ -181,8 +173,11 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   files.make_dirs(workdir)
   _same_run(config, workdir)
-  threshold, calibration = (threshold_from(config.threshold_from, stages.strategy_names(
-      config.strategy)[0]) if config.threshold_from else (None, ""))
+  threshold, calibration = (threshold_from(
+      config.threshold_from, stages.strategy_names(config.strategy)[0],
+      config.predict.min_lesion_mm3) if config.threshold_from else (None, ""))
+  if calibration:
+    logging.info("[release] threshold %g: %s", threshold, calibration)
   results = card_results(config.card_results)  # read now: a missing file fails before training
   stages.check_schedules(config)
   given, labelled, everything, prep = scans(config, workdir)

@@ -11,7 +11,6 @@ runs/loo_pre2400_s2' --out docs/results/seed_ensemble.md
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from msjax.evaluate import metrics  # noqa: E402
+from msjax.evaluate import ensemble, metrics  # noqa: E402
 from studies import results  # noqa: E402
 
 FOLDS = ("test_patient07", "test_patient26")
@@ -29,33 +28,16 @@ STRATEGY = "0CF"
 SWEEP = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # thresholds the ensemble's mean Dice is read at
 
 
-def metrics_csv(run: str, fold: str, variant: str) -> str:
-  base = os.path.join(run, "folds", fold, STRATEGY)
-  return os.path.join(base, "metrics.csv") if variant == "all" else os.path.join(
-      base, "variants", variant, "metrics.csv")
-
-
 def recorded(run: str, fold: str, variant: str) -> dict:
-  """The leave-one-out's own row for the left-out exam (one exam per fold)."""
-  with open(metrics_csv(run, fold, variant)) as f:
-    rows = list(csv.DictReader(f))
-  if len(rows) != 1:
-    raise ValueError(f"{metrics_csv(run, fold, variant)}: {len(rows)} rows, one expected")
-  return rows[0]
-
-
-def probability_path(mask_path: str) -> str:
-  return mask_path.replace("_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz")
+  return ensemble.recorded(run, fold, STRATEGY, variant)
 
 
 def score(probability: np.ndarray, reference: np.ndarray, spacing, threshold: float,
           min_lesion_mm3: float) -> dict:
-  """The leave-one-out's mask (p >= threshold, lesions of min_lesion_mm3 or less removed) scored
-  as `evaluate` scores a mask file; arrays in the files' voxel order."""
-  from msjax.infer import predict
-  mask = predict.remove_small_lesions((probability >= threshold).astype(np.uint8),
-                                      float(np.prod(spacing)), min_lesion_mm3)
-  return metrics.evaluate_masks(mask, reference, spacing)
+  """The leave-one-out's mask scored as `evaluate` scores a mask file; arrays in the files'
+  voxel order."""
+  return metrics.evaluate_masks(ensemble.mask_at(probability, spacing, threshold,
+                                                 min_lesion_mm3), reference, spacing)
 
 
 def _file_array(path: str) -> np.ndarray:
@@ -113,7 +95,8 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
       ref = nib.load(rows[0]["reference"])
       reference, spacing = np.asarray(ref.dataobj) > 0, ref.header.get_zooms()[:3]
       maps = [repredict(run, fold, variant) if repredict else
-              _file_array(probability_path(row["prediction"])) for run, row in zip(runs, rows)]
+              _file_array(ensemble.probability_path(row["prediction"]))
+              for run, row in zip(runs, rows)]
       mean = np.mean(maps, axis=0)
       out[(fold, variant)] = {
           "seeds": [score(m, reference, spacing, threshold, min_lesion_mm3) for m in maps],

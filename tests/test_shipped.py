@@ -362,21 +362,6 @@ def test_release_refuses_to_resume_a_workdir_of_another_run(released, tiny_cohor
   assert not os.path.exists(tmp_path / "o")
 
 
-def test_the_threshold_is_chosen_on_the_left_out_patients(tmp_path):
-  ts = [0.3, 0.4, 0.5, 0.6]
-  curves = [{"fold": "a", "method": "0CF", "exam_id": "a", "threshold": ts,
-             "dice": [0.50, 0.62, 0.60, 0.55]},
-            {"fold": "b", "method": "0CF", "exam_id": "b", "threshold": ts,
-             "dice": [0.70, 0.74, 0.75, 0.70]},
-            {"fold": "a", "method": "VAN", "exam_id": "a", "threshold": ts,
-             "dice": [0.9, 0.1, 0.1, 0.1]}]
-  (tmp_path / "leave_one_out.json").write_text(json.dumps({"calibration": curves}))
-  t, how = release.threshold_from(str(tmp_path), "0CF")
-  assert t == 0.4 and "68.0 at 0.4" in how and "67.5 at 0.5" in how
-  with pytest.raises(errors.InvalidInputError, match="no calibration curve of 3CF"):
-    release.threshold_from(str(tmp_path), "3CF")
-
-
 def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_path):
   """bundle.json is covered by its own hash (threshold, landmarks, config): an edit is refused
   naming the file, as is a format this msjax does not know."""

@@ -1,0 +1,137 @@
+"""An ensemble's leave-one-out, read from its members' runs, and the threshold chosen on it.
+
+Each member is one leave-one-out workdir of the same recipe at its own seed (configs/lesjak.py
+--config.seed=k). Each left-out exam's saved probability maps, for every input the runs
+evaluated (all sequences and each sequence-subset or thick-slice variant), are averaged over the
+members as `segment` averages a shipped ensemble's members, then thresholded and scored. With one
+run this is that run's own leave-one-out. Nothing is trained or predicted again.
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import nibabel as nib
+import numpy as np
+
+from msjax import errors
+from msjax.infer import predict
+
+ALL = "all"  # the input with every sequence: the fold's own metrics.csv
+# the thresholds a leave-one-out's calibration curves are read at
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def metrics_csv(run: str, fold: str, strategy: str, variant: str) -> str:
+  base = os.path.join(run, "folds", fold, strategy)
+  return os.path.join(base, "metrics.csv") if variant == ALL else os.path.join(
+      base, "variants", variant, "metrics.csv")
+
+
+def recorded(run: str, fold: str, strategy: str, variant: str) -> dict:
+  """The leave-one-out's own row for the left-out exam (one exam per fold)."""
+  path = metrics_csv(run, fold, strategy, variant)
+  if not os.path.exists(path):
+    raise errors.InvalidInputError(f"{path}: missing (is {run} a finished leave-one-out of "
+                                   f"{strategy}?)")
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  if len(rows) != 1:
+    raise errors.InvalidInputError(f"{path}: {len(rows)} rows, one left-out exam expected")
+  return rows[0]
+
+
+def probability_path(mask_path: str) -> str:
+  return mask_path.replace("_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz")
+
+
+def folds(runs: list[str]) -> list[str]:
+  """The left-out folds every run holds (test_<patient>), refused when the runs differ."""
+  found = []
+  for run in runs:
+    top = os.path.join(run, "folds")
+    found.append(sorted(d for d in (os.listdir(top) if os.path.isdir(top) else [])
+                        if d.startswith("test_")))
+  if not found[0]:
+    raise errors.InvalidInputError(f"{runs[0]}: no leave-one-out folds (folds/test_*)")
+  for run, f in zip(runs[1:], found[1:]):
+    if f != found[0]:
+      raise errors.InvalidInputError(f"{run}: folds {f}, but {runs[0]} has {found[0]}: the "
+                                     "members of one ensemble leave out the same patients")
+  return found[0]
+
+
+def inputs(runs: list[str], fold: str, strategy: str) -> list[str]:
+  """All sequences, then each variant (sequence subset, thick slices) that every run scored."""
+  common = None
+  for run in runs:
+    top = os.path.join(run, "folds", fold, strategy, "variants")
+    have = {v for v in (os.listdir(top) if os.path.isdir(top) else [])
+            if os.path.exists(metrics_csv(run, fold, strategy, v))}
+    common = have if common is None else common & have
+  return [ALL] + sorted(common or ())
+
+
+def member_maps(runs: list[str], fold: str, strategy: str, variant: str):
+  """(each run's probability map, the reference mask, its voxel spacing, each run's row), in the
+  files' voxel order."""
+  rows = [recorded(r, fold, strategy, variant) for r in runs]
+  ref = nib.load(rows[0]["reference"])
+  reference, spacing = np.asarray(ref.dataobj) > 0, tuple(ref.header.get_zooms()[:3])
+  maps = []
+  for row in rows:
+    path = probability_path(row["prediction"])
+    if not os.path.exists(path):
+      raise errors.InvalidInputError(f"{path}: the left-out exam's probability map is missing")
+    maps.append(np.asarray(nib.load(path).dataobj, np.float32))
+    if maps[-1].shape != reference.shape:
+      raise errors.InvalidInputError(f"{path}: shape {maps[-1].shape}, its reference "
+                                     f"{rows[0]['reference']} has {reference.shape}")
+  return maps, reference, spacing, rows
+
+
+def mask_at(probability: np.ndarray, spacing, threshold: float,
+            min_lesion_mm3: float) -> np.ndarray:
+  """The mask `segment` and the leave-one-out write: p >= threshold, lesions of min_lesion_mm3
+  or less removed."""
+  return predict.remove_small_lesions((probability >= threshold).astype(np.uint8),
+                                      float(np.prod(spacing)), min_lesion_mm3)
+
+
+def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
+  tp = np.count_nonzero(mask.astype(bool) & reference)
+  den = np.count_nonzero(mask) + np.count_nonzero(reference)
+  return 2.0 * tp / den if den else float("nan")  # both empty: undefined, left out of means
+
+
+def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
+               min_lesion_mm3: float = 0.0) -> dict:
+  """{(fold, input): [Dice of the members' mean map at each threshold]}."""
+  out = {}
+  for fold in folds(runs):
+    for variant in inputs(runs, fold, strategy):
+      maps, reference, spacing, _ = member_maps(runs, fold, strategy, variant)
+      mean = np.mean(maps, axis=0)
+      out[(fold, variant)] = [_dice(mask_at(mean, spacing, t, min_lesion_mm3), reference)
+                              for t in thresholds]
+  return out
+
+
+def best_threshold(runs: list[str], strategy: str, thresholds=THRESHOLDS,
+                   min_lesion_mm3: float = 0.0) -> tuple[float, str]:
+  """The threshold with the best mean Dice of the members' mean map over every left-out patient
+  and every input the runs scored (ties: the one nearest 0.5), and how it was chosen, for the
+  model card."""
+  sweep = dice_sweep(runs, strategy, thresholds, min_lesion_mm3)
+  mean = np.nanmean(list(sweep.values()), axis=0)
+  best = max(range(len(thresholds)), key=lambda i: (round(float(mean[i]), 4),
+                                                    -abs(thresholds[i] - 0.5)))
+  at_half = f" ({100 * mean[thresholds.index(0.5)]:.1f} at 0.5)" if 0.5 in thresholds else ""
+  fold_names = sorted({f.removeprefix("test_") for f, _ in sweep})
+  input_names = sorted({v for _, v in sweep}, key=lambda v: (v != ALL, v))
+  what = (f"the mean of {len(runs)} leave-one-out runs' probability maps (one per seed)"
+          if len(runs) > 1 else "a leave-one-out run's probability maps")
+  how = (f"the best mean Dice of {strategy}, {what}, over the left-out patients "
+         f"({', '.join(fold_names)}) and inputs ({', '.join(input_names)}): "
+         f"{100 * mean[best]:.1f} at {thresholds[best]:g}{at_half}")
+  return float(thresholds[best]), how
