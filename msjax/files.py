@@ -126,6 +126,33 @@ def atomic(path: str):
     raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str):
+  """Yields a temporary folder beside `path`; on success it takes `path`'s place (a folder
+  there before is replaced whole, files it alone had included), on failure it is gone and
+  `path` is as it was. The swap is two renames: for an instant between them `path` is absent,
+  never half-written."""
+  parent = make_dirs(os.path.dirname(os.path.abspath(path)))
+  name = os.path.basename(os.path.abspath(path))
+  try:
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=parent)
+  except OSError as e:
+    raise InvalidInputError(f"{parent}: cannot write {name} here ({e.strerror or e})") from e
+  try:
+    yield tmp
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    old = None
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".old-{name}-", dir=parent)
+      os.replace(path, os.path.join(old, name))
+    os.replace(tmp, path)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
 def write_text(text: str, path: str) -> str:
   with atomic(path) as tmp:
     with open(tmp, "w", newline="") as f:

@@ -12,6 +12,7 @@ import pytest
 from conftest import LESJAK_MNI, ROOT, finetune_smoke, load_config, needs_lesjak
 from msjax import checkpoint, errors, release, rules, segment, shipped
 from msjax.infer import bundle as bundle_lib
+from msjax.infer import export as export_lib
 from msjax.infer import predict
 
 
@@ -139,6 +140,25 @@ def test_a_damaged_ensemble_member_is_refused_naming_it(ensemble, tmp_path):
   with pytest.raises(errors.InvalidInputError, match=f"{weights}: damaged weights file"):
     predict.Predictor(folder)
   shipped.load_params(folder)  # the first member alone is intact
+
+
+def test_export_replaces_a_model_whole_or_not_at_all(released, ensemble, tmp_path):
+  folder = str(tmp_path / "m")
+  shutil.copytree(os.path.join(ensemble["out"], shipped.DEFAULT), folder)
+  before = {n: shipped.sha256(os.path.join(folder, n)) for n in os.listdir(folder)}
+  # a member of another network (the pretraining's position network) is refused by name after
+  # the first network's weights (the second member's: other weights) were written: the
+  # two-member model there stays as it was
+  with pytest.raises(errors.InvalidInputError, match="not the same network.*cannot join"):
+    export_lib.export(ensemble["finetune"][1], folder, "m", members=(released["pretrain"],))
+  assert {n: shipped.sha256(os.path.join(folder, n)) for n in os.listdir(folder)} == before
+  assert os.listdir(tmp_path) == ["m"]  # no temporary folder left beside it
+  shipped.verify(folder, shipped.read_bundle(folder))
+  # one network exported over the ensemble: no stale weights-1.npz beside its bundle
+  export_lib.export(released["finetune"], folder, "m")
+  assert sorted(os.listdir(folder)) == ["bundle.json", "model_card.md", "weights.npz"]
+  assert os.listdir(tmp_path) == ["m"]
+  shipped.verify(folder, shipped.read_bundle(folder))
 
 
 def _exam(tiny_cohort, root, name, keep):

@@ -41,17 +41,41 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
     raise errors.InvalidInputError(f"{where}: a {task} checkpoint cannot be shipped")
   if members and task != "segmentation":
     raise errors.InvalidInputError(f"{where}: only a segmentation network ships as an ensemble")
-  files.make_dirs(folder)
+  # the whole model is written into a temporary folder that then takes `folder`'s place: a
+  # refused member or a crash leaves the model there before intact, and no weights file of a
+  # larger ensemble exported there before stays beside the new bundle
+  with files.atomic_folder(folder) as tmp:
+    records, sources = _write_members(params, meta, where, members, tmp)
+    bundle = _bundle(workdir, name, meta, members, sources, records, training=training,
+                     threshold=threshold, calibration=calibration, root=root,
+                     compute_dtype=compute_dtype)
+    files.write_text(card(bundle, figures), os.path.join(tmp, shipped.CARD))
+    files.write_json(bundle, os.path.join(tmp, shipped.BUNDLE))
+  return bundle
+
+
+def _write_members(params, meta: dict, where: str, members: tuple[str, ...], folder: str):
+  """Writes the network and each further member's weights (weights-k.npz) into `folder`;
+  their records and checkpoint folders. A member of another network is refused by name."""
   records = [_write_weights(params, where, folder, shipped.WEIGHTS)]
   sources = [where]
   for k, other in enumerate(members, start=1):
     more, their_meta, their_where = checkpoint.restore_params(other)
-    if their_meta.get("task") != task or _architecture(their_meta) != _architecture(meta):
+    if their_meta.get("task") != meta.get("task") or (
+        _architecture(their_meta) != _architecture(meta)):
       raise errors.InvalidInputError(
           f"{their_where}: not the same network as {where} (task, model block), cannot join "
           "its ensemble")
     records.append(_write_weights(more, their_where, folder, f"weights-{k}.npz"))
     sources.append(their_where)
+  return records, sources
+
+
+def _bundle(workdir: str, name: str, meta: dict, members: tuple[str, ...], sources: list[str],
+            records: list[dict], *, training, threshold, calibration, root, compute_dtype
+            ) -> dict:
+  """The sealed bundle.json of the exported model (its weights already written: records)."""
+  task, where = meta.get("task"), sources[0]
   if task == "segmentation":
     bundle = {k: v for k, v in bundle_lib.read(workdir).items()
               if k not in ("path", shipped.CONTENT_KEY)}
@@ -80,10 +104,7 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   bundle["weights"] = records[0]
   if members:
     bundle.update(format=2, members=records)  # an older msjax refuses it, not half-reads it
-  bundle = shipped.seal(bundle)
-  files.write_text(card(bundle, figures), os.path.join(folder, shipped.CARD))
-  files.write_json(bundle, os.path.join(folder, shipped.BUNDLE))
-  return bundle
+  return shipped.seal(bundle)
 
 
 def _write_weights(params, where: str, folder: str, file: str) -> dict:
