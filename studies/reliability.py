@@ -1,40 +1,36 @@
-"""Is the model's probability a probability? Reliability of a leave-one-out run's left-out
+"""Is the model's probability a probability? Reliability of a leave-one-out's left-out
 predictions (issue 32): per bin of predicted lesion probability, the share of voxels that are
 lesion in the reference; and per predicted lesion (6-connected, > 3 mm³), its mean probability
 against whether it overlaps a reference lesion (the lesion table's confidence, read as a chance).
+Several runs (one per seed of an ensemble's recipe) are read as the ensemble: each left-out
+exam's maps averaged over them (msjax/evaluate/ensemble.py), as segment averages its members.
 
-  python studies/reliability.py --loo runs/loo_tp --data ../shared/data/lesjak_mni \\
-      --out docs/results/reliability.md
+  python studies/reliability.py --loo runs/loo_recipe_s0,runs/loo_recipe_s1,runs/loo_recipe_s2 \\
+      --threshold 0.35 --out docs/results/reliability.md
 
 Writes the table (markdown) and reliability.png beside it.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import results  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from studies import results  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 11)
 
 
-def pairs(loo: str, data: str, strategy: str = "0CF"):
-  """(patient, probability, reference, voxel mm³) of each left-out patient."""
-  import nibabel as nib
-  for fold in sorted(glob.glob(os.path.join(loo, "folds", "test_*"))):
-    patient = os.path.basename(fold)[len("test_"):]
-    prob = glob.glob(os.path.join(fold, strategy, "predictions", "sub-*", "anat",
-                                  "*_label-lesion_probseg.nii.gz"))
-    ref = os.path.join(data, patient, "consensus_gt.nii.gz")
-    if prob and os.path.exists(ref):
-      img = nib.load(prob[0])
-      yield (patient, np.asarray(img.dataobj, np.float32),
-             np.asarray(nib.load(ref).dataobj) > 0, abs(np.linalg.det(img.affine[:3, :3])))
+def pairs(runs: list[str], strategy: str = "0CF"):
+  """(patient, probability, reference, voxel mm³) of each left-out patient, all sequences: the
+  runs' maps averaged."""
+  from msjax.evaluate import ensemble
+  for fold in ensemble.folds(runs):
+    maps, reference, spacing, _ = ensemble.member_maps(runs, fold, strategy, ensemble.ALL)
+    yield fold[len("test_"):], np.mean(maps, axis=0), reference, float(np.prod(spacing))
 
 
 def voxel_reliability(p: np.ndarray, ref: np.ndarray):
@@ -59,23 +55,29 @@ def lesion_reliability(p: np.ndarray, ref: np.ndarray, voxel_mm3: float, thresho
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--loo", required=True)
-  ap.add_argument("--data", default="../shared/data/lesjak_mni")
-  ap.add_argument("--threshold", type=float, default=0.5)
+  ap.add_argument("--loo", required=True, help="leave-one-out workdirs, comma-separated (one "
+                  "per seed: read as their ensemble)")
+  ap.add_argument("--threshold", type=float, default=0.5, help="the model's threshold")
   ap.add_argument("--out", default=os.path.join(results.ROOT, "docs", "results",
                                                 "reliability.md"))
   a = ap.parse_args(argv)
   n_all = np.zeros(len(BINS) - 1)
   hit_all = np.zeros(len(BINS) - 1)
   lesions = []
-  for patient, p, ref, voxel_mm3 in pairs(a.loo, a.data):
+  runs = [r.strip() for r in a.loo.split(",") if r.strip()]
+  for patient, p, ref, voxel_mm3 in pairs(runs):
     n, hit = voxel_reliability(p, ref)
     n_all += n
     hit_all += hit
     lesions += [(patient, *x) for x in lesion_reliability(p, ref, voxel_mm3, a.threshold)]
   if not n_all.sum():
     raise SystemExit(f"{a.loo}: no left-out predictions found")
-  text = results.header("Reliability of the left-out predictions (leave-one-out, 0CF)")
+  text = results.header("Reliability of the left-out predictions (leave-one-out, 0CF)",
+                        argv=argv)
+  if len(runs) > 1:
+    names = ", ".join(os.path.basename(r) for r in runs)
+    text += (f"The ensemble of {len(runs)} runs of one recipe ({names}): each left-out exam's "
+             "probability maps averaged over them.\n\n")
   text += ("| predicted probability | voxels | share lesion in the reference |\n"
            "| --- | --- | --- |\n")
   for lo, hi, n, h in zip(BINS[:-1], BINS[1:], n_all, hit_all):
@@ -116,7 +118,7 @@ def main(argv=None):
     ax[1].annotate(f"{y:.2f} (n={c})", (x, y), fontsize=7, xytext=(3, -10),
                    textcoords="offset points")
   ax[1].set(xlabel="predicted lesion's mean probability", ylabel="share overlapping a reference "
-            "lesion", title="lesions", xlim=(0.4, 1.0), ylim=(0, 1.05))
+            "lesion", title="lesions", xlim=(a.threshold - 0.1, 1.0), ylim=(0, 1.05))
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
   fig.savefig(png, dpi=100)
