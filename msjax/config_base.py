@@ -140,7 +140,9 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.mirror = False           # test-time mirroring: mean over the 8 flips
   c.flips = "all"            # with mirror: "all", every patch in its 8 flips (nnU-Net; 8× the
                              # compute); "spread", each sliding window in one flip by its place,
-                             # every voxel still seen in all 8 (the compute of no mirroring)
+                             # every voxel still seen in all 8 (the compute of no mirroring);
+                             # "dealt", an ensemble's members share the 8 flips of each patch
+                             # (member k its k-th share: 8 passes in all, not 8 per member)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.update(overrides)

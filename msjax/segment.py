@@ -277,7 +277,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
 def mirroring_label(options) -> str:
   if not options.mirror:
     return ""
-  return "8-flip mirroring" if options.flips == "all" else "mirroring spread over the windows"
+  return {"all": "8-flip mirroring", "dealt": "8-flip mirroring dealt over the members"}.get(
+      options.flips, "mirroring spread over the windows")
 
 
 def _ensemble_label(bundle: dict) -> str:

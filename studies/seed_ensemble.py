@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msjax.evaluate import ensemble, metrics  # noqa: E402
+from msjax.models import model as model_lib  # noqa: E402
 from studies import results  # noqa: E402
 
 FOLDS = ("test_patient07", "test_patient26")
@@ -48,7 +49,10 @@ MODES = {"saved": "the leave-one-out's own maps (8-flip mirroring: 8 passes per 
          "none": "predicted again by each fold's network without test-time mirroring (1 pass "
                  "per member)",
          "spread": "predicted again by each fold's network with the 8 flips spread over the "
-                   "overlapping windows (each window once, in one flip: 1 pass per member)"}
+                   "overlapping windows (each window once, in one flip: 1 pass per member)",
+         "dealt": "predicted again with the 8 flips of every window dealt out over the members "
+                  "(predict.flips='dealt': seed k's network sees its k-th share, 8 passes in "
+                  "all)"}
 
 
 class Repredict:
@@ -61,21 +65,26 @@ class Repredict:
     from msjax.data import cohort as cohort_lib
     from msjax.infer import predict
     self.options = predict.PredictOptions.from_config(
-        loo_config.get_config().predict, mirror=mode == "spread", flips="spread",
-        threshold=threshold)
+        loo_config.get_config().predict, mirror=mode in ("spread", "dealt"),
+        flips="all" if mode == "dealt" else "spread", threshold=threshold)
     self.mode, self.folder, self._predictors = mode, folder, {}
+    self.runs = []  # the group's runs, in order: seed k's share of the flips when dealt
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
 
   def __call__(self, run: str, fold: str, variant: str) -> np.ndarray:
     from msjax.evaluate import variants as variants_lib
     from msjax.infer import predict
-    key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, self.mode])
+    mode = (f"dealt{self.runs.index(run)}of{len(self.runs)}" if self.mode == "dealt"
+            else self.mode)
+    key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, mode])
     kept = os.path.join(self.folder, "maps", key + ".npy")
     if os.path.exists(kept):
       return np.load(kept).astype(np.float32)
     if (run, fold) not in self._predictors:
-      self._predictors[(run, fold)] = predict.Predictor(os.path.join(run, "folds", fold,
-                                                                     STRATEGY))
+      where = os.path.join(run, "folds", fold, STRATEGY)
+      self._predictors[(run, fold)] = (
+          FlipShare(where, model_lib.dealt_flips(len(self.runs))[self.runs.index(run)])
+          if self.mode == "dealt" else predict.Predictor(where))
     exam = variants_lib.make(self.exams[fold.removeprefix("test_")], variant,
                              os.path.join(self.folder, "variants", variant))
     seg = predict.segment_exam(self._predictors[(run, fold)], exam, self.options)
@@ -83,6 +92,29 @@ class Repredict:
     np.save(kept + ".tmp.npy", seg.probability.astype(np.float16))
     os.replace(kept + ".tmp.npy", kept)
     return seg.probability  # in the exam file's voxel order, as the saved maps
+
+
+def _flip_share_class():
+  from msjax.infer import predict
+
+  class FlipShare(predict.Predictor):
+    """A fold's network that mirrors each patch in its share of the 8 flips only."""
+
+    def __init__(self, where: str, share: tuple):
+      super().__init__(where)
+      self.share = share
+
+    def predict_batch(self, x, mirror: bool = False, dealt: bool = False):
+      if "share" not in self._predict:
+        self._predict["share"] = model_lib.make_predict(self.model, "segmentation", mirror=True,
+                                                        flips=self.share)
+      return self._predict["share"](self.params, x)
+
+  return FlipShare
+
+
+def FlipShare(where: str, share: tuple):  # noqa: N802 (a class, built when first needed)
+  return _flip_share_class()(where, share)
 
 
 def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
@@ -182,6 +214,8 @@ def main(argv=None):
     runs = [r.strip() for r in runs.split(",") if r.strip()]
     repredict = (None if mode == "saved" else
                  Repredict(mode, args.threshold, args.labelled, args.scratch))
+    if repredict:
+      repredict.runs = runs
     scores = group_scores(runs, args.threshold, args.min_lesion_mm3, repredict)
     if repredict is None:
       check_rescoring(name, scores)

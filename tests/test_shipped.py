@@ -14,6 +14,7 @@ from msjax import checkpoint, errors, release, rules, segment, shipped
 from msjax.infer import bundle as bundle_lib
 from msjax.infer import export as export_lib
 from msjax.infer import predict
+from msjax.models import model as model_lib
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,17 @@ def test_an_ensemble_ships_every_member_and_predicts_their_mean(ensemble):
   want = (np.asarray(predict.Predictor(first).predict_batch(x, mirror=True))
           + np.asarray(predict.Predictor(second).predict_batch(x, mirror=True))) / 2
   np.testing.assert_allclose(mirrored, want, atol=2e-3)
+  # flips dealt over the members: each member averages its own share of the 8 flips
+  ensemble_predictor = predict.Predictor(folder)
+  dealt = np.asarray(ensemble_predictor.predict_batch(x, mirror=True, dealt=True))
+  shares = model_lib.dealt_flips(2)
+  assert sorted(shares[0] + shares[1]) == sorted(model_lib.MIRRORS) and len(shares[0]) == 4
+  want = np.mean([np.asarray(model_lib.make_predict(p.model, "segmentation", mirror=True,
+                                                    flips=share)(p.params, x))
+                  for p, share in zip((predict.Predictor(first), predict.Predictor(second)),
+                                      shares)], axis=0)
+  np.testing.assert_allclose(dealt, want, atol=2e-3)
+  assert np.abs(dealt - mirrored).max() > 1e-4  # not the 8 flips of every member
   card = open(os.path.join(folder, "model_card.md")).read()
   assert "an ensemble of 2 networks" in card and "at seeds 0, 1" in card
 

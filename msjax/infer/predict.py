@@ -32,7 +32,7 @@ from msjax.models import isensee
 from msjax.models import model as model_lib
 
 SAMPLERS = ("sliding", "random")
-FLIPS = ("all", "spread")
+FLIPS = ("all", "spread", "dealt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +62,9 @@ class PredictOptions:
 
   @property
   def mirror_every_patch(self) -> bool:
-    """Whether the network sees every patch in its 8 flips (nnU-Net's mirroring, 8x)."""
-    return self.mirror and self.flips == "all"
+    """Whether every patch is seen in its 8 flips (nnU-Net's mirroring, 8x; dealt: by an
+    ensemble's members together, 8 passes in all)."""
+    return self.mirror and self.flips in ("all", "dealt")
 
   @classmethod
   def from_config(cls, predict_config=None, **changes) -> "PredictOptions":
@@ -130,18 +131,22 @@ class Predictor:
     self.params = jax.tree.map(jax.numpy.asarray, params)
     self.patch = int(cfg.data.patch_size)
     self.model_shape = tuple(cfg.data.model_shape) or None
-    self._predict = {}  # mirror -> jitted predict (test-time mirroring: 8× the compute)
+    self._predict = {}  # (mirror, dealt) -> jitted predict (mirroring: 8× the compute)
 
-  def predict_batch(self, x, mirror: bool = False):
-    if mirror not in self._predict:
-      self._predict[mirror] = model_lib.make_predict(self.model, "segmentation", mirror=mirror,
-                                                     members=self.members)
-    return self._predict[mirror](self.params, x)
+  def predict_batch(self, x, mirror: bool = False, dealt: bool = False):
+    """dealt (an ensemble, with mirror): the 8 flips dealt out over the members
+    (model.dealt_flips), 8 passes in all instead of 8 per member."""
+    key = (mirror, dealt and mirror and self.members > 1)
+    if key not in self._predict:
+      self._predict[key] = model_lib.make_predict(self.model, "segmentation", mirror=mirror,
+                                                  members=self.members, dealt=key[1])
+    return self._predict[key](self.params, x)
 
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
     """(probabilities on the model grid, patches used): `probabilities` with this network."""
-    return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch), arrays,
-                         self.patch, options)
+    return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch,
+                                                      options.flips == "dealt"),
+                         arrays, self.patch, options)
 
 
 def select_exams(cohort, which: str):
