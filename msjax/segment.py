@@ -242,7 +242,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   """One exam (`ready`: on the model grid) segmented and exported, with its clinical report and
   DICOM SEG where they apply; its row."""
   t = time.time()
-  label = ", ".join(x for x in (_ensemble_label(bundle), mirroring_label(options)) if x)
+  label = ", ".join(x for x in (_ensemble_label(bundle),
+                                 mirroring_label(options, _members(bundle))) if x)
   with _PHASES(exam.exam_id, "network", label):
     seg = predict.segment_exam(predictor, ready, options)
   predict_s, t = time.time() - t, time.time()
@@ -274,15 +275,21 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   return row
 
 
-def mirroring_label(options) -> str:
+def mirroring_label(options, members: int = 1) -> str:
   if not options.mirror:
     return ""
-  return {"all": "8-flip mirroring", "dealt": "8-flip mirroring dealt over the members"}.get(
-      options.flips, "mirroring spread over the windows")
+  if options.flips == "dealt" and members > 1:
+    return f"8-flip mirroring dealt over the {members} members"
+  return ("mirroring spread over the windows" if options.flips == "spread" else
+          "8-flip mirroring")
+
+
+def _members(bundle: dict) -> int:
+  return max(1, len(bundle.get("members") or ()))
 
 
 def _ensemble_label(bundle: dict) -> str:
-  n = len(bundle.get("members") or ())
+  n = _members(bundle)
   return f"the mean of a {n}-member ensemble" if n > 1 else ""
 
 
@@ -296,7 +303,7 @@ def made_with(config, bundle: dict, options) -> str:
   ensemble = _ensemble_label(bundle)
   return (f"{model_name(bundle)}{f' ({ensemble})' if ensemble else ''}; lesion at p >= "
           f"{options.threshold:g}, "
-          f"{mirroring_label(options) or 'no test-time mirroring'}, {how}")
+          f"{mirroring_label(options, _members(bundle)) or 'no test-time mirroring'}, {how}")
 
 
 def model_name(bundle: dict) -> str:

@@ -1,5 +1,6 @@
 """Shipped models (msjax/shipped): the release job's export, the hash, the default model of
 `segment`, the sequence sets a bundle takes, and init_from=<shipped name>."""
+import dataclasses
 import json
 import os
 import re
@@ -141,6 +142,12 @@ def test_segment_with_the_ensemble_says_so_and_writes_its_mean(ensemble, tiny_co
   bundle = shipped.read_bundle(os.path.join(ensemble["out"], shipped.DEFAULT))
   assert "the mean of a 2-member ensemble" in segment.made_with(
       config, dict(bundle, path=""), segment.inference_options(config, bundle))
+  dealt = dataclasses.replace(segment.inference_options(config, bundle), mirror=True,
+                              flips="dealt")
+  assert "8-flip mirroring dealt over the 2 members" in segment.made_with(
+      config, dict(bundle, path=""), dealt)
+  one = dict(bundle, path="", members=None)  # one network: dealt is every flip
+  assert "8-flip mirroring," in segment.made_with(config, one, dealt)
 
 
 def test_a_damaged_ensemble_member_is_refused_naming_it(ensemble, tmp_path):
