@@ -59,9 +59,11 @@ def get_config(variant: str = ""):
   c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
   # recipe's leave-one-out at two seeds, the evidence for its 0CF initialisation and what was
-  # tried to widen it (issue 37), for the ensemble, the reliability of its probabilities
+  # tried to widen it (issue 37), for the ensemble, the reliability of its probabilities, the
+  # raw longitudinal exams' change regions its masks cover, its flips dealt over the members
   c.card_results = ",".join(f"docs/results/{name}.md" for name in (
-      "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "reliability"))
+      "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "reliability",
+      "raw_regions", "dealt_flips"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
