@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msjax.evaluate import ensemble, metrics  # noqa: E402
+from msjax.infer import predict  # noqa: E402
 from msjax.models import model as model_lib  # noqa: E402
 from studies import results  # noqa: E402
 
@@ -60,20 +61,18 @@ class Repredict:
   leave-one-out saved only its 8-flip maps): the left-out exam as the leave-one-out gave it.
   Maps are kept in `folder` (float16), so that the results file is written again in minutes."""
 
-  def __init__(self, mode: str, threshold: float, labelled: str, folder: str):
+  def __init__(self, mode: str, runs: list[str], threshold: float, labelled: str, folder: str):
     from msjax.configs import leave_one_out as loo_config
     from msjax.data import cohort as cohort_lib
-    from msjax.infer import predict
     self.options = predict.PredictOptions.from_config(
         loo_config.get_config().predict, mirror=mode in ("spread", "dealt"),
         flips="all" if mode == "dealt" else "spread", threshold=threshold)
     self.mode, self.folder, self._predictors = mode, folder, {}
-    self.runs = []  # the group's runs, in order: seed k's share of the flips when dealt
+    self.runs = runs  # the group's runs, in order: seed k's share of the flips when dealt
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
 
   def __call__(self, run: str, fold: str, variant: str) -> np.ndarray:
     from msjax.evaluate import variants as variants_lib
-    from msjax.infer import predict
     mode = (f"dealt{self.runs.index(run)}of{len(self.runs)}" if self.mode == "dealt"
             else self.mode)
     key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, mode])
@@ -94,27 +93,19 @@ class Repredict:
     return seg.probability  # in the exam file's voxel order, as the saved maps
 
 
-def _flip_share_class():
-  from msjax.infer import predict
+class FlipShare(predict.Predictor):
+  """A fold's network that mirrors each patch in its share of the 8 flips only (seed k of an
+  ensemble whose flips are dealt: model.dealt_flips)."""
 
-  class FlipShare(predict.Predictor):
-    """A fold's network that mirrors each patch in its share of the 8 flips only."""
+  def __init__(self, where: str, share: tuple):
+    super().__init__(where)
+    self.share = share
 
-    def __init__(self, where: str, share: tuple):
-      super().__init__(where)
-      self.share = share
-
-    def predict_batch(self, x, mirror: bool = False, dealt: bool = False):
-      if "share" not in self._predict:
-        self._predict["share"] = model_lib.make_predict(self.model, "segmentation", mirror=True,
-                                                        flips=self.share)
-      return self._predict["share"](self.params, x)
-
-  return FlipShare
-
-
-def FlipShare(where: str, share: tuple):  # noqa: N802 (a class, built when first needed)
-  return _flip_share_class()(where, share)
+  def predict_batch(self, x, mirror: bool = False, dealt: bool = False):
+    if "share" not in self._predict:
+      self._predict["share"] = model_lib.make_predict(self.model, "segmentation", mirror=True,
+                                                      flips=self.share)
+    return self._predict["share"](self.params, x)
 
 
 def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
@@ -213,9 +204,7 @@ def main(argv=None):
     mode = mode or "saved"
     runs = [r.strip() for r in runs.split(",") if r.strip()]
     repredict = (None if mode == "saved" else
-                 Repredict(mode, args.threshold, args.labelled, args.scratch))
-    if repredict:
-      repredict.runs = runs
+                 Repredict(mode, runs, args.threshold, args.labelled, args.scratch))
     scores = group_scores(runs, args.threshold, args.min_lesion_mm3, repredict)
     if repredict is None:
       check_rescoring(name, scores)

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from msjax import errors
+from msjax.evaluate import metrics
 from msjax.infer import predict
 
 ALL = "all"  # the input with every sequence: the fold's own metrics.csv
@@ -99,9 +100,8 @@ def mask_at(probability: np.ndarray, spacing, threshold: float,
 
 
 def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
-  tp = np.count_nonzero(mask.astype(bool) & reference)
-  den = np.count_nonzero(mask) + np.count_nonzero(reference)
-  return 2.0 * tp / den if den else float("nan")  # both empty: undefined, left out of means
+  dice = metrics.voxel_metrics(mask, reference)["dice"]
+  return float("nan") if dice is None else dice  # both empty: undefined, left out of means
 
 
 def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,

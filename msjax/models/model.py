@@ -81,9 +81,10 @@ def make_predict(model: Model, task: str, mirror: bool = False, mesh=None, membe
     return sum(mirrored(jax.tree.map(lambda x, k=k: x[k], stacked), images, shares[k])
                for k in range(members)) / members
 
-  if members > 1 and task == "segmentation" and mirror and dealt:
-    ensemble = ensemble_dealt
-  fn = ensemble if members > 1 and task == "segmentation" else predict
+  if members > 1 and task == "segmentation":
+    fn = ensemble_dealt if mirror and dealt else ensemble
+  else:
+    fn = predict
   if mesh is None:
     return jax.jit(fn)
   replicated = parallel.replicated(mesh)
