@@ -132,7 +132,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
     to_mni = step("mni_registration", "MNI registration", lambda: steps.register_head_to_mni(
         sitk.Mask(brain_image(imgs), head)))
     brain = step("atlas_mask", "brain extraction (within the MNI template's brain)",
-                 steps.atlas_brain_mask, brain_image(imgs), to_mni)
+                 lambda: steps.atlas_brain_mask(brain_image(imgs), to_mni, fill=imgs["FLAIR"]))
   else:
     brain = step("skull_strip", "brain extraction", brain_mask, exam, imgs, options)
     to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, brain, options)

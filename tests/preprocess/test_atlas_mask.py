@@ -82,6 +82,28 @@ def test_atlas_mask_drops_scalp_and_neck_that_the_threshold_mask_keeps():
   assert (atlas & scalp).sum() < 0.01 * scalp.sum()
 
 
+def test_atlas_mask_reaches_below_a_t1_that_stops_short_when_flair_fills_in():
+  """A T1 whose field of view stops above FLAIR's (its lowest 25 slices 0 after co-registration,
+  as on Lesjak patient01 study 1): with FLAIR given as `fill`, the mask carries the brain on
+  through those slices as FLAIR sees it; without, it ends flat at the T1's last slice."""
+  flair, brain, scalp, to_mni = synthetic_head()
+  arr = grid_lib.to_numpy(flair).copy()
+  cut = np.argwhere(brain)[:, 2].min() + 25
+  arr[:, :, :cut] = 0.0
+  t1 = grid_lib.from_numpy(arr, flair)
+  below = brain.copy()
+  below[:, :, cut:] = False
+  assert below.sum() > 2000  # enough brain below the cut to tell
+  alone = grid_lib.to_numpy(steps.atlas_brain_mask(t1, to_mni)) > 0
+  filled = grid_lib.to_numpy(steps.atlas_brain_mask(t1, to_mni, fill=flair)) > 0
+  assert (alone & below).sum() < 0.05 * below.sum()
+  assert (filled & below).sum() > 0.9 * below.sum(), (filled & below).sum() / below.sum()
+  assert dice(filled, brain) > 0.97, dice(filled, brain)
+  assert (filled & scalp).sum() < 0.01 * scalp.sum()
+  # where the T1 has data the mask is the T1's: FLAIR stands in only below the cut
+  assert np.array_equal(filled[:, :, cut + 5:], alone[:, :, cut + 5:])
+
+
 def _template_head():
   """The synthetic head with the MNI template's own intensities inside its brain (at a known
   affine from MNI), scalp, neck and bridges kept."""
