@@ -191,7 +191,8 @@ def model_card(b: dict) -> str:
       (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None
        else "- no validation patients (every labelled patient was used for training); see the "
             "leave-one-out results this model came from, if any"),
-      (f"- last training batch (step {final['step']}): loss {final['loss']:.4f}"
+      (f"- last training batch{' of the first member' if b.get('members') else ''} "
+       f"(step {final['step']}; one batch, a noisy figure): loss {final['loss']:.4f}"
        + (f", batch Dice {final['batch_dice']:.3f}" if "batch_dice" in final else "")
        if "loss" in final else "- last training batch: not recorded"),
       "", "## Inputs",
