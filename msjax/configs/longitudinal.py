@@ -26,7 +26,7 @@ def get_config(variant: str = ""):
   c.model = ""              # finetune workdir or shipped name; '' = the default shipped model,
                             # else (none shipped) change detection without per-visit segmentation
   c.preprocessed = False    # exams already on the model grid (with a model): no preprocessing
-  c.predict = config_base.predict(mirror=True)  # as segment: test-time mirroring on
+  c.predict = config_base.predict(mirror=True, flips="dealt")  # as segment: flips dealt out
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
   c.preprocess = config_base.preprocess()
   c.change = config_dict.ConfigDict()

@@ -30,12 +30,14 @@ def get_config(variant: str = ""):
                             # array task; then --config.merge=True builds the cohort table
   c.overlap = True          # raw exams: preprocess the next exam while the network runs
   c.merge = False           # only merge the complete exams in the workdir into segmentations.csv
-  # test-time mirroring on, as nnU-Net does, for an ensemble too (8x the network time): on Lesjak
-  # patient26 it turned 19 lesions + 18 specks of <= 3 mm³ into 15 + 2 at the same volume; the
-  # shipped 3-member ensemble with it scored 1.3-3.4 points of mean Dice above without it on the
-  # leave-one-out and left fewer specks and edge-slice lesions on the raw exams
-  # (docs/results/seed_ensemble.md, docs/lab_notebook.md "The shipped model")
-  c.predict = config_base.predict(mirror=True)
+  # test-time mirroring on, as nnU-Net does: on Lesjak patient26 it turned 19 lesions + 18 specks
+  # of <= 3 mm³ into 15 + 2 at the same volume. The 8 flips of each patch are dealt out over the
+  # shipped ensemble's members (8 passes in all, not 8 per member; one network: every flip): on
+  # the leave-one-out 57.0 / 53.7 / 53.9 / 53.3 / 44.5 mean Dice against 56.6 / 53.2 / 53.9 / 52.8
+  # / 44.8 with every member in every flip, the same share of patient26's lesions found on every
+  # input (one more on thick slices), one more false lesion on four; 102 s an exam, not 147
+  # (docs/results/seed_ensemble.md, dealt_flips.md). --config.predict.flips=all for 8 each.
+  c.predict = config_base.predict(mirror=True, flips="dealt")
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
   c.preprocess = config_base.preprocess()
   c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)
