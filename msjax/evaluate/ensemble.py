@@ -42,8 +42,16 @@ def recorded(run: str, fold: str, strategy: str, variant: str) -> dict:
   return rows[0]
 
 
+MASK_SUFFIX, PROBABILITY_SUFFIX = "_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz"
+
+
 def probability_path(mask_path: str) -> str:
-  return mask_path.replace("_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz")
+  """The probability map written beside a predicted mask (msjax.infer.outputs.paths); a mask not
+  named so is refused rather than read as its own probability map."""
+  if not mask_path.endswith(MASK_SUFFIX):
+    raise errors.InvalidInputError(f"{mask_path}: not a mask msjax predicted (its name does not "
+                                   f"end in {MASK_SUFFIX}), so no probability map beside it")
+  return mask_path[:-len(MASK_SUFFIX)] + PROBABILITY_SUFFIX
 
 
 def folds(runs: list[str]) -> list[str]:

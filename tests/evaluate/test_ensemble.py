@@ -84,3 +84,20 @@ def test_runs_that_do_not_fit_are_refused_by_name(tmp_path):
     ensemble.best_threshold([a], "0CF")
   with pytest.raises(errors.InvalidInputError, match="unfinished: no finished leave-one-out"):
     release.threshold_from(f"{a},{tmp_path / 'unfinished'}", "0CF")
+
+
+def test_a_mask_not_named_as_msjax_names_it_is_refused_not_read_as_its_own_map(tmp_path):
+  """The probability map is found by the mask's name; a mask named otherwise must not come back
+  as its own 'probability map' (a 0/1 map whose every threshold gives the same mask)."""
+  a = _loo_run(str(tmp_path / "s0"), 0.6, 0.3)
+  csv_path = ensemble.metrics_csv(a, "test_b", "0CF", "FLAIR")
+  row = ensemble.recorded(a, "test_b", "0CF", "FLAIR")
+  renamed = row["prediction"].replace("_desc-lesion_mask", "_mask")
+  _nifti(LESION.astype(np.uint8), renamed)  # the mask itself is there, under another name
+  with open(csv_path, "w", newline="") as f:
+    w = csv.DictWriter(f, ["exam_id", "prediction", "reference", "dice"])
+    w.writeheader()
+    w.writerow({**{k: row[k] for k in ("exam_id", "reference")}, "prediction": renamed,
+                "dice": 0})
+  with pytest.raises(errors.InvalidInputError, match="_mask.nii.gz: not a mask msjax predicted"):
+    ensemble.best_threshold([a], "0CF")
