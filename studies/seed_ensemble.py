@@ -126,9 +126,8 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
           "ensemble": score(mean, reference, spacing, threshold, min_lesion_mm3),
           "recorded": [float(r["dice"]) for r in rows],
           # Dice alone: the full scores' surface distances made the sweep most of the run time
-          "sweep": {t: metrics.voxel_metrics(
-              ensemble.mask_at(mean, spacing, t, min_lesion_mm3) > 0, reference)["dice"]
-                    for t in SWEEP}}
+          "sweep": dict(zip(SWEEP, ensemble.dice_by_threshold(mean, reference, spacing, SWEEP,
+                                                               min_lesion_mm3)))}
       print(f"[seed_ensemble] {fold} {variant}: Dice " + " / ".join(
           f"{100 * x['dice']:.1f}" for x in out[(fold, variant)]["seeds"])
             + f", ensemble {100 * out[(fold, variant)]['ensemble']['dice']:.1f}", flush=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from msjax import errors
 from msjax.evaluate import metrics
-from msjax.infer import predict
+from msjax.infer import outputs, predict
 
 ALL = "all"  # the input with every sequence: the fold's own metrics.csv
 # the thresholds a leave-one-out's calibration curves are read at
@@ -42,16 +42,14 @@ def recorded(run: str, fold: str, strategy: str, variant: str) -> dict:
   return rows[0]
 
 
-MASK_SUFFIX, PROBABILITY_SUFFIX = "_desc-lesion_mask.nii.gz", "_label-lesion_probseg.nii.gz"
-
-
 def probability_path(mask_path: str) -> str:
   """The probability map written beside a predicted mask (msjax.infer.outputs.paths); a mask not
   named so is refused rather than read as its own probability map."""
-  if not mask_path.endswith(MASK_SUFFIX):
+  suffix = outputs.MASK_SUFFIX
+  if not mask_path.endswith(suffix):
     raise errors.InvalidInputError(f"{mask_path}: not a mask msjax predicted (its name does not "
-                                   f"end in {MASK_SUFFIX}), so no probability map beside it")
-  return mask_path[:-len(MASK_SUFFIX)] + PROBABILITY_SUFFIX
+                                   f"end in {suffix}), so no probability map beside it")
+  return mask_path[:-len(suffix)] + outputs.PROBABILITY_SUFFIX
 
 
 def folds(runs: list[str]) -> list[str]:
@@ -112,6 +110,12 @@ def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
   return float("nan") if dice is None else dice  # both empty: undefined, left out of means
 
 
+def dice_by_threshold(probability: np.ndarray, reference: np.ndarray, spacing, thresholds,
+                      min_lesion_mm3: float = 0.0) -> list[float]:
+  """The Dice of the mask `mask_at` makes of one map, at each threshold (nan: both empty)."""
+  return [_dice(mask_at(probability, spacing, t, min_lesion_mm3), reference) for t in thresholds]
+
+
 def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
                min_lesion_mm3: float = 0.0) -> dict:
   """{(fold, input): [Dice of the members' mean map at each threshold]}."""
@@ -119,9 +123,8 @@ def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
   for fold in folds(runs):
     for variant in inputs(runs, fold, strategy):
       maps, reference, spacing, _ = member_maps(runs, fold, strategy, variant)
-      mean = np.mean(maps, axis=0)
-      out[(fold, variant)] = [_dice(mask_at(mean, spacing, t, min_lesion_mm3), reference)
-                              for t in thresholds]
+      out[(fold, variant)] = dice_by_threshold(np.mean(maps, axis=0), reference, spacing,
+                                               thresholds, min_lesion_mm3)
   return out
 
 

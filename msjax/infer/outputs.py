@@ -34,14 +34,18 @@ def exam_folder(root: str, exam: Exam) -> str:
   return os.path.join(root, *parts, "anat")
 
 
+MASK_SUFFIX = "_desc-lesion_mask.nii.gz"            # the mask's file name ends so
+PROBABILITY_SUFFIX = "_label-lesion_probseg.nii.gz"  # and its probability map's, beside it
+
+
 def paths(root: str, exam: Exam) -> dict[str, str]:
   """Every output file of one exam. `summary` is written last: an exam's outputs are complete
   exactly when it exists (resume reads it; a re-run removes it first)."""
   d, p = exam_folder(root, exam), exam.bids_prefix
   return {"summary": os.path.join(d, f"{p}_desc-lesion_summary.json"),
-          "mask": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.nii.gz"),
+          "mask": os.path.join(d, f"{p}_space-orig{MASK_SUFFIX}"),
           "dicom_seg": os.path.join(d, f"{p}_space-orig_desc-lesion_mask.dcm"),
-          "probseg": os.path.join(d, f"{p}_space-orig_label-lesion_probseg.nii.gz"),
+          "probseg": os.path.join(d, f"{p}_space-orig{PROBABILITY_SUFFIX}"),
           "uncertainty": os.path.join(
               d, f"{p}_space-orig_label-lesion_desc-uncertainty_probseg.nii.gz"),
           "table": os.path.join(d, f"{p}_desc-lesion_table.csv"),

@@ -276,7 +276,7 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
   within = sitk.Cast(resample(_template_brain_within(float(margin_mm)), img,
                               to_mni.GetInverse()) >= 0.5, sitk.sitkUInt8)
   foreground = sitk.OtsuThreshold(img, 0, 1, 200)
-  if fill is not None:
+  if fill is not None and fill is not img:  # a FLAIR-only exam: nothing to fill in
     uncovered = sitk.Cast(img == 0, sitk.sitkUInt8)
     foreground = sitk.Or(foreground, sitk.And(uncovered, sitk.OtsuThreshold(fill, 0, 1, 200)))
   brain = sitk.And(foreground, within)
