@@ -122,7 +122,8 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
   times = profiler.timed(run_once, warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
   if profile_dir:
-    out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir)
+    out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir,
+                                           compiled.as_text())
   return out
 
 
@@ -148,7 +149,8 @@ def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int
   times = profiler.timed(run_once, warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
   if profile_dir:
-    out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir)
+    out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir,
+                                           compiled.as_text())
   volume = None
   if volume_shape:
     volume = bench_volume(lambda b: compiled(params, b), volume_shape, patch, batch, overlap)
@@ -296,6 +298,14 @@ def headline_ratios(results: dict, torch_settings: dict, impl: str) -> dict:
   return out
 
 
+def _norm_isa() -> str:
+  """What runs the instance norms on CPU: msjax's kernels in which instruction set, or XLA."""
+  from msjax.ops import onednn
+  if jax.default_backend() != "cpu" or not onednn.available()[0]:
+    return "XLA"
+  return f"msjax kernels, {onednn.norm_isa()}"
+
+
 def run(config, workdir: str) -> dict:
   device = jax.devices()[0]
   impls = config_base.parse_list(config.conv_impls)
@@ -305,7 +315,7 @@ def run(config, workdir: str) -> dict:
           "n_devices": jax.device_count(), "cpu": hardware.cpu_isa(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__,
           "auto_dtype": hardware.compute_dtype("auto", impls[0]),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "norm_kernels": _norm_isa()}
   peak = matmul_peak(config.matmul_size)
   logging.info("device %s (%s, %s); model.dtype=auto picks %s; float32 matmul peak %.1f GFLOP/s",
                info["device"], info["backend"], info["cpu"]["isa"], info["auto_dtype"],
@@ -346,7 +356,7 @@ def format_table(report) -> str:
            f"; base width {cfg['base_width']}, {cfg['patch_size']}³ patches, batch "
            f"{cfg['batch_size']} (inference batch {cfg['infer_batch']}); float32 matmul peak "
            f"{report['matmul_peak_gflops']:.0f} GFLOP/s; model.dtype=auto picks "
-           f"{info['auto_dtype']} here", "",
+           f"{info['auto_dtype']} here; instance norms: {info.get('norm_kernels', 'XLA')}", "",
            "| function | setting | compile s | ms/step median (min-max) | steps/s | patches/s "
            "| GFLOP/patch | % of f32 matmul peak | peak MB |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -6,6 +6,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import time
 
 import jax
@@ -33,7 +34,22 @@ def timed(fn, warmup: int, repeats: int) -> list[float]:
   return times
 
 
-def category(op: str) -> str:
+# custom-call target (substring) -> what it is; trace events name only the instruction
+_TARGETS = (("MsjaxNorm", "instance norm + leaky ReLU (msjax CPU kernels)"),
+            ("MsjaxConv", "oneDNN convolution (custom call)"))
+
+
+def custom_call_targets(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> custom-call target, from a compiled module's HLO text."""
+  return dict(re.findall(r'%?([\w.\-]+) = [^\n]*?custom_call_target="([^"]+)"', hlo_text))
+
+
+def category(op: str, targets: dict | None = None) -> str:
+  target = (targets or {}).get(op)
+  if target:
+    for key, name in _TARGETS:
+      if key in target:
+        return name
   op = op.lower()
   for key, name in _CATEGORIES:
     if key in op:
@@ -41,10 +57,12 @@ def category(op: str) -> str:
   return "other"
 
 
-def profile_step(run_once, repeats: int, trace_dir: str) -> dict:
+def profile_step(run_once, repeats: int, trace_dir: str, hlo_text: str = "") -> dict:
   """Milliseconds per step by op category, from a JAX profiler trace of `repeats` steps: the op
-  events XLA's CPU runtime records (one per HLO instruction executed). Ops can overlap in time
+  events XLA's CPU runtime records (one per HLO instruction executed; `hlo_text`, the compiled
+  module's, tells which custom calls are convolutions and which norms). Ops can overlap in time
   (XLA runs independent ones concurrently), so shares are of the summed op time."""
+  targets = custom_call_targets(hlo_text)
   run_once()
   t = time.perf_counter()
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -63,7 +81,7 @@ def profile_step(run_once, repeats: int, trace_dir: str) -> dict:
     name = e.get("name", "")
     if e.get("ph") != "X" or name.startswith("$") or "::" in name or "(" in name:
       continue  # python frames and runtime wrappers, not ops
-    cat = category(name)
+    cat = category(name, targets)
     per_cat[cat] = per_cat.get(cat, 0.0) + e.get("dur", 0.0) / 1e3 / repeats
   total = sum(per_cat.values())
   return {"wall_ms_per_step": 1e3 * wall, "op_ms_per_step": total,

@@ -42,6 +42,9 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
       assert abs(sum(c["share"] for c in prof["categories"].values()) - 1) < 1e-6
       assert prof["categories"].get(conv, {}).get("ms", 0) > 0, (setting, name,
                                                                 prof["categories"])
+      if benchmark_uses_onednn():  # the norms' own kernels, told apart from the convolutions
+        norms = "instance norm + leaky ReLU (msjax CPU kernels)"
+        assert prof["categories"].get(norms, {}).get("ms", 0) > 0, (setting, name)
       assert (tmp_path / f"profile_{name}_{dtype}.png").stat().st_size > 5000
   md = open(tmp_path / "benchmark.md").read()
   assert "| train_seg | msjax onednn/bfloat16 |" in md

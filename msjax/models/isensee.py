@@ -36,10 +36,10 @@ class Encoder(nnx.Module):
       c_in = in_channels if level == 1 else w[level - 2]
       c = w[level - 1]
       if level > 1:
-        setattr(self, f"norm{first}", InstanceNorm(c_in))
+        setattr(self, f"norm{first}", InstanceNorm(c_in, impl))
       setattr(self, f"conv{first}", Conv3D(c_in, c, stride=1 if level == 1 else 2, **kw))
       for k in (first + 1, first + 2):
-        setattr(self, f"norm{k}", InstanceNorm(c))
+        setattr(self, f"norm{k}", InstanceNorm(c, impl))
         setattr(self, f"conv{k}", Conv3D(c, c, **kw))
 
   def layer(self, k: int):
@@ -66,7 +66,7 @@ class UpBlock(nnx.Module):
   """IN -> LReLU -> nearest ×2 -> 3³ conv."""
 
   def __init__(self, c_in, c_out, **kw):
-    self.norm = InstanceNorm(c_in)
+    self.norm = InstanceNorm(c_in, kw["impl"])
     self.conv = Conv3D(c_in, c_out, **kw)
 
   def __call__(self, x):
@@ -77,10 +77,10 @@ class LocBlock(nnx.Module):
   """Localization: IN-LReLU-3³ conv (c->c), then IN-LReLU-1³ conv halving (levels 4, 3, 2)."""
 
   def __init__(self, c, halve: bool, **kw):
-    self.norm_a = InstanceNorm(c)
+    self.norm_a = InstanceNorm(c, kw["impl"])
     self.conv_a = Conv3D(c, c, **kw)
     if halve:
-      self.norm_b = InstanceNorm(c)
+      self.norm_b = InstanceNorm(c, kw["impl"])
       self.conv_b = Conv3D(c, c // 2, kernel=1, **kw)
 
 

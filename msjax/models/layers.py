@@ -40,14 +40,15 @@ class InstanceNorm(nnx.Module):
   spatial axes, in float32). Always followed by leaky ReLU in this network: `norm_act` applies
   both as one fused op, so the module has no call of its own."""
 
-  def __init__(self, channels: int):
+  def __init__(self, channels: int, impl: str = "xla"):
+    self.impl = impl  # the model's conv_impl: "onednn" runs the norm's CPU kernels too
     self.scale = nnx.Param(jnp.zeros((channels,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
 
 def norm_act(norm: InstanceNorm, x):
   """leaky_relu(norm(x)), fused (msjax/ops/norm.py): two passes forward, two backward."""
-  return norm_ops.instance_norm_leaky_relu(x, norm.scale[...], norm.bias[...])
+  return norm_ops.instance_norm_leaky_relu(x, norm.scale[...], norm.bias[...], norm.impl)
 
 
 def dropout(x, rate: float, rng):

@@ -32,6 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
+# msjax's own instance-norm kernels (msjax/ops/norm.py) ride in the same library: one build, one
+# cache entry, and they run wherever the convolutions do
+SOURCES = (SOURCE, os.path.join(os.path.dirname(__file__), "norm_kernels.cc"))
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -58,8 +61,10 @@ def _build(inc: str, lib: str) -> str:
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if not compiler:
     raise RuntimeError("no C++ compiler (g++/c++) on PATH to build the oneDNN extension")
-  with open(SOURCE, "rb") as f:
-    source = f.read()
+  source = b""
+  for path in SOURCES:
+    with open(path, "rb") as f:
+      source += f.read()
   version_h = os.path.join(inc, "oneapi", "dnnl", "dnnl_version.h")
   version = ""
   if os.path.exists(version_h):
@@ -75,8 +80,8 @@ def _build(inc: str, lib: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
   os.close(fd)
   from absl import logging
-  logging.info("building the oneDNN convolution extension once (about 15 s) -> %s", out)
-  cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-o", tmp, SOURCE,
+  logging.info("building the oneDNN convolution and norm extension once (about 20 s) -> %s", out)
+  cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-o", tmp, *SOURCES,
          f"-I{jax.ffi.include_dir()}", f"-I{inc}", f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
@@ -99,9 +104,11 @@ def available() -> tuple[bool, str]:
                            "onednn-devel-cpu-gomp==2023.2.0, or set MSJAX_ONEDNN_ROOT)")
       path = _build(*found)
       lib = ctypes.cdll.LoadLibrary(path)
-      for name in ("MsjaxConv3dForward", "MsjaxConv3dBackwardData", "MsjaxConv3dBackwardWeights"):
+      for name in ("MsjaxConv3dForward", "MsjaxConv3dBackwardData", "MsjaxConv3dBackwardWeights",
+                   "MsjaxNormForward", "MsjaxNormBackward"):
         jax.ffi.register_ffi_target(f"msjax_{name}", jax.ffi.pycapsule(getattr(lib, name)),
                                     platform="cpu")
+      lib.MsjaxNormIsa.restype = ctypes.c_int
       lib.MsjaxConvImpl.restype = ctypes.c_int
       lib.MsjaxConvImpl.argtypes = [ctypes.c_int64] * 8 + [ctypes.c_int, ctypes.c_char_p,
                                                           ctypes.c_int64]
@@ -109,6 +116,15 @@ def available() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001 - any failure means: use the fallback, say why
       _state.update(ok=False, why=str(e))
     return _state["ok"], _state["why"]
+
+
+def norm_isa() -> str:
+  """The instruction set msjax's norm kernels run in this process ('avx512', 'avx2',
+  'baseline'): the CPU's best, held down by ONEDNN_MAX_CPU_ISA as oneDNN is."""
+  ok, why = available()
+  if not ok:
+    raise RuntimeError(why)
+  return ("baseline", "avx2", "avx512")[_state["lib"].MsjaxNormIsa()]
 
 
 DTYPES = (jnp.float32, jnp.bfloat16)
