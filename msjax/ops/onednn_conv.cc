@@ -8,11 +8,15 @@
 // the parameters or their gradients. The bias is added by the forward primitive and its gradient
 // computed by the backward-weights primitive: no separate pass over the activations for either.
 // Padding is k/2 on both sides (PyTorch-style; "same" at stride 1, exact halving at stride 2).
-// Primitive descriptors are cached by shape and type; scratchpads are allocated per call so that
-// concurrent calls never share one. `MsjaxConvImpl` reports the kernels oneDNN picked for a shape,
+// Primitive descriptors are cached by shape and type; each calling thread keeps one scratchpad
+// buffer, grown as needed and reused (concurrent calls run on different threads, so they never
+// share one; a fresh several-MB buffer per call cost page faults and zeroing in every call: the
+// bf16 weight gradients' scratchpads are 2-13 MB on AMX). `MsjaxConvImpl` reports the kernels oneDNN picked for a shape,
 // so that Python can refuse oneDNN's slow reference implementation and fall back instead.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,6 +46,7 @@ struct Conv {
   dnnl::convolution_forward fwd;
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights bwd_weights;
+  bool bwd_weights_zero_scratch = false;  // its kernel is jit_bf16 (see BackwardWeights)
 };
 
 // n, c, d, h, w (input), oc, k, stride, activation type -> the primitives of that convolution
@@ -78,15 +83,41 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   conv->fwd = dnnl::convolution_forward(conv->fwd_pd);
   conv->bwd_data = dnnl::convolution_backward_data(conv->bwd_data_pd);
   conv->bwd_weights = dnnl::convolution_backward_weights(conv->bwd_weights_pd);
+  conv->bwd_weights_zero_scratch =
+      std::string(conv->bwd_weights_pd.impl_info_str()).rfind("jit_bf16", 0) == 0;
   cache.emplace(key, conv);
   return conv;
+}
+
+// one of this thread's two reusable buffers (0: scratchpads, 1: reordered weights), at least
+// `bytes` long, 64-byte aligned
+void* ThreadBuffer(int slot, size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& b = buffers[slot];
+  const size_t want = (bytes + 63) / 64 * 64;
+  if (want > b.size) {
+    std::free(b.data);
+    b.data = std::aligned_alloc(64, want);
+    b.size = b.data == nullptr ? 0 : want;
+    if (b.data == nullptr) throw std::bad_alloc();
+  }
+  return b.data;
+}
+
+memory Scratchpad(const memory::desc& desc) {
+  return memory(desc, Engine(), ThreadBuffer(0, desc.get_size()));
 }
 
 // weights in the user layout -> the layout and type a primitive wants (a reorder only when they
 // differ; a reorder also converts f32 to bf16)
 memory WeightsFor(const memory::desc& want, const memory& user, dnnl::stream& strm) {
   if (want == user.get_desc()) return user;
-  memory m(want, Engine());
+  memory m(want, Engine(), ThreadBuffer(1, want.get_size()));
   dnnl::reorder(user, m).execute(strm, const_cast<memory&>(user), m);
   return m;
 }
@@ -134,7 +165,7 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
     memory bias(conv->bias, Engine(), b.typed_data());
     memory dst(conv->dst, Engine(), y->untyped_data());
     memory wei = WeightsFor(conv->fwd_pd.weights_desc(), wei_user, strm);
-    memory scratch(conv->fwd_pd.scratchpad_desc(), Engine());
+    memory scratch = Scratchpad(conv->fwd_pd.scratchpad_desc());
     conv->fwd.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bias},
                              {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     strm.wait();
@@ -165,7 +196,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
     memory wei_user(conv->wei_user, Engine(), w.typed_data());
     memory diff_src(conv->src, Engine(), dx->untyped_data());
     memory wei = WeightsFor(conv->bwd_data_pd.weights_desc(), wei_user, strm);
-    memory scratch(conv->bwd_data_pd.scratchpad_desc(), Engine());
+    memory scratch = Scratchpad(conv->bwd_data_pd.scratchpad_desc());
     conv->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei},
                                   {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, scratch}});
     strm.wait();
@@ -193,13 +224,18 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
     memory diff_dst(conv->dst, Engine(), dy.untyped_data());
     memory dw_user(conv->wei_user, Engine(), dw->typed_data());
     memory dw_mem = conv->bwd_weights_pd.diff_weights_desc() == conv->wei_user
-                        ? dw_user : memory(conv->bwd_weights_pd.diff_weights_desc(), Engine());
+                        ? dw_user
+                        : memory(conv->bwd_weights_pd.diff_weights_desc(), Engine(),
+                                 ThreadBuffer(1, conv->bwd_weights_pd.diff_weights_desc()
+                                                     .get_size()));
     memory db_mem(conv->bias, Engine(), db->typed_data());
-    memory scratch(conv->bwd_weights_pd.scratchpad_desc(), Engine());
+    memory scratch = Scratchpad(conv->bwd_weights_pd.scratchpad_desc());
     // oneDNN 3.2's jit_bf16 backward-weights kernel can read scratchpad it has not written (seen
     // at a 2-voxel extent, which Python keeps off the bf16 kernels: onednn.known_wrong). Zeroing
-    // costs one memset of a few kB and keeps any such read finite.
-    std::memset(scratch.get_data_handle(), 0, conv->bwd_weights_pd.scratchpad_desc().get_size());
+    // its scratchpad (a few kB) keeps any such read finite; the other kernels' (the AMX ones'
+    // are MBs) are used as they are.
+    if (conv->bwd_weights_zero_scratch)
+      std::memset(scratch.get_data_handle(), 0, conv->bwd_weights_pd.scratchpad_desc().get_size());
     conv->bwd_weights.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                                      {DNNL_ARG_DIFF_WEIGHTS, dw_mem},
                                      {DNNL_ARG_DIFF_BIAS, db_mem},
