@@ -89,6 +89,10 @@ def read_seg_frames(path: str, source_paths: list[str]) -> np.ndarray:
 
 
 def seg_path(mask_path: str) -> str:
-  """Beside the NIfTI mask: `..._desc-lesion_mask.nii.gz` -> `..._desc-lesion_mask.dcm`."""
-  return os.path.join(os.path.dirname(mask_path),
-                      os.path.basename(mask_path).replace(".nii.gz", ".dcm"))
+  """Beside the NIfTI mask: `..._desc-lesion_mask.nii.gz` -> `..._desc-lesion_mask.dcm`. A path
+  that is not a NIfTI file is refused: its 'SEG beside it' would be the mask itself."""
+  for ext in (".nii.gz", ".nii"):
+    if mask_path.endswith(ext):
+      return mask_path[: -len(ext)] + ".dcm"
+  raise ValueError(f"{mask_path}: not a NIfTI mask (.nii.gz or .nii), so no DICOM SEG path "
+                   "beside it")
