@@ -134,6 +134,11 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
   return out
 
 
+def _pct(value) -> str:
+  """A share in percent, or '–' where it is undefined (no lesion to find, or none predicted)."""
+  return "–" if value is None else f"{100 * value:.1f}"
+
+
 def table(name: str, runs: list[str], scores: dict) -> list[str]:
   lines = [f"### {name}: {len(runs)} seeds ({', '.join(os.path.basename(r) for r in runs)})", "",
            "| input | mean Dice, each seed | seeds' mean ± sd | ensemble | lesion F1 26, each "
@@ -145,14 +150,14 @@ def table(name: str, runs: list[str], scores: dict) -> list[str]:
     seed_dice = np.mean([[s["dice"] for s in p["seeds"]] for p in per_fold], axis=0) * 100
     ens_dice = np.mean([p["ensemble"]["dice"] for p in per_fold]) * 100
     p26 = scores[("test_patient26", variant)]
-    f1 = [100 * (s["lesion_f1"] or 0.0) for s in p26["seeds"]]
-    found = " / ".join(f"{100 * (scores[(f, variant)]['ensemble']['lesion_sensitivity'] or 0):.1f}"
+    f1 = [_pct(s["lesion_f1"]) for s in p26["seeds"]]
+    found = " / ".join(_pct(scores[(f, variant)]["ensemble"]["lesion_sensitivity"])
                        for f in ("test_patient26", "test_patient07"))
     ml = [s["pred_volume_ml"] for s in p26["seeds"]]
     lines.append(
         f"| {variant} | {' / '.join(f'{d:.1f}' for d in seed_dice)} | {seed_dice.mean():.1f} ± "
-        f"{seed_dice.std(ddof=1):.1f} | **{ens_dice:.1f}** | {' / '.join(f'{v:.1f}' for v in f1)}"
-        f" | **{100 * (p26['ensemble']['lesion_f1'] or 0.0):.1f}** | {found} | "
+        f"{seed_dice.std(ddof=1):.1f} | **{ens_dice:.1f}** | {' / '.join(f1)}"
+        f" | **{_pct(p26['ensemble']['lesion_f1'])}** | {found} | "
         f"{' / '.join(f'{v:.2f}' for v in ml)} | {p26['ensemble']['pred_volume_ml']:.2f} | "
         f"{p26['seeds'][0]['ref_volume_ml']:.2f} |")
   return lines + [""]
