@@ -82,12 +82,18 @@ def source_task(path: str) -> str | None:
   path = os.path.abspath(os.path.expanduser(path))
   if shipped.is_shipped(path):
     return shipped.read_bundle(path).get("task")
+  return run_meta(path).get("task")
+
+
+def run_meta(path: str) -> dict:
+  """The metadata saved with a run's latest checkpoint (task, mode, the run's config), no
+  weights read."""
   handlers = {"meta": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(find_checkpoint_dir(path),
                              options=ocp.CheckpointManagerOptions(read_only=True),
                              item_names=tuple(handlers), item_handlers=handlers) as m:
     meta = m.restore(m.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  return meta["meta"].get("task")
+  return meta["meta"]
 
 
 def restore_params(path: str, sharding=None):

@@ -22,7 +22,7 @@ import time
 
 from absl import logging
 
-from msjax import config_base, errors, files, shipped, stages
+from msjax import checkpoint, config_base, errors, files, shipped, stages
 from msjax import leave_one_out as loo
 from msjax.data import cohort as cohort_lib
 from msjax.data import synthetic
@@ -131,6 +131,23 @@ def provenance(exams) -> dict:
   return out
 
 
+def _pretraining_record(pre_dir: str) -> dict:
+  """What a pretraining workdir trained on, for its encoder's card: the exams of the cohort its
+  checkpoint names (the encoder ships with its exam list, as one pretrained here does). {} with a
+  warning when that cohort file is gone."""
+  meta = checkpoint.run_meta(pre_dir)
+  manifest = meta.get("config", {}).get("data", {}).get("cohort", "")
+  try:
+    if not manifest:
+      raise errors.InvalidInputError("its checkpoint names no cohort")
+    exams = sorted(e.exam_id for e in cohort_lib.load_cohort(manifest).exams)
+  except (OSError, ValueError, errors.InvalidInputError) as e:
+    logging.warning("[release] %s: its pretraining cohort %r cannot be read (%s): the encoder "
+                    "ships without its exam list", pre_dir, manifest, e)
+    return {}
+  return {"exams": exams, "pretraining_scans": len(exams)}
+
+
 def _encoder_hash(pre_dir: str) -> str:
   """The pretrained encoder's identity: a shipped encoder's weights hash, or the sha256 over
   the files of the pretraining checkpoint used."""
@@ -218,7 +235,7 @@ def run(config, workdir: str) -> dict:
     encoder_name = shipped.read_bundle(found)["name"] if found else encoder_name
     encoder = shipped.read_bundle(found) if found else export_lib.export(
         pre_dir, os.path.join(out, encoder_name), encoder_name, root=workdir,
-        compute_dtype=config.shipped_dtype)
+        training=_pretraining_record(pre_dir), compute_dtype=config.shipped_dtype)
     pre_scans = encoder["training"].get("pretraining_scans", pre_scans)
   else:
     encoder = export_lib.export(

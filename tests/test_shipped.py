@@ -487,3 +487,20 @@ def test_card_only_writes_the_card_again_and_leaves_the_weights(released, tmp_pa
   with pytest.raises(errors.InvalidInputError, match="gone.md"):
     release.run(load_config("release", "smoke", out=str(out), card_only=True,
                             card_results=str(tmp_path / "gone.md")), str(tmp_path / "unused"))
+
+
+def test_an_encoder_pretrained_in_another_workdir_ships_with_its_exam_list(released, tmp_path):
+  """release --config.pretrained=<pretraining workdir>: the encoder's card lists the exams its
+  checkpoint's cohort held, as for one pretrained in the release itself; a cohort file that is
+  gone leaves the list out (with a warning) rather than inventing one."""
+  record = release._pretraining_record(released["pretrain"])
+  cohort = checkpoint.run_meta(released["pretrain"])["config"]["data"]["cohort"]
+  want = sorted(e["exam_id"] for e in json.load(open(cohort))["exams"])
+  assert record == {"exams": want, "pretraining_scans": len(want)} and want
+  moved = tmp_path / "pretrain"
+  shutil.copytree(released["pretrain"], moved)
+  meta_file = next(moved.glob("checkpoints/*/meta/metadata"))
+  meta = json.load(open(meta_file))
+  meta["config"]["data"]["cohort"] = str(tmp_path / "gone.json")
+  json.dump(meta, open(meta_file, "w"))
+  assert release._pretraining_record(str(moved)) == {}
