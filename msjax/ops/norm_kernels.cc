@@ -36,13 +36,13 @@ constexpr int64_t kBlock = 2048;  // voxels per block: enough work per task, sho
 // are inlined into each copy's OpenMP body and vectorised for that set. The copy is chosen once
 // per process from the CPU and from ONEDNN_MAX_CPU_ISA, the cap oneDNN itself obeys, so that a
 // run held to AVX2 on a newer CPU times these kernels as an AVX2 CPU would run them.
-#if defined(__x86_64__) && defined(__GNUC__)
 #define MSJAX_ISA_COPY(NAME, ATTR)                                  \
   template <typename F>                                             \
   ATTR void NAME(int64_t tasks, const F& task) {                    \
     _Pragma("omp parallel for schedule(static)")                   \
     for (int64_t t = 0; t < tasks; ++t) task(t);                    \
   }
+#if defined(__x86_64__) && defined(__GNUC__)
 MSJAX_ISA_COPY(ForEachAvx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))))
 MSJAX_ISA_COPY(ForEachAvx2, __attribute__((target("avx2,fma"))))
 #endif
