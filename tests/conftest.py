@@ -69,6 +69,15 @@ def needs_lesjak():
                                    "(../shared/data beside the project root)")
 
 
+def onednn_installed() -> bool:
+  """oneDNN and a C++ compiler are there, so msjax's CPU extension (oneDNN convolutions, the
+  norm kernels) can be built: tests of those paths skip without them."""
+  import shutil
+
+  from msjax.ops import onednn
+  return onednn.find_onednn() is not None and bool(shutil.which("g++") or shutil.which("c++"))
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

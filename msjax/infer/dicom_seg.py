@@ -9,8 +9,6 @@ on the pixels it was computed on whatever the orientation.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from msjax import files
@@ -86,13 +84,3 @@ def read_seg_frames(path: str, source_paths: list[str]) -> np.ndarray:
   uids = [str(ds.SOPInstanceUID) for ds in sources]
   pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
   return np.asarray(pixels)[..., 0].astype(np.uint8)
-
-
-def seg_path(mask_path: str) -> str:
-  """Beside the NIfTI mask: `..._desc-lesion_mask.nii.gz` -> `..._desc-lesion_mask.dcm`. A path
-  that is not a NIfTI file is refused: its 'SEG beside it' would be the mask itself."""
-  for ext in (".nii.gz", ".nii"):
-    if mask_path.endswith(ext):
-      return mask_path[: -len(ext)] + ".dcm"
-  raise ValueError(f"{mask_path}: not a NIfTI mask (.nii.gz or .nii), so no DICOM SEG path "
-                   "beside it")

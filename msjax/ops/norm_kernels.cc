@@ -97,10 +97,19 @@ inline float LeakyGrad(float out, float g, float slope) {  // out's sign (leaky 
   return g * std::max(std::copysign(1.0f, out), slope);
 }
 
+// task t's voxels: its sample, the offset of its first element, how many voxels
+struct Block {
+  int64_t n, start, voxels;
+};
+
 struct Shape {
   int64_t n, s, c, blocks;
   int64_t Begin(int64_t b) const { return b * s / blocks; }
   int64_t End(int64_t b) const { return (b + 1) * s / blocks; }
+  Block Task(int64_t t) const {
+    const int64_t sample = t / blocks, b = t % blocks;
+    return {sample, (sample * s + Begin(b)) * c, End(b) - Begin(b)};
+  }
 };
 
 Shape ShapeOf(ffi::Span<const int64_t> dims) {
@@ -129,23 +138,19 @@ template <typename T, int kC>
 MSJAX_INLINE void BlockSumsTask(const T* __restrict x, const Shape sh, float* __restrict part,
                                 int64_t t) {
   const int64_t c = kC > 0 ? kC : sh.c;
-  {
-    const int64_t n = t / sh.blocks, b = t % sh.blocks;
-    float s1[kC > 0 ? kC : kMaxC], s2[kC > 0 ? kC : kMaxC];
-    for (int64_t k = 0; k < c; ++k) s1[k] = s2[k] = 0.0f;
-    const T* xb = x + (n * sh.s + sh.Begin(b)) * c;
-    const int64_t voxels = sh.End(b) - sh.Begin(b);
-    for (int64_t v = 0; v < voxels; ++v) {
-      const T* row = xb + v * c;
-      for (int64_t k = 0; k < c; ++k) {
-        const float a = Load(row, k);
-        s1[k] += a;
-        s2[k] += a * a;
-      }
+  const Block blk = sh.Task(t);
+  float s1[kC > 0 ? kC : kMaxC], s2[kC > 0 ? kC : kMaxC];
+  for (int64_t k = 0; k < c; ++k) s1[k] = s2[k] = 0.0f;
+  for (int64_t v = 0; v < blk.voxels; ++v) {
+    const T* row = x + blk.start + v * c;
+    for (int64_t k = 0; k < c; ++k) {
+      const float a = Load(row, k);
+      s1[k] += a;
+      s2[k] += a * a;
     }
-    std::copy(s1, s1 + c, part + t * 2 * c);
-    std::copy(s2, s2 + c, part + t * 2 * c + c);
   }
+  std::copy(s1, s1 + c, part + t * 2 * c);
+  std::copy(s2, s2 + c, part + t * 2 * c + c);
 }
 
 // y = leaky((x − mean)·a + bias) with mean, a = scale·rstd per sample and channel. Not x·a + b
@@ -157,21 +162,17 @@ MSJAX_INLINE void ApplyTask(const T* __restrict x, const Shape sh, const float* 
                             const float* a, const float* bias, float slope, T* __restrict y,
                             int64_t t) {
   const int64_t c = kC > 0 ? kC : sh.c;
-  {
-    const int64_t n = t / sh.blocks, blk = t % sh.blocks;
-    float mn[kC > 0 ? kC : kMaxC], an[kC > 0 ? kC : kMaxC], bn[kC > 0 ? kC : kMaxC];
-    std::copy(mean + n * c, mean + (n + 1) * c, mn);
-    std::copy(a + n * c, a + (n + 1) * c, an);
-    std::copy(bias, bias + c, bn);
-    const int64_t start = (n * sh.s + sh.Begin(blk)) * c;
-    const int64_t voxels = sh.End(blk) - sh.Begin(blk);
-    for (int64_t v = 0; v < voxels; ++v) {
-      const T* xr = x + start + v * c;
-      T* yr = y + start + v * c;
-      for (int64_t k = 0; k < c; ++k) {
-        const float z = (Load(xr, k) - mn[k]) * an[k] + bn[k];
-        Store(yr, k, Leaky(z, slope));
-      }
+  const Block blk = sh.Task(t);
+  float mn[kC > 0 ? kC : kMaxC], an[kC > 0 ? kC : kMaxC], bn[kC > 0 ? kC : kMaxC];
+  std::copy(mean + blk.n * c, mean + (blk.n + 1) * c, mn);
+  std::copy(a + blk.n * c, a + (blk.n + 1) * c, an);
+  std::copy(bias, bias + c, bn);
+  for (int64_t v = 0; v < blk.voxels; ++v) {
+    const T* xr = x + blk.start + v * c;
+    T* yr = y + blk.start + v * c;
+    for (int64_t k = 0; k < c; ++k) {
+      const float z = (Load(xr, k) - mn[k]) * an[k] + bn[k];
+      Store(yr, k, Leaky(z, slope));
     }
   }
 }
@@ -179,71 +180,56 @@ MSJAX_INLINE void ApplyTask(const T* __restrict x, const Shape sh, const float* 
 // per (sample, block): Σdy and Σdy·x̂ with dy = g where out >= 0, slope·g elsewhere
 template <typename T, int kC>
 MSJAX_INLINE void GradSumsTask(const T* __restrict x, const T* __restrict out,
-                           const T* __restrict g, const Shape sh, const float* mean,
-                           const float* rstd, float slope, float* __restrict part, int64_t t) {
+                               const T* __restrict g, const Shape sh, const float* mean,
+                               const float* rstd, float slope, float* __restrict part,
+                               int64_t t) {
   const int64_t c = kC > 0 ? kC : sh.c;
-  {
-    const int64_t n = t / sh.blocks, b = t % sh.blocks;
-    float s1[kC > 0 ? kC : kMaxC], s2[kC > 0 ? kC : kMaxC];
-    float mn[kC > 0 ? kC : kMaxC], rn[kC > 0 ? kC : kMaxC];
-    for (int64_t k = 0; k < c; ++k) {
-      s1[k] = s2[k] = 0.0f;
-      mn[k] = mean[n * c + k];
-      rn[k] = rstd[n * c + k];
-    }
-    const int64_t start = (n * sh.s + sh.Begin(b)) * c;
-    const int64_t voxels = sh.End(b) - sh.Begin(b);
-    for (int64_t v = 0; v < voxels; ++v) {
-      const int64_t o = start + v * c;
-      const T* xr = x + o;
-      const T* orow = out + o;
-      const T* gr = g + o;
-      for (int64_t k = 0; k < c; ++k) {
-        const float gk = Load(gr, k);
-        const float dy = LeakyGrad(Load(orow, k), gk, slope);
-        s1[k] += dy;
-        s2[k] += dy * ((Load(xr, k) - mn[k]) * rn[k]);
-      }
-    }
-    std::copy(s1, s1 + c, part + t * 2 * c);
-    std::copy(s2, s2 + c, part + t * 2 * c + c);
+  const Block blk = sh.Task(t);
+  float s1[kC > 0 ? kC : kMaxC], s2[kC > 0 ? kC : kMaxC];
+  float mn[kC > 0 ? kC : kMaxC], rn[kC > 0 ? kC : kMaxC];
+  for (int64_t k = 0; k < c; ++k) {
+    s1[k] = s2[k] = 0.0f;
+    mn[k] = mean[blk.n * c + k];
+    rn[k] = rstd[blk.n * c + k];
   }
+  for (int64_t v = 0; v < blk.voxels; ++v) {
+    const int64_t o = blk.start + v * c;
+    for (int64_t k = 0; k < c; ++k) {
+      const float dy = LeakyGrad(Load(out + o, k), Load(g + o, k), slope);
+      s1[k] += dy;
+      s2[k] += dy * ((Load(x + o, k) - mn[k]) * rn[k]);
+    }
+  }
+  std::copy(s1, s1 + c, part + t * 2 * c);
+  std::copy(s2, s2 + c, part + t * 2 * c + c);
 }
 
 // dx = scale·rstd·(dy − Σdy/m − x̂·Σdy·x̂/m), in that form: at a 1-voxel extent dy − Σdy/m is
 // exactly 0, as the gradient is
 template <typename T, int kC>
 MSJAX_INLINE void GradInputTask(const T* __restrict x, const T* __restrict out,
-                            const T* __restrict g, const Shape sh, const float* mean,
-                            const float* rstd, const float* scale, const float* s1,
-                            const float* s2, float slope, T* __restrict dx, int64_t t) {
+                                const T* __restrict g, const Shape sh, const float* mean,
+                                const float* rstd, const float* scale, const float* s1,
+                                const float* s2, float slope, T* __restrict dx, int64_t t) {
   const int64_t c = kC > 0 ? kC : sh.c;
   const float inv_m = 1.0f / static_cast<float>(sh.s);
-  {
-    const int64_t n = t / sh.blocks, b = t % sh.blocks;
-    float sr[kC > 0 ? kC : kMaxC], k1[kC > 0 ? kC : kMaxC], k2[kC > 0 ? kC : kMaxC];
-    float mn[kC > 0 ? kC : kMaxC], rn[kC > 0 ? kC : kMaxC];
+  const Block blk = sh.Task(t);
+  float sr[kC > 0 ? kC : kMaxC], k1[kC > 0 ? kC : kMaxC], k2[kC > 0 ? kC : kMaxC];
+  float mn[kC > 0 ? kC : kMaxC], rn[kC > 0 ? kC : kMaxC];
+  for (int64_t k = 0; k < c; ++k) {
+    const int64_t i = blk.n * c + k;
+    sr[k] = scale[k] * rstd[i];
+    k1[k] = s1[i] * inv_m;
+    k2[k] = s2[i] * inv_m;
+    mn[k] = mean[i];
+    rn[k] = rstd[i];
+  }
+  for (int64_t v = 0; v < blk.voxels; ++v) {
+    const int64_t o = blk.start + v * c;
     for (int64_t k = 0; k < c; ++k) {
-      const int64_t i = n * c + k;
-      sr[k] = scale[k] * rstd[i];
-      k1[k] = s1[i] * inv_m;
-      k2[k] = s2[i] * inv_m;
-      mn[k] = mean[i];
-      rn[k] = rstd[i];
-    }
-    const int64_t start = (n * sh.s + sh.Begin(b)) * c;
-    const int64_t voxels = sh.End(b) - sh.Begin(b);
-    for (int64_t v = 0; v < voxels; ++v) {
-      const int64_t o = start + v * c;
-      const T* xr = x + o;
-      const T* orow = out + o;
-      const T* gr = g + o;
-      T* dr = dx + o;
-      for (int64_t k = 0; k < c; ++k) {
-        const float dy = LeakyGrad(Load(orow, k), Load(gr, k), slope);
-        const float xhat = (Load(xr, k) - mn[k]) * rn[k];
-        Store(dr, k, sr[k] * (dy - k1[k] - xhat * k2[k]));
-      }
+      const float dy = LeakyGrad(Load(out + o, k), Load(g + o, k), slope);
+      const float xhat = (Load(x + o, k) - mn[k]) * rn[k];
+      Store(dx + o, k, sr[k] * (dy - k1[k] - xhat * k2[k]));
     }
   }
 }
@@ -262,6 +248,16 @@ void Combine(const std::vector<float>& part, const Shape sh, std::vector<double>
         (*s2)[n * c + k] += p[c + k];
       }
     }
+}
+
+// calls f with a float (float32 buffers) or a uint16_t (bfloat16 ones, as raw bits); CheckInput
+// has refused any other type
+template <typename F>
+void ByType(ffi::DataType type, F&& f) {
+  if (type == ffi::DataType::F32)
+    f(float{});
+  else
+    f(uint16_t{});
 }
 
 ffi::Error CheckInput(const ffi::AnyBuffer& x, const ffi::Buffer<ffi::F32>& scale) {
@@ -310,14 +306,12 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ff
   if (y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("msjax_norm: output type differs from the input's");
   const Shape sh = ShapeOf(x.dimensions());
-  if (x.element_type() == ffi::DataType::F32)
-    ForwardTyped(static_cast<const float*>(x.untyped_data()), sh, scale.typed_data(),
-                 bias.typed_data(), slope, eps, static_cast<float*>(y->untyped_data()),
+  ByType(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    ForwardTyped(static_cast<const T*>(x.untyped_data()), sh, scale.typed_data(),
+                 bias.typed_data(), slope, eps, static_cast<T*>(y->untyped_data()),
                  mean->typed_data(), rstd->typed_data());
-  else
-    ForwardTyped(static_cast<const uint16_t*>(x.untyped_data()), sh, scale.typed_data(),
-                 bias.typed_data(), slope, eps, static_cast<uint16_t*>(y->untyped_data()),
-                 mean->typed_data(), rstd->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -362,20 +356,15 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer out, ffi::AnyBuffer g,
       dx->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("msjax_norm: x, out, g and dx must share one type");
   const Shape sh = ShapeOf(x.dimensions());
-  if (x.element_type() == ffi::DataType::F32)
-    BackwardTyped(static_cast<const float*>(x.untyped_data()),
-                  static_cast<const float*>(out.untyped_data()),
-                  static_cast<const float*>(g.untyped_data()), sh, scale.typed_data(),
+  ByType(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    BackwardTyped(static_cast<const T*>(x.untyped_data()),
+                  static_cast<const T*>(out.untyped_data()),
+                  static_cast<const T*>(g.untyped_data()), sh, scale.typed_data(),
                   mean.typed_data(), rstd.typed_data(), slope,
-                  static_cast<float*>(dx->untyped_data()), dscale->typed_data(),
+                  static_cast<T*>(dx->untyped_data()), dscale->typed_data(),
                   dbias->typed_data());
-  else
-    BackwardTyped(static_cast<const uint16_t*>(x.untyped_data()),
-                  static_cast<const uint16_t*>(out.untyped_data()),
-                  static_cast<const uint16_t*>(g.untyped_data()), sh, scale.typed_data(),
-                  mean.typed_data(), rstd.typed_data(), slope,
-                  static_cast<uint16_t*>(dx->untyped_data()), dscale->typed_data(),
-                  dbias->typed_data());
+  });
   return ffi::Error::Success();
 }
 

@@ -11,7 +11,7 @@
 // Primitive descriptors are cached by shape and type; each calling thread keeps one scratchpad
 // buffer, grown as needed and reused (concurrent calls run on different threads, so they never
 // share one; a fresh several-MB buffer per call cost page faults and zeroing in every call: the
-// bf16 weight gradients' scratchpads are 2-13 MB on AMX). `MsjaxConvImpl` reports the kernels
+// bf16 weight gradients' scratchpads are up to 13 MB on AMX). `MsjaxConvImpl` reports the kernels
 // oneDNN picked for a shape, so that Python can refuse oneDNN's slow reference implementation and
 // fall back instead.
 #include <cstdint>

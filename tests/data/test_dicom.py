@@ -175,10 +175,3 @@ def test_a_regular_series_has_no_geometry_problem(tmp_path):
   from msjax.data import dicom
   exams, skipped = dicom.plan(_damaged_series(tmp_path, "none"))
   assert [sorted(e["sequences"]) for e in exams] == [["FLAIR", "T2W"]] and not skipped
-
-
-def test_seg_path_lies_beside_a_nifti_mask_and_never_is_the_mask():
-  assert dicom_seg.seg_path("/o/p_desc-lesion_mask.nii.gz") == "/o/p_desc-lesion_mask.dcm"
-  assert dicom_seg.seg_path("/o/a.nii.gz.d/m.nii") == "/o/a.nii.gz.d/m.dcm"
-  with pytest.raises(ValueError, match="not a NIfTI mask"):
-    dicom_seg.seg_path("/o/mask.mgz")

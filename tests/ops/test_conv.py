@@ -6,14 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import onednn_installed
 from msjax.ops import conv as conv_ops
-
-
-def _onednn_installed():
-  import shutil
-
-  from msjax.ops import onednn
-  return onednn.find_onednn() is not None and bool(shutil.which("g++") or shutil.which("c++"))
 
 
 def _segmentation_loss(dtype, impl="onednn", width=4, patch=16):
@@ -32,7 +26,7 @@ def _segmentation_loss(dtype, impl="onednn", width=4, patch=16):
 
 def _bf16_onednn():
   from msjax.ops import hardware
-  return _onednn_installed() and hardware.native_bf16_cpu()
+  return onednn_installed() and hardware.native_bf16_cpu()
 
 
 @pytest.mark.parametrize("impl", sorted(set(conv_ops.CONV_IMPLS) - {"xla"}))
@@ -56,7 +50,7 @@ def test_conv_impl_matches_reference(impl, stride, c_in, c_out):
     assert rel < 1e-4, (name, rel)
 
 
-@pytest.mark.skipif(not _onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
                     "compiler is missing; the 'onednn' conv falls back to 'fold'")
 def test_onednn_extension_builds_and_is_used():
   from msjax.ops import onednn
@@ -68,7 +62,7 @@ def test_onednn_extension_builds_and_is_used():
 
 
 @pytest.mark.slow  # two whole-network gradients
-@pytest.mark.skipif(not _onednn_installed(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_onednn_network_matches_xla_forward_and_gradients():
   """The whole segmentation network (every conv kind: 3³ stride 1 and 2, 1³) and its parameter
   gradients under jit: oneDNN (and the norm's CPU kernels) vs XLA's convolution and norm passes,

@@ -1,20 +1,14 @@
 """The fused instance norm + leaky ReLU against the plain formulation (msjax/ops/norm.py): the
 XLA passes and the CPU kernels (norm_kernels.cc, built with the oneDNN extension)."""
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
-def _extension():
-  from msjax.ops import onednn
-  return onednn.find_onednn() is not None and bool(shutil.which("g++") or shutil.which("c++"))
-
+from conftest import onednn_installed
 
 IMPLS = ["xla", pytest.param("onednn", marks=pytest.mark.skipif(
-    not _extension(), reason="oneDNN or a C++ compiler is missing: the CPU kernels are not "
+    not onednn_installed(), reason="oneDNN or a C++ compiler is missing: the CPU kernels are not "
     "built and impl='onednn' runs the XLA passes"))]
 
 
@@ -47,7 +41,7 @@ def test_fused_norm_act_matches_the_plain_formulation(impl, dtype, shape):
     assert np.abs(a - r).max() <= rel * np.abs(r).max(), (name, np.abs(a - r).max())
 
 
-@pytest.mark.skipif(not _extension(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_cpu_kernels_run_for_onednn_and_the_xla_passes_otherwise():
   from msjax.ops import norm
   x, s = jnp.zeros((1, 4, 4, 4, 8), jnp.bfloat16), jnp.ones(8)
@@ -60,7 +54,7 @@ def test_cpu_kernels_run_for_onednn_and_the_xla_passes_otherwise():
   assert "MsjaxNorm" not in plain
 
 
-@pytest.mark.skipif(not _extension(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_cpu_kernels_keep_nan():
   """A NaN in a channel makes that channel's output NaN (as XLA's passes do), not a finite
   number that would hide a diverged training; the other channels are untouched."""
@@ -76,7 +70,7 @@ def test_cpu_kernels_keep_nan():
     np.testing.assert_allclose(y[..., [0, 2]], ref[..., [0, 2]], atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.skipif(not _extension(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_cpu_kernels_match_float64_on_a_full_size_level():
   """At the network's first level (32³ voxels, 16 channels) the kernels' float32 output and
   gradients stay within 1e-5 of a float64 computation (block sums, combined in double). XLA's
@@ -126,10 +120,11 @@ def test_one_voxel_extent_gives_the_bias_and_no_input_gradient(impl, dtype):
   assert not np.asarray(dx, np.float32).any()
 
 
-@pytest.mark.skipif(not _extension(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
 def test_cpu_kernels_obey_onednn_s_isa_cap():
   """ONEDNN_MAX_CPU_ISA=AVX2 (how the benchmark measures an AVX2 CPU on a newer one) holds the
   norm kernels to their AVX2 copy as it holds oneDNN."""
+  import os
   import subprocess
   import sys
 
@@ -137,6 +132,6 @@ def test_cpu_kernels_obey_onednn_s_isa_cap():
   native = onednn.norm_isa()
   code = "from msjax.ops import onednn; print(onednn.norm_isa())"
   capped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
                           check=True).stdout.split()[-1]
   assert capped == ("avx2" if native in ("avx512", "avx2") else "baseline"), (native, capped)
