@@ -72,11 +72,17 @@ def remove(listed) -> list[str]:
 
 def publish(staging: str, root: str, exam: Exam) -> list[str]:
   """Moves an exam's complete set of outputs, built under `staging`, into `root` in place of
-  whatever set it had: its old summary goes first (the exam reads as incomplete for the few
-  moves that follow), each new file replaces its old one atomically (os.replace), old files the
-  new set lacks are removed, the new summary comes last. Until this call the old set is whole.
-  Returns the old files removed without a replacement."""
-  new, old = paths(staging, exam), paths(root, exam)
+  whatever set it had (replace_set). Until this call the old set is whole. Returns the old files
+  removed without a replacement."""
+  return replace_set(paths(staging, exam), paths(root, exam))
+
+
+def replace_set(new: dict[str, str], old: dict[str, str]) -> list[str]:
+  """Moves one complete set of files (`new`, keyed as `old`, with its "summary" written last)
+  over another: the old summary goes first (the set reads as incomplete for the few moves that
+  follow), each new file replaces its old one atomically (os.replace), old files the new set
+  lacks are removed, the new summary comes last. Returns the old files removed without a
+  replacement."""
   remove([old["summary"]])
   moved = set()
   for key, path in new.items():

@@ -11,14 +11,17 @@ preprocessing, predict.segment_exam, predict.export_exam: each visit's segment o
 ses- folder); the change between them
 (run.run_patient: rigid registration in the patient's space, subtraction, each visit's lesion
 probability as a second opinion on faint change (change.detect), per-lesion classes);
-the outputs named by change_paths (below, beside segment's naming in msjax/infer/outputs.py); the summary JSON last, so that a patient's
-outputs are complete or absent. A failing patient is reported and the others go on. At the end:
+the outputs named by change_paths (below, beside segment's naming in msjax/infer/outputs.py). A
+patient's outputs are built in OUT/work/staging and moved over its old set only when complete,
+the summary JSON last: they are one run's complete set or absent, and a re-run that fails leaves
+the earlier run's set whole. A failing patient is reported and the others go on. At the end:
 changes.csv (one row per patient) and longitudinal_summary.json (also the failures) in OUT.
 The decision grid's class map and change.json stay in OUT/work/change/sub-<patient>/.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import types
 
@@ -121,9 +124,17 @@ def _exam_files(exam) -> dict:
   return out
 
 
-def _clear(workdir: str, pair) -> list[str]:
-  removed = outputs.remove(change_paths(workdir, pair.baseline, pair.followup).values())
-  return removed + outputs.clear(workdir, pair.baseline) + outputs.clear(workdir, pair.followup)
+def _all_paths(root: str, pair) -> dict[str, str]:
+  """Every output file of one patient under `root`: its change files (their summary is the set's
+  summary) and each visit's segment outputs."""
+  out = dict(change_paths(root, pair.baseline, pair.followup))
+  for visit, exam in (("baseline", pair.baseline), ("followup", pair.followup)):
+    out.update({f"{visit}_seg_{k}": v for k, v in outputs.paths(root, exam).items()})
+  return out
+
+
+def _had_outputs(workdir: str, pair) -> bool:
+  return os.path.exists(change_paths(workdir, pair.baseline, pair.followup)["summary"])
 
 
 def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
@@ -148,19 +159,21 @@ def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
   return table
 
 
-def _patient(pair, config, workdir: str, model) -> dict:
-  out = change_paths(workdir, pair.baseline, pair.followup)
+def _patient(pair, config, workdir: str, model, root: str) -> dict:
+  """One patient's outputs, written under `root` (a staging folder laid out as the dataset: the
+  summary's paths are relative to it); its intermediates go to workdir/work."""
+  out = change_paths(root, pair.baseline, pair.followup)
   t0 = time.time()
   visits = {}
   if model:  # both visits with the same model, before the change decision
-    visits = {v: _segment(model, e, workdir, config) for v, e in (("baseline", pair.baseline),
-                                                                  ("followup", pair.followup))}
+    visits = {v: _segment(model, e, root, config) for v, e in (("baseline", pair.baseline),
+                                                               ("followup", pair.followup))}
   seg_s = round(time.time() - t0, 1)
   options = run_lib.Options(rule=change.Rule(**config.change.rule.to_dict()), n4=config.change.n4,
                             use_t2=config.change.use_t2, brain=config.change.brain)
   work = os.path.join(workdir, "work", "change", f"sub-{pair.patient}")
-  probabilities = (tuple(outputs.paths(workdir, e)["probseg"] for e in (pair.baseline,
-                                                                          pair.followup))
+  probabilities = (tuple(outputs.paths(root, e)["probseg"] for e in (pair.baseline,
+                                                                      pair.followup))
                    if model else None)  # the network's opinion as change evidence
   result = run_lib.run_patient(_exam_files(pair.baseline), _exam_files(pair.followup), work,
                                options, log=logging.info, probabilities=probabilities,
@@ -191,8 +204,8 @@ def _patient(pair, config, workdir: str, model) -> dict:
                         table=rows, checks=checks,
                         model=model.made_with if model else "no model: change detection alone")
   segmentation = {v: {"lesions": row["lesions"], "volume_ml": row["volume_ml"],
-                      "mask": os.path.relpath(row["mask"], workdir),
-                      **({"report": os.path.relpath(row["report"], workdir), "qc": row["qc"],
+                      "mask": os.path.relpath(row["mask"], root),
+                      **({"report": os.path.relpath(row["report"], root), "qc": row["qc"],
                           "qc_reasons": row.get("qc_reasons")} if row.get("report") else {}),
                       **({"report_error": row["report_error"]} if "report_error" in row else {})}
                   for v, (_, row) in visits.items()} or None
@@ -207,7 +220,7 @@ def _patient(pair, config, workdir: str, model) -> dict:
       "model": model.path if model else None, "segmentation": segmentation,
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),
-      "files": {k: os.path.relpath(v, workdir) for k, v in out.items() if k != "summary"}}
+      "files": {k: os.path.relpath(v, root) for k, v in out.items() if k != "summary"}}
   files.write_json(summary, out["summary"])  # last: the patient's outputs are complete
   return summary
 
@@ -244,22 +257,32 @@ def run(config, workdir: str) -> dict:
                "no model (--config.model, or a shipped one): change detection only, no "
                "per-visit segmentation and no lesion probabilities")
   done, failed = [], []
+  staging_root = os.path.join(workdir, "work", "staging")
   for i, pair in enumerate(pairs):
     t = time.time()
+    # a patient's outputs are built aside and moved over its old set only when complete: a
+    # re-run that fails (or is stopped) leaves the earlier run's outputs whole
+    staging = os.path.join(staging_root, f"sub-{pair.patient}")
+    shutil.rmtree(staging, ignore_errors=True)
+    had = pair.followup is not None and _had_outputs(workdir, pair)
     try:
       if pair.problem:
         raise errors.InvalidInputError(pair.problem)
-      _clear(workdir, pair)
-      done.append(_patient(pair, config, workdir, model))
+      summary = _patient(pair, config, workdir, model, staging)
+      outputs.replace_set(_all_paths(staging, pair), _all_paths(workdir, pair))
+      done.append(summary)
       status = _status(done[-1])
     except Exception as e:  # noqa: BLE001 - one patient's failure must not stop the others
-      if pair.followup is not None:
-        _clear(workdir, pair)
-      failed.append({"patient": pair.patient, "error": f"{type(e).__name__}: {e}"})
-      status = f"FAILED: {type(e).__name__}: {e}"
+      failed.append({"patient": pair.patient, "error": f"{type(e).__name__}: {e}",
+                     "earlier_outputs_kept": had})
+      status = f"FAILED: {type(e).__name__}: {e}" + (" (its earlier outputs are kept)" if had
+                                                      else "")
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
     eta = (time.time() - t0) / (i + 1) * (len(pairs) - i - 1)
     logging.info("[longitudinal] %d/%d sub-%s: %s (%.0f s; ETA %.0f s)", i + 1, len(pairs),
                  pair.patient, status, time.time() - t, eta)
+  files.remove_empty_tree(staging_root)
   csv_path = files.write_csv([cohort_row(s) for s in done], os.path.join(workdir, "changes.csv"),
                              fieldnames=COHORT_COLUMNS)
   summary = {"input": source, "model": model.path if model else None,

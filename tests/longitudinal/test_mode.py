@@ -88,6 +88,46 @@ def test_change_outputs_named_and_filled_and_a_broken_patient_reported(changed):
   assert json.load(open(out / "dataset_description.json"))["DatasetType"] == "derivative"
 
 
+def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monkeypatch):
+  """A re-run into the same folder that fails for a patient after writing part of its outputs
+  (here the overlay page) leaves that patient's earlier outputs as they were, byte for byte, and
+  nothing of the failed attempt; a re-run that succeeds replaces the set."""
+  import shutil
+  from msjax.longitudinal import figure
+  data, first, _ = changed
+  out = tmp_path / "out"
+  shutil.copytree(first, out)
+  sub = out / "sub-patA"
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()
+            and p.relative_to(out).parts[0] == "sub-patA"}
+  assert len(before) >= 10
+  config = load_config("longitudinal", "smoke", input=str(data))
+  monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
+
+  def broken_page(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(figure, "change_overlay", broken_page)
+  from msjax import errors
+  with pytest.raises(errors.InvalidInputError, match="no patient could be compared"):
+    main.run_mode(config, str(out))
+  summary = json.load(open(out / "longitudinal_summary.json"))
+  assert summary["patients"] == []
+  failed = {f["patient"]: f for f in summary["failed"]}
+  assert "disk full" in failed["patA"]["error"] and failed["patA"]["earlier_outputs_kept"]
+  assert failed["patB"]["earlier_outputs_kept"] is False
+  after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()
+           and p.relative_to(out).parts[0] == "sub-patA"}
+  assert after == before
+  assert not (out / "work" / "staging").exists()
+  monkeypatch.undo()
+  monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
+  os.utime(sub / "sub-patA_desc-change_summary.json", (0, 0))
+  summary = main.run_mode(config, str(out))
+  assert [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert os.stat(sub / "sub-patA_desc-change_summary.json").st_mtime > 0  # written anew
+  assert all((out / p).exists() for p in summary["patients"][0]["files"].values())
+
+
 def test_evaluate_scores_change_maps_against_a_reference(changed, tmp_path):
   _, out, _ = changed
   ref = tmp_path / "ref" / "patA"
