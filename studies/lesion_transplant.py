@@ -136,7 +136,8 @@ def main(argv=None):
     arms[name] = sources
   named = {name: rows_of(sources) for name, sources in arms.items()}
   text = results.header(a.title, argv=argv)
-  text += ("Left-out patient scores, 0CF fine-tuned on the other patient, 800 steps; "
+  text += ("Left-out patient scores, 0CF fine-tuned on the other patient (800 steps where an "
+           "arm does not say otherwise); "
            "`slab5mm` re-acquires every sequence as 5 mm 2D slices with a 1 mm gap by a simulator "
            "the training never used (`thick4mm` is the training's own augmentation).\n\n")
   text += table(named) + ("\n" + a.note + "\n" if a.note else "")

@@ -184,8 +184,9 @@ def model_card(b: dict) -> str:
       f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}"
       + (f" (trained in {t['trained_dtype']})"
          if t.get("trained_dtype", b["model"]["dtype"]) != b["model"]["dtype"] else ""),
-  ] + ([f"- threshold {b['threshold']:g}: {t['threshold_chosen']}"]
-       if t.get("threshold_chosen") else []) + [
+  ] + [f"- threshold {b['threshold']:g}: {t['threshold_chosen']}" if t.get("threshold_chosen")
+       else f"- threshold {b['threshold']:g}: the default (predict.threshold), not chosen on "
+       "left-out patients for this model"] + [
       f"- provenance: {_provenance(t)}" if t.get("exam_files") else "- provenance: not recorded",
       "", "## Validation",
       (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None

@@ -20,5 +20,7 @@ def test_finetuning_writes_a_model_bundle(trained, tiny_cohort):
   assert b["preprocessing"]["by"] == "external"  # the synthetic cohort is not msjax-preprocessed
   card = open(os.path.join(trained, "model_card.md")).read()
   assert "## Trained on" in card and "## Validation" in card and "segment" in card
+  # a threshold nobody chose on left-out patients says so
+  assert f"threshold {b['threshold']:g}: the default (predict.threshold), not chosen" in card
   with pytest.raises(errors.InvalidInputError, match="not a model bundle"):
     bundle_lib.read(os.path.dirname(trained))
