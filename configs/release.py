@@ -6,6 +6,15 @@ after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesja
 
   python -m msjax.main --config configs/release.py --workdir runs/release
 
+msjax-lesjak as shipped (2026-12-05) was made with the shipped encoder and its threshold chosen
+on two leave-one-out runs of the recipe (configs/lesjak.py --config.strategies=0
+--config.pretrained=msjax-lesjak-encoder --config.model.dtype=float32
+--config.finetune.steps=2400 --config.seed=0 and 1; docs/results/ft3_ensemble.md):
+
+  python -m msjax.main --config configs/release.py --config.pretrained=msjax-lesjak-encoder \
+      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1 \
+      --workdir runs/release_ft2400
+
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
 steps) and exports into --config.out (required there, so that a smoke model never lands in the
 package): `--config configs/release.py:smoke --config.out=/tmp/shipped --workdir /tmp/release`.
@@ -58,12 +67,14 @@ def get_config(variant: str = ""):
   # ('' = predict.threshold; msjax/evaluate/ensemble.py)
   c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
-  # recipe's leave-one-out at two seeds, the evidence for its 0CF initialisation and what was
-  # tried to widen it (issue 37), for the ensemble, the reliability of its probabilities, the
-  # raw longitudinal exams' change regions its masks cover, its flips dealt over the members
+  # recipe's leave-one-out (its seeds' averaged maps, then each seed beside the levers tried on
+  # its encoder), the reliability of its probabilities, the raw longitudinal exams' change
+  # regions its masks cover; then the evidence behind the recipe: one preprocessing, its 0CF
+  # initialisation and what was tried to widen it (issue 37), the ensembles of the recipes
+  # before it, its flips dealt over the members
   c.card_results = ",".join(f"docs/results/{name}.md" for name in (
-      "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "reliability",
-      "raw_regions", "dealt_flips", "pre2400_levers"))
+      "ft3_ensemble", "pre2400_levers", "reliability", "raw_regions", "shared_preprocessing",
+      "paper_claim", "transfer_levers", "seed_ensemble", "dealt_flips"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
