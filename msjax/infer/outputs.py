@@ -54,12 +54,6 @@ def paths(root: str, exam: Exam) -> dict[str, str]:
           "report_pdf": os.path.join(d, f"{p}_desc-lesion_report.pdf")}
 
 
-def clear(root: str, exam: Exam) -> list[str]:
-  """Removes every output file of the exam (its summary first), so that what an exam has in the
-  dataset is always one run's complete set or nothing. Returns what was removed."""
-  return remove(paths(root, exam).values())
-
-
 def remove(listed) -> list[str]:
   """Removes the files that exist among `listed`, in order; returns them."""
   removed = []

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,8 @@ from longitudinal import phantom
 
 pytest.importorskip("SimpleITK")
 
-from msjax import main  # noqa: E402
+from msjax import errors, main  # noqa: E402
+from msjax.longitudinal import figure  # noqa: E402
 from msjax.longitudinal import scores  # noqa: E402
 
 LESIONS = [((-18.0, 8.0, 6.0), 3.5), ((16.0, -14.0, -6.0), 3.0)]
@@ -88,18 +90,20 @@ def test_change_outputs_named_and_filled_and_a_broken_patient_reported(changed):
   assert json.load(open(out / "dataset_description.json"))["DatasetType"] == "derivative"
 
 
+def patient_files(out, patient: str) -> dict:
+  """{path: bytes} of every file in the patient's folder of a longitudinal dataset."""
+  return {p: p.read_bytes() for p in (out / f"sub-{patient}").rglob("*") if p.is_file()}
+
+
 def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monkeypatch):
   """A re-run into the same folder that fails for a patient after writing part of its outputs
   (here the overlay page) leaves that patient's earlier outputs as they were, byte for byte, and
   nothing of the failed attempt; a re-run that succeeds replaces the set."""
-  import shutil
-  from msjax.longitudinal import figure
   data, first, _ = changed
   out = tmp_path / "out"
   shutil.copytree(first, out)
   sub = out / "sub-patA"
-  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()
-            and p.relative_to(out).parts[0] == "sub-patA"}
+  before = patient_files(out, "patA")
   assert len(before) >= 10
   config = load_config("longitudinal", "smoke", input=str(data))
   monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
@@ -107,7 +111,6 @@ def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monk
   def broken_page(*args, **kwargs):
     raise OSError("disk full")
   monkeypatch.setattr(figure, "change_overlay", broken_page)
-  from msjax import errors
   with pytest.raises(errors.InvalidInputError, match="no patient could be compared"):
     main.run_mode(config, str(out))
   summary = json.load(open(out / "longitudinal_summary.json"))
@@ -115,9 +118,7 @@ def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monk
   failed = {f["patient"]: f for f in summary["failed"]}
   assert "disk full" in failed["patA"]["error"] and failed["patA"]["earlier_outputs_kept"]
   assert failed["patB"]["earlier_outputs_kept"] is False
-  after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()
-           and p.relative_to(out).parts[0] == "sub-patA"}
-  assert after == before
+  assert patient_files(out, "patA") == before
   assert not (out / "work" / "staging").exists()
   monkeypatch.undo()
   monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
