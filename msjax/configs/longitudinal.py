@@ -35,6 +35,8 @@ def get_config(variant: str = ""):
   c.change.brain = "otsu"   # otsu | robex (msjax/longitudinal/align.py)
   c.change.rule = config_dict.ConfigDict(dataclasses.asdict(change.Rule()))  # change.py's rule
   c.overlay_slices = 4
+  c.overwrite = False       # redo every patient; by default a re-run keeps the patients already
+                            # made with these settings (mode.py: settings)
   c.report = report_config()  # each visit's page (as segment writes it), with a model
   config_base.allow_any_geometry(c)
   if "fast" in v:

@@ -14,12 +14,16 @@ probability as a second opinion on faint change (change.detect), per-lesion clas
 the outputs named by change_paths (below, beside segment's naming in msjax/infer/outputs.py). A
 patient's outputs are built in OUT/work/staging and moved over its old set only when complete,
 the summary JSON last: they are one run's complete set or absent, and a re-run that fails leaves
-the earlier run's set whole. A failing patient is reported and the others go on. At the end:
-changes.csv (one row per patient) and longitudinal_summary.json (also the failures) in OUT.
+the earlier run's set whole. A re-run keeps a patient whose outputs are complete and were made
+with the same settings (the model and segment's settings for the visits, the change detection's;
+`settings` below), and redoes the others, saying why (--config.overwrite=True redoes all). A
+failing patient is reported and the others go on. At the end: changes.csv (one row per patient
+made or kept) and longitudinal_summary.json (also the failures) in OUT.
 The decision grid's class map and change.json stay in OUT/work/change/sub-<patient>/.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -137,6 +141,48 @@ def _had_outputs(workdir: str, pair) -> bool:
   return os.path.exists(change_paths(workdir, pair.baseline, pair.followup)["summary"])
 
 
+def settings(config, model) -> dict:
+  """What makes a patient's outputs what they are: segment's settings for its visits (the model's
+  content hash, inference, preprocessing, report) and the change detection's."""
+  from msjax import segment
+  import msjax
+  return {"msjax": msjax.__version__,
+          "segment": segment.settings(config, model.bundle, model.options) if model else None,
+          "change": config.change.to_dict(), "overlay_slices": config.overlay_slices}
+
+
+def _complete(workdir: str, pair) -> dict | None:
+  """The patient's summary when its outputs in `workdir` are complete: the summary and every file
+  it lists (the change files and each visit's mask and report)."""
+  path = change_paths(workdir, pair.baseline, pair.followup)["summary"]
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  listed = list(summary.get("files", {}).values()) + [
+      v[k] for v in (summary.get("segmentation") or {}).values() for k in ("mask", "report")
+      if k in v]
+  return summary if all(os.path.exists(os.path.join(workdir, p)) for p in listed) else None
+
+
+def _kept(prior: dict | None, config, key: str, mine: dict, patient: str) -> bool:
+  """Whether a patient's complete earlier outputs are kept as they are (made with these
+  settings), saying why they are redone otherwise."""
+  if prior is None:
+    return False
+  if config.overwrite:
+    logging.info("[longitudinal] sub-%s: redone (--config.overwrite=True)", patient)
+    return False
+  if prior.get("settings_sha256") == key:
+    return True
+  theirs = prior.get("settings") or {}
+  as_read = json.loads(json.dumps(mine, default=str))  # as the summary holds it (lists)
+  differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
+  logging.info("[longitudinal] sub-%s: redone, its outputs were made with other settings (%s); "
+               "the old ones stay until the new ones are complete", patient, ", ".join(differ))
+  return False
+
+
 def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
   """The change table: run_patient's rows, centroid as x/y/z (RAS mm of the baseline), and the
   mean lesion probability of each visit's segmentation over the lesion's change voxels there."""
@@ -159,9 +205,10 @@ def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
   return table
 
 
-def _patient(pair, config, workdir: str, model, root: str) -> dict:
+def _patient(pair, config, workdir: str, model, root: str, mine: dict) -> dict:
   """One patient's outputs, written under `root` (a staging folder laid out as the dataset: the
-  summary's paths are relative to it); its intermediates go to workdir/work."""
+  summary's paths are relative to it); its intermediates go to workdir/work; `mine`: the
+  settings they are made with (recorded in the summary, so that a re-run can keep them)."""
   out = change_paths(root, pair.baseline, pair.followup)
   t0 = time.time()
   visits = {}
@@ -220,9 +267,15 @@ def _patient(pair, config, workdir: str, model, root: str) -> dict:
       "model": model.path if model else None, "segmentation": segmentation,
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),
-      "files": {k: os.path.relpath(v, root) for k, v in out.items() if k != "summary"}}
+      "files": {k: os.path.relpath(v, root) for k, v in out.items() if k != "summary"},
+      "settings": mine, "settings_sha256": _settings_hash(mine)}
   files.write_json(summary, out["summary"])  # last: the patient's outputs are complete
   return summary
+
+
+def _settings_hash(s: dict) -> str:
+  from msjax import segment
+  return segment.settings_hash(s)
 
 
 def cohort_row(s: dict) -> dict:
@@ -256,7 +309,9 @@ def run(config, workdir: str) -> dict:
                f"both visits segmented with the model {model.path}" if model else
                "no model (--config.model, or a shipped one): change detection only, no "
                "per-visit segmentation and no lesion probabilities")
-  done, failed = [], []
+  mine = settings(config, model)
+  key = _settings_hash(mine)
+  done, failed, resumed = [], [], []
   staging_root = os.path.join(workdir, "work", "staging")
   for i, pair in enumerate(pairs):
     t = time.time()
@@ -265,10 +320,16 @@ def run(config, workdir: str) -> dict:
     staging = os.path.join(staging_root, f"sub-{pair.patient}")
     shutil.rmtree(staging, ignore_errors=True)
     had = pair.followup is not None and _had_outputs(workdir, pair)
+    prior = None if pair.problem or pair.followup is None else _complete(workdir, pair)
+    if _kept(prior, config, key, mine, pair.patient):
+      resumed.append(prior)
+      logging.info("[longitudinal] %d/%d sub-%s: kept, made before with these settings (%s)",
+                   i + 1, len(pairs), pair.patient, _status(prior))
+      continue
     try:
       if pair.problem:
         raise errors.InvalidInputError(pair.problem)
-      summary = _patient(pair, config, workdir, model, staging)
+      summary = _patient(pair, config, workdir, model, staging, mine)
       outputs.replace_set(_all_paths(staging, pair), _all_paths(workdir, pair))
       done.append(summary)
       status = _status(done[-1])
@@ -283,13 +344,16 @@ def run(config, workdir: str) -> dict:
     logging.info("[longitudinal] %d/%d sub-%s: %s (%.0f s; ETA %.0f s)", i + 1, len(pairs),
                  pair.patient, status, time.time() - t, eta)
   files.remove_empty_tree(staging_root)
-  csv_path = files.write_csv([cohort_row(s) for s in done], os.path.join(workdir, "changes.csv"),
+  rows = sorted(done + resumed, key=lambda s: s["patient"])
+  csv_path = files.write_csv([cohort_row(s) for s in rows], os.path.join(workdir, "changes.csv"),
                              fieldnames=COHORT_COLUMNS)
   summary = {"input": source, "model": model.path if model else None,
              "segmented": model is not None, "patients": done, "failed": failed,
-             "wall_s": round(time.time() - t0, 1)}
+             "resumed": [s["patient"] for s in resumed], "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, "longitudinal_summary.json"))
-  print(f"[longitudinal] {len(done)}/{len(pairs)} patient(s) in {summary['wall_s']:.0f} s -> "
+  print(f"[longitudinal] {len(done)}/{len(pairs)} patient(s) in {summary['wall_s']:.0f} s"
+        + (f", {len(resumed)} kept from before (made with these settings)" if resumed else "")
+        + " -> "
         f"{workdir}/ (BIDS derivatives: sub-*/ses-*/anat/ change mask and class map on each "
         f"visit's FLAIR grid; sub-*/ change table, overlay PNG, summary); one row per patient in "
         f"{csv_path}" + ("" if model else "; no model: no per-visit segmentation"))
@@ -297,7 +361,7 @@ def run(config, workdir: str) -> dict:
     print(f"  sub-{s['patient']}: {_status(s)} ({s['seconds']:.0f} s); {s['files']['overlay']}")
   for f in failed:
     print(f"  sub-{f['patient']} FAILED: {' '.join(f['error'].split())}")
-  if failed and not done:
+  if failed and not done and not resumed:
     raise errors.InvalidInputError(f"no patient could be compared ({len(failed)} failed; see "
                                    f"{workdir}/longitudinal_summary.json)")
   return summary

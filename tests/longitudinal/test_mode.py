@@ -96,16 +96,17 @@ def patient_files(out, patient: str) -> dict:
 
 
 def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monkeypatch):
-  """A re-run into the same folder that fails for a patient after writing part of its outputs
-  (here the overlay page) leaves that patient's earlier outputs as they were, byte for byte, and
-  nothing of the failed attempt; a re-run that succeeds replaces the set."""
+  """A re-run into the same folder (--config.overwrite=True: redo all) that fails for a patient
+  after writing part of its outputs (here the overlay page) leaves that patient's earlier outputs
+  as they were, byte for byte, and nothing of the failed attempt; a re-run that succeeds
+  replaces the set."""
   data, first, _ = changed
   out = tmp_path / "out"
   shutil.copytree(first, out)
   sub = out / "sub-patA"
   before = patient_files(out, "patA")
   assert len(before) >= 10
-  config = load_config("longitudinal", "smoke", input=str(data))
+  config = load_config("longitudinal", "smoke", input=str(data), overwrite=True)
   monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
 
   def broken_page(*args, **kwargs):
@@ -114,7 +115,7 @@ def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monk
   with pytest.raises(errors.InvalidInputError, match="no patient could be compared"):
     main.run_mode(config, str(out))
   summary = json.load(open(out / "longitudinal_summary.json"))
-  assert summary["patients"] == []
+  assert summary["patients"] == [] and summary["resumed"] == []
   failed = {f["patient"]: f for f in summary["failed"]}
   assert "disk full" in failed["patA"]["error"] and failed["patA"]["earlier_outputs_kept"]
   assert failed["patB"]["earlier_outputs_kept"] is False
@@ -127,6 +128,43 @@ def test_a_failing_rerun_keeps_the_earlier_outputs_whole(changed, tmp_path, monk
   assert [s["patient"] for s in summary["patients"]] == ["patA"]
   assert os.stat(sub / "sub-patA_desc-change_summary.json").st_mtime > 0  # written anew
   assert all((out / p).exists() for p in summary["patients"][0]["files"].values())
+
+
+def changes_csv(out) -> list[str]:
+  with open(out / "changes.csv") as f:
+    return [r["patient"] for r in csv.DictReader(f)]
+
+
+def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, monkeypatch):
+  """A plain re-run keeps a patient whose outputs are complete and were made with the same
+  settings (untouched, still in changes.csv); one with other change settings, or whose outputs
+  lack a file, redoes it."""
+  data, first, _ = changed
+  out = tmp_path / "out"
+  shutil.copytree(first, out)
+  summary_file = out / "sub-patA" / "sub-patA_desc-change_summary.json"
+  monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
+  os.utime(summary_file, (0, 0))
+  before = patient_files(out, "patA")
+  summary = main.run_mode(load_config("longitudinal", "smoke", input=str(data)), str(out))
+  assert summary["resumed"] == ["patA"] and summary["patients"] == []
+  assert [f["patient"] for f in summary["failed"]] == ["patB"]  # the broken one is tried again
+  assert patient_files(out, "patA") == before and os.stat(summary_file).st_mtime == 0
+  assert changes_csv(out) == ["patA"]
+  # another change rule: made again
+  other = load_config("longitudinal", "smoke", input=str(data))
+  other.change.rule.seed_z = 4.5
+  summary = main.run_mode(other, str(out))
+  assert summary["resumed"] == [] and [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert os.stat(summary_file).st_mtime > 0 and changes_csv(out) == ["patA"]
+  assert json.load(open(summary_file))["settings"]["change"]["rule"]["seed_z"] == 4.5
+  # the same settings again, but a file of the set missing: made again
+  os.utime(summary_file, (0, 0))
+  (out / "sub-patA" / "sub-patA_desc-change_overlay.png").unlink()
+  summary = main.run_mode(other, str(out))
+  assert [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert os.stat(summary_file).st_mtime > 0
+  assert (out / "sub-patA" / "sub-patA_desc-change_overlay.png").exists()
 
 
 def test_evaluate_scores_change_maps_against_a_reference(changed, tmp_path):
