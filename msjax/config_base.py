@@ -76,6 +76,9 @@ def data(**overrides) -> config_dict.ConfigDict:
                                    # leave_one_out sets it when it registers the labelled exams
   c.transplant_contrast = (1.0, 1.0)  # per transplant and sequence, the lesion look's contrast
                                       # to white matter scaled by a factor in this range
+  # fine-tuning: an exam given pasted or transplanted lesions z-scored again over its brain with
+  # them in, as the loader z-scores an exam that carries them (lesion_load.renormalised)
+  c.renormalise = False
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler

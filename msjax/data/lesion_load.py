@@ -141,6 +141,37 @@ def _plausible(paste: Paste, images: np.ndarray, brain: np.ndarray, present: np.
 class Plan:
   pastes: tuple[Paste, ...]
   centres: np.ndarray  # (M, 3) voxels of pasted lesions (for lesion-centred patches)
+  # (mean, sd) per channel of the exam's brain with the pastes in, in the exam's z units: its
+  # patches are z-scored again by them (renormalised); None: as loaded
+  brain_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def renormalised(plan: Plan, images: np.ndarray, brain: np.ndarray, present: np.ndarray) -> Plan:
+  """The plan with the brain statistics of the exam its pastes make. The loader z-scores every
+  exam over its own brain (exams.load_exam), lesions included: a brain carrying 50 mL of lesions
+  reaches the network with its mean raised and its spread widened, its lesions less bright than
+  the same lesions in a light-load brain. An exam given pasted lesions is z-scored again with
+  them, so that a heavy load in training looks as a heavy load looks at inference. Draws
+  nothing."""
+  if not plan.pastes:
+    return plan
+  size = max(images.shape[:3])
+  whole, _ = render(images, np.zeros(images.shape[:3], np.uint8), (0, 0, 0), size, plan.pastes,
+                    present)
+  values = whole[:images.shape[0], :images.shape[1], :images.shape[2]][brain > 0]
+  mean, sd = values.mean(axis=0), values.std(axis=0)
+  mean = np.where(present, mean, 0.0).astype(np.float32)
+  sd = np.where(present & (sd > 1e-6), sd, 1.0).astype(np.float32)
+  return dataclasses.replace(plan, brain_stats=(mean, sd))
+
+
+def renormalise(image: np.ndarray, brain_stats) -> np.ndarray:
+  """A rendered patch z-scored again by its exam's brain statistics with the pastes in (zeros,
+  outside the brain or a missing sequence, stay zero)."""
+  if brain_stats is None:
+    return image
+  mean, sd = brain_stats
+  return np.where(image != 0, (image - mean) / sd, 0.0).astype(np.float32)
 
 
 EMPTY = Plan(pastes=(), centres=np.zeros((0, 3), np.int64))

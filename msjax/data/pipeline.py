@@ -45,6 +45,8 @@ class SamplerSpec:
   intensity: bool = False          # segmentation: nnU-Net's gamma, contrast and brightness
   lesion_load: lesion_load.LoadSpec = lesion_load.LoadSpec()  # segmentation: pasted lesions
   transplant: transplant_lib.Spec = transplant_lib.Spec()  # segmentation: other patients' lesions
+  renormalise: bool = False        # an exam given pasted lesions z-scored again with them in
+                                   # (lesion_load.renormalised)
   acquisition: acquisition.Spec = acquisition.Spec()  # segmentation: thick slices, bias, noise
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
@@ -173,6 +175,8 @@ class PatchSource:
       rng = np.random.default_rng([spec.seed, batch, group, 4099])
       plan = lesion_load.plan(rng, bank, a.images, a.brain, a.present, a.grid.voxel_ml,
                               spec.lesion_load)
+    if spec.renormalise:
+      plan = lesion_load.renormalised(plan, a.images, a.brain, a.present)
     with self._lock:
       self._plans[key] = plan
       while len(self._plans) > 16:
@@ -213,7 +217,7 @@ class PatchSource:
       image, mask = cut_zoomed(a.images, mask, corner, p, zoom, plan.pastes, a.present)
     else:
       image, mask = lesion_load.render(a.images, mask, corner, p, plan.pastes, a.present)
-    image = image * keep.astype(np.float32)
+    image = lesion_load.renormalise(image, plan.brain_stats) * keep.astype(np.float32)
     mask = mask[..., None]
     if spec.acquisition.on:  # the scanner first (zeros still mark outside / missing), then the
       # normalisation jitter of augment, which shifts the background off zero

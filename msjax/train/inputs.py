@@ -77,4 +77,5 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                                          maps_registration=(
                                                              d.lesion_maps_registration),
                                                          contrast=tuple(d.transplant_contrast)),
+                              renormalise=d.renormalise,
                               seed=config.seed)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msjax.data import nifti, pipeline, transplant
+from msjax.data import lesion_load, nifti, pipeline, transplant
 from msjax.errors import InvalidInputError
 from msjax.data import exams as exams_lib
 
@@ -190,6 +190,54 @@ def test_heavy_donors_give_heavy_loads_and_a_seed_gives_the_same_exam(setting):
       np.testing.assert_array_equal(x.lo, y.lo)
       np.testing.assert_array_equal(x.images, y.images)
   assert len(donors) == 3
+
+
+def test_an_exam_given_lesions_is_z_scored_again_as_the_loader_would(setting):
+  """Renormalised: each patch of a transplanted exam is what the loader's z-scoring over the
+  brain gives the whole exam with those lesions in (the heavier the load, the less bright its
+  lesions stand out); an exam given nothing is left as loaded."""
+  images, brain, mask, present, csf, folder, grid = setting
+  images = np.stack([exams_lib._zscore_in_brain(images[..., c], brain) if present[c] else
+                     images[..., c] for c in range(C)], -1)  # as loaded
+  plans, _ = _plans(images, brain, mask, present, folder, grid, n=12)
+  heavy = max(plans, key=lambda p: sum(int(q.hard.sum()) for q in p.pastes))
+  plan = lesion_load.renormalised(heavy, images, brain, present)
+  whole, label = transplant.apply(images, mask, heavy, present)
+  got = lesion_load.renormalise(whole, plan.brain_stats)
+  for c in np.flatnonzero(present):
+    want = exams_lib._zscore_in_brain(whole[..., c], brain)
+    np.testing.assert_allclose(got[..., c], want, atol=2e-5)
+  assert not got[..., ~present].any() and not got[brain == 0].any()
+  mean, sd = plan.brain_stats
+  # the load moves the brain's statistics (0 and 1 as loaded): brighter on average, wider
+  assert mean[FLAIR] > 0.02 and sd[FLAIR] > 1.02
+  added = (label > 0) & ~(mask > 0)
+  assert got[added, FLAIR].mean() < whole[added, FLAIR].mean() - 0.05
+  assert lesion_load.renormalised(lesion_load.EMPTY, images, brain, present).brain_stats is None
+  np.testing.assert_array_equal(lesion_load.renormalise(images, None), images)
+
+
+def test_renormalising_in_the_sampler_draws_nothing(tiny_cohort, tmp_path):
+  """The sampler with renormalise on gives the same patches' places and masks (no random number
+  drawn), its images the same patches z-scored again by the group's brain statistics."""
+  a = exams_lib.load_exam(list(tiny_cohort.select(labelled=True))[0])
+  x, y, z = np.indices(a.grid.shape)
+  m = (np.abs(x - 20) < 6) & (np.abs(y - 20) < 5) & (np.abs(z - 20) < 5)
+  nifti.write_nifti(m.astype(np.uint8), a.grid.affine, str(tmp_path / "d0.nii.gz"))
+  spec = transplant.Spec(probability=1.0, maps=str(tmp_path))
+  plain = _source(tiny_cohort, transplant=spec)
+  renorm = _source(tiny_cohort, transplant=spec, renormalise=True)
+  changed = 0
+  for i in range(8):
+    r0, r1 = plain(i, np.random.default_rng(i)), renorm(i, np.random.default_rng(i))
+    np.testing.assert_array_equal(r0["corner"], r1["corner"])
+    np.testing.assert_array_equal(r0["mask"], r1["mask"])
+    changed += int(not np.allclose(r0["image"], r1["image"]))
+    np.testing.assert_array_equal(r0["image"] == 0, r1["image"] == 0)
+  assert changed == 8
+  stats = renorm.load_plan(0, 0, int(renorm.group_plan(0, 0)[0])).brain_stats
+  want = lesion_load.renormalise(plain(0, np.random.default_rng(0))["image"], stats)
+  np.testing.assert_allclose(renorm(0, np.random.default_rng(0))["image"], want, atol=1e-6)
 
 
 def test_a_brain_without_own_lesions_borrows_the_cohorts_contrast(setting):
