@@ -12,7 +12,7 @@ on two leave-one-out runs of the recipe (configs/lesjak.py --config.strategies=0
 --config.finetune.steps=2400 --config.seed=0 and 1; docs/results/ft3_ensemble.md):
 
   python -m msjax.main --config configs/release.py --config.pretrained=msjax-lesjak-encoder \
-      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1 \
+      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1,runs/loo_ft2400_enc2400_s2 \
       --workdir runs/release_ft2400
 
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few

@@ -84,9 +84,11 @@ def _same_run(config, workdir: str) -> None:
     with open(path) as f:
       theirs = json.load(f)
     # compared as settings, not by hash: a run recorded before a key left the fingerprint
-    # (shipped_dtype, members) still resumes
-    if _training_settings(theirs.get("config", {})) != mine["config"]:
-      diff = sorted(_differences(_training_settings(theirs.get("config", {})), mine["config"]))
+    # (shipped_dtype, members), or before an option was added that this run leaves off, still
+    # resumes
+    recorded = _training_settings(theirs.get("config", {}))
+    if recorded != _without_new_options_off(mine["config"], recorded):
+      diff = sorted(_differences(recorded, mine["config"]))
       what = "; ".join(diff[:6]) or "its fingerprint differs"
       raise errors.InvalidInputError(
           f"{workdir} holds a release run with other settings ({what}): its checkpoints are "
@@ -97,6 +99,20 @@ def _same_run(config, workdir: str) -> None:
         f"{workdir} holds training runs not made by a release of this msjax (no "
         "release_run.json): give another --workdir")
   files.write_json(mine, path)
+
+
+def _without_new_options_off(mine: dict, recorded: dict) -> dict:
+  """`mine` without the options a run recorded earlier did not have and this one leaves off
+  (False, 0, '' or None: msjax's options train as before when off)."""
+  out = {}
+  for k, v in mine.items():
+    if k not in recorded:
+      if not v:
+        continue
+    elif isinstance(v, dict) and isinstance(recorded[k], dict):
+      v = _without_new_options_off(v, recorded[k])
+    out[k] = v
+  return out
 
 
 def _differences(a, b, prefix=""):

@@ -85,10 +85,12 @@ def ensemble(released, tiny_cohort, tmp_path_factory):
   work = tmp_path_factory.mktemp("ensemble")
   run_dir = str(work / "run")
   shutil.copytree(os.path.dirname(released["finetune"]), run_dir)
-  # as a run recorded before shipped_dtype and members left the fingerprint: it still resumes
+  # as a run recorded before shipped_dtype and members left the fingerprint, and before
+  # data.renormalise was added (off here): it still resumes
   record = os.path.join(run_dir, "release_run.json")
   fingerprint = json.load(open(record))
   fingerprint["config"].update(shipped_dtype="auto", members=1)
+  del fingerprint["config"]["data"]["renormalise"]
   json.dump(dict(fingerprint, sha256="recorded-by-an-older-msjax"), open(record, "w"))
   config = load_config("release", "smoke", labelled=tiny_cohort.root, out=str(work / "shipped"),
                        members=2, **{"model.dtype": "float32"})
@@ -399,6 +401,16 @@ def test_release_refuses_to_resume_a_workdir_of_another_run(released, tiny_cohor
   with pytest.raises(errors.InvalidInputError, match="finetune.steps: 3 there, 5 here"):
     release.run(config, run_dir)
   assert not os.path.exists(tmp_path / "o")
+  # an option the recorded run did not have, turned on here, is another run too
+  recorded = json.load(open(os.path.join(run_dir, "release_run.json")))
+  older = tmp_path / "older"
+  older.mkdir()
+  del recorded["config"]["data"]["renormalise"]
+  json.dump(recorded, open(older / "release_run.json", "w"))
+  config = load_config("release", "smoke", labelled=tiny_cohort.root, out=str(tmp_path / "o"),
+                       **{"model.dtype": "float32", "data.renormalise": True})
+  with pytest.raises(errors.InvalidInputError, match="data.renormalise: None there, True here"):
+    release.run(config, str(older))
 
 
 def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_path):

@@ -130,19 +130,36 @@ def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
 
 def best_threshold(runs: list[str], strategy: str, thresholds=THRESHOLDS,
                    min_lesion_mm3: float = 0.0) -> tuple[float, str]:
-  """The threshold with the best mean Dice of the members' mean map over every left-out patient
-  and every input the runs scored (ties: the one nearest 0.5), and how it was chosen, for the
-  model card."""
+  """The threshold of the members' mean map chosen on every left-out patient and input the runs
+  scored, and how it was chosen, for the model card. The one-standard-error rule (Breiman et
+  al. 1984; Hastie et al., Elements of Statistical Learning, 7.10), paired: of the thresholds
+  whose mean Dice is within one standard error of the best's (the error of the mean of their
+  per-patient-and-input differences to it), the one nearest 0.5 (the default). A few left-out
+  patients cannot tell thresholds apart by less; a threshold moved on such noise moves every
+  new patient's mask."""
   sweep = dice_sweep(runs, strategy, thresholds, min_lesion_mm3)
-  mean = np.nanmean(list(sweep.values()), axis=0)
-  best = max(range(len(thresholds)), key=lambda i: (round(float(mean[i]), 4),
-                                                    -abs(thresholds[i] - 0.5)))
-  at_half = f" ({100 * mean[thresholds.index(0.5)]:.1f} at 0.5)" if 0.5 in thresholds else ""
+  cells = np.array(list(sweep.values()), np.float64)  # (patient-input, threshold)
+  mean = np.nanmean(cells, axis=0)
+  top = max(range(len(thresholds)), key=lambda i: (round(float(mean[i]), 4),
+                                                   -abs(thresholds[i] - 0.5)))
+  differences = cells - cells[:, [top]]
+  counted = (~np.isnan(differences)).sum(axis=0)
+  se = np.nanstd(differences, axis=0, ddof=1) / np.sqrt(np.maximum(counted, 1))
+  se = np.nan_to_num(se)  # one patient-input: no spread to measure, the best stands
+  within = [i for i in range(len(thresholds)) if mean[i] >= mean[top] - se[i] - 1e-12]
+  best = min(within, key=lambda i: (abs(thresholds[i] - 0.5), -mean[i]))
+  at_half = (f" ({100 * mean[thresholds.index(0.5)]:.1f} at 0.5)"
+             if 0.5 in thresholds and thresholds[top] != 0.5 else "")
   fold_names = sorted({f.removeprefix("test_") for f, _ in sweep})
   input_names = sorted({v for _, v in sweep}, key=lambda v: (v != ALL, v))
   what = (f"the mean of {len(runs)} leave-one-out runs' probability maps (one per seed)"
           if len(runs) > 1 else "a leave-one-out run's probability maps")
-  how = (f"the best mean Dice of {strategy}, {what}, over the left-out patients "
-         f"({', '.join(fold_names)}) and inputs ({', '.join(input_names)}): "
-         f"{100 * mean[best]:.1f} at {thresholds[best]:g}{at_half}")
+  how = (f"the mean Dice of {strategy}, {what}, over the left-out patients "
+         f"({', '.join(fold_names)}) and inputs ({', '.join(input_names)}): best "
+         f"{100 * mean[top]:.1f} at {thresholds[top]:g}{at_half}")
+  if best != top:
+    how += (f"; {thresholds[best]:g} chosen, the threshold nearest 0.5 within one standard "
+            f"error of the best ({100 * mean[best]:.1f}, {100 * (mean[top] - mean[best]):.2f} "
+            f"below it, standard error {100 * se[best]:.2f}, paired over {len(cells)} "
+            "patient-inputs)")
   return float(thresholds[best]), how

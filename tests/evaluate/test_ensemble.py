@@ -64,6 +64,37 @@ def test_the_ensemble_threshold_is_read_off_the_members_mean_map(tmp_path):
   assert release.threshold_from(f"{a},{b}", "0CF") == (t, how)
 
 
+def test_a_threshold_better_by_less_than_its_standard_error_does_not_move_it(monkeypatch):
+  """The one-standard-error rule: 0.55 ahead of 0.5 by 0.1 points on average, but up on some
+  patient-inputs and down on others, leaves the threshold at 0.5; 0.4 ahead on every one moves
+  it there."""
+  t = ensemble.THRESHOLDS
+  i_half, i_55, i_40 = t.index(0.5), t.index(0.55), t.index(0.4)
+
+  def sweep_of(rows):
+    monkeypatch.setattr(ensemble, "dice_sweep",
+                        lambda *a, **k: {(f"test_p{n}", "all"): r for n, r in enumerate(rows)})
+
+  base = np.full(len(t), 0.5)
+  noisy = []
+  for gain in (0.05, -0.04, 0.03, -0.036):
+    row = base.copy()
+    row[i_55] += gain
+    noisy.append(row)
+  sweep_of(noisy)
+  chosen, how = ensemble.best_threshold(["r"], "0CF")
+  assert chosen == 0.5
+  assert "best 50.1 at 0.55" in how and "0.5 chosen, the threshold nearest 0.5 within one" in how
+  steady = []
+  for gain in (0.02, 0.021, 0.019, 0.02):
+    row = base.copy()
+    row[i_40] += gain
+    steady.append(row)
+  sweep_of(steady)
+  chosen, how = ensemble.best_threshold(["r"], "0CF")
+  assert chosen == 0.4 and "chosen" not in how
+
+
 def test_only_inputs_every_member_scored_are_used(tmp_path):
   a = _loo_run(str(tmp_path / "s0"), 0.6, 0.3, variants=("FLAIR", "slab5mm"))
   b = _loo_run(str(tmp_path / "s1"), 0.2, 0.1, variants=("FLAIR",))
