@@ -7,13 +7,13 @@ after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesja
   python -m msjax.main --config configs/release.py --workdir runs/release
 
 msjax-lesjak as shipped (2026-12-05) was made with the shipped encoder and its threshold chosen
-on two leave-one-out runs of the recipe (configs/lesjak.py --config.strategies=0
+on three leave-one-out runs of the recipe (configs/lesjak.py --config.strategies=0
 --config.pretrained=msjax-lesjak-encoder --config.model.dtype=float32
---config.finetune.steps=2400 --config.seed=0 and 1; docs/results/ft3_ensemble.md):
+--config.finetune.steps=2400 --config.seed=0, 1 and 2; docs/results/ft3_ensemble.md):
 
   python -m msjax.main --config configs/release.py --config.pretrained=msjax-lesjak-encoder \
-      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1,runs/loo_ft2400_enc2400_s2 \
-      --workdir runs/release_ft2400
+      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1,\
+runs/loo_ft2400_enc2400_s2 --workdir runs/release_ft2400
 
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
 steps) and exports into --config.out (required there, so that a smoke model never lands in the
