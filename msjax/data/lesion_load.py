@@ -146,20 +146,39 @@ class Plan:
   brain_stats: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def renormalised(plan: Plan, images: np.ndarray, brain: np.ndarray, present: np.ndarray) -> Plan:
+def brain_sums(images: np.ndarray, brain: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+  """(voxels, sum, sum of squares per channel) over the brain: an exam's, computed once."""
+  values = images[brain > 0].astype(np.float64)
+  return values.shape[0], values.sum(axis=0), (values ** 2).sum(axis=0)
+
+
+def renormalised(plan: Plan, images: np.ndarray, brain: np.ndarray, present: np.ndarray,
+                 sums: tuple | None = None) -> Plan:
   """The plan with the brain statistics of the exam its pastes make. The loader z-scores every
   exam over its own brain (exams.load_exam), lesions included: a brain carrying 50 mL of lesions
   reaches the network with its mean raised and its spread widened, its lesions less bright than
   the same lesions in a light-load brain. An exam given pasted lesions is z-scored again with
   them, so that a heavy load in training looks as a heavy load looks at inference. Draws
-  nothing."""
+  nothing. `sums`: the exam's brain_sums (computed here when not given); only the box the
+  pastes span is rendered, the brain's sums corrected where they changed."""
   if not plan.pastes:
     return plan
-  size = max(images.shape[:3])
-  whole, _ = render(images, np.zeros(images.shape[:3], np.uint8), (0, 0, 0), size, plan.pastes,
-                    present)
-  values = whole[:images.shape[0], :images.shape[1], :images.shape[2]][brain > 0]
-  mean, sd = values.mean(axis=0), values.std(axis=0)
+  n, total, squares = sums or brain_sums(images, brain)
+  lo = np.min([p.lo for p in plan.pastes], axis=0).clip(0)
+  hi = np.minimum(np.max([p.hi for p in plan.pastes], axis=0), images.shape[:3])
+  box = tuple(slice(a, b) for a, b in zip(lo, hi))
+  touched = np.zeros(tuple(hi - lo), bool)
+  for p in plan.pastes:
+    touched[tuple(slice(max(a - o, 0), b - o) for a, b, o in zip(p.lo, p.hi, lo))] = True
+  changed = touched & (brain[box] > 0)
+  # the pastes blended in order into the box they span, as render blends them into a patch
+  canvas, _ = render(images, np.zeros(images.shape[:3], np.uint8), lo, tuple(hi - lo),
+                     plan.pastes, present)
+  before = images[box][changed].astype(np.float64)
+  after = canvas[changed].astype(np.float64)
+  mean = (total + after.sum(axis=0) - before.sum(axis=0)) / n
+  mean_square = (squares + (after ** 2).sum(axis=0) - (before ** 2).sum(axis=0)) / n
+  sd = np.sqrt(np.maximum(mean_square - mean ** 2, 0.0))
   mean = np.where(present, mean, 0.0).astype(np.float32)
   sd = np.where(present & (sd > 1e-6), sd, 1.0).astype(np.float32)
   return dataclasses.replace(plan, brain_stats=(mean, sd))
@@ -215,15 +234,16 @@ def plan(rng: np.random.Generator, bank: list[Lesion], images: np.ndarray, brain
   return Plan(pastes=tuple(pastes), centres=np.concatenate(centres))
 
 
-def render(images: np.ndarray, mask: np.ndarray, lo, size: int, pastes=(), present=None
-           ) -> tuple:
-  """The size³ region at corner `lo` (may reach outside the volume: zeros there) with the pastes
-  that reach it blended in; `present` (C,) keeps missing channels at zero. Returns
-  (image (s, s, s, C) float32, mask (s, s, s) uint8)."""
+def render(images: np.ndarray, mask: np.ndarray, lo, size, pastes=(), present=None) -> tuple:
+  """The size³ region (or one of shape `size`, a 3-tuple) at corner `lo` (may reach outside the
+  volume: zeros there) with the pastes that reach it blended in; `present` (C,) keeps missing
+  channels at zero. Returns (image (s, s, s, C) float32, mask (s, s, s) uint8)."""
   lo = np.asarray(lo, int)
   shape = np.array(images.shape[:3])
-  region = np.zeros((size, size, size, images.shape[-1]), np.float32)
-  region_mask = np.zeros((size, size, size), np.uint8)
+  dims = (int(size),) * 3 if np.isscalar(size) else tuple(int(s) for s in size)
+  size = np.array(dims)
+  region = np.zeros(dims + (images.shape[-1],), np.float32)
+  region_mask = np.zeros(dims, np.uint8)
   a, b = np.maximum(lo, 0), np.minimum(lo + size, shape)
   if (b > a).all():
     src = tuple(slice(s, e) for s, e in zip(a, b))

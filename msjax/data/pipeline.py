@@ -61,6 +61,7 @@ class _Prepared:
   arrays: ExamArrays
   index: patch_lib.SamplingIndex
   gates: tuple | None = None  # transplant.where_lesions_go, when transplant is on
+  sums: tuple | None = None   # lesion_load.brain_sums, when renormalise is on
 
 
 class PatchSource:
@@ -99,7 +100,8 @@ class PatchSource:
     return self.cache.get(exam, derive=lambda a: _Prepared(
         a, patch_lib.sampling_index(a, spec.patch_size, spec.min_brain_fraction),
         transplant_lib.where_lesions_go(a.images, a.brain, _label(a), a.present)
-        if transplanting else None))
+        if transplanting else None,
+        lesion_load.brain_sums(a.images, a.brain) if spec.renormalise else None))
 
   def group_plan(self, batch: int, group: int):
     """(exam index, rater index, channel keep-mask) shared by the patches of one group."""
@@ -176,7 +178,7 @@ class PatchSource:
       plan = lesion_load.plan(rng, bank, a.images, a.brain, a.present, a.grid.voxel_ml,
                               spec.lesion_load)
     if spec.renormalise:
-      plan = lesion_load.renormalised(plan, a.images, a.brain, a.present)
+      plan = lesion_load.renormalised(plan, a.images, a.brain, a.present, prep.sums)
     with self._lock:
       self._plans[key] = plan
       while len(self._plans) > 16:
