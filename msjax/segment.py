@@ -349,6 +349,22 @@ def settings(config, bundle: dict, options) -> dict:
           "report": config.report.to_dict()}
 
 
+def inputs_sha256(*exams) -> str:
+  """The content of the exams' input files (each sequence's name and bytes, and the brain mask
+  given with one): a re-run redoes an exam whose files changed under the same names (a scan
+  exported again, a sequence replaced), and keeps one converted again from the same DICOM."""
+  import hashlib
+  h = hashlib.sha256()
+  for exam in exams:
+    named = dict(exam.images, **({"brain_mask": exam.brain_mask} if exam.brain_mask else {}))
+    for role, path in sorted(named.items()):
+      h.update(role.encode() + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+  return h.hexdigest()
+
+
 def settings_hash(s: dict) -> str:
   import hashlib
   import json
@@ -367,8 +383,12 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, lis
     elif config.overwrite or not config.resume:
       logging.info("[segment] %s: redone (--config.overwrite=True)", exam.exam_id)
       todo.append(exam)
-    elif prior.get("settings_sha256") == key:
+    elif prior.get("settings_sha256") == key and not _inputs_changed(prior, exam):
       done.append(prior)
+    elif prior.get("settings_sha256") == key:
+      logging.info("[segment] %s: redone, its input files changed since its outputs were made; "
+                   "the old ones stay until the new ones are complete", exam.exam_id)
+      todo.append(exam)
     else:
       theirs = prior.get("settings") or {}
       as_read = json.loads(json.dumps(mine, default=str))  # as summaries hold it (lists)
@@ -381,6 +401,13 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, lis
     logging.info("[segment] %d exam(s) already made with these settings, kept: %s", len(done),
                  ", ".join(sorted(s["exam_id"] for s in done)))
   return todo, done
+
+
+def _inputs_changed(prior: dict, exam) -> bool:
+  try:
+    return prior.get("inputs_sha256") != inputs_sha256(exam)
+  except OSError:  # an input that cannot be read: redo it, and let that run name the problem
+    return True
 
 
 def _check_input(value: str) -> None:
@@ -443,7 +470,7 @@ def run(config, workdir: str) -> dict:
           raise ready
         row = _segment_one(exam, ready, predictor, options, config, bundle, staging)
         row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1),
-                   settings=mine, settings_sha256=key)
+                   settings=mine, settings_sha256=key, inputs_sha256=inputs_sha256(exam))
         summary = outputs.write_summary(staging, exam, row)
         outputs.publish(staging, workdir, exam)  # the exam's old outputs stay until here
         done.append(summary)

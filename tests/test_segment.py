@@ -156,6 +156,16 @@ def test_sharded_and_resumed_runs_give_the_outputs_of_one_run(trained, tiny_coho
       set(e.exam_id for e in tiny_cohort.exams[:3]) - set(calls))
   assert all(r["threshold"] == 0.3 for r in summary["resumed"] + summary["exams"])
 
+  # an exam whose input file changed under the same name (a scan exported again) is redone, the
+  # others kept
+  changed = tiny_cohort.exams[1].exam_id
+  flair = src / changed / "FLAIR.nii.gz"
+  image = nib.load(str(flair))
+  nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32) * 1.01, image.affine), str(flair))
+  summary = _segment(trained, src, tmp_path / "one", **{"predict.threshold": 0.3})
+  assert [r["exam_id"] for r in summary["exams"]] == [changed]
+  assert len(summary["resumed"]) == 2
+
   # an exam that now fails keeps its earlier outputs, whole, and says so
   before = _masks(tmp_path / "one")
   flair = src / tiny_cohort.exams[0].exam_id / "FLAIR.nii.gz"

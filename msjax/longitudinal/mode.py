@@ -165,16 +165,29 @@ def _complete(workdir: str, pair) -> dict | None:
   return summary if all(os.path.exists(os.path.join(workdir, p)) for p in listed) else None
 
 
-def _kept(prior: dict | None, config, key: str, mine: dict, patient: str) -> bool:
+def _inputs_sha256(pair) -> str | None:
+  from msjax import segment
+  try:
+    return segment.inputs_sha256(pair.baseline, pair.followup)
+  except OSError:  # unreadable: the patient is redone and that run names the problem
+    return None
+
+
+def _kept(prior: dict | None, config, key: str, mine: dict, pair) -> bool:
   """Whether a patient's complete earlier outputs are kept as they are (made with these
-  settings), saying why they are redone otherwise."""
+  settings from the same input files), saying why they are redone otherwise."""
+  patient = pair.patient
   if prior is None:
     return False
   if config.overwrite:
     logging.info("[longitudinal] sub-%s: redone (--config.overwrite=True)", patient)
     return False
   if prior.get("settings_sha256") == key:
-    return True
+    if prior.get("inputs_sha256") == _inputs_sha256(pair):
+      return True
+    logging.info("[longitudinal] sub-%s: redone, its visits' input files changed since its "
+                 "outputs were made; the old ones stay until the new ones are complete", patient)
+    return False
   theirs = prior.get("settings") or {}
   as_read = json.loads(json.dumps(mine, default=str))  # as the summary holds it (lists)
   differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
@@ -268,7 +281,8 @@ def _patient(pair, config, workdir: str, model, root: str, mine: dict) -> dict:
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),
       "files": {k: os.path.relpath(v, root) for k, v in out.items() if k != "summary"},
-      "settings": mine, "settings_sha256": _settings_hash(mine)}
+      "settings": mine, "settings_sha256": _settings_hash(mine),
+      "inputs_sha256": _inputs_sha256(pair)}
   files.write_json(summary, out["summary"])  # last: the patient's outputs are complete
   return summary
 
@@ -321,7 +335,7 @@ def run(config, workdir: str) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     had = pair.followup is not None and _had_outputs(workdir, pair)
     prior = None if pair.problem or pair.followup is None else _complete(workdir, pair)
-    if _kept(prior, config, key, mine, pair.patient):
+    if _kept(prior, config, key, mine, pair):
       resumed.append(prior)
       logging.info("[longitudinal] %d/%d sub-%s: kept, made before with these settings (%s)",
                    i + 1, len(pairs), pair.patient, _status(prior))

@@ -137,11 +137,13 @@ def changes_csv(out) -> list[str]:
 
 def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, monkeypatch):
   """A plain re-run keeps a patient whose outputs are complete and were made with the same
-  settings (untouched, still in changes.csv); one with other change settings, or whose outputs
-  lack a file, redoes it."""
-  data, first, _ = changed
-  out = tmp_path / "out"
+  settings from the same input files (untouched, still in changes.csv; the files compared by
+  content, so a copy of the input folder still counts as the same); one with other change
+  settings, a changed scan or outputs lacking a file is redone."""
+  first_data, first, _ = changed
+  out, data = tmp_path / "out", tmp_path / "in"
   shutil.copytree(first, out)
+  shutil.copytree(first_data, data)
   summary_file = out / "sub-patA" / "sub-patA_desc-change_summary.json"
   monkeypatch.setenv("MSJAX_SHIPPED_DIR", str(tmp_path / "no_shipped_models"))
   os.utime(summary_file, (0, 0))
@@ -158,6 +160,16 @@ def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, m
   assert summary["resumed"] == [] and [s["patient"] for s in summary["patients"]] == ["patA"]
   assert os.stat(summary_file).st_mtime > 0 and changes_csv(out) == ["patA"]
   assert json.load(open(summary_file))["settings"]["change"]["rule"]["seed_z"] == 4.5
+  # the same settings, but a visit's scan changed under the same name: made again
+  os.utime(summary_file, (0, 0))
+  flair = data / "patA" / "study1_FLAIR.nii.gz"
+  flair.write_bytes(flair.read_bytes())  # the same content, written again: still kept
+  assert main.run_mode(other, str(out))["resumed"] == ["patA"]
+  image = nib.load(str(flair))
+  nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32) * 1.01, image.affine), str(flair))
+  summary = main.run_mode(other, str(out))
+  assert [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert os.stat(summary_file).st_mtime > 0
   # the same settings again, but a file of the set missing: made again
   os.utime(summary_file, (0, 0))
   (out / "sub-patA" / "sub-patA_desc-change_overlay.png").unlink()
