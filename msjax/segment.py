@@ -349,19 +349,23 @@ def settings(config, bundle: dict, options) -> dict:
           "report": config.report.to_dict()}
 
 
-def inputs_sha256(*exams) -> str:
+def inputs_sha256(*exams) -> str | None:
   """The content of the exams' input files (each sequence's name and bytes, and the brain mask
   given with one): a re-run redoes an exam whose files changed under the same names (a scan
-  exported again, a sequence replaced), and keeps one converted again from the same DICOM."""
+  exported again, a sequence replaced), and keeps one converted again from the same DICOM. None
+  when a file cannot be read (the exam is then redone, and that run names the problem)."""
   import hashlib
   h = hashlib.sha256()
-  for exam in exams:
-    named = dict(exam.images, **({"brain_mask": exam.brain_mask} if exam.brain_mask else {}))
-    for role, path in sorted(named.items()):
-      h.update(role.encode() + b"\0")
-      with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-          h.update(chunk)
+  try:
+    for exam in exams:
+      named = dict(exam.images, **({"brain_mask": exam.brain_mask} if exam.brain_mask else {}))
+      for role, path in sorted(named.items()):
+        h.update(role.encode() + b"\0")
+        with open(path, "rb") as f:
+          for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+  except OSError:
+    return None
   return h.hexdigest()
 
 
@@ -371,10 +375,35 @@ def settings_hash(s: dict) -> str:
   return hashlib.sha256(json.dumps(s, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, list[dict]]:
+def why_redo(prior: dict, key: str, mine: dict, inputs) -> str | None:
+  """Why outputs made before (their summary `prior`) are not this run's, or None when they are:
+  the same settings (`key`, the hash of `mine`) from the same input files (`inputs`: their
+  inputs_sha256, or a function computing it, called only when the settings match). Shared by
+  segment's exams and the longitudinal mode's patients."""
+  if prior.get("settings_sha256") == key:
+    now = inputs() if callable(inputs) else inputs
+    if now is not None and prior.get("inputs_sha256") == now:
+      return None
+    return "its input files changed since its outputs were made"
+  theirs = prior.get("settings") or {}
+  as_read = json.loads(json.dumps(mine, default=str))  # as summaries hold it (lists)
+  differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
+  return f"its outputs were made with other settings ({', '.join(differ)})"
+
+
+def _to_do(exams, workdir: str, config, key: str, mine: dict, inputs: dict | None = None
+           ) -> tuple[list, list[dict]]:
   """(exams to segment, summaries of the exams already made with these settings): a re-run into
   a workdir skips what is done and redoes what was made otherwise, saying which and why
-  (--config.overwrite=True redoes all)."""
+  (--config.overwrite=True redoes all). `inputs`: each exam's inputs_sha256 by exam id, filled
+  in here for the exams whose files had to be read (so that the run reads them once)."""
+  inputs = {} if inputs is None else inputs
+
+  def now(exam):
+    if exam.exam_id not in inputs:
+      inputs[exam.exam_id] = inputs_sha256(exam)
+    return inputs[exam.exam_id]
+
   todo, done = [], []
   for exam in exams:
     prior = outputs.complete(workdir, exam)
@@ -383,31 +412,18 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict) -> tuple[list, lis
     elif config.overwrite or not config.resume:
       logging.info("[segment] %s: redone (--config.overwrite=True)", exam.exam_id)
       todo.append(exam)
-    elif prior.get("settings_sha256") == key and not _inputs_changed(prior, exam):
-      done.append(prior)
-    elif prior.get("settings_sha256") == key:
-      logging.info("[segment] %s: redone, its input files changed since its outputs were made; "
-                   "the old ones stay until the new ones are complete", exam.exam_id)
-      todo.append(exam)
     else:
-      theirs = prior.get("settings") or {}
-      as_read = json.loads(json.dumps(mine, default=str))  # as summaries hold it (lists)
-      differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
-      logging.info("[segment] %s: redone, its outputs were made with other settings (%s); the "
-                   "old ones stay until the new ones are complete", exam.exam_id,
-                   ", ".join(differ))
-      todo.append(exam)
+      why = why_redo(prior, key, mine, lambda e=exam: now(e))
+      if why is None:
+        done.append(prior)
+      else:
+        logging.info("[segment] %s: redone, %s; the old ones stay until the new ones are "
+                     "complete", exam.exam_id, why)
+        todo.append(exam)
   if done:
     logging.info("[segment] %d exam(s) already made with these settings, kept: %s", len(done),
                  ", ".join(sorted(s["exam_id"] for s in done)))
   return todo, done
-
-
-def _inputs_changed(prior: dict, exam) -> bool:
-  try:
-    return prior.get("inputs_sha256") != inputs_sha256(exam)
-  except OSError:  # an input that cannot be read: redo it, and let that run name the problem
-    return True
 
 
 def _check_input(value: str) -> None:
@@ -447,7 +463,8 @@ def run(config, workdir: str) -> dict:
   threshold = options.threshold
   mine = settings(config, bundle, options)
   key = settings_hash(mine)
-  exams, resumed = _to_do(exams, workdir, config, key, mine)
+  inputs = {}  # each exam's inputs_sha256, read once
+  exams, resumed = _to_do(exams, workdir, config, key, mine, inputs)
   predictor = predict.Predictor(bundle["path"])
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
                cohort.root, f" (shard {config.shard})" if config.shard else "",
@@ -468,9 +485,10 @@ def run(config, workdir: str) -> dict:
       try:
         if isinstance(ready, Exception):
           raise ready
+        made_from = inputs.get(exam.exam_id) or inputs_sha256(exam)  # before it is segmented
         row = _segment_one(exam, ready, predictor, options, config, bundle, staging)
         row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1),
-                   settings=mine, settings_sha256=key, inputs_sha256=inputs_sha256(exam))
+                   settings=mine, settings_sha256=key, inputs_sha256=made_from)
         summary = outputs.write_summary(staging, exam, row)
         outputs.publish(staging, workdir, exam)  # the exam's old outputs stay until here
         done.append(summary)

@@ -172,8 +172,8 @@ def renormalised(plan: Plan, images: np.ndarray, brain: np.ndarray, present: np.
     touched[tuple(slice(max(a - o, 0), b - o) for a, b, o in zip(p.lo, p.hi, lo))] = True
   changed = touched & (brain[box] > 0)
   # the pastes blended in order into the box they span, as render blends them into a patch
-  canvas, _ = render(images, np.zeros(images.shape[:3], np.uint8), lo, tuple(hi - lo),
-                     plan.pastes, present)
+  no_mask = np.broadcast_to(np.uint8(0), images.shape[:3])  # a view: nothing allocated
+  canvas, _ = render(images, no_mask, lo, tuple(hi - lo), plan.pastes, present)
   before = images[box][changed].astype(np.float64)
   after = canvas[changed].astype(np.float64)
   mean = (total + after.sum(axis=0) - before.sum(axis=0)) / n

@@ -23,6 +23,7 @@ The decision grid's class map and change.json stay in OUT/work/change/sub-<patie
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -165,35 +166,21 @@ def _complete(workdir: str, pair) -> dict | None:
   return summary if all(os.path.exists(os.path.join(workdir, p)) for p in listed) else None
 
 
-def _inputs_sha256(pair) -> str | None:
-  from msjax import segment
-  try:
-    return segment.inputs_sha256(pair.baseline, pair.followup)
-  except OSError:  # unreadable: the patient is redone and that run names the problem
-    return None
-
-
-def _kept(prior: dict | None, config, key: str, mine: dict, pair) -> bool:
+def _kept(prior: dict | None, config, key: str, mine: dict, pair, inputs) -> bool:
   """Whether a patient's complete earlier outputs are kept as they are (made with these
-  settings from the same input files), saying why they are redone otherwise."""
-  patient = pair.patient
+  settings from the same input files: segment.why_redo), saying why they are redone otherwise;
+  `inputs`: a function giving the visits' inputs_sha256."""
   if prior is None:
     return False
   if config.overwrite:
-    logging.info("[longitudinal] sub-%s: redone (--config.overwrite=True)", patient)
+    logging.info("[longitudinal] sub-%s: redone (--config.overwrite=True)", pair.patient)
     return False
-  if prior.get("settings_sha256") == key:
-    if prior.get("inputs_sha256") == _inputs_sha256(pair):
-      return True
-    logging.info("[longitudinal] sub-%s: redone, its visits' input files changed since its "
-                 "outputs were made; the old ones stay until the new ones are complete", patient)
-    return False
-  theirs = prior.get("settings") or {}
-  as_read = json.loads(json.dumps(mine, default=str))  # as the summary holds it (lists)
-  differ = [k for k in mine if theirs.get(k) != as_read[k]] or ["settings not recorded"]
-  logging.info("[longitudinal] sub-%s: redone, its outputs were made with other settings (%s); "
-               "the old ones stay until the new ones are complete", patient, ", ".join(differ))
-  return False
+  from msjax import segment
+  why = segment.why_redo(prior, key, mine, inputs)
+  if why is not None:
+    logging.info("[longitudinal] sub-%s: redone, %s; the old ones stay until the new ones are "
+                 "complete", pair.patient, why)
+  return why is None
 
 
 def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
@@ -218,10 +205,11 @@ def _table(rows: list[dict], out: dict, visits: dict) -> list[dict]:
   return table
 
 
-def _patient(pair, config, workdir: str, model, root: str, mine: dict) -> dict:
+def _patient(pair, config, workdir: str, model, root: str, made_with: dict) -> dict:
   """One patient's outputs, written under `root` (a staging folder laid out as the dataset: the
-  summary's paths are relative to it); its intermediates go to workdir/work; `mine`: the
-  settings they are made with (recorded in the summary, so that a re-run can keep them)."""
+  summary's paths are relative to it); its intermediates go to workdir/work; `made_with`: the
+  settings, their hash and the inputs' hash (recorded in the summary, so that a re-run can keep
+  them)."""
   out = change_paths(root, pair.baseline, pair.followup)
   t0 = time.time()
   visits = {}
@@ -281,15 +269,9 @@ def _patient(pair, config, workdir: str, model, root: str, mine: dict) -> dict:
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),
       "files": {k: os.path.relpath(v, root) for k, v in out.items() if k != "summary"},
-      "settings": mine, "settings_sha256": _settings_hash(mine),
-      "inputs_sha256": _inputs_sha256(pair)}
+      **made_with}
   files.write_json(summary, out["summary"])  # last: the patient's outputs are complete
   return summary
-
-
-def _settings_hash(s: dict) -> str:
-  from msjax import segment
-  return segment.settings_hash(s)
 
 
 def cohort_row(s: dict) -> dict:
@@ -323,8 +305,9 @@ def run(config, workdir: str) -> dict:
                f"both visits segmented with the model {model.path}" if model else
                "no model (--config.model, or a shipped one): change detection only, no "
                "per-visit segmentation and no lesion probabilities")
+  from msjax import segment
   mine = settings(config, model)
-  key = _settings_hash(mine)
+  key = segment.settings_hash(mine)
   done, failed, resumed = [], [], []
   staging_root = os.path.join(workdir, "work", "staging")
   for i, pair in enumerate(pairs):
@@ -335,7 +318,10 @@ def run(config, workdir: str) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     had = pair.followup is not None and _had_outputs(workdir, pair)
     prior = None if pair.problem or pair.followup is None else _complete(workdir, pair)
-    if _kept(prior, config, key, mine, pair):
+    # the visits' inputs_sha256, read at most once, before the patient is made
+    made_from = functools.cache(functools.partial(segment.inputs_sha256, pair.baseline,
+                                                  pair.followup))
+    if _kept(prior, config, key, mine, pair, made_from):
       resumed.append(prior)
       logging.info("[longitudinal] %d/%d sub-%s: kept, made before with these settings (%s)",
                    i + 1, len(pairs), pair.patient, _status(prior))
@@ -343,7 +329,8 @@ def run(config, workdir: str) -> dict:
     try:
       if pair.problem:
         raise errors.InvalidInputError(pair.problem)
-      summary = _patient(pair, config, workdir, model, staging, mine)
+      summary = _patient(pair, config, workdir, model, staging, {
+          "settings": mine, "settings_sha256": key, "inputs_sha256": made_from()})
       outputs.replace_set(_all_paths(staging, pair), _all_paths(workdir, pair))
       done.append(summary)
       status = _status(done[-1])
