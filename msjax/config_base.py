@@ -148,6 +148,9 @@ def predict(**overrides) -> config_dict.ConfigDict:
                              # (member k its k-th share: 8 passes in all, not 8 per member)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
+  c.min_lesion_peak = 0.0    # remove predicted lesions whose highest probability is below
+                             # this (hysteresis: a lesion's extent from the threshold, its
+                             # existence from its surest voxel; 0 = keep every lesion)
   c.update(overrides)
   return c
 

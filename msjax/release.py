@@ -124,18 +124,21 @@ def _differences(a, b, prefix=""):
 
 
 def threshold_from(loo_workdirs: str, strategy: str, min_lesion_mm3: float = 0.0
-                   ) -> tuple[float, str]:
-  """The probability threshold for the shipped model, chosen on left-out patients: the best mean
-  Dice over the left-out patients and inputs of leave-one-out runs of the recipe (comma-separated
-  workdirs, one per member seed: their probability maps averaged as the ensemble averages its
-  members), and how it was chosen, for the card."""
+                   ) -> tuple[float, str, tuple[float, str]]:
+  """The probability threshold and the lesion peak for the shipped model, chosen on left-out
+  patients of leave-one-out runs of the recipe (comma-separated workdirs, one per member seed:
+  their probability maps averaged as the ensemble averages its members): the threshold by mean
+  Dice, then at it the lesion peak (predict.min_lesion_peak) by mean lesion F1, each by the
+  one-standard-error rule (msjax/evaluate/ensemble.py). Returns (threshold, how, (peak, how))."""
   runs = [os.path.abspath(os.path.expanduser(r)) for r in config_base.parse_list(loo_workdirs)]
   for run in runs:
     if not os.path.exists(os.path.join(run, "leave_one_out.json")):
       raise errors.InvalidInputError(
           f"{run}: no finished leave-one-out to choose the threshold from "
           "(--config.threshold_from=<leave_one_out workdir>[,<another seed's>...])")
-  return ensemble.best_threshold(runs, strategy, min_lesion_mm3=min_lesion_mm3)
+  threshold, how = ensemble.best_threshold(runs, strategy, min_lesion_mm3=min_lesion_mm3)
+  return threshold, how, ensemble.best_peak(runs, strategy, threshold,
+                                            min_lesion_mm3=min_lesion_mm3)
 
 
 def provenance(exams) -> dict:
@@ -206,11 +209,12 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   files.make_dirs(workdir)
   _same_run(config, workdir)
-  threshold, calibration = (threshold_from(
+  threshold, calibration, lesion_peak = (threshold_from(
       config.threshold_from, stages.strategy_names(config.strategy)[0],
-      config.predict.min_lesion_mm3) if config.threshold_from else (None, ""))
+      config.predict.min_lesion_mm3) if config.threshold_from else (None, "", None))
   if calibration:
     logging.info("[release] threshold %g: %s", threshold, calibration)
+    logging.info("[release] lesion peak %g: %s", *lesion_peak)
   results = card_results(config.card_results)  # read now: a missing file fails before training
   stages.check_schedules(config)
   given, labelled, everything, prep = scans(config, workdir)
@@ -265,7 +269,8 @@ def run(config, workdir: str) -> dict:
   model = export_lib.export(ft_dir, os.path.join(out, config.name), config.name,
                             training=training, figures=results, threshold=threshold,
                             calibration=calibration, root=workdir,
-                            compute_dtype=config.shipped_dtype, members=tuple(ft_dirs[1:]))
+                            compute_dtype=config.shipped_dtype, members=tuple(ft_dirs[1:]),
+                            lesion_peak=lesion_peak)
   times["total"] = time.time() - t0
   summary = {"out": out, "models": {config.name: model["weights"],
                                     encoder_name: encoder["weights"]},

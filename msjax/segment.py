@@ -302,7 +302,9 @@ def made_with(config, bundle: dict, options) -> str:
          f"{config.preprocess.n4_mm:g} mm")
   ensemble = _ensemble_label(bundle)
   return (f"{model_name(bundle)}{f' ({ensemble})' if ensemble else ''}; lesion at p >= "
-          f"{options.threshold:g}, "
+          f"{options.threshold:g}"
+          + (f" (each lesion peaking at >= {options.min_lesion_peak:g})"
+             if options.min_lesion_peak > 0 else "") + ", "
           f"{mirroring_label(options, _members(bundle)) or 'no test-time mirroring'}, {how}")
 
 
@@ -312,12 +314,15 @@ def model_name(bundle: dict) -> str:
 
 
 def inference_options(config, bundle: dict) -> predict.PredictOptions:
-  """The network's options for a job's predict block: the bundle's threshold unless the command
-  sets one."""
+  """The network's options for a job's predict block: the bundle's threshold and lesion peak
+  (chosen on left-out patients for a shipped model) unless the command sets them."""
   threshold = (config.predict.threshold if config.predict.threshold is not None
                else bundle["threshold"])
+  peak = config.predict.get("min_lesion_peak")
+  peak = bundle.get("min_lesion_peak", 0.0) if peak is None else peak
   return predict.PredictOptions.from_config(config.predict, threshold=threshold, seed=config.seed,
-                                            allow_any_geometry=config.allow_any_geometry)
+                                            allow_any_geometry=config.allow_any_geometry,
+                                            min_lesion_peak=peak)
 
 
 def load_bundle(model: str) -> dict:

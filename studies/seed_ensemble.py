@@ -35,11 +35,12 @@ def recorded(run: str, fold: str, variant: str) -> dict:
 
 
 def score(probability: np.ndarray, reference: np.ndarray, spacing, threshold: float,
-          min_lesion_mm3: float) -> dict:
+          min_lesion_mm3: float, min_lesion_peak: float = 0.0) -> dict:
   """The leave-one-out's mask scored as `evaluate` scores a mask file; arrays in the files'
   voxel order."""
   return metrics.evaluate_masks(ensemble.mask_at(probability, spacing, threshold,
-                                                 min_lesion_mm3), reference, spacing)
+                                                 min_lesion_mm3, min_lesion_peak),
+                                reference, spacing)
 
 
 def _file_array(path: str) -> np.ndarray:
@@ -109,7 +110,7 @@ class FlipShare(predict.Predictor):
 
 
 def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
-                 repredict: Repredict | None = None) -> dict:
+                 repredict: Repredict | None = None, min_lesion_peak: float = 0.0) -> dict:
   """{(fold, variant): {"seeds": [row per run], "ensemble": row, "recorded": [dice per run]}}."""
   out = {}
   for fold in FOLDS:
@@ -123,11 +124,13 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
       mean = np.mean(maps, axis=0)
       out[(fold, variant)] = {
           "seeds": [score(m, reference, spacing, threshold, min_lesion_mm3) for m in maps],
-          "ensemble": score(mean, reference, spacing, threshold, min_lesion_mm3),
+          "ensemble": score(mean, reference, spacing, threshold, min_lesion_mm3,
+                            min_lesion_peak),
           "recorded": [float(r["dice"]) for r in rows],
           # Dice alone: the full scores' surface distances made the sweep most of the run time
           "sweep": dict(zip(SWEEP, ensemble.dice_by_threshold(mean, reference, spacing, SWEEP,
-                                                               min_lesion_mm3)))}
+                                                               min_lesion_mm3,
+                                                               min_lesion_peak)))}
       print(f"[seed_ensemble] {fold} {variant}: Dice " + " / ".join(
           f"{100 * x['dice']:.1f}" for x in out[(fold, variant)]["seeds"])
             + f", ensemble {100 * out[(fold, variant)]['ensemble']['dice']:.1f}", flush=True)
@@ -192,6 +195,9 @@ def main(argv=None):
                        f"per seed; mode (test-time mirroring): {', '.join(MODES)} (default saved)")
   ap.add_argument("--threshold", type=float, default=0.5, help="the leave-one-out's threshold")
   ap.add_argument("--min-lesion-mm3", type=float, default=0.0)
+  ap.add_argument("--min-lesion-peak", type=float, default=0.0,
+                  help="the ensembles' masks keep only lesions peaking at this (the seeds' own "
+                       "columns stay as their leave-one-out scored them)")
   ap.add_argument("--labelled", default="../shared/data/lesjak_mni")
   ap.add_argument("--scratch", default="/tmp/seed_ensemble")
   ap.add_argument("--note", default="")
@@ -208,7 +214,11 @@ def main(argv=None):
            + ". With `saved`, each seed rescored from its own map gives back the leave-one-out's "
            "recorded Dice (checked). 'Lesions found': the share of the reference's lesions the "
            "ensemble's mask detects (lesion sensitivity, %, the MSSEG-2016 criterion of "
-           "msjax/evaluate/metrics.py), patient26 then patient07.", ""]
+           "msjax/evaluate/metrics.py), patient26 then patient07."
+           + (f" The ensembles' masks (ensemble columns and the threshold sweep) keep only "
+              f"lesions whose highest probability reaches {args.min_lesion_peak:g} "
+              "(predict.min_lesion_peak); each seed's columns are its leave-one-out's own."
+              if args.min_lesion_peak else ""), ""]
   for spec in args.group:
     name, _, runs = spec.partition("=")
     name, _, mode = name.partition("@")
@@ -216,7 +226,8 @@ def main(argv=None):
     runs = [r.strip() for r in runs.split(",") if r.strip()]
     repredict = (None if mode == "saved" else
                  Repredict(mode, runs, args.threshold, args.labelled, args.scratch))
-    scores = group_scores(runs, args.threshold, args.min_lesion_mm3, repredict)
+    scores = group_scores(runs, args.threshold, args.min_lesion_mm3, repredict,
+                          args.min_lesion_peak)
     if repredict is None:
       check_rescoring(name, scores)
     lines = table(f"{name}, test-time mirroring `{mode}`", runs, scores) + sweep_table(scores)

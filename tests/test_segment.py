@@ -407,6 +407,19 @@ def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
   assert segment.preprocess_block(load_config("segment"), external).skull_strip == "robex"
 
 
+def test_the_bundle_s_threshold_and_lesion_peak_are_used_unless_the_command_sets_them():
+  """A shipped model's lesion peak, chosen on left-out patients like its threshold, reaches
+  every mask segment and longitudinal write; a bundle made before it keeps every lesion."""
+  bundle = {"threshold": 0.45, "min_lesion_peak": 0.8}
+  for job in ("segment", "longitudinal"):
+    options = segment.inference_options(load_config(job), bundle)
+    assert (options.threshold, options.min_lesion_peak) == (0.45, 0.8), job
+  given = load_config("segment", **{"predict.min_lesion_peak": 0.0, "predict.threshold": 0.5})
+  options = segment.inference_options(given, bundle)
+  assert (options.threshold, options.min_lesion_peak) == (0.5, 0.0)
+  assert segment.inference_options(load_config("segment"), {"threshold": 0.5}).min_lesion_peak == 0
+
+
 def test_a_model_trained_on_skull_stripped_exams_leaves_raw_exams_their_own_brain_extraction():
   """Training exams that came in skull-stripped (leave_one_out's preprocess_labelled=stripped)
   were made without N4, co-registration or brain extraction: a raw exam still gets this

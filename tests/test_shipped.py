@@ -413,6 +413,23 @@ def test_release_refuses_to_resume_a_workdir_of_another_run(released, tiny_cohor
     release.run(config, str(older))
 
 
+def test_the_chosen_threshold_and_lesion_peak_go_into_the_bundle_its_hash_and_card(released,
+                                                                                   tmp_path):
+  folder = str(tmp_path / "m")
+  bundle = export_lib.export(released["finetune"], folder, "m", threshold=0.45,
+                             calibration="by Dice", lesion_peak=(0.8, "by lesion F1"))
+  assert (bundle["threshold"], bundle["min_lesion_peak"]) == (0.45, 0.8)
+  card = open(os.path.join(folder, "model_card.md")).read()
+  assert "- threshold 0.45: by Dice" in card
+  assert "- lesion peak 0.8: a predicted lesion is kept only where one of its voxels reaches " \
+         "it; by lesion F1" in card
+  path = os.path.join(folder, "bundle.json")
+  edited = dict(json.load(open(path)), min_lesion_peak=0.0)
+  json.dump(edited, open(path, "w"))
+  with pytest.raises(errors.InvalidInputError, match="edited after it was made"):
+    shipped.read_bundle(folder)
+
+
 def test_an_edited_or_unknown_format_bundle_is_refused_by_name(released, tmp_path):
   """bundle.json is covered by its own hash (threshold, landmarks, config): an edit is refused
   naming the file, as is a format this msjax does not know."""

@@ -28,6 +28,7 @@ def get_config(variant: str = ""):
   c.preprocessed = False    # exams already on the model grid (with a model): no preprocessing
   c.predict = config_base.predict(mirror=True, flips="dealt")  # as segment: flips dealt out
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
+  c.predict.min_lesion_peak = config_dict.placeholder(float)  # None: the bundle's
   c.preprocess = config_base.preprocess()
   c.change = config_dict.ConfigDict()
   c.change.n4 = True

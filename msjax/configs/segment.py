@@ -39,6 +39,7 @@ def get_config(variant: str = ""):
   # (docs/results/seed_ensemble.md, dealt_flips.md). --config.predict.flips=all for 8 each.
   c.predict = config_base.predict(mirror=True, flips="dealt")
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
+  c.predict.min_lesion_peak = config_dict.placeholder(float)  # None: the bundle's
   c.preprocess = config_base.preprocess()
   c.report = report_config()  # location classes, QC verdict, one page per exam (msjax/report)
   config_base.allow_any_geometry(c)

@@ -98,11 +98,11 @@ def member_maps(runs: list[str], fold: str, strategy: str, variant: str):
 
 
 def mask_at(probability: np.ndarray, spacing, threshold: float,
-            min_lesion_mm3: float) -> np.ndarray:
-  """The mask `segment` and the leave-one-out write: p >= threshold, lesions of min_lesion_mm3
-  or less removed."""
-  return predict.remove_small_lesions((probability >= threshold).astype(np.uint8),
-                                      float(np.prod(spacing)), min_lesion_mm3)
+            min_lesion_mm3: float, min_lesion_peak: float = 0.0) -> np.ndarray:
+  """The mask `segment` and the leave-one-out write (predict.mask_of): p >= threshold, lesions
+  of min_lesion_mm3 or less and those that nowhere reach min_lesion_peak removed."""
+  return predict.mask_of(probability, float(np.prod(spacing)), threshold, min_lesion_mm3,
+                         min_lesion_peak)
 
 
 def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
@@ -111,9 +111,10 @@ def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
 
 
 def dice_by_threshold(probability: np.ndarray, reference: np.ndarray, spacing, thresholds,
-                      min_lesion_mm3: float = 0.0) -> list[float]:
+                      min_lesion_mm3: float = 0.0, min_lesion_peak: float = 0.0) -> list[float]:
   """The Dice of the mask `mask_at` makes of one map, at each threshold (nan: both empty)."""
-  return [_dice(mask_at(probability, spacing, t, min_lesion_mm3), reference) for t in thresholds]
+  return [_dice(mask_at(probability, spacing, t, min_lesion_mm3, min_lesion_peak), reference)
+          for t in thresholds]
 
 
 def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
@@ -128,34 +129,45 @@ def dice_sweep(runs: list[str], strategy: str, thresholds=THRESHOLDS,
   return out
 
 
-def best_threshold(runs: list[str], strategy: str, thresholds=THRESHOLDS,
-                   min_lesion_mm3: float = 0.0) -> tuple[float, str]:
-  """The threshold of the members' mean map chosen on every left-out patient and input the runs
-  scored, and how it was chosen, for the model card. The one-standard-error rule (Breiman et
-  al. 1984; Hastie et al., Elements of Statistical Learning, 7.10), paired: of the thresholds
-  whose mean Dice is within one standard error of the best's (the error of the mean of their
-  per-patient-and-input differences to it), the one nearest 0.5 (the default). A few left-out
-  patients cannot tell thresholds apart by less; a threshold moved on such noise moves every
-  new patient's mask."""
-  sweep = dice_sweep(runs, strategy, thresholds, min_lesion_mm3)
-  cells = np.array(list(sweep.values()), np.float64)  # (patient-input, threshold)
+def one_standard_error(cells: np.ndarray, values, default: float) -> tuple[int, int, np.ndarray,
+                                                                           np.ndarray]:
+  """The one-standard-error rule (Breiman et al. 1984; Hastie et al., Elements of Statistical
+  Learning, 7.10), paired. cells: (patient-input, value) scores, nan where undefined. Of the
+  values whose mean score is within one standard error of the best's (the error of the mean of
+  their per-patient-and-input differences to it), the one nearest the default. A few left-out
+  patients cannot tell settings apart by less; a setting moved on such noise moves every new
+  patient's mask. Returns (best's index, chosen index, mean scores, standard errors)."""
   mean = np.nanmean(cells, axis=0)
-  top = max(range(len(thresholds)), key=lambda i: (round(float(mean[i]), 4),
-                                                   -abs(thresholds[i] - 0.5)))
+  top = max(range(len(values)), key=lambda i: (round(float(mean[i]), 4),
+                                               -abs(values[i] - default)))
   differences = cells - cells[:, [top]]
   counted = (~np.isnan(differences)).sum(axis=0)
   se = np.nanstd(differences, axis=0, ddof=1) / np.sqrt(np.maximum(counted, 1))
   se = np.nan_to_num(se)  # one patient-input: no spread to measure, the best stands
-  within = [i for i in range(len(thresholds)) if mean[i] >= mean[top] - se[i] - 1e-12]
-  best = min(within, key=lambda i: (abs(thresholds[i] - 0.5), -mean[i]))
-  at_half = (f" ({100 * mean[thresholds.index(0.5)]:.1f} at 0.5)"
-             if 0.5 in thresholds and thresholds[top] != 0.5 else "")
+  within = [i for i in range(len(values)) if mean[i] >= mean[top] - se[i] - 1e-12]
+  return top, min(within, key=lambda i: (abs(values[i] - default), -mean[i])), mean, se
+
+
+def _what(runs: list[str], strategy: str, sweep: dict) -> str:
   fold_names = sorted({f.removeprefix("test_") for f, _ in sweep})
   input_names = sorted({v for _, v in sweep}, key=lambda v: (v != ALL, v))
   what = (f"the mean of {len(runs)} leave-one-out runs' probability maps (one per seed)"
           if len(runs) > 1 else "a leave-one-out run's probability maps")
-  how = (f"the mean Dice of {strategy}, {what}, over the left-out patients "
-         f"({', '.join(fold_names)}) and inputs ({', '.join(input_names)}): best "
+  return (f"{strategy}, {what}, over the left-out patients ({', '.join(fold_names)}) and inputs "
+          f"({', '.join(input_names)})")
+
+
+def best_threshold(runs: list[str], strategy: str, thresholds=THRESHOLDS,
+                   min_lesion_mm3: float = 0.0) -> tuple[float, str]:
+  """The threshold of the members' mean map chosen on every left-out patient and input the runs
+  scored, and how it was chosen, for the model card: by mean Dice and the one-standard-error
+  rule, nearest 0.5 (the default)."""
+  sweep = dice_sweep(runs, strategy, thresholds, min_lesion_mm3)
+  cells = np.array(list(sweep.values()), np.float64)  # (patient-input, threshold)
+  top, best, mean, se = one_standard_error(cells, thresholds, 0.5)
+  at_half = (f" ({100 * mean[thresholds.index(0.5)]:.1f} at 0.5)"
+             if 0.5 in thresholds and thresholds[top] != 0.5 else "")
+  how = (f"the mean Dice of {_what(runs, strategy, sweep)}: best "
          f"{100 * mean[top]:.1f} at {thresholds[top]:g}{at_half}")
   if best != top:
     how += (f"; {thresholds[best]:g} chosen, the threshold nearest 0.5 within one standard "
@@ -163,3 +175,52 @@ def best_threshold(runs: list[str], strategy: str, thresholds=THRESHOLDS,
             f"below it, standard error {100 * se[best]:.2f}, paired over {len(cells)} "
             "patient-inputs)")
   return float(thresholds[best]), how
+
+
+# the lesion peaks (predict.min_lesion_peak) the shipped model's is chosen among; 0 keeps every
+# lesion the threshold makes
+PEAKS = (0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def peak_sweep(runs: list[str], strategy: str, threshold: float, peaks=PEAKS,
+               min_lesion_mm3: float = 0.0) -> dict:
+  """{(fold, input): [(lesion F1, Dice) of the members' mean map at each lesion peak]}, the mask
+  at `threshold`; F1 0 where a reference's lesions all went, nan where neither side has one."""
+  out = {}
+  for fold in folds(runs):
+    for variant in inputs(runs, fold, strategy):
+      maps, reference, spacing, _ = member_maps(runs, fold, strategy, variant)
+      probability = np.mean(maps, axis=0)
+      row = []
+      for peak in peaks:
+        mask = mask_at(probability, spacing, threshold, min_lesion_mm3, peak)
+        # evaluate_masks' scores without its surface distances (most of its time)
+        scores = dict(metrics.voxel_metrics(mask, reference),
+                      **metrics.lesion_metrics(mask, reference, float(np.prod(spacing))))
+        f1 = scores["lesion_f1"]
+        if f1 is None and scores["ref_lesions"]:  # every lesion removed: none found, F1 0
+          f1 = 0.0
+        row.append((float("nan") if f1 is None else f1,
+                    float("nan") if scores["dice"] is None else scores["dice"]))
+      out[(fold, variant)] = row
+  return out
+
+
+def best_peak(runs: list[str], strategy: str, threshold: float, peaks=PEAKS,
+              min_lesion_mm3: float = 0.0) -> tuple[float, str]:
+  """The lesion peak (predict.min_lesion_peak) chosen on every left-out patient and input the
+  runs scored, and how, for the model card: by mean lesion F1 (lesions found and lesions right,
+  the measure a lesion count is read by) and the one-standard-error rule, nearest 0 (every
+  lesion kept). Each peak's mean Dice is said beside."""
+  sweep = peak_sweep(runs, strategy, threshold, peaks, min_lesion_mm3)
+  cells = np.array(list(sweep.values()), np.float64)  # (patient-input, peak, [f1, dice])
+  top, best, mean, se = one_standard_error(cells[..., 0], peaks, 0.0)
+  dice = np.nanmean(cells[..., 1], axis=0)
+  how = (f"the mean lesion F1 of {_what(runs, strategy, sweep)}, masks at p >= {threshold:g}: "
+         + ", ".join(f"{100 * mean[i]:.1f} at {p:g}" for i, p in enumerate(peaks))
+         + f" (mean Dice {', '.join(f'{100 * d:.1f}' for d in dice)}); best at {peaks[top]:g}")
+  if best != top:
+    how += (f"; {peaks[best]:g} chosen, the peak nearest 0 within one standard error of the "
+            f"best ({100 * (mean[top] - mean[best]):.2f} below it, standard error "
+            f"{100 * se[best]:.2f}, paired over {len(cells)} patient-inputs)")
+  return float(peaks[best]), how

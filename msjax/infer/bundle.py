@@ -186,7 +186,10 @@ def model_card(b: dict) -> str:
          if t.get("trained_dtype", b["model"]["dtype"]) != b["model"]["dtype"] else ""),
   ] + [f"- threshold {b['threshold']:g}: {t['threshold_chosen']}" if t.get("threshold_chosen")
        else f"- threshold {b['threshold']:g}: the default (predict.threshold), not chosen on "
-       "left-out patients for this model"] + [
+       "left-out patients for this model"] + (
+      [f"- lesion peak {b['min_lesion_peak']:g}: a predicted lesion is kept only where one of "
+       f"its voxels reaches it; {t['lesion_peak_chosen']}"] if b.get("min_lesion_peak") else []
+  ) + [
       f"- provenance: {_provenance(t)}" if t.get("exam_files") else "- provenance: not recorded",
       "", "## Validation",
       (f"- held-out patients {', '.join(t['validation_exams'])}: Dice {val:.3f}" if val is not None

@@ -21,7 +21,8 @@ F16_MAX = float(np.finfo(np.float16).max)
 
 def export(workdir: str, folder: str, name: str, *, training: dict | None = None,
            figures: str = "", threshold: float | None = None, calibration: str = "",
-           root: str = "", compute_dtype: str = "", members: tuple[str, ...] = ()) -> dict:
+           root: str = "", compute_dtype: str = "", members: tuple[str, ...] = (),
+           lesion_peak: tuple[float, str] | None = None) -> dict:
   """Writes the shipped model `name` into `folder` from a pretraining or fine-tuning workdir;
   returns its bundle. training: entries added to the bundle's training record (e.g. the number of
   pretraining scans); figures: markdown put in the card's Results section; threshold: the
@@ -31,7 +32,8 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
   model runs in ('auto': bfloat16 where the user's machine has it), whatever it was trained in
   (kept in training.trained_dtype); '' keeps the training's. members: further fine-tuning
   workdirs of the same network (other seeds), shipped with it as one ensemble (bundle format 2,
-  weights-1.npz, ...: segment averages their probabilities)."""
+  weights-1.npz, ...: segment averages their probabilities). lesion_peak: (the lesion peak
+  chosen for the shipped model, predict.min_lesion_peak; how, for the card)."""
   if compute_dtype and compute_dtype not in hardware.DTYPES + ("auto",):
     raise errors.InvalidInputError(f"compute dtype {compute_dtype!r} for {name}: not one of "
                                    f"{', '.join(hardware.DTYPES + ('auto',))}")
@@ -48,7 +50,7 @@ def export(workdir: str, folder: str, name: str, *, training: dict | None = None
     records, sources = _write_members(params, meta, where, members, tmp)
     bundle = _bundle(workdir, name, meta, members, sources, records, training=training,
                      threshold=threshold, calibration=calibration, root=root,
-                     compute_dtype=compute_dtype)
+                     compute_dtype=compute_dtype, lesion_peak=lesion_peak)
     files.write_text(card(bundle, figures), os.path.join(tmp, shipped.CARD))
     files.write_json(bundle, os.path.join(tmp, shipped.BUNDLE))
   return bundle
@@ -72,8 +74,8 @@ def _write_members(params, meta: dict, where: str, members: tuple[str, ...], fol
 
 
 def _bundle(workdir: str, name: str, meta: dict, members: tuple[str, ...], sources: list[str],
-            records: list[dict], *, training, threshold, calibration, root, compute_dtype
-            ) -> dict:
+            records: list[dict], *, training, threshold, calibration, root, compute_dtype,
+            lesion_peak=None) -> dict:
   """The sealed bundle.json of the exported model (its weights already written: records)."""
   task, where = meta.get("task"), sources[0]
   if task == "segmentation":
@@ -86,6 +88,9 @@ def _bundle(workdir: str, name: str, meta: dict, members: tuple[str, ...], sourc
   if threshold is not None:
     bundle["threshold"] = float(threshold)
     bundle["training"]["threshold_chosen"] = calibration
+  if lesion_peak is not None:
+    bundle["min_lesion_peak"] = float(lesion_peak[0])
+    bundle["training"]["lesion_peak_chosen"] = lesion_peak[1]
   root = os.path.abspath(root or os.path.dirname(os.path.abspath(workdir)))
   bundle.update(
       name=name, task=task, config=meta["config"],

@@ -60,8 +60,24 @@ def test_the_ensemble_threshold_is_read_off_the_members_mean_map(tmp_path):
   assert set(sweep) == {(f"test_{f}", v) for f in "ab" for v in ("all", "FLAIR")}
   i = ensemble.THRESHOLDS.index(0.2)  # the background is in the mask: Dice 2·8 / (16 + 8)
   assert sweep[("test_a", "all")][i] == pytest.approx(2 / 3)
-  # release's option reads the same runs, comma-separated, and names how it chose
-  assert release.threshold_from(f"{a},{b}", "0CF") == (t, how)
+  # release's option reads the same runs, comma-separated, and names how it chose; at 0.4 the
+  # lesion's mean map peaks at 0.4, so any lesion peak would remove it: none is chosen
+  got_t, got_how, (peak, peak_how) = release.threshold_from(f"{a},{b}", "0CF")
+  assert (got_t, got_how, peak) == (t, how, 0.0)
+  assert "masks at p >= 0.4: 100.0 at 0, 0.0 at 0.6" in peak_how and "best at 0" in peak_how
+
+
+def test_the_lesion_peak_removes_what_the_left_out_patients_showed_false(tmp_path):
+  """At threshold 0.5, a faint blob (peak 0.6) beside the sure lesion (0.95) is a false lesion
+  on every patient-input: lesion F1 2/3 with it, 1 without. Every peak from 0.7 to 0.95 removes
+  it and keeps the lesion; the one nearest 0 (every lesion kept) is chosen. Dice is said
+  beside (0.8 with the blob, 1.0 without)."""
+  a = _loo_run(str(tmp_path / "s0"), lesion_p=0.95, background_p=0.6)
+  peak, how = ensemble.best_peak([a], "0CF", 0.5)
+  assert peak == 0.7
+  assert "66.7 at 0, 66.7 at 0.6, 100.0 at 0.7" in how and "(mean Dice 66.7, 66.7, 100.0" in how
+  sweep = ensemble.peak_sweep([a], "0CF", 0.5)
+  assert sweep[("test_a", "FLAIR")][0] == pytest.approx((2 / 3, 2 / 3))
 
 
 def test_a_threshold_better_by_less_than_its_standard_error_does_not_move_it(monkeypatch):

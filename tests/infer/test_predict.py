@@ -95,6 +95,28 @@ def test_small_predicted_lesions_are_removed_by_the_evaluator_s_size_rule():
   assert predict.remove_small_lesions(mask, 1.0, 0.0) is mask  # 0: the option is off
 
 
+def test_faint_lesions_go_and_sure_ones_stay_whole():
+  """Hysteresis: a lesion is kept, its whole extent at p >= threshold, only where one of its
+  voxels reaches min_lesion_peak; a faint one goes whatever its size. Raising the threshold
+  instead would shrink the sure lesion to its core."""
+  p = np.zeros((12, 12, 12), np.float32)
+  p[1:4, 1:4, 1:4] = 0.6             # 27 voxels, faint throughout
+  p[6:10, 6:10, 6:10] = 0.55         # 64 voxels at the threshold's margin ...
+  p[7, 7, 7] = 0.95                  # ... around one sure voxel
+  p[1, 10, 10] = 0.9                 # one sure voxel alone
+  mask = predict.mask_of(p, 1.0, 0.5, 0.0, 0.8)
+  want = np.zeros(p.shape, np.uint8)
+  want[6:10, 6:10, 6:10] = 1
+  want[1, 10, 10] = 1
+  np.testing.assert_array_equal(mask, want)
+  big = want.copy()
+  big[1, 10, 10] = 0                 # the lone voxel goes by size (3 mm³) as well
+  np.testing.assert_array_equal(predict.mask_of(p, 1.0, 0.5, 3.0, 0.8), big)
+  np.testing.assert_array_equal(predict.mask_of(p, 1.0, 0.5), (p >= 0.5).astype(np.uint8))
+  options = predict.PredictOptions.from_config(threshold=0.5, min_lesion_peak=0.8)
+  np.testing.assert_array_equal(predict.lesion_mask(p, 1.0, options), want)
+
+
 def test_predict_options_come_whole_from_each_config():
   import dataclasses
 
