@@ -4,9 +4,9 @@ The packaged leave-one-out recipe (msjax/configs/leave_one_out.py) on the lab's 
 labelled Lesjak patients (patient07, patient26 in MNI space), pretraining on them and the four raw
 longitudinal exams (preprocessed by msjax's pipeline first), and lesion transplant from the 27
 lesion maps of the same database (half the batches get one donor's lesions in the training
-brain's own lesion look; the look's contrast kept as measured: scaling it per sequence by 0.6-1.4,
-data.transplant_contrast, lowered the mean Dice on every input, docs/results/
-transplant_contrast.md). Paths are relative to where the command runs (the repository root):
+brain's own lesion look, z-scored again with them in; the look's contrast kept as measured:
+scaling it per sequence by 0.6-1.4, data.transplant_contrast, lowered the mean Dice on every
+input, docs/results/transplant_contrast.md). Paths are relative to where the command runs (the repository root):
 
   python -m msjax.main --config configs/lesjak.py --workdir runs/lesjak
   python -m msjax.main --config configs/lesjak.py --config.pretrained=msjax-lesjak-encoder \
@@ -28,4 +28,8 @@ def get_config(variant: str = ""):
   c.data.lesion_maps = f"{DATA}/lesjak_lesion_maps"
   if "full" not in v:  # the paper's method had no augmentation
     c.data.transplant = 0.5
+    # a batch given a donor's lesions is z-scored again with them in, as the loader z-scores an
+    # exam that carries them: heavy loads in training look as they do at inference (on the
+    # leave-one-out, 3 seeds paired: docs/results/renormalise.md)
+    c.data.renormalise = True
   return c

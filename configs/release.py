@@ -6,14 +6,15 @@ after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesja
 
   python -m msjax.main --config configs/release.py --workdir runs/release
 
-msjax-lesjak as shipped (2026-12-05) was made with the shipped encoder and its threshold chosen
-on three leave-one-out runs of the recipe (configs/lesjak.py --config.strategies=0
---config.pretrained=msjax-lesjak-encoder --config.model.dtype=float32
---config.finetune.steps=2400 --config.seed=0, 1 and 2; docs/results/ft3_ensemble.md):
+msjax-lesjak as shipped (2026-12-05, second release that day) was made with the shipped encoder,
+lesion pastes z-scored again with their load (data.renormalise, on in configs/lesjak.py), and its
+threshold and lesion peak chosen on three leave-one-out runs of the recipe (configs/lesjak.py
+--config.strategies=0 --config.pretrained=msjax-lesjak-encoder --config.model.dtype=float32
+--config.finetune.steps=2400 --config.seed=0, 1 and 2; docs/results/lesion_peak.md):
 
   python -m msjax.main --config configs/release.py --config.pretrained=msjax-lesjak-encoder \
-      --config.threshold_from=runs/loo_ft2400_enc2400_s0,runs/loo_ft2400_enc2400_s1,\
-runs/loo_ft2400_enc2400_s2 --workdir runs/release_ft2400
+      --config.threshold_from=runs/loo_ft2400_renorm_s0,runs/loo_ft2400_renorm_s1,\
+runs/loo_ft2400_renorm_s2 --workdir runs/release_renorm
 
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
 steps) and exports into --config.out (required there, so that a smoke model never lands in the
@@ -63,18 +64,21 @@ def get_config(variant: str = ""):
   c.card_only = False           # True: write the shipped model's card again (its Results from
                                 # card_results), no training, weights untouched
   # leave-one-out workdirs of this recipe, comma-separated, one per member seed: the threshold
-  # with the best mean Dice of their averaged maps over the left-out patients and every input
-  # ('' = predict.threshold; msjax/evaluate/ensemble.py)
+  # (by mean Dice) and lesion peak (by mean lesion F1) of their averaged maps over the left-out
+  # patients and every input ('' = predict.threshold, every lesion kept; msjax/evaluate/
+  # ensemble.py)
   c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
-  # recipe's leave-one-out (its seeds' averaged maps, then each seed beside the levers tried on
-  # its encoder), the reliability of its probabilities, the raw longitudinal exams' change
-  # regions its masks cover; then the evidence behind the recipe: one preprocessing, its 0CF
-  # initialisation and what was tried to widen it (issue 37), the ensembles of the recipes
-  # before it, its flips dealt over the members
+  # recipe's leave-one-out at the shipped threshold and lesion peak (its seeds' averaged maps,
+  # beside the recipe released before), the same without the peak (renormalised pastes against
+  # the recipe before, paired), each seed beside the levers tried on its encoder, the
+  # reliability of its probabilities, the raw longitudinal exams' change regions its masks
+  # cover; then the evidence behind the recipe: one preprocessing, its 0CF initialisation and
+  # what was tried to widen it (issue 37), the ensembles of the recipes before it, its flips
+  # dealt over the members
   c.card_results = ",".join(f"docs/results/{name}.md" for name in (
-      "ft3_ensemble", "pre2400_levers", "reliability", "raw_regions", "shared_preprocessing",
-      "paper_claim", "transfer_levers", "seed_ensemble", "dealt_flips"))
+      "lesion_peak", "renormalise", "pre2400_levers", "reliability", "raw_regions",
+      "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "dealt_flips"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
@@ -96,6 +100,7 @@ def get_config(variant: str = ""):
     c.unlabelled_raw = ""
     c.preprocess_labelled = ""
     c.data.transplant = 0.0     # the synthetic brains are not on the lesion maps' MNI space
+    c.data.renormalise = False  # nothing is pasted to z-score again
     c.out = config_dict.placeholder(str)
     c.data.update(dict(model_shape=(), patch_size=16, patches_per_exam=4, num_threads=1))
     c.pretrain.update(dict(steps=3, log_every=1, checkpoint_every=3))
