@@ -193,10 +193,9 @@ def peak_sweep(runs: list[str], strategy: str, threshold: float, peaks=PEAKS,
       probability = np.mean(maps, axis=0)
       row = []
       for peak in peaks:
-        mask = mask_at(probability, spacing, threshold, min_lesion_mm3, peak)
-        # evaluate_masks' scores without its surface distances (most of its time)
-        scores = dict(metrics.voxel_metrics(mask, reference),
-                      **metrics.lesion_metrics(mask, reference, float(np.prod(spacing))))
+        scores = metrics.evaluate_masks(mask_at(probability, spacing, threshold,
+                                                min_lesion_mm3, peak), reference, spacing,
+                                        surface=False)
         f1 = scores["lesion_f1"]
         if f1 is None and scores["ref_lesions"]:  # every lesion removed: none found, F1 0
           f1 = 0.0

@@ -127,9 +127,10 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float | None:
   return float(np.percentile(pooled, 95))
 
 
-def evaluate_masks(pred: np.ndarray, ref: np.ndarray, spacing) -> dict:
+def evaluate_masks(pred: np.ndarray, ref: np.ndarray, spacing, surface: bool = True) -> dict:
   """All metrics of one predicted mask against one reference on the same grid. Arrays in the
-  file's own voxel order give Anima's tie order exactly (see lesion_labels)."""
+  file's own voxel order give Anima's tie order exactly (see lesion_labels). surface=False
+  leaves out the surface distance (hd95_mm None), most of the time of a sweep."""
   if pred.shape != ref.shape:
     raise ValueError(f"prediction {pred.shape} and reference {ref.shape} are on different grids")
   voxel_mm3 = float(np.prod(spacing))
@@ -138,7 +139,8 @@ def evaluate_masks(pred: np.ndarray, ref: np.ndarray, spacing) -> dict:
   vp, vr = np.count_nonzero(pred) * voxel_mm3 / 1000, np.count_nonzero(ref) * voxel_mm3 / 1000
   avd = ratio(100.0 * abs(vp - vr), vr)
   out.update({"pred_volume_ml": vp, "ref_volume_ml": vr, "abs_volume_diff_ml": abs(vp - vr),
-              "avd_percent": avd, "hd95_mm": hd95(pred, ref, spacing)})
+              "avd_percent": avd,
+              "hd95_mm": hd95(pred, ref, spacing) if surface else None})
   return out
 
 
