@@ -48,6 +48,10 @@ def data(**overrides) -> config_dict.ConfigDict:
   c.exams_per_batch = 1         # exams (groups of patches_per_exam) per device and step
   c.min_brain_fraction = 0.75
   c.lesion_fraction = 0.0       # share of patches centred on lesion voxels (nnU-Net: 1/3)
+  # which lesion voxel a lesion-centred patch is centred on: "voxel", any alike (nnU-Net: a large
+  # lesion gets most patches), or "lesion", a lesion first, each alike (small lesions as often
+  # as confluent ones, as the lesion-wise scores count them), then one of its voxels
+  c.lesion_centring = "voxel"
   c.modality_dropout = 0.0      # probability of zeroing each present modality in training
   # robust training (issue 21; msjax/data/pipeline.py drop_sequences): the share of training
   # patches whose non-FLAIR sequences are partly or all dropped (zeroed; FLAIR never), so that

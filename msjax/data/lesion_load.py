@@ -144,6 +144,9 @@ class Plan:
   # (mean, sd) per channel of the exam's brain with the pastes in, in the exam's z units: its
   # patches are z-scored again by them (renormalised); None: as loaded
   brain_stats: tuple[np.ndarray, np.ndarray] | None = None
+  # (M,) probabilities over centres giving each paste (one lesion) the same share, for sampling
+  # by lesion (SamplerSpec.lesion_centring); None: every centre alike
+  centre_weights: np.ndarray | None = None
 
 
 def brain_sums(images: np.ndarray, brain: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:

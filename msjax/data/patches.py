@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
+from msjax.data import lesions as lesions_lib
 from msjax.data.exams import ExamArrays
 
 
@@ -29,6 +31,9 @@ class SamplingIndex:
   corners: np.ndarray         # (N, 3) int32
   lesion_corners: np.ndarray  # (M, 3) int32, M may be 0
   ok: np.ndarray              # bool grid of corners: does the patch there satisfy the rule
+  # (M,) probabilities over lesion_corners giving every lesion (6-connected component, as the
+  # lesion-wise scores count them) the same share, its corners equal shares of it
+  lesion_weights: np.ndarray | None = None
 
 
 def sampling_index(arrays: ExamArrays, patch: int, min_brain_fraction: float) -> SamplingIndex:
@@ -47,7 +52,21 @@ def sampling_index(arrays: ExamArrays, patch: int, min_brain_fraction: float) ->
     c = patch // 2
     centred = lesion[c:c + ok.shape[0], c:c + ok.shape[1], c:c + ok.shape[2]]
     lesion_corners = np.argwhere(ok & centred).astype(np.int32)
+    labels, _ = ndimage.label(lesion, structure=lesions_lib.SIX_CONNECTED)
+    ids = labels[tuple((lesion_corners + c).T)]
+    return SamplingIndex(corners=corners, lesion_corners=lesion_corners, ok=ok,
+                         lesion_weights=per_lesion_weights(ids))
   return SamplingIndex(corners=corners, lesion_corners=lesion_corners, ok=ok)
+
+
+def per_lesion_weights(ids: np.ndarray) -> np.ndarray:
+  """Probabilities over items labelled by lesion `ids` that give each lesion the same total,
+  shared equally by its items (empty in, empty out)."""
+  if len(ids) == 0:
+    return np.zeros(0, np.float64)
+  _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+  w = 1.0 / (len(counts) * counts[inverse].astype(np.float64))
+  return w / w.sum()
 
 
 def cut(volume: np.ndarray, corner, patch: int) -> np.ndarray:
@@ -62,14 +81,25 @@ def position_target(corner, patch: int, shape) -> np.ndarray:
 
 
 def draw_corner(rng: np.random.Generator, index: SamplingIndex, lesion_centred: bool,
-                extra_centres: np.ndarray | None = None, patch: int = 0) -> np.ndarray:
+                extra_centres: np.ndarray | None = None, patch: int = 0,
+                extra_weights: np.ndarray | None = None, by_lesion: bool = False) -> np.ndarray:
   """A corner satisfying the brain rule. Lesion-centred: centred on a lesion voxel of the exam,
-  or, half the time when `extra_centres` (pasted lesions' voxels) are given, on one of those."""
+  or, half the time when `extra_centres` (pasted lesions' voxels) are given, on one of those.
+  Each voxel is as likely as any other (nnU-Net's foreground sampling: a large lesion gets most
+  patches), or, `by_lesion`, each lesion as likely as any other, then one of its voxels (through
+  index.lesion_weights and `extra_weights`, the pasted voxels' per_lesion_weights)."""
   if lesion_centred and extra_centres is not None and len(extra_centres) and (
       not len(index.lesion_corners) or rng.random() < 0.5):
-    corner = extra_centres[rng.integers(len(extra_centres))] - patch // 2
+    if by_lesion and extra_weights is not None:
+      pick = rng.choice(len(extra_centres), p=extra_weights)
+    else:
+      pick = rng.integers(len(extra_centres))
+    corner = extra_centres[pick] - patch // 2
     if (corner >= 0).all() and (corner < np.array(index.ok.shape)).all() and index.ok[
         tuple(corner)]:
       return corner.astype(np.int32)
-  pool = index.lesion_corners if lesion_centred and len(index.lesion_corners) else index.corners
-  return pool[rng.integers(len(pool))]
+  if lesion_centred and len(index.lesion_corners):
+    if by_lesion and index.lesion_weights is not None:
+      return index.lesion_corners[rng.choice(len(index.lesion_corners), p=index.lesion_weights)]
+    return index.lesion_corners[rng.integers(len(index.lesion_corners))]
+  return index.corners[rng.integers(len(index.corners))]

@@ -34,6 +34,8 @@ class SamplerSpec:
   exams_per_batch: int = 1
   min_brain_fraction: float = 0.75
   lesion_fraction: float = 0.0     # share of each group's patches centred on a lesion voxel
+  lesion_centring: str = "voxel"   # which lesion voxel: any alike ("voxel", nnU-Net), or a lesion
+                                   # first, each alike, then one of its voxels ("lesion")
   modality_dropout: float = 0.0    # probability of zeroing each present modality (≥ 1 kept)
   sequence_dropout: float = 0.0    # per patch: probability of dropping non-FLAIR sequences
                                    # (drop_sequences; FLAIR is never dropped)
@@ -76,6 +78,9 @@ class PatchSource:
         raise ValueError(f"segmentation needs lesion masks; unlabelled exams: {unlabelled}")
     elif spec.task != "position":
       raise ValueError(f"unknown task {spec.task!r}")
+    if spec.lesion_centring not in ("voxel", "lesion"):
+      raise ValueError(f"lesion_centring must be 'voxel' or 'lesion', got "
+                       f"{spec.lesion_centring!r}")
     if spec.group_by not in ("patient", "exam"):
       raise ValueError(f"group_by must be 'patient' or 'exam', got {spec.group_by!r}")
     self.exams, self.spec, self.cache = list(exams), spec, cache
@@ -179,6 +184,9 @@ class PatchSource:
                               spec.lesion_load)
     if spec.renormalise:
       plan = lesion_load.renormalised(plan, a.images, a.brain, a.present, prep.sums)
+    if spec.lesion_centring == "lesion" and plan.pastes:
+      ids = np.repeat(np.arange(len(plan.pastes)), [int(p.hard.sum()) for p in plan.pastes])
+      plan = dataclasses.replace(plan, centre_weights=patch_lib.per_lesion_weights(ids))
     with self._lock:
       self._plans[key] = plan
       while len(self._plans) > 16:
@@ -206,7 +214,9 @@ class PatchSource:
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
     p = spec.patch_size
     corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion,
-                                   extra_centres=plan.centres, patch=p)
+                                   extra_centres=plan.centres, patch=p,
+                                   extra_weights=plan.centre_weights,
+                                   by_lesion=spec.lesion_centring == "lesion")
     record = {"corner": corner.astype(np.int32), "exam_index": np.int32(exam_index)}
     if spec.task == "position":
       record["image"] = np.ascontiguousarray(patch_lib.cut(a.images, corner, p) *

@@ -62,6 +62,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                               patches_per_exam=d.patches_per_exam, exams_per_batch=local_groups,
                               group_offset=process_index * local_groups,
                               min_brain_fraction=d.min_brain_fraction, lesion_fraction=d.lesion_fraction,
+                              lesion_centring=d.lesion_centring,
                               modality_dropout=d.modality_dropout, ms_fraction=d.ms_fraction,
                               sequence_dropout=(d.sequence_dropout if task == "segmentation"
                                                 else d.pretrain_sequence_dropout),

@@ -220,3 +220,85 @@ def test_intensity_augmentation_keeps_zeros_and_changes_tissue():
     assert np.isfinite(out).all() and out.dtype == np.float32
     changed += not np.allclose(out, image)
   assert changed >= 10
+
+
+def _two_lesions():
+  """A 40³ all-brain exam with a 1000-voxel lesion and an 8-voxel one."""
+  import types
+  mask = np.zeros((40, 40, 40), np.uint8)
+  mask[10:20, 10:20, 10:20] = 1
+  mask[28:30, 28:30, 28:30] = 1
+  return types.SimpleNamespace(brain=np.ones_like(mask), masks=[mask], shape=mask.shape,
+                               exam=None), mask
+
+
+def _share_on_small(corners, mask):
+  centres = np.asarray(corners) + P // 2
+  return float(np.mean(centres.min(axis=1) >= 25)), bool(mask[tuple(centres.T)].all())
+
+
+def test_sampling_by_lesion_gives_a_small_lesion_the_share_of_a_large_one():
+  arrays, mask = _two_lesions()
+  index = patch_lib.sampling_index(arrays, P, 0.75)
+  np.testing.assert_allclose(index.lesion_weights.sum(), 1.0)
+  rng = np.random.default_rng(0)
+  by_lesion = [patch_lib.draw_corner(rng, index, True, by_lesion=True) for _ in range(2000)]
+  by_voxel = [patch_lib.draw_corner(rng, index, True) for _ in range(2000)]
+  share, on_lesion = _share_on_small(by_lesion, mask)
+  assert on_lesion and 0.45 < share < 0.55  # one lesion in two (binomial sd 0.011)
+  share, on_lesion = _share_on_small(by_voxel, mask)
+  assert on_lesion and share < 0.02          # 8 voxels of 1008
+
+
+def test_sampling_by_lesion_weighs_pasted_lesions_alike():
+  arrays, mask = _two_lesions()
+  index = patch_lib.sampling_index(arrays, P, 0.75)
+  big = np.argwhere(mask[:25, :25, :25] > 0)
+  small = np.argwhere(mask > 0)
+  small = small[small.min(axis=1) >= 25]
+  centres = np.concatenate([big, small])
+  ids = np.repeat([0, 1], [len(big), len(small)])
+  weights = patch_lib.per_lesion_weights(ids)
+  np.testing.assert_allclose([weights[ids == 0].sum(), weights[ids == 1].sum()], [0.5, 0.5])
+  empty = index.__class__(index.corners, np.zeros((0, 3), np.int32), index.ok)  # pasted only
+  rng = np.random.default_rng(1)
+  drawn = [patch_lib.draw_corner(rng, empty, True, centres, P, weights, by_lesion=True)
+           for _ in range(2000)]
+  share, on_lesion = _share_on_small(drawn, mask)
+  assert on_lesion and 0.45 < share < 0.55
+
+
+def test_pipeline_samples_pasted_lesions_by_lesion_when_asked(tiny_cohort):
+  exams = tiny_cohort.select(split="train", labelled=True)
+  load = lesion_load.LoadSpec(probability=1.0, added_ml=(20.0, 40.0))
+  spec = _spec(lesion_fraction=0.5, lesion_load=load, lesion_centring="lesion")
+  source = pipeline.PatchSource(exams, spec, exams_lib.ExamCache(8, patch_size=P))
+  plan = source.load_plan(0, 0, 0)
+  assert len(plan.pastes) >= 2
+  starts = np.cumsum([0] + [int(p.hard.sum()) for p in plan.pastes])
+  shares = [plan.centre_weights[a:b].sum() for a, b in zip(starts[:-1], starts[1:])]
+  np.testing.assert_allclose(shares, 1 / len(plan.pastes))
+  voxel = pipeline.PatchSource(exams, _spec(lesion_fraction=0.5, lesion_load=load),
+                               exams_lib.ExamCache(8, patch_size=P))
+  assert voxel.load_plan(0, 0, 0).centre_weights is None
+  with pytest.raises(ValueError, match="lesion_centring"):
+    pipeline.PatchSource(exams, _spec(lesion_centring="blob"), exams_lib.ExamCache(8, patch_size=P))
+
+
+def test_patches_centred_by_lesion_land_on_smaller_lesions(tiny_cohort):
+  from scipy import ndimage
+
+  def sizes_at_centres(centring):
+    spec = _spec(lesion_fraction=1.0, lesion_centring=centring)
+    exams, batches = _batches(tiny_cohort, spec, 12)
+    sizes = []
+    for b in batches:
+      arrays = exams_lib.load_exam(exams[int(b["exam_index"][0])], patch_size=P)
+      lesion = np.any([m > 0 for m in arrays.masks], axis=0)
+      labels, _ = ndimage.label(lesion, structure=ndimage.generate_binary_structure(3, 1))
+      counts = np.bincount(labels.ravel())
+      sizes += [counts[labels[tuple(c + P // 2)]] for c in b["corner"]]
+    return np.array(sizes)
+  by_voxel, by_lesion = sizes_at_centres("voxel"), sizes_at_centres("lesion")
+  assert (by_lesion > 0).all()  # every patch still centred on a lesion
+  assert np.median(by_lesion) < 0.5 * np.median(by_voxel)
