@@ -129,7 +129,8 @@ def train(**overrides) -> config_dict.ConfigDict:
   # strategies that transfer: the learning rate of the transferred (encoder) leaves that train,
   # as a factor of lr (discriminative fine-tuning, Howard & Ruder 2018); 1.0 = one rate for all
   c.transferred_lr_scale = 1.0
-  c.loss = "dice"                # segmentation: "dice" (the paper) or "dice_bce" (nnU-Net)
+  c.loss = "dice"                # segmentation: "dice" (the paper), "dice_bce" (nnU-Net) or
+                                 # "dice_bce_blob" (+ blob loss: each lesion's own Dice term)
   c.update(overrides)
   return c
 

@@ -62,3 +62,14 @@ def per_lesion(labels: np.ndarray, n: int, value: np.ndarray | None = None) -> d
     np.maximum.at(peak, ids, v)
     out["max"] = np.where(voxels > 0, peak[1:], np.nan)
   return out
+
+
+MAX_BLOBS = 32  # lesions per training patch with a loss term of their own (blob loss)
+
+
+def blob_labels(mask: np.ndarray, max_blobs: int = MAX_BLOBS) -> np.ndarray:
+  """A training patch's lesions for blob loss (msjax/train/losses.py): its 6-connected components
+  numbered 1..max_blobs, those past max_blobs (rare in a 32³ patch) all max_blobs + 1, which
+  the loss leaves outside every lesion's region; 0 background. uint8."""
+  labels, n = ndimage.label(mask > 0.5, structure=SIX_CONNECTED)
+  return np.minimum(labels, max_blobs + 1).astype(np.uint8)

@@ -19,6 +19,7 @@ import grain
 import numpy as np
 
 from msjax.data import acquisition
+from msjax.data import lesions as lesions_lib
 from msjax.data import lesion_load
 from msjax.data import patches as patch_lib
 from msjax.data import transplant as transplant_lib
@@ -47,6 +48,8 @@ class SamplerSpec:
   intensity: bool = False          # segmentation: nnU-Net's gamma, contrast and brightness
   lesion_load: lesion_load.LoadSpec = lesion_load.LoadSpec()  # segmentation: pasted lesions
   transplant: transplant_lib.Spec = transplant_lib.Spec()  # segmentation: other patients' lesions
+  blob_labels: bool = False        # segmentation: each patch's lesions numbered ("blobs", for
+                                   # blob loss: lesions.blob_labels)
   renormalise: bool = False        # an exam given pasted lesions z-scored again with them in
                                    # (lesion_load.renormalised)
   acquisition: acquisition.Spec = acquisition.Spec()  # segmentation: thick slices, bias, noise
@@ -241,6 +244,8 @@ class PatchSource:
       image = intensity_augment(image, rng)
     record["image"] = np.ascontiguousarray(image, dtype=np.float32)
     record["mask"] = mask.astype(np.float32)
+    if spec.blob_labels:
+      record["blobs"] = lesions_lib.blob_labels(mask[..., 0])
     return record
 
 

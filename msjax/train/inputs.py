@@ -14,6 +14,7 @@ from msjax.data import lesion_load
 from msjax.data import transplant
 from msjax.data import manifest as manifest_lib
 from msjax.data import pipeline
+from msjax.train import losses
 
 
 def resolve_cohort(config, workdir: str) -> manifest_lib.Cohort:
@@ -79,4 +80,6 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                                              d.lesion_maps_registration),
                                                          contrast=tuple(d.transplant_contrast)),
                               renormalise=d.renormalise,
+                              blob_labels=(task == "segmentation"
+                                           and config.train.loss in losses.NEEDS_BLOBS),
                               seed=config.seed)

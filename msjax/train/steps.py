@@ -19,7 +19,9 @@ def loss_and_metrics(task: str, out, batch, seg_loss: str = "dice"):
     if seg_loss not in losses.SEGMENTATION_LOSSES:
       raise ValueError(f"unknown segmentation loss {seg_loss!r} "
                        f"(known: {sorted(losses.SEGMENTATION_LOSSES)})")
-    loss = losses.SEGMENTATION_LOSSES[seg_loss](out, batch["mask"])
+    fn = losses.SEGMENTATION_LOSSES[seg_loss]
+    loss = (fn(out, batch["mask"], batch["blobs"]) if seg_loss in losses.NEEDS_BLOBS
+            else fn(out, batch["mask"]))
     return loss, {"dice": losses.hard_dice(out, batch["mask"])}
   return losses.position_mse(out, batch["position"]), {}
 

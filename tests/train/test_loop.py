@@ -135,3 +135,17 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_cohort, tmp_path, 
   assert mngr.latest_step() == 2
   params, _, _ = checkpoint.restore_params(str(tmp_path / "checkpoints"))
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(params))
+
+
+def test_blob_loss_trains_from_the_data_stage_s_lesion_labels(tiny_cohort, tmp_path):
+  """dice_bce_blob: the sampler numbers each patch's lesions, the step adds their term; same
+  seed, same first batch: its first loss is dice_bce's plus a positive blob term."""
+  first = {}
+  for loss in ("dice_bce", "dice_bce_blob"):
+    w = str(tmp_path / loss)
+    finetune_smoke(tiny_cohort, w, **{"train.steps": 1, "train.log_every": 1,
+                                      "train.freeze": "van", "train.loss": loss,
+                                      "data.lesion_fraction": 1.0})
+    first[loss] = json.loads(open(os.path.join(w, "metrics.jsonl")).readline())["loss"]
+  assert np.isfinite(first["dice_bce_blob"])
+  assert first["dice_bce_blob"] > first["dice_bce"] + 0.05
