@@ -132,6 +132,18 @@ def figure(path: str, arms: dict) -> None:
   os.replace(tmp, path)
 
 
+def by_volume_table(arms: dict, side: str, names: list[str]) -> list[str]:
+  """One row per arm: hits / lesions in each volume bin of `side` ('ref' or 'pred'), then the
+  share over all bins."""
+  rows = ["| arm | " + " | ".join(names) + " | all |",
+          "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
+  for name, c in arms.items():
+    n, hit = c[side]
+    rows.append(f"| {name} | " + " | ".join(f"{h} / {k}" for k, h in zip(n, hit))
+                + f" | **{100 * hit.sum() / max(n.sum(), 1):.1f} %** |")
+  return rows
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--arm", action="append", required=True,
@@ -166,19 +178,10 @@ def main(argv=None):
            f"inputs {', '.join(VARIANTS)} (each lesion counted once per input). Lesion volume "
            "in mm³ (1 mm³ voxels).", "", f"![found and confirmed by size]"
            f"({os.path.basename(png)})", "", "Reference lesions found / lesions, by volume:", "",
-           "| arm | " + " | ".join(names) + " | all |",
-           "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
-  for name, c in arms.items():
-    n, hit = c["ref"]
-    text.append(f"| {name} | " + " | ".join(f"{h} / {k}" for k, h in zip(n, hit))
-                + f" | **{100 * hit.sum() / max(n.sum(), 1):.1f} %** |")
-  text += ["", "Predicted lesions confirmed / predicted, by volume:", "",
-           "| arm | " + " | ".join(names) + " | all |",
-           "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
-  for name, c in arms.items():
-    n, hit = c["pred"]
-    text.append(f"| {name} | " + " | ".join(f"{h} / {k}" for k, h in zip(n, hit))
-                + f" | **{100 * hit.sum() / max(n.sum(), 1):.1f} %** |")
+]
+  text += by_volume_table(arms, "ref", names)
+  text += ["", "Predicted lesions confirmed / predicted, by volume:", ""]
+  text += by_volume_table(arms, "pred", names)
   text += ["", f"Projected share of lesions found for each lesion map of the database over "
            f"{args.heavy_ml:g} mL (its lesions per volume bin times each arm's share found "
            "there; bins an arm never saw count as missed):", "",

@@ -71,5 +71,5 @@ def blob_labels(mask: np.ndarray, max_blobs: int = MAX_BLOBS) -> np.ndarray:
   """A training patch's lesions for blob loss (msjax/train/losses.py): its 6-connected components
   numbered 1..max_blobs, those past max_blobs (rare in a 32³ patch) all max_blobs + 1, which
   the loss leaves outside every lesion's region; 0 background. uint8."""
-  labels, n = ndimage.label(mask > 0.5, structure=SIX_CONNECTED)
+  labels, _ = ndimage.label(mask > 0.5, structure=SIX_CONNECTED)
   return np.minimum(labels, max_blobs + 1).astype(np.uint8)
