@@ -177,8 +177,7 @@ def main(argv=None):
            "confirmed by the MSSEG-2016 criterion, pooled over patient07 and patient26 and the "
            f"inputs {', '.join(VARIANTS)} (each lesion counted once per input). Lesion volume "
            "in mm³ (1 mm³ voxels).", "", f"![found and confirmed by size]"
-           f"({os.path.basename(png)})", "", "Reference lesions found / lesions, by volume:", "",
-]
+           f"({os.path.basename(png)})", "", "Reference lesions found / lesions, by volume:", ""]
   text += by_volume_table(arms, "ref", names)
   text += ["", "Predicted lesions confirmed / predicted, by volume:", ""]
   text += by_volume_table(arms, "pred", names)

@@ -114,8 +114,9 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
                  ensemble_threshold: float | None = None) -> dict:
   """{(fold, variant): {"seeds": [row per run], "ensemble": row, "recorded": [dice per run]}}.
   The seeds are scored at the leave-one-out's `threshold` (so that the rescoring check holds),
-  the ensemble at `ensemble_threshold` (default the same)."""
-  ensemble_threshold = threshold if ensemble_threshold is None else ensemble_threshold
+  the ensemble at `ensemble_threshold` (None: the same)."""
+  if ensemble_threshold is None:
+    ensemble_threshold = threshold
   out = {}
   for fold in FOLDS:
     for variant in VARIANTS:
@@ -210,13 +211,20 @@ def main(argv=None):
   ap.add_argument("--note", default="")
   ap.add_argument("--out", required=True)
   args = ap.parse_args(argv)
+  for flag, value in (("--threshold", args.threshold),
+                      ("--ensemble-threshold", args.ensemble_threshold)):
+    if value is not None and not 0.0 < value <= 1.0:
+      ap.error(f"{flag} {value:g}: a probability threshold must lie in (0, 1]")
   text = [results.header("Ensembles of seeds on the Lesjak leave-one-out (0CF, Dice and lesion "
                          "F1 %)", argv=argv)]
   if args.note:
     text += [args.note, ""]
   ens_threshold = args.threshold if args.ensemble_threshold is None else args.ensemble_threshold
   text += [f"Each left-out exam's probability maps averaged over the seeds, then p >= "
-           f"{ens_threshold:g} and scored as the leave-one-out scores (mean Dice: the mean of "
+           f"{ens_threshold:g}"
+           + (f" (each seed's own columns at its leave-one-out's {args.threshold:g})"
+              if ens_threshold != args.threshold else "")
+           + " and scored as the leave-one-out scores (mean Dice: the mean of "
            "patient07's and patient26's). The maps: "
            + "; ".join(f"`{k}`, {v}" for k, v in MODES.items())
            + ". With `saved`, each seed rescored from its own map gives back the leave-one-out's "
