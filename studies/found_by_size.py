@@ -2,7 +2,7 @@
 
 Reads leave-one-out workdirs (their saved probability maps: nothing is trained or predicted
 again); per arm, each left-out exam's maps are averaged over the arm's runs, made into the mask
-`segment` writes (predict.mask_of at the threshold and lesion peak given) and scored lesion by
+`segment` writes (lesions.mask_of at the threshold and lesion peak given) and scored lesion by
 lesion with the evaluator's detection criterion (MSSEG-2016, msjax/evaluate/metrics.py), pooled
 over both left-out patients and every input. Two sides, so that neither can flatter: reference
 lesions found by their size, and predicted lesions confirmed by theirs.

@@ -70,14 +70,14 @@ def probseg_files(folder: str, patient: str) -> tuple:
 
 def evaluate_patient(data: str, patient: str, out_dir: str, threshold_z: float | None,
                      options: run.Options | None = None, log=print,
-                     probabilities: tuple | None = None, threshold: float = 0.5) -> dict:
+                     probabilities: tuple | None = None, mask_rule: dict | None = None) -> dict:
   import SimpleITK as sitk
   raw = os.path.join(data, "lesjak_longitudinal_raw", patient)
   ref_dir = os.path.join(data, "lesjak_longitudinal_change", patient)
   visits = [exam_files(raw, s) for s in ("study1", "study2")]
   log(f"[longitudinal] {patient}")
   result = run.run_patient(visits[0], visits[1], os.path.join(out_dir, patient), options, log=log,
-                           probabilities=probabilities, threshold=threshold)
+                           probabilities=probabilities, **(mask_rule or {}))
   reference = sitk.ReadImage(os.path.join(ref_dir, "change_gt.nii.gz"))
   to_visit = [sitk.ReadTransform(os.path.join(ref_dir, f"study{k}_FLAIR_to_common_space.txt"))
               for k in (1, 2)]
@@ -126,16 +126,27 @@ def main(argv=None):
   parser.add_argument("--segmentations", default="",
                       help="segment outputs of these raw exams: their probabilities join the "
                            "change decision")
-  parser.add_argument("--threshold", type=float, default=0.5,
-                      help="the segmentations' lesion threshold (the shipped bundle's: 0.5)")
+  parser.add_argument("--model", default="msjax-lesjak",
+                      help="the model that made the segmentations: its bundle's threshold, lesion "
+                           "peak and smallest lesion make each visit's mask from its probabilities "
+                           "(segment's rule)")
   args = parser.parse_args(argv)
+  mask_rule = None
+  if args.segmentations:
+    from msjax import segment
+    from msjax.configs import segment as segment_config
+    from msjax.longitudinal import mode
+    options = segment.inference_options(segment_config.get_config(),
+                                        segment.load_bundle(args.model))
+    mask_rule = mode.mask_rule(options)
+    print("the network's masks:", mask_rule)
   options = run.Options(use_t2=not args.no_t2)
   threshold = None if args.no_naive else fit_naive_threshold(
       os.path.join(args.data, "lesjak_mni"))
   print("naive threshold", threshold)
   results = [evaluate_patient(args.data, p, args.out, threshold and threshold["threshold_z"],
                               options, probabilities=probseg_files(args.segmentations, p)
-                              if args.segmentations else None, threshold=args.threshold)
+                              if args.segmentations else None, mask_rule=mask_rule)
              for p in patients(args.data)]
   files.write_json({"naive_threshold": threshold, "results": results},
                    os.path.join(args.out, "results.json"))

@@ -15,8 +15,9 @@ import nibabel as nib
 import numpy as np
 
 from msjax import errors
+from msjax.data import lesions
 from msjax.evaluate import metrics
-from msjax.infer import outputs, predict
+from msjax.infer import outputs
 
 ALL = "all"  # the input with every sequence: the fold's own metrics.csv
 # the thresholds a leave-one-out's calibration curves are read at
@@ -99,9 +100,9 @@ def member_maps(runs: list[str], fold: str, strategy: str, variant: str):
 
 def mask_at(probability: np.ndarray, spacing, threshold: float,
             min_lesion_mm3: float, min_lesion_peak: float = 0.0) -> np.ndarray:
-  """The mask `segment` and the leave-one-out write (predict.mask_of): p >= threshold, lesions
+  """The mask `segment` and the leave-one-out write (lesions.mask_of): p >= threshold, lesions
   of min_lesion_mm3 or less and those that nowhere reach min_lesion_peak removed."""
-  return predict.mask_of(probability, float(np.prod(spacing)), threshold, min_lesion_mm3,
+  return lesions.mask_of(probability, float(np.prod(spacing)), threshold, min_lesion_mm3,
                          min_lesion_peak)
 
 

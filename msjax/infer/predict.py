@@ -19,7 +19,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from scipy import ndimage
 from ml_collections import config_dict
 
 from msjax import checkpoint, config_base, errors, files
@@ -102,33 +101,8 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
 def lesion_mask(probability: np.ndarray, voxel_mm3: float, options: PredictOptions) -> np.ndarray:
   """The binary mask (uint8): probability >= threshold, lesions of min_lesion_mm3 or less and
   lesions that nowhere reach min_lesion_peak removed."""
-  return mask_of(probability, voxel_mm3, options.threshold, options.min_lesion_mm3,
-                 options.min_lesion_peak)
-
-
-def mask_of(probability: np.ndarray, voxel_mm3: float, threshold: float,
-            min_lesion_mm3: float = 0.0, min_lesion_peak: float = 0.0) -> np.ndarray:
-  """The one rule every mask msjax writes or scores is made by (segment, predict, validation,
-  the leave-one-out's ensembles): p >= threshold, then its small and its faint lesions
-  removed."""
-  mask = remove_small_lesions((probability >= threshold).astype(np.uint8), voxel_mm3,
-                              min_lesion_mm3)
-  return remove_faint_lesions(mask, probability, min_lesion_peak)
-
-
-def remove_faint_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: float
-                         ) -> np.ndarray:
-  """The mask without its 6-connected components whose highest probability is below min_peak:
-  hysteresis thresholding (Canny 1986), a lesion's extent where p >= threshold, its existence
-  only where one of its voxels is this sure. On the Lesjak leave-one-out, predicted lesions
-  that peaked under 0.8 were almost never real (docs/results/lesion_peak.md); removing them
-  leaves every other lesion whole, unlike raising the threshold, which shrinks them all."""
-  if min_peak <= 0 or not mask.any():
-    return mask
-  labels, n = ndimage.label(mask > 0, structure=lesions_lib.SIX_CONNECTED)
-  peaks = ndimage.maximum(probability, labels, np.arange(1, n + 1))
-  keep = np.concatenate([[False], np.asarray(peaks) >= min_peak])
-  return keep[labels].astype(mask.dtype)
+  return lesions_lib.mask_of(probability, voxel_mm3, options.threshold, options.min_lesion_mm3,
+                             options.min_lesion_peak)
 
 
 class Predictor:
@@ -183,15 +157,6 @@ def select_exams(cohort, which: str):
     return cohort.select(split=which)
   ids = [s.strip() for s in which.split(",")]
   return [cohort.by_id(i) for i in ids]
-
-
-def remove_small_lesions(mask: np.ndarray, voxel_mm3: float, max_mm3: float) -> np.ndarray:
-  """The mask without its 6-connected components of max_mm3 or less (the evaluator's rule for
-  what counts as a lesion: fewer than floor(max_mm3 / voxel volume) + 1 voxels)."""
-  if max_mm3 <= 0 or not mask.any():
-    return mask
-  labels, n = lesions_lib.lesion_labels(mask, voxel_mm3, max_mm3)
-  return (labels > 0).astype(mask.dtype)
 
 
 def in_file_space(exam, arrays: exams_lib.ExamArrays, volume: np.ndarray):

@@ -19,8 +19,8 @@
    positives; at CSF borders FLAIR and T2 differences have opposite signs, at lesions the same),
    or, when both visits were segmented by one network (the mode with a model), FLAIR z >=
    `seed_conjunction_z` where the network calls the voxel lesion at the visit where the change
-   would be lesion and not at the other (`network_agrees`: probability >= the network's own
-   threshold, the bundle's 0.5, at one visit and under it at the other): the same conjunction
+   would be lesion and not at the other (`network_agrees`: in the visit's mask as segment
+   makes it, by the bundle's threshold, lesion peak and smallest lesion): the same conjunction
    of two independent opinions, with the network in T2's place. The network only seeds: it adds
    no voxel to a cluster, and alone (FLAIR z under 3) it seeds nothing, since two independent
    segmentations differenced are the naive baseline (the shipped model's p >= 0.5 at one visit
@@ -159,21 +159,22 @@ def change_z(z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, spacing, rule: R
   return ((d - med) / np.sqrt(max(sigma, 1e-6) ** 2 + edge)).astype(np.float32)
 
 
-def network_agrees(p1: np.ndarray, p2: np.ndarray, sign: int, threshold: float = 0.5
-                   ) -> np.ndarray:
-  """Where the network calls lesion at the visit where a change of this sign would be lesion
-  (brighter at follow-up: visit 2; darker: visit 1) and not at the other, at its threshold."""
-  at, other = (p2, p1) if sign > 0 else (p1, p2)
-  return (at >= threshold) & (other < threshold)
+def network_agrees(s1: np.ndarray, s2: np.ndarray, sign: int) -> np.ndarray:
+  """Where the network's mask calls lesion at the visit where a change of this sign would be
+  lesion (brighter at follow-up: visit 2; darker: visit 1) and not at the other. s1, s2: each
+  visit's mask as segment makes it (threshold, smallest and faint lesions removed:
+  lesions.mask_of), so a lesion segment drops cannot seed a change either."""
+  at, other = (s2, s1) if sign > 0 else (s1, s2)
+  return (at > 0) & ~(other > 0)
 
 
 def detect(zf: np.ndarray, z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, spacing,
            rule: Rule = Rule(), zt: np.ndarray | None = None,
-           probabilities: tuple | None = None, threshold: float = 0.5) -> np.ndarray:
+           segmentations: tuple | None = None) -> np.ndarray:
   """Signed change mask (int8: +1 brighter at follow-up, -1 darker, 0 none), step 3. zf/zt: FLAIR
-  and T2 change z-maps; z1, z2: the visits' FLAIR in robust units; probabilities: the network's
-  lesion probability at each visit (p1, p2) on this grid, or None; threshold: its lesion
-  threshold (the bundle's)."""
+  and T2 change z-maps; z1, z2: the visits' FLAIR in robust units; segmentations: the network's
+  lesion mask of each visit (s1, s2) on this grid, made by the bundle's rule (threshold, lesion
+  peak, smallest lesion: lesions.mask_of), or None."""
   depth = ndimage.distance_transform_edt(brain, sampling=spacing)
   min_voxels = min_lesion_voxels(float(np.prod(spacing)),
                                  max(MIN_LESION_MM3, resel_mm3(spacing, rule.smooth_mm)))
@@ -187,9 +188,9 @@ def detect(zf: np.ndarray, z1: np.ndarray, z2: np.ndarray, brain: np.ndarray, sp
     seeds = sign * zf >= rule.seed_z
     if zt is not None:
       seeds |= np.minimum(sign * zf, sign * zt) >= rule.seed_conjunction_z
-    if probabilities is not None:
+    if segmentations is not None:
       seeds |= ((sign * zf >= rule.seed_conjunction_z)
-                & network_agrees(*probabilities, sign, threshold))
+                & network_agrees(*segmentations, sign))
     keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[seeds & cand])] = True
     keep &= np.bincount(labels.ravel(), minlength=n + 1) >= min_voxels

@@ -116,6 +116,14 @@ def _segment(model, exam, workdir: str, config=None) -> tuple:
   return seg, row
 
 
+def mask_rule(options) -> dict:
+  """How each visit's probabilities become the mask the change decision reads (run_patient's
+  keywords): segment's rule with its inference options (predict.PredictOptions), so a lesion
+  segment's mask drops cannot seed or class a change."""
+  return dict(threshold=options.threshold, min_lesion_mm3=options.min_lesion_mm3,
+              min_lesion_peak=options.min_lesion_peak)
+
+
 def _exam_files(exam) -> dict:
   from msjax.preprocess import run as preprocess_run
   if "FLAIR" not in exam.images:
@@ -225,7 +233,7 @@ def _patient(pair, config, workdir: str, model, root: str, made_with: dict) -> d
                    if model else None)  # the network's opinion as change evidence
   result = run_lib.run_patient(_exam_files(pair.baseline), _exam_files(pair.followup), work,
                                options, log=logging.info, probabilities=probabilities,
-                               threshold=model.options.threshold if model else 0.5)
+                               **(mask_rule(model.options) if model else {}))
   made = result["paths"]
   for visit in ("baseline", "followup"):
     for key, name in (("mask", "change_mask"), ("classes", "change_classes"),
@@ -264,7 +272,7 @@ def _patient(pair, config, workdir: str, model, root: str, made_with: dict) -> d
       "counts": result["counts"], "lesions": result["lesions"],
       "visits_correlation": result["visits_correlation"],
       **{k: result[k] for k in ("new_or_enlarging_ml", "change_ml", "brighter_ml", "darker_ml",
-                                "t2_used", "probabilities_used", "probability_threshold")},
+                                "t2_used", "probabilities_used", "probability_mask_rule")},
       "model": model.path if model else None, "segmentation": segmentation,
       "rule": result["rule"], "seconds": round(time.time() - t0, 1),
       "times_s": dict(result["times_s"], segmentation=seg_s if model else None),

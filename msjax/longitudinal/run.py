@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from msjax import files
+from msjax.data import lesions
 from msjax.longitudinal import align, change
 
 
@@ -65,12 +66,15 @@ def probabilities_on_grid(paths: tuple, a: align.Aligned) -> tuple:
 
 def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: str,
                 options: Options | None = None, log=print, probabilities: tuple | None = None,
-                threshold: float = 0.5) -> dict:
+                threshold: float = 0.5, min_lesion_mm3: float = 0.0,
+                min_lesion_peak: float = 0.0) -> dict:
   """baseline/followup_exam_files: {"FLAIR": path, "T2W": path, "T2W_transform": path} (T2 and
   its transform optional). probabilities: (baseline, follow-up) lesion probability NIfTIs of one
-  network (segment's probseg), threshold its lesion threshold: the network's opinion as change
-  evidence (change.detect); None: subtraction alone. Returns the lesion rows, counts per class,
-  change volumes, output paths and times; writes the files listed in this module's docstring."""
+  network (segment's probseg), made into each visit's mask on the decision grid by segment's
+  rule with the bundle's threshold, min_lesion_mm3 and min_lesion_peak (lesions.mask_of): the
+  network's opinion as change evidence (change.detect); None: subtraction alone. Returns the
+  lesion rows, counts per class, change volumes, output paths and times; writes the files listed
+  in this module's docstring."""
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
@@ -94,13 +98,16 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   zt = None
   if a.t2 is not None:
     zt = change.change_z(*change.visit_units(*a.t2, brain), brain, a.spacing, rule)
-  p = probabilities_on_grid(probabilities, a) if probabilities else None
-  signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt, probabilities=p,
-                         threshold=threshold)
+  segmentations = None
+  if probabilities:
+    segmentations = tuple(
+        lesions.mask_of(q, float(np.prod(a.spacing)), threshold, min_lesion_mm3, min_lesion_peak)
+        > 0 for q in probabilities_on_grid(probabilities, a))
+  signed = change.detect(zf, z1, z2, brain, a.spacing, rule, zt=zt, segmentations=segmentations)
   followup_voxel = float(np.prod(a.native[1].GetSpacing()))
   classes, regions, rows = change.classify(
       signed, z1, z2, brain, a.spacing, rule, followup_voxel_mm3=followup_voxel, zf=zf,
-      segmentations=tuple(q >= threshold for q in p) if p is not None else None)
+      segmentations=segmentations)
   decide_s = round(time.time() - t, 1)
 
   os.makedirs(out_dir, exist_ok=True)
@@ -129,7 +136,9 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   summary = {
       "baseline": baseline_exam_files, "followup": followup_exam_files,
       "rule": dataclasses.asdict(rule), "t2_used": zt is not None, "brain_mask": options.brain,
-      "probabilities_used": p is not None, "probability_threshold": threshold if p else None,
+      "probabilities_used": segmentations is not None,
+      "probability_mask_rule": {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3,
+                                "min_lesion_peak": min_lesion_peak} if segmentations else None,
       "decision_grid": {"size": list(a.grid.GetSize()), "spacing_mm": list(a.spacing)},
       "visits_correlation": round(same, 4), "counts": counts, "lesions": len(rows),
       "brighter_ml": round(float((signed > 0).sum()) * voxel_ml, 4),

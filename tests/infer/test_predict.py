@@ -10,6 +10,7 @@ import pytest
 from conftest import LESJAK_MNI, needs_lesjak
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
+from msjax.data import lesions as lesions_lib
 from msjax.infer import predict
 
 
@@ -87,12 +88,12 @@ def test_small_predicted_lesions_are_removed_by_the_evaluator_s_size_rule():
   mask[5, 5, 5:7] = 1                # 2 voxels
   mask[8:10, 8:10, 8:10] = 1         # 8 voxels
   mask[1, 10, 1] = mask[2, 11, 1] = 1  # two diagonal voxels: two 6-connected lesions of 1
-  kept = predict.remove_small_lesions(mask, voxel_mm3=1.0, max_mm3=3.0)
+  kept = lesions_lib.remove_small_lesions(mask, voxel_mm3=1.0, max_mm3=3.0)
   np.testing.assert_array_equal(kept, (np.arange(12)[:, None, None] >= 8) * (mask > 0))
   two_or_more = mask.copy()
   two_or_more[1, 1, 1] = two_or_more[1, 10, 1] = two_or_more[2, 11, 1] = 0
-  np.testing.assert_array_equal(predict.remove_small_lesions(mask, 1.0, 1.0), two_or_more)
-  assert predict.remove_small_lesions(mask, 1.0, 0.0) is mask  # 0: the option is off
+  np.testing.assert_array_equal(lesions_lib.remove_small_lesions(mask, 1.0, 1.0), two_or_more)
+  assert lesions_lib.remove_small_lesions(mask, 1.0, 0.0) is mask  # 0: the option is off
 
 
 def test_faint_lesions_go_and_sure_ones_stay_whole():
@@ -104,15 +105,15 @@ def test_faint_lesions_go_and_sure_ones_stay_whole():
   p[6:10, 6:10, 6:10] = 0.55         # 64 voxels at the threshold's margin ...
   p[7, 7, 7] = 0.95                  # ... around one sure voxel
   p[1, 10, 10] = 0.9                 # one sure voxel alone
-  mask = predict.mask_of(p, 1.0, 0.5, 0.0, 0.8)
+  mask = lesions_lib.mask_of(p, 1.0, 0.5, 0.0, 0.8)
   want = np.zeros(p.shape, np.uint8)
   want[6:10, 6:10, 6:10] = 1
   want[1, 10, 10] = 1
   np.testing.assert_array_equal(mask, want)
   big = want.copy()
   big[1, 10, 10] = 0                 # the lone voxel goes by size (3 mm³) as well
-  np.testing.assert_array_equal(predict.mask_of(p, 1.0, 0.5, 3.0, 0.8), big)
-  np.testing.assert_array_equal(predict.mask_of(p, 1.0, 0.5), (p >= 0.5).astype(np.uint8))
+  np.testing.assert_array_equal(lesions_lib.mask_of(p, 1.0, 0.5, 3.0, 0.8), big)
+  np.testing.assert_array_equal(lesions_lib.mask_of(p, 1.0, 0.5), (p >= 0.5).astype(np.uint8))
   options = predict.PredictOptions.from_config(threshold=0.5, min_lesion_peak=0.8)
   np.testing.assert_array_equal(predict.lesion_mask(p, 1.0, options), want)
 

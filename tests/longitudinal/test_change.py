@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from msjax.data import lesions
 from msjax.longitudinal import change
 from longitudinal import phantom
 
@@ -127,8 +128,9 @@ def test_faint_change_is_kept_only_where_the_network_agrees():
   """A change of z 3.5 (under the FLAIR seed 5, no T2) is kept when the network's lesion
   probability says lesion at the visit where the change would be lesion and not at the other (a
   second opinion, as T2 agreeing with FLAIR at z 3 is): brighter at follow-up with p2 >= 0.5 > p1,
-  darker with p1 >= 0.5 > p2. Not kept: without probabilities, a lesion at both visits (stable),
-  a lesion at the other visit only, or the network alone where the subtraction stays under z 3."""
+  darker with p1 >= 0.5 > p2, in the masks segment makes of them. Not kept: without
+  probabilities, a lesion at both visits (stable), a lesion at the other visit only, or the
+  network alone where the subtraction stays under z 3."""
   spacing = (1.0, 1.0, 3.0)
   shape = (48, 48, 12)
   brain, z1, z2, zf = _flat_maps(shape)
@@ -144,13 +146,13 @@ def test_faint_change_is_kept_only_where_the_network_agrees():
   for box, z, a, b, _ in regions.values():
     zf[box], p1[box], p2[box] = z, a, b
   assert not change.detect(zf, z1, z2, brain, spacing).any()
-  signed = change.detect(zf, z1, z2, brain, spacing, probabilities=(p1, p2), threshold=0.5)
+  masks = lambda t: tuple(lesions.mask_of(p, 3.0, t) > 0 for p in (p1, p2))  # noqa: E731
+  signed = change.detect(zf, z1, z2, brain, spacing, segmentations=masks(0.5))
   for name, (box, _, _, _, kept) in regions.items():
     assert (signed[box] == kept).all(), name
   assert ndimage.label(signed != 0)[1] == 2
-  # the network's own threshold decides what it calls lesion: at 0.95 it calls none of them
-  assert not change.detect(zf, z1, z2, brain, spacing, probabilities=(p1, p2),
-                           threshold=0.95).any()
+  # the network's own mask decides what it calls lesion: at 0.95 it calls none of them
+  assert not change.detect(zf, z1, z2, brain, spacing, segmentations=masks(0.95)).any()
 
 
 def _brain():

@@ -315,7 +315,8 @@ def test_the_networks_opinion_decides_a_faint_new_lesion(trained, tmp_path, monk
   from msjax.infer import predict
   monkeypatch.setattr(predict, "Predictor", lambda *a, **k: PhantomNetwork(visits))
   s, table = run(tmp_path / "with", model=trained)
-  assert s["probabilities_used"] and s["probability_threshold"] == 0.5 and not s["t2_used"]
+  assert s["probabilities_used"] and not s["t2_used"]
+  assert s["probability_mask_rule"]["threshold"] == 0.5
   assert s["counts"] == {"new": 3, "enlarging": 0, "stable": 0, "shrinking": 0,
                          "disappearing": 0}
   (faint,) = [r for r in table if near_faint(r)]

@@ -82,8 +82,15 @@ def test_faint_new_lesion_after_motion_is_found_only_with_the_networks_probabili
   probabilities = (probability_map(tmp_path, "v1", LESIONS, {}),
                    probability_map(tmp_path, "v2", LESIONS + faint, MOTION))
   out = run.run_patient(base, follow, str(tmp_path / "out"), log=quiet,
-                        probabilities=probabilities, threshold=0.5)
+                        probabilities=probabilities, threshold=0.5, min_lesion_peak=0.6)
   assert [r["class"] for r in out["rows"]] == ["new"]
   assert np.linalg.norm(np.array(faint[0][0]) - out["rows"][0]["centroid_ras_mm"]) < 2.5
   summary = json.load(open(os.path.join(str(tmp_path / "out"), "change.json")))
-  assert summary["probabilities_used"] and summary["probability_threshold"] == 0.5
+  assert summary["probabilities_used"] and summary["probability_mask_rule"] == {
+      "threshold": 0.5, "min_lesion_mm3": 0.0, "min_lesion_peak": 0.6}
+  # on the decision grid its surest voxel is 0.64 (0.9 drawn on 3 mm slices, moved, resampled
+  # linearly): under a lesion peak of 0.7 it is not in segment's mask, so it cannot be the
+  # network's opinion of a change either
+  faint_peak = run.run_patient(base, follow, str(tmp_path / "peak"), log=quiet,
+                               probabilities=probabilities, threshold=0.5, min_lesion_peak=0.7)
+  assert faint_peak["rows"] == []
