@@ -130,6 +130,9 @@ def main(argv=None):
                       help="the model that made the segmentations: its bundle's threshold, lesion "
                            "peak and smallest lesion make each visit's mask from its probabilities "
                            "(segment's rule)")
+  parser.add_argument("--min-lesion-peak", type=float, default=None,
+                      help="instead of the model's lesion peak (0: every lesion of the threshold "
+                           "mask, as before the change decision read segment's masks)")
   args = parser.parse_args(argv)
   mask_rule = None
   if args.segmentations:
@@ -139,6 +142,8 @@ def main(argv=None):
     options = segment.inference_options(segment_config.get_config(),
                                         segment.load_bundle(args.model))
     mask_rule = mode.mask_rule(options)
+    if args.min_lesion_peak is not None:
+      mask_rule["min_lesion_peak"] = args.min_lesion_peak
     print("the network's masks:", mask_rule)
   options = run.Options(use_t2=not args.no_t2)
   threshold = None if args.no_naive else fit_naive_threshold(
