@@ -73,8 +73,10 @@ def preprocessor(config, bundle: dict, workdir: str):
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
-  options = preprocess_run.Options.from_config(preprocess_block(config, bundle),
-                                               config.allow_any_geometry)
+  options = dataclasses.replace(
+      preprocess_run.Options.from_config(preprocess_block(config, bundle),
+                                         config.allow_any_geometry),
+      grid=model_grid(bundle))  # the exam straight onto the grid the network was trained on
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
   if config.preprocessed:
@@ -83,6 +85,14 @@ def preprocessor(config, bundle: dict, workdir: str):
                              standard=standard)
   return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,
                            standard=standard)
+
+
+def model_grid(bundle: dict) -> tuple:
+  """The MNI grid a raw exam is preprocessed onto: the model's own (bundle.json's model_grid),
+  so that a model trained on a finer grid is not given a 128³ exam resampled up; the paper's
+  128³ for a model that kept each exam's grid."""
+  from msjax.data import mni
+  return tuple(int(n) for n in bundle.get("model_grid") or mni.MODEL_SHAPE)
 
 
 def _stripped_exam(exam, out_root: str, options, standard: dict):
@@ -94,7 +104,7 @@ def _stripped_exam(exam, out_root: str, options, standard: dict):
   from msjax.preprocess import run as preprocess_run
   header = nib.load(exam.images.get("FLAIR") or next(iter(exam.images.values())))  # no voxels read
   shape = header.shape[:3]
-  if sorted(shape) == sorted(mni.MODEL_SHAPE) and mni.is_mni_grid(shape, header.affine):
+  if sorted(shape) == sorted(options.grid) and mni.is_mni_grid(shape, header.affine):
     return exam
   logging.info("[segment] %s: given preprocessed, on a %s grid: the MNI registration and Nyúl "
                "standardisation the model's training exams had (no N4, no co-registration, "

@@ -456,6 +456,16 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
   assert prepare(exam) is exam  # on the model grid: as it is, nothing registered
   external = {"preprocessing": {"by": "external", "options": None, "nyul_landmarks": {}}}
   assert segment.preprocessor(config, external, str(tmp_path))(exam) is exam
+  # a model trained on a finer grid: its exams are made on that grid, and one given on it passes
+  finer = dict(msjax_made, model_grid=[96, 96, 96])
+  prepare = segment.preprocessor(config, finer, str(tmp_path))
+  assert prepare.keywords["options"].grid == (96, 96, 96)
+  on_finer = nifti.write_nifti(np.zeros((96, 96, 96), np.float32), mni.box_affine((96, 96, 96)),
+                               str(tmp_path / "finer_FLAIR.nii.gz"))
+  finer_exam = manifest_lib.Exam(exam_id="b", patient_id="b", ms=True, images={"FLAIR": on_finer})
+  assert prepare(finer_exam) is finer_exam
+  raw = segment.preprocessor(load_config("segment"), finer, str(tmp_path))
+  assert raw.keywords["options"].grid == (96, 96, 96)  # raw exams straight onto the model's grid
 
 
 def test_a_rerun_names_only_the_settings_that_changed(monkeypatch, caplog):

@@ -19,9 +19,13 @@ def box_affine(shape=MODEL_SHAPE, box_shape=MNI_SHAPE, box_affine=MNI_AFFINE) ->
 
 
 def is_mni_grid(shape, affine, atol: float = 1e-2) -> bool:
-  """The MNI152 1 mm box or its 128³ resampling (in any voxel order): world mm are MNI mm."""
+  """The MNI152 1 mm box or a resampling of it (the paper's 128³ in any voxel order, another
+  model grid in the box's own order): world mm are MNI mm."""
   shape = tuple(int(s) for s in shape)
-  for box_shape, box in ((MNI_SHAPE, MNI_AFFINE), (MODEL_SHAPE, box_affine())):
+  boxes = [(MNI_SHAPE, MNI_AFFINE), (MODEL_SHAPE, box_affine())]
+  if shape not in (MNI_SHAPE, MODEL_SHAPE):
+    boxes.append((shape, box_affine(shape)))
+  for box_shape, box in boxes:
     corners = np.array([[i, j, k, 1] for i in (0, box_shape[0] - 1) for j in (0, box_shape[1] - 1)
                         for k in (0, box_shape[2] - 1)], float)
     want = {tuple(np.round(c, 1)) for c in (corners @ box.T)[:, :3]}

@@ -1,5 +1,5 @@
-"""Predictions on the 128³ MNI grid -> the exam's native FLAIR space, through the inverse of the
-affine registration saved by the preprocessing."""
+"""Predictions on the model's MNI grid (the paper's 128³ or the model's own) -> the exam's native
+FLAIR space, through the inverse of the affine registration saved by the preprocessing."""
 from __future__ import annotations
 
 import nibabel as nib
@@ -23,11 +23,13 @@ def to_native(volume: np.ndarray, grid: nifti.Grid, native: dict, *, linear: boo
   return grid_lib.to_numpy(out), nib.load(native["reference"]).affine
 
 
-def mask_to_model_grid(mask: np.ndarray, native: dict) -> np.ndarray:
-  """The inverse direction, for masks drawn in native space: linear then >= 0.5."""
+def mask_to_model_grid(mask: np.ndarray, native: dict, shape=(128, 128, 128)) -> np.ndarray:
+  """The inverse direction, for masks drawn in native space, onto the model grid of `shape`:
+  linear then >= 0.5."""
   ref = sitk.ReadImage(native["reference"])
   src = grid_lib.from_numpy(mask.astype(np.float32), ref)
-  out = sitk.Resample(src, grid_lib.reference_image(), sitk.ReadTransform(native["transform"]),
+  out = sitk.Resample(src, grid_lib.reference_image(tuple(shape)),
+                      sitk.ReadTransform(native["transform"]),
                       sitk.sitkLinear, 0.0, sitk.sitkFloat32)
   return (grid_lib.to_numpy(out) >= 0.5).astype(np.uint8)
 

@@ -20,11 +20,13 @@ def _slices(vol, n=3):
   return [int(z[int(len(z) * f)]) for f in np.linspace(0.3, 0.7, n)]
 
 
-def template_mask_on_model_grid() -> np.ndarray:
-  """The MNI152 template's brain mask on the 128³ model grid, canonical RAS order."""
+def template_mask_on_model_grid(shape=(128, 128, 128)) -> np.ndarray:
+  """The MNI152 template's brain mask on the model grid of `shape` (the MNI box resampled),
+  canonical RAS order."""
   from msjax.preprocess import steps
   _, template_mask = steps.mni_template()
-  img = steps.resample(sitk.Cast(template_mask, sitk.sitkFloat32), grid_lib.reference_image())
+  img = steps.resample(sitk.Cast(template_mask, sitk.sitkFloat32),
+                       grid_lib.reference_image(tuple(shape)))
   return grid_lib.canonical(img)[0] >= 0.5
 
 
@@ -33,7 +35,7 @@ def exam_figure(flair_native, brain_native, flair_coreg, paths: dict, brain_path
   before, _ = grid_lib.canonical(flair_coreg)
   bmask = grid_lib.canonical(brain_native)[0] > 0
   brain = nifti.read_nifti(brain_path, kind="mask").data > 0
-  tmask = template_mask_on_model_grid()
+  tmask = template_mask_on_model_grid(brain.shape)
   mods = list(paths)
   rows = 1 + len(mods)
   fig, axes = plt.subplots(rows, 3, figsize=(9, 3.2 * rows), squeeze=False)
@@ -47,7 +49,8 @@ def exam_figure(flair_native, brain_native, flair_coreg, paths: dict, brain_path
     for j, z in enumerate(_slices(brain)):
       figures.draw_slice(axes[i + 1, j], vol, z, whole, figures.window(vol),
                          [(brain, "lime"), (tmask, "red")])
-      axes[i + 1, j].set_title(f"after: {m} 128³, axial {z}", fontsize=8)
+      axes[i + 1, j].set_title(f"after: {m} {'x'.join(map(str, vol.shape))}, axial {z}",
+                               fontsize=8)
   brain_dice = 2 * (brain & tmask).sum() / (brain.sum() + tmask.sum())
   fig.suptitle(f"{title}: brain mask (green) vs MNI template brain (red), Dice {brain_dice:.3f}"
                "\nradiological view: the patient's left on the image's right", fontsize=9)

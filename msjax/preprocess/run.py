@@ -24,6 +24,7 @@ from msjax import config_base, errors, files
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import manifest as manifest_lib
+from msjax.data import mni as mni_lib
 from msjax.data import nifti
 from msjax.preprocess import nyul
 
@@ -42,8 +43,13 @@ class Options:
   mni: bool = True
   qc: bool = True
   allow_any_geometry: bool = False
+  grid: tuple = mni_lib.MODEL_SHAPE  # the resampling of the MNI box the exam is written on:
+                                     # the paper's 128³, or the grid of the model (segment)
 
   def __post_init__(self):  # refused before any exam is read
+    if len(self.grid) != 3 or any(int(n) != n or n < 16 for n in self.grid):
+      raise ValueError(f"preprocess grid {tuple(self.grid)}: three whole numbers >= 16 (voxels "
+                       "across the MNI box per axis)")
     if self.skull_strip not in SKULL_STRIP:
       raise ValueError(f"preprocess.skull_strip={self.skull_strip!r}: one of "
                        f"{', '.join(SKULL_STRIP)}")
@@ -140,8 +146,8 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   tmp = final + ".incomplete"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  written = step("resample_write", "resampling onto the 128³ MNI grid", write_on_model_grid,
-                 exam, imgs, brain, to_mni, tmp)
+  written = step("resample_write", f"resampling onto the {grid_name(options.grid)} MNI grid",
+                 write_on_model_grid, exam, imgs, brain, to_mni, tmp, options.grid)
   if options.qc:
     from msjax.preprocess import qc
     qc.exam_figure(raw["FLAIR"], brain, imgs["FLAIR"], written["images"], written["brain_mask"],
@@ -240,23 +246,31 @@ def mni_transform(imgs: dict, brain, options: Options):
   return steps.register_to_mni(sitk.Mask(brain_image(imgs), brain))
 
 
-def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:
+def grid_name(shape) -> str:
+  """128³, or 160x192x160."""
+  return f"{shape[0]}³" if len(set(shape)) == 1 else "x".join(map(str, shape))
+
+
+def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str,
+                        shape=mni_lib.MODEL_SHAPE) -> dict:
   """Images (linear, zero outside the brain), masks (linear, then >= 0.5), the brain mask and
-  the transform, on the 128³ MNI grid, into `folder`."""
+  the transform, on the MNI grid of `shape` voxels (the paper's 128³ by default), into
+  `folder`."""
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
-  ref = grid_lib.reference_image()
-  affine = grid_lib.box_affine()
-  brain128 = grid_lib.to_numpy(steps.resample(sitk.Cast(brain, sitk.sitkFloat32), ref,
+  shape = tuple(int(n) for n in shape)
+  ref = grid_lib.reference_image(shape)
+  affine = grid_lib.box_affine(shape)
+  on_grid = grid_lib.to_numpy(steps.resample(sitk.Cast(brain, sitk.sitkFloat32), ref,
                                               to_mni)) >= 0.5
-  if not brain128.any():
+  if not on_grid.any():
     raise steps.PreprocessingError("the brain mask is empty on the MNI grid")
   images = {}
   for m, img in imgs.items():
     arr = grid_lib.to_numpy(steps.resample(img, ref, to_mni))
-    images[m] = nifti.write_nifti(np.where(brain128, arr, 0), affine,
+    images[m] = nifti.write_nifti(np.where(on_grid, arr, 0), affine,
                                   os.path.join(folder, f"{exam.exam_id}_{m}.nii.gz"))
   masks = {}
   for role, path in ([("consensus", exam.consensus)] if exam.consensus else []) + [
@@ -267,7 +281,7 @@ def write_on_model_grid(exam, imgs: dict, brain, to_mni, folder: str) -> dict:
     masks[role] = nifti.write_nifti(
         (grid_lib.to_numpy(steps.resample(m, ref, to_mni)) >= 0.5).astype(np.uint8), affine,
         os.path.join(folder, f"{exam.exam_id}_{role}.nii.gz"), dtype=np.uint8)
-  brain_path = nifti.write_nifti(brain128.astype(np.uint8), affine,
+  brain_path = nifti.write_nifti(on_grid.astype(np.uint8), affine,
                                  os.path.join(folder, f"{exam.exam_id}_brain_mask.nii.gz"),
                                  dtype=np.uint8)
   sitk.WriteTransform(to_mni, os.path.join(folder, "to_mni.tfm"))

@@ -128,8 +128,8 @@ def known_registration(monkeypatch):
   monkeypatch.setattr(steps, "register_to_mni", lambda brain_t1: mni_to_subject_itk())
 
 
-def preprocess(exam, out_root, qc=False):
-  options = run_lib.Options(n4=False, skull_strip="none", qc=qc)
+def preprocess(exam, out_root, qc=False, grid=(128, 128, 128)):
+  options = run_lib.Options(n4=False, skull_strip="none", qc=qc, grid=grid)
   record = run_lib.preprocess_exam(exam, str(out_root), options)
   run_lib.standardise([record])
   return record
@@ -209,6 +209,34 @@ def test_marker_stays_in_the_left_hemisphere(orientation, known_registration, tm
 
   # the overlay: radiological view, so the patient's left hemisphere is on the image's right
   assert overlay_marker_side(row["overlay"]) > 0.6
+
+
+def test_an_exam_is_made_on_the_model_s_own_grid_and_its_mask_goes_back(known_registration,
+                                                                        tmp_path):
+  """Options.grid (segment sets the bundle's model grid): the exam is written on that resampling
+  of the MNI box, the marker where MNI puts it, and a network of that grid masks the painted
+  voxels of the raw FLAIR; the paper's 128³ is only the default."""
+  from msjax.data import mni
+  raw = draw_exam(tmp_path / "raw", "LPS")
+  grid = (96, 112, 96)
+  record = preprocess(raw_exam(str(tmp_path / "raw")), tmp_path / "cohort", grid=grid, qc=True)
+  written = nib.load(record["images"]["FLAIR"])
+  assert written.shape == grid
+  np.testing.assert_allclose(written.affine, mni.box_affine(grid))
+  assert mni.is_mni_grid(written.shape, written.affine)
+  data = np.asarray(written.dataobj)
+  level = 0.5 * (np.median(data[data > 0]) + data.max())
+  np.testing.assert_allclose(world_centroid(data > level, written.affine), MARKER_MNI, atol=2.0)
+  assert nib.load(record["brain_mask"]).shape == grid
+
+  class FinerMarkerPredictor(MarkerPredictor):
+    model_shape = grid
+
+  row = predict_lib.predict_exam(FinerMarkerPredictor(), run_lib.exam_of(record),
+                                 str(tmp_path / "out"))
+  mask_img = nib.load(row["mask"])
+  np.testing.assert_allclose(mask_img.affine, raw["affine"], atol=1e-4)
+  assert dice(np.asarray(mask_img.dataobj) > 0, raw["marker"]) >= 0.8
 
 
 def test_reference_mask_and_second_sequence_follow_the_image(known_registration, tmp_path):
