@@ -23,7 +23,7 @@ def to_native(volume: np.ndarray, grid: nifti.Grid, native: dict, *, linear: boo
   return grid_lib.to_numpy(out), nib.load(native["reference"]).affine
 
 
-def mask_to_model_grid(mask: np.ndarray, native: dict, shape=(128, 128, 128)) -> np.ndarray:
+def mask_to_model_grid(mask: np.ndarray, native: dict, shape=grid_lib.MODEL_SHAPE) -> np.ndarray:
   """The inverse direction, for masks drawn in native space, onto the model grid of `shape`:
   linear then >= 0.5."""
   ref = sitk.ReadImage(native["reference"])

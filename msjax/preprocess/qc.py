@@ -20,7 +20,7 @@ def _slices(vol, n=3):
   return [int(z[int(len(z) * f)]) for f in np.linspace(0.3, 0.7, n)]
 
 
-def template_mask_on_model_grid(shape=(128, 128, 128)) -> np.ndarray:
+def template_mask_on_model_grid(shape=grid_lib.MODEL_SHAPE) -> np.ndarray:
   """The MNI152 template's brain mask on the model grid of `shape` (the MNI box resampled),
   canonical RAS order."""
   from msjax.preprocess import steps
