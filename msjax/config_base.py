@@ -232,5 +232,8 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   c.nyul_landmarks = ""      # a landmarks JSON from an earlier fit ('' = fit on this cohort)
   c.nyul_fit_on = ""         # exam ids to learn the standard histograms from ('' = all)
   c.qc = True
+  # the resampling of the MNI box exams are written on: the paper's 128³, or a training cohort for
+  # a finer model (data.model_shape); segment always uses its model's own grid
+  c.grid = (128, 128, 128)
   c.update(overrides)
   return c

@@ -41,7 +41,7 @@ from absl import logging
 
 import numpy as np
 
-from msjax import console, errors, files, shipped
+from msjax import config_base, console, errors, files, shipped
 from msjax.data import cohort as cohort_lib
 from msjax.data import manifest as manifest_lib
 from msjax.infer import bundle as bundle_lib
@@ -73,10 +73,15 @@ def preprocessor(config, bundle: dict, workdir: str):
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
+  grid = model_grid(bundle)  # the exam straight onto the grid the network was trained on
+  asked = tuple(int(n) for n in config.preprocess.get("grid", grid))
+  if asked != grid and asked != tuple(config_base.preprocess().grid):
+    raise errors.InvalidInputError(
+        f"preprocess.grid={asked}: this model was trained on the {grid} MNI grid and is given "
+        "exams on it (leave preprocess.grid out)")
   options = dataclasses.replace(
       preprocess_run.Options.from_config(preprocess_block(config, bundle),
-                                         config.allow_any_geometry),
-      grid=model_grid(bundle))  # the exam straight onto the grid the network was trained on
+                                         config.allow_any_geometry), grid=grid)
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
   if config.preprocessed:
@@ -118,7 +123,6 @@ def preprocess_block(config, bundle: dict):
   (bundle.json's preprocessing.options, when msjax made them), except where this command (or
   its variant) sets another value, which is used and said. Bundles of exams preprocessed
   elsewhere record none: the command's options are used."""
-  from msjax import config_base
   from msjax.preprocess import run as preprocess_run
   made = bundle["preprocessing"].get("options") or {}
   block = config.preprocess.to_dict()
@@ -127,7 +131,7 @@ def preprocess_block(config, bundle: dict):
   # get this command's N4, co-registration and brain extraction
   stripped = preprocess_run.takes_stripped_exams(made)
   for key, trained in made.items():
-    if key not in block or key == "allow_any_geometry":
+    if key not in block or key in ("allow_any_geometry", "grid"):  # grid: the model's own
       continue
     if stripped and key in preprocess_run.INPUT_STATE:
       continue

@@ -466,6 +466,14 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
   assert prepare(finer_exam) is finer_exam
   raw = segment.preprocessor(load_config("segment"), finer, str(tmp_path))
   assert raw.keywords["options"].grid == (96, 96, 96)  # raw exams straight onto the model's grid
+  # a grid asked on the command line: the model's own passes, any other is refused, named
+  same = segment.preprocessor(load_config("segment", **{"preprocess.grid": (96, 96, 96)}), finer,
+                              str(tmp_path))
+  assert same.keywords["options"].grid == (96, 96, 96)
+  with pytest.raises(segment.errors.InvalidInputError, match=r"preprocess.grid=\(160, 160, 160\).*"
+                     r"\(96, 96, 96\)"):
+    segment.preprocessor(load_config("segment", **{"preprocess.grid": (160, 160, 160)}), finer,
+                         str(tmp_path))
 
 
 def test_a_rerun_names_only_the_settings_that_changed(monkeypatch, caplog):

@@ -66,7 +66,8 @@ class Options:
     """From a job's preprocess block (config_base.preprocess)."""
     return cls(n4=p.n4, n4_iterations=tuple(p.n4_iterations), n4_mm=float(p.n4_mm),
                coregistration=p.coregistration, skull_strip=p.skull_strip, mni=p.mni, qc=p.qc,
-               allow_any_geometry=allow_any_geometry)
+               allow_any_geometry=allow_any_geometry,
+               grid=tuple(int(n) for n in p.get("grid", mni_lib.MODEL_SHAPE)))
 
 
 SKULL_STRIP = ("robex", "atlas", "threshold", "none")

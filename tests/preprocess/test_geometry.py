@@ -18,6 +18,7 @@ import pytest
 
 sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
                                                "pip install -e '.[preprocess]'")
+from msjax import config_base  # noqa: E402
 from msjax.data import manifest as manifest_lib  # noqa: E402
 from msjax.data import nifti  # noqa: E402
 from msjax.data.manifest import MODALITIES  # noqa: E402
@@ -129,7 +130,9 @@ def known_registration(monkeypatch):
 
 
 def preprocess(exam, out_root, qc=False, grid=(128, 128, 128)):
-  options = run_lib.Options(n4=False, skull_strip="none", qc=qc, grid=grid)
+  # from a job's preprocess block, as preprocess mode makes it (preprocess.grid included)
+  options = run_lib.Options.from_config(config_base.preprocess(n4=False, skull_strip="none",
+                                                               qc=qc, grid=grid))
   record = run_lib.preprocess_exam(exam, str(out_root), options)
   run_lib.standardise([record])
   return record
