@@ -55,6 +55,13 @@ def test_the_wheel_holds_no_config_of_the_labs_data():
   for name in ("lesjak.py", "release.py"):
     assert os.path.isfile(os.path.join(ROOT, "configs", name))
     assert not os.path.islink(os.path.join(ROOT, "configs", name))
+  # every other config there is a link to the packaged one: one file to edit, never two copies
+  # that drift (an in-place edit that writes a new file breaks the link)
+  for name in os.listdir(os.path.join(ROOT, "configs")):
+    if name.endswith(".py") and name not in ("lesjak.py", "release.py"):
+      path = os.path.join(ROOT, "configs", name)
+      assert os.path.islink(path), f"configs/{name} is a copy, not a link to msjax/configs/{name}"
+      assert os.path.samefile(path, os.path.join(packaged, name))
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
