@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -35,9 +34,8 @@ from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from msjax import leave_one_out, stages  # noqa: E402
+from msjax import errors, files, leave_one_out, stages  # noqa: E402
 from msjax.data import cohort as cohort_lib, lesions  # noqa: E402
-from msjax import files  # noqa: E402
 from msjax.infer import outputs, predict  # noqa: E402
 
 PSEUDO_PATIENT = "pseudo_labelled"
@@ -45,12 +43,13 @@ PSEUDO_PATIENT = "pseudo_labelled"
 
 def teacher_maps(teachers: list[str], fold: str, exams, out: str) -> dict[str, np.ndarray]:
   """exam id -> the fold's networks' mean probability map (on the exam's grid)."""
+  options = predict.PredictOptions.from_config(mirror=True)  # the leave-one-out's 8 flips
   total: dict[str, np.ndarray] = {}
   for k, run in enumerate(teachers):
     run_dir = os.path.join(run, "folds", f"test_{fold}", "0CF")
+    if not os.path.isdir(run_dir):
+      raise errors.InvalidInputError(f"{run}: no network of fold {fold} ({run_dir} is missing)")
     pred_dir = os.path.join(out, "teachers", f"seed{k}")
-    options = predict.PredictOptions(sampler="sliding", overlap=0.5, n_random=0, threshold=0.5,
-                                     batch_size=16, mirror=True, min_lesion_mm3=0.0)
     stages.predict(run_dir, exams, pred_dir, options)
     for exam in exams:
       p = np.asarray(nib.load(outputs.paths(pred_dir, exam)["probseg"]).dataobj, np.float32)
@@ -68,12 +67,12 @@ def main(argv=None) -> int:
   ap.add_argument("--threshold", type=float, default=0.5)
   ap.add_argument("--min-lesion-peak", type=float, default=0.75)
   args = ap.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  # native=None: the maps and masks stay on the exams' model grid (not taken back to the raw
-  # FLAIR's space, as segment's outputs are)
-  # (only exams without a mask: a real label is never replaced by a teacher's)
+  # exams without a mask only (a real label is never replaced by a teacher's); native=None: the
+  # maps and masks stay on the exams' model grid, not taken back to the raw FLAIR's space
   unlabelled = [dataclasses.replace(e, native=None)
                 for e in cohort_lib.load_cohort(args.exams).select(labelled=False)]
+  if not unlabelled:
+    raise errors.InvalidInputError(f"{args.exams}: no exam without a lesion mask to label")
   maps = teacher_maps(args.teachers.split(","), args.fold, unlabelled, args.out)
   pseudo, report = [], {}
   for exam in unlabelled:
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
     mask = lesions.mask_of(maps[exam.exam_id], voxel_mm3, args.threshold,
                            min_lesion_peak=args.min_lesion_peak)
     path = os.path.join(args.out, "masks", f"{exam.exam_id}_pseudo.nii.gz")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     with files.atomic(path) as tmp:
       nib.save(nib.Nifti1Image(mask.astype(np.uint8), flair.affine), tmp)
     n = int(ndimage.label(mask, structure=lesions.SIX_CONNECTED)[1])
@@ -93,10 +91,9 @@ def main(argv=None) -> int:
   labelled = [e for e in cohort_lib.load_cohort(args.labelled).exams if e.labelled]
   manifest = leave_one_out.write_manifest(labelled + pseudo, os.path.join(args.out,
                                                                           "cohort.json"))
-  with open(os.path.join(args.out, "pseudo_labels.json"), "w") as f:
-    json.dump({"fold": args.fold, "teachers": args.teachers.split(","),
-               "threshold": args.threshold, "min_lesion_peak": args.min_lesion_peak,
-               "exams": report}, f, indent=1)
+  files.write_json({"fold": args.fold, "teachers": args.teachers.split(","),
+                    "threshold": args.threshold, "min_lesion_peak": args.min_lesion_peak,
+                    "exams": report}, os.path.join(args.out, "pseudo_labels.json"))
   print(f"wrote {manifest}")
   return 0
 
