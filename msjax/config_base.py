@@ -83,6 +83,10 @@ def data(**overrides) -> config_dict.ConfigDict:
   # fine-tuning: an exam given pasted or transplanted lesions z-scored again over its brain with
   # them in, as the loader z-scores an exam that carries them (lesion_load.renormalised)
   c.renormalise = False
+  # fine-tuning: 8, each group's exam sampled onto the model grid at one of its 8 half-voxel
+  # phases (from the exam's own finer grid, e.g. lesjak_mni's 1 mm), so that every lesion is seen
+  # at 8 placements on the grid, as predict.phases=8 shows it at test time; 1, one placement
+  c.grid_phases = 1
   c.ms_fraction = 0.5           # pretraining: share of batches from MS exams
   c.group_by = "patient"        # a batch's exam: one exam of a drawn patient (paper) | "exam"
   c.cache_exams = 4             # exams kept in memory by the sampler
@@ -151,6 +155,12 @@ def predict(**overrides) -> config_dict.ConfigDict:
                              # every voxel still seen in all 8 (the compute of no mirroring);
                              # "dealt", an ensemble's members share the 8 flips of each patch
                              # (member k its k-th share: 8 passes in all, not 8 per member)
+  c.phases = 1               # 8: an exam stored on a finer grid than the model's (1 mm MNI, as
+                             # ../shared/data/lesjak_mni) is sampled onto the model grid at its 8
+                             # half-voxel phases, phase k predicted once in flip k (with mirror;
+                             # with flips="dealt" by member k of an ensemble), the maps averaged
+                             # on the exam's grid: the compute of 8-flip mirroring, a mask that
+                             # moves far less with where the exam lands on the grid
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.min_lesion_peak = 0.0    # remove predicted lesions whose highest probability is below

@@ -73,7 +73,7 @@ def preprocessor(config, bundle: dict, workdir: str):
     raise errors.InvalidInputError(
         f"raw exams need the preprocessing extra (pip install 'msjax[preprocess]': {e}); exams "
         "already on the model grid can skip it with --config.preprocessed=True") from e
-  grid = model_grid(bundle)  # the exam straight onto the grid the network was trained on
+  grid = model_grid(bundle)
   asked = tuple(int(n) for n in config.preprocess.get("grid", grid))
   if asked != grid and asked != tuple(config_base.preprocess().grid):
     raise errors.InvalidInputError(
@@ -81,13 +81,14 @@ def preprocessor(config, bundle: dict, workdir: str):
         "exams on it (leave preprocess.grid out)")
   options = dataclasses.replace(
       preprocess_run.Options.from_config(preprocess_block(config, bundle),
-                                         config.allow_any_geometry), grid=grid)
+                                         config.allow_any_geometry),
+      grid=exam_grid(bundle, int(config.predict.get("phases", 1))))
   standard = bundle["preprocessing"]["nyul_landmarks"]
   out_root = os.path.join(workdir, "work", "preprocessed")
   if config.preprocessed:
     return functools.partial(_stripped_exam, out_root=out_root,
                              options=preprocess_run.for_stripped_exams(options),
-                             standard=standard)
+                             standard=standard, on_model_grid=grid)
   return functools.partial(preprocess_run.preprocess_one, out_root=out_root, options=options,
                            standard=standard)
 
@@ -100,16 +101,29 @@ def model_grid(bundle: dict) -> tuple:
   return tuple(int(n) for n in bundle.get("model_grid") or mni.MODEL_SHAPE)
 
 
-def _stripped_exam(exam, out_root: str, options, standard: dict):
-  """An exam given as preprocessed: as it is on the model grid, else registered to MNI and
-  standardised as the model's training exams were."""
+def exam_grid(bundle: dict, phases: int = 1) -> tuple:
+  """The MNI grid a raw exam is written on: the model's (model_grid), or with test-time grid
+  phases (predict.phases=8) the 1 mm MNI grid, from which the loader samples the model grid at
+  each phase, as it samples the model grid from the 1 mm exams the shipped model was trained on
+  (../shared/data/lesjak_mni). A model grid at 1 mm or finer keeps its own."""
+  from msjax.data import mni
+  grid = model_grid(bundle)
+  if phases > 1 and all(g < m for g, m in zip(grid, mni.MNI_SHAPE)):
+    return tuple(mni.MNI_SHAPE)
+  return grid
+
+
+def _stripped_exam(exam, out_root: str, options, standard: dict, on_model_grid: tuple):
+  """An exam given as preprocessed: as it is on the model grid (`on_model_grid`, where msjax's
+  preprocessing wrote the model's training exams), else registered to MNI and standardised as
+  the model's training exams were, onto options.grid."""
   import nibabel as nib
 
   from msjax.data import mni
   from msjax.preprocess import run as preprocess_run
   header = nib.load(exam.images.get("FLAIR") or next(iter(exam.images.values())))  # no voxels read
   shape = header.shape[:3]
-  if sorted(shape) == sorted(options.grid) and mni.is_mni_grid(shape, header.affine):
+  if sorted(shape) == sorted(on_model_grid) and mni.is_mni_grid(shape, header.affine):
     return exam
   logging.info("[segment] %s: given preprocessed, on a %s grid: the MNI registration and Nyúl "
                "standardisation the model's training exams had (no N4, no co-registration, "
@@ -290,6 +304,11 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
 
 
 def mirroring_label(options, members: int = 1) -> str:
+  if options.phases > 1:
+    flips = ", phase k in flip k" if options.mirror else ""
+    by = (f", dealt over the {members} members" if options.flips == "dealt" and members > 1
+          else "")
+    return f"the model grid at its {options.phases} half-voxel phases{flips}{by}"
   if not options.mirror:
     return ""
   if options.flips == "dealt" and members > 1:

@@ -54,7 +54,10 @@ MODES = {"saved": "the leave-one-out's own maps (8-flip mirroring: 8 passes per 
                    "overlapping windows (each window once, in one flip: 1 pass per member)",
          "dealt": "predicted again with the 8 flips of every window dealt out over the members "
                   "(predict.flips='dealt': seed k's network sees its k-th share, 8 passes in "
-                  "all)"}
+                  "all)",
+         "phases": "predicted again by each fold's network at the 8 half-voxel phases of the "
+                   "model grid, phase k in flip k (predict.phases=8: 8 passes per member, as "
+                   "`saved`)"}
 
 
 class Repredict:
@@ -66,8 +69,9 @@ class Repredict:
     from msjax.configs import leave_one_out as loo_config
     from msjax.data import cohort as cohort_lib
     self.options = predict.PredictOptions.from_config(
-        loo_config.get_config().predict, mirror=mode in ("spread", "dealt"),
-        flips="all" if mode == "dealt" else "spread", threshold=threshold)
+        loo_config.get_config().predict, mirror=mode in ("spread", "dealt", "phases"),
+        flips="all" if mode in ("dealt", "phases") else "spread", threshold=threshold,
+        phases=8 if mode == "phases" else 1)
     self.mode, self.folder, self._predictors = mode, folder, {}
     self.runs = runs  # the group's runs, in order: seed k's share of the flips when dealt
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}

@@ -67,20 +67,30 @@ def _zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def load_exam(exam: Exam, *, model_shape=None, patch_size: int = 32,
-              allow_any_geometry: bool = False) -> ExamArrays:
+              allow_any_geometry: bool = False, phase=None, volumes=None) -> ExamArrays:
   """Reads, validates, reorients, resamples onto the model grid and normalises one exam.
 
+  phase: the model grid moved by that fraction of its voxels along each axis (test-time grid
+  phases, msjax/infer/predict.py); only for an exam stored on another grid than the model's.
+  volumes: the exam's files as read_exam_files read them without a problem (exam_loader: read
+  once, resampled at each phase).
   Raises InvalidInputError listing every problem found in the exam's files.
   """
-  volumes, problems = read_exam_files(exam, allow_any_geometry)
-  if problems:
-    raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
+  if volumes is None:
+    volumes, problems = read_exam_files(exam, allow_any_geometry)
+    if problems:
+      raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
   native = volumes[next(m for m in ("FLAIR",) + MODALITIES if m in volumes)].grid
   shape = tuple(model_shape) if model_shape else native.shape
   if min(shape) < patch_size:
     raise InvalidInputError(f"{volumes[next(iter(exam.images))].path}: volume {shape} is smaller "
                             f"than one {patch_size}³ patch")
-  grid = nifti.resampled_grid(native, shape) if shape != native.shape else native
+  moved = phase is not None and any(phase)
+  if moved and shape == native.shape:
+    raise ValueError(f"exam {exam.exam_id} is stored on the model grid {shape}: it has no finer "
+                     "grid to sample a grid phase from")
+  grid = (nifti.resampled_grid(native, shape, phase) if shape != native.shape or moved
+          else native)
   if "brain_mask" in volumes:
     brain = volumes["brain_mask"].data
   else:  # skull-stripped inputs have an exactly-zero background
@@ -88,25 +98,41 @@ def load_exam(exam: Exam, *, model_shape=None, patch_size: int = 32,
     for m in exam.images:
       brain |= volumes[m].data != 0
     brain = brain.astype(np.uint8)
-  brain = nifti.resample_mask(brain, shape)
+  brain = nifti.resample_mask(brain, shape, phase)
   if brain.sum() == 0:
     raise InvalidInputError(f"exam {exam.exam_id}: the brain mask is empty")
   images = np.zeros(shape + (len(MODALITIES),), np.float32)
   present = np.zeros(len(MODALITIES), bool)
   for c, m in enumerate(MODALITIES):
     if m in volumes:
-      images[..., c] = _zscore_in_brain(nifti.resample_box(volumes[m].data, shape), brain)
+      images[..., c] = _zscore_in_brain(nifti.resample_box(volumes[m].data, shape, offset=phase),
+                                        brain)
       present[c] = True
-  masks = tuple(nifti.resample_mask(volumes[r].data, shape) for r in
+  masks = tuple(nifti.resample_mask(volumes[r].data, shape, phase) for r in
                 [f"rater{i + 1}" for i in range(len(exam.raters))] or
                 (["consensus"] if exam.consensus else []))
   reference = None
   if exam.consensus:
-    reference = nifti.resample_mask(volumes["consensus"].data, shape)
+    reference = nifti.resample_mask(volumes["consensus"].data, shape, phase)
   elif len(exam.raters) == 1:
     reference = masks[0]
   return ExamArrays(exam=exam, images=images, present=present, brain=brain, masks=masks,
                     reference=reference, grid=grid, native_grid=native)
+
+
+def exam_loader(exam: Exam, **load_kwargs):
+  """load(phase=None) -> load_exam(exam, phase=phase, **load_kwargs), the exam's files read once
+  (on the first call) for every phase."""
+  read = []
+
+  def load(phase=None) -> ExamArrays:
+    if not read:
+      volumes, problems = read_exam_files(exam, load_kwargs.get("allow_any_geometry", False))
+      if problems:
+        raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
+      read.append(volumes)
+    return load_exam(exam, phase=phase, volumes=read[0], **load_kwargs)
+  return load
 
 
 class ExamCache:
@@ -120,15 +146,19 @@ class ExamCache:
     self._lock = threading.Lock()
     self.loads = 0
 
-  def get(self, exam: Exam, derive=None):
+  def get(self, exam: Exam, derive=None, phase=None):
+    """The exam loaded (and `derive`d), on the model grid moved by `phase` (load_exam) when
+    given: each phase is an item of its own."""
+    moved = phase is not None and any(phase)
+    key = (exam.exam_id, tuple(phase)) if moved else exam.exam_id
     with self._lock:
-      if exam.exam_id in self._items:
-        self._items.move_to_end(exam.exam_id)
-        return self._items[exam.exam_id]
-      arrays = load_exam(exam, **self.load_kwargs)
+      if key in self._items:
+        self._items.move_to_end(key)
+        return self._items[key]
+      arrays = load_exam(exam, phase=phase if moved else None, **self.load_kwargs)
       item = derive(arrays) if derive else arrays
       self.loads += 1
-      self._items[exam.exam_id] = item
+      self._items[key] = item
       while len(self._items) > self.maxsize:
         self._items.popitem(last=False)
       return item

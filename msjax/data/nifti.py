@@ -276,27 +276,30 @@ def write_in_source_space(data: np.ndarray, grid: Grid, path: str, dtype=np.floa
 
 # ---- resampling between an exam's grid and the model grid (e.g. the paper's 128³) -------------
 
-def _box_coordinates(src_shape, dst_shape):
+def _box_coordinates(src_shape, dst_shape, offset=None):
   """Source voxel coordinates of the destination voxel centres when both grids span the same box
-  (voxel i of the destination covers [i, i+1) * src/dst in source voxel units)."""
+  (voxel i of the destination covers [i, i+1) * src/dst in source voxel units). offset: the
+  destination grid moved by that many of its own voxels along each axis (a sub-voxel phase)."""
   axes = []
-  for s, d in zip(src_shape, dst_shape):
+  for axis, (s, d) in enumerate(zip(src_shape, dst_shape)):
     scale = s / d
-    axes.append((np.arange(d, dtype=np.float32) + 0.5) * scale - 0.5)
+    shift = 0.0 if offset is None else float(offset[axis])
+    axes.append((np.arange(d, dtype=np.float32) + 0.5 + shift) * scale - 0.5)
   return axes
 
 
-def resample_box(data: np.ndarray, shape, *, order: int = 1) -> np.ndarray:
+def resample_box(data: np.ndarray, shape, *, order: int = 1, offset=None) -> np.ndarray:
   """Resamples a 3D array onto `shape` voxels spanning the same field of view.
 
   order=1: trilinear (images, probabilities); order=0: nearest. Separable, so it is one 1D
-  interpolation per axis: fast even at 182×218×182.
+  interpolation per axis: fast even at 182×218×182. offset: the new grid moved by that many of
+  its own voxels per axis (resampled_grid's offset); `back_offset` undoes it.
   """
   shape = tuple(int(s) for s in shape)
-  if tuple(data.shape) == shape:
+  if tuple(data.shape) == shape and (offset is None or not np.any(offset)):
     return data
   out = data.astype(np.float32, copy=False)
-  for axis, coords in enumerate(_box_coordinates(data.shape, shape)):
+  for axis, coords in enumerate(_box_coordinates(data.shape, shape, offset)):
     n = out.shape[axis]
     if order == 0:
       idx = np.clip(np.round(coords).astype(np.int64), 0, n - 1)
@@ -313,16 +316,33 @@ def resample_box(data: np.ndarray, shape, *, order: int = 1) -> np.ndarray:
   return np.ascontiguousarray(out)
 
 
-def resample_mask(mask: np.ndarray, shape) -> np.ndarray:
+def back_offset(offset, shape, native_shape) -> tuple:
+  """The offset that brings a volume made by resample_box(x, shape, offset=offset) back onto
+  x's grid: resample_box(volume, native_shape, offset=back_offset(offset, shape, native_shape))
+  samples it at x's voxel centres."""
+  return tuple(-float(o) * n / s for o, s, n in zip(offset, shape, native_shape))
+
+
+def half_voxel_phases() -> list[tuple]:
+  """The 8 sub-voxel phases of a resampled grid, in its voxels: every combination of 0 or half a
+  voxel along each axis, phase k moved along axis a when bit a of k is set (the order of
+  models/model.MIRRORS: test-time phase k is predicted in flip k)."""
+  return [tuple(0.5 * float(bool(k & bit)) for bit in (1, 2, 4)) for k in range(8)]
+
+
+def resample_mask(mask: np.ndarray, shape, offset=None) -> np.ndarray:
   """Masks are interpolated linearly and thresholded at 0.5: smoother than nearest, and it keeps a
   blob's volume close to the original in both directions."""
-  return (resample_box(mask.astype(np.float32), shape, order=1) >= 0.5).astype(np.uint8)
+  return (resample_box(mask.astype(np.float32), shape, order=1, offset=offset) >= 0.5
+          ).astype(np.uint8)
 
 
-def resampled_grid(grid: Grid, shape) -> Grid:
-  """The grid of `resample_box(data_on_grid, shape)`: same field of view, new voxel size."""
+def resampled_grid(grid: Grid, shape, offset=None) -> Grid:
+  """The grid of `resample_box(data_on_grid, shape, offset=offset)`: same field of view, new voxel
+  size (moved by `offset` of its voxels)."""
   scale = np.array(grid.shape, dtype=np.float64) / np.array(shape, dtype=np.float64)
-  # new voxel i sits at old voxel (i + 0.5) * scale - 0.5
+  shift = np.zeros(3) if offset is None else np.asarray(offset, np.float64)
+  # new voxel i sits at old voxel (i + 0.5 + offset) * scale - 0.5
   step = np.diag(list(scale) + [1.0])
-  step[:3, 3] = 0.5 * scale - 0.5
+  step[:3, 3] = (0.5 + shift) * scale - 0.5
   return dataclasses.replace(grid, affine=grid.affine @ step, shape=tuple(int(s) for s in shape))

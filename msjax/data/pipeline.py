@@ -21,6 +21,7 @@ import numpy as np
 from msjax.data import acquisition
 from msjax.data import lesions as lesions_lib
 from msjax.data import lesion_load
+from msjax.data import nifti
 from msjax.data import patches as patch_lib
 from msjax.data import transplant as transplant_lib
 from msjax.data.exams import ExamArrays, ExamCache
@@ -53,6 +54,9 @@ class SamplerSpec:
   renormalise: bool = False        # an exam given pasted lesions z-scored again with them in
                                    # (lesion_load.renormalised)
   acquisition: acquisition.Spec = acquisition.Spec()  # segmentation: thick slices, bias, noise
+  grid_phases: int = 1             # segmentation: 8, each group's exam sampled onto the model
+                                   # grid at one of its 8 half-voxel phases (from the exam's own
+                                   # finer grid), drawn per group; 1, the grid as it is
   seed: int = 0
   group_offset: int = 0            # multi-process: index of this process's first group
 
@@ -103,13 +107,23 @@ class PatchSource:
                     if spec.task == "segmentation" and spec.transplant.probability > 0 else None)
     self._looks: dict = {}
 
-  def prepared(self, exam: Exam) -> _Prepared:
+  def prepared(self, exam: Exam, phase=None) -> _Prepared:
     spec, transplanting = self.spec, self._donors is not None
     return self.cache.get(exam, derive=lambda a: _Prepared(
         a, patch_lib.sampling_index(a, spec.patch_size, spec.min_brain_fraction),
         transplant_lib.where_lesions_go(a.images, a.brain, _label(a), a.present)
         if transplanting else None,
-        lesion_load.brain_sums(a.images, a.brain) if spec.renormalise else None))
+        lesion_load.brain_sums(a.images, a.brain) if spec.renormalise else None), phase=phase)
+
+  def phase_of(self, batch: int, group: int):
+    """The grid phase of a group's exam (grid_phases=8: one of nifti.half_voxel_phases, its own
+    generator, so that switching it on leaves every other draw as it was); None with 1. A
+    network trained on one placement of each exam on the grid sees every small lesion aliased
+    one way; drawn phases show it each lesion at 8 placements, as test-time phases give it."""
+    if self.spec.grid_phases <= 1 or self.spec.task != "segmentation":
+      return None
+    rng = np.random.default_rng([self.spec.seed, batch, group, 5153])
+    return nifti.half_voxel_phases()[int(rng.integers(8))]
 
   def group_plan(self, batch: int, group: int):
     """(exam index, rater index, channel keep-mask) shared by the patches of one group."""
@@ -160,7 +174,7 @@ class PatchSource:
       own = list(self._looks.values())
       return transplant_lib.borrowed(self._looks[exam_index], own)
 
-  def load_plan(self, batch: int, group: int, exam_index: int) -> lesion_load.Plan:
+  def load_plan(self, batch: int, group: int, exam_index: int, phase=None) -> lesion_load.Plan:
     """The group's added lesions: a donor's transplanted (with probability transplant.p), else
     the training exams' own pasted (lesion_load.p); a pure function of (seed, batch, group),
     cached per group. Each option off draws no random number."""
@@ -172,7 +186,7 @@ class PatchSource:
     with self._lock:
       if key in self._plans:
         return self._plans[key]
-    prep = self.prepared(self.exams[exam_index])
+    prep = self.prepared(self.exams[exam_index], phase)
     a = prep.arrays
     plan = lesion_load.EMPTY
     if self._donors is not None:
@@ -205,7 +219,8 @@ class PatchSource:
     # processes share it
     g = spec.group_offset + group
     exam_index, rater, keep = self.group_plan(batch, g)
-    prep = self.prepared(self.exams[exam_index])
+    phase = self.phase_of(batch, g)
+    prep = self.prepared(self.exams[exam_index], phase)
     a = prep.arrays
     # the robust-training draws have their own generator: switching them on leaves every other
     # draw (corner, zoom, mirroring, intensity) as it was
@@ -213,7 +228,7 @@ class PatchSource:
               if spec.sequence_dropout > 0 or spec.acquisition.on else None)
     if spec.sequence_dropout > 0 and robust.random() < spec.sequence_dropout:
       keep = drop_sequences(keep, robust)
-    plan = self.load_plan(batch, g, exam_index)
+    plan = self.load_plan(batch, g, exam_index, phase)
     n_lesion = int(round(spec.lesion_fraction * spec.patches_per_exam))
     p = spec.patch_size
     corner = patch_lib.draw_corner(rng, prep.index, lesion_centred=slot < n_lesion,

@@ -33,6 +33,7 @@ from msjax.models import model as model_lib
 
 SAMPLERS = ("sliding", "random")
 FLIPS = ("all", "spread", "dealt")
+PHASES = (1, 8)  # predict.phases: the model grid sampled once, or at its 8 half-voxel phases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class PredictOptions:
   min_lesion_mm3: float
   min_lesion_peak: float = 0.0
   flips: str = "all"
+  phases: int = 1
   seed: int = 0
   allow_any_geometry: bool = False
 
@@ -57,6 +59,12 @@ class PredictOptions:
       raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
     if self.flips not in FLIPS:
       raise ValueError(f"predict.flips={self.flips!r}: one of {', '.join(FLIPS)}")
+    if self.phases not in PHASES:
+      raise ValueError(f"predict.phases={self.phases!r}: 1 (the model grid as it is) or 8 (its "
+                       "8 half-voxel phases)")
+    if self.phases > 1 and self.mirror and self.flips == "spread":
+      raise ValueError("predict.phases=8 predicts each grid phase in one of the 8 flips; "
+                       "predict.flips='spread' spreads them over the windows instead: use one")
     if self.flips == "spread" and self.sampler != "sliding":
       raise ValueError("predict.flips='spread' spreads the flips over the sliding window's "
                        "overlapping windows: it needs predict.sampler='sliding'")
@@ -77,9 +85,10 @@ class PredictOptions:
 
 
 def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
-                  options: PredictOptions) -> tuple[sliding_window.Prediction, int]:
+                  options: PredictOptions, flip=None) -> tuple[sliding_window.Prediction, int]:
   """The lesion probability of every voxel of an exam on the model grid, by options' sampler
-  (0 outside the brain), and the number of patches it took."""
+  (0 outside the brain), and the number of patches it took. flip: (3,) bool, every window
+  mirrored along those axes (one grid phase's flip) instead of options' spread flips."""
   if options.sampler == "sliding":
     corners = sliding_window.sliding_window_corners(arrays.shape, patch, options.overlap,
                                                     brain=arrays.brain)
@@ -90,6 +99,8 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
     weighting = "uniform"
   flips = (sliding_window.spread_flips(corners) if options.mirror and options.flips == "spread"
            else None)
+  if flip is not None:
+    flips = np.tile(np.asarray(flip, bool)[None], (len(corners), 1))
   pred = sliding_window.predict_volume(predict_batch, arrays.images, corners, patch,
                                        options.batch_size, weighting, flips)
   brain = arrays.brain > 0  # lesions are only sought in the brain
@@ -143,11 +154,70 @@ class Predictor:
                                                   members=self.members, dealt=key[1])
     return self._predict[key](self.params, x)
 
+  def predict_one_pass(self, x, member: int | None = None):
+    """x in one pass, no mirroring: the ensemble's mean, or member `member` alone (one network
+    compiled for a single member, given that member's parameters)."""
+    if member is None or self.members == 1:
+      return self.predict_batch(x)
+    if "member" not in self._predict:
+      self._predict["member"] = model_lib.make_predict(self.model, "segmentation")
+      self._member_params = [jax.tree.map(lambda a, k=k: a[k], self.params)
+                             for k in range(self.members)]
+    return self._predict["member"](self._member_params[member], x)
+
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
     """(probabilities on the model grid, patches used): `probabilities` with this network."""
     return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch,
                                                       options.flips == "dealt"),
                          arrays, self.patch, options)
+
+
+def grid_phases(n: int) -> list[tuple]:
+  """The model grid's sub-voxel phases, in model voxels: 1, the grid as it is; 8,
+  nifti.half_voxel_phases (phase k predicted in flip k)."""
+  return [(0.0, 0.0, 0.0)] if n == 1 else nifti.half_voxel_phases()
+
+
+def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, load,
+                         options: PredictOptions, origin=(0.0, 0.0, 0.0)
+                         ) -> tuple[sliding_window.Prediction, int]:
+  """Test-time grid phases: the exam sampled from its own finer grid onto the model grid moved by
+  each of the 8 half-voxel phases (load(phase=...)), each phase predicted in one pass (in flip k
+  with mirror: the 8 flips dealt over the phases; with flips='dealt', by member k of an ensemble
+  in turn), each map brought back onto the exam's grid and averaged there. The compute of 8-flip
+  mirroring; a lesion of a voxel or two is seen at 8 placements on the grid instead of one, so
+  the mask moves far less when the exam lands on the grid a little differently (another
+  registration, another visit). With options.phases=1, the one phase predicted as `options`
+  says (mirroring included). origin: the whole model grid moved first (model voxels; `arrays`
+  loaded at it): how the prediction moves with the grid (studies/grid_phases.py). Returns the
+  prediction on the exam's own grid; its spread is the standard deviation over every window of
+  every phase."""
+  native = arrays.native_grid.shape
+  total = np.zeros(native, np.float64)
+  total_sq = np.zeros(native, np.float64)
+  n_patches = 0
+  phases = grid_phases(options.phases)
+  for k, phase in enumerate(phases):
+    at = tuple(float(o) + p for o, p in zip(origin, phase))
+    moved = arrays if not any(phase) else load(phase=at)
+    if options.phases == 1:
+      pred, n = predictor.predict_exam(moved, options)
+    else:
+      flip = np.array([options.mirror and bool(k & bit) for bit in (1, 2, 4)])
+      member = (k % predictor.members if options.flips == "dealt" and predictor.members > 1
+                else None)
+      pred, n = probabilities(lambda x, m=member: predictor.predict_one_pass(x, m), moved,
+                              predictor.patch, options, flip=flip)
+    back = nifti.back_offset(at, moved.shape, native)
+    p = nifti.resample_box(pred.probability, native, offset=back)
+    spread = nifti.resample_box(pred.spread, native, offset=back)
+    total += p
+    total_sq += spread.astype(np.float64) ** 2 + p.astype(np.float64) ** 2
+    n_patches += n
+  mean = total / len(phases)
+  spread = np.sqrt(np.maximum(total_sq / len(phases) - mean ** 2, 0.0))
+  return sliding_window.Prediction(probability=mean.astype(np.float32),
+                                   spread=spread.astype(np.float32), coverage=None), n_patches
 
 
 def select_exams(cohort, which: str):
@@ -198,9 +268,14 @@ class Segmentation:
 def segment_exam(predictor: Predictor, exam, options: PredictOptions) -> Segmentation:
   """Computes one exam's segmentation (nothing is written): loaded onto the model grid, predicted,
   brought back to the exam's own space, thresholded."""
-  arrays = exams_lib.load_exam(exam, model_shape=predictor.model_shape, patch_size=predictor.patch,
+  load = exams_lib.exam_loader(exam, model_shape=predictor.model_shape,
+                               patch_size=predictor.patch,
                                allow_any_geometry=options.allow_any_geometry)
-  pred, n_patches = predictor.predict_exam(arrays, options)
+  arrays = load()
+  if options.phases > 1 and arrays.grid.shape != arrays.native_grid.shape:
+    pred, n_patches = phased_probabilities(predictor, arrays, load, options)
+  else:  # one phase; an exam stored on the model grid has no finer grid to take phases from
+    pred, n_patches = predictor.predict_exam(arrays, options)
   prob, affine, to_mni = in_file_space(exam, arrays, pred.probability)
   spread, _, _ = in_file_space(exam, arrays, pred.spread)
   voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))

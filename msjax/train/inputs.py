@@ -80,6 +80,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                                              d.lesion_maps_registration),
                                                          contrast=tuple(d.transplant_contrast)),
                               renormalise=d.renormalise,
+                              grid_phases=d.grid_phases if task == "segmentation" else 1,
                               blob_labels=(task == "segmentation"
                                            and config.train.loss in losses.NEEDS_BLOBS),
                               seed=config.seed)

@@ -125,7 +125,10 @@ def prepare(config, workdir: str, task: str) -> Run:
               allow_any_geometry=config.allow_any_geometry)
   spec = inputs.sampler_spec(config, task, jax.local_device_count(), jax.process_index())
   data_iter = pipeline.make_iterator(
-      pipeline.make_dataset(train_exams, spec, exams_lib.ExamCache(config.data.cache_exams, **load),
+      # each grid phase of an exam is an item of the cache: room for all of them
+      pipeline.make_dataset(train_exams, spec,
+                            exams_lib.ExamCache(config.data.cache_exams * spec.grid_phases,
+                                                **load),
                             num_batches=tc.steps),
       num_threads=config.data.num_threads)
   run = Run(config=config, workdir=workdir, task=task, mesh=mesh, setup=setup,

@@ -55,3 +55,18 @@ def test_a_geometry_that_cannot_be_a_brain_is_refused_with_its_numbers(tmp_path)
   d2, paths2 = exam_folder(tmp_path / "x", affines={"T1W": huge, "FLAIR": huge})
   expect("voxel size 30 x 30 x 30 mm", exams_lib.load_exam,
          manifest_lib.Exam("p2", "p2", True, paths2), patch_size=8)
+
+
+def test_an_exam_loader_reads_the_files_once_for_every_grid_phase(tiny_cohort, monkeypatch):
+  exam = tiny_cohort.by_id("synth000")
+  reads = []
+  real = exams_lib.read_exam_files
+  monkeypatch.setattr(exams_lib, "read_exam_files",
+                      lambda *a, **k: reads.append(1) or real(*a, **k))
+  load = exams_lib.exam_loader(exam, model_shape=(32, 32, 32), patch_size=16)
+  for phase in (None, (0.5, 0.0, 0.5), (0.0, 0.5, 0.0)):
+    got = load(phase=phase)
+    want = exams_lib.load_exam(exam, model_shape=(32, 32, 32), patch_size=16, phase=phase)
+    np.testing.assert_array_equal(got.images, want.images)
+    np.testing.assert_array_equal(got.brain, want.brain)
+  assert len(reads) == 1 + 3  # the loader's one read, then load_exam's own each time

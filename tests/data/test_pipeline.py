@@ -5,6 +5,7 @@ import pytest
 from msjax.data import exams as exams_lib
 from msjax.data import lesion_load
 from msjax.data import manifest as manifest_lib
+from msjax.data import nifti
 from msjax.data import patches as patch_lib
 from msjax.data import pipeline
 
@@ -302,3 +303,37 @@ def test_patches_centred_by_lesion_land_on_smaller_lesions(tiny_cohort):
   by_voxel, by_lesion = sizes_at_centres("voxel"), sizes_at_centres("lesion")
   assert (by_lesion > 0).all()  # every patch still centred on a lesion
   assert np.median(by_lesion) < 0.5 * np.median(by_voxel)
+
+
+def test_grid_phases_show_each_exam_at_half_voxel_placements_image_and_mask_alike(tiny_cohort):
+  """data.grid_phases=8: each group's exam is sampled onto the (32³) model grid at one of its 8
+  half-voxel phases. Every patch is a cut of exactly one phase's exam, its mask a cut of that
+  phase's mask (one of its raters'); the phases vary over groups; the groups' exams are those
+  drawn with 1 (the corners are drawn from the phase's own brain and lesions)."""
+  shape = (32, 32, 32)
+  exams = tiny_cohort.select(split="train", labelled=True)
+
+  def batches(phases):
+    spec = _spec(grid_phases=phases, patches_per_exam=4, min_brain_fraction=0.3)
+    cache = exams_lib.ExamCache(4 * phases, patch_size=P, model_shape=shape)
+    return [pipeline.make_dataset(exams, spec, cache, 12)[i] for i in range(12)]
+
+  on, off = batches(8), batches(1)
+  loaded = {(e.exam_id, ph): exams_lib.load_exam(e, model_shape=shape, patch_size=P,
+                                                 phase=ph if any(ph) else None)
+            for e in exams for ph in nifti.half_voxel_phases()}
+  seen = set()
+  for b_on, b_off in zip(on, off):
+    np.testing.assert_array_equal(b_on["exam_index"], b_off["exam_index"])
+    for image, mask, corner, index in zip(b_on["image"], b_on["mask"], b_on["corner"],
+                                          b_on["exam_index"]):
+      exam = exams[int(index)]
+      matches = [ph for ph in nifti.half_voxel_phases()
+                 if np.array_equal(image, patch_lib.cut(loaded[(exam.exam_id, ph)].images,
+                                                        corner, P))]
+      assert len(matches) == 1
+      a = loaded[(exam.exam_id, matches[0])]
+      assert any(np.array_equal(mask[..., 0], patch_lib.cut(m, corner, P)) for m in a.masks)
+      seen.add(matches[0])
+  assert len(seen) >= 4
+  assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(on, off))

@@ -1,5 +1,7 @@
 """Prediction in each exam's own space, written as BIDS derivatives (msjax/infer/predict.py, outputs.py)."""
 import csv
+import dataclasses
+import functools
 import json
 import os
 
@@ -11,6 +13,7 @@ from conftest import LESJAK_MNI, needs_lesjak
 from msjax.data import cohort as cohort_lib
 from msjax.data import exams as exams_lib
 from msjax.data import lesions as lesions_lib
+from msjax.data import nifti
 from msjax.infer import predict
 
 
@@ -143,3 +146,82 @@ def test_a_finished_run_is_read_from_its_best_checkpoint_when_it_validated(tmp_p
   assert checkpoint.find_checkpoint_dir(str(tmp_path / "run")) == str(tmp_path / "run" / "best")
   given = str(tmp_path / "run" / "checkpoints")
   assert checkpoint.find_checkpoint_dir(given) == given
+
+
+class _PointwiseNetwork:
+  """Stands in for a Predictor in predict.phased_probabilities: a pointwise function of the FLAIR
+  channel (a sliding window gives it back exactly wherever a window lies), member k adding k/10;
+  it records which member each pass asked for."""
+  FLAIR = exams_lib.MODALITIES.index("FLAIR")
+
+  def __init__(self, members: int = 1):
+    self.members, self.patch, self.calls = members, 16, []
+
+  @classmethod
+  def of(cls, images):
+    return np.clip(images[..., cls.FLAIR] / 8 + 0.5, 0, 1) * 0.5
+
+  def predict_one_pass(self, x, member=None):
+    self.calls.append(member)
+    return self.of(x) + (0.0 if member is None else member / 10)
+
+  def predict_exam(self, arrays, options):
+    return predict.probabilities(self.predict_one_pass, arrays, self.patch, options)
+
+
+def test_grid_phases_average_the_exam_sampled_at_eight_half_voxel_offsets(tiny_cohort):
+  """predict.phases=8: the exam (40³ at 4 mm) sampled onto a 24³ model grid at its 8 half-voxel
+  phases, each predicted, brought back onto the exam's grid and averaged there."""
+  exam = tiny_cohort.by_id("synth000")
+  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=16)
+  arrays = load()
+  native = arrays.native_grid.shape
+  options = predict.PredictOptions.from_config(batch_size=4, mirror=True, phases=8)
+  pred, n = predict.phased_probabilities(_PointwiseNetwork(), arrays, load, options)
+  assert pred.probability.shape == native
+  expected, windows = 0.0, 0
+  for phase in predict.grid_phases(8):
+    moved = load(phase=phase)
+    windows += len(predict.sliding_window.sliding_window_corners(moved.shape, 16, 0.5,
+                                                                brain=moved.brain))
+    p = np.where(moved.brain > 0, _PointwiseNetwork.of(moved.images), 0.0)
+    expected = expected + nifti.resample_box(
+        p, native, offset=nifti.back_offset(phase, moved.shape, native))
+  np.testing.assert_allclose(pred.probability, expected / 8, atol=1e-5)
+  assert n == windows
+  one, _ = predict.phased_probabilities(_PointwiseNetwork(), arrays, load,
+                                        dataclasses.replace(options, phases=1))
+  assert np.abs(one.probability - pred.probability).max() > 0.02  # the phases differ
+  assert len(set(map(tuple, np.round(np.array(predict.grid_phases(8)), 3)))) == 8
+
+
+def test_an_ensemble_deals_the_grid_phases_out_over_its_members(tiny_cohort):
+  exam = tiny_cohort.by_id("synth000")
+  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=16)
+  arrays = load()
+  for flips, members in (("dealt", [0, 1, 2, 0, 1, 2, 0, 1]), ("all", [None])):
+    net = _PointwiseNetwork(members=3)
+    options = predict.PredictOptions.from_config(batch_size=64, mirror=True, flips=flips,
+                                                 phases=8)
+    predict.phased_probabilities(net, arrays, load, options)
+    assert len(net.calls) == 8  # one batch of windows per phase
+    assert sorted(set(net.calls), key=str) == sorted(set(members), key=str)
+    assert net.calls == (members if flips == "dealt" else [None] * 8)
+
+
+def test_grid_phases_are_refused_with_spread_flips_and_skipped_on_the_model_grid(trained,
+                                                                                  tiny_cohort):
+  with pytest.raises(ValueError, match="predict.phases=8 predicts each grid phase"):
+    predict.PredictOptions.from_config(mirror=True, flips="spread", phases=8)
+  with pytest.raises(ValueError, match="predict.phases=4"):
+    predict.PredictOptions.from_config(phases=4)
+  exam = tiny_cohort.by_id("synth000")
+  with pytest.raises(ValueError, match="no finer grid"):
+    exams_lib.load_exam(exam, patch_size=16, phase=(0.5, 0, 0))
+  # an exam stored on the model grid is predicted once (the phases need a finer grid)
+  predictor = predict.Predictor(trained)
+  options = predict.PredictOptions.from_config(batch_size=8, phases=8)
+  seg = predict.segment_exam(predictor, exam, options)
+  once = predict.segment_exam(predictor, exam, dataclasses.replace(options, phases=1))
+  assert seg.patches == once.patches
+  np.testing.assert_array_equal(seg.probability, once.probability)
