@@ -474,6 +474,15 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
                      r"\(96, 96, 96\)"):
     segment.preprocessor(load_config("segment", **{"preprocess.grid": (160, 160, 160)}), finer,
                          str(tmp_path))
+  # test-time grid phases: raw exams are written on the 1 mm MNI grid, which the loader samples
+  # the model grid from at each phase; an exam given on the model grid still goes as it is
+  phased = segment.preprocessor(load_config("segment", **{"predict.phases": 8}), finer,
+                                str(tmp_path))
+  assert phased.keywords["options"].grid == mni.MNI_SHAPE
+  given = segment.preprocessor(load_config("segment", preprocessed=True,
+                                           **{"predict.phases": 8}), finer, str(tmp_path))
+  assert given.keywords["options"].grid == mni.MNI_SHAPE and given(finer_exam) is finer_exam
+  assert segment.exam_grid({"model_grid": list(mni.MNI_SHAPE)}, 8) == mni.MNI_SHAPE
 
 
 def test_a_rerun_names_only_the_settings_that_changed(monkeypatch, caplog):
