@@ -174,11 +174,12 @@ def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """The ':fast' variant of the jobs that segment raw exams (segment, longitudinal): the atlas-
   bounded brain mask instead of ROBEX (its MNI registration on the 2 mm template,
   steps.register_head_to_mni), N4 fitted at 6 mm instead of 3 and one prediction per patch
-  instead of the 8 mirrored (docs/preprocessing.md, "Brain extraction"; its measured time and how
-  its masks compare: docs/lab_notebook.md, "Time per exam")."""
+  instead of the 8 mirrored or the 8 grid phases (docs/preprocessing.md, "Brain extraction"; its
+  measured time and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
   c.preprocess.skull_strip = "atlas"
   c.preprocess.n4_mm = 6.0
   c.predict.mirror = False
+  c.predict.phases = 1
   return c
 
 

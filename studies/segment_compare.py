@@ -39,8 +39,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
   return 1.0 if total == 0 else 2.0 * (a & b).sum() / total
 
 
-def compare(reference: str, runs: list[tuple[str, str]]) -> list[dict]:
+def compare(reference: str, runs: list[tuple[str, str]], also: str | None = None) -> list[dict]:
+  """Each arm's exams against the reference's (and against `also`'s, a second workdir, when
+  given: "dice_also")."""
   ref = exams_of(reference)
+  second = exams_of(also) if also else {}
   rows = []
   for name, workdir in [("reference", reference)] + runs:
     mine = exams_of(workdir)
@@ -55,15 +58,24 @@ def compare(reference: str, runs: list[tuple[str, str]]) -> list[dict]:
                    "infratentorial_ml": r.get("infratentorial_ml"),
                    "network_s": r.get("predict_s"), "seconds": r.get("seconds"),
                    "qc": r.get("qc")})
+      if also:
+        other = nifti.read_nifti(second[exam_id][1], kind="mask").data > 0 \
+            if exam_id in second else None
+        rows[-1]["dice_also"] = None if other is None else dice(m, other)
   return rows
 
 
-def table(rows: list[dict], names: list[str]) -> str:
-  lines = ["| arm | exam | Dice vs reference | lesions | mL | infratentorial mL | network s | "
-           "exam s | QC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def table(rows: list[dict], names: list[str], also: str | None = None) -> str:
+  extra = f" Dice vs {also} |" if also else ""
+  lines = ["| arm | exam | Dice vs reference |" + extra + " lesions | mL | infratentorial mL | "
+           "network s | exam s | QC |",
+           "| --- | --- | --- |" + (" --- |" if also else "")
+           + " --- | --- | --- | --- | --- | --- |"]
   for name in names:
     for r in (r for r in rows if r["arm"] == name):
-      lines.append(f"| {name} | {r['exam']} | {r['dice']:.3f} | {r['lesions']} | {r['ml']:.2f} "
+      cell = f" {_num(r.get('dice_also'), 3)} |" if also else ""
+      lines.append(f"| {name} | {r['exam']} | {r['dice']:.3f} |{cell} {r['lesions']} | "
+                   f"{r['ml']:.2f} "
                    f"| {_num(r['infratentorial_ml'])} | {_num(r['network_s'], 1)} "
                    f"| {_num(r['seconds'], 1)} | {r['qc'] or '–'} |")
   return "\n".join(lines)
@@ -80,10 +92,15 @@ def main(argv=None):
   p.add_argument("--run", action="append", default=[], help="NAME=WORKDIR (repeatable)")
   p.add_argument("--out", required=True)
   p.add_argument("--note", default="")
+  p.add_argument("--also-against", default="",
+                 help="NAME of one --run: a second Dice column, every arm against that run")
   a = p.parse_args(argv)
   ref_name, ref_dir = a.reference.split("=", 1)
   runs = [tuple(r.split("=", 1)) for r in a.run]
-  rows = compare(ref_dir, runs)
+  also = dict(runs).get(a.also_against) if a.also_against else None
+  if a.also_against and also is None:
+    p.error(f"--also-against {a.also_against!r}: not the NAME of a --run")
+  rows = compare(ref_dir, runs, also)
   for r in rows:
     if r["arm"] == "reference":
       r["arm"] = ref_name
@@ -91,7 +108,7 @@ def main(argv=None):
       "segment's settings: masks against the reference and time",
       argv=argv)
           + (a.note + "\n\n" if a.note else "")
-          + table(rows, [ref_name] + [n for n, _ in runs]) + "\n")
+          + table(rows, [ref_name] + [n for n, _ in runs], a.also_against or None) + "\n")
   print(text)
   results.write(a.out, text)
 

@@ -447,7 +447,8 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
   on_grid = nifti.write_nifti(image, mni.box_affine(),
                               str(tmp_path / "on_grid_FLAIR.nii.gz"))
   exam = manifest_lib.Exam(exam_id="a", patient_id="a", ms=True, images={"FLAIR": on_grid})
-  config = load_config("segment", preprocessed=True)
+  one = {"predict.phases": 1}  # the model grid as it is (the phases: at the end)
+  config = load_config("segment", preprocessed=True, **one)
   msjax_made = {"preprocessing": {"by": "msjax", "options": {"skull_strip": "robex"},
                                   "nyul_landmarks": {}}}
   prepare = segment.preprocessor(config, msjax_made, str(tmp_path))
@@ -464,11 +465,11 @@ def test_an_exam_given_preprocessed_is_registered_only_when_off_the_model_grid(t
                                str(tmp_path / "finer_FLAIR.nii.gz"))
   finer_exam = manifest_lib.Exam(exam_id="b", patient_id="b", ms=True, images={"FLAIR": on_finer})
   assert prepare(finer_exam) is finer_exam
-  raw = segment.preprocessor(load_config("segment"), finer, str(tmp_path))
+  raw = segment.preprocessor(load_config("segment", **one), finer, str(tmp_path))
   assert raw.keywords["options"].grid == (96, 96, 96)  # raw exams straight onto the model's grid
   # a grid asked on the command line: the model's own passes, any other is refused, named
-  same = segment.preprocessor(load_config("segment", **{"preprocess.grid": (96, 96, 96)}), finer,
-                              str(tmp_path))
+  same = segment.preprocessor(load_config("segment", **{"preprocess.grid": (96, 96, 96)}, **one),
+                              finer, str(tmp_path))
   assert same.keywords["options"].grid == (96, 96, 96)
   with pytest.raises(segment.errors.InvalidInputError, match=r"preprocess.grid=\(160, 160, 160\).*"
                      r"\(96, 96, 96\)"):

@@ -26,7 +26,8 @@ def get_config(variant: str = ""):
   c.model = ""              # finetune workdir or shipped name; '' = the default shipped model,
                             # else (none shipped) change detection without per-visit segmentation
   c.preprocessed = False    # exams already on the model grid (with a model): no preprocessing
-  c.predict = config_base.predict(mirror=True, flips="dealt")  # as segment: flips dealt out
+  # as segment: the 8 grid phases, each in one flip, dealt out over the ensemble's members
+  c.predict = config_base.predict(mirror=True, flips="dealt", phases=8)
   c.predict.threshold = config_dict.placeholder(float)  # None: the bundle's threshold
   c.predict.min_lesion_peak = config_dict.placeholder(float)  # None: the bundle's
   c.preprocess = config_base.preprocess()
@@ -45,6 +46,7 @@ def get_config(variant: str = ""):
   if "smoke" in v:
     c.predict.batch_size = 8
     c.predict.mirror = False
+    c.predict.phases = 1  # the phased path: tests/infer/test_predict.py
     c.preprocess.n4_iterations = (5, 5)
     c.report.page_pdf = False
   return config_base.finish(c, v)

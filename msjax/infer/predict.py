@@ -275,6 +275,9 @@ def segment_exam(predictor: Predictor, exam, options: PredictOptions) -> Segment
   if options.phases > 1 and arrays.grid.shape != arrays.native_grid.shape:
     pred, n_patches = phased_probabilities(predictor, arrays, load, options)
   else:  # one phase; an exam stored on the model grid has no finer grid to take phases from
+    if options.phases > 1:
+      logging.info("%s is stored on the model grid %s: no finer grid to sample phases from, "
+                   "predicted at its one placement", exam.exam_id, arrays.shape)
     pred, n_patches = predictor.predict_exam(arrays, options)
   prob, affine, to_mni = in_file_space(exam, arrays, pred.probability)
   spread, _, _ = in_file_space(exam, arrays, pred.spread)
