@@ -278,7 +278,7 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   with _PHASES(exam.exam_id, "mask, probability and lesion table"):
     row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, flips=options.flips,
-             threshold=options.threshold)
+             phases=options.phases, threshold=options.threshold)
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table
     try:

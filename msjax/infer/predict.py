@@ -310,7 +310,7 @@ def predict_exam(predictor: Predictor, exam, out_dir: str,
   options = options or PredictOptions.from_config()
   t0 = time.time()
   row = export_exam(segment_exam(predictor, exam, options), exam, out_dir)
-  return {**row, "sampler": options.sampler, "mirror": options.mirror,
+  return {**row, "sampler": options.sampler, "mirror": options.mirror, "phases": options.phases,
           "threshold": options.threshold, "seconds": round(time.time() - t0, 2)}
 
 
