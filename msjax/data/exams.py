@@ -66,6 +66,14 @@ def _zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
   return np.where(brain > 0, out, 0.0).astype(np.float32)
 
 
+def _read_or_refuse(exam: Exam, allow_any_geometry: bool) -> dict[str, nifti.Volume]:
+  """read_exam_files, raising InvalidInputError with every problem found."""
+  volumes, problems = read_exam_files(exam, allow_any_geometry)
+  if problems:
+    raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
+  return volumes
+
+
 def load_exam(exam: Exam, *, model_shape=None, patch_size: int = 32,
               allow_any_geometry: bool = False, phase=None, volumes=None) -> ExamArrays:
   """Reads, validates, reorients, resamples onto the model grid and normalises one exam.
@@ -77,9 +85,7 @@ def load_exam(exam: Exam, *, model_shape=None, patch_size: int = 32,
   Raises InvalidInputError listing every problem found in the exam's files.
   """
   if volumes is None:
-    volumes, problems = read_exam_files(exam, allow_any_geometry)
-    if problems:
-      raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
+    volumes = _read_or_refuse(exam, allow_any_geometry)
   native = volumes[next(m for m in ("FLAIR",) + MODALITIES if m in volumes)].grid
   shape = tuple(model_shape) if model_shape else native.shape
   if min(shape) < patch_size:
@@ -127,10 +133,7 @@ def exam_loader(exam: Exam, **load_kwargs):
 
   def load(phase=None) -> ExamArrays:
     if not read:
-      volumes, problems = read_exam_files(exam, load_kwargs.get("allow_any_geometry", False))
-      if problems:
-        raise InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
-      read.append(volumes)
+      read.append(_read_or_refuse(exam, load_kwargs.get("allow_any_geometry", False)))
     return load_exam(exam, phase=phase, volumes=read[0], **load_kwargs)
   return load
 
