@@ -134,7 +134,9 @@ def train(**overrides) -> config_dict.ConfigDict:
   # as a factor of lr (discriminative fine-tuning, Howard & Ruder 2018); 1.0 = one rate for all
   c.transferred_lr_scale = 1.0
   c.loss = "dice"                # segmentation: "dice" (the paper), "dice_bce" (nnU-Net) or
-                                 # "dice_bce_blob" (+ blob loss: each lesion's own Dice term)
+                                 # "dice_bce_blob" (+ blob loss: each lesion's own Dice term) or
+                                 # "tversky_bce" (Dice tilted to recall: a miss costs 0.7, a
+                                 # false voxel 0.3)
   c.update(overrides)
   return c
 

@@ -75,3 +75,20 @@ def test_blob_labels_number_lesions_and_lump_the_rest():
   assert sorted(np.unique(labels)) == [0, 1, 2, 3, 4, 5, 6]
   assert (labels[mask == 0] == 0).all() and (labels[mask > 0] > 0).all()
   assert (labels == 6).sum() == 216 - 5
+
+
+def test_tversky_is_soft_dice_at_one_half_and_charges_a_miss_more_than_a_false_voxel():
+  """α = β = 1/2 gives soft Dice back; with the loss's α 0.3, β 0.7, marking 8 lesion voxels too
+  few costs more than marking 8 too many (the recall tilt), and a right answer costs ~0."""
+  import jax.numpy as jnp
+
+  from msjax.train import losses
+  target = jnp.zeros((1, 8, 8, 8, 1)).at[:, 2:6, 2:6, 2:6].set(1.0)  # 64 voxels
+  sure = 30.0 * (2 * target - 1)
+  half_wrong = sure.at[:, 2:6, 2:6, 2:3].set(-30.0)
+  np.testing.assert_allclose(float(losses.tversky_loss(half_wrong, target, 0.5, 0.5)),
+                             float(losses.soft_dice_loss(half_wrong, target)), rtol=1e-6)
+  missed = sure.at[:, 2:4, 2:4, 2:4].set(-30.0)     # 8 lesion voxels called background
+  extra = sure.at[:, 6:8, 6:8, 6:8].set(30.0)       # 8 background voxels called lesion
+  assert float(losses.tversky_loss(missed, target)) > 2 * float(losses.tversky_loss(extra, target))
+  assert float(losses.tversky_bce_loss(sure, target)) < 1e-3
