@@ -126,6 +126,10 @@ def test_an_ensemble_ships_every_member_and_predicts_their_mean(ensemble):
                                       shares)], axis=0)
   np.testing.assert_allclose(dealt, want, atol=2e-3)
   assert np.abs(dealt - mirrored).max() > 1e-4  # not the 8 flips of every member
+  # one pass by one member (a grid phase's): that member's own network
+  for k, want in enumerate((a, b)):
+    np.testing.assert_allclose(np.asarray(ensemble_predictor.predict_one_pass(x, member=k)),
+                               want, atol=2e-3)
   card = open(os.path.join(folder, "model_card.md")).read()
   assert "an ensemble of 2 networks" in card and "at seeds 0, 1" in card
 

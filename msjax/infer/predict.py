@@ -134,10 +134,15 @@ class Predictor:
     # an ensemble (a shipped model of several members): their mean probability, one network
     # compiled and run member after member on the members' stacked parameters
     self.members = int(meta.get("members", 1))
+    self._member_params = None
     if self.members > 1:
       from msjax import shipped
       members = [params] + shipped.restore_members(os.path.dirname(where), start=1)
-      params = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *members)
+      # stacked and kept apart in numpy: as jax ops, 108 leaves x 3 members of stacks and slices
+      # are ~750 small compiled ops, seconds of an exam's start-up
+      members = [jax.tree.map(np.asarray, m) for m in members]
+      self._member_params = [jax.tree.map(jax.numpy.asarray, m) for m in members]
+      params = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
       logging.info("network: an ensemble of %d members (the mean of their probabilities)",
                    self.members)
     self.params = jax.tree.map(jax.numpy.asarray, params)
@@ -161,8 +166,6 @@ class Predictor:
       return self.predict_batch(x)
     if "member" not in self._predict:
       self._predict["member"] = model_lib.make_predict(self.model, "segmentation")
-      self._member_params = [jax.tree.map(lambda a, k=k: a[k], self.params)
-                             for k in range(self.members)]
     return self._predict["member"](self._member_params[member], x)
 
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
