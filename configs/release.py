@@ -73,12 +73,14 @@ def get_config(variant: str = ""):
   # beside the recipe released before), the same without the peak (renormalised pastes against
   # the recipe before, paired), each seed beside the levers tried on its encoder, the
   # reliability of its probabilities, the raw longitudinal exams' change regions its masks
-  # cover, how segment runs it (the 8 grid phases) and what that does on the raw exams; then the evidence behind the recipe: one preprocessing, its 0CF initialisation and
+  # cover, how segment runs it (the 8 grid phases) and what that does on the raw exams; then
+  # the evidence behind the recipe: one preprocessing, its 0CF initialisation and
   # what was tried to widen it (issue 37), the ensembles of the recipes before it, its flips
   # dealt over the members
   c.card_results = ",".join(f"docs/results/{name}.md" for name in (
       "lesion_peak", "renormalise", "pre2400_levers", "reliability", "raw_regions",
-      "grid_phases", "raw_phases", "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "dealt_flips"))
+      "grid_phases", "raw_phases", "shared_preprocessing", "paper_claim", "transfer_levers",
+      "seed_ensemble", "dealt_flips"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
