@@ -59,9 +59,8 @@ def compare(reference: str, runs: list[tuple[str, str]], also: str | None = None
                    "network_s": r.get("predict_s"), "seconds": r.get("seconds"),
                    "qc": r.get("qc")})
       if also:
-        other = nifti.read_nifti(second[exam_id][1], kind="mask").data > 0 \
-            if exam_id in second else None
-        rows[-1]["dice_also"] = None if other is None else dice(m, other)
+        rows[-1]["dice_also"] = (dice(m, nifti.read_nifti(second[exam_id][1], kind="mask").data > 0)
+                                 if exam_id in second else None)
   return rows
 
 

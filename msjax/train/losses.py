@@ -14,13 +14,17 @@ def soft_dice_loss(logits, target, smooth: float = 1.0):
   return 1.0 - (2.0 * inter + smooth) / (jnp.sum(p) + jnp.sum(t) + smooth)
 
 
+def _bce(logits, target):
+  """Mean binary cross-entropy of the logits against the target, in float32."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                                     target.astype(jnp.float32)))
+
+
 def dice_bce_loss(logits, target):
   """Soft Dice + binary cross-entropy (nnU-Net's default). The cross-entropy keeps a gradient
   when every output has saturated to "no lesion", where soft Dice alone goes flat: with a few mL
   of lesion per brain, a large early step can push the network there and leave it."""
-  t = target.astype(jnp.float32)
-  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), t))
-  return soft_dice_loss(logits, target) + bce
+  return soft_dice_loss(logits, target) + _bce(logits, target)
 
 
 def tversky_loss(logits, target, alpha: float = 0.3, beta: float = 0.7, smooth: float = 0.5):
@@ -41,9 +45,7 @@ def tversky_loss(logits, target, alpha: float = 0.3, beta: float = 0.7, smooth: 
 def tversky_bce_loss(logits, target):
   """Tversky (α 0.3, β 0.7) + binary cross-entropy: dice_bce with the Dice term tilted to recall;
   the cross-entropy is kept for the same reason as there."""
-  t = target.astype(jnp.float32)
-  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), t))
-  return tversky_loss(logits, target) + bce
+  return tversky_loss(logits, target) + _bce(logits, target)
 
 
 BLOB_OTHER = lesions.MAX_BLOBS + 1  # lesions.blob_labels' label for the lesions past MAX_BLOBS
