@@ -50,6 +50,32 @@ def test_conv_impl_matches_reference(impl, stride, c_in, c_out):
     assert rel < 1e-4, (name, rel)
 
 
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.parametrize("shape,c_in,c_out", [((2, 7, 6, 5), 3, 5), ((1, 20, 21, 22), 16, 8)])
+def test_tap_gemm_weight_gradient_matches_reference(monkeypatch, shape, c_in, c_out):
+  """msjax's own float32 weight gradient (27 tap GEMMs on the padded volume; by default where
+  oneDNN would run im2col + GEMM over a volume of 20³ or more, here forced by MSJAX_TAP_GEMM=1):
+  non-cubic volumes and two samples, so that a mixed-up axis or rows read across samples show,
+  against XLA's gradient. Shapes no other test uses: the extension caches its choice per shape."""
+  from msjax.ops import onednn
+  monkeypatch.setenv("MSJAX_TAP_GEMM", "1")
+  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "float32")
+  assert impl.split("|")[2].startswith("msjax:tap_gemm"), impl
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
+  b = jnp.zeros(c_out, jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((*shape, c_out)), jnp.float32)
+
+  def grads(fn):
+    return jax.vjp(lambda w, b: fn(x, w, b, 1), w, b)[1](dy)
+
+  for name, a, ref in zip(("d/dw", "d/db"), grads(conv_ops.conv3d_onednn),
+                          grads(conv_ops.conv3d_xla)):
+    rel = float(jnp.abs(a - ref).max() / jnp.abs(ref).max())
+    assert rel < 1e-5, (name, rel)
+
+
 @pytest.mark.skipif(not onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
                     "compiler is missing; the 'onednn' conv falls back to 'fold'")
 def test_onednn_extension_builds_and_is_used():
