@@ -464,6 +464,40 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict, inputs: dict | Non
   return todo, done
 
 
+class _Network:
+  """The Predictor of a run, built (Predictor.warm_up) in a thread of its own when `background`,
+  so that it overlaps the first exam's preprocessing; get() waits for it. A build that failed in
+  the background is tried again in the foreground, where its error lands in the exam's row."""
+
+  def __init__(self, path: str, options, background: bool):
+    self._path, self._options, self._predictor, self._pending = path, options, None, None
+    if background:
+      pool = concurrent.futures.ThreadPoolExecutor(1)
+      self._pending = pool.submit(self._build)
+      pool.shutdown(wait=False)
+    else:
+      self._predictor = predict.Predictor(path)
+
+  def _build(self):
+    t = time.time()
+    predictor = predict.Predictor(self._path)
+    predictor.warm_up(self._options)
+    return predictor, time.time() - t
+
+  def get(self):
+    if self._predictor is None and self._pending is not None:
+      pending, self._pending = self._pending, None
+      try:
+        self._predictor, seconds = pending.result()
+        logging.info("[segment] network ready: built and compiled in %.1f s beside the "
+                     "preprocessing", seconds)
+      except Exception as e:  # noqa: BLE001 - tried again below, where it is the exam's error
+        logging.warning("[segment] building the network beside the preprocessing failed: %s", e)
+    if self._predictor is None:
+      self._predictor = predict.Predictor(self._path)
+    return self._predictor
+
+
 def _check_input(value: str) -> None:
   if not value:
     raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
@@ -503,7 +537,10 @@ def run(config, workdir: str) -> dict:
   key = settings_hash(mine)
   inputs = {}  # each exam's inputs_sha256, read once
   exams, resumed = _to_do(exams, workdir, config, key, mine, inputs)
-  predictor = predict.Predictor(bundle["path"])
+  # raw exams: the network is built (on a machine's first run the oneDNN extension, ~15 s) and
+  # compiled while the first exam is preprocessed; exams given preprocessed have nothing to hide
+  # it behind
+  network = _Network(bundle["path"], options, background=bool(exams) and not config.preprocessed)
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
                cohort.root, f" (shard {config.shard})" if config.shard else "",
                model_name(bundle), threshold,
@@ -524,7 +561,7 @@ def run(config, workdir: str) -> dict:
         if isinstance(ready, Exception):
           raise ready
         made_from = inputs.get(exam.exam_id) or inputs_sha256(exam)  # before it is segmented
-        row = _segment_one(exam, ready, predictor, options, config, bundle, staging)
+        row = _segment_one(exam, ready, network.get(), options, config, bundle, staging)
         row.update(seconds=round(time.time() - t, 1), preprocess_wait_s=round(waited, 1),
                    settings=mine, settings_sha256=key, inputs_sha256=made_from)
         summary = outputs.write_summary(staging, exam, row)

@@ -507,3 +507,39 @@ def test_a_rerun_names_only_the_settings_that_changed(monkeypatch, caplog):
     todo, done = segment._to_do([exam], "w", config, "new", mine)
   assert [e.exam_id for e in todo] == ["e1"] and not done
   assert "made with other settings (predict);" in caplog.text
+
+
+def test_the_network_is_built_beside_the_first_raw_exam_and_a_failure_reaches_the_exam(
+    monkeypatch):
+  """segment builds and compiles the network in a thread while the first raw exam is
+  preprocessed; a build that failed there is tried again in the caller, whose exam row then
+  carries the error."""
+  import threading
+  built = []
+
+  class Network:
+    def __init__(self, path):
+      built.append(threading.current_thread() is threading.main_thread())
+
+    def warm_up(self, options):
+      built.append(options)
+      return 0.0
+
+  monkeypatch.setattr(segment.predict, "Predictor", Network)
+  network = segment._Network("model", "options", background=True)
+  got = network.get()
+  assert isinstance(got, Network) and network.get() is got
+  assert built == [False, "options"]  # built off the main thread, then warmed up
+  built.clear()
+  segment._Network("model", "options", background=False).get()
+  assert built == [True]  # exams given preprocessed: built where they run, no warm-up
+
+  def broken(path):
+    built.append(threading.current_thread() is threading.main_thread())
+    raise ValueError("weights.npz is truncated")
+
+  built.clear()
+  monkeypatch.setattr(segment.predict, "Predictor", broken)
+  with pytest.raises(ValueError, match="truncated"):
+    segment._Network("model", "options", background=True).get()
+  assert built == [False, True]

@@ -168,6 +168,23 @@ class Predictor:
       self._predict["member"] = model_lib.make_predict(self.model, "segmentation")
     return self._predict["member"](self._member_params[member], x)
 
+  def warm_up(self, options: PredictOptions) -> float:
+    """Builds what the network of `options` runs on (on a machine's first run the oneDNN
+    extension, ~15 s; XLA's compilation, ~1 s) with one batch of zeros; returns its seconds.
+    segment does it while the first raw exam is preprocessed, so that neither lands in that
+    exam's time. The same function and batch shape as segment_exam then calls: the grid
+    phases' one pass (member 0's network for an ensemble with dealt flips), else predict_exam's."""
+    t = time.time()
+    x = np.zeros((options.batch_size,) + (self.patch,) * 3 + (len(manifest_lib.MODALITIES),),
+                 np.float32)
+    if options.phases > 1:
+      dealt = options.flips == "dealt" and self.members > 1
+      out = self.predict_one_pass(x, 0 if dealt else None)
+    else:
+      out = self.predict_batch(x, options.mirror_every_patch, options.flips == "dealt")
+    jax.block_until_ready(out)
+    return time.time() - t
+
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
     """(probabilities on the model grid, patches used): `probabilities` with this network."""
     return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch,

@@ -225,3 +225,20 @@ def test_grid_phases_are_refused_with_spread_flips_and_skipped_on_the_model_grid
   once = predict.segment_exam(predictor, exam, dataclasses.replace(options, phases=1))
   assert seg.patches == once.patches
   np.testing.assert_array_equal(seg.probability, once.probability)
+
+
+def test_warm_up_builds_the_network_the_exam_then_runs(trained, tiny_cohort):
+  """segment builds and compiles the network while the first raw exam is preprocessed
+  (Predictor.warm_up): that exam's passes, with the grid phases or without, must then find it
+  compiled (one function, one compilation), not compile again."""
+  exam = tiny_cohort.by_id("synth000")
+  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=16)
+  for phases in (8, 1):
+    predictor = predict.Predictor(trained)
+    options = predict.PredictOptions.from_config(batch_size=4, mirror=True, phases=phases)
+    assert predictor.warm_up(options) > 0
+    (compiled,) = predictor._predict.values()
+    assert compiled._cache_size() == 1
+    predict.phased_probabilities(predictor, load(), load, options)
+    assert list(predictor._predict.values()) == [compiled], phases
+    assert compiled._cache_size() == 1, phases

@@ -142,6 +142,9 @@ class MarkerPredictor:
   """Stands in for the network: lesion = FLAIR brighter than halfway between tissue and marker."""
   model_shape, patch, mirror = (128, 128, 128), 32, False
 
+  def warm_up(self, options):
+    return 0.0
+
   def predict_exam(self, arrays, sampler="sliding", overlap=0.5, n_random=150, seed=0):
     flair = arrays.images[..., MODALITIES.index("FLAIR")]
     inside = flair[arrays.brain > 0]
