@@ -238,7 +238,8 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
 
 // x, dy -> (dw, db): the parameter gradients, float32; the kernel's shape is dw's
 // The weight and bias gradients of a 3³ stride-1 convolution with padding 1, float32, NDHWC:
-//   dw[kd, kh, kw, ci, co] = sum over n, z, y, x of xpad[n, z+kd, y+kh, x+kw, ci] * dy[n, z, y, x, co].
+//   dw[kd, kh, kw, ci, co] = sum over n, z, y, x of
+//                            xpad[n, z+kd, y+kh, x+kw, ci] * dy[n, z, y, x, co].
 // With x zero-padded to (d+2, h+2, w+2) and dy written onto the same padded grid (zeros past its
 // end in each dimension), a tap is a constant offset o = (kd (h+2) + kh) (w+2) + kw between the
 // rows of the two flattened volumes, so its gradient is one GEMM over all rows at once:
