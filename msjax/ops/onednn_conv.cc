@@ -21,6 +21,7 @@
 // 27 GEMMs instead, one per kernel tap, on the zero-padded volume (see there): 1.7-2.6x faster at
 // 32³ on a Zen 4, AVX2 and AVX-512 alike, slower on small volumes (so only there).
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -279,7 +280,7 @@ void TapGemmWeights(const float* x, const float* dy, float* dw, float* db, int64
   const int64_t last = (2 * ph + 2) * pw + 2;  // the largest tap offset
   const int64_t k_rows = rows - last, chunk = 2048, chunks = (k_rows + chunk - 1) / chunk;
   std::memset(acc, 0, sizeof(float) * threads * (taps * block + oc));
-  dnnl_status_t failed = dnnl_success;
+  std::atomic<int> failed{dnnl_success};  // any thread's sgemm error
 #pragma omp parallel
   {
     float* a = acc + omp_get_thread_num() * (taps * block + oc);
@@ -293,13 +294,14 @@ void TapGemmWeights(const float* x, const float* dy, float* dw, float* db, int64
             const int64_t o = (kd * ph + kh) * pw + kw, t = (kd * 3 + kh) * 3 + kw;
             dnnl_status_t st = dnnl_sgemm('T', 'N', c, oc, r, 1.f, xp + (q0 + o) * c, c, dyc, oc,
                                           1.f, a + t * block, oc);
-            if (st != dnnl_success) failed = st;
+            if (st != dnnl_success) failed.store(st);
           }
       for (int64_t row = 0; row < r; ++row)  // the bias gradient: padded rows are zero
         for (int64_t j = 0; j < oc; ++j) a[taps * block + j] += dyc[row * oc + j];
     }
   }
-  if (failed != dnnl_success) throw dnnl::error(failed, "sgemm of a weight-gradient tap");
+  if (failed.load() != dnnl_success)
+    throw dnnl::error(static_cast<dnnl_status_t>(failed.load()), "sgemm of a weight-gradient tap");
   for (int64_t j = 0; j < taps * block; ++j) {
     float v = 0.f;
     for (int t = 0; t < threads; ++t) v += acc[t * (taps * block + oc) + j];
