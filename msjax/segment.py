@@ -464,7 +464,7 @@ def _to_do(exams, workdir: str, config, key: str, mine: dict, inputs: dict | Non
   return todo, done
 
 
-class _Network:
+class Network:
   """The Predictor of a run, built (Predictor.warm_up) in a thread of its own when `background`,
   so that it overlaps the first exam's preprocessing; get() waits for it. A build that failed in
   the background is tried again in the foreground, where its error lands in the exam's row."""
@@ -540,7 +540,7 @@ def run(config, workdir: str) -> dict:
   # raw exams: the network is built (on a machine's first run the oneDNN extension, ~15 s) and
   # compiled while the first exam is preprocessed; exams given preprocessed have nothing to hide
   # it behind
-  network = _Network(bundle["path"], options, background=bool(exams) and not config.preprocessed)
+  network = Network(bundle["path"], options, background=bool(exams) and not config.preprocessed)
   logging.info("[segment] %d exam(s) from %s%s with the model %s (threshold %g)%s", len(exams),
                cohort.root, f" (shard {config.shard})" if config.shard else "",
                model_name(bundle), threshold,

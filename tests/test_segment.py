@@ -526,12 +526,12 @@ def test_the_network_is_built_beside_the_first_raw_exam_and_a_failure_reaches_th
       return 0.0
 
   monkeypatch.setattr(segment.predict, "Predictor", Network)
-  network = segment._Network("model", "options", background=True)
+  network = segment.Network("model", "options", background=True)
   got = network.get()
   assert isinstance(got, Network) and network.get() is got
   assert built == [False, "options"]  # built off the main thread, then warmed up
   built.clear()
-  segment._Network("model", "options", background=False).get()
+  segment.Network("model", "options", background=False).get()
   assert built == [True]  # exams given preprocessed: built where they run, no warm-up
 
   def broken(path):
@@ -541,5 +541,5 @@ def test_the_network_is_built_beside_the_first_raw_exam_and_a_failure_reaches_th
   built.clear()
   monkeypatch.setattr(segment.predict, "Predictor", broken)
   with pytest.raises(ValueError, match="truncated"):
-    segment._Network("model", "options", background=True).get()
+    segment.Network("model", "options", background=True).get()
   assert built == [False, True]

@@ -81,7 +81,6 @@ def _model(config, workdir: str):
   (a fine-tuning workdir or a shipped model's name; '' = the default shipped model), or None when
   no model is given and this msjax ships none."""
   from msjax import segment, shipped
-  from msjax.infer import predict
   if not config.model and shipped.find(shipped.DEFAULT) is None:
     logging.warning("[longitudinal] no --config.model and this msjax ships no model (%s holds "
                     "none): change detection alone, without the network's opinion",
@@ -90,8 +89,10 @@ def _model(config, workdir: str):
   bundle = segment.load_bundle(config.model)  # a damaged or unknown bundle is refused by name
   options = segment.inference_options(config, bundle)
   prepare = segment.preprocessor(config, bundle, workdir)
+  # raw visits: the network is built and compiled while the first visit is preprocessed
+  network = segment.Network(bundle["path"], options, background=not config.preprocessed)
   return types.SimpleNamespace(
-      path=bundle["path"], options=options, predictor=predict.Predictor(bundle["path"]),
+      path=bundle["path"], options=options, network=network,
       bundle=bundle, made_with=segment.made_with(config, bundle, options),
       prepare=lambda exam: prepare(segment.known_sequences(exam, bundle)))
 
@@ -102,7 +103,7 @@ def _segment(model, exam, workdir: str, config=None) -> tuple:
   the visit's mask, as in segment)."""
   from msjax.infer import predict
   ready = model.prepare(exam)
-  seg = predict.segment_exam(model.predictor, ready, model.options)
+  seg = predict.segment_exam(model.network.get(), ready, model.options)
   row = predict.export_exam(seg, ready, workdir)
   if config is not None and config.report.enabled:
     try:

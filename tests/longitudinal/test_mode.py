@@ -263,6 +263,9 @@ class PhantomNetwork:
   def __init__(self, visits: dict):
     self.visits = visits  # folder name -> (lesions, motion)
 
+  def warm_up(self, options):
+    return 0.0
+
   def predict_exam(self, arrays, options):
     from msjax.infer import sliding_window
     lesions, motion = self.visits[os.path.basename(os.path.dirname(arrays.exam.images["FLAIR"]))]
