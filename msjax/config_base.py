@@ -176,9 +176,9 @@ def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """The ':fast' variant of the jobs that segment raw exams (segment, longitudinal): the atlas-
   bounded brain mask instead of ROBEX (its MNI registration on the 2 mm template,
   steps.register_head_to_mni) and one prediction per patch instead of the 8 mirrored or the 8
-  grid phases (N4 at 6 mm, once `:fast`'s alone, is everyone's default now) (docs/preprocessing.md,
-  "Brain extraction"; its measured time and how its masks compare: docs/lab_notebook.md, "Time
-  per exam")."""
+  grid phases; N4 at 6 mm, once `:fast`'s alone, is everyone's default now. See
+  docs/preprocessing.md, "Brain extraction"; its measured time and how its masks compare:
+  docs/lab_notebook.md, "Time per exam"."""
   c.preprocess.skull_strip = "atlas"
   c.predict.mirror = False
   c.predict.phases = 1

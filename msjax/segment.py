@@ -469,8 +469,9 @@ class Network:
   so that it overlaps the first exam's preprocessing; get() waits for it. A build that failed in
   the background is tried again in the foreground, where its error lands in the exam's row."""
 
-  def __init__(self, path: str, options, background: bool):
+  def __init__(self, path: str, options, background: bool, job: str = "segment"):
     self._path, self._options, self._predictor, self._pending = path, options, None, None
+    self._job = job
     if background:
       pool = concurrent.futures.ThreadPoolExecutor(1)
       self._pending = pool.submit(self._build)
@@ -489,10 +490,11 @@ class Network:
       pending, self._pending = self._pending, None
       try:
         self._predictor, seconds = pending.result()
-        logging.info("[segment] network ready: built and compiled in %.1f s beside the "
-                     "preprocessing", seconds)
+        logging.info("[%s] network ready: built and compiled in %.1f s beside the "
+                     "preprocessing", self._job, seconds)
       except Exception as e:  # noqa: BLE001 - tried again below, where it is the exam's error
-        logging.warning("[segment] building the network beside the preprocessing failed: %s", e)
+        logging.warning("[%s] building the network beside the preprocessing failed: %s",
+                        self._job, e)
     if self._predictor is None:
       self._predictor = predict.Predictor(self._path)
     return self._predictor

@@ -178,24 +178,31 @@ class Predictor:
     x = np.zeros((options.batch_size,) + (self.patch,) * 3 + (len(manifest_lib.MODALITIES),),
                  np.float32)
     if options.phases > 1:
-      dealt = options.flips == "dealt" and self.members > 1
-      out = self.predict_one_pass(x, 0 if dealt else None)
+      out = self.predict_one_pass(x, phase_member(self, options, 0))
     else:
-      out = self.predict_batch(x, options.mirror_every_patch, options.flips == "dealt")
+      out = self.exam_pass(options)(x)
     jax.block_until_ready(out)
     return time.time() - t
 
+  def exam_pass(self, options: PredictOptions):
+    """The batch function predict_exam runs (options' mirroring and flips)."""
+    return lambda x: self.predict_batch(x, options.mirror_every_patch, options.flips == "dealt")
+
   def predict_exam(self, arrays: exams_lib.ExamArrays, options: PredictOptions):
     """(probabilities on the model grid, patches used): `probabilities` with this network."""
-    return probabilities(lambda x: self.predict_batch(x, options.mirror_every_patch,
-                                                      options.flips == "dealt"),
-                         arrays, self.patch, options)
+    return probabilities(self.exam_pass(options), arrays, self.patch, options)
 
 
 def grid_phases(n: int) -> list[tuple]:
   """The model grid's sub-voxel phases, in model voxels: 1, the grid as it is; 8,
   nifti.half_voxel_phases (phase k predicted in flip k)."""
   return [(0.0, 0.0, 0.0)] if n == 1 else nifti.half_voxel_phases()
+
+
+def phase_member(predictor, options: PredictOptions, k: int) -> int | None:
+  """The ensemble member that predicts grid phase k (flips dealt: member k mod members), or None
+  (the ensemble's mean, or the one network)."""
+  return k % predictor.members if options.flips == "dealt" and predictor.members > 1 else None
 
 
 def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, load,
@@ -224,8 +231,7 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
       pred, n = predictor.predict_exam(moved, options)
     else:
       flip = np.array([options.mirror and bool(k & bit) for bit in (1, 2, 4)])
-      member = (k % predictor.members if options.flips == "dealt" and predictor.members > 1
-                else None)
+      member = phase_member(predictor, options, k)
       pred, n = probabilities(lambda x, m=member: predictor.predict_one_pass(x, m), moved,
                               predictor.patch, options, flip=flip)
     back = nifti.back_offset(at, moved.shape, native)

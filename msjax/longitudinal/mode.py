@@ -90,7 +90,8 @@ def _model(config, workdir: str):
   options = segment.inference_options(config, bundle)
   prepare = segment.preprocessor(config, bundle, workdir)
   # raw visits: the network is built and compiled while the first visit is preprocessed
-  network = segment.Network(bundle["path"], options, background=not config.preprocessed)
+  network = segment.Network(bundle["path"], options, background=not config.preprocessed,
+                            job="longitudinal")
   return types.SimpleNamespace(
       path=bundle["path"], options=options, network=network,
       bundle=bundle, made_with=segment.made_with(config, bundle, options),
