@@ -20,6 +20,11 @@
 // time. For 3³ stride-1 convolutions over a large enough volume `TapGemmWeights` computes it as
 // 27 GEMMs instead, one per kernel tap, on the zero-padded volume (see there): 1.7-2.6x faster at
 // 32³ on a Zen 4, AVX2 and AVX-512 alike, slower on small volumes (so only there).
+//
+// One forward is msjax's own too: where oneDNN would run an AVX2 kernel in float32 (an AVX2-only
+// CPU, or one held to AVX2), 3³ stride-1 convolutions of 8k channels run as Winograd F(2³, 3³)
+// (winograd_conv.cc, see `UseWinograd`): oneDNN's direct kernel already runs near the FMA rate
+// there, and Winograd needs 64 multiplications per 8 outputs and channel pair instead of 216.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -36,6 +41,11 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+
+// winograd_conv.cc
+bool MsjaxWinogradSupported();
+void MsjaxWinogradForward(const float* x, const float* w, const float* bias, float* y, int64_t n,
+                          int64_t d, int64_t h, int64_t w_, int64_t c, int64_t oc);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -59,6 +69,7 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_weights;
   bool bwd_weights_zero_scratch = false;  // its kernel is jit_bf16 (see BackwardWeights)
   bool tap_gemm = false;                  // the weight gradient is TapGemmWeights'
+  bool winograd = false;                  // the forward is MsjaxWinogradForward
 };
 
 // The smallest volume per sample (voxels) at which TapGemmWeights replaces oneDNN's GEMM-based
@@ -77,6 +88,33 @@ bool UseTapGemm(int64_t d, int64_t h, int64_t w, int64_t k, int64_t s, dt type,
   if (env != nullptr && env[0] == '1') return true;
   return std::string(onednn_impl).find("gemm") != std::string::npos &&
          d * h * w >= kTapGemmMinVoxels;
+}
+
+// The forward pass is msjax's Winograd F(2³, 3³) (winograd_conv.cc) for float32 3³ stride-1
+// convolutions whose channel counts are multiples of 8, where oneDNN would run an AVX2 kernel
+// (AVX2-only CPUs, or any CPU held to AVX2): there oneDNN's direct kernel already runs near the
+// float32 FMA rate and only fewer multiplications are faster. The network's layers, one 12-patch
+// batch held to AVX2 on a Zen 4 (median ms, oneDNN -> Winograd): 32³ 16->16 33.3 -> 23.3,
+// 32->16 59.0 -> 41.1, 32->32 129.0 -> 73.4; 16³ 32->32 12.5 -> 7.2, 64->64 47.9 -> 22.9; 8³
+// 64->64 6.0 -> 3.4, 128->128 23.6 -> 12.3; 4³ 128->128 2.8 -> 4.6, 256->256 10.0 -> 21.5 (few
+// tiles, and the kernel's transform as large as the volume), so only from 8³ voxels up. Not where
+// oneDNN has AVX-512 or AMX kernels: a Zen 4's 512-bit FMAs are two 256-bit halves, and there
+// Winograd in AVX2 still won (32³ 32->32 120 -> 89 ms; 16->16 even), but on CPUs with two
+// full-width AVX-512 FMA units oneDNN's direct kernel has twice the rate (not measured).
+// MSJAX_WINOGRAD=0 turns it off, =1 uses it for every eligible shape whatever oneDNN would pick
+// or the volume (tests, timings).
+constexpr int64_t kWinogradMinVoxels = 8 * 8 * 8;
+
+bool UseWinograd(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t k, int64_t s,
+                 dt type, const char* onednn_impl) {
+  if (type != dt::f32 || k != 3 || s != 1 || c % 8 != 0 || oc % 8 != 0) return false;
+  if (!MsjaxWinogradSupported()) return false;
+  const char* env = std::getenv("MSJAX_WINOGRAD");
+  if (env != nullptr && env[0] == '0') return false;
+  if (env != nullptr && env[0] == '1') return true;
+  const std::string impl(onednn_impl);
+  return impl.find("avx2") != std::string::npos && impl.find("avx512") == std::string::npos &&
+         d * h * w >= kWinogradMinVoxels;
 }
 
 // n, c, d, h, w (input), oc, k, stride, activation type -> the primitives of that convolution
@@ -116,6 +154,7 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   conv->bwd_weights_zero_scratch =
       std::string(conv->bwd_weights_pd.impl_info_str()).rfind("jit_bf16", 0) == 0;
   conv->tap_gemm = UseTapGemm(d, h, w, k, s, type, conv->bwd_weights_pd.impl_info_str());
+  conv->winograd = UseWinograd(d, h, w, c, oc, k, s, type, conv->fwd_pd.impl_info_str());
   cache.emplace(key, conv);
   return conv;
 }
@@ -190,6 +229,12 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
   if (auto e = SameType(x, y); e.failure()) return e;
   try {
     auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride, type);
+    if (conv->winograd) {
+      MsjaxWinogradForward(static_cast<const float*>(x.untyped_data()), w.typed_data(),
+                           b.typed_data(), static_cast<float*>(y->untyped_data()), d[0], d[1],
+                           d[2], d[3], d[4], d[5]);
+      return ffi::Error::Success();
+    }
     dnnl::stream strm(Engine());
     memory src(conv->src, Engine(), x.untyped_data());
     memory wei_user(conv->wei_user, Engine(), w.typed_data());
@@ -202,6 +247,8 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
     strm.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN forward: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("convolution forward: out of memory for its buffers");
   }
   return ffi::Error::Success();
 }
@@ -372,7 +419,9 @@ extern "C" int MsjaxConvImpl(int64_t n, int64_t c, int64_t d, int64_t h, int64_t
   int rc = 0;
   try {
     auto conv = GetConv(n, c, d, h, w, oc, k, s, bf16 ? dt::bf16 : dt::f32);
-    text = std::string(conv->fwd_pd.impl_info_str()) + "|" + conv->bwd_data_pd.impl_info_str() +
+    text = (conv->winograd ? std::string("msjax:winograd(") + conv->fwd_pd.impl_info_str() + ")"
+                           : std::string(conv->fwd_pd.impl_info_str())) +
+           "|" + conv->bwd_data_pd.impl_info_str() +
            "|" + (conv->tap_gemm ? std::string("msjax:tap_gemm(") +
                                        conv->bwd_weights_pd.impl_info_str() + ")"
                                  : std::string(conv->bwd_weights_pd.impl_info_str()));

@@ -76,6 +76,41 @@ def test_tap_gemm_weight_gradient_matches_reference(monkeypatch, shape, c_in, c_
     assert rel < 1e-5, (name, rel)
 
 
+def _avx2_fma() -> bool:
+  with open("/proc/cpuinfo") as f:
+    flags = f.read()
+  return " avx2" in flags and " fma" in flags
+
+
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not _avx2_fma(), reason="msjax's Winograd forward needs AVX2 and FMA")
+@pytest.mark.parametrize("shape,c_in,c_out", [((2, 7, 6, 9), 8, 24), ((1, 11, 10, 12), 16, 16)])
+def test_winograd_forward_matches_reference(monkeypatch, shape, c_in, c_out):
+  """msjax's Winograd F(2³, 3³) forward (by default where oneDNN would run an AVX2 kernel, here
+  forced by MSJAX_WINOGRAD=1): odd sizes (tiles cut by the volume's edge), non-cubic volumes, two
+  samples, 8-wide and 16-wide output blocks (24 = 3 x 8), a last block of fewer tiles than a
+  block holds, a bias; against XLA's forward and, through it, the gradients. Shapes no other
+  test uses: the extension caches its choice per shape."""
+  from msjax.ops import onednn
+  monkeypatch.setenv("MSJAX_WINOGRAD", "1")
+  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "float32")
+  assert impl.split("|")[0].startswith("msjax:winograd"), impl
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
+  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((*shape, c_out)), jnp.float32)
+
+  def run(fn):
+    y, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, 1), x, w, b)
+    return (y,) + vjp(dy)
+
+  for name, a, ref in zip(("forward", "d/dx", "d/dw", "d/db"), run(conv_ops.conv3d_onednn),
+                          run(conv_ops.conv3d_xla)):
+    rel = float(jnp.abs(a - ref).max() / jnp.abs(ref).max())
+    assert rel < 1e-5, (name, rel)
+
+
 @pytest.mark.skipif(not onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
                     "compiler is missing; the 'onednn' conv falls back to 'fold'")
 def test_onednn_extension_builds_and_is_used():
