@@ -89,12 +89,14 @@ def test_winograd_forward_matches_reference(monkeypatch, shape, c_in, c_out):
   """msjax's Winograd F(2³, 3³) forward (by default where oneDNN would run an AVX2 kernel, here
   forced by MSJAX_WINOGRAD=1): odd sizes (tiles cut by the volume's edge), non-cubic volumes, two
   samples, 8-wide and 16-wide output blocks (24 = 3 x 8), a last block of fewer tiles than a
-  block holds, a bias; against XLA's forward and, through it, the gradients. Shapes no other
+  block holds, a bias; against XLA's forward and gradients (the input gradient is Winograd too:
+  the forward of dy by the flipped kernel). Shapes no other
   test uses: the extension caches its choice per shape."""
   from msjax.ops import onednn
   monkeypatch.setenv("MSJAX_WINOGRAD", "1")
   impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "float32")
   assert impl.split("|")[0].startswith("msjax:winograd"), impl
+  assert impl.split("|")[1].startswith("msjax:winograd"), impl  # the input gradient too
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
