@@ -166,15 +166,16 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   return conv;
 }
 
-// one of this thread's reusable buffers (0: scratchpads, 1: reordered weights, 2 and 3: the
-// padded volumes of TapGemmWeights), at least `bytes` long, 64-byte aligned
+// one of this thread's reusable buffers (0: scratchpads, 1: reordered or flipped weights, 2 and
+// 3: the padded volumes of TapGemmWeights, 4-7: winograd_conv.cc's), at least `bytes` long,
+// 64-byte aligned
 void* ThreadBuffer(int slot, size_t bytes) {
   struct Buffer {
     void* data = nullptr;
     size_t size = 0;
     ~Buffer() { std::free(data); }
   };
-  thread_local Buffer buffers[4];
+  thread_local Buffer buffers[8];
   Buffer& b = buffers[slot];
   const size_t want = (bytes + 63) / 64 * 64;
   if (want > b.size) {
@@ -435,6 +436,8 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
 }
 
 }  // namespace
+
+void* MsjaxThreadBuffer(int slot, size_t bytes) { return ThreadBuffer(slot, bytes); }
 
 // The kernels oneDNN picks for one convolution, "forward|backward-data|backward-weights", into
 // `out` (NUL-terminated). bf16 = 0: float32, 1: bfloat16. Returns 0, or -1 when oneDNN has no

@@ -20,31 +20,19 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <new>
+
+void* MsjaxThreadBuffer(int slot, size_t bytes);  // onednn_conv.cc
 
 namespace {
 
 constexpr int kTiles = 32;  // tiles (2x2x2 outputs each) per block: a multiple of 4
 
-// one of this thread's reusable buffers, at least `floats` long, 64-byte aligned
+// one of this thread's reusable buffers (onednn_conv.cc's; this file's are slots 4-7), at least
+// `floats` long, 64-byte aligned
 float* Buffer(int slot, size_t floats) {
-  struct Buf {
-    void* data = nullptr;
-    size_t size = 0;
-    ~Buf() { std::free(data); }
-  };
-  thread_local Buf buffers[4];
-  Buf& b = buffers[slot];
-  const size_t want = (floats * sizeof(float) + 63) / 64 * 64;
-  if (want > b.size) {
-    std::free(b.data);
-    b.data = std::aligned_alloc(64, want);
-    b.size = b.data == nullptr ? 0 : want;
-    if (b.data == nullptr) throw std::bad_alloc();
-  }
-  return static_cast<float*>(b.data);
+  return static_cast<float*>(MsjaxThreadBuffer(4 + slot, floats * sizeof(float)));
 }
 
 // kernel (3, 3, 3, c, oc) -> u (64, c, oc): G g G^T along each axis, G = [1 0 0; .5 .5 .5;
