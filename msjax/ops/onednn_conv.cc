@@ -112,7 +112,8 @@ constexpr int64_t kWinogradMinVoxels = 8 * 8 * 8;
 
 bool UseWinograd(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t k, int64_t s,
                  dt type, const char* onednn_impl) {
-  if (type != dt::f32 || k != 3 || s != 1 || c % 8 != 0 || oc % 8 != 0) return false;
+  if (type != dt::f32 || k != 3 || s != 1 || c <= 0 || oc <= 0 || c % 8 != 0 || oc % 8 != 0)
+    return false;
   if (!MsjaxWinogradSupported()) return false;
   const char* env = std::getenv("MSJAX_WINOGRAD");
   if (env != nullptr && env[0] == '0') return false;

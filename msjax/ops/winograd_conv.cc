@@ -227,7 +227,8 @@ void MsjaxWinogradForward(const float* x, const float* wei, const float* bias, f
       v = Buffer(1, 64 * kTiles * c);
       m = Buffer(2, 64 * kTiles * oc);
       p = Buffer(3, 64 * std::max(c, oc));
-    } catch (const std::bad_alloc&) {
+    } catch (const std::bad_alloc&) {  // this thread does none of the blocks
+      v = m = p = nullptr;
 #pragma omp atomic write
       failed = true;
     }
