@@ -46,7 +46,7 @@
 // winograd_conv.cc
 bool MsjaxWinogradSupported();
 void MsjaxWinogradForward(const float* x, const float* w, const float* bias, float* y, int64_t n,
-                          int64_t d, int64_t h, int64_t w_, int64_t c, int64_t oc);
+                          int64_t d, int64_t h, int64_t w_, int64_t c, int64_t oc, bool flipped);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -105,8 +105,8 @@ bool UseTapGemm(int64_t d, int64_t h, int64_t w, int64_t k, int64_t s, dt type,
 // full-width AVX-512 FMA units oneDNN's direct kernel has twice the rate (not measured).
 // The input gradient of the same convolutions is Winograd too (BackwardData: at stride 1 it is
 // the forward convolution of dy by the flipped kernel), dy -> dx, one 12-patch
-// batch held to AVX2, ms: 32³ 16->16 34.2 -> 24.6, 32->16 82.2 -> 63.4; 16³ 32->32
-// 16.1 -> 10.1; 8³ 64->64 8.4 -> 4.2. MSJAX_WINOGRAD=0 turns both off, =1 uses them for every
+// batch held to AVX2, ms: 32³ 16->16 34.2 -> 21.9, 32->16 82.2 -> 44.3; 16³ 32->32
+// 16.1 -> 7.7; 8³ 64->64 8.4 -> 3.4. MSJAX_WINOGRAD=0 turns both off, =1 uses them for every
 // eligible shape whatever oneDNN would pick or the volume (tests, timings).
 constexpr int64_t kWinogradMinVoxels = 8 * 8 * 8;
 
@@ -241,7 +241,7 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
     if (conv->winograd) {
       MsjaxWinogradForward(static_cast<const float*>(x.untyped_data()), w.typed_data(),
                            b.typed_data(), static_cast<float*>(y->untyped_data()), d[0], d[1],
-                           d[2], d[3], d[4], d[5]);
+                           d[2], d[3], d[4], d[5], /*flipped=*/false);
       return ffi::Error::Success();
     }
     dnnl::stream strm(Engine());
@@ -280,19 +280,14 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
     auto conv = GetConv(d[0], d[4], d[1], d[2], d[3], d[5], d[6], stride, type);
     if (conv->winograd_data) {
       // at stride 1 the input gradient is the forward convolution of dy by the kernel flipped
-      // along all three axes with its channels swapped: w'[t][o][c] = w[26 - t][c][o]
+      // along all three axes with its channels swapped (w'[t][o][c] = w[26 - t][c][o], taken so
+      // by the kernel's own transform), without a bias
       const int64_t c = d[4], oc = d[5];
-      float* flipped = static_cast<float*>(ThreadBuffer(1, sizeof(float) * (27 * c * oc + c)));
-      float* no_bias = flipped + 27 * c * oc;
-      const float* wt = w.typed_data();
-      for (int64_t t = 0; t < 27; ++t)
-        for (int64_t ci = 0; ci < c; ++ci)
-          for (int64_t o = 0; o < oc; ++o)
-            flipped[(t * oc + o) * c + ci] = wt[((26 - t) * c + ci) * oc + o];
+      float* no_bias = static_cast<float*>(ThreadBuffer(1, sizeof(float) * c));
       std::memset(no_bias, 0, sizeof(float) * c);
-      MsjaxWinogradForward(static_cast<const float*>(dy.untyped_data()), flipped, no_bias,
-                           static_cast<float*>(dx->untyped_data()), d[0], d[1], d[2], d[3], oc,
-                           c);
+      MsjaxWinogradForward(static_cast<const float*>(dy.untyped_data()), w.typed_data(), no_bias,
+                           static_cast<float*>(dx->untyped_data()), d[0], d[1], d[2], d[3], oc, c,
+                           /*flipped=*/true);
       return ffi::Error::Success();
     }
     dnnl::stream strm(Engine());

@@ -37,14 +37,17 @@ float* Buffer(int slot, size_t floats) {
 }
 
 // kernel (3, 3, 3, c, oc) -> u (64, c, oc): G g G^T along each axis, G = [1 0 0; .5 .5 .5;
-// .5 -.5 .5; 0 0 1]
-void TransformWeights(const float* w, float* u, int64_t c, int64_t oc) {
+// .5 -.5 .5; 0 0 1]. flipped: w is (3, 3, 3, oc, c) and its taps are taken mirrored on all three
+// axes, channels swapped (the kernel of an input gradient, see MsjaxWinogradForward)
+void TransformWeights(const float* w, float* u, int64_t c, int64_t oc, bool flipped) {
   const float g[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
   const int64_t co = c * oc;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < co; ++p) {
     float k[27], t1[4][3][3], t2[4][4][3];
-    for (int i = 0; i < 27; ++i) k[i] = w[i * co + p];
+    const int64_t ci = p / oc, o = p % oc;
+    for (int i = 0; i < 27; ++i)
+      k[i] = flipped ? w[((26 - i) * oc + o) * c + ci] : w[i * co + p];
     for (int a = 0; a < 4; ++a)
       for (int y = 0; y < 3; ++y)
         for (int x = 0; x < 3; ++x)
@@ -212,11 +215,15 @@ bool MsjaxWinogradSupported() {
 }
 
 // y (n, d, h, w, oc) = conv(x (n, d, h, w, c), w (3, 3, 3, c, oc)) + bias; c and oc multiples of
-// 8. Throws std::bad_alloc when a buffer cannot be had.
+// 8. flipped: w is a (3, 3, 3, oc, c) kernel used mirrored on its three axes with its channels
+// swapped: then y is that kernel's input gradient for the output gradient x (at stride 1 the
+// forward convolution of dy by the flipped kernel). Throws std::bad_alloc when a buffer cannot be
+// had.
 void MsjaxWinogradForward(const float* x, const float* wei, const float* bias, float* y,
-                          int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc) {
+                          int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc,
+                          bool flipped) {
   float* u = Buffer(0, 64 * c * oc);
-  TransformWeights(wei, u, c, oc);
+  TransformWeights(wei, u, c, oc, flipped);
   const int64_t td = (d + 1) / 2, th = (h + 1) / 2, tw = (w + 1) / 2;
   const int64_t tiles = n * td * th * tw, blocks = (tiles + kTiles - 1) / kTiles;
   bool failed = false;
