@@ -82,12 +82,16 @@ struct Conv {
 // convolution, whatever oneDNN would pick (tests, timings).
 constexpr int64_t kTapGemmMinVoxels = 20 * 20 * 20;
 
+// An override from the environment: '0' -> 0 (off), '1' -> 1 (on), else -1 (msjax decides)
+int Forced(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && (env[0] == '0' || env[0] == '1') ? env[0] - '0' : -1;
+}
+
 bool UseTapGemm(int64_t d, int64_t h, int64_t w, int64_t k, int64_t s, dt type,
                 const char* onednn_impl) {
   if (type != dt::f32 || k != 3 || s != 1) return false;
-  const char* env = std::getenv("MSJAX_TAP_GEMM");
-  if (env != nullptr && env[0] == '0') return false;
-  if (env != nullptr && env[0] == '1') return true;
+  if (const int forced = Forced("MSJAX_TAP_GEMM"); forced >= 0) return forced == 1;
   return std::string(onednn_impl).find("gemm") != std::string::npos &&
          d * h * w >= kTapGemmMinVoxels;
 }
@@ -115,9 +119,7 @@ bool UseWinograd(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t
   if (type != dt::f32 || k != 3 || s != 1 || c <= 0 || oc <= 0 || c % 8 != 0 || oc % 8 != 0)
     return false;
   if (!MsjaxWinogradSupported()) return false;
-  const char* env = std::getenv("MSJAX_WINOGRAD");
-  if (env != nullptr && env[0] == '0') return false;
-  if (env != nullptr && env[0] == '1') return true;
+  if (const int forced = Forced("MSJAX_WINOGRAD"); forced >= 0) return forced == 1;
   const std::string impl(onednn_impl);
   return impl.find("avx2") != std::string::npos && impl.find("avx512") == std::string::npos &&
          d * h * w >= kWinogradMinVoxels;
@@ -167,8 +169,8 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   return conv;
 }
 
-// one of this thread's reusable buffers (0: scratchpads, 1: reordered or flipped weights, 2 and
-// 3: the padded volumes of TapGemmWeights, 4-7: winograd_conv.cc's), at least `bytes` long,
+// one of this thread's reusable buffers (0: scratchpads, 1: reordered weights, 2 and 3: the
+// padded volumes of TapGemmWeights, 4-7: winograd_conv.cc's), at least `bytes` long,
 // 64-byte aligned
 void* ThreadBuffer(int slot, size_t bytes) {
   struct Buffer {
@@ -282,12 +284,9 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
       // at stride 1 the input gradient is the forward convolution of dy by the kernel flipped
       // along all three axes with its channels swapped (w'[t][o][c] = w[26 - t][c][o], taken so
       // by the kernel's own transform), without a bias
-      const int64_t c = d[4], oc = d[5];
-      float* no_bias = static_cast<float*>(ThreadBuffer(1, sizeof(float) * c));
-      std::memset(no_bias, 0, sizeof(float) * c);
-      MsjaxWinogradForward(static_cast<const float*>(dy.untyped_data()), w.typed_data(), no_bias,
-                           static_cast<float*>(dx->untyped_data()), d[0], d[1], d[2], d[3], oc, c,
-                           /*flipped=*/true);
+      MsjaxWinogradForward(static_cast<const float*>(dy.untyped_data()), w.typed_data(),
+                           /*bias=*/nullptr, static_cast<float*>(dx->untyped_data()), d[0], d[1],
+                           d[2], d[3], d[5], d[4], /*flipped=*/true);
       return ffi::Error::Success();
     }
     dnnl::stream strm(Engine());
@@ -444,15 +443,13 @@ extern "C" int MsjaxConvImpl(int64_t n, int64_t c, int64_t d, int64_t h, int64_t
   int rc = 0;
   try {
     auto conv = GetConv(n, c, d, h, w, oc, k, s, bf16 ? dt::bf16 : dt::f32);
-    text = (conv->winograd ? std::string("msjax:winograd(") + conv->fwd_pd.impl_info_str() + ")"
-                           : std::string(conv->fwd_pd.impl_info_str())) +
-           "|" +
-           (conv->winograd_data
-                ? std::string("msjax:winograd(") + conv->bwd_data_pd.impl_info_str() + ")"
-                : std::string(conv->bwd_data_pd.impl_info_str())) +
-           "|" + (conv->tap_gemm ? std::string("msjax:tap_gemm(") +
-                                       conv->bwd_weights_pd.impl_info_str() + ")"
-                                 : std::string(conv->bwd_weights_pd.impl_info_str()));
+    // oneDNN's kernel, or msjax's own in its place: "msjax:<ours>(<oneDNN's>)"
+    auto named = [](bool ours, const char* name, const char* onednn) {
+      return ours ? std::string("msjax:") + name + "(" + onednn + ")" : std::string(onednn);
+    };
+    text = named(conv->winograd, "winograd", conv->fwd_pd.impl_info_str()) + "|" +
+           named(conv->winograd_data, "winograd", conv->bwd_data_pd.impl_info_str()) + "|" +
+           named(conv->tap_gemm, "tap_gemm", conv->bwd_weights_pd.impl_info_str());
   } catch (const dnnl::error& e) {
     text = e.what();
     rc = -1;

@@ -12,7 +12,7 @@
 // result transformed back (A^T m A). The transforms are additions (and halvings for the kernel,
 // done once per call); F(2, 3)'s are small enough that float32 keeps the direct result's accuracy
 // (relative error 2-6e-7 against XLA's convolution on the network's layer shapes; oneDNN's direct
-// kernel 1-3e-6).
+// kernel 0.2-2.6e-6).
 //
 // Tiles are processed in blocks of kTiles so that a block's transformed inputs and products stay
 // in cache between the three stages; blocks go to OpenMP threads.
@@ -81,40 +81,24 @@ __attribute__((target("avx2,fma"))) inline void InputRow(const float* p0, const 
   }
 }
 
-// the 4x4x4 input block at (z0, y0, x0) (zero outside the volume) -> its transform, 64 points of
-// c channels, written to v[point * stride + j]; p: room for 64 x c floats
+// the 4x4x4 input block at (z0, y0, x0) (zero outside the volume: read from `zeros`, c zero
+// floats) -> its transform, 64 points of c channels, written to v[point * stride + j]; p: room for
+// 64 x c floats
 __attribute__((target("avx2,fma"))) void InputTile(const float* x, int64_t d, int64_t h,
                                                    int64_t w, int64_t c, int64_t z0, int64_t y0,
-                                                   int64_t x0, float* p, float* v,
-                                                   int64_t stride) {
-  static const float kZeros[8] = {};
+                                                   int64_t x0, const float* zeros, float* p,
+                                                   float* v, int64_t stride) {
   const bool inside = z0 >= 0 && y0 >= 0 && x0 >= 0 && z0 + 4 <= d && y0 + 4 <= h && x0 + 4 <= w;
   auto src = [&](int a, int b, int e) -> const float* {
     const int64_t z = z0 + a, y = y0 + b, xx = x0 + e;
-    if (!inside && (z < 0 || z >= d || y < 0 || y >= h || xx < 0 || xx >= w)) return nullptr;
+    if (!inside && (z < 0 || z >= d || y < 0 || y >= h || xx < 0 || xx >= w)) return zeros;
     return x + ((z * h + y) * w + xx) * c;
   };
   auto at = [&](int a, int b, int e) { return p + ((a * 4 + b) * 4 + e) * c; };
-  // along x, straight from the volume (a point outside it reads as zeros)
-  for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b) {
-      const float* r[4];
-      for (int e = 0; e < 4; ++e) r[e] = src(a, b, e);
-      if (r[0] && r[1] && r[2] && r[3]) {
-        InputRow(r[0], r[1], r[2], r[3], at(a, b, 0), at(a, b, 1), at(a, b, 2), at(a, b, 3), c);
-      } else {
-        for (int64_t j = 0; j < c; j += 8) {
-          const __m256 d0 = _mm256_loadu_ps(r[0] ? r[0] + j : kZeros),
-                       d1 = _mm256_loadu_ps(r[1] ? r[1] + j : kZeros),
-                       d2 = _mm256_loadu_ps(r[2] ? r[2] + j : kZeros),
-                       d3 = _mm256_loadu_ps(r[3] ? r[3] + j : kZeros);
-          _mm256_storeu_ps(at(a, b, 0) + j, _mm256_sub_ps(d0, d2));
-          _mm256_storeu_ps(at(a, b, 1) + j, _mm256_add_ps(d1, d2));
-          _mm256_storeu_ps(at(a, b, 2) + j, _mm256_sub_ps(d2, d1));
-          _mm256_storeu_ps(at(a, b, 3) + j, _mm256_sub_ps(d1, d3));
-        }
-      }
-    }
+  for (int a = 0; a < 4; ++a)  // along x, straight from the volume
+    for (int b = 0; b < 4; ++b)
+      InputRow(src(a, b, 0), src(a, b, 1), src(a, b, 2), src(a, b, 3), at(a, b, 0), at(a, b, 1),
+               at(a, b, 2), at(a, b, 3), c);
   for (int a = 0; a < 4; ++a)
     for (int e = 0; e < 4; ++e)
       InputRow(at(a, 0, e), at(a, 1, e), at(a, 2, e), at(a, 3, e), at(a, 0, e), at(a, 1, e),
@@ -170,8 +154,8 @@ __attribute__((target("avx2,fma"))) inline void OutputRow(const float* m0, const
   }
 }
 
-// the 64 products of one tile (m[q * stride + j]) -> its 2x2x2 outputs (+ bias) at (z0, y0, x0),
-// those inside the volume; p: room for 48 x oc floats
+// the 64 products of one tile (m[q * stride + j]) -> its 2x2x2 outputs (+ bias, if any) at
+// (z0, y0, x0), those inside the volume; p: room for 48 x oc floats
 __attribute__((target("avx2,fma"))) void OutputTile(const float* m, int64_t stride,
                                                     const float* bias, float* y, int64_t d,
                                                     int64_t h, int64_t w, int64_t oc, int64_t z0,
@@ -199,13 +183,20 @@ __attribute__((target("avx2,fma"))) void OutputTile(const float* m, int64_t stri
       for (int64_t j = 0; j < oc; j += 8) {  // along z, + bias, into y
         const __m256 a = _mm256_loadu_ps(r2(0, b, e) + j), bb = _mm256_loadu_ps(r2(1, b, e) + j),
                      c = _mm256_loadu_ps(r2(2, b, e) + j), dd = _mm256_loadu_ps(r2(3, b, e) + j),
-                     bi = _mm256_loadu_ps(bias + j);
+                     bi = bias ? _mm256_loadu_ps(bias + j) : _mm256_setzero_ps();
         _mm256_storeu_ps(out0 + j, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a, bb), c), bi));
         if (second)
           _mm256_storeu_ps(out1 + j, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(bb, c), dd), bi));
       }
     }
 }
+
+// tile `id` of n x td x th x tw (x fastest) -> its sample and tile coordinates
+struct Tile {
+  int64_t i, a, b, e;
+  Tile(int64_t id, int64_t td, int64_t th, int64_t tw)
+      : i(id / tw / th / td), a(id / tw / th % td), b(id / tw % th), e(id % tw) {}
+};
 
 }  // namespace
 
@@ -214,11 +205,11 @@ bool MsjaxWinogradSupported() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-// y (n, d, h, w, oc) = conv(x (n, d, h, w, c), w (3, 3, 3, c, oc)) + bias; c and oc multiples of
-// 8. flipped: w is a (3, 3, 3, oc, c) kernel used mirrored on its three axes with its channels
-// swapped: then y is that kernel's input gradient for the output gradient x (at stride 1 the
-// forward convolution of dy by the flipped kernel). Throws std::bad_alloc when a buffer cannot be
-// had.
+// y (n, d, h, w, oc) = conv(x (n, d, h, w, c), w (3, 3, 3, c, oc)) + bias (nullptr: none); c and
+// oc multiples of 8. flipped: w is a (3, 3, 3, oc, c) kernel used mirrored on its three axes with
+// its channels swapped: then y is that kernel's input gradient for the output gradient x (at
+// stride 1 the forward convolution of dy by the flipped kernel). Throws std::bad_alloc when a
+// buffer cannot be had.
 void MsjaxWinogradForward(const float* x, const float* wei, const float* bias, float* y,
                           int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc,
                           bool flipped) {
@@ -229,13 +220,15 @@ void MsjaxWinogradForward(const float* x, const float* wei, const float* bias, f
   bool failed = false;
 #pragma omp parallel
   {
-    float *v = nullptr, *m = nullptr, *p = nullptr;
+    float *v = nullptr, *m = nullptr, *p = nullptr, *zeros = nullptr;
     try {
       v = Buffer(1, 64 * kTiles * c);
       m = Buffer(2, 64 * kTiles * oc);
-      p = Buffer(3, 64 * std::max(c, oc));
+      p = Buffer(3, 64 * std::max(c, oc) + c);  // a tile's work, then c zeros
+      zeros = p + 64 * std::max(c, oc);
+      std::memset(zeros, 0, sizeof(float) * c);
     } catch (const std::bad_alloc&) {  // this thread does none of the blocks
-      v = m = p = nullptr;
+      v = m = p = zeros = nullptr;
 #pragma omp atomic write
       failed = true;
     }
@@ -248,24 +241,18 @@ void MsjaxWinogradForward(const float* x, const float* wei, const float* bias, f
           for (int q = 0; q < 64; ++q) std::memset(v + (q * kTiles + t) * c, 0, sizeof(float) * c);
           continue;
         }
-        int64_t id = first + t;
-        const int64_t e = id % tw; id /= tw;
-        const int64_t b = id % th; id /= th;
-        const int64_t a = id % td, i = id / td;
-        InputTile(x + i * d * h * w * c, d, h, w, c, 2 * a - 1, 2 * b - 1, 2 * e - 1, p,
-                  v + t * c, kTiles * c);
+        const Tile k(first + t, td, th, tw);
+        InputTile(x + k.i * d * h * w * c, d, h, w, c, 2 * k.a - 1, 2 * k.b - 1, 2 * k.e - 1,
+                  zeros, p, v + t * c, kTiles * c);
       }
       if (oc % 16 == 0)
         BlockGemm<16>(v, u, m, c, oc);
       else
         BlockGemm<8>(v, u, m, c, oc);
       for (int64_t t = 0; t < count; ++t) {
-        int64_t id = first + t;
-        const int64_t e = id % tw; id /= tw;
-        const int64_t b = id % th; id /= th;
-        const int64_t a = id % td, i = id / td;
-        OutputTile(m + t * oc, kTiles * oc, bias, y + i * d * h * w * oc, d, h, w, oc, 2 * a,
-                   2 * b, 2 * e, p);
+        const Tile k(first + t, td, th, tw);
+        OutputTile(m + t * oc, kTiles * oc, bias, y + k.i * d * h * w * oc, d, h, w, oc, 2 * k.a,
+                   2 * k.b, 2 * k.e, p);
       }
     }
   }
