@@ -61,6 +61,8 @@ def data(**overrides) -> config_dict.ConfigDict:
   # fine-tuning: acquisition augmentation (msjax/data/acquisition.py), per channel probabilities
   c.thick_slices = 0.0          # 2D multi-slice simulation along a random axis
   c.slice_mm = (2.0, 6.0)       # its slice thickness (mm), uniform
+  c.slice_gap = (0.0, 0.0)      # the gap between its slices, a share of the thickness, uniform
+  c.thick_exam = 0.0            # per patch: every sequence thick-sliced by one 2D protocol
   c.bias_field = 0.0            # smooth multiplicative bias field
   c.noise = 0.0                 # Gaussian noise (nnU-Net's variance U(0, 0.1))
   c.augment = False             # fine-tuning: scaling, mirroring, intensity jitter (nnU-Net)

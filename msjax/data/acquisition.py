@@ -6,9 +6,15 @@ bias field after N4, and are noisier than research 3D scans. Each channel of a p
   - a smooth multiplicative bias field (SynthSeg, Billot et al. 2023: exp of an upsampled coarse
     Gaussian grid, log-std up to BIAS_STD);
   - thick slices along a random axis (SynthSeg/SynthSR's resolution randomisation): a Gaussian
-    slice profile of FWHM = slice thickness, one sample every `thickness` mm with a random phase,
-    Gaussian noise added to those samples, then linear interpolation back to the model grid;
+    slice profile of FWHM = slice thickness, one sample every slice spacing (the thickness plus
+    the gap a clinical protocol leaves between slices: SynthSeg draws the thickness no larger
+    than the spacing) with a random phase, Gaussian noise added to those samples, then linear
+    interpolation back to the model grid;
   - or, when not thick-sliced, Gaussian noise on the grid (nnU-Net: variance U(0, 0.1)).
+A clinical 2D exam acquires every sequence that way along one axis: `thick_exam` gives a whole
+patch that acquisition (one axis, thickness, gap and slice positions for all its sequences, each
+its own noise), which the per-channel draws almost never make (0.4 per channel: all four Lesjak
+sequences thick along one axis in 1 patch of 1,500).
 Images are z-scores in the brain and 0 outside it or where a sequence is missing: zero voxels
 stay zero (the mask is applied after resampling, as the preprocessing does), and the blur is a
 normalised convolution over tissue voxels, so the brain's edge does not darken. Masks are never
@@ -35,12 +41,17 @@ NOISE_VARIANCE = 0.1  # noise variance drawn in U(0, NOISE_VARIANCE) (nnU-Net's 
 class Spec:
   thick_slices: float = 0.0               # per channel: probability of 2D thick-slice simulation
   slice_mm: tuple[float, float] = (2.0, 6.0)  # its slice thickness, uniform (mm)
+  # the gap between slices as a share of their thickness, uniform (clinical protocols: 0-30 %);
+  # (0, 0) draws nothing: the spacing is the thickness
+  slice_gap: tuple[float, float] = (0.0, 0.0)
+  thick_exam: float = 0.0                 # per patch: every sequence as one 2D protocol
   bias_field: float = 0.0                 # per channel: probability of a bias field
   noise: float = 0.0                      # per channel: probability of Gaussian noise
 
   @property
   def on(self) -> bool:
-    return self.thick_slices > 0 or self.bias_field > 0 or self.noise > 0
+    return (self.thick_slices > 0 or self.thick_exam > 0 or self.bias_field > 0
+            or self.noise > 0)
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
@@ -68,16 +79,19 @@ def linear_matrix(positions: np.ndarray, n: int) -> np.ndarray:
   return m
 
 
-def slice_matrices(n: int, thickness: float, phase: float) -> tuple[np.ndarray, np.ndarray]:
-  """The thick-slice acquisition along an axis of n voxels, `thickness` in voxels, as two
-  matrices: `down` (m, n) blurs with the slice profile (Gaussian, FWHM = thickness) and samples
-  slice centres phase + j·thickness (j from -1, so every voxel lies between two slices), `up`
-  (n, m) interpolates the slices linearly back onto the voxels."""
-  centres = phase + thickness * np.arange(-1, int(np.ceil((n - 1 - phase) / thickness)) + 1)
+def slice_matrices(n: int, thickness: float, phase: float,
+                   spacing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The thick-slice acquisition along an axis of n voxels, `thickness` and `spacing` (centre to
+  centre, the thickness when None) in voxels, as two matrices: `down` (m, n) blurs with the slice
+  profile (Gaussian, FWHM = thickness) and samples slice centres phase + j·spacing (j from -1, so
+  every voxel lies between two slices), `up` (n, m) interpolates the slices linearly back onto
+  the voxels."""
+  spacing = thickness if spacing is None else spacing
+  centres = phase + spacing * np.arange(-1, int(np.ceil((n - 1 - phase) / spacing)) + 1)
   down = linear_matrix(centres, n) @ gaussian_matrix(n, thickness / 2.3548)
-  # voxel i lies between slices floor((i - c0)/thickness) and the next one
+  # voxel i lies between slices floor((i - c0)/spacing) and the next one
   up = np.zeros((n, len(centres)))
-  u = (np.arange(n) - centres[0]) / thickness
+  u = (np.arange(n) - centres[0]) / spacing
   j = np.clip(np.floor(u).astype(int), 0, len(centres) - 2)
   f = np.clip(u - j, 0.0, 1.0)
   up[np.arange(n), j] = 1 - f
@@ -99,17 +113,19 @@ def along(m: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def thick_slices(x: np.ndarray, axis: int, thickness: float, phase: float = 0.0,
-                 noise_std: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+                 noise_std: float = 0.0, rng: np.random.Generator | None = None,
+                 spacing: float | None = None) -> np.ndarray:
   """One channel (3D, z-scores, 0 outside the brain) as a 2D multi-slice acquisition of slices
-  `thickness` voxels thick along `axis`, resampled back to its grid; zeros stay zeros. Also how
-  to degrade a whole test volume (e.g. thickness = 4 mm / 1.5 mm)."""
+  `thickness` voxels thick, `spacing` voxels apart (the thickness when None), along `axis`,
+  resampled back to its grid; zeros stay zeros. Also how to degrade a whole test volume (e.g.
+  thickness = 4 mm / 1.5 mm)."""
   if thickness <= 1.0 or not x.any():
     return x.copy()
   n = x.shape[axis]
   # the acquisition axis first, the rest flattened: four small matrix products
   xt = np.ascontiguousarray(np.moveaxis(x, axis, 0)).reshape(n, -1)
   tissue = (xt != 0).astype(np.float32)
-  down, up = (m.astype(np.float32) for m in slice_matrices(n, thickness, phase))
+  down, up = (m.astype(np.float32) for m in slice_matrices(n, thickness, phase, spacing))
   low, weight = mm(down, xt), mm(down, tissue)
   has = weight > 1e-3
   low = np.where(has, low / np.maximum(weight, 1e-3), 0.0).astype(np.float32)
@@ -136,12 +152,26 @@ def bias_field(shape, rng: np.random.Generator, std: float) -> np.ndarray:
   return np.exp(field)
 
 
+def draw_slices(rng: np.random.Generator, spec: Spec, spacing) -> tuple[int, float, float, float]:
+  """One 2D acquisition: (axis, thickness, phase, slice spacing), in voxels of `spacing` mm."""
+  axis = int(rng.integers(3))
+  thickness = rng.uniform(*spec.slice_mm) / spacing[axis]
+  step = thickness
+  if spec.slice_gap[1] > 0:
+    step = thickness * (1.0 + rng.uniform(*spec.slice_gap))
+  return axis, thickness, rng.uniform(0, step), step
+
+
 def augment(image: np.ndarray, rng: np.random.Generator, spec: Spec,
             spacing=(1.5, 1.5, 1.5)) -> np.ndarray:
   """A (P, P, P, C) patch after the acquisition augmentation of `spec`, each present channel on
-  its own; `spacing` = the patch's voxel size (mm) per axis. Missing (all-zero) channels stay
+  its own (or, with probability spec.thick_exam, every one thick-sliced by the same 2D
+  protocol); `spacing` = the patch's voxel size (mm) per axis. Missing (all-zero) channels stay
   zero; the mask is not an argument: it never changes."""
   out = np.moveaxis(image, -1, 0).copy()  # channels first: each channel contiguous
+  exam_slices = None
+  if spec.thick_exam > 0 and rng.random() < spec.thick_exam:
+    exam_slices = draw_slices(rng, spec, spacing)
   for c in range(len(out)):
     x = out[c]
     tissue = x != 0
@@ -153,10 +183,12 @@ def augment(image: np.ndarray, rng: np.random.Generator, spec: Spec,
     noise_std = 0.0
     if spec.noise > 0 and rng.random() < spec.noise:
       noise_std = float(np.sqrt(rng.uniform(0, NOISE_VARIANCE)))
-    if spec.thick_slices > 0 and rng.random() < spec.thick_slices:
-      axis = int(rng.integers(3))
-      thickness = rng.uniform(*spec.slice_mm) / spacing[axis]
-      x = thick_slices(x, axis, thickness, rng.uniform(0, thickness), noise_std, rng)
+    slices = exam_slices
+    if slices is None and spec.thick_slices > 0 and rng.random() < spec.thick_slices:
+      slices = draw_slices(rng, spec, spacing)
+    if slices is not None:
+      axis, thickness, phase, step = slices
+      x = thick_slices(x, axis, thickness, phase, noise_std, rng, spacing=step)
     elif noise_std > 0:
       x = np.where(tissue, x + rng.normal(0.0, noise_std, x.shape), 0.0)
     out[c] = x

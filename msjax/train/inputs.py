@@ -69,6 +69,7 @@ def sampler_spec(config, task: str, local_devices: int = 1, process_index: int =
                                                 else d.pretrain_sequence_dropout),
                               acquisition=acquisition.Spec(
                                   thick_slices=d.thick_slices, slice_mm=tuple(d.slice_mm),
+                                  slice_gap=tuple(d.slice_gap), thick_exam=d.thick_exam,
                                   bias_field=d.bias_field, noise=d.noise),
                               group_by=d.group_by, augment=d.augment,
                               intensity=d.intensity, lesion_load=lesion_load.LoadSpec(

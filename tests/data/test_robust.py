@@ -143,6 +143,46 @@ def test_thick_slices_sample_every_slice_and_interpolate_linearly():
   assert 11 <= len(down) <= 13  # one sample per 3 voxels (plus the edge slices)
 
 
+def test_slices_with_a_gap_sample_at_their_spacing():
+  # slices 3 voxels thick, 4.5 apart: fewer samples, a ramp still survives, the rows still weigh 1
+  down, up = acq.slice_matrices(32, 3.0, 0.5, spacing=4.5)
+  np.testing.assert_allclose(down.sum(1), 1, atol=1e-6)
+  np.testing.assert_allclose(up.sum(1), 1, atol=1e-6)
+  assert 8 <= len(down) <= 9
+  assert set(np.diff(np.argmax(down, axis=1))[1:-1]) <= {4, 5}  # the edge slices clamp
+  ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, :, None] + 1, (4, 32, 4)).copy()
+  y = acq.thick_slices(ramp, 1, 3.0, phase=0.5, spacing=4.5)
+  np.testing.assert_allclose(y[:, 8:-8], ramp[:, 8:-8], atol=1e-3)
+
+
+def test_thick_exam_slices_every_sequence_along_one_axis():
+  rng = np.random.default_rng(0)
+  image = np.stack([_smooth_channel(rng) for _ in range(5)], -1)
+  image[..., 1] = 0  # a missing modality
+  spec = acq.Spec(thick_exam=1.0, slice_mm=(5.0, 6.0), slice_gap=(0.1, 0.3))
+  axes = set()
+  for seed in range(6):
+    out = acq.augment(image, np.random.default_rng(seed), spec)
+    np.testing.assert_array_equal(out, acq.augment(image, np.random.default_rng(seed), spec))
+    np.testing.assert_array_equal(out == 0, image == 0)
+    present = [c for c in range(5) if image[..., c].any()]
+    # per channel, the axis that lost the most detail: the same one for every sequence
+    lost = [int(np.argmin([_hf(out[..., c], a) / _hf(image[..., c], a) for a in range(3)]))
+            for c in present]
+    assert len(set(lost)) == 1, lost
+    axes.add(lost[0])
+  assert len(axes) > 1  # the axis is drawn
+  # per channel (thick_exam off, no gap): the draws and result of a single thick_slices call
+  spec = acq.Spec(thick_slices=1.0, slice_mm=(2.0, 6.0))
+  one = image[..., :1]
+  r = np.random.default_rng(7)
+  assert r.random() < 1.0  # the channel's draw of thick_slices
+  axis = int(r.integers(3))
+  thickness = r.uniform(2.0, 6.0) / 1.5
+  expect = acq.thick_slices(one[..., 0], axis, thickness, r.uniform(0, thickness))
+  np.testing.assert_allclose(acq.augment(one, np.random.default_rng(7), spec)[..., 0], expect)
+
+
 def test_bias_field_is_smooth_and_positive():
   rng = np.random.default_rng(1)
   for _ in range(10):
@@ -205,6 +245,9 @@ def test_config_fields_reach_the_sampler_per_task():
   seg = inputs.sampler_spec(stage, "segmentation")
   assert seg.sequence_dropout == d.sequence_dropout
   assert seg.acquisition.thick_slices == d.thick_slices
+  stage.data.thick_exam, stage.data.slice_gap = 0.25, (0.0, 0.3)
+  assert inputs.sampler_spec(stage, "segmentation").acquisition.thick_exam == 0.25
+  assert inputs.sampler_spec(stage, "segmentation").acquisition.slice_gap == (0.0, 0.3)
   stage.data.pretrain_sequence_dropout = 0.25
   assert inputs.sampler_spec(stage, "position").sequence_dropout == 0.25
   assert load_config("lesjak", "full").data.sequence_dropout == 0
