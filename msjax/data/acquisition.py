@@ -119,7 +119,7 @@ def thick_slices(x: np.ndarray, axis: int, thickness: float, phase: float = 0.0,
   `thickness` voxels thick, `spacing` voxels apart (the thickness when None), along `axis`,
   resampled back to its grid; zeros stay zeros. Also how to degrade a whole test volume (e.g.
   thickness = 4 mm / 1.5 mm)."""
-  if thickness <= 1.0 or not x.any():
+  if max(thickness, spacing or 0.0) <= 1.0 or not x.any():  # one sample a voxel: as it is
     return x.copy()
   n = x.shape[axis]
   # the acquisition axis first, the rest flattened: four small matrix products
