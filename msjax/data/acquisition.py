@@ -13,8 +13,8 @@ bias field after N4, and are noisier than research 3D scans. Each channel of a p
   - or, when not thick-sliced, Gaussian noise on the grid (nnU-Net: variance U(0, 0.1)).
 A clinical 2D exam acquires every sequence that way along one axis: `thick_exam` gives a whole
 patch that acquisition (one axis, thickness, gap and slice positions for all its sequences, each
-its own noise), which the per-channel draws almost never make (0.4 per channel: all four Lesjak
-sequences thick along one axis in 1 patch of 1,500).
+its own noise), which the per-channel draws almost never make (0.4 per channel, a random axis each:
+all four Lesjak sequences thick along one axis in about 1 patch of 1,000).
 Images are z-scores in the brain and 0 outside it or where a sequence is missing: zero voxels
 stay zero (the mask is applied after resampling, as the preprocessing does), and the blur is a
 normalised convolution over tissue voxels, so the brain's edge does not darken. Masks are never
@@ -47,6 +47,12 @@ class Spec:
   thick_exam: float = 0.0                 # per patch: every sequence as one 2D protocol
   bias_field: float = 0.0                 # per channel: probability of a bias field
   noise: float = 0.0                      # per channel: probability of Gaussian noise
+
+  def __post_init__(self):
+    lo, hi = self.slice_gap
+    if not 0.0 <= lo <= hi:
+      raise ValueError(f"slice_gap {self.slice_gap}: a share of the slice thickness, "
+                       "0 <= low <= high (a negative gap would overlap the slices)")
 
   @property
   def on(self) -> bool:

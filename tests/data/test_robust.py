@@ -3,6 +3,7 @@ augmentation, thick slices, bias field, noise (msjax/data/acquisition.py)."""
 import itertools
 
 import numpy as np
+import pytest
 
 from msjax.data import acquisition as acq
 from msjax.data import exams as exams_lib
@@ -158,6 +159,29 @@ def test_slices_with_a_gap_sample_at_their_spacing():
   assert not np.allclose(acq.thick_slices(x, 2, 1.0, phase=0.0, spacing=2.0), x, atol=1e-3)
 
 
+def test_slice_draws_stay_in_their_ranges():
+  spec = acq.Spec(thick_exam=1.0, slice_mm=(3.0, 6.0), slice_gap=(0.1, 0.3))
+  rng = np.random.default_rng(0)
+  past_thickness = 0
+  for _ in range(200):
+    axis, thickness, phase, step = acq.draw_slices(rng, spec, (1.5, 1.0, 3.0))
+    mm = thickness * (1.5, 1.0, 3.0)[axis]
+    assert 3.0 <= mm <= 6.0
+    assert thickness * 1.1 <= step <= thickness * 1.3 and 0.0 <= phase < step
+    past_thickness += phase > thickness  # the slice positions cover the whole spacing
+  assert past_thickness > 5
+  # augment slices at the drawn spacing: the same draws by hand give the same patch
+  image = np.stack([_smooth_channel(np.random.default_rng(1))] * 2, -1)
+  r = np.random.default_rng(5)
+  assert r.random() < 1.0  # the patch's draw of thick_exam
+  axis, thickness, phase, step = acq.draw_slices(r, spec, (1.5, 1.5, 1.5))
+  expect = acq.thick_slices(image[..., 0], axis, thickness, phase, spacing=step)
+  out = acq.augment(image, np.random.default_rng(5), spec)
+  np.testing.assert_allclose(out[..., 0], expect)
+  with pytest.raises(ValueError, match="slice_gap"):
+    acq.Spec(slice_gap=(-0.2, 0.1))
+
+
 def test_thick_exam_slices_every_sequence_along_one_axis():
   rng = np.random.default_rng(0)
   image = np.stack([_smooth_channel(rng) for _ in range(5)], -1)
@@ -175,6 +199,12 @@ def test_thick_exam_slices_every_sequence_along_one_axis():
     assert len(set(lost)) == 1, lost
     axes.add(lost[0])
   assert len(axes) > 1  # the axis is drawn
+  # one protocol for all: two identical sequences (no noise, no bias) come out identical
+  twins = np.stack([image[..., 0], image[..., 0]], -1)
+  for seed in range(4):
+    out = acq.augment(twins, np.random.default_rng(seed), spec)
+    assert not np.allclose(out[..., 0], twins[..., 0])
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
   # per channel (thick_exam off, no gap): the draws and result of a single thick_slices call
   spec = acq.Spec(thick_slices=1.0, slice_mm=(2.0, 6.0))
   one = image[..., :1]
