@@ -315,7 +315,11 @@ def run(config, workdir: str) -> dict:
           "n_devices": jax.device_count(), "cpu": hardware.cpu_isa(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__,
           "auto_dtype": hardware.compute_dtype("auto", impls[0]),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "norm_kernels": _norm_isa()}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "norm_kernels": _norm_isa(),
+          # what backs the heap: the kernel's THP mode, and glibc's malloc tunables (hugetlb=1 asks
+          # for huge pages where the mode is 'madvise'; docs/benchmark.md, "Huge pages")
+          "transparent_huge_pages": hardware.thp_mode(),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   peak = matmul_peak(config.matmul_size)
   logging.info("device %s (%s, %s); model.dtype=auto picks %s; float32 matmul peak %.1f GFLOP/s",
                info["device"], info["backend"], info["cpu"]["isa"], info["auto_dtype"],

@@ -22,6 +22,7 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
   assert saved["matmul_peak_gflops"] > 0
   assert saved["info"]["cpu"]["isa"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")
   assert saved["info"]["auto_dtype"] in ("float32", "bfloat16")
+  assert saved["info"]["transparent_huge_pages"] in ("always", "madvise", "never", "")
   assert set(saved["results"]) == {"onednn/float32", "onednn/bfloat16"}
   for setting, res in saved["results"].items():
     assert set(res) == {"train_seg", "train_seg_3CF", "train_pretrain", "infer", "volume_infer"}

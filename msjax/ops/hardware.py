@@ -118,3 +118,16 @@ def _log_once(message: str) -> None:
   if message not in _logged:
     _logged.add(message)
     logging.info(message)
+
+
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str = THP_MODE_FILE) -> str:
+  """The kernel's transparent huge page mode ('always', 'madvise', 'never'); '' if unknown."""
+  try:
+    with open(path) as f:
+      m = re.search(r"\[(\w+)\]", f.read())
+    return m.group(1) if m else ""
+  except OSError:
+    return ""

@@ -37,3 +37,13 @@ def test_an_isa_cap_makes_the_cpu_the_lesser_one(monkeypatch):
   monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
   assert not hardware.native_bf16_cpu()
   assert hardware.compute_dtype("auto", conv_impl="onednn") == "float32"
+
+
+def test_thp_mode_reads_the_kernels_choice(tmp_path):
+  from msjax.ops import hardware
+  f = tmp_path / "enabled"
+  f.write_text("always [madvise] never\n")
+  assert hardware.thp_mode(str(f)) == "madvise"
+  f.write_text("[always] madvise never\n")
+  assert hardware.thp_mode(str(f)) == "always"
+  assert hardware.thp_mode(str(tmp_path / "missing")) == ""
