@@ -125,7 +125,8 @@ def thick_slices(x: np.ndarray, axis: int, thickness: float, phase: float = 0.0,
   `thickness` voxels thick, `spacing` voxels apart (the thickness when None), along `axis`,
   resampled back to its grid; zeros stay zeros. Also how to degrade a whole test volume (e.g.
   thickness = 4 mm / 1.5 mm)."""
-  if max(thickness, spacing or 0.0) <= 1.0 or not x.any():  # one sample a voxel: as it is
+  spacing = thickness if spacing is None else spacing
+  if max(thickness, spacing) <= 1.0 or not x.any():  # one sample a voxel: as it is
     return x.copy()
   n = x.shape[axis]
   # the acquisition axis first, the rest flattened: four small matrix products
@@ -158,10 +159,11 @@ def bias_field(shape, rng: np.random.Generator, std: float) -> np.ndarray:
   return np.exp(field)
 
 
-def draw_slices(rng: np.random.Generator, spec: Spec, spacing) -> tuple[int, float, float, float]:
-  """One 2D acquisition: (axis, thickness, phase, slice spacing), in voxels of `spacing` mm."""
+def draw_slices(rng: np.random.Generator, spec: Spec,
+                voxel_mm) -> tuple[int, float, float, float]:
+  """One 2D acquisition: (axis, thickness, phase, slice spacing), in voxels of `voxel_mm` mm."""
   axis = int(rng.integers(3))
-  thickness = rng.uniform(*spec.slice_mm) / spacing[axis]
+  thickness = rng.uniform(*spec.slice_mm) / voxel_mm[axis]
   step = thickness
   if spec.slice_gap[1] > 0:
     step = thickness * (1.0 + rng.uniform(*spec.slice_gap))
