@@ -49,6 +49,11 @@ class Spec:
   noise: float = 0.0                      # per channel: probability of Gaussian noise
 
   def __post_init__(self):
+    for name in ("thick_slices", "thick_exam", "bias_field", "noise"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} = {getattr(self, name)}: a probability, 0 <= p <= 1")
+    if not 0.0 < self.slice_mm[0] <= self.slice_mm[1]:
+      raise ValueError(f"slice_mm {self.slice_mm}: a slice thickness in mm, 0 < low <= high")
     lo, hi = self.slice_gap
     if not 0.0 <= lo <= hi:
       raise ValueError(f"slice_gap {self.slice_gap}: a share of the slice thickness, "

@@ -180,6 +180,12 @@ def test_slice_draws_stay_in_their_ranges():
   np.testing.assert_allclose(out[..., 0], expect)
   with pytest.raises(ValueError, match="slice_gap"):
     acq.Spec(slice_gap=(-0.2, 0.1))
+  for bad in (dict(thick_exam=1.5), dict(thick_slices=-0.1), dict(noise=2.0),
+              dict(bias_field=-1.0)):
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} = .*a probability"):
+      acq.Spec(**bad)
+  with pytest.raises(ValueError, match="slice_mm"):
+    acq.Spec(slice_mm=(6.0, 2.0))
 
 
 def test_thick_exam_slices_every_sequence_along_one_axis():
