@@ -47,7 +47,8 @@ def _file_array(path: str) -> np.ndarray:
   return np.asarray(nib.load(path).dataobj, np.float32)
 
 
-MODES = {"saved": "the leave-one-out's own maps (8-flip mirroring: 8 passes per member)",
+MODES = {"saved": "the leave-one-out's own maps, as its predict settings made them (8-flip "
+                  "mirroring until 2026-12-06, the 8 grid phases since: 8 passes per member)",
          "none": "predicted again by each fold's network without test-time mirroring (1 pass "
                  "per member)",
          "spread": "predicted again by each fold's network with the 8 flips spread over the "
