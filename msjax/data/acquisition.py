@@ -29,6 +29,8 @@ import dataclasses
 
 import numpy as np
 
+from msjax import errors
+
 BIAS_STD = 0.3        # log-field std drawn in U(0, BIAS_STD) (SynthSeg: 0.5, before N4)
 BIAS_OFFSET = 3.0     # z-scores -> positive intensities: z + mean/std of the raw brain (Lesjak
                       # FLAIR 3.9, T1W 2.9, T1WKS 3.3, T2W 2.4 measured in lesjak_mni)
@@ -49,15 +51,19 @@ class Spec:
   noise: float = 0.0                      # per channel: probability of Gaussian noise
 
   def __post_init__(self):
+    # the config's data.<field>: InvalidInputError, so main says it in one line, no traceback
     for name in ("thick_slices", "thick_exam", "bias_field", "noise"):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} = {getattr(self, name)}: a probability, 0 <= p <= 1")
+        raise errors.InvalidInputError(
+            f"data.{name} = {getattr(self, name)}: a probability, 0 <= p <= 1")
     if not 0.0 < self.slice_mm[0] <= self.slice_mm[1]:
-      raise ValueError(f"slice_mm {self.slice_mm}: a slice thickness in mm, 0 < low <= high")
+      raise errors.InvalidInputError(
+          f"data.slice_mm {self.slice_mm}: a slice thickness in mm, 0 < low <= high")
     lo, hi = self.slice_gap
     if not 0.0 <= lo <= hi:
-      raise ValueError(f"slice_gap {self.slice_gap}: a share of the slice thickness, "
-                       "0 <= low <= high (a negative gap would overlap the slices)")
+      raise errors.InvalidInputError(
+          f"data.slice_gap {self.slice_gap}: a share of the slice thickness, 0 <= low <= high "
+          "(a negative gap would overlap the slices)")
 
   @property
   def on(self) -> bool:
