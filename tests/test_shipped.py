@@ -17,6 +17,11 @@ from msjax.infer import export as export_lib
 from msjax.infer import predict
 from msjax.models import model as model_lib
 
+# shipped weights are float16, 11 bits of each weight (relative error up to 2^-11): through the
+# network a logit moves by ~1e-2, a probability by a quarter of that (2.8e-3 seen on one smoke
+# model); weights loaded wrongly or a member missed move probabilities by 1e-2 to 1e-1
+FLOAT16_ATOL = 5e-3
+
 
 @pytest.fixture(scope="module")
 def released(tiny_cohort, tmp_path_factory):
@@ -75,7 +80,8 @@ def test_shipped_model_predicts_as_the_workdir_within_float16(released):
   b = np.asarray(predict.Predictor(os.path.join(released["out"], shipped.DEFAULT))
                  .predict_batch(x))
   assert a.shape == b.shape == (3, 16, 16, 16)
-  assert np.abs(a - b).max() < 2e-3, np.abs(a - b).max()
+  assert np.abs(a - b).max() < FLOAT16_ATOL, np.abs(a - b).max()
+  assert np.abs(a - b).mean() < 5e-4, np.abs(a - b).mean()
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +116,11 @@ def test_an_ensemble_ships_every_member_and_predicts_their_mean(ensemble):
   b = np.asarray(predict.Predictor(second).predict_batch(x))
   assert np.abs(a - b).max() > 1e-2  # two networks, not one twice
   got = np.asarray(predict.Predictor(folder).predict_batch(x))
-  np.testing.assert_allclose(got, (a + b) / 2, atol=2e-3)
+  np.testing.assert_allclose(got, (a + b) / 2, atol=FLOAT16_ATOL)
   mirrored = np.asarray(predict.Predictor(folder).predict_batch(x, mirror=True))
   want = (np.asarray(predict.Predictor(first).predict_batch(x, mirror=True))
           + np.asarray(predict.Predictor(second).predict_batch(x, mirror=True))) / 2
-  np.testing.assert_allclose(mirrored, want, atol=2e-3)
+  np.testing.assert_allclose(mirrored, want, atol=FLOAT16_ATOL)
   # flips dealt over the members: each member averages its own share of the 8 flips
   ensemble_predictor = predict.Predictor(folder)
   dealt = np.asarray(ensemble_predictor.predict_batch(x, mirror=True, dealt=True))
@@ -124,12 +130,13 @@ def test_an_ensemble_ships_every_member_and_predicts_their_mean(ensemble):
                                                     flips=share)(p.params, x))
                   for p, share in zip((predict.Predictor(first), predict.Predictor(second)),
                                       shares)], axis=0)
-  np.testing.assert_allclose(dealt, want, atol=2e-3)
-  assert np.abs(dealt - mirrored).max() > 1e-4  # not the 8 flips of every member
+  np.testing.assert_allclose(dealt, want, atol=FLOAT16_ATOL)
+  # not the 8 flips of every member (0.07 apart on the smoke ensemble): beyond the tolerance
+  assert np.abs(dealt - mirrored).max() > 2 * FLOAT16_ATOL
   # one pass by one member (a grid phase's): that member's own network
   for k, want in enumerate((a, b)):
     np.testing.assert_allclose(np.asarray(ensemble_predictor.predict_one_pass(x, member=k)),
-                               want, atol=2e-3)
+                               want, atol=FLOAT16_ATOL)
   card = open(os.path.join(folder, "model_card.md")).read()
   assert "an ensemble of 2 networks" in card and "at seeds 0, 1" in card
 

@@ -142,7 +142,8 @@ def write(workdir: str, config, train_exams, val_exams, summary: dict,
           "validation_exams": [e.exam_id for e in val_exams],
           "strategy": str(config.train.freeze), "init_from": config.train.init_from,
           "steps": summary["steps"], "seed": int(config.seed),
-          "final": summary.get("final", {})},
+          "final": summary.get("final", {}),
+          "augmentation": augmentation(config.data.to_dict())},
       "inputs": input_spec([set(e.images) for e in train_exams],
                            config.data.get("sequence_dropout", 0.0)),
   }
@@ -159,6 +160,54 @@ def _provenance(t: dict) -> str:
           "(training.exam_files)")
   enc = t.get("encoder_sha256")
   return text + (f"; encoder {t.get('encoder')} sha256 `{enc[:16]}...`" if enc else "")
+
+
+def _share(p) -> str:
+  return f"{100 * float(p):.0f} %"
+
+
+def augmentation(data: dict) -> str:
+  """What the training did to its exams, in words, from the data block of the recorded config
+  (`bundle.json` config.data): what a model has seen decides what it can be given."""
+  if not data.get("augment") and not data.get("intensity"):
+    parts = ["none"]
+  else:
+    parts = ["scaling, mirroring, intensity jitter" if data.get("augment") else "",
+             "nnU-Net's gamma, contrast and brightness" if data.get("intensity") else ""]
+  if data.get("lesion_load"):
+    lo, hi = data.get("lesion_load_ml", ("?", "?"))
+    parts.append(f"lesions of the training exams pasted in, {lo:g}-{hi:g} mL added, in "
+                 f"{_share(data['lesion_load'])} of the exams drawn")
+  if data.get("transplant"):
+    maps = os.path.basename(str(data.get("lesion_maps", "")).rstrip("/")) or "?"
+    parts.append(f"another patient's real lesions (`{maps}`) transplanted in "
+                 f"{_share(data['transplant'])} of the exams drawn")
+  if data.get("renormalise") and (data.get("lesion_load") or data.get("transplant")):
+    parts.append("an exam given lesions z-scored again with them in")
+  lo, hi = data.get("slice_mm", ("?", "?"))
+  if data.get("thick_slices"):
+    parts.append(f"a sequence re-acquired as {lo:g}-{hi:g} mm 2D slices "
+                 f"({_share(data['thick_slices'])} per sequence)")
+  if data.get("thick_exam"):
+    gap = data.get("slice_gap", (0.0, 0.0))
+    parts.append(f"every sequence acquired as one {lo:g}-{hi:g} mm 2D exam, slice gaps "
+                 f"{100 * gap[0]:.0f}-{100 * gap[1]:.0f} % of the thickness, in "
+                 f"{_share(data['thick_exam'])} of the patches")
+  if data.get("bias_field"):
+    parts.append(f"a bias field ({_share(data['bias_field'])} per sequence)")
+  if data.get("noise"):
+    parts.append(f"Gaussian noise ({_share(data['noise'])} per sequence)")
+  if data.get("sequence_dropout"):
+    parts.append(f"sequences other than FLAIR dropped ({_share(data['sequence_dropout'])} "
+                 "per patch)")
+  return "; ".join(x for x in parts if x)
+
+
+def _augmentation_of(b: dict) -> str | None:
+  """The training's augmentation in words: recorded at fine-tuning, else (a bundle written before
+  it was) from the exported config's data block; None when neither is there."""
+  data = b.get("config", {}).get("data")
+  return b["training"].get("augmentation") or (augmentation(data) if data else None)
 
 
 def model_card(b: dict) -> str:
@@ -184,7 +233,8 @@ def model_card(b: dict) -> str:
       f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}"
       + (f" (trained in {t['trained_dtype']})"
          if t.get("trained_dtype", b["model"]["dtype"]) != b["model"]["dtype"] else ""),
-  ] + [f"- threshold {b['threshold']:g}: {t['threshold_chosen']}" if t.get("threshold_chosen")
+  ] + ([f"- augmentation: {_augmentation_of(b)}"] if _augmentation_of(b) else []) + [
+      f"- threshold {b['threshold']:g}: {t['threshold_chosen']}" if t.get("threshold_chosen")
        else f"- threshold {b['threshold']:g}: the default (predict.threshold), not chosen on "
        "left-out patients for this model"] + (
       [f"- lesion peak {b['min_lesion_peak']:g}: a predicted lesion is kept only where one of "
