@@ -6,15 +6,17 @@ after preprocessing), fine-tuning 0CF on every labelled scan, with configs/lesja
 
   python -m msjax.main --config configs/release.py --workdir runs/release
 
-msjax-lesjak as shipped (2026-12-05, second release that day) was made with the shipped encoder,
-lesion pastes z-scored again with their load (data.renormalise, on in configs/lesjak.py), and its
-threshold and lesion peak chosen on three leave-one-out runs of the recipe (configs/lesjak.py
---config.strategies=0 --config.pretrained=msjax-lesjak-encoder --config.model.dtype=float32
---config.finetune.steps=2400 --config.seed=0, 1 and 2; docs/results/lesion_peak.md):
+msjax-lesjak as shipped (2026-12-06, evening) was made with the shipped encoder, lesion pastes
+z-scored again with their load (data.renormalise) and every sequence acquired as one 2D exam in a
+quarter of the fine-tuning patches (data.thick_exam, data.slice_gap; both on in configs/lesjak.py),
+its threshold and lesion peak chosen on three leave-one-out runs of that recipe
+(configs/lesjak.py --config.strategies=0 --config.pretrained=msjax-lesjak-encoder
+--config.model.dtype=float32 --config.finetune.steps=2400 --config.seed=0, 1 and 2, every
+left-out exam at the 8 grid phases; docs/results/exam2d_ensemble.md):
 
   python -m msjax.main --config configs/release.py --config.pretrained=msjax-lesjak-encoder \
-      --config.threshold_from=runs/loo_ft2400_renorm_s0,runs/loo_ft2400_renorm_s1,\
-runs/loo_ft2400_renorm_s2 --workdir runs/release_renorm
+      --config.threshold_from=runs/loo_exam2d_s0_phases,runs/loo_exam2d_s1_phases,\
+runs/loo_exam2d_s2_phases --workdir runs/release_exam2d
 
 `:smoke` runs the whole path in about a minute on the synthetic cohort (tiny network, a few
 steps) and exports into --config.out (required there, so that a smoke model never lands in the
@@ -69,18 +71,18 @@ def get_config(variant: str = ""):
   # ensemble.py)
   c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
-  # recipe's leave-one-out at the shipped threshold and lesion peak (its seeds' averaged maps,
-  # beside the recipe released before), the same without the peak (renormalised pastes against
-  # the recipe before, paired), each seed beside the levers tried on its encoder, the
-  # reliability of its probabilities, the raw longitudinal exams' change regions its masks
-  # cover, how segment runs it (the 8 grid phases) and what that does on the raw exams; then
-  # the evidence behind the recipe: one preprocessing, its 0CF initialisation and
-  # what was tried to widen it (issue 37), the ensembles of the recipes before it, its flips
-  # dealt over the members
+  # recipe's leave-one-out at the shipped threshold and lesion peak (its seeds' averaged maps at
+  # the 8 grid phases), the reliability of its probabilities, the raw longitudinal exams' change
+  # regions its masks cover and its masks there against the model released before and against
+  # segment:fast; then the evidence behind the recipe: the 2D exams at one seed, the recipe
+  # released before at the grid phases and what the phases do on the raw exams, that recipe at
+  # its threshold and peak, renormalised pastes, the levers tried on its encoder, one
+  # preprocessing, its 0CF initialisation and what was tried to widen it (issue 37), the
+  # ensembles of the recipes before it, flips dealt over the members
   c.card_results = ",".join(f"docs/results/{name}.md" for name in (
-      "lesion_peak", "renormalise", "pre2400_levers", "reliability", "raw_regions",
-      "grid_phases", "raw_phases", "shared_preprocessing", "paper_claim", "transfer_levers",
-      "seed_ensemble", "dealt_flips"))
+      "exam2d_ensemble", "reliability", "raw_regions", "raw_exam2d", "exam2d_slices",
+      "grid_phases", "raw_phases", "lesion_peak", "renormalise", "pre2400_levers",
+      "shared_preprocessing", "paper_claim", "transfer_levers", "seed_ensemble", "dealt_flips"))
   c.synthetic = config_dict.ConfigDict(dict(n_ms=4, n_non_ms=2, shape=(40, 40, 40),
                                             spacing_mm=4.0))
   for block in ("preprocess", "data", "model", "pretrain", "finetune", "predict"):
