@@ -169,11 +169,11 @@ def _share(p) -> str:
 def augmentation(data: dict) -> str:
   """What the training did to its exams, in words, from the data block of the recorded config
   (`bundle.json` config.data): what a model has seen decides what it can be given."""
-  if not data.get("augment") and not data.get("intensity"):
-    parts = ["none"]
-  else:
-    parts = ["scaling, mirroring, intensity jitter" if data.get("augment") else "",
-             "nnU-Net's gamma, contrast and brightness" if data.get("intensity") else ""]
+  parts = []
+  if data.get("augment"):
+    parts.append("scaling, mirroring, intensity jitter")
+  if data.get("intensity"):
+    parts.append("nnU-Net's gamma, contrast and brightness")
   if data.get("lesion_load"):
     lo, hi = data.get("lesion_load_ml", ("?", "?"))
     parts.append(f"lesions of the training exams pasted in, {lo:g}-{hi:g} mL added, in "
@@ -200,7 +200,7 @@ def augmentation(data: dict) -> str:
   if data.get("sequence_dropout"):
     parts.append(f"sequences other than FLAIR dropped ({_share(data['sequence_dropout'])} "
                  "per patch)")
-  return "; ".join(x for x in parts if x)
+  return "; ".join(parts) or "none"
 
 
 def _augmentation_of(b: dict) -> str | None:
@@ -213,6 +213,7 @@ def _augmentation_of(b: dict) -> str | None:
 def model_card(b: dict) -> str:
   t, p = b["training"], b["preprocessing"]
   spec, _ = inputs_of(b)
+  augmented = _augmentation_of(b)
   final = t.get("final") or {}
   val = final.get("val_dice")
   lines = [
@@ -233,7 +234,7 @@ def model_card(b: dict) -> str:
       f"- network: base width {b['model']['base_width']}, compute dtype {b['model']['dtype']}"
       + (f" (trained in {t['trained_dtype']})"
          if t.get("trained_dtype", b["model"]["dtype"]) != b["model"]["dtype"] else ""),
-  ] + ([f"- augmentation: {_augmentation_of(b)}"] if _augmentation_of(b) else []) + [
+  ] + ([f"- augmentation: {augmented}"] if augmented else []) + [
       f"- threshold {b['threshold']:g}: {t['threshold_chosen']}" if t.get("threshold_chosen")
        else f"- threshold {b['threshold']:g}: the default (predict.threshold), not chosen on "
        "left-out patients for this model"] + (

@@ -34,6 +34,10 @@ def test_the_card_says_what_the_training_did_to_its_exams():
   off = dict(augment=False, intensity=False, lesion_load=0.0, transplant=0.0, thick_slices=0.0,
              thick_exam=0.0, bias_field=0.0, noise=0.0, sequence_dropout=0.0, renormalise=True)
   assert bundle_lib.augmentation(off) == "none"  # renormalise alone pastes nothing: not said
+  # pastes without the geometric augmentation: said alone, not after a "none"
+  pasted_only = dict(off, transplant=0.5, lesion_maps="maps", renormalise=False)
+  assert bundle_lib.augmentation(pasted_only) == (
+      "another patient's real lesions (`maps`) transplanted in 50 % of the exams drawn")
   text = bundle_lib.augmentation(dict(
       off, augment=True, transplant=0.5, lesion_maps="../shared/data/lesjak_lesion_maps/",
       thick_exam=0.25, slice_mm=(2.0, 6.0), slice_gap=(0.0, 0.3), sequence_dropout=0.5))
