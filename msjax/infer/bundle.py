@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from msjax import errors, files
-from msjax.data import nifti
+from msjax.data import acquisition, lesion_load, nifti
 from msjax.data import manifest as manifest_lib
 from msjax.data.manifest import MODALITIES
 from msjax.preprocess import nyul
@@ -175,7 +175,7 @@ def augmentation(data: dict) -> str:
   if data.get("intensity"):
     parts.append("nnU-Net's gamma, contrast and brightness")
   if data.get("lesion_load"):
-    lo, hi = data.get("lesion_load_ml", ("?", "?"))
+    lo, hi = data.get("lesion_load_ml") or lesion_load.LoadSpec().added_ml
     parts.append(f"lesions of the training exams pasted in, {lo:g}-{hi:g} mL added, in "
                  f"{_share(data['lesion_load'])} of the exams drawn")
   if data.get("transplant"):
@@ -184,7 +184,7 @@ def augmentation(data: dict) -> str:
                  f"{_share(data['transplant'])} of the exams drawn")
   if data.get("renormalise") and (data.get("lesion_load") or data.get("transplant")):
     parts.append("an exam given lesions z-scored again with them in")
-  lo, hi = data.get("slice_mm", ("?", "?"))
+  lo, hi = data.get("slice_mm") or acquisition.Spec().slice_mm  # a config before the key
   if data.get("thick_slices"):
     parts.append(f"a sequence re-acquired as {lo:g}-{hi:g} mm 2D slices "
                  f"({_share(data['thick_slices'])} per sequence)")
