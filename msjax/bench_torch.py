@@ -162,11 +162,11 @@ SETTINGS = {  # name -> (bf16 autocast, channels_last_3d)
 }
 
 
-def bench_setting(setting: str, base_width: int, dropout: float, batch: int, patch: int,
-                  warmup: int, repeats: int, volume=None) -> dict:
-  """Seconds per step of train_seg, train_pretrain and infer for one PyTorch setting: float32,
-  or bf16 autocast (PyTorch's fastest CPU setting) channels-first or channels_last_3d.
-  `volume(predict_batch)` times whole-volume inference with the same network when given."""
+def step_functions(setting: str, base_width: int, dropout: float, batch: int, patch: int) -> dict:
+  """{train_seg, train_pretrain, infer: a function running one step} for one PyTorch setting:
+  float32, or bf16 autocast (PyTorch's fastest CPU setting) channels-first or channels_last_3d;
+  also "<name>_params" (parameter counts) and "predict_batch" (whole-volume inference with the
+  inference network)."""
   import numpy as np
   bf16, channels_last = SETTINGS[setting]
   fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -183,37 +183,81 @@ def bench_setting(setting: str, base_width: int, dropout: float, batch: int, pat
     opt = torch.optim.Adam(net.parameters(), lr=5e-4, weight_decay=1e-5)
     net.train()
 
-    def step():
+    def step(net=net, opt=opt, target=target, loss_fn=loss_fn):
       opt.zero_grad(set_to_none=True)
       with autocast():
         y = net(x)
       loss_fn(y.float(), target).backward()  # loss in float32, as msjax's
       opt.step()
-    out[name] = {"params": n_params(net), "times": profiler.timed(step, warmup, repeats)}
-    if name == "train_seg":
-      seg = net
-  seg.eval()
-  with torch.inference_mode(), autocast():
-    out["infer"] = {"times": profiler.timed(lambda: torch.sigmoid(seg(x)), warmup, repeats)}
-    if volume is not None:
-      def predict_batch(b):
-        t_in = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 4, 1, 2, 3)))
-        return torch.sigmoid(seg(t_in.contiguous(memory_format=fmt)).float())[:, 0].numpy()
-      out["volume_infer"] = volume(predict_batch)
+    out[name] = step
+    out[f"{name}_params"] = n_params(net)
+  seg = SegmentationNet(5, base_width, dropout).to(memory_format=fmt).eval()
+
+  def infer():
+    with torch.inference_mode(), autocast():
+      torch.sigmoid(seg(x))
+
+  def predict_batch(b):
+    t_in = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 4, 1, 2, 3)))
+    with torch.inference_mode(), autocast():
+      return torch.sigmoid(seg(t_in.contiguous(memory_format=fmt)).float())[:, 0].numpy()
+  out.update(infer=infer, predict_batch=predict_batch)
   return out
+
+
+def bench_setting(setting: str, base_width: int, dropout: float, batch: int, patch: int,
+                  warmup: int, repeats: int, volume=None) -> dict:
+  """Seconds per step of train_seg, train_pretrain and infer for one PyTorch setting
+  (`step_functions`). `volume(predict_batch)` times whole-volume inference with the same
+  network when given."""
+  fns = step_functions(setting, base_width, dropout, batch, patch)
+  out = {name: {"params": fns[f"{name}_params"],
+                "times": profiler.timed(fns[name], warmup, repeats)}
+         for name in ("train_seg", "train_pretrain")}
+  out["infer"] = {"times": profiler.timed(fns["infer"], warmup, repeats)}
+  if volume is not None:
+    out["volume_infer"] = volume(fns["predict_batch"])
+  return out
+
+
+def serve(a: dict, lines, write) -> None:
+  """Times steps on request, for the benchmark's paired rounds: each line of `lines` is JSON
+  {"setting", "function", "warmup", "repeats"}; each answer, written as one JSON line, is
+  {"times": [...]}. A setting's networks are built on its first request and kept, so that the
+  rounds time the same process warm, as msjax's side is."""
+  import json
+  built: dict[str, dict] = {}
+  for line in lines:
+    if not line.strip():
+      continue
+    q = json.loads(line)
+    if q["setting"] not in built:
+      built[q["setting"]] = step_functions(q["setting"], a["base_width"], 0.3, a["batch"],
+                                           a["patch"])
+    times = profiler.timed(built[q["setting"]][q["function"]], int(q["warmup"]),
+                           int(q["repeats"]))
+    write(json.dumps({"times": times}))
 
 
 def main(argv=None) -> None:
   """`python -m msjax.bench_torch '<json>'`: one setting timed in a fresh process, its figures as
-  the last line of stdout (JSON). The benchmark runs PyTorch this way because in its own process,
+  the last line of stdout (JSON); with `--serve` first, steps timed on request (`serve`). The
+  benchmark runs PyTorch this way because in its own process,
   after JAX and oneDNN had run, PyTorch's float32 training step of the paper network ran 1.8x
   slower than in a process of its own (AVX2 EPYC, 2 cores: 1.99 against 3.64 patches/s)."""
   import json
   import sys
 
   from msjax.benchmark import bench_volume  # numpy and the sliding window only; JAX stays idle
-  a = json.loads((argv or sys.argv[1:])[0])
+  args = list(argv or sys.argv[1:])
+  a = json.loads(args[-1])
   torch.set_num_threads(int(a["threads"]))
+  if args[0] == "--serve":  # the paired rounds: requests on stdin, answers on stdout
+    def write(text):
+      sys.stdout.write(text + "\n")
+      sys.stdout.flush()
+    serve(a, sys.stdin, write)
+    return
   volume = None
   if a.get("volume_shape"):
     volume = lambda pb: bench_volume(pb, tuple(a["volume_shape"]), int(a["patch"]),  # noqa: E731

@@ -102,7 +102,8 @@ PROFILED = ("train_seg", "train_pretrain", "infer")
 
 def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warmup: int,
                    repeats: int, peak: float, profile_dir: str | None = None,
-                   n_frozen: int = 0) -> dict:
+                   n_frozen: int = 0, keep: dict | None = None) -> dict:
+  """One training step's figures; keep["run"] = the compiled step (for the paired rounds)."""
   key = jax.random.PRNGKey(0)
   step, state, data = _step_and_data(task, model_cfg, train_cfg, batch, patch, n_frozen)
   t = time.perf_counter()
@@ -124,12 +125,14 @@ def bench_jax_step(task: str, model_cfg, train_cfg, batch: int, patch: int, warm
   if profile_dir:
     out["profile"] = profiler.profile_step(run_once, max(repeats, 1), profile_dir,
                                            compiled.as_text())
+  if keep is not None:
+    keep["run"] = run_once
   return out
 
 
 def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int, peak: float,
-                    volume_shape=None, overlap: float = 0.5,
-                    profile_dir: str | None = None) -> tuple[dict, dict | None]:
+                    volume_shape=None, overlap: float = 0.5, profile_dir: str | None = None,
+                    keep: dict | None = None) -> tuple[dict, dict | None]:
   model = model_lib.Model(isensee.constructor("segmentation", model_cfg))
   params = model.init_params()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, patch, patch, patch, 5)),
@@ -146,6 +149,8 @@ def bench_jax_infer(model_cfg, batch: int, patch: int, warmup: int, repeats: int
   info["flops"] = _reference_flops(build, model_cfg) or info["flops"]
   def run_once():
     compiled(params, x).block_until_ready()
+  if keep is not None:
+    keep["run"] = run_once
   times = profiler.timed(run_once, warmup, repeats)
   out = {"compile_s": compile_s, **info, **_stats(times, batch, info["flops"], peak)}
   if profile_dir:
@@ -244,8 +249,10 @@ def train_seg_key(strategy: str) -> str:
 
 
 def bench_setting(config, impl: str, dtype: str, peak: float, workdir: str, headline: bool,
-                  volume_shape) -> dict:
-  """Every function of one (formulation, dtype) setting: {result name: figures}."""
+                  volume_shape, runners: dict | None = None) -> dict:
+  """Every function of one (formulation, dtype) setting: {result name: figures}; runners, when
+  given, gets {result name: the compiled function, run once}."""
+  runners = {} if runners is None else runners
   name = f"{impl}/{dtype}"
   mc = config_base.model(base_width=config.base_width, conv_impl=impl, dtype=dtype)
   tc = config_base.train()
@@ -263,16 +270,19 @@ def bench_setting(config, impl: str, dtype: str, peak: float, workdir: str, head
       key = train_seg_key(optim.strategy_name(strategy))
       logging.info("[benchmark] %s: %s", name, key)
       r[key] = bench_jax_step("segmentation", mc, tc, b, p, config.warmup, config.repeats, peak,
-                              trace_dir(key), n_frozen=n_frozen)
+                              trace_dir(key), n_frozen=n_frozen,
+                              keep=runners.setdefault(key, {}))
   if "train_pretrain" in functions:
     logging.info("[benchmark] %s: train_pretrain", name)
     r["train_pretrain"] = bench_jax_step("position", mc, tc, b, p, config.warmup, config.repeats,
-                                         peak, trace_dir("train_pretrain"))
+                                         peak, trace_dir("train_pretrain"),
+                                         keep=runners.setdefault("train_pretrain", {}))
   if "infer" in functions:
     logging.info("[benchmark] %s: infer", name)
     r["infer"], volume = bench_jax_infer(
         mc, config.infer_batch, p, config.warmup, config.repeats, peak,
-        volume_shape if headline else None, config.overlap, trace_dir("infer"))
+        volume_shape if headline else None, config.overlap, trace_dir("infer"),
+        keep=runners.setdefault("infer", {}))
     if volume:
       r["volume_infer"] = volume
   for key in PROFILED:
@@ -295,6 +305,71 @@ def headline_ratios(results: dict, torch_settings: dict, impl: str) -> dict:
       ratio = (theirs[1]["seconds"] / ours[1]["seconds"] if name == "volume_infer" else
                ours[1]["patches_per_s"] / theirs[1]["patches_per_s"])
       out[name] = {"msjax": ours[0], "pytorch": theirs[0], "ratio": ratio}
+  return out
+
+
+class TorchServer:
+  """A PyTorch process that times steps on request (`python -m msjax.bench_torch --serve`), kept
+  warm for the paired rounds; its stderr goes to a file so that a chatty library cannot block it."""
+
+  def __init__(self, config):
+    import subprocess
+    import sys
+    import tempfile
+    args = {"base_width": config.base_width, "batch": config.batch_size,
+            "patch": config.patch_size, "threads": os.cpu_count() or 1}
+    self._err = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen(
+        [sys.executable, "-m", "msjax.bench_torch", "--serve", json.dumps(args)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
+
+  def __call__(self, setting: str, name: str, warmup: int, repeats: int) -> list[float]:
+    self._proc.stdin.write(json.dumps({"setting": setting, "function": name, "warmup": warmup,
+                                       "repeats": repeats}) + "\n")
+    self._proc.stdin.flush()
+    line = self._proc.stdout.readline()
+    if not line:
+      self._err.seek(0)
+      raise RuntimeError(f"the PyTorch reference stopped in the paired rounds ({setting}, "
+                         f"{name}):\n{self._err.read()[-2000:]}")
+    return json.loads(line)["times"]
+
+  def close(self):
+    self._proc.stdin.close()
+    self._proc.wait(timeout=120)
+    self._err.close()
+
+
+def paired_rounds(config, results: dict, torch_settings: dict, runners: dict, impl: str,
+                  theirs) -> dict:
+  """The headline measured in rounds that time both sides back to back: per function, msjax's
+  fastest setting (its compiled step, still warm: runners) and PyTorch's fastest (theirs(setting,
+  name, warmup, repeats) -> seconds per step), which side goes first alternating round by round;
+  the ratio is the median of the per-round ratios. Timed minutes apart, as the table's columns
+  are, the two sides' ratio moved 0.98-1.56x between runs on one Zen 4 while msjax alone moved
+  10-20 % within minutes (docs/benchmark.md): a drift of the machine, which pairing cancels."""
+  out = {}
+  for name in FUNCTIONS:
+    ours = best({k: v for k, v in results.items() if k.startswith(impl + "/")}, name)
+    them = best(torch_settings, name)
+    if not ours or not them or name not in runners.get(ours[0], {}):
+      continue
+    run = runners[ours[0]][name]["run"]
+    theirs(them[0], name, config.warmup, 0)  # PyTorch's networks built and warm, untimed
+    ratios, rounds = [], []
+    for r in range(int(config.paired_rounds)):
+      sides = {"msjax": lambda: profiler.timed(run, 0, config.repeats),
+               "pytorch": lambda: theirs(them[0], name, 0, config.repeats)}
+      order = ["msjax", "pytorch"] if r % 2 == 0 else ["pytorch", "msjax"]
+      seconds = {side: float(np.median(sides[side]())) for side in order}
+      ratios.append(seconds["pytorch"] / seconds["msjax"])
+      rounds.append(seconds)
+      logging.info("[benchmark] paired round %d/%d, %s: msjax %s %.0f ms, PyTorch %s %.0f ms: "
+                   "%.2fx", r + 1, config.paired_rounds, name, ours[0], 1e3 * seconds["msjax"],
+                   them[0], 1e3 * seconds["pytorch"], ratios[-1])
+    if ratios:
+      out[name] = {"msjax": ours[0], "pytorch": them[0], "ratio": float(np.median(ratios)),
+                   "ratios": ratios, "rounds": rounds, "paired": True}
   return out
 
 
@@ -327,10 +402,11 @@ def run(config, workdir: str) -> dict:
   volume_shape = tuple(config.volume_shape) if config.volume else None
   # every dtype with the headline formulation; the other formulations in float32, beside it
   runs = [(impls[0], d) for d in dtypes] + [(i, "float32") for i in impls[1:]]
-  results = {}
+  results, runners = {}, {}
   for impl, dtype in runs:
     results[f"{impl}/{dtype}"] = bench_setting(config, impl, dtype, peak, workdir,
-                                               impl == impls[0], volume_shape)
+                                               impl == impls[0], volume_shape,
+                                               runners.setdefault(f"{impl}/{dtype}", {}))
     logging.info("[benchmark] %s/%s: %s", impl, dtype, _figures(results[f"{impl}/{dtype}"]))
   torch_results = bench_torch(config, volume_shape) if config.torch else {}
   report = {"info": info, "matmul_peak_gflops": peak / 1e9,
@@ -338,6 +414,15 @@ def run(config, workdir: str) -> dict:
             "torch": torch_results or None}
   if torch_results:
     report["headline"] = headline_ratios(results, torch_results["settings"], impls[0])
+    if config.paired_rounds:
+      server = TorchServer(config)
+      try:
+        paired = paired_rounds(config, results, torch_results["settings"], runners, impls[0],
+                               server)
+      finally:
+        server.close()
+      report["headline_timed_apart"] = report["headline"]
+      report["headline"] = {**report["headline"], **paired}
   table = format_table(report)
   files.write_json(report, os.path.join(workdir, "benchmark.json"))
   files.write_text(table + "\n", os.path.join(workdir, "benchmark.md"))
@@ -390,11 +475,18 @@ def format_table(report) -> str:
     lines += ["", f"Whole-volume inference, {'x'.join(map(str, v['shape']))} exam, sliding window "
               f"overlap {v['overlap']} ({v['patches']} patches): "
               + ", ".join(f"{n} {x['seconds']:.1f} s" for n, x in vols)]
-  head = report.get("headline")
+  head, apart = report.get("headline"), report.get("headline_timed_apart") or {}
   if head:
-    lines += ["", "Headline, msjax's fastest setting over PyTorch's fastest:"]
-    lines += [f"  {name}: {h['ratio']:.2f}x (msjax {h['msjax']} vs PyTorch {h['pytorch']})"
-              for name, h in head.items()]
+    rounds = max((len(h.get("ratios", [])) for h in head.values()), default=0)
+    lines += ["", "Headline, msjax's fastest setting over PyTorch's fastest"
+              + (f" (train and infer: the median of {rounds} paired rounds, each timing both "
+                 "sides back to back, which goes first alternating; the range over rounds; "
+                 "the table's figures, timed minutes apart, beside):" if rounds else ":")]
+    for name, h in head.items():
+      spread = (f", rounds {min(h['ratios']):.2f}-{max(h['ratios']):.2f}x, timed apart "
+                f"{apart[name]['ratio']:.2f}x" if h.get("ratios") and name in apart else "")
+      lines.append(f"  {name}: {h['ratio']:.2f}x (msjax {h['msjax']} vs PyTorch {h['pytorch']}"
+                   f"{spread})")
   for setting, r in res.items():
     for key in PROFILED:  # train_seg is absent without VAN/0CF
       prof = r.get(key, {}).get("profile")

@@ -55,6 +55,11 @@ def test_benchmark_smoke_writes_every_figure(tmp_path):
     assert set(report["headline"]) == {"train_seg", "train_pretrain", "infer", "volume_infer"}
     assert all(h["ratio"] > 0 for h in report["headline"].values())
     assert "| train_seg | PyTorch bf16 |" in md and "Headline" in md
+    for name in ("train_seg", "train_pretrain", "infer"):  # paired rounds, both sides warm
+      h = report["headline"][name]
+      assert len(h["ratios"]) == 2 and min(h["ratios"]) <= h["ratio"] <= max(h["ratios"])
+      assert all(r["msjax"] > 0 and r["pytorch"] > 0 for r in h["rounds"])
+    assert "median of 2 paired rounds" in md and "timed apart" in md
 
 
 def _torch_and_msjax_outputs(task, base, patch, change=None):
@@ -124,3 +129,33 @@ def test_emulated_bf16_is_skipped_only_on_cpus_without_bf16(monkeypatch):
   assert benchmark.without_emulated_bf16(names, "PyTorch", keep=True) == names
   monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
   assert benchmark.without_emulated_bf16(names, "PyTorch") == names
+
+
+def test_paired_rounds_alternate_the_sides_and_take_the_median_ratio(monkeypatch):
+  """The headline's rounds time msjax's fastest setting and PyTorch's fastest back to back, which
+  goes first alternating, and report the median of the per-round ratios."""
+  from ml_collections import config_dict
+  config = config_dict.ConfigDict(dict(warmup=1, repeats=3, paired_rounds=3))
+  results = {"onednn/float32": {"train_seg": {"patches_per_s": 10.0}},
+             "onednn/bfloat16": {"train_seg": {"patches_per_s": 20.0}}}
+  torch_settings = {"float32": {"train_seg": {"patches_per_s": 5.0}},
+                    "bf16": {"train_seg": {"patches_per_s": 8.0}}}
+  calls, msjax_seconds = [], iter([0.010, 0.020, 0.005])  # one per round
+
+  def fake_timed(fn, warmup, repeats):  # msjax's side: the step its fastest setting compiled
+    fn()
+    return [next(msjax_seconds)] * repeats
+  monkeypatch.setattr(benchmark.profiler, "timed", fake_timed)
+  runners = {"onednn/bfloat16": {"train_seg": {"run": lambda: calls.append("msjax")}},
+             "onednn/float32": {"train_seg": {"run": lambda: calls.append("msjax f32")}}}
+
+  def theirs(setting, name, warmup, repeats):
+    calls.append(f"pytorch {setting} {repeats}")
+    return [0.030] * repeats
+  paired = benchmark.paired_rounds(config, results, torch_settings, runners, "onednn", theirs)
+  assert calls == ["pytorch bf16 0",  # PyTorch's networks built and warm, untimed
+                   "msjax", "pytorch bf16 3", "pytorch bf16 3", "msjax", "msjax", "pytorch bf16 3"]
+  h = paired["train_seg"]
+  assert (h["msjax"], h["pytorch"]) == ("onednn/bfloat16", "bf16")
+  assert np.allclose(h["ratios"], [3.0, 1.5, 6.0]) and h["ratio"] == pytest.approx(3.0)
+  assert set(paired) == {"train_seg"}  # nothing to pair for the functions not measured
