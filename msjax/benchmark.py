@@ -335,8 +335,12 @@ class TorchServer:
     return json.loads(line)["times"]
 
   def close(self):
-    self._proc.stdin.close()
-    self._proc.wait(timeout=120)
+    import subprocess
+    try:
+      self._proc.stdin.close()
+      self._proc.wait(timeout=120)
+    except (BrokenPipeError, subprocess.TimeoutExpired):  # it stopped, or does not
+      self._proc.kill()
     self._err.close()
 
 
@@ -355,7 +359,7 @@ def paired_rounds(config, results: dict, torch_settings: dict, runners: dict, im
     if not ours or not them or name not in runners.get(ours[0], {}):
       continue
     run = runners[ours[0]][name]["run"]
-    theirs(them[0], name, config.warmup, 0)  # PyTorch's networks built and warm, untimed
+    theirs(them[0], name, max(1, config.warmup), 0)  # PyTorch's networks built and warm, untimed
     ratios, rounds = [], []
     for r in range(int(config.paired_rounds)):
       sides = {"msjax": lambda: profiler.timed(run, 0, config.repeats),
