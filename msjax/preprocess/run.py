@@ -130,6 +130,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
         for m, img in imgs.items()})
   imgs, coreg = step("coregistration", "co-registration to FLAIR", coregister, exam, imgs,
                      options)
+  refined = None  # the atlas path's second registration: how far it moved, which was kept
   if options.skull_strip == "atlas" and not exam.brain_mask:
     # the over-inclusive threshold mask is enough for the affine registration (its metric kept
     # near the template's brain); the template's brain mask, brought back with that transform,
@@ -143,9 +144,17 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
                  lambda: steps.atlas_brain_mask(brain_image(imgs), to_mni, fill=imgs["FLAIR"]))
     # the head's registration lies 1.8-1.9 mm from ROBEX's on patient01's 4 mm slices (the
     # scalp's pull); the brain's, from it, 0.6-1.0 mm, as the default registers (7-8.5 s)
+    head_to_mni = to_mni
     to_mni = step("mni_refine", "MNI registration of the brain, from the head's",
                   lambda: steps.register_to_mni(sitk.Mask(brain_image(imgs), brain),
-                                                start=to_mni))
+                                                start=head_to_mni))
+    refine_mm = steps.mean_distance_mm(to_mni, head_to_mni)
+    refined = {"moved_mm": round(refine_mm, 2), "kept": "brain"}
+    if refine_mm > steps.ATLAS_REFINE_MAX_MM:  # a failed registration, not a correction
+      logging.warning("[preprocess] %s: the brain's MNI registration moved the head's %.1f mm "
+                      "(more than %.0f): the head's registration is kept", exam.exam_id,
+                      refine_mm, steps.ATLAS_REFINE_MAX_MM)
+      to_mni, refined["kept"] = head_to_mni, "head"
   else:
     brain = step("skull_strip", "brain extraction", brain_mask, exam, imgs, options)
     to_mni = step("mni_registration", "MNI registration", mni_transform, imgs, brain, options)
@@ -163,6 +172,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   record = {"format": manifest_lib.PREPROCESSING_FORMAT, "exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
             "split": exam.split, "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
+            **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
   with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:
     json.dump(record, f, indent=1)
@@ -353,9 +363,15 @@ def raw_landmarks(record: dict) -> dict:
           for m, p in record["images"].items()}
 
 
+# The atlas path's revision, in the reuse key of the exams it makes: 2 (2026-12-07) registers the
+# brain again from the head's affine and leaves a 2D stack's end slices out of the mask.
+ATLAS_PATH_REVISION = 2
+
+
 def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) -> str:
   """A hash of what a preprocessed exam is made from: its input files' contents, the options,
-  the Nyúl landmarks, the preprocessing format and msjax's version."""
+  the Nyúl landmarks, the preprocessing format and msjax's version (and the atlas path's
+  revision, for its exams)."""
   import hashlib
 
   import msjax
@@ -370,8 +386,11 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
     if t:
       with open(t, "rb") as f:
         h.update(f.read())
-  h.update(json.dumps([dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
-                       msjax.__version__], sort_keys=True, default=str).encode())
+  made_by = [dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
+             msjax.__version__]
+  if options.skull_strip == "atlas":  # what the atlas path does moved on: made again
+    made_by.append({"atlas_path": ATLAS_PATH_REVISION})
+  h.update(json.dumps(made_by, sort_keys=True, default=str).encode())
   return h.hexdigest()
 
 

@@ -322,6 +322,22 @@ def without_end_slices(mask: sitk.Image, n: int = ATLAS_END_SLICES,
   return out
 
 
+# the brain's registration (atlas path) may move the head's this far (mean mm over the
+# template's brain) before it is taken for a failure and the head's kept: on the 4 raw Lesjak
+# exams it moved 0.7-1.5 mm
+ATLAS_REFINE_MAX_MM = 5.0
+
+
+def mean_distance_mm(a: sitk.Transform, b: sitk.Transform, step: int = 2000) -> float:
+  """Mean distance (mm) between where two MNI -> subject transforms send the template's brain
+  (every step-th voxel of its mask)."""
+  _, mask = mni_template()
+  idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[::step][:, ::-1]
+  points = [mask.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in idx]
+  return float(np.mean([np.linalg.norm(np.subtract(a.TransformPoint(p), b.TransformPoint(p)))
+                        for p in points]))
+
+
 def unwrap(tfm: sitk.Transform) -> sitk.Transform:
   """Registration returns its result wrapped in a one-element CompositeTransform."""
   if tfm.GetName() == "CompositeTransform":

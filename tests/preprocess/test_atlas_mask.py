@@ -135,6 +135,32 @@ def test_preprocess_exam_with_atlas_mask(tmp_path):
   for point in ((10.0, 20.0, 30.0), (-30.0, -40.0, 10.0), (0.0, 0.0, -20.0)):
     assert np.linalg.norm(np.subtract(stored.TransformPoint(point),
                                       to_mni.TransformPoint(point))) < 2.0
+  assert record["mni_refine"]["kept"] == "brain" and record["mni_refine"]["moved_mm"] < 2.0
+
+
+def test_a_brain_registration_that_runs_off_leaves_the_heads_in_place(tmp_path, monkeypatch):
+  """The atlas path's second registration (the brain, from the head's affine) is a correction of
+  a few mm: one that moves the head's further than ATLAS_REFINE_MAX_MM is taken for a failure, the
+  head's registration is kept and the record says so."""
+  image, _, _, to_mni = _template_head()
+  flair = str(tmp_path / "FLAIR.nii.gz")
+  sitk.WriteImage(image, flair)
+  registered = steps.register_to_mni
+
+  def runs_off(moving, start=None):
+    if start is None:
+      return registered(moving)
+    off = sitk.AffineTransform(start)
+    off.SetTranslation(tuple(np.add(start.GetTranslation(), (12.0, 0.0, 0.0))))
+    return off
+  monkeypatch.setattr(steps, "register_to_mni", runs_off)
+  exam = manifest_lib.Exam(exam_id="head", patient_id="head", ms=True, images={"FLAIR": flair})
+  record = run_lib.preprocess_exam(exam, str(tmp_path / "out"),
+                                   run_lib.Options(n4=False, skull_strip="atlas", qc=False))
+  assert record["mni_refine"]["kept"] == "head"
+  assert record["mni_refine"]["moved_mm"] == pytest.approx(12.0, abs=0.5)
+  stored = sitk.ReadTransform(os.path.join(os.path.dirname(record["brain_mask"]), "to_mni.tfm"))
+  assert steps.mean_distance_mm(stored, to_mni) < 2.0  # the head's, near the truth
 
 
 def test_head_registration_recovers_the_known_affine_despite_the_scalp():
@@ -197,3 +223,17 @@ def test_atlas_mask_leaves_out_the_end_slices_of_a_2d_stack_only(spacing, thick_
     return
   kept = np.moveaxis(a, 2 - thick_axis, 0)
   assert not kept[0].any() and not kept[-1].any() and kept[1:-1].all()
+
+
+def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path, monkeypatch):
+  """The reuse key of a preprocessed exam (`made_from`) carries the atlas path's revision for its
+  exams, so that an exam the atlas path made before it changed is made again; a ROBEX exam's key
+  does not move."""
+  flair = tmp_path / "FLAIR.nii.gz"
+  flair.write_bytes(b"not read as an image here")
+  exam = manifest_lib.Exam(exam_id="e", patient_id="p", ms=True, images={"FLAIR": str(flair)})
+  atlas, robex = run_lib.Options(skull_strip="atlas"), run_lib.Options(skull_strip="robex")
+  before = (run_lib.made_from(exam, atlas, None), run_lib.made_from(exam, robex, None))
+  monkeypatch.setattr(run_lib, "ATLAS_PATH_REVISION", run_lib.ATLAS_PATH_REVISION + 1)
+  assert run_lib.made_from(exam, atlas, None) != before[0]
+  assert run_lib.made_from(exam, robex, None) == before[1]
