@@ -7,7 +7,8 @@ step (warm-up, then repeats: median, min and max), patches/s, peak device memory
 analysis), FLOPs per patch (XLA cost analysis) and achieved FLOP/s as a fraction of a float32
 matmul peak measured in the same run. Also whole-volume inference of one exam with the sliding
 window, and an op-category profile of each function per dtype (PNG). The headline ratio is
-msjax's fastest setting over PyTorch's fastest, per function. `benchmark.json` records the CPU's
+msjax's fastest setting over PyTorch's fastest, per function, measured again in paired rounds
+that time the two back to back (`paired_rounds`). `benchmark.json` records the CPU's
 ISA (avx2, avx512, avx512_bf16, amx) and the dtype `model.dtype="auto"` picks on it.
 """
 from __future__ import annotations
@@ -309,8 +310,8 @@ def headline_ratios(results: dict, torch_settings: dict, impl: str) -> dict:
 
 
 class TorchServer:
-  """A PyTorch process that times steps on request (`python -m msjax.bench_torch --serve`), kept
-  warm for the paired rounds; its stderr goes to a file so that a chatty library cannot block it."""
+  """A PyTorch process that times steps on request (`python -m msjax.bench_torch --serve`), warm
+  for one paired round; its stderr goes to a file so that a chatty library cannot block it."""
 
   def __init__(self, config):
     import subprocess
@@ -345,36 +346,44 @@ class TorchServer:
 
 
 def paired_rounds(config, results: dict, torch_settings: dict, runners: dict, impl: str,
-                  theirs) -> dict:
+                  open_theirs) -> dict:
   """The headline measured in rounds that time both sides back to back: per function, msjax's
-  fastest setting (its compiled step, still warm: runners) and PyTorch's fastest (theirs(setting,
-  name, warmup, repeats) -> seconds per step), which side goes first alternating round by round;
-  the ratio is the median of the per-round ratios. Timed minutes apart, as the table's columns
-  are, the two sides' ratio moved 0.98-1.56x between runs on one Zen 4 while msjax alone moved
-  10-20 % within minutes (docs/benchmark.md): a drift of the machine, which pairing cancels."""
-  out = {}
+  fastest setting (its compiled step, still warm: runners) and PyTorch's fastest (in a process
+  of its own opened for each round: open_theirs() -> theirs(setting, name, warmup, repeats) ->
+  seconds per step, with a close()), which side goes first alternating round by round; the ratio
+  is the median of the per-round ratios. Timed minutes apart, as the table's columns are, the
+  ratio moved 0.98-1.56x between runs on one Zen 4 while msjax alone moved 10-20 % within
+  minutes; with one PyTorch process for all rounds, two runs still read 1.34x and 1.11x for
+  inference, PyTorch's bf16 speed differing by process (docs/benchmark.md): hence a fresh one
+  per round."""
+  pairs = {}
   for name in FUNCTIONS:
     ours = best({k: v for k, v in results.items() if k.startswith(impl + "/")}, name)
     them = best(torch_settings, name)
-    if not ours or not them or name not in runners.get(ours[0], {}):
-      continue
-    run = runners[ours[0]][name]["run"]
-    theirs(them[0], name, max(1, config.warmup), 0)  # PyTorch's networks built and warm, untimed
-    ratios, rounds = [], []
-    for r in range(int(config.paired_rounds)):
-      sides = {"msjax": lambda: profiler.timed(run, 0, config.repeats),
-               "pytorch": lambda: theirs(them[0], name, 0, config.repeats)}
-      order = ["msjax", "pytorch"] if r % 2 == 0 else ["pytorch", "msjax"]
-      seconds = {side: float(np.median(sides[side]())) for side in order}
-      ratios.append(seconds["pytorch"] / seconds["msjax"])
-      rounds.append(seconds)
-      logging.info("[benchmark] paired round %d/%d, %s: msjax %s %.0f ms, PyTorch %s %.0f ms: "
-                   "%.2fx", r + 1, config.paired_rounds, name, ours[0], 1e3 * seconds["msjax"],
-                   them[0], 1e3 * seconds["pytorch"], ratios[-1])
-    if ratios:
-      out[name] = {"msjax": ours[0], "pytorch": them[0], "ratio": float(np.median(ratios)),
-                   "ratios": ratios, "rounds": rounds, "paired": True}
-  return out
+    if ours and them and name in runners.get(ours[0], {}):
+      pairs[name] = (ours[0], them[0])
+  out = {name: {"msjax": o, "pytorch": t, "ratios": [], "rounds": [], "paired": True}
+         for name, (o, t) in pairs.items()}
+  for r in range(int(config.paired_rounds) if pairs else 0):
+    theirs = open_theirs()
+    try:
+      for name, (ours, them) in pairs.items():
+        run = runners[ours][name]["run"]
+        theirs(them, name, max(1, config.warmup), 0)  # this process's networks built, warm
+        sides = {"msjax": lambda: profiler.timed(run, 0, config.repeats),
+                 "pytorch": lambda: theirs(them, name, 0, config.repeats)}
+        order = ["msjax", "pytorch"] if r % 2 == 0 else ["pytorch", "msjax"]
+        seconds = {side: float(np.median(sides[side]())) for side in order}
+        out[name]["ratios"].append(seconds["pytorch"] / seconds["msjax"])
+        out[name]["rounds"].append(seconds)
+        logging.info("[benchmark] paired round %d/%d, %s: msjax %s %.0f ms, PyTorch %s %.0f ms: "
+                     "%.2fx", r + 1, config.paired_rounds, name, ours, 1e3 * seconds["msjax"],
+                     them, 1e3 * seconds["pytorch"], out[name]["ratios"][-1])
+    finally:
+      theirs.close()
+  for h in out.values():
+    h["ratio"] = float(np.median(h["ratios"])) if h["ratios"] else None
+  return {name: h for name, h in out.items() if h["ratios"]}
 
 
 def _norm_isa() -> str:
@@ -419,12 +428,8 @@ def run(config, workdir: str) -> dict:
   if torch_results:
     report["headline"] = headline_ratios(results, torch_results["settings"], impls[0])
     if config.paired_rounds:
-      server = TorchServer(config)
-      try:
-        paired = paired_rounds(config, results, torch_results["settings"], runners, impls[0],
-                               server)
-      finally:
-        server.close()
+      paired = paired_rounds(config, results, torch_results["settings"], runners, impls[0],
+                             lambda: TorchServer(config))
       report["headline_timed_apart"] = report["headline"]
       report["headline"] = {**report["headline"], **paired}
   table = format_table(report)
@@ -484,8 +489,9 @@ def format_table(report) -> str:
     rounds = max((len(h.get("ratios", [])) for h in head.values()), default=0)
     lines += ["", "Headline, msjax's fastest setting over PyTorch's fastest"
               + (f" (train and infer: the median of {rounds} paired rounds, each timing both "
-                 "sides back to back, which goes first alternating; the range over rounds; "
-                 "the table's figures, timed minutes apart, beside):" if rounds else ":")]
+                 "sides back to back, which goes first alternating, PyTorch in a fresh process "
+                 "each round; the range over rounds; the table's figures, timed minutes apart, "
+                 "beside):" if rounds else ":")]
     for name, h in head.items():
       spread = (f", rounds {min(h['ratios']):.2f}-{max(h['ratios']):.2f}x, timed apart "
                 f"{apart[name]['ratio']:.2f}x" if h.get("ratios") and name in apart else "")

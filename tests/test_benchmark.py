@@ -133,7 +133,8 @@ def test_emulated_bf16_is_skipped_only_on_cpus_without_bf16(monkeypatch):
 
 def test_paired_rounds_alternate_the_sides_and_take_the_median_ratio(monkeypatch):
   """The headline's rounds time msjax's fastest setting and PyTorch's fastest back to back, which
-  goes first alternating, and report the median of the per-round ratios."""
+  goes first alternating, PyTorch in a fresh process each round, and report the median of the
+  per-round ratios."""
   from ml_collections import config_dict
   config = config_dict.ConfigDict(dict(warmup=1, repeats=3, paired_rounds=3))
   results = {"onednn/float32": {"train_seg": {"patches_per_s": 10.0}},
@@ -149,12 +150,21 @@ def test_paired_rounds_alternate_the_sides_and_take_the_median_ratio(monkeypatch
   runners = {"onednn/bfloat16": {"train_seg": {"run": lambda: calls.append("msjax")}},
              "onednn/float32": {"train_seg": {"run": lambda: calls.append("msjax f32")}}}
 
-  def theirs(setting, name, warmup, repeats):
-    calls.append(f"pytorch {setting} {repeats}")
-    return [0.030] * repeats
-  paired = benchmark.paired_rounds(config, results, torch_settings, runners, "onednn", theirs)
-  assert calls == ["pytorch bf16 0",  # PyTorch's networks built and warm, untimed
-                   "msjax", "pytorch bf16 3", "pytorch bf16 3", "msjax", "msjax", "pytorch bf16 3"]
+  class FakeTorch:
+    def __init__(self):
+      calls.append("open")
+
+    def __call__(self, setting, name, warmup, repeats):
+      calls.append(f"pytorch {setting} {repeats}")
+      return [0.030] * repeats
+
+    def close(self):
+      calls.append("close")
+  paired = benchmark.paired_rounds(config, results, torch_settings, runners, "onednn", FakeTorch)
+  warm = ["open", "pytorch bf16 0"]  # a fresh PyTorch process, its networks built, untimed
+  assert calls == (warm + ["msjax", "pytorch bf16 3", "close"]
+                   + warm + ["pytorch bf16 3", "msjax", "close"]
+                   + warm + ["msjax", "pytorch bf16 3", "close"])
   h = paired["train_seg"]
   assert (h["msjax"], h["pytorch"]) == ("onednn/bfloat16", "bf16")
   assert np.allclose(h["ratios"], [3.0, 1.5, 6.0]) and h["ratio"] == pytest.approx(3.0)
