@@ -223,8 +223,9 @@ def bench_setting(setting: str, base_width: int, dropout: float, batch: int, pat
 def serve(a: dict, lines, write) -> None:
   """Times steps on request, for the benchmark's paired rounds: each line of `lines` is JSON
   {"setting", "function", "warmup", "repeats"}; each answer, written as one JSON line, is
-  {"times": [...]}. A setting's networks are built on its first request and kept, so that the
-  rounds time the same process warm, as msjax's side is."""
+  {"times": [...]}. A setting's networks are built on its first request and kept for the
+  process's later requests (the benchmark opens one such process per round and warms it
+  untimed before timing it)."""
   import json
   built: dict[str, dict] = {}
   for line in lines:
@@ -242,9 +243,9 @@ def serve(a: dict, lines, write) -> None:
 def main(argv=None) -> None:
   """`python -m msjax.bench_torch '<json>'`: one setting timed in a fresh process, its figures as
   the last line of stdout (JSON); with `--serve` first, steps timed on request (`serve`). The
-  benchmark runs PyTorch this way because in its own process,
-  after JAX and oneDNN had run, PyTorch's float32 training step of the paper network ran 1.8x
-  slower than in a process of its own (AVX2 EPYC, 2 cores: 1.99 against 3.64 patches/s)."""
+  benchmark runs PyTorch this way because in its own process, after JAX and oneDNN had run,
+  PyTorch's float32 training step of the paper network ran 1.8x slower than in a process of its
+  own (AVX2 EPYC, 2 cores: 1.99 against 3.64 patches/s)."""
   import json
   import sys
 

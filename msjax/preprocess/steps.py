@@ -274,7 +274,8 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
   `register_to_mni` of the image within its head mask), as FSL's standard_space_roi bounds BET:
   Otsu's foreground within that bound, opened by opening_mm (its largest piece, grown back
   inside the foreground) so that thin scalp left at the bound's edge goes, holes filled and closed
-  (4 mm) as `threshold_brain_mask` does, kept within the bound. A few seconds.
+  (4 mm) as `threshold_brain_mask` does, kept within the bound; a 2D stack's first and last
+  slice left out (`without_end_slices`). A few seconds.
 
   fill: an image on img's grid (FLAIR) whose Otsu foreground stands in where img holds no data
   (a T1 co-registered onto FLAIR whose field of view stops short of FLAIR's: its voxels there are
@@ -324,7 +325,7 @@ def without_end_slices(mask: sitk.Image, n: int = ATLAS_END_SLICES,
 
 # the brain's registration (atlas path) may move the head's this far (mean mm over the
 # template's brain) before it is taken for a failure and the head's kept: on the 4 raw Lesjak
-# exams it moved 0.7-1.5 mm
+# exams it moved 0.70-1.42 mm
 ATLAS_REFINE_MAX_MM = 5.0
 
 
