@@ -58,7 +58,11 @@ MODES = {"saved": "the leave-one-out's own maps, as its predict settings made th
                   "all)",
          "phases": "predicted again by each fold's network at the 8 half-voxel phases of the "
                    "model grid, phase k in flip k (predict.phases=8: 8 passes per member, as "
-                   "`saved`)"}
+                   "`saved`)",
+         "shipped": "predicted again as `segment` predicts with an ensemble: the 8 grid phases "
+                    "dealt out over the seeds (phase k in flip k by seed k mod n, 8 passes in "
+                    "all; each seed's columns from its own phases, the ensemble the mean of the "
+                    "8)"}
 
 
 class Repredict:
@@ -70,17 +74,26 @@ class Repredict:
     from msjax.configs import leave_one_out as loo_config
     from msjax.data import cohort as cohort_lib
     self.options = predict.PredictOptions.from_config(
-        loo_config.get_config().predict, mirror=mode in ("spread", "dealt", "phases"),
-        flips="all" if mode in ("dealt", "phases") else "spread", threshold=threshold,
-        phases=8 if mode == "phases" else 1)
+        loo_config.get_config().predict, mirror=mode in ("spread", "dealt", "phases", "shipped"),
+        flips="all" if mode in ("dealt", "phases", "shipped") else "spread", threshold=threshold,
+        phases=8 if mode in ("phases", "shipped") else 1)
     self.mode, self.folder, self._predictors = mode, folder, {}
     self.runs = runs  # the group's runs, in order: seed k's share of the flips when dealt
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
 
+  def phase_share(self, run: str) -> list[int]:
+    """The grid phases seed `run` predicts in mode 'shipped' (phase_member's k mod n)."""
+    return [k for k in range(8) if k % len(self.runs) == self.runs.index(run)]
+
+  def weight(self, run: str) -> float:
+    """The seed's weight in the ensemble's mean: its share of the 8 phases in mode 'shipped'
+    (3 seeds: 3 / 3 / 2), else 1."""
+    return len(self.phase_share(run)) if self.mode == "shipped" else 1.0
+
   def __call__(self, run: str, fold: str, variant: str) -> np.ndarray:
     from msjax.evaluate import variants as variants_lib
-    mode = (f"dealt{self.runs.index(run)}of{len(self.runs)}" if self.mode == "dealt"
-            else self.mode)
+    mode = (f"{self.mode}{self.runs.index(run)}of{len(self.runs)}"
+            if self.mode in ("dealt", "shipped") else self.mode)
     key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, mode])
     kept = os.path.join(self.folder, "maps", key + ".npy")
     if os.path.exists(kept):
@@ -92,11 +105,21 @@ class Repredict:
           if self.mode == "dealt" else predict.Predictor(where))
     exam = variants_lib.make(self.exams[fold.removeprefix("test_")], variant,
                              os.path.join(self.folder, "variants", variant))
-    seg = predict.segment_exam(self._predictors[(run, fold)], exam, self.options)
+    predictor = self._predictors[(run, fold)]
+    if self.mode == "shipped":  # this seed's phases only, as segment_exam loads and maps back
+      from msjax.data import exams as exams_lib
+      load = exams_lib.exam_loader(exam, model_shape=predictor.model_shape,
+                                   patch_size=predictor.patch)
+      arrays = load()
+      pred, _ = predict.phased_probabilities(predictor, arrays, load, self.options,
+                                             only=self.phase_share(run))
+      probability = predict.in_file_space(exam, arrays, pred.probability)[0]
+    else:
+      probability = predict.segment_exam(predictor, exam, self.options).probability
     os.makedirs(os.path.dirname(kept), exist_ok=True)
-    np.save(kept + ".tmp.npy", seg.probability.astype(np.float16))
+    np.save(kept + ".tmp.npy", probability.astype(np.float16))
     os.replace(kept + ".tmp.npy", kept)
-    return seg.probability  # in the exam file's voxel order, as the saved maps
+    return probability  # in the exam file's voxel order, as the saved maps
 
 
 class FlipShare(predict.Predictor):
@@ -131,7 +154,8 @@ def group_scores(runs: list[str], threshold: float, min_lesion_mm3: float,
       maps = [repredict(run, fold, variant) if repredict else
               _file_array(ensemble.probability_path(row["prediction"]))
               for run, row in zip(runs, rows)]
-      mean = np.mean(maps, axis=0)
+      mean = np.average(maps, axis=0,
+                        weights=[repredict.weight(r) if repredict else 1.0 for r in runs])
       out[(fold, variant)] = {
           "seeds": [score(m, reference, spacing, threshold, min_lesion_mm3) for m in maps],
           "ensemble": score(mean, reference, spacing, ensemble_threshold, min_lesion_mm3,

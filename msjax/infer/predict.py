@@ -206,7 +206,7 @@ def phase_member(predictor, options: PredictOptions, k: int) -> int | None:
 
 
 def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, load,
-                         options: PredictOptions, origin=(0.0, 0.0, 0.0)
+                         options: PredictOptions, origin=(0.0, 0.0, 0.0), only=None
                          ) -> tuple[sliding_window.Prediction, int]:
   """Test-time grid phases: the exam sampled from its own finer grid onto the model grid moved by
   each of the 8 half-voxel phases (load(phase=...)), each phase predicted in one pass (in flip k
@@ -216,15 +216,18 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
   the mask moves far less when the exam lands on the grid a little differently (another
   registration, another visit). With options.phases=1, the one phase predicted as `options`
   says (mirroring included). origin: the whole model grid moved first (model voxels; `arrays`
-  loaded at it): how the prediction moves with the grid (studies/grid_phases.py). Returns the
-  prediction on the exam's own grid; its spread is the standard deviation over every window of
-  every phase."""
+  loaded at it): how the prediction moves with the grid (studies/grid_phases.py). only: the
+  indices of the phases to predict (default all; studies/seed_ensemble.py deals them out over
+  separate networks as an ensemble deals them over its members). Returns the prediction on the
+  exam's own grid; its spread is the standard deviation over every window of every phase."""
   native = arrays.native_grid.shape
   total = np.zeros(native, np.float64)
   total_sq = np.zeros(native, np.float64)
   n_patches = 0
   phases = grid_phases(options.phases)
-  for k, phase in enumerate(phases):
+  taken = [k for k in range(len(phases)) if only is None or k in only]
+  for k in taken:
+    phase = phases[k]
     at = tuple(float(o) + p for o, p in zip(origin, phase))
     moved = arrays if not any(phase) else load(phase=at)
     if options.phases == 1:
@@ -240,8 +243,8 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
     total += p
     total_sq += spread.astype(np.float64) ** 2 + p.astype(np.float64) ** 2
     n_patches += n
-  mean = total / len(phases)
-  spread = np.sqrt(np.maximum(total_sq / len(phases) - mean ** 2, 0.0))
+  mean = total / len(taken)
+  spread = np.sqrt(np.maximum(total_sq / len(taken) - mean ** 2, 0.0))
   return sliding_window.Prediction(probability=mean.astype(np.float32),
                                    spread=spread.astype(np.float32), coverage=None), n_patches
 

@@ -209,6 +209,29 @@ def test_an_ensemble_deals_the_grid_phases_out_over_its_members(tiny_cohort):
     assert net.calls == (members if flips == "dealt" else [None] * 8)
 
 
+def test_phases_predicted_in_shares_weigh_back_to_the_dealt_ensemble(tiny_cohort):
+  """`only` predicts a share of the phases (studies/seed_ensemble.py's mode 'shipped', one
+  network per share): the shares' maps weighted by their phase counts give back what the
+  ensemble's dealt phases make in one call (3 members: shares of 3, 3 and 2 phases)."""
+  exam = tiny_cohort.by_id("synth000")
+  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=16)
+  arrays = load()
+  options = predict.PredictOptions.from_config(batch_size=64, mirror=True, flips="dealt",
+                                               phases=8)
+  whole, _ = predict.phased_probabilities(_PointwiseNetwork(members=3), arrays, load, options)
+  maps, counts = [], []
+  for member in range(3):
+    share = [k for k in range(8) if k % 3 == member]
+    net = _PointwiseNetwork(members=3)
+    pred, _ = predict.phased_probabilities(net, arrays, load, options, only=share)
+    assert net.calls == [member] * len(share)  # only its phases, each by its member
+    maps.append(pred.probability)
+    counts.append(len(share))
+  np.testing.assert_allclose(np.average(maps, axis=0, weights=counts), whole.probability,
+                             atol=1e-5)
+  assert np.abs(np.mean(maps, axis=0) - whole.probability).max() > 1e-3  # the weights matter
+
+
 def test_grid_phases_are_refused_with_spread_flips_and_skipped_on_the_model_grid(trained,
                                                                                   tiny_cohort):
   with pytest.raises(ValueError, match="predict.phases=8 predicts each grid phase"):
