@@ -165,10 +165,6 @@ def predict(**overrides) -> config_dict.ConfigDict:
                              # with flips="dealt" by member k of an ensemble), the maps averaged
                              # on the exam's grid: the compute of 8-flip mirroring, a mask that
                              # moves far less with where the exam lands on the grid
-  c.deal = "phases"          # an ensemble with flips="dealt" and phases=8: "phases", member k
-                             # predicts phase k (whole phases); "windows", every phase's windows
-                             # dealt over the members by their place, so that every member sees
-                             # every voxel in every phase (the same 8 passes)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.min_lesion_peak = 0.0    # remove predicted lesions whose highest probability is below

@@ -306,9 +306,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
 def mirroring_label(options, members: int = 1) -> str:
   if options.phases > 1:
     flips = ", phase k in flip k" if options.mirror else ""
-    by = ((f", each phase's windows dealt over the {members} members"
-           if options.deal == "windows" else f", dealt over the {members} members")
-          if options.flips == "dealt" and members > 1 else "")
+    by = (f", dealt over the {members} members" if options.flips == "dealt" and members > 1
+          else "")
     return f"the model grid at its {options.phases} half-voxel phases{flips}{by}"
   if not options.mirror:
     return ""

@@ -62,12 +62,7 @@ MODES = {"saved": "the leave-one-out's own maps, as its predict settings made th
          "shipped": "predicted again as `segment` predicts with an ensemble: the 8 grid phases "
                     "dealt out over the seeds (phase k in flip k by seed k mod n, 8 passes in "
                     "all; each seed's columns from its own phases, the ensemble the mean of the "
-                    "8)",
-         "windows": "predicted again as `segment --config.predict.deal=windows` predicts with "
-                    "an ensemble: every one of the 8 grid phases (phase k in flip k) with its "
-                    "sliding windows dealt out over the seeds by their place, so that every "
-                    "seed sees every voxel in every phase (8 passes in all; one map, the "
-                    "ensemble's, in each seed's columns too)"}
+                    "8)"}
 
 
 class Repredict:
@@ -79,12 +74,9 @@ class Repredict:
     from msjax.configs import leave_one_out as loo_config
     from msjax.data import cohort as cohort_lib
     self.options = predict.PredictOptions.from_config(
-        loo_config.get_config().predict,
-        mirror=mode in ("spread", "dealt", "phases", "shipped", "windows"),
-        flips=("dealt" if mode == "windows" else
-               "all" if mode in ("dealt", "phases", "shipped") else "spread"),
-        threshold=threshold, phases=8 if mode in ("phases", "shipped", "windows") else 1,
-        deal="windows" if mode == "windows" else "phases")
+        loo_config.get_config().predict, mirror=mode in ("spread", "dealt", "phases", "shipped"),
+        flips="all" if mode in ("dealt", "phases", "shipped") else "spread", threshold=threshold,
+        phases=8 if mode in ("phases", "shipped") else 1)
     self.mode, self.folder, self._predictors = mode, folder, {}
     self.runs = runs  # the group's runs, in order: seed k's share of the flips when dealt
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
@@ -102,16 +94,10 @@ class Repredict:
     from msjax.evaluate import variants as variants_lib
     mode = (f"{self.mode}{self.runs.index(run)}of{len(self.runs)}"
             if self.mode in ("dealt", "shipped") else self.mode)
-    name = os.path.abspath(run).strip("/").replace("/", "-")
-    if self.mode == "windows":  # one map for the ensemble, kept under the group's runs
-      run, name = "+".join(self.runs), "+".join(os.path.basename(r) for r in self.runs)
-    key = "_".join([name, fold, variant, mode])
+    key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, mode])
     kept = os.path.join(self.folder, "maps", key + ".npy")
     if os.path.exists(kept):
       return np.load(kept).astype(np.float32)
-    if (run, fold) not in self._predictors and self.mode == "windows":
-      self._predictors[(run, fold)] = FoldEnsemble(
-          [predict.Predictor(os.path.join(r, "folds", fold, STRATEGY)) for r in self.runs])
     if (run, fold) not in self._predictors:
       where = os.path.join(run, "folds", fold, STRATEGY)
       self._predictors[(run, fold)] = (
@@ -134,21 +120,6 @@ class Repredict:
     np.save(kept + ".tmp.npy", probability.astype(np.float16))
     os.replace(kept + ".tmp.npy", kept)
     return probability  # in the exam file's voxel order, as the saved maps
-
-
-class FoldEnsemble:
-  """The seeds' networks of one fold as one ensemble, as segment runs a shipped ensemble: member
-  m's pass by seed m's network."""
-
-  def __init__(self, predictors: list):
-    self._predictors = predictors
-    self.members = len(predictors)
-    self.patch, self.model_shape = predictors[0].patch, predictors[0].model_shape
-
-  def predict_one_pass(self, x, member=None):
-    if member is None:
-      return np.mean([np.asarray(p.predict_one_pass(x)) for p in self._predictors], axis=0)
-    return self._predictors[member].predict_one_pass(x)
 
 
 class FlipShare(predict.Predictor):

@@ -33,7 +33,6 @@ from msjax.models import model as model_lib
 
 SAMPLERS = ("sliding", "random")
 FLIPS = ("all", "spread", "dealt")
-DEALS = ("phases", "windows")  # predict.deal: how an ensemble shares the grid phases
 PHASES = (1, 8)  # predict.phases: the model grid sampled once, or at its 8 half-voxel phases
 
 
@@ -52,7 +51,6 @@ class PredictOptions:
   min_lesion_peak: float = 0.0
   flips: str = "all"
   phases: int = 1
-  deal: str = "phases"
   seed: int = 0
   allow_any_geometry: bool = False
 
@@ -64,8 +62,6 @@ class PredictOptions:
     if self.phases not in PHASES:
       raise ValueError(f"predict.phases={self.phases!r}: 1 (the model grid as it is) or 8 (its "
                        "8 half-voxel phases)")
-    if self.deal not in DEALS:
-      raise ValueError(f"predict.deal={self.deal!r}: one of {', '.join(DEALS)}")
     if self.phases > 1 and self.mirror and self.flips == "spread":
       raise ValueError("predict.phases=8 predicts each grid phase in one of the 8 flips; "
                        "predict.flips='spread' spreads them over the windows instead: use one")
@@ -89,14 +85,10 @@ class PredictOptions:
 
 
 def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
-                  options: PredictOptions, flip=None, members: tuple[int, int] | None = None
-                  ) -> tuple[sliding_window.Prediction, int]:
+                  options: PredictOptions, flip=None) -> tuple[sliding_window.Prediction, int]:
   """The lesion probability of every voxel of an exam on the model grid, by options' sampler
   (0 outside the brain), and the number of patches it took. flip: (3,) bool, every window
-  mirrored along those axes (one grid phase's flip) instead of options' spread flips. members:
-  (n, offset), the sliding windows dealt out over an ensemble's n members by their place
-  (member (window_parity + offset) mod n, predict_batch(x, member=m)): a voxel inside the volume
-  lies in 8 windows, one of each parity, so every member sees it."""
+  mirrored along those axes (one grid phase's flip) instead of options' spread flips."""
   if options.sampler == "sliding":
     corners = sliding_window.sliding_window_corners(arrays.shape, patch, options.overlap,
                                                     brain=arrays.brain)
@@ -109,12 +101,8 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
            else None)
   if flip is not None:
     flips = np.tile(np.asarray(flip, bool)[None], (len(corners), 1))
-  groups = None
-  if members is not None:
-    n, offset = members
-    groups = (sliding_window.window_parity(corners) + offset) % n
   pred = sliding_window.predict_volume(predict_batch, arrays.images, corners, patch,
-                                       options.batch_size, weighting, flips, groups)
+                                       options.batch_size, weighting, flips)
   brain = arrays.brain > 0  # lesions are only sought in the brain
   pred.probability = np.where(brain, pred.probability, 0).astype(np.float32)
   pred.spread = np.where(brain, pred.spread, 0).astype(np.float32)
@@ -189,9 +177,8 @@ class Predictor:
     t = time.time()
     x = np.zeros((options.batch_size,) + (self.patch,) * 3 + (len(manifest_lib.MODALITIES),),
                  np.float32)
-    if options.phases > 1:  # member 0's network wherever the phases are dealt
-      out = self.predict_one_pass(x, 0 if deals_windows(self, options)
-                                  else phase_member(self, options, 0))
+    if options.phases > 1:
+      out = self.predict_one_pass(x, phase_member(self, options, 0))
     else:
       out = self.exam_pass(options)(x)
     jax.block_until_ready(out)
@@ -213,16 +200,9 @@ def grid_phases(n: int) -> list[tuple]:
 
 
 def phase_member(predictor, options: PredictOptions, k: int) -> int | None:
-  """The ensemble member that predicts grid phase k (flips dealt, deal='phases': member k mod
-  members), or None (the ensemble's mean, the one network, or windows dealt: deals_windows)."""
-  return (k % predictor.members if options.flips == "dealt" and predictor.members > 1
-          and options.deal == "phases" else None)
-
-
-def deals_windows(predictor, options: PredictOptions) -> bool:
-  """Whether each grid phase's windows are dealt out over an ensemble's members (deal='windows')
-  rather than whole phases."""
-  return options.flips == "dealt" and predictor.members > 1 and options.deal == "windows"
+  """The ensemble member that predicts grid phase k (flips dealt: member k mod members), or None
+  (the ensemble's mean, or the one network)."""
+  return k % predictor.members if options.flips == "dealt" and predictor.members > 1 else None
 
 
 def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, load,
@@ -254,14 +234,9 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
       pred, n = predictor.predict_exam(moved, options)
     else:
       flip = np.array([options.mirror and bool(k & bit) for bit in (1, 2, 4)])
-      if deals_windows(predictor, options):  # every member in every phase, a share of windows
-        pred, n = probabilities(lambda x, member: predictor.predict_one_pass(x, member), moved,
-                                predictor.patch, options, flip=flip,
-                                members=(predictor.members, k))
-      else:
-        member = phase_member(predictor, options, k)
-        pred, n = probabilities(lambda x, m=member: predictor.predict_one_pass(x, m), moved,
-                                predictor.patch, options, flip=flip)
+      member = phase_member(predictor, options, k)
+      pred, n = probabilities(lambda x, m=member: predictor.predict_one_pass(x, m), moved,
+                              predictor.patch, options, flip=flip)
     back = nifti.back_offset(at, moved.shape, native)
     p = nifti.resample_box(pred.probability, native, offset=back)
     spread = nifti.resample_box(pred.spread, native, offset=back)

@@ -10,7 +10,6 @@ of any size compiles once and memory stays bounded by the batch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 
 import numpy as np
@@ -53,12 +52,6 @@ def spread_flips(corners: np.ndarray) -> np.ndarray:
   return flips
 
 
-def window_parity(corners: np.ndarray) -> np.ndarray:
-  """(N,) int in 0..7: each sliding window's place by its parity along each axis (spread_flips'
-  axes as bits). With 50 % overlap a voxel inside the volume lies in 8 windows, one of each."""
-  return spread_flips(corners).astype(np.int64) @ np.array([1, 2, 4])
-
-
 def random_brain_corners(brain: np.ndarray, patch: int, n: int, seed: int,
                          min_brain_fraction: float = 0.75) -> np.ndarray:
   ok = patch_lib.box_fractions(brain, patch) >= min_brain_fraction - 1e-9
@@ -91,41 +84,31 @@ def _flipped(patch: np.ndarray, axes: np.ndarray) -> np.ndarray:
 
 def predict_volume(predict_batch, images: np.ndarray, corners: np.ndarray, patch: int,
                    batch_size: int, weighting: str = "gaussian",
-                   flips: np.ndarray | None = None, groups: np.ndarray | None = None
-                   ) -> Prediction:
+                   flips: np.ndarray | None = None) -> Prediction:
   """predict_batch: (B, P, P, P, C) float32 -> (B, P, P, P) probabilities (jitted, fixed B).
   flips: (N, 3) bool, the axes each window is mirrored along before the network (its
-  prediction mirrored back): spread_flips. groups: (N,) int, which network predicts each window
-  (an ensemble's member): predict_batch(x, member=group), each group's windows batched together."""
+  prediction mirrored back): spread_flips."""
   shape = images.shape[:3]
   w = gaussian_weight(patch) if weighting == "gaussian" else np.ones((patch,) * 3, np.float32)
   total = np.zeros(shape, np.float64)
   total_sq = np.zeros(shape, np.float64)
   weight = np.zeros(shape, np.float64)
   count = np.zeros(shape, np.int32)
-  if flips is None:
-    flips = np.zeros((len(corners), 3), bool)
-  if groups is None:
-    runs = [(predict_batch, np.arange(len(corners)))]
-  else:
-    runs = [(functools.partial(predict_batch, member=int(g)), np.flatnonzero(groups == g))
-            for g in np.unique(groups)]
-  for predict_one, index in runs:
-    for start in range(0, len(index), batch_size):
-      take = index[start:start + batch_size]
-      chunk, axes = corners[take], flips[take]
-      batch = np.stack([_flipped(patch_lib.cut(images, c, patch), f)
-                        for c, f in zip(chunk, axes)])
-      if len(chunk) < batch_size:  # pad to the compiled batch size
-        batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(chunk), 0)])
-      probs = np.asarray(predict_one(batch))[:len(chunk)]
-      for c, f, p in zip(chunk, axes, probs):
-        p = _flipped(p, f)
-        sl = tuple(slice(int(v), int(v) + patch) for v in c)
-        total[sl] += w * p
-        total_sq[sl] += w * p * p
-        weight[sl] += w
-        count[sl] += 1
+  for start in range(0, len(corners), batch_size):
+    chunk = corners[start:start + batch_size]
+    axes = (flips[start:start + batch_size] if flips is not None
+            else np.zeros((len(chunk), 3), bool))
+    batch = np.stack([_flipped(patch_lib.cut(images, c, patch), f) for c, f in zip(chunk, axes)])
+    if len(chunk) < batch_size:  # pad to the compiled batch size
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(chunk), 0)])
+    probs = np.asarray(predict_batch(batch))[:len(chunk)]
+    probs = [_flipped(p, f) for p, f in zip(probs, axes)]
+    for c, p in zip(chunk, probs):
+      sl = tuple(slice(int(v), int(v) + patch) for v in c)
+      total[sl] += w * p
+      total_sq[sl] += w * p * p
+      weight[sl] += w
+      count[sl] += 1
   covered = weight > 0
   mean = np.where(covered, total / np.where(covered, weight, 1), 0.0)
   var = np.where(covered, total_sq / np.where(covered, weight, 1) - mean ** 2, 0.0)

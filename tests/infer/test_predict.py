@@ -232,27 +232,6 @@ def test_phases_predicted_in_shares_weigh_back_to_the_dealt_ensemble(tiny_cohort
   assert np.abs(np.mean(maps, axis=0) - whole.probability).max() > 1e-3  # the weights matter
 
 
-def test_an_ensemble_may_deal_each_phases_windows_out_over_its_members(tiny_cohort):
-  """predict.deal='windows': in every one of the 8 phases every member predicts its share of the
-  windows (the same windows as deal='phases', so the same compute); the map differs."""
-  exam = tiny_cohort.by_id("synth000")
-  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=16)
-  arrays = load()
-  got = {}
-  for deal in ("phases", "windows"):
-    net = _PointwiseNetwork(members=3)
-    options = predict.PredictOptions.from_config(batch_size=1, mirror=True, flips="dealt",
-                                                 phases=8, deal=deal)
-    got[deal] = predict.phased_probabilities(net, arrays, load, options)
-    got[deal + " calls"] = net.calls
-  assert set(got["windows calls"]) == {0, 1, 2}
-  assert got["phases"][1] == got["windows"][1]  # windows predicted
-  assert len(got["windows calls"]) == len(got["phases calls"])  # batch 1: a call a window
-  assert np.abs(got["phases"][0].probability - got["windows"][0].probability).max() > 1e-3
-  with pytest.raises(ValueError, match="deal"):
-    predict.PredictOptions.from_config(deal="members")
-
-
 def test_grid_phases_are_refused_with_spread_flips_and_skipped_on_the_model_grid(trained,
                                                                                   tiny_cohort):
   with pytest.raises(ValueError, match="predict.phases=8 predicts each grid phase"):

@@ -86,27 +86,3 @@ def test_spread_flips_show_every_interior_voxel_in_all_8_flips_and_map_back():
   plain = sliding_window.predict_volume(ramp, images, corners, patch, 5)
   spread = sliding_window.predict_volume(ramp, images, corners, patch, 5, flips=flips)
   assert not np.allclose(plain.probability, spread.probability)
-
-
-def test_windows_dealt_by_place_give_every_interior_voxel_every_member():
-  """groups (an ensemble's members by window_parity): a voxel inside the volume lies in 8
-  windows of 8 different parities, so with (parity + offset) mod n every member predicts it; each
-  group's windows go through its own network (predict_batch(x, member=m)), batched apart."""
-  corners = sliding_window.sliding_window_corners((48, 48, 48), 16, 0.5)
-  parity = sliding_window.window_parity(corners)
-  covering = [p for c, p in zip(corners, parity) if all(c <= 20) and all(c + 16 > 20)]
-  assert sorted(covering) == list(range(8))
-  images = np.zeros((48, 48, 48, 1), np.float32)
-  batches = []
-
-  def member_network(batch, member):  # member m predicts the constant m everywhere
-    batches.append(member)
-    return np.full(batch.shape[:4], float(member), np.float32)
-
-  groups = (parity + 1) % 3
-  pred = sliding_window.predict_volume(member_network, images, corners, 16, 8,
-                                       weighting="uniform", groups=groups)
-  assert sorted(set(batches)) == [0, 1, 2]
-  assert len(batches) == sum(-(-int((groups == g).sum()) // 8) for g in range(3))
-  # the voxel (20, 20, 20): parities 0..7 -> members 1, 2, 0, 1, 2, 0, 1, 2
-  np.testing.assert_allclose(pred.probability[20, 20, 20], (1 + 2 + 0 + 1 + 2 + 0 + 1 + 2) / 8)
