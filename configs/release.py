@@ -71,8 +71,9 @@ def get_config(variant: str = ""):
   # ensemble.py)
   c.threshold_from = ""
   # markdown files (comma-separated) of measured figures for the model card's Results: the
-  # recipe's leave-one-out at the shipped threshold and lesion peak (its seeds' averaged maps at
-  # the 8 grid phases), the reliability of its probabilities, the raw longitudinal exams' change
+  # recipe's leave-one-out at the shipped threshold and lesion peak (its seeds with the 8 grid
+  # phases dealt over them as segment deals them, then each at all 8), the reliability of its
+  # probabilities, the raw longitudinal exams' change
   # regions its masks cover and its masks there against the model released before and against
   # segment:fast; then the evidence behind the recipe: the 2D exams at one seed, the recipe
   # released before at the grid phases and what the phases do on the raw exams, that recipe at
