@@ -362,7 +362,7 @@ def paired_rounds(config, results: dict, torch_settings: dict, runners: dict, im
     them = best(torch_settings, name)
     if ours and them and name in runners.get(ours[0], {}):
       pairs[name] = (ours[0], them[0])
-  out = {name: {"msjax": o, "pytorch": t, "ratios": [], "rounds": [], "paired": True}
+  out = {name: {"msjax": o, "pytorch": t, "ratios": [], "rounds": []}
          for name, (o, t) in pairs.items()}
   for r in range(int(config.paired_rounds) if pairs else 0):
     theirs = open_theirs()

@@ -105,17 +105,9 @@ class Repredict:
           if self.mode == "dealt" else predict.Predictor(where))
     exam = variants_lib.make(self.exams[fold.removeprefix("test_")], variant,
                              os.path.join(self.folder, "variants", variant))
-    predictor = self._predictors[(run, fold)]
-    if self.mode == "shipped":  # this seed's phases only, as segment_exam loads and maps back
-      from msjax.data import exams as exams_lib
-      load = exams_lib.exam_loader(exam, model_shape=predictor.model_shape,
-                                   patch_size=predictor.patch)
-      arrays = load()
-      pred, _ = predict.phased_probabilities(predictor, arrays, load, self.options,
-                                             only=self.phase_share(run))
-      probability = predict.in_file_space(exam, arrays, pred.probability)[0]
-    else:
-      probability = predict.segment_exam(predictor, exam, self.options).probability
+    probability = predict.segment_exam(  # mode 'shipped': this seed's share of the phases
+        self._predictors[(run, fold)], exam, self.options,
+        only=self.phase_share(run) if self.mode == "shipped" else None).probability
     os.makedirs(os.path.dirname(kept), exist_ok=True)
     np.save(kept + ".tmp.npy", probability.astype(np.float16))
     os.replace(kept + ".tmp.npy", kept)

@@ -294,15 +294,16 @@ class Segmentation:
   patches: int
 
 
-def segment_exam(predictor: Predictor, exam, options: PredictOptions) -> Segmentation:
+def segment_exam(predictor: Predictor, exam, options: PredictOptions, only=None) -> Segmentation:
   """Computes one exam's segmentation (nothing is written): loaded onto the model grid, predicted,
-  brought back to the exam's own space, thresholded."""
+  brought back to the exam's own space, thresholded. only: the grid phases to predict
+  (phased_probabilities; default all)."""
   load = exams_lib.exam_loader(exam, model_shape=predictor.model_shape,
                                patch_size=predictor.patch,
                                allow_any_geometry=options.allow_any_geometry)
   arrays = load()
   if options.phases > 1 and arrays.grid.shape != arrays.native_grid.shape:
-    pred, n_patches = phased_probabilities(predictor, arrays, load, options)
+    pred, n_patches = phased_probabilities(predictor, arrays, load, options, only=only)
   else:  # one phase; an exam stored on the model grid has no finer grid to take phases from
     if options.phases > 1:
       logging.info("%s is stored on the model grid %s: no finer grid to sample phases from, "

@@ -329,14 +329,19 @@ def without_end_slices(mask: sitk.Image, n: int = ATLAS_END_SLICES,
 ATLAS_REFINE_MAX_MM = 5.0
 
 
-def mean_distance_mm(a: sitk.Transform, b: sitk.Transform, step: int = 2000) -> float:
-  """Mean distance (mm) between where two MNI -> subject transforms send the template's brain
-  (every step-th voxel of its mask)."""
+def distances_mm(a: sitk.Transform, b: sitk.Transform, step: int = 2000) -> np.ndarray:
+  """Distances (mm) between where two MNI -> subject transforms send the template's brain (every
+  step-th voxel of its mask)."""
   _, mask = mni_template()
   idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[::step][:, ::-1]
   points = [mask.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in idx]
-  return float(np.mean([np.linalg.norm(np.subtract(a.TransformPoint(p), b.TransformPoint(p)))
-                        for p in points]))
+  return np.array([np.linalg.norm(np.subtract(a.TransformPoint(p), b.TransformPoint(p)))
+                   for p in points])
+
+
+def mean_distance_mm(a: sitk.Transform, b: sitk.Transform, step: int = 2000) -> float:
+  """The mean of `distances_mm`."""
+  return float(np.mean(distances_mm(a, b, step)))
 
 
 def unwrap(tfm: sitk.Transform) -> sitk.Transform:
