@@ -47,10 +47,6 @@
 bool MsjaxWinogradSupported();
 void MsjaxWinogradForward(const float* x, const float* w, const float* bias, float* y, int64_t n,
                           int64_t d, int64_t h, int64_t w_, int64_t c, int64_t oc, bool flipped);
-// tap_bf16.cc
-bool MsjaxTapBf16Supported();
-void MsjaxTapBf16Weights(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int64_t n,
-                         int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -74,7 +70,6 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_weights;
   bool bwd_weights_zero_scratch = false;  // its kernel is jit_bf16 (see BackwardWeights)
   bool tap_gemm = false;                  // the weight gradient is TapGemmWeights'
-  bool tap_bf16 = false;                  // the weight gradient is MsjaxTapBf16Weights
   bool winograd = false;                  // the forward is MsjaxWinogradForward
   bool winograd_data = false;             // and so is the input gradient (see BackwardData)
 };
@@ -99,22 +94,6 @@ bool UseTapGemm(int64_t d, int64_t h, int64_t w, int64_t k, int64_t s, dt type,
   if (const int forced = Forced("MSJAX_TAP_GEMM"); forced >= 0) return forced == 1;
   return std::string(onednn_impl).find("gemm") != std::string::npos &&
          d * h * w >= kTapGemmMinVoxels;
-}
-
-// The bf16 weight gradient is msjax's own (tap_bf16.cc) for 3³ stride-1 convolutions where
-// oneDNN would run its `jit_bf16` AVX-512 BF16 kernel (a CPU with avx512_bf16 and no AMX: there
-// oneDNN's AMX kernels are left alone), c % 8 == 0, oc % 16 == 0 and an even width.
-// MSJAX_TAP_BF16=0 turns it off, =1 uses it for every such shape whatever oneDNN would pick.
-constexpr int64_t kTapBf16MinVoxels = 8 * 8 * 8;
-
-bool UseTapBf16(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t k, int64_t s,
-                dt type, const char* onednn_impl) {
-  if (type != dt::bf16 || k != 3 || s != 1 || c % 8 != 0 || oc % 16 != 0 || w % 2 != 0)
-    return false;
-  if (!MsjaxTapBf16Supported()) return false;
-  if (const int forced = Forced("MSJAX_TAP_BF16"); forced >= 0) return forced == 1;
-  return std::string(onednn_impl).rfind("jit_bf16:avx512_core_bf16", 0) == 0 &&
-         d * h * w >= kTapBf16MinVoxels;
 }
 
 // The forward pass is msjax's Winograd F(2³, 3³) (winograd_conv.cc) for float32 3³ stride-1
@@ -183,7 +162,6 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   conv->bwd_weights_zero_scratch =
       std::string(conv->bwd_weights_pd.impl_info_str()).rfind("jit_bf16", 0) == 0;
   conv->tap_gemm = UseTapGemm(d, h, w, k, s, type, conv->bwd_weights_pd.impl_info_str());
-  conv->tap_bf16 = UseTapBf16(d, h, w, c, oc, k, s, type, conv->bwd_weights_pd.impl_info_str());
   conv->winograd = UseWinograd(d, h, w, c, oc, k, s, type, conv->fwd_pd.impl_info_str());
   conv->winograd_data =
       UseWinograd(d, h, w, oc, c, k, s, type, conv->bwd_data_pd.impl_info_str());
@@ -423,12 +401,6 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                      db->typed_data(), d[0], d[1], d[2], d[3], d[4], d[5]);
       return ffi::Error::Success();
     }
-    if (conv->tap_bf16) {
-      MsjaxTapBf16Weights(static_cast<const uint16_t*>(x.untyped_data()),
-                          static_cast<const uint16_t*>(dy.untyped_data()), dw->typed_data(),
-                          db->typed_data(), d[0], d[1], d[2], d[3], d[4], d[5]);
-      return ffi::Error::Success();
-    }
     dnnl::stream strm(Engine());
     memory src(conv->src, Engine(), x.untyped_data());
     memory diff_dst(conv->dst, Engine(), dy.untyped_data());
@@ -477,8 +449,7 @@ extern "C" int MsjaxConvImpl(int64_t n, int64_t c, int64_t d, int64_t h, int64_t
     };
     text = named(conv->winograd, "winograd", conv->fwd_pd.impl_info_str()) + "|" +
            named(conv->winograd_data, "winograd", conv->bwd_data_pd.impl_info_str()) + "|" +
-           named(conv->tap_gemm || conv->tap_bf16, conv->tap_gemm ? "tap_gemm" : "tap_bf16",
-                 conv->bwd_weights_pd.impl_info_str());
+           named(conv->tap_gemm, "tap_gemm", conv->bwd_weights_pd.impl_info_str());
   } catch (const dnnl::error& e) {
     text = e.what();
     rc = -1;
