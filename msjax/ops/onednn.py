@@ -35,7 +35,8 @@ SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
 # msjax's own instance-norm kernels (msjax/ops/norm.py) ride in the same library: one build, one
 # cache entry, and they run wherever the convolutions do
 SOURCES = (SOURCE, os.path.join(os.path.dirname(__file__), "norm_kernels.cc"),
-           os.path.join(os.path.dirname(__file__), "winograd_conv.cc"))
+           os.path.join(os.path.dirname(__file__), "winograd_conv.cc"),
+           os.path.join(os.path.dirname(__file__), "winograd_bf16.cc"))
 _lock = threading.Lock()
 _state: dict = {}
 

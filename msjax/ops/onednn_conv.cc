@@ -25,7 +25,9 @@
 // CPU, or one held to AVX2), 3³ stride-1 convolutions of 8k channels run as Winograd F(2³, 3³)
 // (winograd_conv.cc, see `UseWinograd`), and so do their input gradients: oneDNN's direct kernel
 // already runs near the FMA rate there, and Winograd needs 64 multiplications per 8 outputs and
-// channel pair instead of 216.
+// channel pair instead of 216. In bf16 the same holds where oneDNN runs its AVX-512 BF16 kernels
+// (a Zen 4): there the forward and input gradient of 3³ stride-1 convolutions of 16k channels run
+// as msjax's bf16 Winograd (winograd_bf16.cc, see `UseWinogradBf16`).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -47,6 +49,11 @@
 bool MsjaxWinogradSupported();
 void MsjaxWinogradForward(const float* x, const float* w, const float* bias, float* y, int64_t n,
                           int64_t d, int64_t h, int64_t w_, int64_t c, int64_t oc, bool flipped);
+// winograd_bf16.cc
+bool MsjaxWinogradBf16Supported();
+void MsjaxWinogradBf16Forward(const uint16_t* x, const float* w, const float* bias, uint16_t* y,
+                              int64_t n, int64_t d, int64_t h, int64_t w_, int64_t c,
+                              int64_t oc, bool flipped);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -72,6 +79,8 @@ struct Conv {
   bool tap_gemm = false;                  // the weight gradient is TapGemmWeights'
   bool winograd = false;                  // the forward is MsjaxWinogradForward
   bool winograd_data = false;             // and so is the input gradient (see BackwardData)
+  bool winograd_bf16 = false;             // the forward is MsjaxWinogradBf16Forward
+  bool winograd_bf16_data = false;        // and so is the input gradient
 };
 
 // The smallest volume per sample (voxels) at which TapGemmWeights replaces oneDNN's GEMM-based
@@ -125,6 +134,26 @@ bool UseWinograd(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t
          d * h * w >= kWinogradMinVoxels;
 }
 
+// In bf16, 3³ stride-1 convolutions of 16k channels over an even-sized volume of 8³ or more run
+// as msjax's bf16 Winograd F(2³, 3³) (winograd_bf16.cc), forward and input gradient, where oneDNN
+// would run its AVX-512 BF16 direct kernel (a CPU with avx512_bf16 and no AMX, e.g. a Zen 4):
+// there oneDNN's and PyTorch's direct kernels both run at the CPU's dot-product rate, so only
+// fewer multiplications are faster. One 12-patch batch on a Zen 4, ms, oneDNN -> Winograd: see
+// docs/benchmark.md. MSJAX_WINOGRAD_BF16=0 turns it off, =1 uses it for every eligible shape.
+constexpr int64_t kWinogradBf16MinVoxels = 8 * 8 * 8;
+
+bool UseWinogradBf16(int64_t d, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t k,
+                     int64_t s, dt type, const char* onednn_impl) {
+  if (type != dt::bf16 || k != 3 || s != 1 || c % 16 != 0 || oc % 16 != 0 || d % 2 != 0 ||
+      h % 2 != 0 || w % 2 != 0)
+    return false;
+  if (!MsjaxWinogradBf16Supported()) return false;
+  if (const int forced = Forced("MSJAX_WINOGRAD_BF16"); forced >= 0) return forced == 1;
+  const std::string impl(onednn_impl);
+  return impl.find("avx512_core_bf16") != std::string::npos &&
+         impl.find("amx") == std::string::npos && d * h * w >= kWinogradBf16MinVoxels;
+}
+
 // n, c, d, h, w (input), oc, k, stride, activation type -> the primitives of that convolution
 std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w, int64_t oc,
                               int64_t k, int64_t s, dt type) {
@@ -165,6 +194,9 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
   conv->winograd = UseWinograd(d, h, w, c, oc, k, s, type, conv->fwd_pd.impl_info_str());
   conv->winograd_data =
       UseWinograd(d, h, w, oc, c, k, s, type, conv->bwd_data_pd.impl_info_str());
+  conv->winograd_bf16 = UseWinogradBf16(d, h, w, c, oc, k, s, type, conv->fwd_pd.impl_info_str());
+  conv->winograd_bf16_data =
+      UseWinogradBf16(d, h, w, oc, c, k, s, type, conv->bwd_data_pd.impl_info_str());
   cache.emplace(key, conv);
   return conv;
 }
@@ -246,6 +278,12 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F
                            d[2], d[3], d[4], d[5], /*flipped=*/false);
       return ffi::Error::Success();
     }
+    if (conv->winograd_bf16) {
+      MsjaxWinogradBf16Forward(static_cast<const uint16_t*>(x.untyped_data()), w.typed_data(),
+                               b.typed_data(), static_cast<uint16_t*>(y->untyped_data()), d[0],
+                               d[1], d[2], d[3], d[4], d[5], /*flipped=*/false);
+      return ffi::Error::Success();
+    }
     dnnl::stream strm(Engine());
     memory src(conv->src, Engine(), x.untyped_data());
     memory wei_user(conv->wei_user, Engine(), w.typed_data());
@@ -287,6 +325,12 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
       MsjaxWinogradForward(static_cast<const float*>(dy.untyped_data()), w.typed_data(),
                            /*bias=*/nullptr, static_cast<float*>(dx->untyped_data()), d[0], d[1],
                            d[2], d[3], d[5], d[4], /*flipped=*/true);
+      return ffi::Error::Success();
+    }
+    if (conv->winograd_bf16_data) {  // the same, in bf16
+      MsjaxWinogradBf16Forward(static_cast<const uint16_t*>(dy.untyped_data()), w.typed_data(),
+                               /*bias=*/nullptr, static_cast<uint16_t*>(dx->untyped_data()), d[0],
+                               d[1], d[2], d[3], d[5], d[4], /*flipped=*/true);
       return ffi::Error::Success();
     }
     dnnl::stream strm(Engine());
@@ -447,8 +491,13 @@ extern "C" int MsjaxConvImpl(int64_t n, int64_t c, int64_t d, int64_t h, int64_t
     auto named = [](bool ours, const char* name, const char* onednn) {
       return ours ? std::string("msjax:") + name + "(" + onednn + ")" : std::string(onednn);
     };
-    text = named(conv->winograd, "winograd", conv->fwd_pd.impl_info_str()) + "|" +
-           named(conv->winograd_data, "winograd", conv->bwd_data_pd.impl_info_str()) + "|" +
+    text = named(conv->winograd || conv->winograd_bf16,
+                 conv->winograd ? "winograd" : "winograd_bf16", conv->fwd_pd.impl_info_str()) +
+           "|" +
+           named(conv->winograd_data || conv->winograd_bf16_data,
+                 conv->winograd_data ? "winograd" : "winograd_bf16",
+                 conv->bwd_data_pd.impl_info_str()) +
+           "|" +
            named(conv->tap_gemm, "tap_gemm", conv->bwd_weights_pd.impl_info_str());
   } catch (const dnnl::error& e) {
     text = e.what();

@@ -113,6 +113,44 @@ def test_winograd_forward_matches_reference(monkeypatch, shape, c_in, c_out):
     assert rel < 1e-5, (name, rel)
 
 
+def _avx512_bf16() -> bool:
+  with open("/proc/cpuinfo") as f:
+    flags = f.read()
+  return " avx512_bf16" in flags and " avx512bw" in flags and " avx512vl" in flags
+
+
+@pytest.mark.skipif(not onednn_installed(), reason="oneDNN or a C++ compiler is missing")
+@pytest.mark.skipif(not _avx512_bf16(), reason="msjax's bf16 Winograd needs AVX-512 BF16")
+@pytest.mark.parametrize("shape,c_in,c_out", [((2, 6, 4, 10), 16, 32), ((1, 8, 10, 6), 32, 16)])
+def test_bf16_winograd_matches_reference(monkeypatch, shape, c_in, c_out):
+  """msjax's bf16 Winograd F(2³, 3³) (by default where oneDNN would run its AVX-512 BF16 direct
+  kernel, here forced by MSJAX_WINOGRAD_BF16=1): non-cubic volumes, two samples, 32-wide and
+  16-wide output blocks, a bias; forward and input gradient (the forward of dy by the flipped
+  kernel) against XLA's float32 convolution of the same bf16 inputs. Its extra roundings (the
+  transformed inputs and kernel in bf16) leave 5-7e-3 of the largest value where oneDNN's direct
+  bf16 kernel leaves 2-4e-3; a wrong transform or a mixed-up axis leaves far more. Shapes no other
+  test uses: the extension caches its choice per shape."""
+  from msjax.ops import onednn
+  monkeypatch.setenv("MSJAX_WINOGRAD_BF16", "1")
+  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "bfloat16")
+  assert impl.split("|")[0].startswith("msjax:winograd_bf16"), impl
+  assert impl.split("|")[1].startswith("msjax:winograd_bf16"), impl  # the input gradient too
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
+  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((*shape, c_out)), jnp.bfloat16)
+  y, vjp = jax.vjp(lambda x, w, b: conv_ops.conv3d_onednn(x, w, b, 1), x, w, b)
+  got = (y,) + vjp(dy)
+  y32, vjp32 = jax.vjp(lambda x, w, b: conv_ops.conv3d_xla(x, w, b, 1), x.astype(jnp.float32),
+                       w, b)
+  want = (y32,) + vjp32(dy.astype(jnp.float32))
+  for name, a, ref, tol in zip(("forward", "d/dx", "d/dw", "d/db"), got, want,
+                               (1.2e-2, 1.2e-2, 1e-5, 1e-5)):
+    rel = float(jnp.abs(a.astype(jnp.float32) - ref).max() / jnp.abs(ref).max())
+    assert rel < tol, (name, rel)
+
+
 @pytest.mark.skipif(not onednn_installed(), reason="oneDNN (a Linux x86-64 dependency) or a C++ "
                     "compiler is missing; the 'onednn' conv falls back to 'fold'")
 def test_onednn_extension_builds_and_is_used():
