@@ -351,6 +351,28 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> w, ffi::AnyBuffer dy,
 }
 
 // x, dy -> (dw, db): the parameter gradients, float32; the kernel's shape is dw's
+// x (n, d, h, w, c) of `bytes`-byte values -> xp (n, d + 2, h + 2, w + 2, c), zero-padded by one
+// voxel on every side: the padded volumes of TapGemmWeights and of winograd_bf16.cc
+void PadVolume(const void* x, void* xp, size_t bytes, int64_t n, int64_t d, int64_t h, int64_t w,
+               int64_t c) {
+  const int64_t pd = d + 2, ph = h + 2, pw = w + 2, row = bytes * c;  // one voxel's bytes
+  const auto* src = static_cast<const char*>(x);
+  auto* dst = static_cast<char*>(xp);
+#pragma omp parallel for collapse(3) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t z = 0; z < pd; ++z)
+      for (int64_t y = 0; y < ph; ++y) {
+        char* line = dst + ((i * pd + z) * ph + y) * pw * row;
+        if (z == 0 || z == pd - 1 || y == 0 || y == ph - 1) {
+          std::memset(line, 0, pw * row);
+        } else {
+          std::memset(line, 0, row);
+          std::memcpy(line + row, src + ((i * d + z - 1) * h + y - 1) * w * row, w * row);
+          std::memset(line + (pw - 1) * row, 0, row);
+        }
+      }
+}
+
 // The weight and bias gradients of a 3³ stride-1 convolution with padding 1, float32, NDHWC:
 //   dw[kd, kh, kw, ci, co] = sum over n, z, y, x of
 //                            xpad[n, z+kd, y+kh, x+kw, ci] * dy[n, z, y, x, co].
@@ -370,18 +392,11 @@ void TapGemmWeights(const float* x, const float* dy, float* dw, float* db, int64
   float* dyp = static_cast<float*>(
       ThreadBuffer(3, sizeof(float) * (rows * oc + threads * (taps * block + oc))));
   float* acc = dyp + rows * oc;  // per thread: 27 c x oc, then oc for the bias
+  PadVolume(x, xp, sizeof(float), n, d, h, w, c);
 #pragma omp parallel for collapse(3) schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t z = 0; z < pd; ++z)
       for (int64_t y = 0; y < ph; ++y) {
-        float* xr = xp + ((i * pd + z) * ph + y) * pw * c;
-        if (z == 0 || z == pd - 1 || y == 0 || y == ph - 1) {
-          std::memset(xr, 0, sizeof(float) * pw * c);
-        } else {
-          std::memset(xr, 0, sizeof(float) * c);
-          std::memcpy(xr + c, x + ((i * d + z - 1) * h + y - 1) * w * c, sizeof(float) * w * c);
-          std::memset(xr + (pw - 1) * c, 0, sizeof(float) * c);
-        }
         float* dr = dyp + ((i * pd + z) * ph + y) * pw * oc;
         if (z < d && y < h) {
           std::memcpy(dr, dy + ((i * d + z) * h + y) * w * oc, sizeof(float) * w * oc);
@@ -477,6 +492,10 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
 }  // namespace
 
 void* MsjaxThreadBuffer(int slot, size_t bytes) { return ThreadBuffer(slot, bytes); }
+void MsjaxPadVolume(const void* x, void* xp, size_t bytes, int64_t n, int64_t d, int64_t h,
+                    int64_t w, int64_t c) {
+  PadVolume(x, xp, bytes, n, d, h, w, c);
+}
 
 // The kernels oneDNN picks for one convolution, "forward|backward-data|backward-weights", into
 // `out` (NUL-terminated). bf16 = 0: float32, 1: bfloat16. Returns 0, or -1 when oneDNN has no

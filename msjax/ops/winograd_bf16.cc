@@ -26,7 +26,10 @@
 #include <immintrin.h>
 #endif
 
-void* MsjaxThreadBuffer(int slot, size_t bytes);  // onednn_conv.cc
+// onednn_conv.cc
+void* MsjaxThreadBuffer(int slot, size_t bytes);
+void MsjaxPadVolume(const void* x, void* xp, size_t bytes, int64_t n, int64_t d, int64_t h,
+                    int64_t w, int64_t c);
 
 bool MsjaxWinogradBf16Supported() {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -242,20 +245,7 @@ void MsjaxWinogradBf16Forward(const uint16_t* x, const float* w, const float* bi
     k = kf;
   }
   TransformWeights(k, u, c, oc);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t z = 0; z < pd; ++z)
-      for (int64_t yy = 0; yy < ph; ++yy) {
-        uint16_t* row = xp + ((i * pd + z) * ph + yy) * pw * c;
-        if (z == 0 || z == pd - 1 || yy == 0 || yy == ph - 1) {
-          std::memset(row, 0, sizeof(uint16_t) * pw * c);
-        } else {
-          std::memset(row, 0, sizeof(uint16_t) * c);
-          std::memcpy(row + c, x + ((i * d + z - 1) * h + yy - 1) * w_ * c,
-                      sizeof(uint16_t) * w_ * c);
-          std::memset(row + (pw - 1) * c, 0, sizeof(uint16_t) * c);
-        }
-      }
+  MsjaxPadVolume(x, xp, sizeof(uint16_t), n, d, h, w_, c);
   const int64_t pairs = c / 2;
 #pragma omp parallel
   {

@@ -76,6 +76,29 @@ def test_tap_gemm_weight_gradient_matches_reference(monkeypatch, shape, c_in, c_
     assert rel < 1e-5, (name, rel)
 
 
+def _forward_and_grads(fn, x, w, b, dy):
+  """(y, d/dx, d/dw, d/db) of the stride-1 convolution fn(x, w, b, 1) with output gradient dy."""
+  y, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, 1), x, w, b)
+  return (y,) + vjp(dy)
+
+
+def _forced_winograd(monkeypatch, switch: str, kernel: str, shape, c_in: int, c_out: int,
+                     dtype: str, seed: int):
+  """Forces one of msjax's Winograd kernels on (env `switch`=1), checks that the extension names
+  `kernel` for the forward and the input gradient of this shape, and returns random x, w, b, dy
+  (activations in `dtype`, parameters float32)."""
+  from msjax.ops import onednn
+  monkeypatch.setenv(switch, "1")
+  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, dtype)
+  assert impl.split("|")[0].startswith(kernel), impl
+  assert impl.split("|")[1].startswith(kernel), impl  # the input gradient too
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((*shape, c_in)), dtype)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
+  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+  return x, w, b, jnp.asarray(rng.standard_normal((*shape, c_out)), dtype)
+
+
 def _avx2_fma() -> bool:
   with open("/proc/cpuinfo") as f:
     flags = f.read()
@@ -92,23 +115,12 @@ def test_winograd_forward_matches_reference(monkeypatch, shape, c_in, c_out):
   block holds, a bias; against XLA's forward and gradients (the input gradient is Winograd too:
   the forward of dy by the flipped kernel). Shapes no other
   test uses: the extension caches its choice per shape."""
-  from msjax.ops import onednn
-  monkeypatch.setenv("MSJAX_WINOGRAD", "1")
-  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "float32")
-  assert impl.split("|")[0].startswith("msjax:winograd"), impl
-  assert impl.split("|")[1].startswith("msjax:winograd"), impl  # the input gradient too
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
-  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
-  dy = jnp.asarray(rng.standard_normal((*shape, c_out)), jnp.float32)
+  x, w, b, dy = _forced_winograd(monkeypatch, "MSJAX_WINOGRAD", "msjax:winograd", shape, c_in,
+                                 c_out, "float32", seed=2)
 
-  def run(fn):
-    y, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, 1), x, w, b)
-    return (y,) + vjp(dy)
-
-  for name, a, ref in zip(("forward", "d/dx", "d/dw", "d/db"), run(conv_ops.conv3d_onednn),
-                          run(conv_ops.conv3d_xla)):
+  for name, a, ref in zip(("forward", "d/dx", "d/dw", "d/db"),
+                          _forward_and_grads(conv_ops.conv3d_onednn, x, w, b, dy),
+                          _forward_and_grads(conv_ops.conv3d_xla, x, w, b, dy)):
     rel = float(jnp.abs(a - ref).max() / jnp.abs(ref).max())
     assert rel < 1e-5, (name, rel)
 
@@ -130,21 +142,11 @@ def test_bf16_winograd_matches_reference(monkeypatch, shape, c_in, c_out):
   transformed inputs and kernel in bf16) leave 5-7e-3 of the largest value where oneDNN's direct
   bf16 kernel leaves 2-4e-3; a wrong transform or a mixed-up axis leaves far more. Shapes no other
   test uses: the extension caches its choice per shape."""
-  from msjax.ops import onednn
-  monkeypatch.setenv("MSJAX_WINOGRAD_BF16", "1")
-  impl = onednn.kernels((*shape, c_in), (3, 3, 3, c_in, c_out), 1, "bfloat16")
-  assert impl.split("|")[0].startswith("msjax:winograd_bf16"), impl
-  assert impl.split("|")[1].startswith("msjax:winograd_bf16"), impl  # the input gradient too
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((*shape, c_in)), jnp.bfloat16)
-  w = jnp.asarray(rng.standard_normal((3, 3, 3, c_in, c_out)) * 0.2, jnp.float32)
-  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
-  dy = jnp.asarray(rng.standard_normal((*shape, c_out)), jnp.bfloat16)
-  y, vjp = jax.vjp(lambda x, w, b: conv_ops.conv3d_onednn(x, w, b, 1), x, w, b)
-  got = (y,) + vjp(dy)
-  y32, vjp32 = jax.vjp(lambda x, w, b: conv_ops.conv3d_xla(x, w, b, 1), x.astype(jnp.float32),
-                       w, b)
-  want = (y32,) + vjp32(dy.astype(jnp.float32))
+  x, w, b, dy = _forced_winograd(monkeypatch, "MSJAX_WINOGRAD_BF16", "msjax:winograd_bf16", shape,
+                                 c_in, c_out, "bfloat16", seed=3)
+  got = _forward_and_grads(conv_ops.conv3d_onednn, x, w, b, dy)
+  want = _forward_and_grads(conv_ops.conv3d_xla, x.astype(jnp.float32), w, b,
+                            dy.astype(jnp.float32))
   for name, a, ref, tol in zip(("forward", "d/dx", "d/dw", "d/db"), got, want,
                                (1.2e-2, 1.2e-2, 1e-5, 1e-5)):
     rel = float(jnp.abs(a.astype(jnp.float32) - ref).max() / jnp.abs(ref).max())
