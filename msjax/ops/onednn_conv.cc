@@ -202,7 +202,8 @@ std::shared_ptr<Conv> GetConv(int64_t n, int64_t c, int64_t d, int64_t h, int64_
 }
 
 // one of this thread's reusable buffers (0: scratchpads, 1: reordered weights, 2 and 3: the
-// padded volumes of TapGemmWeights, 4-7: winograd_conv.cc's), at least `bytes` long,
+// padded volumes of TapGemmWeights, 4-7: winograd_conv.cc's or winograd_bf16.cc's, never both in
+// one call), at least `bytes` long,
 // 64-byte aligned
 void* ThreadBuffer(int slot, size_t bytes) {
   struct Buffer {

@@ -22,7 +22,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#if defined(__x86_64__) && defined(__GNUC__)
+
+// a compiler that knows AVX-512 BF16 (GCC 10, clang 9 on): with an older one this file builds as a
+// stub that reports no support, so the rest of the extension still builds
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+#define MSJAX_HAVE_AVX512BF16 1
 #include <immintrin.h>
 #endif
 
@@ -32,7 +37,7 @@ void MsjaxPadVolume(const void* x, void* xp, size_t bytes, int64_t n, int64_t d,
                     int64_t w, int64_t c);
 
 bool MsjaxWinogradBf16Supported() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MSJAX_HAVE_AVX512BF16
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
@@ -41,7 +46,7 @@ bool MsjaxWinogradBf16Supported() {
 #endif
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MSJAX_HAVE_AVX512BF16
 #define MSJAX_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 namespace {
@@ -137,6 +142,14 @@ MSJAX_BF16 void BlockGemm(const uint32_t* v, const uint32_t* u, float* m, int64_
   }
 }
 
+// tile `id` of the volume (tiles of 2x2x2 outputs, td x th x tw per sample): its sample and
+// corner in tiles
+struct Tile {
+  int64_t i, z, y, x;
+  Tile(int64_t id, int64_t td, int64_t th, int64_t tw)
+      : i(id / (tw * th * td)), z((id / (tw * th)) % td), y((id / tw) % th), x(id % tw) {}
+};
+
 // the block of tiles [t0, t0 + nt) of the padded input xp -> v (64, kTiles, c / 2): B^T d B along
 // the three axes, 16 channels at a time, rounded to bf16 pairs; missing tiles of a last block are
 // zeros, so that the GEMM reads defined values
@@ -148,10 +161,8 @@ MSJAX_BF16 void InputBlock(const uint16_t* xp, uint32_t* v, int64_t t0, int64_t 
       for (int q = 0; q < 64; ++q) std::memset(v + (q * kTiles + t) * pairs, 0, 4 * pairs);
       continue;
     }
-    int64_t id = t0 + t;
-    const int64_t tx = id % tw, ty = (id / tw) % th, tz = (id / (tw * th)) % td,
-                  i = id / (tw * th * td);
-    const uint16_t* base = xp + (((i * pd + 2 * tz) * ph + 2 * ty) * pw + 2 * tx) * c;
+    const Tile at(t0 + t, td, th, tw);
+    const uint16_t* base = xp + (((at.i * pd + 2 * at.z) * ph + 2 * at.y) * pw + 2 * at.x) * c;
     for (int64_t cc = 0; cc < c; cc += 16) {
       __m512 r[64];
       for (int a = 0; a < 4; ++a)
@@ -184,9 +195,7 @@ MSJAX_BF16 void OutputBlock(const float* m, const float* bias, uint16_t* y, int6
                             int64_t td, int64_t th, int64_t tw, int64_t d, int64_t h, int64_t w_,
                             int64_t oc) {
   for (int64_t t = 0; t < nt; ++t) {
-    int64_t id = t0 + t;
-    const int64_t tx = id % tw, ty = (id / tw) % th, tz = (id / (tw * th)) % td,
-                  i = id / (tw * th * td);
+    const Tile at(t0 + t, td, th, tw);
     for (int64_t o = 0; o < oc; o += 16) {
       __m512 s1[16][2];  // along x: (z, y) rows of 4 -> 2
       for (int ab = 0; ab < 16; ++ab) {
@@ -212,7 +221,8 @@ MSJAX_BF16 void OutputBlock(const float* m, const float* bias, uint16_t* y, int6
               _mm512_add_ps(_mm512_add_ps(s2[0][bb][e], s2[1][bb][e]), s2[2][bb][e]), bv);
           const __m512 z1 = _mm512_add_ps(
               _mm512_sub_ps(_mm512_sub_ps(s2[1][bb][e], s2[2][bb][e]), s2[3][bb][e]), bv);
-          uint16_t* y0 = y + (((i * d + 2 * tz) * h + 2 * ty + bb) * w_ + 2 * tx + e) * oc + o;
+          uint16_t* y0 =
+              y + (((at.i * d + 2 * at.z) * h + 2 * at.y + bb) * w_ + 2 * at.x + e) * oc + o;
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(y0), Round16(z0));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(y0 + h * w_ * oc), Round16(z1));
         }
