@@ -278,7 +278,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
   with _PHASES(exam.exam_id, "mask, probability and lesion table"):
     row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, flips=options.flips,
-             phases=options.phases, threshold=options.threshold)
+             phases=options.phases, phase_windows=options.phase_windows,
+             threshold=options.threshold)
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table
     try:
@@ -308,7 +309,9 @@ def mirroring_label(options, members: int = 1) -> str:
     flips = ", phase k in flip k" if options.mirror else ""
     by = (f", dealt over the {members} members" if options.flips == "dealt" and members > 1
           else "")
-    return f"the model grid at its {options.phases} half-voxel phases{flips}{by}"
+    share = (", each its share of one sliding window's windows"
+             if options.phase_windows == "offset" else "")
+    return f"the model grid at its {options.phases} half-voxel phases{flips}{by}{share}"
   if not options.mirror:
     return ""
   if options.flips == "dealt" and members > 1:

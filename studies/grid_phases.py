@@ -15,6 +15,7 @@ runs/loo_ft2400_renorm_s2 --out docs/results/grid_phases.md
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -45,19 +46,33 @@ def options_for(setting: str) -> predict.PredictOptions:
 
 class Maps:
   """Each (seed, fold, input, setting, move) map in its exam file's voxel order, kept in
-  `scratch` (float16) so that the table is written again in seconds."""
+  `scratch` (float16) so that the table is written again in seconds, with its seconds and
+  patches beside it (`cost`). options: setting -> PredictOptions (default options_for)."""
 
-  def __init__(self, labelled: str, scratch: str):
+  def __init__(self, labelled: str, scratch: str, options=None, recorded_setting="flips8"):
     self.exams = {e.exam_id: e for e in cohort_lib.load_cohort(labelled).exams}
     self.scratch, self._predictors = scratch, {}
+    self.options = options or options_for
+    self.recorded_setting = recorded_setting  # the setting the leave-one-out's own maps are
+
+  def _key(self, run, fold, variant, setting, move_mm):
+    return "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, setting,
+                     f"{move_mm:g}mm"])
+
+  def cost(self, run, fold, variant, setting, move_mm=0.0) -> dict | None:
+    """{"seconds", "patches"} of a map this study predicted (None: the leave-one-out's own)."""
+    kept = os.path.join(self.scratch, "maps", self._key(run, fold, variant, setting, move_mm))
+    if not os.path.exists(kept + ".json"):
+      return None
+    with open(kept + ".json") as f:
+      return json.load(f)
 
   def __call__(self, run: str, fold: str, variant: str, setting: str, move_mm: float):
-    if setting == "flips8" and move_mm == 0:  # what the leave-one-out saved
+    if setting == self.recorded_setting and move_mm == 0:  # what the leave-one-out saved
       row = seed_ensemble.recorded(run, fold, variant)
       return seed_ensemble._file_array(ensemble.probability_path(row["prediction"]))
-    key = "_".join([os.path.abspath(run).strip("/").replace("/", "-"), fold, variant, setting,
-                    f"{move_mm:g}mm"])
-    kept = os.path.join(self.scratch, "maps", key + ".npy")
+    kept = os.path.join(self.scratch, "maps", self._key(run, fold, variant, setting, move_mm)
+                        + ".npy")
     if os.path.exists(kept):
       return np.load(kept).astype(np.float32)
     if (run, fold) not in self._predictors:
@@ -74,13 +89,17 @@ class Maps:
     origin = tuple(move_mm / spacing) if move_mm else (0.0, 0.0, 0.0)
     if move_mm:
       arrays = load(phase=origin)
-    pred, _ = predict.phased_probabilities(predictor, arrays, load, options_for(setting), origin)
+    pred, patches = predict.phased_probabilities(predictor, arrays, load, self.options(setting),
+                                                 origin)
     probability, _, _ = predict.in_file_space(exam, arrays, pred.probability)
+    seconds = time.time() - t0
     print(f"[grid_phases] {os.path.basename(run)} {fold} {variant} {setting} moved {move_mm:g} mm:"
-          f" {time.time() - t0:.0f} s", flush=True)
+          f" {seconds:.0f} s, {patches} patches", flush=True)
     os.makedirs(os.path.dirname(kept), exist_ok=True)
     np.save(kept + ".tmp.npy", probability.astype(np.float16))
     os.replace(kept + ".tmp.npy", kept)
+    with open(kept[:-4] + ".json", "w") as f:
+      json.dump({"seconds": round(seconds, 1), "patches": int(patches)}, f)
     return probability
 
 
@@ -89,7 +108,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def scores(runs, maps: Maps, threshold: float, min_mm3: float, peak: float, move_mm: float,
-           moved_variants) -> dict:
+           moved_variants, settings=tuple(SETTINGS)) -> dict:
   """{(fold, variant, setting): {"score": the ensemble's scores, "agreement": Dice of its mask
   against the mask with the grid moved (None where not computed)}}."""
   out = {}
@@ -97,7 +116,7 @@ def scores(runs, maps: Maps, threshold: float, min_mm3: float, peak: float, move
     for variant in VARIANTS:
       ref = nib.load(seed_ensemble.recorded(runs[0], fold, variant)["reference"])
       reference, spacing = np.asarray(ref.dataobj) > 0, ref.header.get_zooms()[:3]
-      for setting in SETTINGS:
+      for setting in settings:
         def mask(move, setting=setting, variant=variant):
           mean = np.mean([maps(r, fold, variant, setting, move) for r in runs], axis=0)
           return ensemble.mask_at(mean, spacing, threshold, min_mm3, peak) > 0

@@ -356,10 +356,10 @@ def test_the_shipped_model_finds_a_real_lesion_and_leaves_clean_tissue(monkeypat
 
 @pytest.mark.slow  # one raw exam preprocessed for real (segment:fast: atlas mask, registrations)
 def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
-  """segment:fast (under a minute; the default takes 4x that: its ROBEX is tested on real exams
-  by tests/preprocess, its 8-flip mirroring by tests/models/test_model.py): the shipped model
-  found without --config.model, the atlas brain mask through the 2 mm head registration sane on
-  a real exam."""
+  """segment:fast (the atlas brain mask and offset windows, ~35 s an exam; the default's ROBEX is
+  tested on real exams by tests/preprocess, its grid phases by tests/infer/test_predict.py): the
+  shipped model found without --config.model, the atlas brain mask through the 2 mm head
+  registration sane on a real exam, its 8 grid phases predicted in shares of the windows."""
   from conftest import REAL_DATA
   pytest.importorskip("SimpleITK", reason="preprocessing extra not installed")
   raw = os.path.join(REAL_DATA, "lesjak_longitudinal_raw", "patient01")
@@ -387,6 +387,7 @@ def test_segment_a_real_raw_exam_with_the_shipped_model(tmp_path, monkeypatch):
   assert "FLAIR" in summary["failed"][0]["error"]
   row = summary["exams"][0]
   assert 0.5 < row["volume_ml"] < 60 and row["lesions"] >= 3  # patient01 carries many lesions
+  assert (row["phases"], row["phase_windows"]) == (8, "offset")
 
 
 def test_the_card_and_bundle_name_no_path_of_the_training_machine(released, tiny_cohort):

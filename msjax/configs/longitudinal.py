@@ -47,6 +47,7 @@ def get_config(variant: str = ""):
     c.predict.batch_size = 8
     c.predict.mirror = False
     c.predict.phases = 1  # the phased path: tests/infer/test_predict.py
+    c.predict.phase_windows = "all"
     c.preprocess.n4_iterations = (5, 5)
     c.report.page_pdf = False
   return config_base.finish(c, v)

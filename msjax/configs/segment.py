@@ -7,8 +7,8 @@ Raw exams are preprocessed as the model's training exams were (needs the [prepro
 `--config.preprocessed=True` feeds exams already on the model grid (like ../shared/data/lesjak_mni)
 straight to the network. Outputs: a BIDS-derivatives dataset in OUT.
 `configs/segment.py:fast`: for throughput and triage (config_base.fast_raw_path: the
-atlas-bounded brain mask instead of ROBEX, no test-time mirroring, no grid phases; its measured
-time and how its masks compare: docs/lab_notebook.md, "Time per exam")."""
+atlas-bounded brain mask instead of ROBEX, each grid phase only its share of the windows; its
+measured time and how its masks compare: docs/results/fast_offset.md)."""
 from ml_collections import config_dict
 
 from msjax import config_base
@@ -55,6 +55,7 @@ def get_config(variant: str = ""):
     c.predict.batch_size = 8
     c.predict.mirror = False
     c.predict.phases = 1  # the phased path: tests/infer/test_predict.py
+    c.predict.phase_windows = "all"
     c.report.page_pdf = False
     c.preprocess.n4_iterations = (5, 5)
   return config_base.finish(c, v)

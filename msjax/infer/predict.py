@@ -34,6 +34,7 @@ from msjax.models import model as model_lib
 SAMPLERS = ("sliding", "random")
 FLIPS = ("all", "spread", "dealt")
 PHASES = (1, 8)  # predict.phases: the model grid sampled once, or at its 8 half-voxel phases
+PHASE_WINDOWS = ("all", "offset")  # predict.phase_windows: each phase's windows (config_base)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class PredictOptions:
   min_lesion_peak: float = 0.0
   flips: str = "all"
   phases: int = 1
+  phase_windows: str = "all"
   seed: int = 0
   allow_any_geometry: bool = False
 
@@ -62,6 +64,13 @@ class PredictOptions:
     if self.phases not in PHASES:
       raise ValueError(f"predict.phases={self.phases!r}: 1 (the model grid as it is) or 8 (its "
                        "8 half-voxel phases)")
+    if self.phase_windows not in PHASE_WINDOWS:
+      raise ValueError(f"predict.phase_windows={self.phase_windows!r}: one of "
+                       f"{', '.join(PHASE_WINDOWS)}")
+    if self.phase_windows == "offset" and (self.phases == 1 or self.sampler != "sliding"):
+      raise ValueError("predict.phase_windows='offset' shares one sliding window's windows out "
+                       "over the 8 grid phases: it needs predict.phases=8 and "
+                       "predict.sampler='sliding'")
     if self.phases > 1 and self.mirror and self.flips == "spread":
       raise ValueError("predict.phases=8 predicts each grid phase in one of the 8 flips; "
                        "predict.flips='spread' spreads them over the windows instead: use one")
@@ -85,11 +94,18 @@ class PredictOptions:
 
 
 def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
-                  options: PredictOptions, flip=None) -> tuple[sliding_window.Prediction, int]:
+                  options: PredictOptions, flip=None, phase: int | None = None
+                  ) -> tuple[sliding_window.Prediction, int]:
   """The lesion probability of every voxel of an exam on the model grid, by options' sampler
   (0 outside the brain), and the number of patches it took. flip: (3,) bool, every window
-  mirrored along those axes (one grid phase's flip) instead of options' spread flips."""
-  if options.sampler == "sliding":
+  mirrored along those axes (one grid phase's flip) instead of options' spread flips. phase: the
+  grid phase predicted (phase_windows='offset': that phase's share of the windows)."""
+  sigma = sliding_window.NNUNET_SIGMA
+  if options.sampler == "sliding" and options.phase_windows == "offset" and phase is not None:
+    corners = sliding_window.offset_window_corners(arrays.shape, patch, phase,
+                                                   brain=arrays.brain)
+    weighting, sigma = "gaussian", sliding_window.OFFSET_SIGMA
+  elif options.sampler == "sliding":
     corners = sliding_window.sliding_window_corners(arrays.shape, patch, options.overlap,
                                                     brain=arrays.brain)
     weighting = "gaussian"
@@ -102,7 +118,7 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
   if flip is not None:
     flips = np.tile(np.asarray(flip, bool)[None], (len(corners), 1))
   pred = sliding_window.predict_volume(predict_batch, arrays.images, corners, patch,
-                                       options.batch_size, weighting, flips)
+                                       options.batch_size, weighting, flips, sigma)
   brain = arrays.brain > 0  # lesions are only sought in the brain
   pred.probability = np.where(brain, pred.probability, 0).astype(np.float32)
   pred.spread = np.where(brain, pred.spread, 0).astype(np.float32)
@@ -218,14 +234,19 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
   says (mirroring included). origin: the whole model grid moved first (model voxels; `arrays`
   loaded at it): how the prediction moves with the grid (studies/grid_phases.py). only: the
   indices of the phases to predict (default all; studies/seed_ensemble.py deals them out over
-  separate networks as an ensemble deals them over its members). Returns the prediction on the
-  exam's own grid; its spread is the standard deviation over every window of every phase."""
+  separate networks as an ensemble deals them over its members). With phase_windows='offset',
+  phase k predicts only its share of one sliding window's windows (sliding_window.
+  offset_window_corners) and the phases' maps are averaged by their windows' importance, so each
+  voxel's 8 windows, one per phase, make its mean. Returns the prediction on the exam's own grid;
+  its spread is the standard deviation over every window of every phase."""
   native = arrays.native_grid.shape
-  total = np.zeros(native, np.float64)
-  total_sq = np.zeros(native, np.float64)
+  total = np.zeros(native, np.float64)     # sum over the phases of (weight x) p
+  total_sq = np.zeros(native, np.float64)  # ... of (weight x) (spread^2 + p^2)
+  weight = np.zeros(native, np.float64)
   n_patches = 0
   phases = grid_phases(options.phases)
   taken = [k for k in range(len(phases)) if only is None or k in only]
+  offset = options.phase_windows == "offset" and options.phases > 1
   for k in taken:
     phase = phases[k]
     at = tuple(float(o) + p for o, p in zip(origin, phase))
@@ -236,15 +257,24 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
       flip = np.array([options.mirror and bool(k & bit) for bit in (1, 2, 4)])
       member = phase_member(predictor, options, k)
       pred, n = probabilities(lambda x, m=member: predictor.predict_one_pass(x, m), moved,
-                              predictor.patch, options, flip=flip)
+                              predictor.patch, options, flip=flip, phase=k)
     back = nifti.back_offset(at, moved.shape, native)
-    p = nifti.resample_box(pred.probability, native, offset=back)
-    spread = nifti.resample_box(pred.spread, native, offset=back)
-    total += p
-    total_sq += spread.astype(np.float64) ** 2 + p.astype(np.float64) ** 2
+    if offset:  # each phase as much as its windows weigh at a voxel
+      second = pred.weight * (pred.spread ** 2 + pred.probability ** 2)
+      total += nifti.resample_box(pred.weight * pred.probability, native, offset=back)
+      total_sq += nifti.resample_box(second, native, offset=back)
+      weight += nifti.resample_box(pred.weight, native, offset=back)
+    else:  # every phase the same
+      p = nifti.resample_box(pred.probability, native, offset=back)
+      spread = nifti.resample_box(pred.spread, native, offset=back)
+      total += p
+      total_sq += spread.astype(np.float64) ** 2 + p.astype(np.float64) ** 2
+      weight += 1.0
     n_patches += n
-  mean = total / len(taken)
-  spread = np.sqrt(np.maximum(total_sq / len(taken) - mean ** 2, 0.0))
+  covered = weight > 0
+  mean = np.where(covered, total / np.where(covered, weight, 1), 0.0)
+  second = np.where(covered, total_sq / np.where(covered, weight, 1), 0.0)
+  spread = np.sqrt(np.maximum(second - mean ** 2, 0.0))
   return sliding_window.Prediction(probability=mean.astype(np.float32),
                                    spread=spread.astype(np.float32), coverage=None), n_patches
 

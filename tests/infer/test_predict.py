@@ -154,8 +154,8 @@ class _PointwiseNetwork:
   it records which member each pass asked for."""
   FLAIR = exams_lib.MODALITIES.index("FLAIR")
 
-  def __init__(self, members: int = 1):
-    self.members, self.patch, self.calls = members, 16, []
+  def __init__(self, members: int = 1, patch: int = 16):
+    self.members, self.patch, self.calls = members, patch, []
 
   @classmethod
   def of(cls, images):
@@ -193,6 +193,51 @@ def test_grid_phases_average_the_exam_sampled_at_eight_half_voxel_offsets(tiny_c
                                         dataclasses.replace(options, phases=1))
   assert np.abs(one.probability - pred.probability).max() > 0.02  # the phases differ
   assert len(set(map(tuple, np.round(np.array(predict.grid_phases(8)), 3)))) == 8
+
+
+class _ConstantNetwork(_PointwiseNetwork):
+  """0.3 everywhere (member k: 0.3 + k/10)."""
+
+  @classmethod
+  def of(cls, images):
+    return np.full(images.shape[:-1], 0.3, np.float32)
+
+
+def test_offset_windows_weigh_each_phase_by_its_windows_importance(tiny_cohort):
+  """phase_windows='offset': each phase predicts only its share of one sliding window's windows
+  (fewer patches than a full window per phase), and the phases' maps are averaged by their
+  windows' importance at each voxel: one network's constant comes back as it is; members dealt
+  over the phases (member k adding k/10) mix differently from voxel to voxel, where equal phase
+  weights give every voxel the same mix."""
+  exam = tiny_cohort.by_id("synth000")
+  load = functools.partial(exams_lib.load_exam, exam, model_shape=(24, 24, 24), patch_size=8)
+  arrays = load()
+  options = predict.PredictOptions.from_config(batch_size=4, mirror=True, phases=8,
+                                               phase_windows="offset")
+  one, n = predict.phased_probabilities(_ConstantNetwork(patch=8), arrays, load, options)
+  full, n_full = predict.phased_probabilities(
+      _ConstantNetwork(patch=8), arrays, load, dataclasses.replace(options, phase_windows="all"))
+  windows = sum(len(predict.sliding_window.offset_window_corners(
+      load(phase=phase).shape, 8, k, brain=load(phase=phase).brain))
+      for k, phase in enumerate(predict.grid_phases(8)))
+  assert n == windows < n_full / 2
+  inside = np.abs(full.probability - 0.3) < 1e-6  # in the brain at every phase
+  assert inside.sum() > 1000
+  np.testing.assert_allclose(one.probability[inside], 0.3, atol=1e-5)
+  net = _ConstantNetwork(members=3, patch=8)
+  dealt, _ = predict.phased_probabilities(net, arrays, load,
+                                          dataclasses.replace(options, flips="dealt"))
+  assert set(net.calls) == {0, 1, 2}
+  same, _ = predict.phased_probabilities(
+      _ConstantNetwork(members=3, patch=8), arrays, load,
+      dataclasses.replace(options, flips="dealt", phase_windows="all"))
+  np.testing.assert_allclose(same.probability[inside], 0.3 + 0.7 / 8, atol=1e-5)
+  mix = dealt.probability[inside]
+  assert mix.min() >= 0.3 - 1e-5 and mix.max() <= 0.5 + 1e-5 and mix.std() > 1e-3
+  with pytest.raises(ValueError, match="phase_windows"):
+    predict.PredictOptions.from_config(phases=1, phase_windows="offset")
+  with pytest.raises(ValueError, match="phase_windows"):
+    predict.PredictOptions.from_config(phases=8, phase_windows="every")
 
 
 def test_an_ensemble_deals_the_grid_phases_out_over_its_members(tiny_cohort):

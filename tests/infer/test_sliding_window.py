@@ -86,3 +86,28 @@ def test_spread_flips_show_every_interior_voxel_in_all_8_flips_and_map_back():
   plain = sliding_window.predict_volume(ramp, images, corners, patch, 5)
   spread = sliding_window.predict_volume(ramp, images, corners, patch, 5, flips=flips)
   assert not np.allclose(plain.probability, spread.probability)
+
+
+def test_offset_windows_share_one_half_overlap_window_out_over_the_eight_phases():
+  """predict.phase_windows='offset': phase k's windows lie a patch apart, moved half a patch
+  along the axes of k's bits; each phase covers every voxel, and the 8 phases together hold the
+  windows of one 50 % overlap sliding window (on a volume a whole number of half patches)."""
+  shape, patch = (64, 48, 32), 16
+  union = set()
+  for phase in range(8):
+    corners = sliding_window.offset_window_corners(shape, patch, phase)
+    cover = np.zeros(shape, int)
+    for c in corners:
+      cover[c[0]:c[0] + patch, c[1]:c[1] + patch, c[2]:c[2] + patch] += 1
+    assert cover.min() >= 1, phase
+    moved = [bool(phase & (1 << axis)) for axis in range(3)]
+    for axis in range(3):  # half a patch off the whole-patch grid exactly along k's axes
+      inner = set(corners[:, axis].tolist()) - {0, shape[axis] - patch}
+      assert all((s % patch == patch // 2) == moved[axis] for s in inner), (phase, axis)
+    union |= set(map(tuple, corners.tolist()))
+  full = set(map(tuple, sliding_window.sliding_window_corners(shape, patch, 0.5).tolist()))
+  assert union == full
+  brain = np.zeros(shape, np.uint8)
+  brain[20:30, 20:30, 10:20] = 1
+  kept = sliding_window.offset_window_corners(shape, patch, 5, brain=brain)
+  assert 0 < len(kept) < len(sliding_window.offset_window_corners(shape, patch, 5))
