@@ -150,8 +150,9 @@ def table(result: dict, moved_variants) -> list[str]:
   return lines
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def leave_one_out_arguments(ap: argparse.ArgumentParser, scratch: str) -> None:
+  """The arguments of a study that predicts the leave-one-out's left-out exams again, the grid
+  moved and not (this one and studies/offset_windows.py)."""
   ap.add_argument("--runs", required=True, help="leave-one-out workdirs of one recipe, a seed each")
   ap.add_argument("--threshold", type=float, default=0.5)
   ap.add_argument("--min-lesion-peak", type=float, default=0.75, help="the shipped mask rule")
@@ -159,10 +160,14 @@ def main(argv=None):
   ap.add_argument("--moved-inputs", default="all,FLAIR",
                   help="inputs predicted again on the moved grid (each costs 2 maps per seed)")
   ap.add_argument("--labelled", default="../shared/data/lesjak_mni")
-  ap.add_argument("--scratch", default="/tmp/grid_phases")
+  ap.add_argument("--scratch", default=scratch)
   ap.add_argument("--note", default="")
   ap.add_argument("--out", required=True)
-  args = ap.parse_args(argv)
+
+
+def checked_runs(ap: argparse.ArgumentParser, args) -> tuple[list, list]:
+  """(the runs, the inputs predicted moved) of leave_one_out_arguments, refused in one line when a
+  run lacks a fold's network or an input is unknown."""
   runs = [r.strip() for r in args.runs.split(",") if r.strip()]
   for run in runs:
     for fold in FOLDS:
@@ -173,6 +178,14 @@ def main(argv=None):
   unknown = sorted(set(moved_variants) - set(VARIANTS))
   if unknown:
     ap.error(f"--moved-inputs {unknown}: one of {', '.join(VARIANTS)}")
+  return runs, moved_variants
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  leave_one_out_arguments(ap, "/tmp/grid_phases")
+  args = ap.parse_args(argv)
+  runs, moved_variants = checked_runs(ap, args)
   min_mm3 = float(loo_config.get_config().predict.min_lesion_mm3)
   result = scores(runs, Maps(args.labelled, args.scratch), args.threshold, min_mm3,
                   args.min_lesion_peak, args.move_mm, moved_variants)

@@ -86,26 +86,11 @@ def table(result: dict, maps: SigmaMaps, runs, settings, moved_variants, move_mm
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--runs", required=True, help="leave-one-out workdirs, a seed each")
-  ap.add_argument("--threshold", type=float, default=0.5)
-  ap.add_argument("--min-lesion-peak", type=float, default=0.75, help="the shipped mask rule")
-  ap.add_argument("--move-mm", type=float, default=0.5, help="the grid moved this far per axis")
-  ap.add_argument("--moved-inputs", default="all,FLAIR")
+  grid_phases.leave_one_out_arguments(ap, "/tmp/offset_windows")
   ap.add_argument("--sigmas", default=str(sliding_window.OFFSET_SIGMA),
                   help="importance-map widths of the offset windows, comma-separated")
-  ap.add_argument("--labelled", default="../shared/data/lesjak_mni")
-  ap.add_argument("--scratch", default="/tmp/offset_windows")
-  ap.add_argument("--note", default="")
-  ap.add_argument("--out", required=True)
   args = ap.parse_args(argv)
-  runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-  for run in runs:
-    for fold in FOLDS:
-      if not os.path.isdir(os.path.join(run, "folds", fold, seed_ensemble.STRATEGY)):
-        ap.error(f"{run}: no network of fold {fold}")
-  moved = [v.strip() for v in args.moved_inputs.split(",") if v.strip()]
-  if set(moved) - set(VARIANTS):
-    ap.error(f"--moved-inputs: each one of {', '.join(VARIANTS)}")
+  runs, moved = grid_phases.checked_runs(ap, args)
   settings = settings_for([float(s) for s in args.sigmas.split(",")])
   maps = SigmaMaps(args.labelled, args.scratch, settings)
   min_mm3 = float(loo_config.get_config().predict.min_lesion_mm3)
