@@ -183,7 +183,7 @@ def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """The ':fast' variant of the jobs that segment raw exams (segment, longitudinal): the atlas-
   bounded brain mask instead of ROBEX (its MNI registration on the 2 mm template,
   steps.register_head_to_mni), and the 8 grid phases each predicting only its share of one
-  sliding window's windows (predict.phase_windows="offset": about a fifth of the default's
+  sliding window's windows (predict.phase_windows="offset": a fifth to a quarter of the default's
   patches). Until 2026-12-07 it predicted each patch once per member with no phases: on the 4 raw
   Lesjak exams its masks now agree with the default's at 0.697 / 0.923 / 0.902 / 0.877 against
   0.576 / 0.875 / 0.867 / 0.857, with 9 / 14 / 51 / 59 lesions where the default finds 10 / 16 /
