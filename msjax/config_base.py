@@ -185,9 +185,10 @@ def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   steps.register_head_to_mni), and the 8 grid phases each predicting only its share of one
   sliding window's windows (predict.phase_windows="offset": a fifth to a quarter of the default's
   patches). Until 2026-12-07 it predicted each patch once per member with no phases: on the 4 raw
-  Lesjak exams its masks now agree with the default's at 0.697 / 0.923 / 0.902 / 0.877 against
-  0.576 / 0.875 / 0.867 / 0.857, with 9 / 14 / 51 / 59 lesions where the default finds 10 / 16 /
-  63 / 71 and it found 17 / 27 / 89 / 95 (docs/results/fast_offset.md). N4 at 6 mm, once
+  Lesjak exams its masks now agree with the default's at 0.733 / 0.922 / 0.902 / 0.876 against
+  0.570 / 0.879 / 0.867 / 0.857, with 9 / 14 / 51 / 59 lesions where the default finds 10 / 16 /
+  63 / 71 and it found 17 / 25 / 89 / 95, in 135 s for the four against 121 s (2 Zen 4 cores;
+  docs/results/fast_offset.md). N4 at 6 mm, once
   `:fast`'s alone, is everyone's default now. See docs/preprocessing.md, "Brain extraction"."""
   c.preprocess.skull_strip = "atlas"
   c.predict.phases = 8
