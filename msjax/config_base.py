@@ -168,8 +168,9 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.phase_windows = "all"    # with phases=8: "all", a full sliding window (overlap) in every
                              # phase; "offset", phase k only its share of one 50 % overlap
                              # window's windows (a patch apart, moved half a patch along k's
-                             # axes): every voxel still in 8 windows, one per phase, for 1/8
-                             # of the network's work (infer/sliding_window.offset_window_corners)
+                             # axes): every voxel still in 8 windows, one per phase, for a
+                             # fifth to a quarter of the patches (sliding_window.
+                             # offset_window_corners)
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.min_lesion_peak = 0.0    # remove predicted lesions whose highest probability is below
@@ -188,8 +189,8 @@ def fast_raw_path(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
   Lesjak exams its masks now agree with the default's at 0.733 / 0.922 / 0.902 / 0.876 against
   0.570 / 0.879 / 0.867 / 0.857, with 9 / 14 / 51 / 59 lesions where the default finds 10 / 16 /
   63 / 71 and it found 17 / 25 / 89 / 95, in 135 s for the four against 121 s (2 Zen 4 cores;
-  docs/results/fast_offset.md). N4 at 6 mm, once
-  `:fast`'s alone, is everyone's default now. See docs/preprocessing.md, "Brain extraction"."""
+  docs/results/fast_offset.md). N4 at 6 mm, once `:fast`'s alone, is everyone's default now. See
+  docs/preprocessing.md, "Brain extraction"."""
   c.preprocess.skull_strip = "atlas"
   c.predict.phases = 8
   c.predict.phase_windows = "offset"

@@ -91,7 +91,11 @@ def main(argv=None):
                   help="importance-map widths of the offset windows, comma-separated")
   args = ap.parse_args(argv)
   runs, moved = grid_phases.checked_runs(ap, args)
-  settings = settings_for([float(s) for s in args.sigmas.split(",")])
+  try:
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+  except ValueError:
+    ap.error(f"--sigmas {args.sigmas!r}: comma-separated numbers (widths in patches)")
+  settings = settings_for(sigmas)
   maps = SigmaMaps(args.labelled, args.scratch, settings)
   min_mm3 = float(loo_config.get_config().predict.min_lesion_mm3)
   result = grid_phases.scores(runs, maps, args.threshold, min_mm3, args.min_lesion_peak,

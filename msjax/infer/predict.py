@@ -101,7 +101,7 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
   mirrored along those axes (one grid phase's flip) instead of options' spread flips. phase: the
   grid phase predicted (phase_windows='offset': that phase's share of the windows)."""
   sigma = sliding_window.NNUNET_SIGMA
-  if options.sampler == "sliding" and options.phase_windows == "offset" and phase is not None:
+  if options.phase_windows == "offset" and phase is not None:  # (offset: the sliding sampler)
     corners = sliding_window.offset_window_corners(arrays.shape, patch, phase,
                                                    brain=arrays.brain)
     weighting, sigma = "gaussian", sliding_window.OFFSET_SIGMA
@@ -246,7 +246,7 @@ def phased_probabilities(predictor: Predictor, arrays: exams_lib.ExamArrays, loa
   n_patches = 0
   phases = grid_phases(options.phases)
   taken = [k for k in range(len(phases)) if only is None or k in only]
-  offset = options.phase_windows == "offset" and options.phases > 1
+  offset = options.phase_windows == "offset"  # (offset: phases=8, PredictOptions checks)
   for k in taken:
     phase = phases[k]
     at = tuple(float(o) + p for o, p in zip(origin, phase))
