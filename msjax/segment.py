@@ -279,6 +279,7 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
     row = predict.export_exam(seg, ready, workdir)
   row.update(sampler=options.sampler, mirror=options.mirror, flips=options.flips,
              phases=options.phases, phase_windows=options.phase_windows,
+             windows=options.windows,
              threshold=options.threshold)
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table

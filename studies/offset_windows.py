@@ -1,6 +1,7 @@
-"""Offset windows (predict.phase_windows="offset") against a full sliding window in every grid
-phase (issue 36: the network's share of an exam's time): on the Lesjak leave-one-out, left-out
-Dice and lesion F1 per input, how far the mask moves with the model grid, seconds and patches.
+"""Offset windows (predict.phase_windows="offset") and central windows (predict.windows="central")
+against a full sliding window in every grid phase (issue 36: the network's share of an exam's
+time): on the Lesjak leave-one-out, left-out Dice and lesion F1 per input, how far the mask moves
+with the model grid, seconds and patches.
 
 Each left-out exam (1 mm MNI, ../shared/data/lesjak_mni) is predicted by each seed's fold network
 at the 8 grid phases two ways: `all`, every phase its full 50 % overlap sliding window (the
@@ -30,10 +31,12 @@ from studies import grid_phases, results, seed_ensemble  # noqa: E402
 FOLDS, VARIANTS = seed_ensemble.FOLDS, seed_ensemble.VARIANTS
 
 
-def settings_for(sigmas) -> dict:
+def settings_for(sigmas, central: bool = False) -> dict:
   """setting -> (PredictOptions, importance-map width of offset windows or None)."""
   full = predict.PredictOptions.from_config(loo_config.get_config().predict)
   out = {"all": (dataclasses.replace(full, phase_windows="all"), None)}
+  if central:
+    out["central"] = (dataclasses.replace(full, phase_windows="all", windows="central"), None)
   for sigma in sigmas:
     name = "offset" if sigma == sliding_window.OFFSET_SIGMA else f"offset_s{sigma:g}"
     out[name] = (dataclasses.replace(full, phase_windows="offset"), sigma)
@@ -89,18 +92,22 @@ def main(argv=None):
   grid_phases.leave_one_out_arguments(ap, "/tmp/offset_windows")
   ap.add_argument("--sigmas", default=str(sliding_window.OFFSET_SIGMA),
                   help="importance-map widths of the offset windows, comma-separated")
+  ap.add_argument("--central", action="store_true",
+                  help="also a full window in every phase without the windows that only graze "
+                       "the brain (predict.windows=central)")
   args = ap.parse_args(argv)
   runs, moved = grid_phases.checked_runs(ap, args)
   try:
     sigmas = [float(s) for s in args.sigmas.split(",")]
   except ValueError:
     ap.error(f"--sigmas {args.sigmas!r}: comma-separated numbers (widths in patches)")
-  settings = settings_for(sigmas)
+  settings = settings_for(sigmas, args.central)
   maps = SigmaMaps(args.labelled, args.scratch, settings)
   min_mm3 = float(loo_config.get_config().predict.min_lesion_mm3)
   result = grid_phases.scores(runs, maps, args.threshold, min_mm3, args.min_lesion_peak,
                               args.move_mm, moved, settings=tuple(settings))
-  text = [results.header("Offset windows against a full window in every grid phase, Lesjak "
+  what = "Offset and central windows" if args.central else "Offset windows"
+  text = [results.header(f"{what} against a full window in every grid phase, Lesjak "
                          "leave-one-out (0CF, Dice and lesion F1 %)", argv=argv)]
   if args.note:
     text += [args.note, ""]
@@ -108,7 +115,9 @@ def main(argv=None):
            " every left-out exam at the 8 grid phases, phase k in flip k: `all`, a full sliding "
            "window (50 % overlap) in every phase, the leave-one-out's own maps; `offset`, phase k "
            "its share of that window's windows, the maps averaged by their windows' importance "
-           f"(Gaussian of width {sliding_window.OFFSET_SIGMA:g} patch; `offset_sX`: width X). "
+           f"(Gaussian of width {sliding_window.OFFSET_SIGMA:g} patch; `offset_sX`: width X); "
+           "`central` (with --central), `all` without the windows that are no brain voxel's most "
+           "central one (predict.windows='central'). "
            f"Seeds' maps averaged, p >= {args.threshold:g}, lesions peaking at "
            f"{args.min_lesion_peak:g} kept, scored as the leave-one-out scores. 'Mask against "
            f"itself moved': Dice against the same prediction with the model grid moved "

@@ -35,6 +35,7 @@ SAMPLERS = ("sliding", "random")
 FLIPS = ("all", "spread", "dealt")
 PHASES = (1, 8)  # predict.phases: the model grid sampled once, or at its 8 half-voxel phases
 PHASE_WINDOWS = ("all", "offset")  # predict.phase_windows: each phase's windows (config_base)
+WINDOWS = ("touching", "central")  # predict.windows: which windows near the brain's edge (same)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class PredictOptions:
   flips: str = "all"
   phases: int = 1
   phase_windows: str = "all"
+  windows: str = "central"
   seed: int = 0
   allow_any_geometry: bool = False
 
@@ -71,6 +73,8 @@ class PredictOptions:
       raise ValueError("predict.phase_windows='offset' shares one sliding window's windows out "
                        "over the 8 grid phases: it needs predict.phases=8 and "
                        "predict.sampler='sliding'")
+    if self.windows not in WINDOWS:
+      raise ValueError(f"predict.windows={self.windows!r}: one of {', '.join(WINDOWS)}")
     if self.phases > 1 and self.mirror and self.flips == "spread":
       raise ValueError("predict.phases=8 predicts each grid phase in one of the 8 flips; "
                        "predict.flips='spread' spreads them over the windows instead: use one")
@@ -107,7 +111,8 @@ def probabilities(predict_batch, arrays: exams_lib.ExamArrays, patch: int,
     weighting, sigma = "gaussian", sliding_window.OFFSET_SIGMA
   elif options.sampler == "sliding":
     corners = sliding_window.sliding_window_corners(arrays.shape, patch, options.overlap,
-                                                    brain=arrays.brain)
+                                                    brain=arrays.brain,
+                                                    central=options.windows == "central")
     weighting = "gaussian"
   else:
     corners = sliding_window.random_brain_corners(arrays.brain, patch, options.n_random,

@@ -310,3 +310,8 @@ def test_warm_up_builds_the_network_the_exam_then_runs(trained, tiny_cohort):
     predict.phased_probabilities(predictor, load(), load, options)
     assert list(predictor._predict.values()) == [compiled], phases
     assert compiled._cache_size() == 1, phases
+
+
+def test_an_unknown_window_choice_is_refused():
+  with pytest.raises(ValueError, match="predict.windows"):
+    predict.PredictOptions.from_config(windows="rim")

@@ -111,3 +111,25 @@ def test_offset_windows_share_one_half_overlap_window_out_over_the_eight_phases(
   brain[20:30, 20:30, 10:20] = 1
   kept = sliding_window.offset_window_corners(shape, patch, 5, brain=brain)
   assert 0 < len(kept) < len(sliding_window.offset_window_corners(shape, patch, 5))
+
+
+def test_central_windows_keep_each_brain_voxel_s_most_central_window_and_drop_the_rim_s():
+  """windows='central': a window stays when it is the most central window (its centre nearest,
+  axis by axis) of some brain voxel, so every brain voxel keeps the window whose importance peaks
+  nearest it; windows that only graze the brain go. A ball in a 64³ volume, 16³ windows."""
+  shape, patch = (64, 64, 64), 16
+  z, y, x = np.ogrid[:64, :64, :64]
+  brain = ((z - 30) ** 2 + (y - 33) ** 2 + (x - 31) ** 2 <= 22 ** 2).astype(np.uint8)
+  touching = sliding_window.sliding_window_corners(shape, patch, 0.5, brain=brain)
+  central = sliding_window.sliding_window_corners(shape, patch, 0.5, brain=brain, central=True)
+  assert set(map(tuple, central)) < set(map(tuple, touching))
+  assert len(central) < 0.85 * len(touching)
+  kept = {tuple(c) for c in central}
+  centres = (np.unique(touching[:, 0]) + (patch - 1) / 2.0)  # the same starts on every axis
+  for voxel in np.argwhere(brain > 0)[::97]:
+    best = tuple(int(centres[np.abs(centres - v).argmin()] - (patch - 1) / 2.0) for v in voxel)
+    assert best in kept, (voxel, best)
+  ends = [c for c in touching if tuple(c) not in kept]  # each dropped window grazes the brain
+  grazed = [brain[tuple(slice(int(v) + patch // 4, int(v) + 3 * patch // 4) for v in c)].mean()
+            for c in ends]
+  assert len(ends) > 0 and max(grazed) == 0  # (their central half: no brain)
