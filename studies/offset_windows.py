@@ -34,7 +34,7 @@ FOLDS, VARIANTS = seed_ensemble.FOLDS, seed_ensemble.VARIANTS
 def settings_for(sigmas, central: bool = False) -> dict:
   """setting -> (PredictOptions, importance-map width of offset windows or None)."""
   full = predict.PredictOptions.from_config(loo_config.get_config().predict)
-  out = {"all": (dataclasses.replace(full, phase_windows="all"), None)}
+  out = {"all": (dataclasses.replace(full, phase_windows="all", windows="touching"), None)}
   if central:
     out["central"] = (dataclasses.replace(full, phase_windows="all", windows="central"), None)
   for sigma in sigmas:
