@@ -174,9 +174,9 @@ def predict(**overrides) -> config_dict.ConfigDict:
   c.windows = "central"      # the full sliding window's windows: "touching", every window
                              # holding a brain voxel; "central", only those some brain voxel
                              # lies nearest the centre of (sliding_window.central_corners): a
-                             # quarter to 38 % fewer, the same masks (docs/results/
-                             # central_windows.md); offset windows and the random sampler have
-                             # no rim to thin
+                             # fifth (raw exams) to 38 % (Lesjak MNI) fewer, the same masks
+                             # (docs/results/central_windows.md); offset windows and the random
+                             # sampler have no rim to thin
   c.min_lesion_mm3 = 0.0     # remove predicted lesions of this volume or less (3.0: the
                              # evaluator's smallest lesion)
   c.min_lesion_peak = 0.0    # remove predicted lesions whose highest probability is below
