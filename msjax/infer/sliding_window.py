@@ -47,14 +47,13 @@ def central_corners(starts: list, brain: np.ndarray, patch: int) -> np.ndarray:
   brain voxel (predict.windows="central"). Every brain voxel keeps the window whose Gaussian
   importance is highest at it; the windows left out only graze the brain away from their centre,
   where nnU-Net's importance is e^-2 to e^-8 of a centre's along each axis they are off."""
-  nearest = []
-  for s, size in zip(starts, brain.shape):
-    centres = np.asarray(s) + (patch - 1) / 2.0
-    nearest.append(np.abs(np.arange(size)[:, None] - centres[None]).argmin(1))
-  at = np.argwhere(brain > 0)
-  chosen = np.unique(np.stack([nearest[a][at[:, a]] for a in range(len(starts))], 1), axis=0)
-  return np.array([[starts[a][i] for a, i in enumerate(row)] for row in chosen], np.int32
-                  ).reshape(-1, len(starts))
+  nearest = [np.abs(np.arange(size)[:, None] - (np.asarray(s) + (patch - 1) / 2.0)).argmin(1)
+             for s, size in zip(starts, brain.shape)]  # per axis: each voxel's nearest centre
+  counts = tuple(len(s) for s in starts)
+  window = np.ravel_multi_index(np.ix_(*nearest), counts)  # each voxel's most central window
+  chosen = np.unravel_index(np.flatnonzero(np.bincount(window[brain > 0], minlength=np.prod(
+      counts))), counts)
+  return np.stack([np.asarray(s)[i] for s, i in zip(starts, chosen)], 1).astype(np.int32)
 
 
 def _touching(corners: np.ndarray, brain: np.ndarray | None, patch: int) -> np.ndarray:

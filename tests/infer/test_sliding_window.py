@@ -125,7 +125,7 @@ def test_central_windows_keep_each_brain_voxel_s_most_central_window_and_drop_th
   assert set(map(tuple, central)) < set(map(tuple, touching))
   assert len(central) < 0.85 * len(touching)
   kept = {tuple(c) for c in central}
-  centres = (np.unique(touching[:, 0]) + (patch - 1) / 2.0)  # the same starts on every axis
+  centres = np.unique(touching[:, 0]) + (patch - 1) / 2.0  # the same starts on every axis
   for voxel in np.argwhere(brain > 0)[::97]:
     best = tuple(int(centres[np.abs(centres - v).argmin()] - (patch - 1) / 2.0) for v in voxel)
     assert best in kept, (voxel, best)
