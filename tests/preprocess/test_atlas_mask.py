@@ -6,6 +6,7 @@ vessels across the gap) that keep Otsu + morphology (`threshold_brain_mask`) fro
 and neck from the brain. The atlas mask must drop them and match the brain; without the template
 step (the threshold mask alone) it does not.
 """
+import dataclasses
 import os
 
 import nibabel as nib
@@ -224,3 +225,44 @@ def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path,
   monkeypatch.setattr(run_lib, "ATLAS_PATH_REVISION", run_lib.ATLAS_PATH_REVISION + 1)
   assert run_lib.made_from(exam, atlas, None) != before[0]
   assert run_lib.made_from(exam, robex, None) == before[1]
+
+
+def test_a_flair_only_exam_takes_the_atlas_path_not_robex(tmp_path, monkeypatch):
+  """ROBEX is a T1-weighted tool (on a real FLAIR it kept the skull: run.for_exam's docstring):
+  an exam without a T1W, under the default skull_strip='robex', is brain-extracted by the atlas
+  path; the record says which, the mask is the head's brain, and its reuse key is the atlas
+  path's (an exam made by ROBEX before is made again)."""
+  def no_robex(_):
+    raise AssertionError("ROBEX ran on a FLAIR")
+  monkeypatch.setattr(steps, "robex_mask", no_robex)
+  image, brain, _, to_mni = _template_head()
+  flair = str(tmp_path / "FLAIR.nii.gz")
+  sitk.WriteImage(image, flair)
+  exam = manifest_lib.Exam(exam_id="head", patient_id="head", ms=True, images={"FLAIR": flair})
+  robex = run_lib.Options(n4=False, qc=False)
+  assert robex.skull_strip == "robex"
+  record = run_lib.preprocess_exam(exam, str(tmp_path / "out"), robex)
+  assert record["skull_strip"] == "atlas" and "atlas_mask" in record["times_s"]
+  written = np.asarray(nib.load(record["brain_mask"]).dataobj) > 0
+  truth = grid_lib.to_numpy(steps.resample(
+      sitk.Cast(grid_lib.from_numpy(brain.astype(np.float32), image), sitk.sitkFloat32),
+      grid_lib.reference_image(), to_mni)) >= 0.5
+  assert dice(written, truth) > 0.9, dice(written, truth)
+  atlas = dataclasses.replace(robex, skull_strip="atlas")
+  assert run_lib.made_from(exam, robex, None) == run_lib.made_from(exam, atlas, None)
+
+
+def test_only_an_exam_without_t1w_or_its_own_mask_leaves_robex():
+  robex = run_lib.Options()
+  flair_t1 = manifest_lib.Exam(exam_id="a", patient_id="a", ms=True,
+                               images={"FLAIR": "f.nii.gz", "T1W": "t1.nii.gz"})
+  flair_t2 = manifest_lib.Exam(exam_id="b", patient_id="b", ms=True,
+                               images={"FLAIR": "f.nii.gz", "T2W": "t2.nii.gz"})
+  masked = dataclasses.replace(flair_t2, brain_mask="brain.nii.gz")
+  assert run_lib.for_exam(flair_t1, robex) is robex
+  assert run_lib.for_exam(masked, robex) is robex
+  assert run_lib.for_exam(flair_t2, robex).skull_strip == "atlas"
+  no_mni = run_lib.Options(mni=False)  # the atlas path needs the MNI registration
+  assert run_lib.for_exam(flair_t2, no_mni) is no_mni
+  threshold = run_lib.Options(skull_strip="threshold")  # asked for by name: kept
+  assert run_lib.for_exam(flair_t2, threshold) is threshold
