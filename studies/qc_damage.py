@@ -13,7 +13,7 @@ from msjax.report import atlas as atlas_lib
 EXPECTED = {"shift": "registration", "rotation": "registration", "skull": "brain_volume",
             "thick_slices": "slice_thickness", "coarse_inplane": "inplane_resolution",
             "intensities": "intensities", "no_flair": "flair", "slab": "field_of_view",
-            "cut": "field_of_view"}
+            "cut": "field_of_view", "noise": "image_structure"}
 
 
 def _move(images, brain, fn):
@@ -35,7 +35,9 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
                     landmarks);
     no_flair        the FLAIR missing;
     slab            a 45 mm thick slab of the brain (the field of view of a partial acquisition);
-    cut             the exam 45 mm lower: the brain runs off the bottom of the grid."""
+    cut             the exam 45 mm lower: the brain runs off the bottom of the grid;
+    noise           the FLAIR replaced by Gaussian noise of its brain's mean and spread (a
+                    corrupted series or a wrong file under its name)."""
   spacing = atlas_lib.spacing(affine)
   images = {m: np.asarray(v, np.float32) for m, v in images.items()}
   brain = np.asarray(brain) > 0
@@ -74,6 +76,11 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     step = (0.0, 0.0, -45.0 / spacing[2])
     out["images"], out["brain"] = _move(images, brain,
                                         lambda v, o: ndimage.shift(v, step, order=o))
+  elif kind == "noise":
+    flair = images["FLAIR"]
+    rng = np.random.default_rng(0)
+    noise = rng.normal(flair[brain].mean(), flair[brain].std(), flair.shape).astype(np.float32)
+    out["images"] = {**images, "FLAIR": np.where(brain, noise, 0)}
   else:
     raise ValueError(f"unknown damage {kind!r} (one of {', '.join(EXPECTED)})")
   return out

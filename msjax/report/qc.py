@@ -23,6 +23,14 @@ the verdict, and every measure past its `ok` threshold is a reason, with its val
                  histogram, e.g. a T2 given as FLAIR, is stretched into place and looks nothing
                  like what the model saw);
   FLAIR          missing: the model, the locations and this QC all rely on it;
+  image structure  each sequence against noise: the correlation of its voxels with their
+                 neighbours 2 mm away (the least over the three axes) inside the brain, away from
+                 its edge. An MR image of a brain has structure at that scale (0.33-0.85 on the
+                 real Lesjak exams); a sequence that is noise (a corrupted series, a phase map or a
+                 wrong file under the sequence's name) has none (0.00 for Gaussian noise given as
+                 patient01 study 2's FLAIR, which the tissue-fit correlation, ruled by the brain's
+                 outline, let pass at r 0.79). Lesions and atrophy add structure; they never lower
+                 it;
   field of view  the share of the template's brain (scaled and shifted onto the brain mask, so
                  a small head is not a small field of view) that the mask covers, and the
                  share of the brain mask's voxels on the grid's outer faces (a brain cut by the
@@ -58,6 +66,7 @@ def config() -> config_dict.ConfigDict:
   c.slice_mm = (5.0, 7.0)             # max slice thickness (largest voxel edge of the raw FLAIR)
   c.inplane_mm = (1.8, 3.0)           # max in-plane voxel edge (the model grid's is 1.4-1.7)
   c.landmark_gap = (25.0, 35.0)       # max |landmark - bundle's| on the [0, 100] Nyúl scale
+  c.structure_r = (0.20, 0.10)        # min neighbour correlation (2 mm) of every sequence
   c.coverage = (0.85, 0.70)           # min share of the (fitted) template brain in the mask
   c.border = (0.002, 0.008)           # max share of brain voxels on the grid's outer faces
   return c
@@ -77,6 +86,11 @@ def config() -> config_dict.ConfigDict:
 #   8 mm slices       slice 8.0 mm;  3.5 mm in-plane: in-plane 3.5 mm
 #   inverted contrast landmark gap 49.3-60.3
 #   slab of 45 mm     coverage 0.29-0.31;  cut (45 mm lower): border 0.0097-0.0132, offset 38-41
+# Image structure (the least neighbour correlation over the sequences, 2 mm, inside the brain 3 mm
+# from its edge; 2026-12-07): raw exams after msjax's preprocessing 0.52-0.63 (their FLAIR; T1W
+# 0.77-0.84, T2W 0.69-0.74), lesjak_mni FLAIR 0.33 / 0.38 (T1W 0.69, T2W 0.59-0.60); patient01
+# study 2 with Gaussian noise as its FLAIR 0.00 (its other measures all ok: tissue fit r 0.79,
+# landmark gap 4.4), the `noise` damage of studies/qc_damage.py alike.
 # The overlap and the 30th-percentile landmarks (runs of msjax.report.qc on lesjak_mni's two
 # exams): real 0.907 / 0.914; rotation 0.855 / 0.869 (its correlations 0.36-0.46 fail it); with
 # a 49-53 mL lesion map of lesjak_lesion_maps transplanted (msjax.data.transplant) and with the
@@ -96,6 +110,27 @@ def tissue_fit_r(image: np.ndarray, priors: list[np.ndarray], where: np.ndarray)
   x = np.stack([p[where] for p in priors] + [np.ones(len(y))], -1).astype(np.float64)
   coef, *_ = np.linalg.lstsq(x, y, rcond=None)
   return correlation(x @ coef, y)
+
+
+STRUCTURE_LAG_MM = 2.0    # the neighbour distance of `structure_r`
+STRUCTURE_INSET_MM = 3.0  # how far inside the brain mask's edge it is measured
+
+
+def structure_r(image: np.ndarray, inside: np.ndarray, spacing) -> float:
+  """The least, over the three axes, of the correlation between the voxels `inside` and their
+  neighbours STRUCTURE_LAG_MM along that axis (also inside): ~0 for noise, whatever its level."""
+  image = np.asarray(image, np.float32)
+  out = []
+  for axis in range(3):
+    k = max(1, int(round(STRUCTURE_LAG_MM / float(spacing[axis]))))
+    n = image.shape[axis]
+    if n <= k:
+      continue
+    a, b = np.take(image, range(n - k), axis=axis), np.take(image, range(k, n), axis=axis)
+    both = np.take(inside, range(n - k), axis=axis) & np.take(inside, range(k, n), axis=axis)
+    if both.sum() > 100:
+      out.append(correlation(a[both].astype(np.float64), b[both].astype(np.float64)))
+  return min(out) if out else float("nan")
 
 
 def landmark_gap(values: np.ndarray, standard) -> float:
@@ -199,6 +234,13 @@ def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
     if gaps:
       m["landmark_gaps"] = {k: round(v, 2) for k, v in gaps.items()}
       m["landmark_gap"] = round(max(gaps.values()), 2)
+  if brain.any():
+    inset = ndimage.distance_transform_edt(brain, sampling=atlas_lib.spacing(affine))
+    inside = inset > STRUCTURE_INSET_MM
+    if inside.sum() > 1000:
+      m["structure_rs"] = {mod: round(structure_r(v, inside, atlas_lib.spacing(affine)), 4)
+                           for mod, v in images.items()}
+      m["structure_r"] = min(m["structure_rs"].values())
   m["coverage_mni"] = round(float((tissue & brain).sum()) / max(int(tissue.sum()), 1), 4)
   fitted_tissue = (fitted.gm + fitted.wm) >= 0.5
   m["coverage"] = round(float((fitted_tissue & brain).sum()) / max(int(fitted_tissue.sum()), 1),
@@ -270,6 +312,12 @@ def verdict(m: dict, cfg=None) -> dict:
     add("intensities", _grade(m["landmark_gap"], *cfg.landmark_gap, below=False),
         f"{worst} intensities far from the model's Nyúl landmarks (gap {m['landmark_gap']:.1f} "
         f"of 100, ok <= {cfg.landmark_gap[0]:g})")
+  if "structure_r" in m:
+    worst = min(m["structure_rs"], key=m["structure_rs"].get)
+    add("image_structure", _grade(m["structure_r"], *cfg.structure_r, below=True),
+        f"{worst} looks like noise: its voxels correlate with their neighbours "
+        f"{STRUCTURE_LAG_MM:g} mm away at r = {m['structure_r']:.2f} (an MR image of a brain: "
+        f"ok >= {cfg.structure_r[0]:g})")
   cov = _grade(m["coverage"], *cfg.coverage, below=True)
   bord = _grade(m["border"], *cfg.border, below=False)
   add("field_of_view", max(cov, bord, key=ORDER.get),
