@@ -217,9 +217,11 @@ def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path,
   """The reuse key of a preprocessed exam (`made_from`) carries the atlas path's revision for its
   exams, so that an exam the atlas path made before it changed is made again; a ROBEX exam's key
   does not move."""
-  flair = tmp_path / "FLAIR.nii.gz"
+  flair, t1 = tmp_path / "FLAIR.nii.gz", tmp_path / "T1W.nii.gz"
   flair.write_bytes(b"not read as an image here")
-  exam = manifest_lib.Exam(exam_id="e", patient_id="p", ms=True, images={"FLAIR": str(flair)})
+  t1.write_bytes(b"nor this")  # with a T1W: ROBEX's exam (run.for_exam)
+  exam = manifest_lib.Exam(exam_id="e", patient_id="p", ms=True,
+                           images={"FLAIR": str(flair), "T1W": str(t1)})
   atlas, robex = run_lib.Options(skull_strip="atlas"), run_lib.Options(skull_strip="robex")
   before = (run_lib.made_from(exam, atlas, None), run_lib.made_from(exam, robex, None))
   monkeypatch.setattr(run_lib, "ATLAS_PATH_REVISION", run_lib.ATLAS_PATH_REVISION + 1)
