@@ -1,7 +1,8 @@
 """Orbax checkpoints: params, optimizer state, data-iterator state and run metadata (step, config).
 
-Layout of a workdir: `checkpoints/<step>/` (the last `keep` ones) and `best/<step>/` (the best by
-validation Dice). Orbax writes each step into a temporary folder and renames it when complete,
+Layout of a workdir: `checkpoints/<step>/` (the last `keep` ones), `best/<step>/` (the best by
+validation Dice) and `averaged/<step>/` (train.average_last > 1: the mean of the params of the
+last checkpoints, `average`). Orbax writes each step into a temporary folder and renames it when complete,
 so an interrupted save is never listed as a checkpoint; `cleanup_tmp_directories` removes such
 leftovers when the manager opens.
 
@@ -10,7 +11,7 @@ Resume order (one place, msjax/train/state.py): this workdir's latest checkpoint
 
 What reads a finished run (predict, segment, the composite jobs, `init_from`) reads
 `find_checkpoint_dir`'s choice: the workdir's best/ checkpoint (best validation Dice) when the
-run validated, else the latest of checkpoints/.
+run validated, else its averaged/ checkpoint when it averaged, else the latest of checkpoints/.
 """
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ import orbax.checkpoint as ocp
 
 from msjax import errors
 
-CHECKPOINTS, BEST = "checkpoints", "best"
+CHECKPOINTS, BEST, AVERAGED = "checkpoints", "best", "averaged"
 
 
-def manager(workdir: str, *, keep: int = 2, best: bool = False) -> ocp.CheckpointManager:
-  directory = os.path.abspath(os.path.join(workdir, BEST if best else CHECKPOINTS))
+def manager(workdir: str, *, keep: int = 2, best: bool = False,
+            folder: str | None = None) -> ocp.CheckpointManager:
+  """checkpoints/ (the last `keep` steps), best/ (best=True: the best validation Dice) or another
+  folder of one checkpoint (`folder`, e.g. AVERAGED)."""
+  folder = folder or (BEST if best else CHECKPOINTS)
+  directory = os.path.abspath(os.path.join(workdir, folder))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1 if best else keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=keep if folder == CHECKPOINTS else 1, create=True, cleanup_tmp_directories=True,
       best_fn=(lambda m: m["val_dice"]) if best else None, best_mode="max",
       keep_checkpoints_without_metrics=not best)
   return ocp.CheckpointManager(directory, options=options)
@@ -63,13 +68,28 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict):
   return state, r["data"], r["meta"]
 
 
+def average(mngr: ocp.CheckpointManager, steps: list[int], abstract_params):
+  """The mean of the params saved at `steps` in `mngr`, in the shapes, dtypes and shardings of
+  `abstract_params` (jax.ShapeDtypeStruct leaves), accumulated in float32."""
+  first = total = None
+  for step in steps:
+    params = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))["params"]
+    first = params if first is None else first
+    params = jax.tree.map(lambda x: x.astype(jax.numpy.float32), params)
+    total = params if total is None else jax.tree.map(jax.numpy.add, total, params)
+  return jax.tree.map(lambda t, f: (t / len(steps)).astype(f.dtype), total, first)
+
+
 def find_checkpoint_dir(path: str) -> str:
   """The checkpoint folder a finished run is read from. Given a run's workdir: its best/ folder
   (the step with the best validation Dice) when the run validated and wrote one, else its
-  checkpoints/ folder (whose latest step is read). A checkpoints/ or best/ folder given directly
-  is used as it is."""
+  averaged/ folder (the mean of its last checkpoints) when it averaged, else its checkpoints/
+  folder (whose latest step is read). A checkpoints/, best/ or averaged/ folder given directly is
+  used as it is."""
   path = os.path.abspath(os.path.expanduser(path))
-  for candidate in (os.path.join(path, BEST), os.path.join(path, CHECKPOINTS), path):
+  for candidate in (os.path.join(path, BEST), os.path.join(path, AVERAGED),
+                    os.path.join(path, CHECKPOINTS), path):
     if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
       return candidate
   raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected <workdir>/checkpoints/<step>)")

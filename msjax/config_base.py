@@ -129,6 +129,11 @@ def train(**overrides) -> config_dict.ConfigDict:
   c.eval_every = 200             # validation Dice (finetune) / held-out MSE (pretrain); 0: none
   c.checkpoint_every = 200       # 0: at the end (and at validations, preemption) only
   c.keep_checkpoints = 2
+  # the weights a finished run is read with: the mean of the params of its last N checkpoints
+  # (checkpoint_every steps apart; stochastic weight averaging, Izmailov et al. 2018), written to
+  # <workdir>/averaged/; 1 = the last step's. The Isensee schedule keeps lr at 0.7-0.9x its start
+  # to the end, so the last step's weights carry the noise of the last batches
+  c.average_last = 1
   c.init_from = ""               # finetune: a pretraining workdir (or its checkpoint folder)
   c.freeze = "0"                 # "van" (no transfer) or N: first N convs frozen (0, 1, 2, 3, 6, ...)
   c.freeze_norms = True          # False: norm parameters stay trainable (Keras-style freeze)

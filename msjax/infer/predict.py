@@ -149,8 +149,9 @@ class Predictor:
     self.where, self.train_config = where, cfg
     logging.info("network: %s (%s)", where,
                  f"the shipped model {meta['shipped']}" if meta.get("shipped") else
-                 "the best validation Dice" if os.path.basename(os.path.dirname(where))
-                 == checkpoint.BEST else "the latest checkpoint")
+                 {checkpoint.BEST: "the best validation Dice",
+                  checkpoint.AVERAGED: "the mean of the last checkpoints' weights"}.get(
+                     os.path.basename(os.path.dirname(where)), "the latest checkpoint"))
     self.model = model_lib.Model(isensee.constructor("segmentation", cfg.model))
     # an ensemble (a shipped model of several members): their mean probability, one network
     # compiled and run member after member on the members' stacked parameters

@@ -136,7 +136,8 @@ def prepare(config, workdir: str, task: str) -> Run:
             validate=Validator(config, task, val_exams,
                                exams_lib.ExamCache(max(1, len(val_exams)), **load),
                                setup.predict, mesh),
-            mngr=checkpoint.manager(workdir, keep=tc.keep_checkpoints),
+            # average_last: the checkpoints the final weights average stay until the end
+            mngr=checkpoint.manager(workdir, keep=max(tc.keep_checkpoints, tc.average_last)),
             best=checkpoint.manager(workdir, best=True) if task == "segmentation" else None,
             meta={"task": task, "mode": config.mode,
                   "config": json.loads(config.to_json_best_effort()),
@@ -260,6 +261,7 @@ def finish(run: Run, step: int, history: list[dict]) -> dict:
   run.mngr.wait_until_finished()
   if run.best is not None:
     run.best.wait_until_finished()
+  averaged = _average_last(run, step)
   png = os.path.join(run.workdir, "loss_curve.png")
   if main_process:
     plots.loss_curve(history, png, run.task)
@@ -272,7 +274,7 @@ def finish(run: Run, step: int, history: list[dict]) -> dict:
              else str(directory), "wall_s": round(time.time() - run.t_start, 1),
              "transfer": run.transfer_report and {k: len(v)
                                                   for k, v in run.transfer_report.items()},
-             "frozen": run.setup.frozen}
+             "frozen": run.setup.frozen, "averaged_steps": averaged}
   run.mngr.close()
   if run.best is not None:
     run.best.close()
@@ -286,6 +288,27 @@ def finish(run: Run, step: int, history: list[dict]) -> dict:
         + f"\n  checkpoints: {summary['checkpoints']}\n  metrics: {run.metrics_path}"
         + f"\n  plot: {png}")
   return summary
+
+
+def _average_last(run: Run, step: int) -> list[int] | None:
+  """train.average_last > 1, the run finished: the mean of the params of its last average_last
+  checkpoints into averaged/<step> (what find_checkpoint_dir then gives readers of the run);
+  returns the steps averaged. A run with fewer checkpoints than asked averages those it has."""
+  k = int(run.config.train.average_last)
+  if k <= 1 or step < run.config.train.steps:
+    return None
+  steps = sorted(s for s in run.mngr.all_steps() if s <= step)[-k:]
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          run.state["params"])
+  params = checkpoint.average(run.mngr, steps, abstract)
+  meta = dict(run.meta, step=step, averaged_steps=steps)
+  with checkpoint.manager(run.workdir, folder=checkpoint.AVERAGED) as mngr:
+    checkpoint.save(mngr, step, {"params": params, "opt_state": run.state["opt_state"]},
+                    run.data_iter.get_state(), meta)
+    mngr.wait_until_finished()
+  logging.info("final weights: the mean of the params at steps %s -> %s/%d", steps,
+               os.path.join(run.workdir, checkpoint.AVERAGED), step)
+  return steps
 
 
 def _read_history(path: str, upto: int) -> list[dict]:

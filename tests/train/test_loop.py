@@ -149,3 +149,34 @@ def test_blob_loss_trains_from_the_data_stage_s_lesion_labels(tiny_cohort, tmp_p
     first[loss] = json.loads(open(os.path.join(w, "metrics.jsonl")).readline())["loss"]
   assert np.isfinite(first["dice_bce_blob"])
   assert first["dice_bce_blob"] > first["dice_bce"] + 0.05
+
+
+def test_average_last_writes_the_mean_of_the_last_checkpoints_and_readers_take_it(tiny_cohort,
+                                                                                 tmp_path):
+  """train.average_last=3 with a checkpoint every step of 4: averaged/4 holds the mean of the
+  params saved at steps 2, 3 and 4 (each restored from checkpoints/, kept past keep_checkpoints
+  for it), and what reads the run (restore_params, Predictor) reads it."""
+  from msjax.infer import predict
+  _, summary = finetune_smoke(tiny_cohort, str(tmp_path), **{
+      "train.steps": 4, "train.keep_checkpoints": 1, "train.average_last": 3,
+      "train.freeze": "van"})
+  assert summary["averaged_steps"] == [2, 3, 4]
+  import orbax.checkpoint as ocp
+  steps_params = []
+  with ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("params",),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    assert m.all_steps() == [2, 3, 4]  # kept for the average (keep_checkpoints=1: step 4 alone)
+    for s in (2, 3, 4):
+      steps_params.append(m.restore(s, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore()))["params"])
+  mean = jax.tree.map(lambda *xs: np.mean([np.asarray(x, np.float32) for x in xs], 0),
+                      *steps_params)
+  params, meta, where = checkpoint.restore_params(str(tmp_path))
+  assert where == str(tmp_path / "averaged" / "4") and meta["averaged_steps"] == [2, 3, 4]
+  differ = 0
+  for got, want, last in zip(jax.tree.leaves(params), jax.tree.leaves(mean),
+                             jax.tree.leaves(steps_params[-1])):
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-6, atol=1e-7)
+    differ += not np.allclose(np.asarray(last, np.float32), want)
+  assert differ > 0  # the steps' weights moved: the mean is not the last step's
+  assert predict.Predictor(str(tmp_path)).where == where
