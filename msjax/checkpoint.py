@@ -2,9 +2,9 @@
 
 Layout of a workdir: `checkpoints/<step>/` (the last `keep` ones), `best/<step>/` (the best by
 validation Dice) and `averaged/<step>/` (train.average_last > 1: the mean of the params of the
-last checkpoints, `average`). Orbax writes each step into a temporary folder and renames it when complete,
-so an interrupted save is never listed as a checkpoint; `cleanup_tmp_directories` removes such
-leftovers when the manager opens.
+last checkpoints, `average`). Orbax writes each step into a temporary folder and renames it when
+complete, so an interrupted save is never listed as a checkpoint; `cleanup_tmp_directories`
+removes such leftovers when the manager opens.
 
 Resume order (one place, msjax/train/state.py): this workdir's latest checkpoint, then
 `init_from` (transfer of a pretraining encoder), then a fresh initialisation.
@@ -32,7 +32,8 @@ def manager(workdir: str, *, keep: int = 2, best: bool = False,
   folder = folder or (BEST if best else CHECKPOINTS)
   directory = os.path.abspath(os.path.join(workdir, folder))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep if folder == CHECKPOINTS else 1, create=True, cleanup_tmp_directories=True,
+      max_to_keep=keep if folder == CHECKPOINTS else 1, create=True,
+      cleanup_tmp_directories=True,
       best_fn=(lambda m: m["val_dice"]) if best else None, best_mode="max",
       keep_checkpoints_without_metrics=not best)
   return ocp.CheckpointManager(directory, options=options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -295,7 +296,14 @@ def _average_last(run: Run, step: int) -> list[int] | None:
   checkpoints into averaged/<step> (what find_checkpoint_dir then gives readers of the run);
   returns the steps averaged. A run with fewer checkpoints than asked averages those it has."""
   k = int(run.config.train.average_last)
-  if k <= 1 or step < run.config.train.steps:
+  if step < run.config.train.steps:
+    return None
+  folder = os.path.join(run.workdir, checkpoint.AVERAGED)
+  if k <= 1:
+    if os.path.isdir(folder) and parallel.is_main_process():  # an earlier run's, not this one's
+      logging.warning("removing %s: an average of an earlier run's checkpoints, which readers of "
+                      "this workdir would take for this run's weights", folder)
+      shutil.rmtree(folder)
     return None
   steps = sorted(s for s in run.mngr.all_steps() if s <= step)[-k:]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -306,8 +314,7 @@ def _average_last(run: Run, step: int) -> list[int] | None:
     checkpoint.save(mngr, step, {"params": params, "opt_state": run.state["opt_state"]},
                     run.data_iter.get_state(), meta)
     mngr.wait_until_finished()
-  logging.info("final weights: the mean of the params at steps %s -> %s/%d", steps,
-               os.path.join(run.workdir, checkpoint.AVERAGED), step)
+  logging.info("final weights: the mean of the params at steps %s -> %s/%d", steps, folder, step)
   return steps
 
 

@@ -180,3 +180,7 @@ def test_average_last_writes_the_mean_of_the_last_checkpoints_and_readers_take_i
     differ += not np.allclose(np.asarray(last, np.float32), want)
   assert differ > 0  # the steps' weights moved: the mean is not the last step's
   assert predict.Predictor(str(tmp_path)).where == where
+  # the same workdir trained on without averaging: the earlier average is not taken for its weights
+  finetune_smoke(tiny_cohort, str(tmp_path), **{"train.steps": 5, "train.freeze": "van"})
+  assert not (tmp_path / "averaged").exists()
+  assert checkpoint.restore_params(str(tmp_path))[2] == str(tmp_path / "checkpoints" / "5")
