@@ -69,6 +69,14 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict):
   return state, r["data"], r["meta"]
 
 
+def abstract_params(mngr: ocp.CheckpointManager, step: int, sharding=None):
+  """The params saved at `step` as jax.ShapeDtypeStruct leaves, from the checkpoint's metadata
+  alone, placed by `sharding` (default: this process's first device)."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      mngr.item_metadata(step)["params"])
+
+
 def average(mngr: ocp.CheckpointManager, steps: list[int], abstract_params):
   """The mean of the params saved at `steps` in `mngr`, in the shapes, dtypes and shardings of
   `abstract_params` (jax.ShapeDtypeStruct leaves), accumulated in float32."""
@@ -138,9 +146,7 @@ def restore_params(path: str, sharding=None):
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                              item_names=tuple(handlers), item_handlers=handlers) as m:
     step = m.latest_step()
-    tree = m.item_metadata(step)["params"]
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            tree)
+    abstract = abstract_params(m, step, sharding)
     r = m.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
                                                 meta=ocp.args.JsonRestore()))
   return r["params"], r["meta"], os.path.join(directory, str(step))

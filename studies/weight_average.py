@@ -38,11 +38,7 @@ def averaged_params(fold_dir: str, k: int):
     if len(steps) < k:
       raise SystemExit(f"{directory}: {len(steps)} checkpoints kept, {k} asked (run the "
                        "leave-one-out with --config.finetune.keep_checkpoints=30)")
-    tree = m.item_metadata(steps[-1])["params"]
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            tree)
-    return checkpoint.average(m, steps, abstract), steps
+    return checkpoint.average(m, steps, checkpoint.abstract_params(m, steps[-1])), steps
 
 
 class AveragedMaps(grid_phases.Maps):

@@ -122,10 +122,11 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   from msjax.preprocess import steps
   if "FLAIR" not in exam.images:
     raise steps.PreprocessingError(f"exam {exam.exam_id} has no FLAIR (the reference sequence)")
-  if for_exam(exam, options) != options:
+  chosen = for_exam(exam, options)
+  if chosen is not options:
     logging.info("[preprocess] %s: no T1W: brain extraction by the atlas path (ROBEX is made for "
                  "T1-weighted images; on a FLAIR it keeps the skull)", exam.exam_id)
-    options = for_exam(exam, options)
+    options = chosen
   # the data layer's validation, file by file; raw scans are on any grid, but a grid that cannot
   # be a brain exam is refused as everywhere else
   _, problems = exams_lib.read_exam_files(exam, options.allow_any_geometry, one_grid=False)
