@@ -281,6 +281,9 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
              phases=options.phases, phase_windows=options.phase_windows,
              windows=options.windows,
              threshold=options.threshold)
+  made = manifest_lib.preprocessing_record(ready)  # None: given on the model grid
+  if made:  # the exam's own, which the run's settings (one for every exam) may not be
+    row["brain_extraction"] = made.get("skull_strip")
   problems = []
   if config.report.enabled:  # optional: its failure leaves the mask, probability and table
     try:
@@ -288,8 +291,8 @@ def _segment_one(exam, ready, predictor, options, config, bundle: dict, workdir:
       with _PHASES(exam.exam_id, "report (locations, QC, page)"):
         row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
                                         bundle=bundle, threshold=options.threshold,
-                                        config=config.report, model=made_with(config, bundle,
-                                                                              options)))
+                                        config=config.report,
+                                        model=made_with(config, bundle, options, made)))
     except ImportError as e:
       problems.append(f"report skipped: it needs the preprocess extra (pip install "
                       f"'msjax[preprocess]'; {e})")
@@ -330,13 +333,20 @@ def _ensemble_label(bundle: dict) -> str:
   return f"the mean of a {n}-member ensemble" if n > 1 else ""
 
 
-def made_with(config, bundle: dict, options) -> str:
-  """The model and the settings that made a mask, as the report page prints them."""
+def made_with(config, bundle: dict, options, made: dict | None = None) -> str:
+  """The model and the settings that made a mask, as the report page prints them. `made`: the
+  exam's preprocessing record (manifest.preprocessing_record), whose brain extraction and N4 fit
+  are the exam's own (an exam without a T1W takes the atlas path whatever the run asked);
+  without it, the run's options."""
   by_msjax = bundle["preprocessing"].get("by") == "msjax"
-  how = (("exam given preprocessed, MNI-registered and standardised as the training exams were"
-          if by_msjax else "exam given on the model grid") if config.preprocessed else
-         f"brain extraction {config.preprocess.skull_strip}, N4 fit at "
-         f"{config.preprocess.n4_mm:g} mm")
+  if config.preprocessed:
+    how = ("exam given preprocessed, MNI-registered and standardised as the training exams were"
+           if by_msjax else "exam given on the model grid")
+  else:
+    strip = (made or {}).get("skull_strip") or config.preprocess.skull_strip
+    n4 = (made["n4_mm"] if made and "n4_mm" in made
+          else config.preprocess.n4_mm if config.preprocess.n4 else None)
+    how = f"brain extraction {strip}, " + (f"N4 fit at {n4:g} mm" if n4 else "no N4")
   ensemble = _ensemble_label(bundle)
   return (f"{model_name(bundle)}{f' ({ensemble})' if ensemble else ''}; lesion at p >= "
           f"{options.threshold:g}"

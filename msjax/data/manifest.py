@@ -224,6 +224,18 @@ def check_output_names(exams) -> None:
                             + "\n  ".join(lines))
 
 
+def preprocessing_record(exam: Exam) -> dict | None:
+  """How msjax's preprocessing made an exam (the record beside its images: the brain extraction
+  it took, its N4 fit, its times), or None for an exam msjax did not make."""
+  if exam.native is None or not exam.images:
+    return None
+  record = os.path.join(os.path.dirname(next(iter(exam.images.values()))), EXAM_RECORD_NAME)
+  if not os.path.exists(record):
+    return None
+  with open(record) as f:
+    return json.load(f)
+
+
 def _check_preprocessing_format(exam: Exam) -> None:
   """An exam made by msjax's preprocessing (it knows its way back to native space) must be of the
   current format: older ones are mirrored."""

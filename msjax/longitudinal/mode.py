@@ -102,6 +102,7 @@ def _segment(model, exam, workdir: str, config=None) -> tuple:
   """One visit through segment's steps: (segmentation in the visit's space, its exported row
   with the visit's report page and QC verdict where the report is on; a failing report leaves
   the visit's mask, as in segment)."""
+  from msjax import segment
   from msjax.infer import predict
   ready = model.prepare(exam)
   seg = predict.segment_exam(model.network.get(), ready, model.options)
@@ -111,7 +112,10 @@ def _segment(model, exam, workdir: str, config=None) -> tuple:
       from msjax.infer import clinical
       row.update(clinical.report_exam(seg, ready, workdir, flair_path=predict.flair_of(ready),
                                       bundle=model.bundle, threshold=model.options.threshold,
-                                      config=config.report, model=model.made_with))
+                                      config=config.report,
+                                      model=segment.made_with(  # the visit's own preprocessing
+                                          config, model.bundle, model.options,
+                                          manifest_lib.preprocessing_record(ready))))
     except Exception as e:  # noqa: BLE001 - an optional output
       row["report_error"] = f"{type(e).__name__}: {e}"
       logging.warning("[longitudinal] %s: report failed (%s); its mask is kept", exam.exam_id, e)

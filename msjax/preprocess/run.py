@@ -191,6 +191,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
   record = {"format": manifest_lib.PREPROCESSING_FORMAT, "exam_id": exam.exam_id,
             "patient_id": exam.patient_id, "ms": exam.ms, "split": exam.split,
             "skull_strip": "provided" if exam.brain_mask else options.skull_strip,
+            "n4_mm": options.n4_mm if options.n4 else None,
             "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             **({"mni_refine": refined} if refined else {}),

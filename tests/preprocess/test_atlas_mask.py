@@ -16,6 +16,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
                                                "pip install -e '.[preprocess]'")
 from msjax.data import manifest as manifest_lib  # noqa: E402
+from conftest import load_config  # noqa: E402
 from msjax.preprocess import grid as grid_lib  # noqa: E402
 from msjax.preprocess import run as run_lib  # noqa: E402
 from msjax.preprocess import steps  # noqa: E402
@@ -252,6 +253,16 @@ def test_a_flair_only_exam_takes_the_atlas_path_not_robex(tmp_path, monkeypatch)
   assert dice(written, truth) > 0.9, dice(written, truth)
   atlas = dataclasses.replace(robex, skull_strip="atlas")
   assert run_lib.made_from(exam, robex, None) == run_lib.made_from(exam, atlas, None)
+  # segment's report page and row name the exam's own brain extraction, not the run's robex
+  made = manifest_lib.preprocessing_record(run_lib.exam_of(record))
+  assert (made["skull_strip"], made["n4_mm"]) == ("atlas", None)
+  from msjax import segment
+  config = load_config("segment")
+  assert config.preprocess.skull_strip == "robex"
+  bundle = {"preprocessing": {}, "path": "model", "threshold": 0.5}
+  options = segment.inference_options(config, bundle)
+  assert "brain extraction atlas, no N4" in segment.made_with(config, bundle, options, made)
+  assert "brain extraction robex, N4 fit at" in segment.made_with(config, bundle, options)
 
 
 def test_only_an_exam_without_t1w_or_its_own_mask_leaves_robex():
