@@ -323,6 +323,9 @@ def _segment_with_and_without_overlap(tmp_path, capfd) -> dict:
     for row in summary["exams"]:  # the clinical report of each exam (both drawn alike)
       _check_the_marker_exams_report(out, row)
     assert "qc" in (out / "segmentations.csv").read_text().splitlines()[0].split(",")
+    # each row names the brain extraction its exam's preprocessing took
+    rows = list(csv.DictReader((out / "segmentations.csv").read_text().splitlines()))
+    assert [r["brain_extraction"] for r in rows] == ["none", "none"], rows
   return runs
 
 

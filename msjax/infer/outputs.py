@@ -138,8 +138,8 @@ REPORT_COLUMNS = tuple(f"{c}_{k}" for c in ("periventricular", "juxtacortical", 
                                            "deep_white_matter") for k in ("count", "ml")) + (
     "qc", "qc_reasons")
 COHORT_COLUMNS = ("exam_id", "patient_id", "status", "lesions", "volume_ml") + \
-    REPORT_COLUMNS + ("threshold", "sampler", "mirror", "patches", "mask", "table", "overlay",
-                      "report")
+    REPORT_COLUMNS + ("brain_extraction", "threshold", "sampler", "mirror", "patches", "mask",
+                      "table", "overlay", "report")
 # what each column means, written beside the table as BIDS does for tabular files
 COLUMN_DESCRIPTIONS = {
     "exam_id": {"Description": "the exam (sub-<id>[_ses-<id>] of the outputs)"},
@@ -157,6 +157,10 @@ COLUMN_DESCRIPTIONS = {
                                                         "check": "look at the exam",
                                                         "fail": "do not use the result"}},
     "qc_reasons": {"Description": "why the verdict is not ok, '; '-separated"},
+    "brain_extraction": {"Description": "how the raw exam's brain was extracted: robex, atlas (the "
+                                        "MNI template's brain; an exam without a T1W takes it "
+                                        "whatever was asked), threshold, provided (its own "
+                                        "mask); empty for an exam given preprocessed"},
     "threshold": {"Description": "probability at and above which a voxel is lesion"},
     "sampler": {"Description": "how patches were placed: sliding (Gaussian window) or random"},
     "mirror": {"Description": "test-time mirroring (the mean over 8 flips)"},
