@@ -160,7 +160,8 @@ COLUMN_DESCRIPTIONS = {
     "brain_extraction": {"Description": "how the raw exam's brain was extracted: robex, atlas (the "
                                         "MNI template's brain; an exam without a T1W takes it "
                                         "whatever was asked), threshold, provided (its own "
-                                        "mask); empty for an exam given preprocessed"},
+                                        "mask), none (it came skull-stripped); empty for an "
+                                        "exam given on the model grid"},
     "threshold": {"Description": "probability at and above which a voxel is lesion"},
     "sampler": {"Description": "how patches were placed: sliding (Gaussian window) or random"},
     "mirror": {"Description": "test-time mirroring (the mean over 8 flips)"},
