@@ -80,14 +80,13 @@ def abstract_params(mngr: ocp.CheckpointManager, step: int, sharding=None):
 def average(mngr: ocp.CheckpointManager, steps: list[int], abstract_params):
   """The mean of the params saved at `steps` in `mngr`, in the shapes, dtypes and shardings of
   `abstract_params` (jax.ShapeDtypeStruct leaves), accumulated in float32."""
-  first = total = None
+  total = None
   for step in steps:
     params = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))["params"]
-    first = params if first is None else first
     params = jax.tree.map(lambda x: x.astype(jax.numpy.float32), params)
     total = params if total is None else jax.tree.map(jax.numpy.add, total, params)
-  return jax.tree.map(lambda t, f: (t / len(steps)).astype(f.dtype), total, first)
+  return jax.tree.map(lambda t, a: (t / len(steps)).astype(a.dtype), total, abstract_params)
 
 
 def find_checkpoint_dir(path: str) -> str:

@@ -224,25 +224,30 @@ def check_output_names(exams) -> None:
                             + "\n  ".join(lines))
 
 
-def preprocessing_record(exam: Exam) -> dict | None:
-  """How msjax's preprocessing made an exam (the record beside its images: the brain extraction
-  it took, its N4 fit, its times), or None for an exam msjax did not make."""
+def _record_path(exam: Exam) -> str | None:
+  """The preprocessing record beside an exam msjax's preprocessing made (it knows its way back
+  to native space), or None."""
   if exam.native is None or not exam.images:
     return None
   record = os.path.join(os.path.dirname(next(iter(exam.images.values()))), EXAM_RECORD_NAME)
-  if not os.path.exists(record):
+  return record if os.path.exists(record) else None
+
+
+def preprocessing_record(exam: Exam) -> dict | None:
+  """How msjax's preprocessing made an exam (the record beside its images: the brain extraction
+  it took, its N4 fit, its times), or None for an exam msjax did not make."""
+  record = _record_path(exam)
+  if record is None:
     return None
   with open(record) as f:
     return json.load(f)
 
 
 def _check_preprocessing_format(exam: Exam) -> None:
-  """An exam made by msjax's preprocessing (it knows its way back to native space) must be of the
-  current format: older ones are mirrored."""
-  if exam.native is None:
-    return
-  record = os.path.join(os.path.dirname(next(iter(exam.images.values()))), EXAM_RECORD_NAME)
-  if not os.path.exists(record):
+  """An exam made by msjax's preprocessing must be of the current format: older ones are
+  mirrored."""
+  record = _record_path(exam)
+  if record is None:
     return
   with open(record) as f:
     problem = preprocessing_format_problem(json.load(f), f"{record} (exam {exam.exam_id})")
