@@ -211,10 +211,18 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
 
 
 def coregister(exam, imgs: dict, options: Options):
-  """Every sequence onto FLAIR: a shipped `*_intrastudy_to_FLAIR.txt` transform (its direction
-  checked by mutual information) or rigid Mattes-MI registration. Returns (images, how)."""
+  """Every sequence onto FLAIR (its grid, or its frame sampled finer: `working_grid`): a shipped
+  `*_intrastudy_to_FLAIR.txt` transform (its direction checked by mutual information) or rigid
+  Mattes-MI registration. Returns (images, how)."""
   from msjax.preprocess import steps
   out, how = dict(imgs), {}
+  grid = working_grid(imgs["FLAIR"], [img for m, img in imgs.items() if m != "FLAIR"])
+  if grid is not imgs["FLAIR"]:
+    out["FLAIR"] = steps.resample(imgs["FLAIR"], grid)
+    mm = lambda img: " x ".join(f"{round(v, 2):g}" for v in img.GetSpacing())  # noqa: E731
+    how["grid"] = (f"FLAIR's frame at {mm(grid)} mm (FLAIR's {mm(imgs['FLAIR'])} mm would "
+                   "coarsen the other sequences)")
+    logging.info("[preprocess] %s: co-registration onto %s", exam.exam_id, how["grid"])
   for m, img in imgs.items():
     if m == "FLAIR":
       continue
@@ -238,8 +246,46 @@ def coregister(exam, imgs: dict, options: Options):
                    "to FLAIR (rigid, mutual information; tens of seconds, where a shipped "
                    "transform takes about one)", exam.exam_id, stem, m)
     tfm, how[m] = steps.to_flair(imgs["FLAIR"], img, tfm_path)
-    out[m] = steps.resample(img, imgs["FLAIR"], tfm)
+    out[m] = steps.resample(img, grid, tfm)
   return out, how
+
+
+# Every sequence is resampled onto the working grid before MNI, so a FLAIR coarser than another
+# sequence by more than this along an axis is sampled finer there (a 2.2 x 2.2 x 6 mm FLAIR took a
+# 0.9 x 0.9 x 3 mm T1W down to 6 mm slices: ROBEX's mask on it took in the scalp and QC failed the
+# T1W's intensities, gap 45). Within it FLAIR's own grid is kept: the raw Lesjak exams' 4 mm FLAIR
+# over a 3 mm T1W (1.33x) is, and their outputs with it.
+WORKING_GRID_COARSER = 1.5
+WORKING_GRID_FINEST_MM = 1.0  # the model grid is 1.5 mm: finer sampling buys nothing, costs time
+
+
+def working_grid(flair, others: list, coarser: float = WORKING_GRID_COARSER,
+                 finest_mm: float = WORKING_GRID_FINEST_MM):
+  """The grid brain extraction and MNI registration work on and every sequence is co-registered
+  onto: `flair` itself, or FLAIR's frame (direction, extent) sampled finer along each axis where
+  FLAIR's voxels are more than `coarser` x the finest other sequence's along it (that sequence's
+  voxel size along its axis nearest in direction, at least `finest_mm`)."""
+  import SimpleITK as sitk
+  d = np.array(flair.GetDirection()).reshape(3, 3)
+  spacing = np.array(flair.GetSpacing())
+  finer = spacing.copy()
+  for img in others:
+    e = np.abs(np.array(img.GetDirection()).reshape(3, 3).T @ d)  # [their axis, FLAIR's axis]
+    along = np.array(img.GetSpacing())[np.argmax(e, axis=0)]
+    finer = np.minimum(finer, np.maximum(along, finest_mm))
+  refine = spacing > coarser * finer
+  if not refine.any():
+    return flair
+  new_spacing = np.where(refine, finer, spacing)
+  size = np.array(flair.GetSize())
+  new_size = np.ceil(size * spacing / new_spacing - 1e-3).astype(int)
+  # the same box: first voxel centre half a new voxel in from the old box's corner, centred
+  offset = -0.5 * spacing + 0.5 * new_spacing + 0.5 * (size * spacing - new_size * new_spacing)
+  out = sitk.Image([int(n) for n in new_size], sitk.sitkFloat32)
+  out.SetSpacing([float(v) for v in new_spacing])
+  out.SetDirection(flair.GetDirection())
+  out.SetOrigin([float(v) for v in np.array(flair.GetOrigin()) + d @ offset])
+  return out
 
 
 def same_grid(a, b, tol: float = 1e-3) -> bool:
@@ -262,8 +308,11 @@ def brain_mask(exam, imgs: dict, options: Options):
 
   from msjax.preprocess import grid as grid_lib
   from msjax.preprocess import steps
-  if exam.brain_mask:
-    return sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkUInt8)
+  if exam.brain_mask:  # on FLAIR's grid; taken onto the working grid where that is finer
+    given = sitk.Cast(sitk.ReadImage(exam.brain_mask) > 0, sitk.sitkFloat32)
+    if not same_grid(given, imgs["FLAIR"]):
+      given = steps.resample(given, imgs["FLAIR"]) >= 0.5
+    return sitk.Cast(given, sitk.sitkUInt8)
   if options.skull_strip == "robex":
     return steps.robex_mask(brain_image(imgs))
   if options.skull_strip == "threshold":
