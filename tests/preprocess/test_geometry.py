@@ -261,8 +261,10 @@ def test_reference_mask_and_second_sequence_follow_the_image(known_registration,
   """A labelled raw exam (LPS FLAIR with its consensus mask, PSR T1W on its own grid): on the model
   grid the mask, the T1 marker and the FLAIR marker are one blob in the left hemisphere."""
   draw_exam(tmp_path / "raw", "LPS", labelled=True, t1_orientation="PSR")
-  record = preprocess(raw_exam(str(tmp_path / "raw"), labelled=True, t1=True), tmp_path / "c",
-                      qc=True)
+  exam = raw_exam(str(tmp_path / "raw"), labelled=True, t1=True)
+  assert not run_lib.refines_grid(exam)  # 2 mm both: FLAIR's grid
+  record = preprocess(exam, tmp_path / "c", qc=True)
+  assert "grid" not in record["coregistration"]
   flair = nifti.read_nifti(record["images"]["FLAIR"])
   t1 = nifti.read_nifti(record["images"]["T1W"])
   consensus = nifti.read_nifti(record["consensus"], kind="mask")
@@ -278,15 +280,20 @@ def test_reference_mask_and_second_sequence_follow_the_image(known_registration,
   assert os.path.getsize(os.path.join(os.path.dirname(record["brain_mask"]), "qc.png")) > 5000
 
 
-def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_path):
+def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_path, monkeypatch):
   """A 2.2 x 2.2 x 6 mm FLAIR over a 1.2 mm T1W: the sequences are co-registered onto FLAIR's frame
   sampled at the T1W's 1.2 mm (`run.working_grid`), so the T1W reaches the model grid as it was
   acquired, not through 6 mm slices (which took a real T1W's brain mask into the scalp)."""
   draw_exam(tmp_path / "raw", "coarse", t1_orientation="fine")
   options = run_lib.Options.from_config(config_base.preprocess(n4=False, skull_strip="none"))
-  record = run_lib.preprocess_exam(raw_exam(str(tmp_path / "raw"), t1=True), str(tmp_path / "c"),
-                                   options)
+  exam = raw_exam(str(tmp_path / "raw"), t1=True)
+  record = run_lib.preprocess_exam(exam, str(tmp_path / "c"), options)
   assert record["coregistration"]["grid"].startswith("FLAIR's frame at 1.2 x 1.2 x 1.2 mm")
+  # such an exam preprocessed before the working grid is made again on a re-run
+  assert run_lib.refines_grid(exam)
+  key = run_lib.made_from(exam, options, None)
+  monkeypatch.setattr(run_lib, "WORKING_GRID_REVISION", run_lib.WORKING_GRID_REVISION + 1)
+  assert run_lib.made_from(exam, options, None) != key
   t1 = nifti.read_nifti(record["images"]["T1W"])
   truth, _ = head(_world(t1.grid.affine, t1.data.shape), "T1W")
   inside = ndimage.binary_erosion(truth > 0, iterations=3)
