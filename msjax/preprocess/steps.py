@@ -24,6 +24,18 @@ class PreprocessingError(RuntimeError):
 
 # ---- N4 ------------------------------------------------------------------------------------------
 
+def nonnegative(img: sitk.Image) -> tuple[sitk.Image, float]:
+  """The image shifted so that its lowest intensity is 0 when it goes below 0, and the shift (0
+  when none). A raw scan stores no signal as 0; one exported with an offset (or given already
+  z-scored) has negative intensities, on which N4's multiplicative bias model goes wrong: a
+  Lesjak FLAIR stored 3000 lower lost 0.7 of its 3.3 mL of lesion. Nyúl's standardisation and
+  the z-scoring after it do not see a shift."""
+  low = float(sitk.GetArrayViewFromImage(img).min())
+  if low >= 0:
+    return img, 0.0
+  return sitk.Cast(img - low, sitk.sitkFloat32), -low
+
+
 def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> sitk.Image:
   """N4 on a copy shrunk to ~target_mm voxels (fast), bias field applied at full resolution.
   The fit's time goes with the shrunk copy's voxels: on a raw Lesjak exam (FLAIR, T1W, T2W at

@@ -304,6 +304,23 @@ def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_pat
                                                                  np.percentile(error, 99))
 
 
+def test_an_exam_stored_with_a_negative_offset_is_made_as_the_exam_itself(known_registration,
+                                                                          tmp_path):
+  """A FLAIR exported 3000 lower (negative intensities): shifted back so that its lowest is 0
+  before N4 (`steps.nonnegative`), it is preprocessed as the exam itself, and the record says so."""
+  draw_exam(tmp_path / "raw", "LPS")
+  img = nib.load(tmp_path / "raw" / "FLAIR.nii.gz")
+  os.makedirs(tmp_path / "low")
+  nib.save(nib.Nifti1Image(np.asarray(img.dataobj) - 3000.0, img.affine),
+           tmp_path / "low" / "FLAIR.nii.gz")
+  options = run_lib.Options.from_config(config_base.preprocess(n4=True, skull_strip="none"))
+  as_is = run_lib.preprocess_exam(raw_exam(str(tmp_path / "raw")), str(tmp_path / "a"), options)
+  low = run_lib.preprocess_exam(raw_exam(str(tmp_path / "low")), str(tmp_path / "b"), options)
+  assert low["intensity_shift"] == {"FLAIR": 3000.0} and "intensity_shift" not in as_is
+  a, b = (nifti.read_nifti(r["images"]["FLAIR"]).data for r in (as_is, low))
+  np.testing.assert_allclose(b, a, atol=1e-3 * a.max())
+
+
 def test_canonical_view_of_an_itk_image():
   """grid_lib.canonical: any ITK image as a RAS-ordered array with its RAS affine."""
   affine, shape = raw_affine("PSR")
