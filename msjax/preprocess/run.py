@@ -167,7 +167,8 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
     to_mni = step("mni_registration", "MNI registration", lambda: steps.register_head_to_mni(
         sitk.Mask(brain_image(imgs), head)))
     brain = step("atlas_mask", "brain extraction (within the MNI template's brain)",
-                 lambda: steps.atlas_brain_mask(brain_image(imgs), to_mni, fill=imgs["FLAIR"]))
+                 lambda: steps.atlas_brain_mask(brain_image(imgs), to_mni, fill=imgs["FLAIR"],
+                                                acquired=raw["FLAIR"].GetSpacing()))
     # the head's registration lies 1.8-1.9 mm from ROBEX's on patient01's 4 mm slices (the
     # scalp's pull); the brain's, from it, 0.6-1.0 mm, as the default registers (7-8.5 s)
     head_to_mni = to_mni

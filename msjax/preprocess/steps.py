@@ -278,7 +278,7 @@ def _template_brain_within(margin_mm: float) -> sitk.Image:
 
 
 def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
-                     fill: sitk.Image | None = None,
+                     fill: sitk.Image | None = None, acquired=None,
                      margin_mm: float = ATLAS_MARGIN_MM,
                      opening_mm: float = ATLAS_OPENING_MM) -> sitk.Image:
   """The brain of a T1 (or FLAIR) with the skull on, bounded by the MNI152 template's brain mask
@@ -291,7 +291,8 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
 
   fill: an image on img's grid (FLAIR) whose Otsu foreground stands in where img holds no data
   (a T1 co-registered onto FLAIR whose field of view stops short of FLAIR's: its voxels there are
-  0). Without it the mask ends flat at the T1's last slice, and the network, seeing brain cut off
+  0). acquired: FLAIR's own voxel size where img is on a finer grid of its frame (the end slices
+  are the acquired FLAIR's). Without it the mask ends flat at the T1's last slice, and the network, seeing brain cut off
   by a plane of zeros, called the cerebellum above the cut lesion: on Lesjak patient01 study 1
   (T1 6 slices short of FLAIR on the model grid) 2.06 mL of infratentorial lesion against 0.06
   under ROBEX, whose brain model carries the brain on below the T1; with FLAIR filling in, 0.19
@@ -309,7 +310,7 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
   brain = sitk.BinaryMorphologicalClosing(sitk.BinaryFillhole(brain), _voxels(img, 4.0),
                                           sitk.sitkBall)
   brain = without_end_slices(sitk.Cast(sitk.And(sitk.BinaryFillhole(brain), within),
-                                       sitk.sitkUInt8))
+                                       sitk.sitkUInt8), acquired=acquired)
   if not np.any(sitk.GetArrayViewFromImage(brain)):
     raise PreprocessingError("brain extraction (atlas): nothing bright within the MNI template's "
                              "brain (a failed MNI registration?)")
@@ -317,14 +318,18 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
 
 
 def without_end_slices(mask: sitk.Image, n: int = ATLAS_END_SLICES,
-                       stack_mm: float = STACK_SLICE_MM) -> sitk.Image:
-  """The mask without the first and last n slices along its thickest axis, when that axis is a 2D
-  stack's (spacing >= stack_mm and 1.5x the finest); as it is otherwise (a 3D acquisition,
-  isotropic or nearly, has no end-slice inflow)."""
-  spacing = mask.GetSpacing()
-  axis = int(np.argmax(spacing))
-  if n <= 0 or spacing[axis] < max(stack_mm, 1.5 * min(spacing)):
+                       stack_mm: float = STACK_SLICE_MM, acquired=None) -> sitk.Image:
+  """The mask without the first and last n acquired slices along the thickest axis, when that axis
+  is a 2D stack's (spacing >= stack_mm and 1.5x the finest); as it is otherwise (a 3D acquisition,
+  isotropic or nearly, has no end-slice inflow). `acquired`: the acquisition's voxel size along
+  the mask's axes where the mask is on a finer grid of its frame (`run.working_grid`): the stack
+  is judged by it, and n acquired slices are as many of the mask's as they span."""
+  spacing = np.array(mask.GetSpacing())
+  acquired = spacing if acquired is None else np.array(acquired, float)
+  axis = int(np.argmax(acquired))
+  if n <= 0 or acquired[axis] < max(stack_mm, 1.5 * min(acquired)):
     return mask
+  n = int(np.ceil(n * acquired[axis] / spacing[axis] - 1e-3))
   a = sitk.GetArrayFromImage(mask)  # numpy order (z, y, x): image axis k is array axis 2 - k
   index = [slice(None)] * 3
   for ends in (slice(0, n), slice(-n, None)):

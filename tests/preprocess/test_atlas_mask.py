@@ -214,6 +214,20 @@ def test_atlas_mask_leaves_out_the_end_slices_of_a_2d_stack_only(spacing, thick_
   assert not kept[0].any() and not kept[-1].any() and kept[1:-1].all()
 
 
+@pytest.mark.parametrize("spacing, acquired, gone", [((0.7, 0.7, 3.0), (2.2, 2.2, 6.0), 2),
+                                                     ((1.0, 1.0, 1.0), (0.7, 0.7, 4.0), 4),
+                                                     ((0.7, 0.7, 4.0), (0.7, 0.7, 4.0), 1),
+                                                     ((1.0, 1.0, 1.0), (1.0, 1.0, 1.2), 0)])
+def test_end_slices_are_the_acquired_ones_on_a_finer_working_grid(spacing, acquired, gone):
+  """On FLAIR's frame sampled finer (`run.working_grid`), the stack is judged by the acquired
+  voxels, and the first and last acquired slice take as many of the mask's slices as they span."""
+  mask = sitk.GetImageFromArray(np.ones((12, 7, 8), np.uint8))  # image size (8, 7, 12)
+  mask.SetSpacing(spacing)
+  a = sitk.GetArrayFromImage(steps.without_end_slices(mask, acquired=acquired))
+  per_slice = a.reshape(12, -1).all(axis=1)  # image axis 2 is array axis 0
+  assert list(per_slice) == [False] * gone + [True] * (12 - 2 * gone) + [False] * gone
+
+
 def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path, monkeypatch):
   """The reuse key of a preprocessed exam (`made_from`) carries the atlas path's revision for its
   exams, so that an exam the atlas path made before it changed is made again; a ROBEX exam's key
