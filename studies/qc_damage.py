@@ -13,7 +13,7 @@ from msjax.report import atlas as atlas_lib
 EXPECTED = {"shift": "registration", "rotation": "registration", "skull": "brain_volume",
             "thick_slices": "slice_thickness", "coarse_inplane": "inplane_resolution",
             "intensities": "intensities", "no_flair": "flair", "slab": "field_of_view",
-            "cut": "field_of_view", "noise": "image_structure"}
+            "cut": "field_of_view", "noise": "image_structure", "misaligned": "alignment"}
 
 
 def _move(images, brain, fn):
@@ -37,7 +37,9 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     slab            a 45 mm thick slab of the brain (the field of view of a partial acquisition);
     cut             the exam 45 mm lower: the brain runs off the bottom of the grid;
     noise           the FLAIR replaced by Gaussian noise of its brain's mean and spread (a
-                    corrupted series or a wrong file under its name)."""
+                    corrupted series or a wrong file under its name);
+    misaligned      every sequence but FLAIR turned 10 degrees and moved 6 mm within the brain
+                    mask (a failed co-registration, or a sequence of another exam)."""
   spacing = atlas_lib.spacing(affine)
   images = {m: np.asarray(v, np.float32) for m, v in images.items()}
   brain = np.asarray(brain) > 0
@@ -81,6 +83,12 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     rng = np.random.default_rng(0)
     noise = rng.normal(flair[brain].mean(), flair[brain].std(), flair.shape).astype(np.float32)
     out["images"] = {**images, "FLAIR": np.where(brain, noise, 0)}
+  elif kind == "misaligned":
+    step = (6.0 / spacing[0], 0.0, 0.0)
+    turn = lambda v: ndimage.shift(ndimage.rotate(v, 10, axes=(0, 1), reshape=False, order=1),  # noqa: E731
+                                   step, order=1)
+    out["images"] = {m: v if m == "FLAIR" else np.where(brain, turn(v), 0)
+                     for m, v in images.items()}
   else:
     raise ValueError(f"unknown damage {kind!r} (one of {', '.join(EXPECTED)})")
   return out

@@ -31,6 +31,11 @@ the verdict, and every measure past its `ok` threshold is a reason, with its val
                  patient01 study 2's FLAIR, which the tissue-fit correlation, ruled by the brain's
                  outline, let pass at r 0.79). Lesions and atrophy add structure; they never lower
                  it;
+  alignment      each sequence's tissue boundaries against FLAIR's: the correlation of their
+                 edges (gradient magnitude, smoothed 1.5 mm) inside the brain, away from its
+                 edge. Whatever the contrasts, one exam's sequences share their boundaries
+                 (0.52-0.71 on the real Lesjak exams); a sequence of another patient registered
+                 onto the FLAIR by mutual information does not (0.25-0.27), and QC let it pass;
   field of view  the share of the template's brain (scaled and shifted onto the brain mask, so
                  a small head is not a small field of view) that the mask covers, and the
                  share of the brain mask's voxels on the grid's outer faces (a brain cut by the
@@ -67,6 +72,7 @@ def config() -> config_dict.ConfigDict:
   c.inplane_mm = (1.8, 3.0)           # max in-plane voxel edge (the model grid's is 1.4-1.7)
   c.landmark_gap = (25.0, 35.0)       # max |landmark - bundle's| on the [0, 100] Nyúl scale
   c.structure_r = (0.20, 0.10)        # min neighbour correlation (2 mm) of every sequence
+  c.aligned_r = (0.40, 0.30)          # min edge correlation of every sequence with FLAIR
   c.coverage = (0.85, 0.70)           # min share of the (fitted) template brain in the mask
   c.border = (0.002, 0.008)           # max share of brain voxels on the grid's outer faces
   return c
@@ -91,6 +97,11 @@ def config() -> config_dict.ConfigDict:
 # 0.77-0.84, T2W 0.69-0.74), lesjak_mni FLAIR 0.33 / 0.38 (T1W 0.69, T2W 0.59-0.60); patient01
 # study 2 with Gaussian noise as its FLAIR 0.00 (its other measures all ok: tissue fit r 0.79,
 # landmark gap 4.4), the `noise` damage of studies/qc_damage.py alike.
+# Alignment (each sequence's edges against FLAIR's, smoothed 1.5 mm, inside the brain 3 mm from
+# its edge; 2026-12-07): raw exams after msjax's preprocessing 0.62-0.71 (ten copies of patient01
+# study 2 re-stored, rescaled, reoriented, moved: 0.66-0.71), lesjak_mni 0.52-0.62, a 6 mm FLAIR
+# 0.56-0.57; FLAIR of patient01 with T1W and T2W of patient12 (registered by mutual information,
+# QC ok before) 0.25-0.27, a FLAIR whose affine shears 0.08-0.10, noise 0.02-0.04.
 # The overlap and the 30th-percentile landmarks (runs of msjax.report.qc on lesjak_mni's two
 # exams): real 0.907 / 0.914; rotation 0.855 / 0.869 (its correlations 0.36-0.46 fail it); with
 # a 49-53 mL lesion map of lesjak_lesion_maps transplanted (msjax.data.transplant) and with the
@@ -131,6 +142,23 @@ def structure_r(image: np.ndarray, inside: np.ndarray, spacing) -> float:
     if both.sum() > 100:
       out.append(correlation(a[both].astype(np.float64), b[both].astype(np.float64)))
   return min(out) if out else float("nan")
+
+
+EDGE_SIGMA_MM = 1.5  # the smoothing before `edges`: a 2D stack's blur apart, tissue boundaries
+
+
+def edges(image: np.ndarray, spacing) -> np.ndarray:
+  """Gradient magnitude (per mm) of the image smoothed by EDGE_SIGMA_MM."""
+  spacing = np.asarray(spacing, float)
+  smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), EDGE_SIGMA_MM / spacing)
+  return np.sqrt(sum((g / d) ** 2 for g, d in zip(np.gradient(smooth), spacing)))
+
+
+def aligned_r(image: np.ndarray, flair_edges: np.ndarray, inside: np.ndarray, spacing) -> float:
+  """Correlation, over the voxels `inside`, of a sequence's edges with FLAIR's: whatever the
+  contrasts, the tissue boundaries of two sequences of one exam lie in the same places."""
+  return correlation(edges(image, spacing)[inside].astype(np.float64),
+                     flair_edges[inside].astype(np.float64))
 
 
 def landmark_gap(values: np.ndarray, standard) -> float:
@@ -241,6 +269,12 @@ def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
       m["structure_rs"] = {mod: round(structure_r(v, inside, atlas_lib.spacing(affine)), 4)
                            for mod, v in images.items()}
       m["structure_r"] = min(m["structure_rs"].values())
+      others = [mod for mod in images if mod != "FLAIR"]
+      if "FLAIR" in images and others:
+        flair_edges = edges(images["FLAIR"], atlas_lib.spacing(affine))
+        m["aligned_rs"] = {mod: round(aligned_r(images[mod], flair_edges, inside,
+                                                atlas_lib.spacing(affine)), 4) for mod in others}
+        m["aligned_r"] = min(m["aligned_rs"].values())
   m["coverage_mni"] = round(float((tissue & brain).sum()) / max(int(tissue.sum()), 1), 4)
   fitted_tissue = (fitted.gm + fitted.wm) >= 0.5
   m["coverage"] = round(float((fitted_tissue & brain).sum()) / max(int(fitted_tissue.sum()), 1),
@@ -318,6 +352,12 @@ def verdict(m: dict, cfg=None) -> dict:
         f"{worst} looks like noise: its voxels correlate with their neighbours "
         f"{STRUCTURE_LAG_MM:g} mm away at r = {m['structure_r']:.2f} (an MR image of a brain: "
         f"ok >= {cfg.structure_r[0]:g})")
+  if "aligned_r" in m:
+    worst = min(m["aligned_rs"], key=m["aligned_rs"].get)
+    add("alignment", _grade(m["aligned_r"], *cfg.aligned_r, below=True),
+        f"{worst}'s tissue boundaries do not lie on FLAIR's (edge correlation r = "
+        f"{m['aligned_r']:.2f}, ok >= {cfg.aligned_r[0]:g}): a sequence of another exam, or a "
+        "failed co-registration")
   cov = _grade(m["coverage"], *cfg.coverage, below=True)
   bord = _grade(m["border"], *cfg.border, below=False)
   add("field_of_view", max(cov, bord, key=ORDER.get),

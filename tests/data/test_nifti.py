@@ -91,6 +91,18 @@ def test_singular_affine(tmp_path):
   expect("singular", nifti.read_nifti, p)
 
 
+def test_sheared_affine_refused_and_oblique_one_read(tmp_path):
+  """A shear ITK cannot hold (preprocessing would read the file elsewhere) is refused; an oblique
+  but perpendicular grid, and a converter's rounding, are read."""
+  p = _save_with_sform(tmp_path / "a.nii", [[1, 0.15, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+  expect(r"shears the voxel grid \(axes 8.53 degrees", nifti.read_nifti, p)
+  c, s = np.cos(0.3), np.sin(0.3)
+  p = _save_with_sform(tmp_path / "b.nii", [[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 3, 0]])
+  assert nifti.read_nifti(p).data.shape == (8, 8, 8)
+  p = _save_with_sform(tmp_path / "c.nii", [[1, 1e-5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+  assert nifti.read_nifti(p).data.shape == (8, 8, 8)
+
+
 def test_non_finite_affine(tmp_path):
   p = _save_with_sform(tmp_path / "a.nii", [[np.nan, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
   expect("not finite", nifti.read_nifti, p)
