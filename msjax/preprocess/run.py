@@ -143,12 +143,13 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
 
   raw, shifted = {}, {}
   for m, path in exam.images.items():
-    raw[m], shift = steps.nonnegative(sitk.ReadImage(path, sitk.sitkFloat32))
-    if shift:
-      shifted[m] = shift
-      logging.warning("[preprocess] %s: %s holds intensities down to %g: shifted by %g so that "
-                      "its lowest is 0 (N4's bias model is multiplicative, Otsu and ROBEX take "
-                      "no signal as 0)", exam.exam_id, path, -shift, shift)
+    raw[m], change = steps.nonnegative(sitk.ReadImage(path, sitk.sitkFloat32))
+    if change:
+      shifted[m] = change
+      logging.warning("[preprocess] %s: %s holds intensities below 0: %s (N4's bias model is "
+                      "multiplicative, Otsu and ROBEX take no signal as 0)", exam.exam_id, path,
+                      f"shifted by {change['shift']:g} so that its lowest is 0" if "shift" in change
+                      else f"its padding value {change['padding']:g} set to 0")
   imgs = dict(raw)
   if options.n4:
     imgs = step("n4", "N4 bias-field correction", lambda: {
@@ -202,7 +203,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
             "n4_mm": options.n4_mm if options.n4 else None,
             "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
-            **({"intensity_shift": shifted} if shifted else {}),
+            **({"made_nonnegative": shifted} if shifted else {}),
             **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
   with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:

@@ -24,16 +24,27 @@ class PreprocessingError(RuntimeError):
 
 # ---- N4 ------------------------------------------------------------------------------------------
 
-def nonnegative(img: sitk.Image) -> tuple[sitk.Image, float]:
-  """The image shifted so that its lowest intensity is 0 when it goes below 0, and the shift (0
-  when none). A raw scan stores no signal as 0; one exported with an offset (or given already
-  z-scored) has negative intensities, on which N4's multiplicative bias model goes wrong: a
-  Lesjak FLAIR stored 3000 lower lost 0.7 of its 3.3 mL of lesion. Nyúl's standardisation and
-  the z-scoring after it do not see a shift."""
-  low = float(sitk.GetArrayViewFromImage(img).min())
+def nonnegative(img: sitk.Image) -> tuple[sitk.Image, dict | None]:
+  """The image with no intensity below 0, and what was done ({"shift": s}, {"padding": v}; None
+  when nothing). A raw scan
+  stores no signal as 0; one exported with an offset (or given already z-scored) has negative
+  intensities, on which N4's multiplicative bias model goes wrong (a Lesjak FLAIR stored 3000
+  lower lost 0.7 of its 3.3 mL of lesion): it is shifted so that its lowest is 0. A negative
+  constant padding the voxels outside the field of view (-1024, -32768) beside otherwise
+  non-negative intensities is set to 0 instead, so that the real background stays 0. Nyúl's
+  standardisation and the z-scoring after it do not see a shift."""
+  a = sitk.GetArrayViewFromImage(img)
+  low = float(a.min())
   if low >= 0:
-    return img, 0.0
-  return sitk.Cast(img - low, sitk.sitkFloat32), -low
+    return img, None
+  padding = a == low
+  if padding.mean() >= PADDING_SHARE and float(a[~padding].min()) >= 0:
+    out = sitk.Mask(img, sitk.Cast(img != low, sitk.sitkUInt8))  # the padding to 0
+    return sitk.Cast(out, sitk.sitkFloat32), {"padding": low}
+  return sitk.Cast(img - low, sitk.sitkFloat32), {"shift": -low}
+
+
+PADDING_SHARE = 0.01  # the lowest value on this share of the voxels, the rest >= 0: padding
 
 
 def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> sitk.Image:

@@ -316,9 +316,27 @@ def test_an_exam_stored_with_a_negative_offset_is_made_as_the_exam_itself(known_
   options = run_lib.Options.from_config(config_base.preprocess(n4=True, skull_strip="none"))
   as_is = run_lib.preprocess_exam(raw_exam(str(tmp_path / "raw")), str(tmp_path / "a"), options)
   low = run_lib.preprocess_exam(raw_exam(str(tmp_path / "low")), str(tmp_path / "b"), options)
-  assert low["intensity_shift"] == {"FLAIR": 3000.0} and "intensity_shift" not in as_is
+  assert low["made_nonnegative"] == {"FLAIR": {"shift": 3000.0}}
+  assert "made_nonnegative" not in as_is
   a, b = (nifti.read_nifti(r["images"]["FLAIR"]).data for r in (as_is, low))
   np.testing.assert_allclose(b, a, atol=1e-3 * a.max())
+
+
+def test_negative_padding_outside_the_field_of_view_goes_to_0_not_the_background_up():
+  """-32768 on the voxels outside the field of view, the image >= 0 elsewhere: the padding is
+  set to 0 (a shift would lift the real background to 32768); any other negative image is
+  shifted so that its lowest is 0."""
+  a = np.zeros((20, 20, 20), np.float32)
+  a[5:15, 5:15, 5:15] = np.linspace(1.0, 100.0, 1000).reshape(10, 10, 10)
+  padded = a.copy()
+  padded[:, :, :3] = -32768.0
+  out, change = steps.nonnegative(sitk.GetImageFromArray(padded))
+  assert change == {"padding": -32768.0}
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(out), np.where(padded < 0, 0, padded))
+  out, change = steps.nonnegative(sitk.GetImageFromArray(a - 50.0))  # z-scored-like
+  assert change == {"shift": 50.0}
+  np.testing.assert_allclose(sitk.GetArrayFromImage(out), a, atol=1e-4)
+  assert steps.nonnegative(sitk.GetImageFromArray(a))[1] is None
 
 
 def test_canonical_view_of_an_itk_image():
