@@ -282,13 +282,14 @@ def test_reference_mask_and_second_sequence_follow_the_image(known_registration,
 
 def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_path, monkeypatch):
   """A 2.2 x 2.2 x 6 mm FLAIR over a 1.2 mm T1W: the sequences are co-registered onto FLAIR's frame
-  sampled at the T1W's 1.2 mm (`run.working_grid`), so the T1W reaches the model grid as it was
-  acquired, not through 6 mm slices (which took a real T1W's brain mask into the scalp)."""
+  sampled at 1.5 mm (`run.working_grid`: the T1W's size, no finer than about the model grid's), so
+  the T1W reaches the model grid as acquired, not through 6 mm slices (which took a real T1W's
+  brain mask into the scalp)."""
   draw_exam(tmp_path / "raw", "coarse", t1_orientation="fine")
   options = run_lib.Options.from_config(config_base.preprocess(n4=False, skull_strip="none"))
   exam = raw_exam(str(tmp_path / "raw"), t1=True)
   record = run_lib.preprocess_exam(exam, str(tmp_path / "c"), options)
-  assert record["coregistration"]["grid"].startswith("FLAIR's frame at 1.2 x 1.2 x 1.2 mm")
+  assert record["coregistration"]["grid"].startswith("FLAIR's frame at 1.5 x 1.5 x 1.5 mm")
   # such an exam preprocessed before the working grid is made again on a re-run
   assert run_lib.refines_grid(exam)
   key = run_lib.made_from(exam, options, None)
@@ -298,7 +299,7 @@ def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_pat
   truth, _ = head(_world(t1.grid.affine, t1.data.shape), "T1W")
   inside = ndimage.binary_erosion(truth > 0, iterations=3)
   error = np.abs(t1.data[inside] - truth[inside])
-  # on the working grid: mean error 0.34, 99th percentile 0.89 (tissue 300 ± 40); through FLAIR's
+  # on the working grid: mean error 0.39, 99th percentile 1.12 (tissue 300 ± 40); through FLAIR's
   # 6 mm slices 1.95 and 16.3 (the marker's edge smeared)
   assert error.mean() < 0.8 and np.percentile(error, 99) < 5.0, (error.mean(),
                                                                  np.percentile(error, 99))
