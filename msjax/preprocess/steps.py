@@ -25,14 +25,16 @@ class PreprocessingError(RuntimeError):
 # ---- N4 ------------------------------------------------------------------------------------------
 
 def nonnegative(img: sitk.Image) -> tuple[sitk.Image, dict | None]:
-  """The image with no intensity below 0, and what was done ({"shift": s}, {"padding": v}; None
-  when nothing). A raw scan
-  stores no signal as 0; one exported with an offset (or given already z-scored) has negative
-  intensities, on which N4's multiplicative bias model goes wrong (a Lesjak FLAIR stored 3000
-  lower lost 0.7 of its 3.3 mL of lesion): it is shifted so that its lowest is 0. A negative
-  constant padding the voxels outside the field of view (-1024, -32768) beside otherwise
-  non-negative intensities is set to 0 instead, so that the real background stays 0. Nyúl's
-  standardisation and the z-scoring after it do not see a shift."""
+  """The image with its background at 0 where it was stored with an offset, and what was done
+  ({"shift": s}, {"padding": v}; None when nothing). A raw scan stores no signal as 0; one
+  exported with an offset has its background (the median voxel) below 0, and N4's multiplicative
+  bias model goes wrong on it (a Lesjak FLAIR stored 3000 lower lost 0.7 of its 3.3 mL of
+  lesion): it is shifted so that its lowest is 0. A negative constant padding the voxels outside
+  the field of view (-1024, -32768) beside otherwise non-negative intensities is set to 0 instead.
+  A few negative voxels in an image whose background is 0 (the ringing of an interpolated,
+  skull-stripped exam: lesjak_mni's sequences, 0.02-0.08 % of their voxels, down to -75) are left
+  as they are: a shift would lift that background off 0. Nyúl's standardisation and the
+  z-scoring after it do not see a shift."""
   a = sitk.GetArrayViewFromImage(img)
   low = float(a.min())
   if low >= 0:
@@ -41,6 +43,8 @@ def nonnegative(img: sitk.Image) -> tuple[sitk.Image, dict | None]:
   if padding.mean() >= PADDING_SHARE and float(a[~padding].min()) >= 0:
     out = sitk.Mask(img, sitk.Cast(img != low, sitk.sitkUInt8))  # the padding to 0
     return sitk.Cast(out, sitk.sitkFloat32), {"padding": low}
+  if float(np.median(a)) >= 0:
+    return img, None
   return sitk.Cast(img - low, sitk.sitkFloat32), {"shift": -low}
 
 
