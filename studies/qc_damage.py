@@ -85,8 +85,9 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     out["images"] = {**images, "FLAIR": np.where(brain, noise, 0)}
   elif kind == "misaligned":
     step = (6.0 / spacing[0], 0.0, 0.0)
-    turn = lambda v: ndimage.shift(ndimage.rotate(v, 10, axes=(0, 1), reshape=False, order=1),  # noqa: E731
-                                   step, order=1)
+    def turn(v):
+      return ndimage.shift(ndimage.rotate(v, 10, axes=(0, 1), reshape=False, order=1), step,
+                           order=1)
     out["images"] = {m: v if m == "FLAIR" else np.where(brain, turn(v), 0)
                      for m, v in images.items()}
   else:

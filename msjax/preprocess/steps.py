@@ -306,12 +306,14 @@ def atlas_brain_mask(img: sitk.Image, to_mni: sitk.Transform, *,
 
   fill: an image on img's grid (FLAIR) whose Otsu foreground stands in where img holds no data
   (a T1 co-registered onto FLAIR whose field of view stops short of FLAIR's: its voxels there are
-  0). acquired: FLAIR's own voxel size where img is on a finer grid of its frame (the end slices
-  are the acquired FLAIR's). Without it the mask ends flat at the T1's last slice, and the network, seeing brain cut off
+  0). Without it the mask ends flat at the T1's last slice, and the network, seeing brain cut off
   by a plane of zeros, called the cerebellum above the cut lesion: on Lesjak patient01 study 1
   (T1 6 slices short of FLAIR on the model grid) 2.06 mL of infratentorial lesion against 0.06
   under ROBEX, whose brain model carries the brain on below the T1; with FLAIR filling in, 0.19
-  (docs/results/fast_path.md)."""
+  (docs/results/fast_path.md).
+
+  acquired: FLAIR's own voxel size where img is on a finer grid of its frame
+  (`run.working_grid`): the end slices left out are the acquired FLAIR's."""
   within = sitk.Cast(resample(_template_brain_within(float(margin_mm)), img,
                               to_mni.GetInverse()) >= 0.5, sitk.sitkUInt8)
   foreground = sitk.OtsuThreshold(img, 0, 1, 200)
