@@ -85,6 +85,7 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     out["images"] = {**images, "FLAIR": np.where(brain, noise, 0)}
   elif kind == "misaligned":
     step = (6.0 / spacing[0], 0.0, 0.0)
+
     def turn(v):
       return ndimage.shift(ndimage.rotate(v, 10, axes=(0, 1), reshape=False, order=1), step,
                            order=1)

@@ -229,8 +229,7 @@ def coregister(exam, imgs: dict, options: Options):
   grid = working_grid(imgs["FLAIR"], [img for m, img in imgs.items() if m != "FLAIR"])
   if grid is not imgs["FLAIR"]:
     out["FLAIR"] = steps.resample(imgs["FLAIR"], grid)
-    mm = lambda img: " x ".join(f"{round(v, 2):g}" for v in img.GetSpacing())  # noqa: E731
-    how["grid"] = (f"FLAIR's frame at {mm(grid)} mm (FLAIR's {mm(imgs['FLAIR'])} mm would "
+    how["grid"] = (f"FLAIR's frame at {_mm(grid)} mm (FLAIR's {_mm(imgs['FLAIR'])} mm would "
                    "coarsen the other sequences)")
     logging.info("[preprocess] %s: co-registration onto %s", exam.exam_id, how["grid"])
   for m, img in imgs.items():
@@ -258,6 +257,11 @@ def coregister(exam, imgs: dict, options: Options):
     tfm, how[m] = steps.to_flair(imgs["FLAIR"], img, tfm_path)
     out[m] = steps.resample(img, grid, tfm)
   return out, how
+
+
+def _mm(img) -> str:
+  """An image's voxel size for a message: 1.5 x 1.5 x 3."""
+  return " x ".join(f"{round(v, 2):g}" for v in img.GetSpacing())
 
 
 # Every sequence is resampled onto the working grid before MNI, so a FLAIR coarser than another
