@@ -281,6 +281,11 @@ def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monk
   from preprocess.test_geometry import MarkerPredictor, draw_exam
   for name in ("p1", "p2"):
     draw_exam(tmp_path / "in" / name, "LPS")
+  # p2's FLAIR stored as a 4D file of one volume (x, y, z, 1), as some converters write a 3D
+  # image: read, preprocessed and reported as the 3D image it is (the report once broadcast it)
+  flair = nib.load(tmp_path / "in" / "p2" / "FLAIR.nii.gz")
+  nib.save(nib.Nifti1Image(np.asanyarray(flair.dataobj)[..., None], flair.affine, flair.header),
+           tmp_path / "in" / "p2" / "FLAIR.nii.gz")
   (tmp_path / "in" / "p3").mkdir()
   (tmp_path / "in" / "p3" / "FLAIR.nii.gz").write_bytes(b"broken")
   standard = [float(v) for v in np.linspace(0, 100, len(nyul.PERCENTILES))]

@@ -159,7 +159,7 @@ def _check_size(img, path: str) -> None:
                             "header")
 
 
-def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
+def squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
   if data.ndim > 3:
     extra = data.shape[3:]
     if any(d != 1 for d in extra):
@@ -207,7 +207,7 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
                             f"corrupt ({type(e).__name__}: {e})") from e
   if raw.dtype.kind == "c" or raw.dtype.fields is not None:
     raise InvalidInputError(f"{path}: unsupported data type {raw.dtype} (complex or RGB)")
-  raw = _squeeze_to_3d(raw, path)
+  raw = squeeze_to_3d(raw, path)
   data = raw.astype(np.float32, copy=False)
   if not np.all(np.isfinite(data)):
     n_bad = int((~np.isfinite(data)).sum())

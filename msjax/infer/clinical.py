@@ -56,7 +56,8 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
   import msjax
   out = outputs.paths(out_dir, exam)
   flair_img = nib.load(flair_path)
-  flair = np.asarray(flair_img.dataobj, np.float32)
+  # the file's voxel order (seg is), 3D: a trailing singleton axis (x, y, z, 1) is a 3D image
+  flair = nifti.squeeze_to_3d(np.asarray(flair_img.dataobj, np.float32), flair_path)
   on_mni_grid = not exam.native  # in_file_space maps such exams' world to MNI as it is
   labels = table.lesion_labels(seg.mask, seg.affine)
   extra, locations = table.lesion_rows(
