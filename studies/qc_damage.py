@@ -13,7 +13,8 @@ from msjax.report import atlas as atlas_lib
 EXPECTED = {"shift": "registration", "rotation": "registration", "skull": "brain_volume",
             "thick_slices": "slice_thickness", "coarse_inplane": "inplane_resolution",
             "intensities": "intensities", "no_flair": "flair", "slab": "field_of_view",
-            "cut": "field_of_view", "noise": "image_structure", "misaligned": "alignment"}
+            "cut": "field_of_view", "noise": "image_structure", "misaligned": "alignment",
+            "renamed": "contrast"}
 
 
 def _move(images, brain, fn):
@@ -39,7 +40,9 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
     noise           the FLAIR replaced by Gaussian noise of its brain's mean and spread (a
                     corrupted series or a wrong file under its name);
     misaligned      every sequence but FLAIR turned 10 degrees and moved 6 mm within the brain
-                    mask (a failed co-registration, or a sequence of another exam)."""
+                    mask (a failed co-registration, or a sequence of another exam);
+    renamed         FLAIR and T1W each under the other's name (series mapped to the wrong
+                    sequences)."""
   spacing = atlas_lib.spacing(affine)
   images = {m: np.asarray(v, np.float32) for m, v in images.items()}
   brain = np.asarray(brain) > 0
@@ -91,6 +94,8 @@ def damaged(kind: str, images: dict, brain: np.ndarray, affine: np.ndarray,
                            order=1)
     out["images"] = {m: v if m == "FLAIR" else np.where(brain, turn(v), 0)
                      for m, v in images.items()}
+  elif kind == "renamed":
+    out["images"] = {**images, "FLAIR": images["T1W"], "T1W": images["FLAIR"]}
   else:
     raise ValueError(f"unknown damage {kind!r} (one of {', '.join(EXPECTED)})")
   return out

@@ -74,9 +74,11 @@ def report_exam(seg, exam, out_dir: str, *, flair_path: str, bundle: dict, thres
   images, brain, grid_affine = _model_grid_images(exam)
   world_to_mni = atlas.world_to_mni_affine(None if on_mni_grid else seg.to_mni, seg.affine,
                                            seg.mask.shape)
+  fov = None if on_mni_grid else qc.field_of_view(brain.shape, grid_affine, world_to_mni,
+                                                   flair.shape, flair_img.affine)
   verdict = qc.exam_qc(images, brain, grid_affine, config.qc,
                        native_spacing=tuple(float(z) for z in flair_img.header.get_zooms()[:3]),
-                       world_to_mni=world_to_mni,
+                       world_to_mni=world_to_mni, fov=fov,
                        landmarks=bundle["preprocessing"]["nyul_landmarks"],
                        raw_landmarks=_raw_landmarks(exam))
   edge_ml = sum(float(r["volume_ml"]) for r in rows if r.get("fov_edge"))

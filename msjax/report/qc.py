@@ -36,10 +36,20 @@ the verdict, and every measure past its `ok` threshold is a reason, with its val
                  edge. Whatever the contrasts, one exam's sequences share their boundaries
                  (0.52-0.71 on the real Lesjak exams); a sequence of another patient registered
                  onto the FLAIR by mutual information does not (0.25-0.27), and QC let it pass;
+  contrast       whether each sequence has its own contrast, from its medians in the template's
+                 white matter, grey matter and ventricles (moved onto the brain as above),
+                 scaled by the brain's interquartile range: FLAIR's grey matter brighter than
+                 its white and its CSF dark, T1W's (and T1WKS's) white matter brighter than its
+                 grey, T2W's CSF bright. A sequence under the wrong name (a T1W given as FLAIR,
+                 a T2W as FLAIR, FLAIR as T1W), which the fit and the landmarks let through with
+                 a `check`, reverses an order that lesions and atrophy only narrow;
   field of view  the share of the template's brain (scaled and shifted onto the brain mask, so
                  a small head is not a small field of view) that the mask covers, and the
                  share of the brain mask's voxels on the grid's outer faces (a brain cut by the
-                 field of view).
+                 field of view). With the raw FLAIR's field of view known (`fov`), the
+                 registration measures above are taken within it: a brain whose top was not
+                 acquired, registered within 1.1 mm of the full exam's registration, had four
+                 registration failures reported beside the true reason.
 
 Defaults measured on the real Lesjak exams (the two of lesjak_mni and the four raw exams of
 lesjak_longitudinal_raw after msjax's preprocessing, all `ok`) and on damaged copies of them
@@ -73,6 +83,12 @@ def config() -> config_dict.ConfigDict:
   c.landmark_gap = (25.0, 35.0)       # max |landmark - bundle's| on the [0, 100] Nyúl scale
   c.structure_r = (0.20, 0.10)        # min neighbour correlation (2 mm) of every sequence
   c.aligned_r = (0.40, 0.30)          # min edge correlation of every sequence with FLAIR
+  # contrast, (tissue - white matter) / the brain's IQR: FLAIR grey matter (min), FLAIR
+  # ventricles (max), T1W / T1WKS grey matter (max), T2W ventricles (min)
+  c.flair_gm_wm = (-0.15, -0.30)
+  c.flair_csf_wm = (1.0, 2.0)
+  c.t1_gm_wm = (-0.20, -0.10)
+  c.t2_csf_wm = (0.20, -0.20)
   c.coverage = (0.85, 0.70)           # min share of the (fitted) template brain in the mask
   c.border = (0.002, 0.008)           # max share of brain voxels on the grid's outer faces
   return c
@@ -102,11 +118,35 @@ def config() -> config_dict.ConfigDict:
 # study 2 re-stored, rescaled, reoriented, moved: 0.66-0.71), lesjak_mni 0.52-0.62, a 6 mm FLAIR
 # 0.56-0.57; FLAIR of patient01 with T1W and T2W of patient12 (registered by mutual information,
 # QC ok before) 0.25-0.27, a FLAIR whose affine shears 0.08-0.10, noise 0.02-0.04.
+# Contrast ((tissue median - white matter median) / brain IQR; template WM > 0.9, GM > 0.7,
+# ventricles > 0.5; 2026-12-07, /tmp probes on the 1 mm exams): FLAIR grey - white +0.11 to
+# +0.70 on the real exams and their re-stored copies, +0.04 to +0.12 with 32-42 mL of lesion
+# (another patient's lesion map, voxels drawn from the exam's own lesions) in lesjak_mni's; a T1W
+# given as FLAIR -0.60. FLAIR ventricles - white -3.6 to +0.17 (lesjak_mni's rigidly registered
+# brains highest), a T2W given as FLAIR +2.50. T1W grey - white -0.48 to -0.73 (T1WKS -0.37 /
+# -0.47), FLAIR given as T1W 0.00. T2W ventricles - white +0.47 to +5.7 (lesjak_mni lowest).
 # The overlap and the 30th-percentile landmarks (runs of msjax.report.qc on lesjak_mni's two
 # exams): real 0.907 / 0.914; rotation 0.855 / 0.869 (its correlations 0.36-0.46 fail it); with
 # a 49-53 mL lesion map of lesjak_lesion_maps transplanted (msjax.data.transplant) and with the
 # ventricles grown 5 mm (+41-57 mL) and the outer 1.5 mm dark: every verdict ok or check,
 # landmark gap 20-21, the inverted-contrast copies' gap 30-32 (check), the skull copies' 45.
+def field_of_view(shape, affine: np.ndarray, world_to_mni: np.ndarray, native_shape,
+                  native_affine: np.ndarray) -> np.ndarray:
+  """The voxels of a grid (`shape`, `affine`: voxel -> MNI mm) whose centres lie inside a raw
+  image's voxel grid (`native_shape`, `native_affine`: voxel -> world mm), the exam's world
+  mapping to MNI mm by `world_to_mni`: what the acquisition covered."""
+  vox_to_native = np.linalg.solve(np.asarray(native_affine, float),
+                                  np.linalg.solve(np.asarray(world_to_mni, float),
+                                                  np.asarray(affine, float)))
+  idx = np.indices(tuple(shape), dtype=np.float32).reshape(3, -1)
+  native = vox_to_native[:3, :3].astype(np.float32) @ idx + vox_to_native[:3, 3:].astype(
+      np.float32)
+  inside = np.ones(idx.shape[1], bool)
+  for axis, n in enumerate(tuple(native_shape)[:3]):
+    inside &= (native[axis] > -0.5) & (native[axis] < n - 0.5)
+  return inside.reshape(tuple(shape))
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
   a = a - a.mean()
   b = b - b.mean()
@@ -121,6 +161,45 @@ def tissue_fit_r(image: np.ndarray, priors: list[np.ndarray], where: np.ndarray)
   x = np.stack([p[where] for p in priors] + [np.ones(len(y))], -1).astype(np.float64)
   coef, *_ = np.linalg.lstsq(x, y, rcond=None)
   return correlation(x @ coef, y)
+
+
+# which tissue difference says a sequence is what its name says: (key, tissue, config field,
+# below): FLAIR's grey matter over its white, FLAIR's CSF under it, and so on (`contrast` above)
+CONTRAST_RULES = {
+    "FLAIR": (("gm_wm", "grey matter", "flair_gm_wm", True),
+              ("csf_wm", "CSF (ventricles)", "flair_csf_wm", False)),
+    "T1W": (("gm_wm", "grey matter", "t1_gm_wm", False),),
+    "T1WKS": (("gm_wm", "grey matter", "t1_gm_wm", False),),
+    "T2W": (("csf_wm", "CSF (ventricles)", "t2_csf_wm", True),),
+}
+MIN_TISSUE_VOXELS = 200
+
+
+def tissue_contrasts(images: dict, brain: np.ndarray, fitted) -> dict:
+  """{modality: {"gm_wm": ..., "csf_wm": ...}}: the median of each sequence in the template's grey
+  matter (p > 0.7) and ventricles (p > 0.5) less its median in white matter (p > 0.9), inside
+  the brain, over the brain's interquartile range. Medians: lesions and partial volume move
+  them little. A sequence whose white-matter median is CSF's is left out (below)."""
+  regions = {"wm": brain & (fitted.wm > 0.9), "gm": brain & (fitted.gm > 0.7),
+             "csf": brain & (fitted.ventricles > 0.5)}
+  if any(int(r.sum()) < MIN_TISSUE_VOXELS for r in regions.values()):
+    return {}
+  out = {}
+  for mod, image in images.items():
+    if mod not in CONTRAST_RULES:
+      continue
+    q25, q75 = np.percentile(image[brain], [25, 75])
+    if q75 <= q25:
+      continue
+    wm, gm, csf = (float(np.median(image[regions[t]])) for t in ("wm", "gm", "csf"))
+    # ventricles grown far into the white matter (22 mm in tests/report/test_qc.py's atrophic
+    # exam) make the template's white matter CSF: its median then sits at CSF's, nearer to it
+    # than grey matter's is, and says nothing of the contrast: such a sequence is not judged
+    if abs(wm - csf) < 0.5 * abs(gm - csf):
+      continue
+    out[mod] = {"gm_wm": round((gm - wm) / float(q75 - q25), 3),
+                "csf_wm": round((csf - wm) / float(q75 - q25), 3)}
+  return out
 
 
 STRUCTURE_LAG_MM = 2.0    # the neighbour distance of `structure_r`
@@ -198,21 +277,25 @@ def _range_grade(value, ok_lo, ok_hi, fail_lo, fail_hi) -> str:
 
 def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray, *,
             native_spacing=None, world_to_mni=None, landmarks: dict | None = None,
-            raw_landmarks: dict | None = None) -> dict:
+            raw_landmarks: dict | None = None, fov: np.ndarray | None = None) -> dict:
   """The numbers behind the verdict. images: modality -> array on the model grid (canonical RAS,
   0 outside the brain); brain: the brain mask there; affine: the grid's voxel -> MNI mm;
   native_spacing: the raw FLAIR's voxel size (mm); world_to_mni: the 4x4 map from the raw exam's
   world to MNI mm (its determinant gives the exam's own brain volume); landmarks: the model
   bundle's Nyúl landmarks {modality: {"standard": [...]}}; raw_landmarks: the exam's own Nyúl
   landmarks before standardisation {modality: [11 values]} (default: computed from `images`,
-  right when they were not standardised)."""
+  right when they were not standardised); fov: the grid's voxels inside the raw FLAIR's field of
+  view (`field_of_view`; None: all), within which the registration is judged."""
   from msjax.report import atlas as atlas_lib
   brain = np.asarray(brain) > 0
   affine = np.asarray(affine, float)
   m: dict = {"sequences": sorted(images), "flair": "FLAIR" in images}
   if not brain.any():
     brain = np.zeros(brain.shape, bool)
-  similarity, fit = atlas_lib.fit_brain(brain, affine) if brain.any() else (np.eye(4), {})
+  # the registration is judged on what was acquired: a brain cut by the field of view against
+  # the template's brain cut alike (its own measure, coverage, says how much is missing)
+  fov = np.ones(brain.shape, bool) if fov is None else np.asarray(fov, bool)
+  similarity, fit = atlas_lib.fit_brain(brain, affine, fov) if brain.any() else (np.eye(4), {})
   m["registration_offset_mm"] = fit.get("offset_mm")
   m["registration_scale"] = fit.get("scale")
   # the template where registration put it (tissue volume, coverage), and moved onto the exam's
@@ -221,11 +304,11 @@ def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
   tissue = (prior.gm + prior.wm) >= 0.5  # the template's brain tissue, without its CSF
   fitted = atlas_lib.on_grid(brain.shape, affine, similarity,
                              fields=("t1", "gm", "wm", "csf", "ventricles"))
-  where = brain | ((fitted.gm + fitted.wm) >= 0.5)
+  where = (brain | ((fitted.gm + fitted.wm) >= 0.5)) & fov
   # the brain's shape against the template brain's, moved onto it by the similarity: atrophy,
   # large ventricles and lesions leave a skull-stripped brain's outline where it was (its size
   # is taken out by the similarity's scale); a rotated, flipped or slipped brain does not
-  template_brain = ((fitted.gm + fitted.wm) >= 0.5) | fitted.ventricles
+  template_brain = (((fitted.gm + fitted.wm) >= 0.5) | fitted.ventricles) & fov
   if brain.any():
     m["overlap"] = round(2.0 * float((brain & template_brain).sum()) /
                          max(int(brain.sum() + template_brain.sum()), 1), 4)
@@ -275,6 +358,9 @@ def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
         m["aligned_rs"] = {mod: round(aligned_r(images[mod], flair_edges, inside,
                                                 atlas_lib.spacing(affine)), 4) for mod in others}
         m["aligned_r"] = min(m["aligned_rs"].values())
+  contrasts = tissue_contrasts(images, brain, fitted)
+  if contrasts:
+    m["contrasts"] = contrasts
   m["coverage_mni"] = round(float((tissue & brain).sum()) / max(int(tissue.sum()), 1), 4)
   fitted_tissue = (fitted.gm + fitted.wm) >= 0.5
   m["coverage"] = round(float((fitted_tissue & brain).sum()) / max(int(fitted_tissue.sum()), 1),
@@ -358,6 +444,19 @@ def verdict(m: dict, cfg=None) -> dict:
         f"{worst}'s tissue boundaries do not lie on FLAIR's (edge correlation r = "
         f"{m['aligned_r']:.2f}, ok >= {cfg.aligned_r[0]:g}): a sequence of another exam, or a "
         "failed co-registration")
+  if m.get("contrasts"):
+    graded = []
+    for mod, values in sorted(m["contrasts"].items()):
+      for key, tissue, field, below in CONTRAST_RULES.get(mod, ()):
+        check, fail = cfg[field]
+        status = _grade(values[key], check, fail, below=below)
+        graded.append((status, f"{mod} lacks a {mod}'s contrast: its {tissue} against its white "
+                               f"matter {values[key]:+.2f} of the brain's IQR (ok "
+                               f"{'>=' if below else '<='} {check:+g}): a sequence under the "
+                               "wrong name?"))
+    if graded:
+      checks["contrast"] = max((s for s, _ in graded), key=ORDER.get)
+      reasons.extend(f"{s}: {t}" for s, t in graded if s != OK)
   cov = _grade(m["coverage"], *cfg.coverage, below=True)
   bord = _grade(m["border"], *cfg.border, below=False)
   add("field_of_view", max(cov, bord, key=ORDER.get),

@@ -8,7 +8,7 @@ import pytest
 from conftest import LESJAK_MNI, needs_lesjak
 from msjax.data import mni, nifti
 from msjax.preprocess import nyul
-from msjax.report import qc
+from msjax.report import atlas, qc
 from studies import qc_damage as damage
 
 from .synthetic_exam import template_exam
@@ -46,6 +46,53 @@ def test_each_reason_fires_on_its_damage(good, kind):
   v = qc.exam_qc(landmarks=standard, **damage.damaged(kind, **exam))
   assert v["verdict"] in ("check", "fail")
   assert v["checks"][damage.EXPECTED[kind]] != "ok", (kind, v["reasons"])
+
+
+def test_a_sequence_under_another_name_fails_on_its_contrast(good):
+  """A T1W under FLAIR's name (and FLAIR under T1W's), or a T2W under FLAIR's, fits the template's
+  tissues as well as the right image (any contrast does) and its histogram is stretched onto the
+  landmarks: the order of its tissues gives it away (FLAIR's grey matter brighter than its white
+  and its CSF dark, T1W's white matter brightest, T2W's CSF brightest)."""
+  exam, standard = good
+  right = qc.measure(landmarks=standard, **exam)["contrasts"]
+  assert right["FLAIR"]["gm_wm"] > 0.3 and right["FLAIR"]["csf_wm"] < 0, right
+  assert right["T1W"]["gm_wm"] < -0.3, right
+  v = qc.exam_qc(landmarks=standard, **damage.damaged("renamed", **exam))
+  assert v["verdict"] == "fail" and v["checks"]["contrast"] == "fail", v["reasons"]
+  said = [r for r in v["reasons"] if "contrast" in r]
+  assert len(said) == 2 and "FLAIR lacks a FLAIR's contrast: its grey matter" in said[0], said
+  assert "T1W lacks a T1W's contrast" in said[1] and "wrong name" in said[1], said
+  # a T2W (CSF brightest, then grey matter, white matter darkest) given as FLAIR
+  a = atlas.on_grid(exam["brain"].shape, exam["affine"], None, fields=("gm", "wm", "csf"))
+  t2 = np.where(exam["brain"], 0.9 * a.csf + 0.5 * a.gm + 0.3 * a.wm, 0).astype(np.float32)
+  v = qc.exam_qc(landmarks=standard, **{**exam, "images": {**exam["images"], "FLAIR": t2}})
+  assert v["checks"]["contrast"] == "fail", v["reasons"]
+  assert any("FLAIR lacks a FLAIR's contrast: its CSF (ventricles)" in r for r in v["reasons"])
+
+
+def test_a_brain_cut_by_the_field_of_view_is_not_called_a_failed_registration(good):
+  """An exam whose top 40 mm were not acquired, registered right: with the acquisition's field of
+  view given, the registration is judged against the template's brain within it (without it,
+  the brain's centre sits 13+ mm low and its outline and tissues miss the template's: four
+  registration failures beside the true reason, as a real exam cut so had); the field of view
+  says what is missing."""
+  exam, standard = good
+  z_mm = (np.c_[np.indices(GRID).reshape(3, -1).T, np.ones(np.prod(GRID))] @ exam["affine"][2])
+  fov = (z_mm <= 30.0).reshape(GRID)  # MNI z above 30 mm: the brain's top 40-45 mm
+  cut = {**exam, "images": {m: np.where(fov, v, 0) for m, v in exam["images"].items()},
+         "brain": exam["brain"] & fov}
+  blind = qc.exam_qc(landmarks=standard, **cut)
+  assert blind["checks"]["registration"] != "ok", blind["reasons"]
+  seen = qc.exam_qc(landmarks=standard, fov=fov, **cut)
+  assert seen["checks"]["registration"] == "ok", seen["reasons"]
+  assert seen["measures"]["registration_offset_mm"] < 2, seen["measures"]
+  assert seen["checks"]["field_of_view"] != "ok", seen["reasons"]
+  assert all("field of view" in r for r in seen["reasons"]), seen["reasons"]
+  # the grid's voxels inside a raw image's grid: a 1 mm image over MNI z <= 30 mm is that box
+  native_affine = np.array([[1.0, 0, 0, -90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+  box = qc.field_of_view(GRID, exam["affine"], np.eye(4), (182, 218, 102), native_affine)
+  inner = fov & (z_mm <= 28).reshape(GRID)  # away from the half-voxel edge
+  assert box[inner].all() and not box[(z_mm > 32).reshape(GRID)].any()
 
 
 def test_standardised_intensities_match_by_construction(good):
