@@ -10,6 +10,7 @@ import os
 
 import nibabel as nib
 import numpy as np
+from absl import logging
 from nibabel import orientations as ornt_lib
 
 from msjax import files
@@ -171,6 +172,32 @@ def squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
   return data
 
 
+def no_data_to_zero(data: np.ndarray, path: str, allowed: bool = True) -> np.ndarray:
+  """An image whose non-finite voxels are all NaN and all in the background around the head
+  (every connected NaN region touches the volume's faces: SPM and other tools write NaN where a
+  resliced image has no data) with those voxels at 0, as a scan stores no signal; said in the
+  log. Infinite voxels, NaN inside the image (a region that does not reach the faces: corrupt
+  data) or NaN in a mask (allowed=False) are refused, naming the file."""
+  from scipy import ndimage
+  bad = ~np.isfinite(data)
+  n_bad = int(bad.sum())
+  where = "voxels are NaN or infinite"
+  if allowed and not np.isinf(data).any():
+    labels, n = ndimage.label(bad)
+    faces = np.zeros(n + 1, bool)
+    for axis in range(3):
+      for end in (0, -1):
+        faces[np.take(labels, end, axis=axis)] = True
+    if faces[1:].all():
+      logging.warning("%s: %d voxels are NaN, all in the background around the head (no data "
+                      "there): read as 0", path, n_bad)
+      return np.where(bad, np.float32(0), data)
+    inside = np.flatnonzero(~faces[1:]) + 1  # the NaN regions that do not reach a face
+    where = (f"voxels are NaN, {int(np.isin(labels, inside).sum())} of them "
+             "inside the image (regions that do not reach its faces: corrupt data, not background)")
+  raise InvalidInputError(f"{path}: {n_bad} {where}")
+
+
 LABEL_SEP = "::"  # "<file>::<value>": the voxels of one value of a label map, as a mask
 
 
@@ -210,8 +237,7 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   raw = squeeze_to_3d(raw, path)
   data = raw.astype(np.float32, copy=False)
   if not np.all(np.isfinite(data)):
-    n_bad = int((~np.isfinite(data)).sum())
-    raise InvalidInputError(f"{path}: {n_bad} voxels are NaN or infinite")
+    data = no_data_to_zero(data, path, allowed=kind == "image")
   if kind == "mask" and label is not None:  # no voxel of the value: an empty mask (no lesion)
     data = (data == label).astype(np.uint8)
   elif kind == "mask":

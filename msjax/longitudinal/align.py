@@ -63,11 +63,11 @@ def to_flair(flair, image, transform_path: str | None):
 
 
 def read_image(path: str, n4: bool = True):
-  """A NIfTI as float32 SimpleITK image, N4-corrected unless n4 is False."""
-  import SimpleITK as sitk
-
+  """A NIfTI as float32 SimpleITK image read as segment's preprocessing reads a scan (no-data NaN
+  and negative offsets or padding to 0: msjax.preprocess.steps.read_scan), N4-corrected unless
+  n4 is False."""
   from msjax.preprocess import steps
-  img = sitk.ReadImage(path, sitk.sitkFloat32)
+  img, _ = steps.read_scan(path)
   return steps.n4(img) if n4 else img
 
 

@@ -143,8 +143,8 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
 
   raw, shifted = {}, {}
   for m, path in exam.images.items():
-    raw[m], change = steps.nonnegative(sitk.ReadImage(path, sitk.sitkFloat32))
-    if change:
+    raw[m], change = steps.read_scan(path)
+    if change and ("shift" in change or "padding" in change):
       shifted[m] = change
       logging.warning("[preprocess] %s: %s holds intensities below 0: %s (N4's bias model is "
                       "multiplicative, Otsu and ROBEX take no signal as 0)", exam.exam_id, path,

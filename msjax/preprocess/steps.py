@@ -24,6 +24,24 @@ class PreprocessingError(RuntimeError):
 
 # ---- N4 ------------------------------------------------------------------------------------------
 
+def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
+  """A raw scan as float32, as N4, Otsu and ROBEX need it: NaN (which msjax.data.nifti lets
+  through only in the background around the head, where a resliced image has no data) to 0,
+  then `nonnegative`. Returns the image and what was done ({"no_data": n} and/or
+  nonnegative's {"shift": s} / {"padding": v}; None when nothing)."""
+  img = sitk.ReadImage(path, sitk.sitkFloat32)
+  a = sitk.GetArrayViewFromImage(img)
+  changes = {}
+  if np.isnan(a).any():
+    n_nan = int(np.isnan(a).sum())
+    clean = sitk.GetImageFromArray(np.nan_to_num(a, nan=0.0).astype(np.float32))
+    clean.CopyInformation(img)
+    img, changes["no_data"] = clean, n_nan
+  img, change = nonnegative(img)
+  changes.update(change or {})
+  return img, changes or None
+
+
 def nonnegative(img: sitk.Image) -> tuple[sitk.Image, dict | None]:
   """The image with its background at 0 where it was stored with an offset, and what was done
   ({"shift": s}, {"padding": v}; None when nothing). A raw scan stores no signal as 0; one

@@ -72,7 +72,25 @@ def test_singleton_dims_are_dropped(tmp_path):
 def test_non_finite_voxels(tmp_path, bad):
   d = brainlike()
   d[3, 4, 5] = bad
-  expect("NaN or infinite", nifti.read_nifti, save(tmp_path / "a.nii", d))
+  expect("1 voxels are NaN, 1 of them inside the image" if np.isnan(bad) else "NaN or infinite",
+         nifti.read_nifti,
+         save(tmp_path / "a.nii", d))
+
+
+def test_nan_in_the_background_around_the_head_is_no_data(tmp_path):
+  """NaN on regions that reach the volume's faces (where a resliced image has no data, as SPM
+  writes it) reads as 0; in a mask, or beside an infinite voxel, it is refused."""
+  d = brainlike((12, 12, 12))
+  d[:, :, :3] = np.nan   # below the field of view
+  d[0, 0, 5:] = np.nan   # a corner column, its own region
+  v = nifti.read_nifti(save(tmp_path / "a.nii", d))
+  assert v.data[:, :, :3].max() == 0 and np.isfinite(v.data).all()
+  np.testing.assert_array_equal(v.data[1:, 1:, 3:], brainlike((12, 12, 12))[1:, 1:, 3:])
+  m = np.zeros((12, 12, 12))
+  m[:, :, :3] = np.nan
+  expect("NaN or infinite", nifti.read_nifti, save(tmp_path / "m.nii", m), kind="mask")
+  d[5, 5, 0] = np.inf
+  expect("NaN or infinite", nifti.read_nifti, save(tmp_path / "b.nii", d))
 
 
 def test_complex_data(tmp_path):

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
                                                "pip install -e '.[preprocess]'")
-from msjax import config_base  # noqa: E402
+from msjax import config_base, errors  # noqa: E402
 from msjax.data import manifest as manifest_lib  # noqa: E402
 from msjax.data import nifti  # noqa: E402
 from msjax.data.manifest import MODALITIES  # noqa: E402
@@ -321,6 +321,34 @@ def test_an_exam_stored_with_a_negative_offset_is_made_as_the_exam_itself(known_
   assert "made_nonnegative" not in as_is
   a, b = (nifti.read_nifti(r["images"]["FLAIR"]).data for r in (as_is, low))
   np.testing.assert_allclose(b, a, atol=1e-3 * a.max())
+
+
+def test_an_exam_with_nan_where_it_has_no_data_is_made_as_the_exam_itself(known_registration,
+                                                                         tmp_path):
+  """NaN on the background around the head (as SPM writes a resliced image where it has no data):
+  read as 0 (`nifti.no_data_to_zero`, `steps.read_scan`), the exam is preprocessed as the exam
+  itself; a NaN region inside the image is refused, naming the file."""
+  draw_exam(tmp_path / "raw", "LPS")
+  img = nib.load(tmp_path / "raw" / "FLAIR.nii.gz")
+  data = np.asarray(img.dataobj, np.float32)
+  low = ndimage.label(data < 0.02 * data.max())[0]
+  background = low == low[0, 0, 0]  # the dark region around the head, from a corner
+  assert 0.2 < background.mean() < 0.9
+  os.makedirs(tmp_path / "nan")
+  nib.save(nib.Nifti1Image(np.where(background, np.nan, data), img.affine),
+           tmp_path / "nan" / "FLAIR.nii.gz")
+  options = run_lib.Options.from_config(config_base.preprocess(n4=True, skull_strip="none"))
+  as_is = run_lib.preprocess_exam(raw_exam(str(tmp_path / "raw")), str(tmp_path / "a"), options)
+  nan = run_lib.preprocess_exam(raw_exam(str(tmp_path / "nan")), str(tmp_path / "b"), options)
+  a, b = (nifti.read_nifti(r["images"]["FLAIR"]).data for r in (as_is, nan))
+  np.testing.assert_allclose(b, a, atol=1e-3 * a.max())
+  hole = np.where(background, 0, data)
+  centre = tuple(n // 2 for n in data.shape)
+  hole[centre[0] - 2:centre[0] + 2, centre[1] - 2:centre[1] + 2, centre[2] - 2:centre[2] + 2] = np.nan
+  nib.save(nib.Nifti1Image(hole, img.affine), tmp_path / "nan" / "FLAIR.nii.gz")
+  with pytest.raises(errors.InvalidInputError, match=r"FLAIR.nii.gz: 64 voxels are NaN, 64 of "
+                                                      "them inside the image"):
+    run_lib.preprocess_exam(raw_exam(str(tmp_path / "nan")), str(tmp_path / "c"), options)
 
 
 def test_negative_padding_outside_the_field_of_view_goes_to_0_not_the_background_up():
