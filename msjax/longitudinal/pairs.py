@@ -6,10 +6,14 @@
                                                 (sub-*/ses-*/anat/), or a cohort manifest
 
 Exams are found as `segment` finds them (msjax/data/scan.py: the visits of a patient are BIDS
-sessions); a patient's visits are ordered by session label (numbers compared as numbers:
-ses-2 before ses-10). A patient with one visit, or with more than two and no
---config.sessions=<baseline>,<follow-up> to choose, is returned with the reason it cannot be
-compared (the mode reports it as failed and goes on).
+sessions). A patient's visits are put in time order by (`visit_order`): their session labels when
+every label holds a number (numbers compared as numbers: ses-2 before ses-10, ses-m6 before
+ses-m12); else their acquisition dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's
+JSON sidecar AcquisitionDateTime / AcquisitionDate); else the words of the labels (baseline,
+screening, pre... before follow-up, post...). Labels without any of these (ses-pre and ses-post
+sort the wrong way round alphabetically) are not guessed: the patient is returned with the reason,
+as is a patient with one visit, or with more than two and no --config.sessions=<baseline>,
+<follow-up> to choose (the mode reports it as failed and goes on).
 """
 from __future__ import annotations
 
@@ -33,6 +37,68 @@ class Pair:
 
 def _natural(text: str):
   return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+_EARLIER = {"baseline", "base", "bl", "screening", "screen", "pre", "before", "prior", "initial",
+            "first", "previous", "old", "older", "earlier"}
+_LATER = {"followup", "follow", "fu", "post", "after", "second", "last", "final", "current",
+          "new", "newer", "later", "latest"}
+
+
+def _acquired(exam: Exam) -> str | None:
+  """The exam's acquisition date-time (ISO text) from BIDS: the subject's sessions.tsv acq_time
+  for its session, else its FLAIR's JSON sidecar; None when neither says."""
+  import csv
+  import json
+  import os
+  flair = exam.images.get("FLAIR") or next(iter(exam.images.values()))
+  if exam.bids and exam.bids.get("ses") and exam.bids.get("sub"):
+    sub = exam.bids["sub"]
+    folder = os.path.dirname(flair)
+    while folder and os.path.basename(folder) != f"sub-{sub}" and folder != os.path.dirname(folder):
+      folder = os.path.dirname(folder)
+    table = os.path.join(folder, f"sub-{sub}_sessions.tsv")
+    if os.path.basename(folder) == f"sub-{sub}" and os.path.exists(table):
+      with open(table, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+          if row.get("session_id") in (f"ses-{exam.bids['ses']}", exam.bids["ses"]) and \
+              (row.get("acq_time") or "").strip() not in ("", "n/a"):
+            return row["acq_time"].strip()
+  sidecar = re.sub(r"\.nii(\.gz)?$", ".json", flair)
+  if sidecar != flair and os.path.exists(sidecar):
+    try:
+      with open(sidecar) as f:
+        meta = json.load(f)
+    except (OSError, ValueError):
+      return None
+    for key in ("AcquisitionDateTime", "AcquisitionDate"):
+      if isinstance(meta.get(key), str) and meta[key].strip():
+        return meta[key].strip()
+  return None
+
+
+def _word_rank(label: str) -> int:
+  """0 for a label saying it is the earlier visit, 2 the later, 1 neither."""
+  words = {w for w in re.split(r"[^a-z]+", label.lower()) if w}
+  return 0 if words & _EARLIER else 2 if words & _LATER else 1
+
+
+def visit_order(exams: list[Exam]) -> tuple[list[Exam], str | None]:
+  """(the exams in time order, None), or (as given, why their order is not known): see the
+  module's docstring for the rules, in their order."""
+  sessions = [_session(e) for e in exams]
+  if all(re.search(r"\d", s) for s in sessions):
+    return sorted(exams, key=lambda e: _natural(_session(e))), None
+  dates = [_acquired(e) for e in exams]
+  if all(dates) and len(set(dates)) == len(dates):
+    return [e for _, e in sorted(zip(dates, exams), key=lambda t: t[0])], None
+  ranks = [_word_rank(s) for s in sessions]
+  if len(exams) == 2 and ranks[0] != ranks[1]:
+    return [e for _, e in sorted(zip(ranks, exams), key=lambda t: t[0])], None
+  return exams, (f"which of the visits {sessions} came first cannot be told from their labels "
+                 "(no numbers, no words such as baseline / follow-up) nor from acquisition dates "
+                 "(sessions.tsv acq_time, the FLAIR's JSON sidecar): give "
+                 "--config.sessions=<baseline>,<follow-up>")
 
 
 def _session(exam: Exam) -> str:
@@ -84,7 +150,7 @@ def find_pairs(config) -> tuple[list[Pair], str]:
   chosen = config_base.parse_list(config.sessions)
   pairs = []
   for sub, exams in sorted(by_patient.items()):
-    exams = sorted(exams, key=lambda e: _natural(_session(e)))
+    exams, unordered = visit_order(exams)
     sessions = [_session(e) for e in exams]
     problem = None
     if chosen:
@@ -98,6 +164,8 @@ def find_pairs(config) -> tuple[list[Pair], str]:
       problem = (f"{len(exams)} visit(s) {sessions}: the change is between two; "
                  + ("choose them with --config.sessions=<baseline>,<follow-up>" if len(exams) > 2
                     else "a second visit is needed"))
+    elif unordered:
+      problem = unordered
     if problem:
       pairs.append(Pair(sub, exams[0], None, problem))
       continue

@@ -1,0 +1,53 @@
+"""Which visit is the baseline (msjax/longitudinal/pairs.py): a change map the wrong way round
+calls every new lesion disappearing, so the order is taken from what the input says, or refused."""
+import json
+
+import nibabel as nib
+import numpy as np
+from ml_collections import config_dict
+
+from msjax.longitudinal import pairs
+
+
+def _bids(root, sub, sessions, sidecars=None):
+  for ses in sessions:
+    anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+    anat.mkdir(parents=True)
+    path = anat / f"sub-{sub}_ses-{ses}_FLAIR.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(path))
+    if sidecars and ses in sidecars:
+      (anat / f"sub-{sub}_ses-{ses}_FLAIR.json").write_text(json.dumps(sidecars[ses]))
+
+
+def _found(root, sessions=""):
+  config = config_dict.ConfigDict(dict(baseline="", followup="", input=str(root),
+                                       sessions=sessions))
+  return {p.patient: p for p in pairs.find_pairs(config)[0]}
+
+
+def test_visits_in_time_order_by_number_date_or_word_and_refused_when_unknown(tmp_path):
+  _bids(tmp_path, "num", ["m12", "m6"])                   # numbers, compared as numbers
+  _bids(tmp_path, "word", ["pre", "post"])                # alphabetically post < pre
+  _bids(tmp_path, "base", ["month3", "baseline"])         # a word beside a number
+  _bids(tmp_path, "date", ["b", "a"], sidecars={"a": {"AcquisitionDateTime": "2024-05-02T10:00"},
+                                                "b": {"AcquisitionDateTime": "2023-11-20T09:30"}})
+  _bids(tmp_path, "table", ["x", "y"])
+  (tmp_path / "sub-table" / "sub-table_sessions.tsv").write_text(
+      "session_id\tacq_time\nses-x\t2025-01-10\nses-y\t2022-06-01\n")
+  _bids(tmp_path, "unknown", ["alpha", "beta"])
+  found = _found(tmp_path)
+  order = {sub: (p.baseline.bids["ses"], p.followup.bids["ses"] if p.followup else None)
+           for sub, p in found.items()}
+  assert order["num"] == ("m6", "m12")
+  assert order["word"] == ("pre", "post")
+  assert order["base"] == ("baseline", "month3")
+  assert order["date"] == ("b", "a")
+  assert order["table"] == ("y", "x")
+  assert found["unknown"].followup is None
+  assert "which of the visits ['alpha', 'beta'] came first" in found["unknown"].problem
+  assert "--config.sessions=<baseline>,<follow-up>" in found["unknown"].problem
+  assert all(found[s].problem is None for s in ("num", "word", "base", "date", "table"))
+  # the user's choice decides where the input cannot
+  chosen = _found(tmp_path, sessions="beta,alpha")["unknown"]
+  assert chosen.problem is None
+  assert (chosen.baseline.bids["ses"], chosen.followup.bids["ses"]) == ("beta", "alpha")
