@@ -141,11 +141,16 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
     times[name] = time.time() - t
     return out
 
-  raw, shifted = {}, {}
+  raw, shifted, spikes = {}, {}, {}
   for m, path in exam.images.items():
     raw[m], change = steps.read_scan(path)
+    if change and "spikes" in change:
+      spikes[m] = change["spikes"]
+      logging.warning("[preprocess] %s: %s holds %d hot voxels far above its intensities (a "
+                      "spike of the scanner or the export): each replaced by the median of "
+                      "its neighbours", exam.exam_id, path, change["spikes"])
     if change and ("shift" in change or "padding" in change):
-      shifted[m] = change
+      shifted[m] = {k: v for k, v in change.items() if k in ("shift", "padding")}
       logging.warning("[preprocess] %s: %s holds intensities below 0: %s (N4's bias model is "
                       "multiplicative, Otsu and ROBEX take no signal as 0)", exam.exam_id, path,
                       f"shifted by {change['shift']:g} so that its lowest is 0" if "shift" in change
@@ -204,6 +209,7 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
             "times_s": {k: round(v, 1) for k, v in times.items()},
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             **({"made_nonnegative": shifted} if shifted else {}),
+            **({"despiked": spikes} if spikes else {}),
             **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
   with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:

@@ -27,8 +27,9 @@ class PreprocessingError(RuntimeError):
 def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
   """A raw scan as float32, as N4, Otsu and ROBEX need it: NaN (which msjax.data.nifti lets
   through only in the background around the head, where a resliced image has no data) to 0,
-  then `nonnegative`. Returns the image and what was done ({"no_data": n} and/or
-  nonnegative's {"shift": s} / {"padding": v}; None when nothing)."""
+  then `nonnegative`, then hot voxels (above msjax.data.exams.spike_ceiling of the foreground)
+  replaced by their neighbours' median (msjax.data.exams.despike). Returns the image and what was done ({"no_data": n}, nonnegative's
+  {"shift": s} / {"padding": v}, {"spikes": n}; None when nothing)."""
   img = sitk.ReadImage(path, sitk.sitkFloat32)
   a = sitk.GetArrayViewFromImage(img)
   changes = {}
@@ -39,6 +40,15 @@ def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
     img, changes["no_data"] = clean, n_nan
   img, change = nonnegative(img)
   changes.update(change or {})
+  a = sitk.GetArrayViewFromImage(img)
+  if (a > 0).sum() > 1000:  # hot voxels: N4, Otsu and Nyúl's upper landmarks go by them
+    from msjax.data import exams as exams_lib
+    clean, n = exams_lib.despike(a, a > 0)
+    if n:
+      changes["spikes"] = n
+      out = sitk.GetImageFromArray(clean.astype(np.float32))
+      out.CopyInformation(img)
+      img = out
   return img, changes or None
 
 

@@ -454,3 +454,37 @@ def test_painted_cube_stays_in_the_left_hemisphere_of_a_real_exam(tmp_path, monk
   assert np.abs(native - centre).max() < 3.0, (native, centre)
   assert float(lesion["mni_x_mm"]) < -20
   assert overlay_marker_side(row["overlay"]) > 0.6
+
+
+def test_hot_voxels_are_replaced_by_their_neighbours(known_registration, tmp_path):
+  """30 voxels at 100x a FLAIR's maximum (a scanner or export spike) took the brain's spread in
+  the z-scoring and N4's fit with them: replaced by their neighbours' median when the scan is
+  read (`exams.despike`), the exam is preprocessed as the exam itself and the record counts them;
+  the loader's z-scoring does the same for exams given on the model grid."""
+  from msjax.data import exams as exams_lib
+  draw_exam(tmp_path / "raw", "LPS")
+  img = nib.load(tmp_path / "raw" / "FLAIR.nii.gz")
+  data = np.asarray(img.dataobj, np.float32)
+  rng = np.random.default_rng(0)
+  head = np.argwhere(data > np.percentile(data[data > 0], 60))
+  hot = tuple(head[rng.choice(len(head), 30, replace=False)].T)
+  spiked = data.copy()
+  spiked[hot] = 100 * data.max()
+  os.makedirs(tmp_path / "hot")
+  nib.save(nib.Nifti1Image(spiked, img.affine), tmp_path / "hot" / "FLAIR.nii.gz")
+  options = run_lib.Options.from_config(config_base.preprocess(n4=True, skull_strip="none"))
+  as_is = run_lib.preprocess_exam(raw_exam(str(tmp_path / "raw")), str(tmp_path / "a"), options)
+  hot_run = run_lib.preprocess_exam(raw_exam(str(tmp_path / "hot")), str(tmp_path / "b"), options)
+  assert hot_run["despiked"] == {"FLAIR": 30} and "despiked" not in as_is
+  a, b = (nifti.read_nifti(r["images"]["FLAIR"]).data for r in (as_is, hot_run))
+  inside = b > 0
+  assert np.percentile(np.abs(b - a)[inside], 99) < 0.02 * a.max()
+  brain = data > 0
+  z_clean = exams_lib._zscore_in_brain(data, brain)
+  z_hot = exams_lib._zscore_in_brain(spiked, brain)
+  away = np.ones(data.shape, bool)
+  away[hot] = False
+  np.testing.assert_allclose(z_hot[away & brain], z_clean[away & brain], atol=0.02)
+  assert np.abs(z_hot - z_clean)[hot].max() < 0.5  # the texture's spread, not 100x the maximum
+  plain = (spiked - spiked[brain].mean()) / spiked[brain].std()  # the spread of 30 hot voxels
+  assert np.abs(plain - z_clean)[away & brain].max() > 0.5
