@@ -551,3 +551,30 @@ def test_the_network_is_built_beside_the_first_raw_exam_and_a_failure_reaches_th
   with pytest.raises(ValueError, match="truncated"):
     segment.Network("model", "options", background=True).get()
   assert built == [False, True]
+
+
+def test_qc_sees_the_exam_as_the_network_does_hot_voxels_replaced(tiny_cohort, tmp_path):
+  """An exam given on the model grid with hot voxels: the loader's z-scoring replaces them
+  (exams.despike), and so do the images QC measures (a few spikes read as noise by its structure
+  measure, and failed a good exam)."""
+  import dataclasses
+
+  from msjax.infer import clinical
+  exam = tiny_cohort.exams[0]
+  folder = tmp_path / "hot"
+  shutil.copytree(os.path.dirname(exam.images["FLAIR"]), folder)
+  path = folder / os.path.basename(exam.images["FLAIR"])
+  img = nib.load(path)
+  data = np.asarray(img.dataobj, np.float32)
+  spot = tuple(int(i) for i in np.argwhere(data > np.median(data[data > 0]))[0])
+  data[spot] = 100 * data.max()
+  nib.save(nib.Nifti1Image(data, img.affine), path)
+  images = {m: str(folder / os.path.basename(p)) for m, p in exam.images.items()}
+  hot = dataclasses.replace(exam, images=images,
+                            brain_mask=str(folder / os.path.basename(exam.brain_mask))
+                            if exam.brain_mask else None)
+  seen, brain, _ = clinical._model_grid_images(hot)
+  clean, _, _ = clinical._model_grid_images(exam)
+  assert seen["FLAIR"].max() <= clean["FLAIR"].max()  # the spike is gone...
+  assert (seen["FLAIR"] != clean["FLAIR"]).sum() == 1  # ...and nothing else moved
+  assert all(np.array_equal(seen[m], clean[m]) for m in clean if m != "FLAIR")

@@ -30,6 +30,8 @@ def _model_grid_images(exam) -> tuple[dict, np.ndarray, np.ndarray]:
   first = volumes[next(iter(exam.images))]
   brain = (volumes["brain_mask"].data > 0 if "brain_mask" in volumes
            else np.any([v != 0 for v in images.values()], axis=0))
+  if brain.any():  # as the network saw them: hot voxels replaced (exams.despike)
+    images = {m: exams_lib.despike(v, brain)[0] for m, v in images.items()}
   return images, brain, first.grid.affine
 
 
