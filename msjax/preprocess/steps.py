@@ -28,8 +28,9 @@ def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
   """A raw scan as float32, as N4, Otsu and ROBEX need it: NaN (which msjax.data.nifti lets
   through only in the background around the head, where a resliced image has no data) to 0,
   then `nonnegative`, then hot voxels (above msjax.data.exams.spike_ceiling of the foreground)
-  replaced by their neighbours' median (msjax.data.exams.despike). Returns the image and what was done ({"no_data": n}, nonnegative's
-  {"shift": s} / {"padding": v}, {"spikes": n}; None when nothing)."""
+  replaced by their neighbours' median (msjax.data.exams.despike). Returns the image and what
+  was done ({"no_data": n}, nonnegative's {"shift": s} / {"padding": v}, {"spikes": n}; None
+  when nothing)."""
   img = sitk.ReadImage(path, sitk.sitkFloat32)
   a = sitk.GetArrayViewFromImage(img)
   changes = {}
@@ -41,7 +42,7 @@ def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
   img, change = nonnegative(img)
   changes.update(change or {})
   a = sitk.GetArrayViewFromImage(img)
-  if (a > 0).sum() > 1000:  # hot voxels: N4, Otsu and Nyúl's upper landmarks go by them
+  if (a > 0).sum() > 1000:  # hot voxels: N4's fit, Otsu and the z-scoring's spread go by them
     from msjax.data import exams as exams_lib
     clean, n = exams_lib.despike(a, a > 0)
     if n:
