@@ -85,7 +85,10 @@ def despike(image: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
   """(the image with each hot voxel, above spike_ceiling of its values `inside`, replaced by the
   median of its 26 neighbours that are not hot (the ceiling where all are), how many there were).
   A spike set to the ceiling would still be the brightest dot of the exam, lesion-like."""
-  ceiling = spike_ceiling(image[inside])
+  values = image[inside]
+  if not values.size or values.max() <= values.mean() + 4 * values.std():
+    return image, 0  # nothing far out: the fence sits 5.5-30 SD above the mean on the real scans
+  ceiling = spike_ceiling(values)
   hot = image > ceiling
   n = int(hot.sum())
   if not n:
@@ -104,10 +107,14 @@ def despike(image: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-  # mean and spread of the brain, not of a few hot voxels (and no hot dot for the network)
-  image, _ = despike(image, brain > 0)
   values = image[brain > 0]
   mean, std = float(values.mean()), float(values.std())
+  if values.size and values.max() > mean + 4 * std:
+    # mean and spread of the brain, not of a few hot voxels (and no hot dot for the network)
+    image, n = despike(image, brain > 0)
+    if n:
+      values = image[brain > 0]
+      mean, std = float(values.mean()), float(values.std())
   out = (image - mean) / max(std, 1e-6)
   return np.where(brain > 0, out, 0.0).astype(np.float32)
 
