@@ -81,13 +81,19 @@ _NEIGHBOURS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k 
                         if (i, j, k) != (0, 0, 0)])
 
 
+def may_hold_spikes(values: np.ndarray, mean: float, std: float) -> bool:
+  """A cheap first look: can any of these values be above spike_ceiling? Not unless one lies 4
+  SD above their mean (the fence sits 5.5-30 SD above it on every real Lesjak scan)."""
+  return bool(values.size) and float(values.max()) > mean + 4 * std
+
+
 def despike(image: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
   """(the image with each hot voxel, above spike_ceiling of its values `inside`, replaced by the
   median of its 26 neighbours that are not hot (the ceiling where all are), how many there were).
   A spike set to the ceiling would still be the brightest dot of the exam, lesion-like."""
   values = image[inside]
-  if not values.size or values.max() <= values.mean() + 4 * values.std():
-    return image, 0  # nothing far out: the fence sits 5.5-30 SD above the mean on the real scans
+  if not values.size or not may_hold_spikes(values, float(values.mean()), float(values.std())):
+    return image, 0
   ceiling = spike_ceiling(values)
   hot = image > ceiling
   n = int(hot.sum())
@@ -109,7 +115,7 @@ def despike(image: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
 def _zscore_in_brain(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
   values = image[brain > 0]
   mean, std = float(values.mean()), float(values.std())
-  if values.size and values.max() > mean + 4 * std:
+  if may_hold_spikes(values, mean, std):
     # mean and spread of the brain, not of a few hot voxels (and no hot dot for the network)
     image, n = despike(image, brain > 0)
     if n:

@@ -63,9 +63,9 @@ def to_flair(flair, image, transform_path: str | None):
 
 
 def read_image(path: str, n4: bool = True):
-  """A NIfTI as float32 SimpleITK image read as segment's preprocessing reads a scan (no-data NaN
-  and negative offsets or padding to 0: msjax.preprocess.steps.read_scan), N4-corrected unless
-  n4 is False."""
+  """A NIfTI as float32 SimpleITK image read as segment's preprocessing reads a scan (negative
+  offsets or padding to 0, hot voxels replaced: msjax.preprocess.steps.read_scan), N4-corrected
+  unless n4 is False."""
   from msjax.preprocess import steps
   img, _ = steps.read_scan(path)
   return steps.n4(img) if n4 else img

@@ -18,7 +18,10 @@ as is a patient with one visit, or with more than two and no --config.sessions=<
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
+import json
+import os
 import re
 
 from msjax import config_base, errors
@@ -48,9 +51,6 @@ _LATER = {"followup", "follow", "fu", "post", "after", "second", "last", "final"
 def _acquired(exam: Exam) -> str | None:
   """The exam's acquisition date-time (ISO text) from BIDS: the subject's sessions.tsv acq_time
   for its session, else its FLAIR's JSON sidecar; None when neither says."""
-  import csv
-  import json
-  import os
   flair = exam.images.get("FLAIR") or next(iter(exam.images.values()))
   if exam.bids and exam.bids.get("ses") and exam.bids.get("sub"):
     sub = exam.bids["sub"]

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
+from msjax.data import exams as exams_lib
 from msjax.data import mni
 from msjax.preprocess import grid as grid_lib
 
@@ -25,26 +26,20 @@ class PreprocessingError(RuntimeError):
 # ---- N4 ------------------------------------------------------------------------------------------
 
 def read_scan(path: str) -> tuple[sitk.Image, dict | None]:
-  """A raw scan as float32, as N4, Otsu and ROBEX need it: NaN (which msjax.data.nifti lets
-  through only in the background around the head, where a resliced image has no data) to 0,
-  then `nonnegative`, then hot voxels (above msjax.data.exams.spike_ceiling of the foreground)
-  replaced by their neighbours' median (msjax.data.exams.despike). Returns the image and what
-  was done ({"no_data": n}, nonnegative's {"shift": s} / {"padding": v}, {"spikes": n}; None
-  when nothing)."""
-  img = sitk.ReadImage(path, sitk.sitkFloat32)
-  a = sitk.GetArrayViewFromImage(img)
+  """A raw scan as float32, as N4, Otsu and ROBEX need it: `nonnegative`, then hot voxels (above
+  msjax.data.exams.spike_ceiling of the foreground) replaced by their neighbours' median
+  (msjax.data.exams.despike). NaN never reaches here: ITK's reader reads it as 0, and the data
+  layer (msjax.data.nifti.no_data_to_zero) refuses NaN inside the image before preprocessing.
+  Returns the image and what was done (nonnegative's {"shift": s} / {"padding": v},
+  {"spikes": n}; None when nothing)."""
+  img = sitk.ReadImage(path, sitk.sitkFloat32)  # ITK's NIfTI reader reads NaN as 0
   changes = {}
-  if np.isnan(a).any():
-    n_nan = int(np.isnan(a).sum())
-    clean = sitk.GetImageFromArray(np.nan_to_num(a, nan=0.0).astype(np.float32))
-    clean.CopyInformation(img)
-    img, changes["no_data"] = clean, n_nan
   img, change = nonnegative(img)
   changes.update(change or {})
   a = sitk.GetArrayViewFromImage(img)
-  if (a > 0).sum() > 1000:  # hot voxels: N4's fit, Otsu and the z-scoring's spread go by them
-    from msjax.data import exams as exams_lib
-    clean, n = exams_lib.despike(a, a > 0)
+  foreground = a > 0
+  if foreground.sum() > 1000:  # hot voxels: N4's fit, Otsu and the z-scoring's spread go by them
+    clean, n = exams_lib.despike(a, foreground)
     if n:
       changes["spikes"] = n
       out = sitk.GetImageFromArray(clean.astype(np.float32))

@@ -232,8 +232,8 @@ def _brain_stats(brain: np.ndarray, voxel_to_mni: np.ndarray) -> dict:
   return {"centroid": p.mean(0), "std": p.std(0), "top": float(np.percentile(p[:, 2], 99.9))}
 
 
-def fit_brain(brain: np.ndarray, voxel_to_mni: np.ndarray,
-              fov: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def fit_brain(brain: np.ndarray, voxel_to_mni: np.ndarray, fov: np.ndarray | None = None,
+              template_brain: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
   """A similarity map (4x4, MNI mm -> MNI mm) that puts the exam's brain mask where the
   template's brain (GM + WM >= 0.5, ventricles) is: one scale from the left-right and
   front-back spreads, left-right and front-back shifts from the centroids, the up-down shift
@@ -242,14 +242,17 @@ def fit_brain(brain: np.ndarray, voxel_to_mni: np.ndarray,
   a few % and mm of the identity; lesjak_mni's, rigidly registered, need a scale of 1.15-1.23.
   fov: the voxels of the exam's grid that its acquisition covered (None: all); the template's
   brain is then taken within them, as the exam's is, so that a brain cut by the field of view
-  (its top, say) is compared with the same part of the template's.
+  (its top, say) is compared with the same part of the template's; template_brain: the
+  template's brain on the exam's grid where the caller has it (else it is sampled here).
   Also returns {"scale", "offset_mm"}: the scale and the distance between the centroids."""
   mine = _brain_stats(brain, voxel_to_mni)
   if fov is None or np.all(fov):
     ref = _template_brain_stats()
   else:
-    t = on_grid(brain.shape, voxel_to_mni, None, fields=("gm", "wm", "ventricles"))
-    ref = _brain_stats((((t.gm + t.wm) >= 0.5) | t.ventricles) & fov, voxel_to_mni)
+    if template_brain is None:
+      t = on_grid(brain.shape, voxel_to_mni, None, fields=("gm", "wm", "ventricles"))
+      template_brain = ((t.gm + t.wm) >= 0.5) | t.ventricles
+    ref = _brain_stats(template_brain & fov, voxel_to_mni)
   scale = float(np.mean(ref["std"][:2] / np.maximum(mine["std"][:2], 1e-6)))
   a = np.eye(4)
   a[:3, :3] *= scale

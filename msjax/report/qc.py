@@ -130,6 +130,22 @@ def config() -> config_dict.ConfigDict:
 # a 49-53 mL lesion map of lesjak_lesion_maps transplanted (msjax.data.transplant) and with the
 # ventricles grown 5 mm (+41-57 mL) and the outer 1.5 mm dark: every verdict ok or check,
 # landmark gap 20-21, the inverted-contrast copies' gap 30-32 (check), the skull copies' 45.
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+  a = a - a.mean()
+  b = b - b.mean()
+  d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+  return float((a * b).sum() / d) if d > 0 else 0.0
+
+
+def tissue_fit_r(image: np.ndarray, priors: list[np.ndarray], where: np.ndarray) -> float:
+  """Correlation of the image with its least-squares fit by the priors (and a constant) on the
+  voxels `where`: 1 when the exam's tissues lie where the template's do, whatever the contrast."""
+  y = image[where].astype(np.float64)
+  x = np.stack([p[where] for p in priors] + [np.ones(len(y))], -1).astype(np.float64)
+  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+  return correlation(x @ coef, y)
+
+
 def field_of_view(shape, affine: np.ndarray, world_to_mni: np.ndarray, native_shape,
                   native_affine: np.ndarray) -> np.ndarray:
   """The voxels of a grid (`shape`, `affine`: voxel -> MNI mm) whose centres lie inside a raw
@@ -145,22 +161,6 @@ def field_of_view(shape, affine: np.ndarray, world_to_mni: np.ndarray, native_sh
   for axis, n in enumerate(tuple(native_shape)[:3]):
     inside &= (native[axis] > -0.5) & (native[axis] < n - 0.5)
   return inside.reshape(tuple(shape))
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-  a = a - a.mean()
-  b = b - b.mean()
-  d = float(np.sqrt((a * a).sum() * (b * b).sum()))
-  return float((a * b).sum() / d) if d > 0 else 0.0
-
-
-def tissue_fit_r(image: np.ndarray, priors: list[np.ndarray], where: np.ndarray) -> float:
-  """Correlation of the image with its least-squares fit by the priors (and a constant) on the
-  voxels `where`: 1 when the exam's tissues lie where the template's do, whatever the contrast."""
-  y = image[where].astype(np.float64)
-  x = np.stack([p[where] for p in priors] + [np.ones(len(y))], -1).astype(np.float64)
-  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-  return correlation(x @ coef, y)
 
 
 # which tissue difference says a sequence is what its name says: (key, tissue, config field,
@@ -295,13 +295,17 @@ def measure(images: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
   # the registration is judged on what was acquired: a brain cut by the field of view against
   # the template's brain cut alike (its own measure, coverage, says how much is missing)
   fov = np.ones(brain.shape, bool) if fov is None else np.asarray(fov, bool)
-  similarity, fit = atlas_lib.fit_brain(brain, affine, fov) if brain.any() else (np.eye(4), {})
+  # the template where registration put it (tissue volume, coverage; with a field of view, the
+  # brain the fit below compares within it), and moved onto the exam's brain by the similarity
+  # (correlations: how well the brain's inside matches, scale apart)
+  cut = not fov.all()
+  prior = atlas_lib.on_grid(brain.shape, affine, None,
+                            fields=("gm", "wm") + (("ventricles",) if cut else ()))
+  tissue = (prior.gm + prior.wm) >= 0.5  # the template's brain tissue, without its CSF
+  similarity, fit = (atlas_lib.fit_brain(brain, affine, fov, tissue | prior.ventricles if cut
+                                         else None) if brain.any() else (np.eye(4), {}))
   m["registration_offset_mm"] = fit.get("offset_mm")
   m["registration_scale"] = fit.get("scale")
-  # the template where registration put it (tissue volume, coverage), and moved onto the exam's
-  # brain by the similarity (correlations: how well the brain's inside matches, scale apart)
-  prior = atlas_lib.on_grid(brain.shape, affine, None, fields=("gm", "wm"))
-  tissue = (prior.gm + prior.wm) >= 0.5  # the template's brain tissue, without its CSF
   fitted = atlas_lib.on_grid(brain.shape, affine, similarity,
                              fields=("t1", "gm", "wm", "csf", "ventricles"))
   where = (brain | ((fitted.gm + fitted.wm) >= 0.5)) & fov
