@@ -10,3 +10,27 @@ __version__ = "0.1.0"
 LAYERS = ("errors", "console", "files", "rules", "figures", "config_base", "parallel", "profiler",
           "data", "preprocess", "report", "ops", "models", "shipped", "checkpoint", "infer", "evaluate",
           "train", "stages", "segment", "longitudinal", "cli")
+
+
+def code_version() -> str:
+  """The version with a digest of the package's own source (every .py and .cc under msjax/):
+  what outputs and preprocessed exams kept for re-runs are made by. The version alone names a
+  release; between releases (a checkout, an editable install) the code moves under one version,
+  and a re-run must not keep what older code made."""
+  if not _CODE_VERSION:
+    import hashlib
+    import os
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder, dirs, names in sorted(os.walk(root)):
+      dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+      for name in sorted(n for n in names if n.endswith((".py", ".cc"))):
+        path = os.path.join(folder, name)
+        h.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+          h.update(f.read())
+    _CODE_VERSION.append(f"{__version__}+{h.hexdigest()[:12]}")
+  return _CODE_VERSION[0]
+
+
+_CODE_VERSION: list = []

@@ -392,7 +392,7 @@ def settings(config, bundle: dict, options) -> dict:
   import msjax
   from msjax import shipped
   model = bundle.get(shipped.CONTENT_KEY) or shipped.content_hash(bundle)
-  return {"msjax": msjax.__version__, "model": model_name(bundle), "model_sha256": model,
+  return {"msjax": msjax.code_version(), "model": model_name(bundle), "model_sha256": model,
           "predict": dataclasses.asdict(options),
           "preprocess": ("given on the model grid" if config.preprocessed
                          and bundle["preprocessing"].get("by") != "msjax"

@@ -151,6 +151,8 @@ def test_segment_with_the_ensemble_says_so_and_writes_its_mean(ensemble, tiny_co
   summary = segment.run(config, str(tmp_path / "out"))
   (row,) = summary["exams"]
   assert row["settings"]["model"] == shipped.DEFAULT
+  import msjax  # what a re-run compares: the code that made it, not the version number alone
+  assert row["settings"]["msjax"] == msjax.code_version() != msjax.__version__
   assert os.path.exists(tmp_path / "out" / row["files"]["probseg"])
   bundle = shipped.read_bundle(os.path.join(ensemble["out"], shipped.DEFAULT))
   assert "the mean of a 2-member ensemble" in segment.made_with(

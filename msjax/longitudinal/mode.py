@@ -161,7 +161,7 @@ def settings(config, model) -> dict:
   content hash, inference, preprocessing, report) and the change detection's."""
   from msjax import segment
   import msjax
-  return {"msjax": msjax.__version__,
+  return {"msjax": msjax.code_version(),
           "segment": segment.settings(config, model.bundle, model.options) if model else None,
           "change": config.change.to_dict(), "overlay_slices": config.overlay_slices}
 

@@ -484,8 +484,9 @@ def refines_grid(exam: manifest_lib.Exam) -> bool:
 
 def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) -> str:
   """A hash of what a preprocessed exam is made from: its input files' contents, the options,
-  the Nyúl landmarks, the preprocessing format and msjax's version (and the atlas path's and the
-  working grid's revisions, for their exams)."""
+  the Nyúl landmarks, the preprocessing format and msjax's code (its version and a digest of its
+  source, msjax.code_version: a checkout that moved on makes its exams again; and the atlas
+  path's and the working grid's revisions, for their exams)."""
   import hashlib
 
   import msjax
@@ -502,7 +503,7 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
         h.update(f.read())
   options = for_exam(exam, options)  # what the exam is made with (a FLAIR-only exam: atlas)
   made_by = [dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
-             msjax.__version__]
+             msjax.code_version()]
   if options.skull_strip == "atlas":  # what the atlas path does moved on: made again
     made_by.append({"atlas_path": ATLAS_PATH_REVISION})
   if refines_grid(exam):

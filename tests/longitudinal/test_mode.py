@@ -2,6 +2,7 @@
 `evaluate` scoring its change maps against a change reference."""
 import csv
 import json
+import logging
 import os
 import shutil
 
@@ -135,11 +136,12 @@ def changes_csv(out) -> list[str]:
     return [r["patient"] for r in csv.DictReader(f)]
 
 
-def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, monkeypatch):
+def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, monkeypatch,
+                                                              caplog):
   """A plain re-run keeps a patient whose outputs are complete and were made with the same
   settings from the same input files (untouched, still in changes.csv; the files compared by
   content, so a copy of the input folder still counts as the same); one with other change
-  settings, a changed scan or outputs lacking a file is redone."""
+  settings, a changed scan, outputs lacking a file or other msjax code is redone."""
   first_data, first, _ = changed
   out, data = tmp_path / "out", tmp_path / "in"
   shutil.copytree(first, out)
@@ -177,6 +179,15 @@ def test_a_rerun_keeps_patients_made_with_the_same_settings(changed, tmp_path, m
   assert [s["patient"] for s in summary["patients"]] == ["patA"]
   assert os.stat(summary_file).st_mtime > 0
   assert (out / "sub-patA" / "sub-patA_desc-change_overlay.png").exists()
+  # the same settings and files, but other code under the same version number (a checkout moved
+  # on between runs): made again, naming it
+  os.utime(summary_file, (0, 0))
+  import msjax
+  monkeypatch.setattr(msjax, "_CODE_VERSION", [msjax.__version__ + "+0123456789ab"])
+  with caplog.at_level(logging.INFO):
+    summary = main.run_mode(other, str(out))
+  assert [s["patient"] for s in summary["patients"]] == ["patA"]
+  assert os.stat(summary_file).st_mtime > 0 and "other settings (msjax)" in caplog.text
 
 
 def test_evaluate_scores_change_maps_against_a_reference(changed, tmp_path):

@@ -231,7 +231,7 @@ def test_end_slices_are_the_acquired_ones_on_a_finer_working_grid(spacing, acqui
 def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path, monkeypatch):
   """The reuse key of a preprocessed exam (`made_from`) carries the atlas path's revision for its
   exams, so that an exam the atlas path made before it changed is made again; a ROBEX exam's key
-  does not move."""
+  does not move. Other msjax code moves every key."""
   flair, t1 = tmp_path / "FLAIR.nii.gz", tmp_path / "T1W.nii.gz"
   flair.write_bytes(b"not read as an image here")
   t1.write_bytes(b"nor this")  # with a T1W: ROBEX's exam (run.for_exam)
@@ -242,6 +242,11 @@ def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path,
   monkeypatch.setattr(run_lib, "ATLAS_PATH_REVISION", run_lib.ATLAS_PATH_REVISION + 1)
   assert run_lib.made_from(exam, atlas, None) != before[0]
   assert run_lib.made_from(exam, robex, None) == before[1]
+  # other code under the same version number (a checkout that moved on): every exam made again
+  import msjax
+  assert msjax.code_version().startswith(msjax.__version__ + "+")
+  monkeypatch.setattr(msjax, "_CODE_VERSION", [msjax.__version__ + "+0123456789ab"])
+  assert run_lib.made_from(exam, robex, None) != before[1]
 
 
 def test_a_flair_only_exam_takes_the_atlas_path_not_robex(tmp_path, monkeypatch):
