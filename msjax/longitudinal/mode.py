@@ -130,10 +130,18 @@ def mask_rule(options) -> dict:
               min_lesion_peak=options.min_lesion_peak)
 
 
-def _exam_files(exam) -> dict:
+def _exam_files(exam, validate: bool = False, allow_any_geometry: bool = False) -> dict:
+  """The files the change detection reads. `validate`: every file of the exam read by the data
+  layer first, so that a broken one is refused naming the file and its problem, as segment refuses
+  it (without a model nothing else reads them before ITK, whose reader only says it found none)."""
+  from msjax.data import exams as exams_lib
   from msjax.preprocess import run as preprocess_run
   if "FLAIR" not in exam.images:
     raise errors.InvalidInputError(f"exam {exam.exam_id} has no FLAIR")
+  if validate:
+    _, problems = exams_lib.read_exam_files(exam, allow_any_geometry, one_grid=False)
+    if problems:
+      raise errors.InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
   out = {"FLAIR": exam.images["FLAIR"]}
   if "T2W" in exam.images:
     out["T2W"] = exam.images["T2W"]
@@ -237,7 +245,10 @@ def _patient(pair, config, workdir: str, model, root: str, made_with: dict) -> d
   probabilities = (tuple(outputs.paths(root, e)["probseg"] for e in (pair.baseline,
                                                                       pair.followup))
                    if model else None)  # the network's opinion as change evidence
-  result = run_lib.run_patient(_exam_files(pair.baseline), _exam_files(pair.followup), work,
+  # with a model, segment has read and validated both visits' files already
+  visit_files = [_exam_files(e, validate=not model, allow_any_geometry=config.allow_any_geometry)
+                 for e in (pair.baseline, pair.followup)]
+  result = run_lib.run_patient(*visit_files, work,
                                options, log=logging.info, probabilities=probabilities,
                                **(mask_rule(model.options) if model else {}))
   made = result["paths"]

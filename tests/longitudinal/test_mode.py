@@ -53,7 +53,10 @@ def test_change_outputs_named_and_filled_and_a_broken_patient_reported(changed):
   data, out, summary = changed
   assert [s["patient"] for s in summary["patients"]] == ["patA"]
   assert [f["patient"] for f in summary["failed"]] == ["patB"]
-  assert "study2_FLAIR" in summary["failed"][0]["error"]
+  # refused by the data layer, naming the file and what is wrong with it (not ITK's "Unable to
+  # determine ImageIO reader")
+  error = summary["failed"][0]["error"]
+  assert "InvalidInputError" in error and "study2_FLAIR.nii.gz: cannot be read as NIfTI" in error
   assert not (out / "sub-patB").exists()  # a failed patient leaves nothing
   anat = {ses: out / "sub-patA" / f"ses-{ses}" / "anat" for ses in ("study1", "study2")}
   for ses, motion in (("study1", {}), ("study2", MOTION)):
