@@ -43,6 +43,26 @@ def preprocessing_format_problem(record: dict, where: str) -> str | None:
           f"{PREPROCESSING_FORMAT}); preprocess the raw exams again (configs/preprocess.py)")
 
 
+_LATIN = {"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss", "Ł": "L", "ł": "l", "Đ": "D",
+          "đ": "d", "Þ": "Th", "þ": "th", "Œ": "OE", "œ": "oe", "ı": "i"}
+
+
+def bids_label(text: str) -> str:
+  """A BIDS label (ASCII letters and digits only: the BIDS validator refuses others) from any
+  name: accents dropped (Patiënt -> Patient, Ærø -> AEro); a name written in another script only
+  (no Latin letter or digit in it) -> `x` and 8 hex digits of its hash, so that two such
+  patients stay apart; `exam` if the name holds no letter or digit at all."""
+  import unicodedata
+  spelt = "".join(_LATIN.get(ch, ch) for ch in text)  # letters NFKD does not decompose
+  ascii_ = "".join(ch for ch in unicodedata.normalize("NFKD", spelt)
+                   if ch.isascii() and ch.isalnum())
+  if ascii_ or not any(ch.isalnum() for ch in text):
+    return ascii_ or "exam"
+  import hashlib
+  return "x" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+
 @dataclasses.dataclass(frozen=True)
 class Exam:
   exam_id: str
@@ -65,7 +85,7 @@ class Exam:
     if self.bids:
       return f"sub-{self.bids['sub']}" + (f"_ses-{self.bids['ses']}" if self.bids.get("ses")
                                           else "")
-    return "sub-" + ("".join(ch for ch in self.exam_id if ch.isalnum()) or "exam")
+    return "sub-" + bids_label(self.exam_id)
 
   @property
   def labelled(self) -> bool:

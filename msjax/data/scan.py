@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from msjax.data.manifest import MODALITIES, Cohort, Exam
+from msjax.data.manifest import MODALITIES, Cohort, Exam, bids_label  # noqa: F401 (scan's API)
 from msjax.errors import InvalidInputError
 
 _MODALITY_TOKENS = {
@@ -92,11 +92,6 @@ def _stem(name: str) -> str:
 # folder): such exams are sessions of the folder's patient.
 _VISIT = re.compile(r"^(study|ses|session|visit|tp|timepoint|scan|exam|baseline|follow[-_]?up|"
                     r"m|month|y|year)[-_]?\w*$", re.IGNORECASE)
-
-
-def bids_label(text: str) -> str:
-  """A BIDS label (letters and digits only) from any name; `exam` if nothing is left."""
-  return "".join(ch for ch in text if ch.isalnum()) or "exam"
 
 
 def is_bids(folder: str) -> bool:

@@ -9,6 +9,23 @@ from msjax.data import nifti, scan
 from nifti_files import bids_dataset, brainlike, exam_folder, expect, save, touch_nifti
 
 
+def test_folder_names_outside_ascii_make_valid_distinct_bids_labels(tmp_path):
+  """BIDS labels hold ASCII letters and digits only (the validator refuses others): a patient
+  folder `Patiënt 26 (FU)` writes sub-Patient26FU, Ærø AEro; names in another script (two
+  patients named in kanji) get distinct labels from their hash, not one shared `exam`."""
+  assert scan.bids_label("Patiënt 26 (FU)") == "Patient26FU"
+  assert scan.bids_label("Ærø_3") == "AEro3" and scan.bids_label("Łódź") == "Lodz"
+  a, b = scan.bids_label("患者"), scan.bids_label("患者一")
+  assert a != b and all(x.isascii() and x.isalnum() and x.startswith("x") for x in (a, b))
+  assert scan.bids_label("--") == "exam"
+  for name in ("Patiënt 26 (FU)", "患者", "患者一"):
+    touch_nifti(str(tmp_path / name / "FLAIR.nii.gz"))
+  c = scan.build_cohort(str(tmp_path), ms_default=False)
+  prefixes = sorted(e.bids_prefix for e in c.exams)
+  assert "sub-Patient26FU" in prefixes and len(set(prefixes)) == 3
+  assert all(p.isascii() for p in prefixes)
+  manifest_lib.check_output_names(c.exams)  # no clash
+
 def test_build_cohort_by_file_names(tmp_path):
   for name in ("T1W", "T1WKS", "T2W", "FLAIR", "consensus_gt", "brain_mask"):
     touch_nifti(str(tmp_path / "patient07" / f"{name}.nii.gz"), mask=name[0] in "cb")
