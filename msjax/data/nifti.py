@@ -209,6 +209,30 @@ def split_label(path: str) -> tuple[str, int | None]:
   return str(path), None
 
 
+def _misnamed(path: str) -> str:
+  """A hint when a file's name says one compression and its bytes another (a .nii.gz stored
+  plain, a .nii gzip-compressed: a download or copy that (un)compressed it), else ''."""
+  import gzip
+  try:
+    with open(path, "rb") as f:
+      head = f.read(348)
+    gzipped = head[:2] == b"\x1f\x8b"
+    if gzipped:
+      with gzip.open(path, "rb") as f:
+        head = f.read(348)
+  except OSError:
+    return ""
+  nifti_header = len(head) == 348 and head[344:347] in (b"n+1", b"ni1")
+  if not nifti_header:
+    return ""
+  named_gz = path.lower().endswith(".gz")
+  if gzipped and not named_gz:
+    return "; its bytes are a gzip-compressed NIfTI: name it .nii.gz"
+  if named_gz and not gzipped:
+    return "; its bytes are an uncompressed NIfTI: name it .nii (or gzip it)"
+  return ""
+
+
 def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   """Reads and validates one NIfTI file and returns it in canonical RAS order.
 
@@ -224,7 +248,8 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   try:
     img = nib.load(path)
   except Exception as e:  # nibabel raises several types for corrupt headers
-    raise InvalidInputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
+    raise InvalidInputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})"
+                            + _misnamed(path)) from e
   _check_header(img, path)
   _check_size(img, path)
   try:

@@ -27,6 +27,24 @@ def test_unreadable_file_names_file(tmp_path):
   assert str(p) in msg
 
 
+
+def test_a_file_whose_name_and_compression_disagree_says_which(tmp_path):
+  """A .nii.gz stored uncompressed and a .nii gzip-compressed (a download or copy that changed
+  one and not the other) are refused saying what their bytes are and how to name them; a file
+  that is no NIfTI at all gets no such hint."""
+  import gzip
+  good = save(tmp_path / "good.nii.gz", brainlike((12, 12, 12)))
+  plain = tmp_path / "plain.nii.gz"
+  plain.write_bytes(gzip.decompress(open(good, "rb").read()))
+  packed = tmp_path / "packed.nii"
+  packed.write_bytes(open(good, "rb").read())
+  assert "an uncompressed NIfTI: name it .nii" in expect("cannot be read", nifti.read_nifti, plain)
+  assert "a gzip-compressed NIfTI: name it .nii.gz" in expect("cannot be read", nifti.read_nifti,
+                                                              packed)
+  junk = tmp_path / "junk.nii.gz"
+  junk.write_bytes(b"this is not a nifti file")
+  assert "name it" not in expect("cannot be read", nifti.read_nifti, junk)
+
 def test_missing_file(tmp_path):
   expect("does not exist", nifti.read_nifti, tmp_path / "nope.nii.gz")
 
