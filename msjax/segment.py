@@ -598,7 +598,8 @@ def run(config, workdir: str) -> dict:
       t = time.time()
       current = None
   except KeyboardInterrupt:
-    shutil.rmtree(staging_root, ignore_errors=True)
+    # the exam in the making was removed by its `finally`; the staging root may hold another
+    # shard's exam in the making (--config.shard runs share a workdir): only empty folders go
     files.remove_empty_tree(os.path.join(workdir, "work"))
     finished = sorted(r["exam_id"] for r in done)
     print(f"msjax segment: interrupted{' during ' + current if current else ''}. "

@@ -142,12 +142,19 @@ def test_sharded_and_resumed_runs_give_the_outputs_of_one_run(trained, tiny_coho
     return real(staging, root, exam)
 
   monkeypatch.setattr(segment.outputs, "publish", dies_on_the_second)
+  # another shard's run into the same workdir, writing an exam of its own at that moment: the
+  # interrupted run removes only what it built, not the other run's exam in the making
+  other = tmp_path / "one" / "work" / "staging" / "sub-othershard"
+  other.mkdir(parents=True)
+  (other / "half_written.nii.gz").write_bytes(b"the other run's")
   with pytest.raises(SystemExit) as stop:
     _segment(trained, src, tmp_path / "one", **{"predict.threshold": 0.3})
   assert stop.value.code == 130
   monkeypatch.setattr(segment.outputs, "publish", real)
   now = _masks(tmp_path / "one")
-  assert len(now) == 3 and not os.path.exists(tmp_path / "one" / "work" / "staging")
+  assert len(now) == 3 and os.listdir(other.parent) == ["sub-othershard"]
+  assert (other / "half_written.nii.gz").read_bytes() == b"the other run's"
+  shutil.rmtree(tmp_path / "one" / "work")  # the other run's, done with
   second = [k for k in now if calls[1] in k]
   assert second and all(np.array_equal(now[k], masks[k]) for k in second)  # the old set, whole
   summary = _segment(trained, src, tmp_path / "one", **{"predict.threshold": 0.3})
