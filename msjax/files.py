@@ -52,36 +52,56 @@ LOCK = ".msjax.lock"
 
 
 @contextlib.contextmanager
-def workdir_lock(folder: str, what: str = ""):
-  """Holds an exclusive lock on `folder` for one run: a second msjax run into the same folder is
-  refused in one line naming the first (its pid, mode and start), instead of both writing the
-  same outputs. The lock (fcntl, released by the kernel when a run dies) is a hidden file,
-  removed when the run ends."""
-  import datetime
+def workdir_lock(folder: str, what: str = "", share: str | None = None):
+  """Holds a lock on `folder` for one run: a second msjax run into the same folder is refused in
+  one line naming the first (its pid, mode and start), instead of both writing the same outputs.
+  `share`: a run that writes only its own part of the folder (segment's --config.shard=K/N, whose
+  exams and tables no other shard touches) shares the folder with the other parts' runs, and
+  holds its part alone: the shards of a SLURM array run side by side, a second run of the same
+  shard and any whole run are refused. The locks (fcntl, released by the kernel when a run dies)
+  are hidden files, removed when the last run holding them ends."""
   import fcntl
   path = os.path.join(folder, LOCK)
+  own = os.path.join(folder, f"{LOCK}.{share}") if share else None
+  held = [_lock(path, fcntl.LOCK_SH if share else fcntl.LOCK_EX, folder,
+                "a run of another shard or a whole run" if share else "")]
+  try:
+    if own:
+      held.append(_lock(own, fcntl.LOCK_EX, folder, ""))
+    for f in held:
+      _say_holder(f, what + (f", {share}" if share else ""))
+    yield path
+  finally:
+    for f, name in reversed(list(zip(held, (path, own)))):
+      try:  # removed while still held alone: a run waiting on it finds no stale holder's text
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.remove(name)
+      except OSError:  # other shards still hold the folder's lock: it stays for them
+        pass
+      f.close()
+
+
+def _lock(path: str, kind: int, folder: str, who: str):
+  import fcntl
   f = open(path, "a+")
   try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(f, kind | fcntl.LOCK_NB)
   except OSError:
     f.seek(0)
-    holder = f.read().strip() or "another process"
+    holder = f.read().strip() or who or "another process"
     f.close()
     raise InvalidInputError(f"{folder}: another msjax run is writing into this workdir "
                             f"({holder}); wait for it to end or give another --workdir") from None
+  return f
+
+
+def _say_holder(f, what: str) -> None:
+  import datetime
   f.seek(0)
   f.truncate()
   f.write(f"pid {os.getpid()}{', ' + what if what else ''}, since "
           f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
   f.flush()
-  try:
-    yield path
-  finally:
-    try:
-      os.remove(path)  # while still held: a run waiting on it finds no stale holder's text
-    except OSError:
-      pass
-    f.close()
 
 
 def remove_empty_tree(folder: str) -> bool:

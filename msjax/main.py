@@ -84,7 +84,11 @@ def run_mode(config, workdir: str):
   from msjax.errors import InvalidInputError, RunFailedError
   # one run per workdir; the processes of a multi-host job share theirs and are not locked
   multi = "distributed" in config and _process_count() > 1
-  lock = contextlib.nullcontext() if multi else files.workdir_lock(workdir, f"mode {config.mode}")
+  # segment's shards (--config.shard=K/N, a SLURM array) write their own exams side by side
+  shard = (f"shard-{config.shard.replace('/', '-of-')}"
+           if config.get("shard") and not config.get("merge") else None)
+  lock = (contextlib.nullcontext() if multi else
+          files.workdir_lock(workdir, f"mode {config.mode}", share=shard))
   try:
     with lock:
       return module.run(config, workdir)

@@ -70,6 +70,36 @@ def test_a_second_run_into_a_locked_workdir_is_refused_naming_the_first(tmp_path
   assert sorted(os.listdir(tmp_path)) == ["kept.txt"]
 
 
+
+def test_the_shards_of_one_workdir_run_side_by_side_and_nothing_else_does(tmp_path):
+  """segment's shards (--config.shard=K/N, one SLURM array into one OUT) share the workdir: two
+  shards hold it together; a second run of the same shard and a whole run are refused, naming the
+  holder; the folder's lock stays while any shard holds it and goes with the last."""
+  from msjax import files
+  from msjax.errors import InvalidInputError
+  w = str(tmp_path)
+  with files.workdir_lock(w, "mode segment", share="shard-0-of-2"):
+    with files.workdir_lock(w, "mode segment", share="shard-1-of-2"):
+      with pytest.raises(InvalidInputError, match=r"another msjax run .*shard-1-of-2"):
+        with files.workdir_lock(w, "mode segment", share="shard-1-of-2"):
+          pass
+      with pytest.raises(InvalidInputError, match="another msjax run"):
+        with files.workdir_lock(w, "mode segment"):
+          pass
+    assert os.path.exists(os.path.join(w, files.LOCK))  # shard 0 still holds the folder
+    assert not os.path.exists(os.path.join(w, files.LOCK + ".shard-1-of-2"))
+    # through the command: another shard goes on to its own work (here: its input is missing)
+    p = _msjax("--config=segment", "--config.shard=1/2", f"--config.input={tmp_path}/nothing",
+               f"--workdir={w}")
+    assert p.returncode == 2 and "no such file or folder" in p.stderr, p.stderr
+    p = _msjax("--config=segment", f"--config.input={tmp_path}/nothing", f"--workdir={w}")
+    assert p.returncode == 2 and "another msjax run" in p.stderr
+  with pytest.raises(InvalidInputError, match="another msjax run"):  # a whole run holds it
+    with files.workdir_lock(w, "mode segment"):
+      with files.workdir_lock(w, "mode segment", share="shard-0-of-2"):
+        pass
+  assert not [n for n in os.listdir(w) if n.startswith(files.LOCK)]
+
 def test_phases_say_each_start_with_what_it_took_the_last_time(caplog):
   import logging
   import time
