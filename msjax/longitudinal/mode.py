@@ -23,6 +23,7 @@ The decision grid's class map and change.json stay in OUT/work/change/sub-<patie
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -131,7 +132,7 @@ def mask_rule(options) -> dict:
 
 
 def _exam_files(exam, validate: bool = False, allow_any_geometry: bool = False) -> dict:
-  """The files the change detection reads. `validate`: every file of the exam read by the data
+  """The files the change detection reads (FLAIR, T2W). `validate`: those read by the data
   layer first, so that a broken one is refused naming the file and its problem, as segment refuses
   it (without a model nothing else reads them before ITK, whose reader only says it found none)."""
   from msjax.data import exams as exams_lib
@@ -139,7 +140,10 @@ def _exam_files(exam, validate: bool = False, allow_any_geometry: bool = False) 
   if "FLAIR" not in exam.images:
     raise errors.InvalidInputError(f"exam {exam.exam_id} has no FLAIR")
   if validate:
-    _, problems = exams_lib.read_exam_files(exam, allow_any_geometry, one_grid=False)
+    used = dataclasses.replace(exam, images={m: p for m, p in exam.images.items()
+                                             if m in ("FLAIR", "T2W")},
+                               raters=(), consensus=None, brain_mask=None)
+    _, problems = exams_lib.read_exam_files(used, allow_any_geometry, one_grid=False)
     if problems:
       raise errors.InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
   out = {"FLAIR": exam.images["FLAIR"]}
