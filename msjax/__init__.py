@@ -21,14 +21,15 @@ def code_version() -> str:
     import hashlib
     import os
     root = os.path.dirname(os.path.abspath(__file__))
+    sources = []
+    for folder, dirs, names in os.walk(root):
+      dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]  # not walked
+      sources += [os.path.join(folder, n) for n in names if n.endswith((".py", ".cc"))]
     h = hashlib.sha256()
-    for folder, dirs, names in sorted(os.walk(root)):
-      dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
-      for name in sorted(n for n in names if n.endswith((".py", ".cc"))):
-        path = os.path.join(folder, name)
-        h.update(os.path.relpath(path, root).encode() + b"\0")
-        with open(path, "rb") as f:
-          h.update(f.read())
+    for path in sorted(sources):
+      h.update(os.path.relpath(path, root).encode() + b"\0")
+      with open(path, "rb") as f:
+        h.update(f.read())
     _CODE_VERSION.append(f"{__version__}+{h.hexdigest()[:12]}")
   return _CODE_VERSION[0]
 

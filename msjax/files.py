@@ -52,27 +52,31 @@ LOCK = ".msjax.lock"
 
 
 @contextlib.contextmanager
-def workdir_lock(folder: str, what: str = "", share: str | None = None):
+def workdir_lock(folder: str, what: str = "", share: tuple[int, int] | None = None):
   """Holds a lock on `folder` for one run: a second msjax run into the same folder is refused in
   one line naming the first (its pid, mode and start), instead of both writing the same outputs.
-  `share`: a run that writes only its own part of the folder (segment's --config.shard=K/N, whose
-  exams and tables no other shard touches) shares the folder with the other parts' runs, and
-  holds its part alone: the shards of a SLURM array run side by side, a second run of the same
-  shard and any whole run are refused. The locks (fcntl, released by the kernel when a run dies)
-  are hidden files, removed when the last run holding them ends."""
+  `share` = (K, N): a run that writes only its own part of the folder (segment's
+  --config.shard=K/N, whose exams and tables no other shard touches) shares the folder with the
+  other shards of the same N and holds its part alone: the shards of a SLURM array run side by
+  side; a second run of the same shard, a shard of another N (its exams overlap) and a whole run
+  are refused. The locks (fcntl, released by the kernel when a run dies) are hidden files,
+  removed by the last run holding them."""
   import fcntl
   path = os.path.join(folder, LOCK)
-  own = os.path.join(folder, f"{LOCK}.{share}") if share else None
-  held = [_lock(path, fcntl.LOCK_SH if share else fcntl.LOCK_EX, folder,
-                "a run of another shard or a whole run" if share else "")]
+  own = os.path.join(folder, f"{LOCK}.shard-{share[0]}-of-{share[1]}") if share else None
+  held = [(_lock(path, fcntl.LOCK_SH if share else fcntl.LOCK_EX, folder), path)]
   try:
     if own:
-      held.append(_lock(own, fcntl.LOCK_EX, folder, ""))
-    for f in held:
-      _say_holder(f, what + (f", {share}" if share else ""))
+      held.append((_lock(own, fcntl.LOCK_EX, folder), own))
+      other = [t for n, t in _live_shards(folder, skip=own) if not n.endswith(f"-of-{share[1]}")]
+      if other:
+        raise InvalidInputError(f"{folder}: a shard of another split is writing into this "
+                                f"workdir ({other[0]}); its exams overlap this one's: wait for it "
+                                "or give another --workdir")
+    _say_holder(held[-1][0], what + (f", shard {share[0]}/{share[1]}" if share else ""))
     yield path
   finally:
-    for f, name in reversed(list(zip(held, (path, own)))):
+    for f, name in reversed(held):
       try:  # removed while still held alone: a run waiting on it finds no stale holder's text
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.remove(name)
@@ -81,18 +85,48 @@ def workdir_lock(folder: str, what: str = "", share: str | None = None):
       f.close()
 
 
-def _lock(path: str, kind: int, folder: str, who: str):
+def _lock(path: str, kind: int, folder: str):
+  """The open file of `path`, locked (`kind`, never waiting); the same file as `path` names now
+  (one removed by the run before, between this run's open and its lock, is opened again)."""
   import fcntl
-  f = open(path, "a+")
-  try:
-    fcntl.flock(f, kind | fcntl.LOCK_NB)
-  except OSError:
-    f.seek(0)
-    holder = f.read().strip() or who or "another process"
+  for _ in range(20):
+    f = open(path, "a+")
+    try:
+      fcntl.flock(f, kind | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = "; ".join(t for _, t in _live_shards(folder)) or f.read().strip() or \
+          "another process"
+      f.close()
+      raise InvalidInputError(f"{folder}: another msjax run is writing into this workdir "
+                              f"({holder}); wait for it to end or give another --workdir") from None
+    try:
+      if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+        return f
+    except FileNotFoundError:
+      pass
     f.close()
-    raise InvalidInputError(f"{folder}: another msjax run is writing into this workdir "
-                            f"({holder}); wait for it to end or give another --workdir") from None
-  return f
+  raise InvalidInputError(f"{folder}: its lock file {LOCK} keeps changing under this run")
+
+
+def _live_shards(folder: str, skip: str | None = None) -> list[tuple[str, str]]:
+  """(lock file, holder's text) of the shards whose runs hold their lock in `folder` now."""
+  import fcntl
+  out = []
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if not name.startswith(LOCK + ".shard-") or path == skip:
+      continue
+    try:
+      with open(path, "a+") as f:
+        try:
+          fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: a dead run's file
+        except OSError:
+          f.seek(0)
+          out.append((name, f.read().strip() or name))
+    except OSError:
+      continue
+  return out
 
 
 def _say_holder(f, what: str) -> None:
@@ -105,14 +139,17 @@ def _say_holder(f, what: str) -> None:
 
 
 def remove_empty_tree(folder: str) -> bool:
-  """Removes `folder` when it holds nothing but empty folders; True if it did."""
+  """Removes the empty folders in and of `folder`, deepest first, with rmdir (which the file system
+  refuses for a folder that holds anything): another run writing into a folder of the tree at the
+  same moment (segment's shards share a workdir) keeps it. True if `folder` itself went."""
   if not os.path.isdir(folder):
     return False
-  for _, _, names in os.walk(folder):
-    if names:
-      return False
-  shutil.rmtree(folder, ignore_errors=True)
-  return True
+  for dirpath, _, _ in os.walk(folder, topdown=False):
+    try:
+      os.rmdir(dirpath)
+    except OSError:  # not empty (or gone): left
+      pass
+  return not os.path.exists(folder)
 
 
 def make_dirs(folder: str) -> str:

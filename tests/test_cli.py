@@ -78,13 +78,17 @@ def test_the_shards_of_one_workdir_run_side_by_side_and_nothing_else_does(tmp_pa
   from msjax import files
   from msjax.errors import InvalidInputError
   w = str(tmp_path)
-  with files.workdir_lock(w, "mode segment", share="shard-0-of-2"):
-    with files.workdir_lock(w, "mode segment", share="shard-1-of-2"):
-      with pytest.raises(InvalidInputError, match=r"another msjax run .*shard-1-of-2"):
-        with files.workdir_lock(w, "mode segment", share="shard-1-of-2"):
+  with files.workdir_lock(w, "mode segment", share=(0, 2)):
+    with files.workdir_lock(w, "mode segment", share=(1, 2)):
+      with pytest.raises(InvalidInputError, match=r"another msjax run .*shard 1/2"):
+        with files.workdir_lock(w, "mode segment", share=(1, 2)):
           pass
-      with pytest.raises(InvalidInputError, match="another msjax run"):
+      with pytest.raises(InvalidInputError, match=r"another msjax run .*shard 0/2.*shard 1/2"):
         with files.workdir_lock(w, "mode segment"):
+          pass
+      # a shard of another split (its exams overlap these) is refused while these run
+      with pytest.raises(InvalidInputError, match=r"shard of another split .*shard 0/2"):
+        with files.workdir_lock(w, "mode segment", share=(1, 4)):
           pass
     assert os.path.exists(os.path.join(w, files.LOCK))  # shard 0 still holds the folder
     assert not os.path.exists(os.path.join(w, files.LOCK + ".shard-1-of-2"))
@@ -93,12 +97,30 @@ def test_the_shards_of_one_workdir_run_side_by_side_and_nothing_else_does(tmp_pa
                f"--workdir={w}")
     assert p.returncode == 2 and "no such file or folder" in p.stderr, p.stderr
     p = _msjax("--config=segment", f"--config.input={tmp_path}/nothing", f"--workdir={w}")
-    assert p.returncode == 2 and "another msjax run" in p.stderr
+    assert p.returncode == 2 and "another msjax run" in p.stderr and "shard 0/2" in p.stderr
   with pytest.raises(InvalidInputError, match="another msjax run"):  # a whole run holds it
     with files.workdir_lock(w, "mode segment"):
-      with files.workdir_lock(w, "mode segment", share="shard-0-of-2"):
+      with files.workdir_lock(w, "mode segment", share=(0, 2)):
         pass
   assert not [n for n in os.listdir(w) if n.startswith(files.LOCK)]
+  # a shard's lock file left by a run that died (no one holds it) stops no one
+  (tmp_path / (files.LOCK + ".shard-3-of-4")).write_text("pid 1, mode segment, shard 3/4")
+  with files.workdir_lock(w, "mode segment", share=(0, 2)):
+    pass
+
+
+def test_removing_empty_folders_keeps_any_that_another_run_writes_into(tmp_path):
+  """files.remove_empty_tree takes the empty folders only (rmdir), so a shard finishing never
+  takes the folder another shard is writing its exam into."""
+  from msjax import files
+  (tmp_path / "work" / "staging" / "sub-a").mkdir(parents=True)
+  (tmp_path / "work" / "staging" / "sub-b").mkdir()
+  (tmp_path / "work" / "staging" / "sub-b" / "mask.nii.gz").write_bytes(b"being written")
+  assert not files.remove_empty_tree(str(tmp_path / "work"))
+  assert sorted(os.listdir(tmp_path / "work" / "staging")) == ["sub-b"]
+  (tmp_path / "work" / "staging" / "sub-b" / "mask.nii.gz").unlink()
+  assert files.remove_empty_tree(str(tmp_path / "work")) and not (tmp_path / "work").exists()
+
 
 def test_phases_say_each_start_with_what_it_took_the_last_time(caplog):
   import logging

@@ -49,17 +49,20 @@ _LATIN = {"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss", "Ł": "L", "
 
 def bids_label(text: str) -> str:
   """A BIDS label (ASCII letters and digits only: the BIDS validator refuses others) from any
-  name: accents dropped (Patiënt -> Patient, Ærø -> AEro); a name written in another script only
-  (no Latin letter or digit in it) -> `x` and 8 hex digits of its hash, so that two such
-  patients stay apart; `exam` if the name holds no letter or digit at all."""
+  name: accents dropped (Patiënt -> Patient, Ærø -> AEro); letters of another script, which
+  cannot be spelt in ASCII, leave `x` and 8 hex digits of the name's hash after what is left
+  (患者01 -> 01x..., 対照01 -> 01x...: two patients stay apart); `exam` if the name holds no
+  letter or digit at all. An ASCII name keeps its letters and digits as they are."""
   import unicodedata
-  spelt = "".join(_LATIN.get(ch, ch) for ch in text)  # letters NFKD does not decompose
-  ascii_ = "".join(ch for ch in unicodedata.normalize("NFKD", spelt)
-                   if ch.isascii() and ch.isalnum())
-  if ascii_ or not any(ch.isalnum() for ch in text):
-    return ascii_ or "exam"
+  text = unicodedata.normalize("NFC", text)  # one name, however the file system stored it
+  spelt = unicodedata.normalize("NFKD", "".join(_LATIN.get(ch, ch) for ch in text))
+  kept = "".join(ch for ch in spelt if ch.isascii() and ch.isalnum())
+  dropped = any(ch.isalnum() and not ch.isascii() and not unicodedata.combining(ch)
+                for ch in spelt)
+  if not dropped:
+    return kept or "exam"
   import hashlib
-  return "x" + hashlib.sha1(text.encode()).hexdigest()[:8]
+  return kept + "x" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 

@@ -220,7 +220,7 @@ def _misnamed(path: str) -> str:
     if gzipped:
       with gzip.open(path, "rb") as f:
         head = f.read(348)
-  except OSError:
+  except Exception:  # noqa: BLE001 - unreadable, truncated or corrupt: no hint to give
     return ""
   nifti_header = len(head) == 348 and head[344:347] in (b"n+1", b"ni1")
   if not nifti_header:

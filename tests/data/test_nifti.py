@@ -44,6 +44,9 @@ def test_a_file_whose_name_and_compression_disagree_says_which(tmp_path):
   junk = tmp_path / "junk.nii.gz"
   junk.write_bytes(b"this is not a nifti file")
   assert "name it" not in expect("cannot be read", nifti.read_nifti, junk)
+  cut = tmp_path / "cut.nii"  # a gzip stream cut inside the header: refused, not an EOFError
+  cut.write_bytes(open(good, "rb").read()[:40])
+  assert "name it" not in expect("cannot be read", nifti.read_nifti, cut)
 
 def test_missing_file(tmp_path):
   expect("does not exist", nifti.read_nifti, tmp_path / "nope.nii.gz")

@@ -17,6 +17,13 @@ def test_folder_names_outside_ascii_make_valid_distinct_bids_labels(tmp_path):
   assert scan.bids_label("Ærø_3") == "AEro3" and scan.bids_label("Łódź") == "Lodz"
   a, b = scan.bids_label("患者"), scan.bids_label("患者一")
   assert a != b and all(x.isascii() and x.isalnum() and x.startswith("x") for x in (a, b))
+  # names that differ only in letters of another script keep apart, with their ASCII part
+  a, b = scan.bids_label("患者01"), scan.bids_label("対照01")
+  assert a != b and a.startswith("01x") and b.startswith("01x")
+  assert scan.bids_label("Иванов_study1") != scan.bids_label("Петров_study1")
+  import unicodedata  # one name, however the file system composed it (macOS: NFD)
+  assert scan.bids_label(unicodedata.normalize("NFD", "한국")) == scan.bids_label("한국")
+  assert scan.bids_label("patient07") == "patient07"
   assert scan.bids_label("--") == "exam"
   for name in ("Patiënt 26 (FU)", "患者", "患者一"):
     touch_nifti(str(tmp_path / name / "FLAIR.nii.gz"))
