@@ -10,10 +10,12 @@ sessions). A patient's visits are put in time order by (`visit_order`): their se
 every label holds a number (numbers compared as numbers: ses-2 before ses-10, ses-m6 before
 ses-m12); else their acquisition dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's
 JSON sidecar AcquisitionDateTime / AcquisitionDate); else the words of the labels (baseline,
-screening, pre... before follow-up, post...). Labels without any of these (ses-pre and ses-post
+screening, pre... before follow-up, post...; numbers order the labels no such word tells apart:
+baseline, m6, m12). Labels without any of these (ses-pre and ses-post
 sort the wrong way round alphabetically) are not guessed: the patient is returned with the reason,
-as is a patient with one visit, or with more than two and no --config.sessions=<baseline>,
-<follow-up> to choose (the mode reports it as failed and goes on).
+as is a patient with one visit (the mode reports it as failed and goes on). Of more than two
+visits, the last two are compared (the change since the visit before the latest, as a clinic
+reads a new scan; --config.sessions=<baseline>,<follow-up> chooses another pair).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import dataclasses
 import json
 import os
 import re
+
+from absl import logging
 
 from msjax import config_base, errors
 from msjax.data import cohort as cohort_lib
@@ -92,9 +96,11 @@ def visit_order(exams: list[Exam]) -> tuple[list[Exam], str | None]:
   dates = [_acquired(e) for e in exams]
   if all(dates) and len(set(dates)) == len(dates):
     return [e for _, e in sorted(zip(dates, exams), key=lambda t: t[0])], None
-  ranks = [_word_rank(s) for s in sessions]
-  if len(exams) == 2 and ranks[0] != ranks[1]:
-    return [e for _, e in sorted(zip(ranks, exams), key=lambda t: t[0])], None
+  # words, then numbers within a word's rank: baseline, m6, m12, ..., follow-up
+  keys = [(_word_rank(s), _natural(s)) for s in sessions]
+  if all(k[0] != 1 or re.search(r"\d", s) for k, s in zip(keys, sessions)) and \
+      len({repr(k) for k in keys}) == len(keys):
+    return [e for _, e in sorted(zip(keys, exams), key=lambda t: t[0])], None
   return exams, (f"which of the visits {sessions} came first cannot be told from their labels "
                  "(no numbers, no words such as baseline / follow-up) nor from acquisition dates "
                  "(sessions.tsv acq_time, the FLAIR's JSON sidecar): give "
@@ -160,12 +166,15 @@ def find_pairs(config) -> tuple[list[Pair], str]:
                    f"{sessions}" + (f", {missing} not among them" if missing else ""))
       else:
         exams = [exams[sessions.index(s)] for s in chosen]
-    elif len(exams) != 2:
-      problem = (f"{len(exams)} visit(s) {sessions}: the change is between two; "
-                 + ("choose them with --config.sessions=<baseline>,<follow-up>" if len(exams) > 2
-                    else "a second visit is needed"))
     elif unordered:
       problem = unordered
+    elif len(exams) > 2:  # the change since the last visit before, as a clinic reads a new scan
+      logging.info("[longitudinal] sub-%s: %d visits %s: the change between the last two (%s -> "
+                   "%s); --config.sessions=<baseline>,<follow-up> for another pair", sub,
+                   len(exams), sessions, sessions[-2], sessions[-1])
+      exams = exams[-2:]
+    elif len(exams) != 2:
+      problem = f"{len(exams)} visit(s) {sessions}: the change is between two; a second visit is needed"
     if problem:
       pairs.append(Pair(sub, exams[0], None, problem))
       continue

@@ -51,3 +51,18 @@ def test_visits_in_time_order_by_number_date_or_word_and_refused_when_unknown(tm
   chosen = _found(tmp_path, sessions="beta,alpha")["unknown"]
   assert chosen.problem is None
   assert (chosen.baseline.bids["ses"], chosen.followup.bids["ses"]) == ("beta", "alpha")
+
+
+def test_of_more_visits_the_last_two_are_compared_unless_chosen(tmp_path):
+  """A patient followed over years has more than two visits: the change since the visit before
+  the latest (in time order, not label order) is what a clinic reads; --config.sessions picks
+  another pair; visits whose order is unknown are still refused."""
+  _bids(tmp_path, "many", ["m24", "m6", "baseline", "m12"])
+  _bids(tmp_path, "lost", ["alpha", "beta", "gamma"])
+  found = _found(tmp_path)
+  many = found["many"]
+  assert many.problem is None
+  assert (many.baseline.bids["ses"], many.followup.bids["ses"]) == ("m12", "m24")
+  assert found["lost"].followup is None and "came first" in found["lost"].problem
+  chosen = _found(tmp_path, sessions="m6,m24")["many"]
+  assert (chosen.baseline.bids["ses"], chosen.followup.bids["ses"]) == ("m6", "m24")
