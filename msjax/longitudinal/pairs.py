@@ -8,8 +8,9 @@
 Exams are found as `segment` finds them (msjax/data/scan.py: the visits of a patient are BIDS
 sessions). A patient's visits are put in time order by (`visit_order`): their session labels when
 every label holds a number (numbers compared as numbers: ses-2 before ses-10, ses-m6 before
-ses-m12); else their acquisition dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's
-JSON sidecar AcquisitionDateTime / AcquisitionDate); else the words of the labels (baseline,
+ses-m12; labels that are dates read as dates, 01072020 from a folder 01.07.2020 included, and
+refused when day-month and month-day would order them differently); else their acquisition
+dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's JSON sidecar AcquisitionDateTime / AcquisitionDate); else the words of the labels (baseline,
 screening, pre... before follow-up, post...; numbers order the labels no such word tells apart:
 baseline, m6, m12). Labels without any of these (ses-pre and ses-post
 sort the wrong way round alphabetically) are not guessed: the patient is returned with the reason,
@@ -87,10 +88,49 @@ def _word_rank(label: str) -> int:
   return 0 if words & _EARLIER else 2 if words & _LATER else 1
 
 
+_CONVENTIONS = {"year-month-day": (0, 1, 2), "day-month-year": (2, 1, 0),
+                "month-day-year": (2, 0, 1)}
+
+
+def _calendar(sessions: list[str]) -> tuple[list | None, str | None]:
+  """Session labels that are dates (an 8-digit run: 20190501, or 01072020 from a folder named
+  01.07.2020): (their dates, None) when one way of reading them (year-month-day, day-month-year,
+  month-day-year) fits every label or all the ways that fit give the same order; (None, why) when
+  they order the visits differently; (None, None) when the labels are not dates."""
+  import datetime
+  runs = [re.findall(r"(?<!\d)(\d{8})(?!\d)", s) for s in sessions]
+  if not all(len(r) == 1 for r in runs):
+    return None, None
+  readings = {}
+  for name, (y, m, d) in _CONVENTIONS.items():
+    dates = []
+    for (run,) in runs:
+      parts = (run[:4], run[4:6], run[6:]) if y == 0 else (
+          (run[4:], run[2:4], run[:2]) if name == "day-month-year" else (run[4:], run[:2], run[2:4]))
+      try:
+        dates.append(datetime.date(int(parts[0]), int(parts[1]), int(parts[2])))
+      except ValueError:
+        break
+    if len(dates) == len(runs) and all(1900 <= x.year <= 2100 for x in dates):
+      readings[name] = dates
+  if not readings:
+    return None, None
+  orders = {tuple(sorted(range(len(sessions)), key=lambda i: ds[i])) for ds in readings.values()}
+  if len(orders) == 1 and all(len(set(ds)) == len(ds) for ds in readings.values()):
+    return next(iter(readings.values())), None
+  return None, (f"the visits {sessions} are dates that read in more than one order "
+                f"({' or '.join(readings)}): give --config.sessions=<baseline>,<follow-up>")
+
+
 def visit_order(exams: list[Exam]) -> tuple[list[Exam], str | None]:
   """(the exams in time order, None), or (as given, why their order is not known): see the
   module's docstring for the rules, in their order."""
   sessions = [_session(e) for e in exams]
+  dated, ambiguous = _calendar(sessions)
+  if ambiguous:
+    return exams, ambiguous
+  if dated:
+    return [e for _, e in sorted(zip(dated, exams), key=lambda t: t[0])], None
   if all(re.search(r"\d", s) for s in sessions):
     return sorted(exams, key=lambda e: _natural(_session(e))), None
   dates = [_acquired(e) for e in exams]

@@ -66,3 +66,20 @@ def test_of_more_visits_the_last_two_are_compared_unless_chosen(tmp_path):
   assert found["lost"].followup is None and "came first" in found["lost"].problem
   chosen = _found(tmp_path, sessions="m6,m24")["many"]
   assert (chosen.baseline.bids["ses"], chosen.followup.bids["ses"]) == ("m6", "m24")
+
+
+def test_visit_folders_named_by_date_are_read_as_dates_in_any_common_order(tmp_path):
+  """Date-named visit folders (20190501; 10.06.2019 -> 10062019 once the label is made): compared
+  as numbers, 01.07.2020 would come before 10.06.2019. Day-month-year and month-day-year that
+  order the visits alike are used; an order they disagree on is refused, not guessed."""
+  _bids(tmp_path, "iso", ["20200610", "20190501"])
+  _bids(tmp_path, "eu", ["01072020", "10062019"])        # 1 July 2020, 10 June 2019
+  _bids(tmp_path, "either", ["02012020", "01032020"])    # 2 Jan / 1 Mar, or 1 Feb / 3 Jan
+  found = _found(tmp_path)
+  assert (found["iso"].baseline.bids["ses"], found["iso"].followup.bids["ses"]) == (
+      "20190501", "20200610")
+  assert (found["eu"].baseline.bids["ses"], found["eu"].followup.bids["ses"]) == (
+      "10062019", "01072020")
+  assert found["either"].followup is None
+  assert "day-month-year or month-day-year" in found["either"].problem
+  assert "--config.sessions" in found["either"].problem
