@@ -88,8 +88,10 @@ def _word_rank(label: str) -> int:
   return 0 if words & _EARLIER else 2 if words & _LATER else 1
 
 
-_CONVENTIONS = {"year-month-day": (0, 1, 2), "day-month-year": (2, 1, 0),
-                "month-day-year": (2, 0, 1)}
+# an 8-digit date -> (year, month, day), by each way clinics write dates
+_CONVENTIONS = {"year-month-day": lambda r: (r[:4], r[4:6], r[6:]),
+                "day-month-year": lambda r: (r[4:], r[2:4], r[:2]),
+                "month-day-year": lambda r: (r[4:], r[:2], r[2:4])}
 
 
 def _calendar(sessions: list[str]) -> tuple[list | None, str | None]:
@@ -102,13 +104,11 @@ def _calendar(sessions: list[str]) -> tuple[list | None, str | None]:
   if not all(len(r) == 1 for r in runs):
     return None, None
   readings = {}
-  for name, (y, m, d) in _CONVENTIONS.items():
+  for name, parts in _CONVENTIONS.items():
     dates = []
     for (run,) in runs:
-      parts = (run[:4], run[4:6], run[6:]) if y == 0 else (
-          (run[4:], run[2:4], run[:2]) if name == "day-month-year" else (run[4:], run[:2], run[2:4]))
       try:
-        dates.append(datetime.date(int(parts[0]), int(parts[1]), int(parts[2])))
+        dates.append(datetime.date(*(int(p) for p in parts(run))))
       except ValueError:
         break
     if len(dates) == len(runs) and all(1900 <= x.year <= 2100 for x in dates):
