@@ -210,6 +210,10 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             **({"made_nonnegative": shifted} if shifted else {}),
             **({"despiked": spikes} if spikes else {}),
+            # ITK's sums (N4, the registrations, ROBEX) depend on how many threads split them: on
+            # an exam at the registration's noise floor the mask moved to Dice 0.81 between 1 and
+            # 2 threads (lab notebook, 2026-12-08); recorded so that two machines' masks can be told
+            "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
             **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
   with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:

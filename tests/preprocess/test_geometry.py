@@ -290,6 +290,8 @@ def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_pat
   exam = raw_exam(str(tmp_path / "raw"), t1=True)
   record = run_lib.preprocess_exam(exam, str(tmp_path / "c"), options)
   assert record["coregistration"]["grid"].startswith("FLAIR's frame at 1.5 x 1.5 x 1.5 mm")
+  import SimpleITK as sitk  # ITK's thread count, which its sums depend on, is on the record
+  assert record["itk_threads"] == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() >= 1
   # such an exam preprocessed before the working grid is made again on a re-run
   assert run_lib.refines_grid(exam)
   key = run_lib.made_from(exam, options, None)
