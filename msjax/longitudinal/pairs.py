@@ -10,13 +10,14 @@ sessions). A patient's visits are put in time order by (`visit_order`): their se
 every label holds a number (numbers compared as numbers: ses-2 before ses-10, ses-m6 before
 ses-m12; labels that are dates read as dates, 01072020 from a folder 01.07.2020 included, and
 refused when day-month and month-day would order them differently); else their acquisition
-dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's JSON sidecar AcquisitionDateTime / AcquisitionDate); else the words of the labels (baseline,
-screening, pre... before follow-up, post...; numbers order the labels no such word tells apart:
-baseline, m6, m12). Labels without any of these (ses-pre and ses-post
-sort the wrong way round alphabetically) are not guessed: the patient is returned with the reason,
-as is a patient with one visit (the mode reports it as failed and goes on). Of more than two
-visits, the last two are compared (the change since the visit before the latest, as a clinic
-reads a new scan; --config.sessions=<baseline>,<follow-up> chooses another pair).
+dates (BIDS `sub-<label>_sessions.tsv` acq_time, or the FLAIR's JSON sidecar AcquisitionDateTime /
+AcquisitionDate); else the words of the labels (baseline, screening, pre... before follow-up,
+post...; numbers order the labels no such word tells apart: baseline, m6, m12). Labels without
+any of these (ses-pre and ses-post sort the wrong way round alphabetically) are not guessed: the
+patient is returned with the reason, as is a patient with one visit (the mode reports it as
+failed and goes on). Of more than two visits, the last two are compared (the change since the
+visit before the latest, as a clinic reads a new scan; --config.sessions=<baseline>,<follow-up>
+chooses another pair).
 """
 from __future__ import annotations
 
@@ -206,6 +207,9 @@ def find_pairs(config) -> tuple[list[Pair], str]:
                    f"{sessions}" + (f", {missing} not among them" if missing else ""))
       else:
         exams = [exams[sessions.index(s)] for s in chosen]
+    elif len(exams) < 2:
+      problem = (f"{len(exams)} visit {sessions}: the change is between two; a second visit is "
+                 "needed")
     elif unordered:
       problem = unordered
     elif len(exams) > 2:  # the change since the last visit before, as a clinic reads a new scan
@@ -213,8 +217,6 @@ def find_pairs(config) -> tuple[list[Pair], str]:
                    "%s); --config.sessions=<baseline>,<follow-up> for another pair", sub,
                    len(exams), sessions, sessions[-2], sessions[-1])
       exams = exams[-2:]
-    elif len(exams) != 2:
-      problem = f"{len(exams)} visit(s) {sessions}: the change is between two; a second visit is needed"
     if problem:
       pairs.append(Pair(sub, exams[0], None, problem))
       continue

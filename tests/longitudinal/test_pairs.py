@@ -59,7 +59,9 @@ def test_of_more_visits_the_last_two_are_compared_unless_chosen(tmp_path):
   another pair; visits whose order is unknown are still refused."""
   _bids(tmp_path, "many", ["m24", "m6", "baseline", "m12"])
   _bids(tmp_path, "lost", ["alpha", "beta", "gamma"])
+  _bids(tmp_path, "once", ["alpha"])
   found = _found(tmp_path)
+  assert "a second visit is needed" in found["once"].problem  # not a question of order
   many = found["many"]
   assert many.problem is None
   assert (many.baseline.bids["ses"], many.followup.bids["ses"]) == ("m12", "m24")
