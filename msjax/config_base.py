@@ -8,6 +8,14 @@ def parse_list(text, cast=str) -> list:
   return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
 
 
+def parse_shard(text) -> tuple[int, int] | None:
+  """--config.shard='K/N' -> (K, N) with 0 <= K < N; None when it is not that."""
+  k, sep, n = str(text).partition("/")
+  if sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n):
+    return int(k), int(n)
+  return None
+
+
 # variants every config understands (`--config=finetune:smoke,bf16`)
 COMMON_VARIANTS = {"bf16": "bfloat16", "f32": "float32"}
 

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msjax import cli, console
+from msjax import cli, config_base, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A packaged config's name or a config file, with optional variants: "
@@ -85,7 +85,8 @@ def run_mode(config, workdir: str):
   # one run per workdir; the processes of a multi-host job share theirs and are not locked
   multi = "distributed" in config and _process_count() > 1
   # segment's shards (--config.shard=K/N, a SLURM array) write their own exams side by side
-  shard = _shard(config.shard) if config.get("shard") and not config.get("merge") else None
+  shard = (config_base.parse_shard(config.shard)  # None: segment refuses it, naming it
+           if config.get("shard") and not config.get("merge") else None)
   lock = (contextlib.nullcontext() if multi else
           files.workdir_lock(workdir, f"mode {config.mode}", share=shard))
   try:
@@ -101,14 +102,6 @@ def run_mode(config, workdir: str):
     if new:
       files.remove_empty_tree(workdir)
     raise
-
-
-def _shard(value: str) -> tuple[int, int] | None:
-  """--config.shard='K/N' -> (K, N); None when it is not that (segment refuses it, naming it)."""
-  k, sep, n = str(value).partition("/")
-  if sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n):
-    return int(k), int(n)
-  return None
 
 
 def _process_count() -> int:

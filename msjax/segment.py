@@ -243,10 +243,11 @@ def shard_of(exams: list, shard: str) -> list:
   exams = sorted(exams, key=lambda e: e.exam_id)
   if not shard:
     return exams
-  k, sep, n = shard.partition("/")
-  if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
+  parsed = config_base.parse_shard(shard)
+  if parsed is None:
     raise errors.InvalidInputError(f"--config.shard={shard!r}: expected K/N with 0 <= K < N")
-  return exams[int(k)::int(n)]
+  k, n = parsed
+  return exams[k::n]
 
 
 def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:

@@ -101,11 +101,11 @@ def despike(image: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, int]:
     return image, 0
   idx = np.argwhere(hot)
   around = np.clip(idx[:, None, :] + _NEIGHBOURS[None], 0, np.array(image.shape) - 1)
-  values = image[around[..., 0], around[..., 1], around[..., 2]].astype(np.float64)
-  values[values > ceiling] = np.nan
+  near = image[around[..., 0], around[..., 1], around[..., 2]].astype(np.float64)
+  near[near > ceiling] = np.nan  # a hot neighbour is no evidence
   with np.errstate(all="ignore"):
-    counts = np.isfinite(values).sum(1)
-    fill = np.where(counts > 0, np.nanmedian(np.where(counts[:, None] > 0, values, 0.0), 1),
+    counts = np.isfinite(near).sum(1)
+    fill = np.where(counts > 0, np.nanmedian(np.where(counts[:, None] > 0, near, 0.0), 1),
                     ceiling)
   out = np.array(image, copy=True)
   out[tuple(idx.T)] = fill.astype(out.dtype)

@@ -65,7 +65,6 @@ def bids_label(text: str) -> str:
   return kept + "x" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Exam:
   exam_id: str
