@@ -528,6 +528,9 @@ def _check_input(value: str) -> None:
     raise errors.InvalidInputError(f"--config.input={value}: no such file or folder{hint}")
 
 
+UNUSED_SHOWN = 5  # input files not used, named in the log (segment_summary.json has them all)
+
+
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
@@ -547,6 +550,10 @@ def run(config, workdir: str) -> dict:
       os.remove(description)
       files.remove_empty_tree(workdir)
     raise
+  for path, why in cohort.unused[:UNUSED_SHOWN]:  # all of them in segment_summary.json
+    logging.info("[segment] not used: %s (%s)", os.path.relpath(path, cohort.root), why)
+  if len(cohort.unused) > UNUSED_SHOWN:
+    logging.info("[segment] ... and %d more file(s) not used", len(cohort.unused) - UNUSED_SHOWN)
   exams = shard_of(list(cohort.exams), config.shard)
   options = inference_options(config, bundle)
   threshold = options.threshold
@@ -615,6 +622,7 @@ def run(config, workdir: str) -> dict:
   outputs.write_cohort_table(rows, os.path.join(workdir, name))
   summary = {"model": model_name(bundle), "input": cohort.root, "threshold": threshold,
              "shard": config.shard or None, "exams": done, "resumed": resumed, "failed": failed,
+             "unused": [{"file": p, "why": why} for p, why in cohort.unused],
              "wall_s": round(time.time() - t0, 1)}
   files.write_json(summary, os.path.join(workdir, name.replace("segmentations", "segment_summary")
                                          .replace(".csv", ".json")))

@@ -46,7 +46,10 @@ def test_segment_writes_bids_derivatives_and_goes_on_past_a_bad_exam(trained, ti
   bad = src / "broken"  # every sequence the model takes, its FLAIR not a NIfTI
   shutil.copytree(os.path.dirname(tiny_cohort.exams[0].images["FLAIR"]), bad)
   (bad / "FLAIR.nii.gz").write_bytes(b"not a nifti")
+  (bad / "T2W.hdr").write_bytes(b"\0" * 348)  # not read, named in the summary with what to do
   summary = _segment(trained, src, tmp_path / "out", **{"predict.threshold": 0.3})
+  assert [(os.path.basename(u["file"]), u["why"][:21]) for u in summary["unused"]] == [
+      ("T2W.hdr", "an Analyze 7.5 image ")]
   assert [r["exam_id"] for r in summary["exams"]] == [e.exam_id for e in tiny_cohort.exams[:2]]
   assert [f["exam_id"] for f in summary["failed"]] == ["broken"]
   assert "cannot be read as NIfTI" in summary["failed"][0]["error"]

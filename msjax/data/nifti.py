@@ -58,6 +58,11 @@ def _raw_zooms(path: str, img):
 
 
 def _check_header(img, path: str) -> None:
+  if isinstance(img, nib.Nifti2Image):
+    raise InvalidInputError(
+        f"{path}: a NIfTI-2 file; msjax reads NIfTI-1 (its preprocessing reads images with ITK, "
+        "which reads no NIfTI-2): save it as NIfTI-1, e.g. with nibabel "
+        "nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'FLAIR.nii.gz')")
   shape = tuple(img.shape)
   if len(shape) < 3 or (len(shape) > 3 and any(d != 1 for d in shape[3:])):
     kind = " (4D series or multi-channel image)" if len(shape) > 3 else ""
@@ -209,13 +214,28 @@ def split_label(path: str) -> tuple[str, int | None]:
   return str(path), None
 
 
+# what a file holds when it is a stand-in for the image (a version-control pointer, a web page)
+_STAND_INS = (
+    (lambda head: head.startswith(b"version https://git-lfs.github.com/spec"),
+     "; it is a Git LFS pointer, not the image: run `git lfs pull` in its repository"),
+    (lambda head: len(head) < 1024 and b"/annex/objects/" in head,
+     "; it is a git-annex pointer, not the image: `datalad get` it (or `git annex get`)"),
+    (lambda head: head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")),
+     "; it is a web page, not an image: the download saved a login or error page"),
+)
+
+
 def _misnamed(path: str) -> str:
-  """A hint when a file's name says one compression and its bytes another (a .nii.gz stored
-  plain, a .nii gzip-compressed: a download or copy that (un)compressed it), else ''."""
+  """A hint when a file is a stand-in for the image (_STAND_INS), or its name says one
+  compression and its bytes another (a .nii.gz stored plain, a .nii gzip-compressed: a download
+  or copy that (un)compressed it), else ''."""
   import gzip
   try:
     with open(path, "rb") as f:
       head = f.read(348)
+    stand_in = next((hint for test, hint in _STAND_INS if test(head)), "")
+    if stand_in:
+      return stand_in
     gzipped = head[:2] == b"\x1f\x8b"
     if gzipped:
       with gzip.open(path, "rb") as f:
@@ -233,6 +253,20 @@ def _misnamed(path: str) -> str:
   return ""
 
 
+def require_file(path: str) -> None:
+  """Refuses a path that does not exist, saying why: a link whose target is absent says so, and
+  a git-annex link (a DataLad dataset whose content was never fetched) says how to fetch it."""
+  if os.path.exists(path):
+    return
+  if not os.path.islink(path):
+    raise InvalidInputError(f"{path}: file does not exist")
+  target = os.readlink(path)
+  if "annex/objects/" in target:
+    raise InvalidInputError(f"{path}: a git-annex link whose content is not here (a DataLad or "
+                            "git-annex dataset not fetched): `datalad get` it (or `git annex get`)")
+  raise InvalidInputError(f"{path}: a symbolic link to {target}, which does not exist")
+
+
 def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   """Reads and validates one NIfTI file and returns it in canonical RAS order.
 
@@ -243,8 +277,7 @@ def read_nifti(path: str | os.PathLike, *, kind: str = "image") -> Volume:
   if label is not None and kind != "mask":
     raise InvalidInputError(f"{path}: a label value ({LABEL_SEP}{label}) selects a mask, not an "
                             "image")
-  if not os.path.exists(path):
-    raise InvalidInputError(f"{path}: file does not exist")
+  require_file(path)
   try:
     img = nib.load(path)
   except Exception as e:  # nibabel raises several types for corrupt headers

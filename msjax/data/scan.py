@@ -83,6 +83,27 @@ def _is_nifti(name: str) -> bool:
 
 _NIFTI_EXT = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
+# files a user may give in place of NIfTI: listed with what to do instead of dropped silently (a
+# folder holding only these would otherwise be "no NIfTI exam found", naming none of them)
+OTHER_FORMATS = (
+    (re.compile(r"\.(hdr|img)(\.gz)?$", re.IGNORECASE),
+     "an Analyze 7.5 image (msjax reads NIfTI; Analyze leaves left and right to the reader): "
+     "convert it to NIfTI with the tool that wrote it, and check its orientation"),
+    (re.compile(r"\.mg[hz]$", re.IGNORECASE),
+     "a FreeSurfer MGH image (msjax reads NIfTI): mri_convert it to .nii.gz"),
+    (re.compile(r"\.(nrrd|nhdr|mha|mhd)$", re.IGNORECASE),
+     "a NRRD or MetaImage file (msjax reads NIfTI): save it as .nii.gz (3D Slicer, SimpleITK)"),
+    (re.compile(r"\.(zip|tar|tgz|tar\.gz|tar\.bz2|tar\.xz|7z|rar)$", re.IGNORECASE),
+     "an archive: unpack it and give the folder"),
+)
+
+
+def other_format(name: str) -> str | None:
+  """Why a file of another image format or an archive is not read, or None."""
+  if name.startswith("."):
+    return None
+  return next((why for pattern, why in OTHER_FORMATS if pattern.search(name)), None)
+
 
 def _stem(name: str) -> str:
   return _NIFTI_EXT.sub("", name)
@@ -137,6 +158,12 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
   for dirpath, _, filenames in _walk(folder):
     for name in filenames:
       if not _is_nifti(name):
+        why = other_format(name)
+        analyze_data = re.search(r"\.img(\.gz)?$", name, re.IGNORECASE) and any(
+            n.lower() == re.sub(r"\.img(\.gz)?$", ".hdr", name, flags=re.IGNORECASE).lower()
+            for n in filenames)
+        if why and not analyze_data:  # an Analyze pair is named once, by its header
+          unused.append((os.path.join(dirpath, name), why))
         continue
       role, prefix = _classify(_stem(name))
       if role is None:
@@ -162,7 +189,9 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
     entities = {"sub": subject, **({"ses": bids_label("".join(session))} if session else {})}
     for role, paths in roles.items():
       if len(paths) > 1:
-        raise InvalidInputError(f"{folder}: exam {exam_id} has several files for {role}: {paths}")
+        raise InvalidInputError(
+            f"{folder}: exam {exam_id} has several files for {role}: {paths}; keep one per exam "
+            "(another visit goes in a folder of its own, or takes a prefix: study2_FLAIR.nii.gz)")
     images = {m: roles[m][0] for m in MODALITIES if m in roles}
     if not images:
       unused += [(p, "a mask without images beside it") for ps in roles.values() for p in ps]
@@ -176,8 +205,13 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
                       brain_mask=roles["brain_mask"][0] if "brain_mask" in roles else None,
                       bids=entities))
   if not exams:
-    raise InvalidInputError(f"{folder}: no NIfTI exam found (expected files named like "
-                            "FLAIR.nii.gz, T1W.nii.gz, consensus_gt.nii.gz, or a BIDS dataset)")
+    other = [(p, why) for p, why in unused if other_format(os.path.basename(p))]
+    raise InvalidInputError(
+        f"{folder}: no NIfTI exam found (expected files named like FLAIR.nii.gz, T1W.nii.gz, "
+        "consensus_gt.nii.gz, or a BIDS dataset)"
+        + (f"; found {len(other)} file(s) msjax does not read: "
+           + "; ".join(f"{os.path.relpath(p, folder)}: {why}" for p, why in other[:3])
+           + (" ..." if len(other) > 3 else "") if other else ""))
   return Cohort(root=folder, exams=tuple(exams), unused=tuple(unused))
 
 

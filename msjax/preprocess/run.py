@@ -497,6 +497,7 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
   h = hashlib.sha256()
   for role, _, path in sorted(exam.all_paths()):
     h.update(role.encode())
+    nifti.require_file(path)  # a broken link is named as such, not an OSError
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)

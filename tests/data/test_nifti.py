@@ -52,6 +52,31 @@ def test_missing_file(tmp_path):
   expect("does not exist", nifti.read_nifti, tmp_path / "nope.nii.gz")
 
 
+def test_stand_ins_for_an_image_say_what_they_are_and_how_to_get_the_image(tmp_path):
+  """What a user's copy of a dataset holds in place of an image when its content was never
+  fetched (a Git LFS pointer, a git-annex pointer file or a broken git-annex link of a DataLad
+  dataset) or a download saved a web page: refused naming the file and what to do."""
+  lfs = tmp_path / "lfs_FLAIR.nii.gz"
+  lfs.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 12345\n")
+  assert "Git LFS pointer" in expect("cannot be read", nifti.read_nifti, lfs)
+  pointer = tmp_path / "pointer_FLAIR.nii.gz"
+  pointer.write_bytes(b"/annex/objects/MD5E-s12345--0123abcd.nii.gz\n")
+  assert "git-annex pointer" in expect("cannot be read", nifti.read_nifti, pointer)
+  link = tmp_path / "link_FLAIR.nii.gz"
+  os.symlink("../.git/annex/objects/Xk/9Q/MD5E-s1--ab.nii.gz/MD5E-s1--ab.nii.gz", link)
+  assert "datalad get" in expect("git-annex link", nifti.read_nifti, link)
+  dangling = tmp_path / "dangling_FLAIR.nii.gz"
+  os.symlink(tmp_path / "moved_away.nii.gz", dangling)
+  assert "moved_away.nii.gz, which does not exist" in expect("symbolic link", nifti.read_nifti,
+                                                             dangling)
+  n2 = tmp_path / "nifti2_FLAIR.nii.gz"  # nibabel reads it, ITK (preprocessing) does not
+  nib.save(nib.Nifti2Image(brainlike((12, 12, 12)), np.eye(4)), str(n2))
+  assert "save it as NIfTI-1" in expect("a NIfTI-2 file", nifti.read_nifti, n2)
+  page = tmp_path / "page_FLAIR.nii.gz"
+  page.write_bytes(b"\n<!DOCTYPE html><html><head><title>Sign in</title></head></html>")
+  assert "a web page" in expect("cannot be read", nifti.read_nifti, page)
+
+
 def test_truncated_file(tmp_path):
   p = save(tmp_path / "full.nii.gz", brainlike((30, 30, 30)))
   raw = open(p, "rb").read()

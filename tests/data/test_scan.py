@@ -147,3 +147,33 @@ def test_msjax_own_outputs_inside_the_input_are_never_read_as_exams(tmp_path):
   # a dataset another tool generated is read as before
   (out / "dataset_description.json").write_text(json.dumps({"GeneratedBy": [{"Name": "x"}]}))
   assert len(cohort_lib.load_cohort(str(tmp_path / "in")).exams) == 3
+
+
+def test_images_in_other_formats_and_archives_are_named_with_what_to_do(tmp_path):
+  """Analyze pairs, FreeSurfer, NRRD/MetaImage files and archives are not read (msjax reads
+  NIfTI) but listed with what to do; a folder of only such files is refused naming them, and an
+  archive given as the input says to unpack it. macOS's AppleDouble files (._FLAIR.nii.gz) and
+  other hidden files are not exams and not listed."""
+  (tmp_path / "cohort").mkdir()
+  d, _ = exam_folder(tmp_path / "cohort")
+  for name in ("scan_FLAIR.hdr", "scan_FLAIR.img", "T1.mgz", "T2.nrrd", "old.zip"):
+    (d / name).write_bytes(b"\0" * 16)
+  (d / "._FLAIR.nii.gz").write_bytes(b"\0" * 4096)
+  c = scan.build_cohort(str(tmp_path / "cohort"))
+  assert len(c.exams) == 1
+  why = {os.path.basename(p): w for p, w in c.unused}
+  assert sorted(why) == ["T1.mgz", "T2.nrrd", "old.zip", "scan_FLAIR.hdr"]  # the pair once
+  assert "Analyze 7.5" in why["scan_FLAIR.hdr"] and "mri_convert" in why["T1.mgz"]
+  assert "unpack it" in why["old.zip"]
+
+  only = tmp_path / "analyze_only" / "patient1"
+  only.mkdir(parents=True)
+  for name in ("FLAIR.hdr", "FLAIR.img", "T1W.hdr", "T1W.img"):
+    (only / name).write_bytes(b"\0" * 16)
+  msg = expect("no NIfTI exam found", scan.build_cohort, str(tmp_path / "analyze_only"))
+  assert "patient1/FLAIR.hdr: an Analyze 7.5 image" in msg and "T1W.hdr" in msg
+  assert "FLAIR.img" not in msg
+
+  archive = tmp_path / "exam.zip"
+  archive.write_bytes(b"PK\x03\x04")
+  expect("an archive: unpack it", cohort_lib.load_cohort, str(archive))

@@ -16,6 +16,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK", reason="preprocessing extra not installed: "
                                                "pip install -e '.[preprocess]'")
 from msjax.data import manifest as manifest_lib  # noqa: E402
+from msjax.errors import InvalidInputError  # noqa: E402
 from conftest import load_config  # noqa: E402
 from msjax.preprocess import grid as grid_lib  # noqa: E402
 from msjax.preprocess import run as run_lib  # noqa: E402
@@ -247,6 +248,16 @@ def test_a_new_atlas_path_revision_makes_its_exams_again_and_no_others(tmp_path,
   assert msjax.code_version().startswith(msjax.__version__ + "+")
   monkeypatch.setattr(msjax, "_CODE_VERSION", [msjax.__version__ + "+0123456789ab"])
   assert run_lib.made_from(exam, robex, None) != before[1]
+
+
+def test_a_raw_exam_whose_file_is_a_broken_link_is_refused_naming_it(tmp_path):
+  """A DataLad dataset not fetched holds git-annex links to absent content: segment's raw path
+  (preprocess_one, its reuse key first) names the file and how to fetch it, not an OSError."""
+  flair = tmp_path / "FLAIR.nii.gz"
+  os.symlink("../.git/annex/objects/Xk/9Q/MD5E-s1--ab.nii.gz/MD5E-s1--ab.nii.gz", flair)
+  exam = manifest_lib.Exam(exam_id="e", patient_id="p", ms=True, images={"FLAIR": str(flair)})
+  with pytest.raises(InvalidInputError, match=f"{flair}: a git-annex link .* `datalad get`"):
+    run_lib.preprocess_one(exam, str(tmp_path / "out"), run_lib.Options(), None)
 
 
 def test_a_flair_only_exam_takes_the_atlas_path_not_robex(tmp_path, monkeypatch):
