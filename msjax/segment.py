@@ -515,7 +515,9 @@ class Network:
     return self._predictor
 
 
-def _check_input(value: str) -> None:
+def _check_input(value: str, shard: str = "") -> None:
+  if shard and config_base.parse_shard(shard) is None:  # before any input is read or converted
+    raise errors.InvalidInputError(f"--config.shard={shard!r}: expected K/N with 0 <= K < N")
   if not value:
     raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
                                    "BIDS dataset or DICOM folder> (and --config.model=<shipped "
@@ -534,7 +536,7 @@ UNUSED_SHOWN = 5  # input files not used, named in the log (segment_summary.json
 def run(config, workdir: str) -> dict:
   if config.merge:
     return merge(workdir)
-  _check_input(config.input)
+  _check_input(config.input, config.shard)
   t0 = time.time()
   bundle = load_bundle(config.model)
   # the workdir says at once that msjax made it, so that a workdir inside the input folder is

@@ -103,6 +103,12 @@ def test_the_shards_of_one_workdir_run_side_by_side_and_nothing_else_does(tmp_pa
       with files.workdir_lock(w, "mode segment", share=(0, 2)):
         pass
   assert not [n for n in os.listdir(w) if n.startswith(files.LOCK)]
+  # a shard that is no K/N of 0 <= K < N is refused before the input is read, nothing written
+  for bad in ("2/2", "1", "a/3", "-1/2", "1/2/3"):
+    p = _msjax("--config=segment", f"--config.shard={bad}", f"--config.input={tmp_path}",
+               f"--workdir={tmp_path}/out")
+    assert p.returncode == 2 and f"--config.shard='{bad}': expected K/N" in p.stderr, p.stderr
+    assert not os.path.exists(tmp_path / "out")
   # a shard's lock file left by a run that died (no one holds it) stops no one
   (tmp_path / (files.LOCK + ".shard-3-of-4")).write_text("pid 1, mode segment, shard 3/4")
   with files.workdir_lock(w, "mode segment", share=(0, 2)):
