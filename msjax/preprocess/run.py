@@ -460,37 +460,10 @@ def raw_landmarks(record: dict) -> dict:
           for m, p in record["images"].items()}
 
 
-# The atlas path's revision, in the reuse key of the exams it makes: 2 (2026-12-07) registers the
-# brain again from the head's affine and leaves a 2D stack's end slices out of the mask.
-ATLAS_PATH_REVISION = 2
-# ...and of the working grid, in the key of the exams whose FLAIR is coarser than another sequence
-# by more than WORKING_GRID_COARSER: 1 (2026-12-07) co-registers them onto a finer grid.
-WORKING_GRID_REVISION = 1
-
-
-def refines_grid(exam: manifest_lib.Exam) -> bool:
-  """Whether the exam is co-registered onto a grid finer than its FLAIR's (`working_grid`), from
-  the files' headers; False when one cannot be read (the run then names the problem)."""
-  import SimpleITK as sitk
-
-  def header(path):
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    return reader
-  try:
-    flair = header(exam.images["FLAIR"])
-    return working_grid(flair, [header(p) for m, p in exam.images.items() if m != "FLAIR"]
-                        ) is not flair
-  except (RuntimeError, ValueError, KeyError):  # unreadable, not 3D, no FLAIR
-    return False
-
-
 def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) -> str:
   """A hash of what a preprocessed exam is made from: its input files' contents, the options,
   the Nyúl landmarks, the preprocessing format and msjax's code (its version and a digest of its
-  source, msjax.code_version: a checkout that moved on makes its exams again; and the atlas
-  path's and the working grid's revisions, for their exams)."""
+  source, msjax.code_version: a checkout or release whose code moved on makes its exams again)."""
   import hashlib
 
   import msjax
@@ -509,10 +482,6 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
   options = for_exam(exam, options)  # what the exam is made with (a FLAIR-only exam: atlas)
   made_by = [dataclasses.asdict(options), standard, manifest_lib.PREPROCESSING_FORMAT,
              msjax.code_version()]
-  if options.skull_strip == "atlas":  # what the atlas path does moved on: made again
-    made_by.append({"atlas_path": ATLAS_PATH_REVISION})
-  if refines_grid(exam):
-    made_by.append({"working_grid": WORKING_GRID_REVISION})
   h.update(json.dumps(made_by, sort_keys=True, default=str).encode())
   return h.hexdigest()
 
