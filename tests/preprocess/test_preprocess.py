@@ -43,23 +43,47 @@ def test_nyul_maps_landmarks_onto_the_standard_scale():
   np.testing.assert_allclose(nyul.landmarks(na), std, atol=1e-3)
 
 
-def test_registration_is_reproducible():
+def test_registration_is_reproducible_whatever_itk_s_threads():
   """The metric samples with a fixed seed (SimpleITK's seed 0 is the wall clock: each call
-  differed): on one thread the same pair registers to the same transform, bit for bit."""
+  differed), and its sums are made in one work unit: with ITK's default threads at 2 the same
+  pair registers to the same transform, bit for bit (in ITK's default work units, added as
+  they finish, it moved from call to call)."""
   rng = np.random.default_rng(0)
-  volume = _smooth_noise(rng.normal(size=(40, 40, 40)).astype(np.float32))
+  volume = _smooth_noise(rng.normal(size=(48, 48, 48)).astype(np.float32))
   fixed = sitk.GetImageFromArray(volume)
   moving = sitk.GetImageFromArray(np.roll(volume, 2, axis=0))
   threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-  sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+  sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
   try:
-    a, b = (steps.rigid_to(fixed, moving) for _ in range(2))
+    made = [steps.rigid_to(fixed, moving) for _ in range(4)]
   finally:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
   flat = [sitk.CompositeTransform(t).GetNthTransform(0).GetParameters()
-          if t.GetName() == "CompositeTransform" else t.GetParameters() for t in (a, b)]
-  assert flat[0] == flat[1]
+          if t.GetName() == "CompositeTransform" else t.GetParameters() for t in made]
+  assert all(f == flat[0] for f in flat[1:]), flat
   assert abs(flat[0][5] - 2.0) < 0.3  # the roll along numpy axis 0 is ITK's z
+
+
+def test_itk_threads_are_pinned_inside_and_given_back_after():
+  """steps.itk_threads sets SimpleITK's thread count and the variable ROBEX (its own ITK
+  program) reads, and gives both back; 0 leaves ITK's default."""
+  before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+  env = os.environ.pop(steps.ITK_THREADS_ENV, None)
+  try:
+    with steps.itk_threads(3):
+      assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 3
+      assert os.environ[steps.ITK_THREADS_ENV] == "3"
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+    assert steps.ITK_THREADS_ENV not in os.environ
+    with steps.itk_threads(0):
+      assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+      assert steps.ITK_THREADS_ENV not in os.environ
+  finally:
+    if env is not None:
+      os.environ[steps.ITK_THREADS_ENV] = env
+  from msjax.preprocess import run as run_lib
+  with pytest.raises(ValueError, match="itk_threads"):
+    run_lib.Options(itk_threads=-1)
 
 
 def _smooth_noise(x):
