@@ -145,7 +145,8 @@ def preprocess_block(config, bundle: dict):
   # get this command's N4, co-registration and brain extraction
   stripped = preprocess_run.takes_stripped_exams(made)
   for key, trained in made.items():
-    if key not in block or key in ("allow_any_geometry", "grid"):  # grid: the model's own
+    # grid: the model's own; itk_threads: this machine's, not how the training exams looked
+    if key not in block or key in ("allow_any_geometry", "grid", "itk_threads"):
       continue
     if stripped and key in preprocess_run.INPUT_STATE:
       continue

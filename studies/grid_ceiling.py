@@ -51,7 +51,8 @@ def masks(data: str) -> dict[str, str]:
 def slab_fraction(mask: np.ndarray, axis: int, zoom_mm: float, mm: float = 5.0) -> np.ndarray:
   """Each voxel's lesion fraction as `slab<mm>mm` re-acquires an image: the mean over its slab,
   cubic back (slab_slices keeps zeros at zero as outside the head: the mask is lifted by 1 so that
-  every voxel counts, then lowered again)."""
+  every voxel counts, then lowered again). The images' slabs average over the brain's voxels
+  only, so a lesion at the brain's edge is a little fainter here than in them."""
   lifted = mask.astype(np.float32) + 1.0
   return variants.slab_slices(lifted, axis, mm / zoom_mm, variants.SLAB_GAP_MM / zoom_mm) - 1.0
 

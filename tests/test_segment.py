@@ -303,16 +303,9 @@ def test_overlapped_preprocessing_gives_the_same_outputs_in_order(tmp_path, monk
             "preprocessing": {"nyul_landmarks": {"FLAIR": {"standard": standard}}}}
   monkeypatch.setattr(segment.bundle_lib, "read", lambda path: bundle)
   monkeypatch.setattr(segment.predict, "Predictor", lambda *a, **k: MarkerPredictor())
-  # ITK's multi-threaded metric sums in thread order (registrations ~1e-5 apart between runs,
-  # enough to move a border voxel): one thread here and in the spawned process, bit-identical
-  import SimpleITK as sitk
-  monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
-  threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-  sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-  try:
-    runs = _segment_with_and_without_overlap(tmp_path, capfd)
-  finally:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+  # with ITK's default threads, in this process and the spawned one: bit-identical (the
+  # registrations sum in one work unit, steps.REGISTRATION_THREADS)
+  runs = _segment_with_and_without_overlap(tmp_path, capfd)
   table = {k: list(csv.DictReader(runs[k][0].splitlines())) for k in runs}
   assert table[True] == table[False]
   assert all(np.array_equal(runs[True][1][k], runs[False][1][k]) for k in runs[False][1])
@@ -416,11 +409,12 @@ def test_raw_exams_get_the_preprocessing_the_models_training_exams_had():
   # neither value is segment's own default (robex, 6 mm), so each comes from the bundle
   bundle = {"preprocessing": {"options": {"skull_strip": "atlas", "n4_mm": 3.0, "mni": True,
                                           "n4_iterations": [20, 20, 20],
-                                          "allow_any_geometry": False}}}
+                                          "allow_any_geometry": False, "itk_threads": 0}}}
   assert (load_config("segment").preprocess.n4_mm, load_config("segment").preprocess.skull_strip
           ) == (6.0, "robex")
   block = segment.preprocess_block(load_config("segment"), bundle)
   assert (block.skull_strip, block.n4_mm) == ("atlas", 3.0)
+  assert block.itk_threads == 2  # the machine it ran on is not how the training exams looked
   given = load_config("segment", **{"preprocess.skull_strip": "threshold"})
   block = segment.preprocess_block(given, bundle)
   assert (block.skull_strip, block.n4_mm) == ("threshold", 3.0)

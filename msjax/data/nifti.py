@@ -57,12 +57,27 @@ def _raw_zooms(path: str, img):
     return tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
+def itk_problem(path: str) -> str | None:
+  """Why ITK (preprocessing, longitudinal) cannot read a file nibabel reads, or None: NIfTI-2
+  (SimpleITK 2.5 finds no reader for it). Exams given on the model grid never reach ITK."""
+  path = split_label(os.fspath(path))[0]
+  try:
+    with open(path, "rb") as f:
+      head = f.read(4)
+    if head[:2] == b"\x1f\x8b":
+      import gzip
+      with gzip.open(path, "rb") as f:
+        head = f.read(4)
+  except (OSError, EOFError):
+    return None  # read_nifti names it
+  if int.from_bytes(head, "little") == 540 or int.from_bytes(head, "big") == 540:
+    return (f"{path}: a NIfTI-2 file, which the preprocessing's ITK cannot read: save it as "
+            "NIfTI-1, e.g. with nibabel nib.save(nib.Nifti1Image(img.dataobj, img.affine), "
+            "'FLAIR.nii.gz')")
+  return None
+
+
 def _check_header(img, path: str) -> None:
-  if isinstance(img, nib.Nifti2Image):
-    raise InvalidInputError(
-        f"{path}: a NIfTI-2 file; msjax reads NIfTI-1 (its preprocessing reads images with ITK, "
-        "which reads no NIfTI-2): save it as NIfTI-1, e.g. with nibabel "
-        "nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'FLAIR.nii.gz')")
   shape = tuple(img.shape)
   if len(shape) < 3 or (len(shape) > 3 and any(d != 1 for d in shape[3:])):
     kind = " (4D series or multi-channel image)" if len(shape) > 3 else ""
@@ -218,7 +233,7 @@ def split_label(path: str) -> tuple[str, int | None]:
 _STAND_INS = (
     (lambda head: head.startswith(b"version https://git-lfs.github.com/spec"),
      "; it is a Git LFS pointer, not the image: run `git lfs pull` in its repository"),
-    (lambda head: len(head) < 1024 and b"/annex/objects/" in head,
+    (lambda head: b"/annex/objects/" in head and b"\n" not in head.rstrip(b"\n"),
      "; it is a git-annex pointer, not the image: `datalad get` it (or `git annex get`)"),
     (lambda head: head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")),
      "; it is a web page, not an image: the download saved a login or error page"),

@@ -98,6 +98,21 @@ OTHER_FORMATS = (
 )
 
 
+_PAIR_HEADER = re.compile(r"\.hdr(\.gz)?$", re.IGNORECASE)
+_PAIR_DATA = re.compile(r"\.img(\.gz)?$", re.IGNORECASE)
+
+
+def _nifti1_pair(header: str) -> bool:
+  """Whether a .hdr is a NIfTI-1 pair's header (magic 'ni1' at byte 344, as SPM writes), which
+  carries its orientation, rather than Analyze 7.5's."""
+  import gzip
+  try:
+    with (gzip.open if header.lower().endswith(".gz") else open)(header, "rb") as f:
+      return f.read(348)[344:347] == b"ni1"
+  except (OSError, EOFError):
+    return False
+
+
 def other_format(name: str) -> str | None:
   """Why a file of another image format or an archive is not read, or None."""
   if name.startswith("."):
@@ -159,10 +174,13 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
     for name in filenames:
       if not _is_nifti(name):
         why = other_format(name)
-        analyze_data = re.search(r"\.img(\.gz)?$", name, re.IGNORECASE) and any(
-            n.lower() == re.sub(r"\.img(\.gz)?$", ".hdr", name, flags=re.IGNORECASE).lower()
-            for n in filenames)
-        if why and not analyze_data:  # an Analyze pair is named once, by its header
+        if why and _PAIR_DATA.search(name) and _PAIR_DATA.sub("", name).lower() in {
+            _PAIR_HEADER.sub("", n).lower() for n in filenames if _PAIR_HEADER.search(n)}:
+          continue  # a header/data pair is named once, by its header
+        if why and _PAIR_HEADER.search(name) and _nifti1_pair(os.path.join(dirpath, name)):
+          why = ("a NIfTI-1 pair (.hdr + .img): msjax reads single-file NIfTI; join them with "
+                 "nibabel, nib.save(nib.load('X.hdr'), 'X.nii.gz')")
+        if why:
           unused.append((os.path.join(dirpath, name), why))
         continue
       role, prefix = _classify(_stem(name))

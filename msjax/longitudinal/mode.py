@@ -244,7 +244,8 @@ def _patient(pair, config, workdir: str, model, root: str, made_with: dict) -> d
                                                                ("followup", pair.followup))}
   seg_s = round(time.time() - t0, 1)
   options = run_lib.Options(rule=change.Rule(**config.change.rule.to_dict()), n4=config.change.n4,
-                            use_t2=config.change.use_t2, brain=config.change.brain)
+                            use_t2=config.change.use_t2, brain=config.change.brain,
+                            itk_threads=int(config.preprocess.itk_threads))
   work = os.path.join(workdir, "work", "change", f"sub-{pair.patient}")
   probabilities = (tuple(outputs.paths(root, e)["probseg"] for e in (pair.baseline,
                                                                       pair.followup))

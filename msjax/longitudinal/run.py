@@ -27,6 +27,7 @@ class Options:
   n4: bool = True
   use_t2: bool = True       # T2 as a second opinion where both visits have one
   brain: str = "otsu"       # otsu | robex (see align.py)
+  itk_threads: int = 2      # ITK's threads for N4 and ROBEX (preprocess.itk_threads)
 
 
 def _write(array: np.ndarray, like, path: str, dtype=np.uint8) -> str:
@@ -78,11 +79,13 @@ def run_patient(baseline_exam_files: dict, followup_exam_files: dict, out_dir: s
   import SimpleITK as sitk
 
   from msjax.preprocess import grid as grid_lib
+  from msjax.preprocess import steps
   options = options or Options()
   rule = options.rule
   t0, cpu0 = time.time(), time.process_time()
-  a = align.align_pair(baseline_exam_files, followup_exam_files, n4=options.n4,
-                       use_t2=options.use_t2, brain=options.brain, log=log)
+  with steps.itk_threads(options.itk_threads):  # the same change maps on any machine
+    a = align.align_pair(baseline_exam_files, followup_exam_files, n4=options.n4,
+                         use_t2=options.use_t2, brain=options.brain, log=log)
   t = time.time()
   brain = a.brain
   z1, z2 = change.visit_units(*a.flair, brain)

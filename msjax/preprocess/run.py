@@ -142,6 +142,7 @@ def _preprocess_exam(exam: manifest_lib.Exam, out_root: str, options: Options) -
   # the data layer's validation, file by file; raw scans are on any grid, but a grid that cannot
   # be a brain exam is refused as everywhere else
   _, problems = exams_lib.read_exam_files(exam, options.allow_any_geometry, one_grid=False)
+  problems += [p for p in map(nifti.itk_problem, (p for _, _, p in exam.all_paths())) if p]
   if problems:
     raise errors.InvalidInputError(f"exam {exam.exam_id}:\n  " + "\n  ".join(problems))
   t0, times = time.time(), {}
@@ -481,7 +482,8 @@ def made_from(exam: manifest_lib.Exam, options: Options, standard: dict | None) 
   import msjax
   h = hashlib.sha256()
   for role, _, path in sorted(exam.all_paths()):
-    h.update(role.encode())
+    path, label = nifti.split_label(path)  # a BIDS dseg's `::<value>`: one label of the file
+    h.update(role.encode() + (b"" if label is None else f"::{label}".encode()))
     nifti.require_file(path)  # a broken link is named as such, not an OSError
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):

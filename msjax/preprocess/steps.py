@@ -112,12 +112,17 @@ def itk_threads(n: int):
   """ITK's thread count for everything inside (SimpleITK's filters, and ROBEX, a separate ITK
   program that reads ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS): N4's and ROBEX's sums are split by
   thread, so a fixed count gives an exam the same result on any machine. n = 0: ITK's own
-  default (every core)."""
+  default (every core, or ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS where the user set it). Process
+  state: callers run it in a process of their own or the main thread, never in two threads."""
   if not n:
     yield
     return
   before = (sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
             os.environ.get(ITK_THREADS_ENV))
+  if before[1] not in (None, str(int(n))):
+    import logging
+    logging.info("[preprocess] ITK on %d thread(s) (preprocess.itk_threads), not the %s of %s: "
+                 "preprocess.itk_threads=0 leaves it", n, before[1], ITK_THREADS_ENV)
   sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
   os.environ[ITK_THREADS_ENV] = str(int(n))
   try:

@@ -174,6 +174,18 @@ def test_images_in_other_formats_and_archives_are_named_with_what_to_do(tmp_path
   assert "patient1/FLAIR.hdr: an Analyze 7.5 image" in msg and "T1W.hdr" in msg
   assert "FLAIR.img" not in msg
 
+  # a NIfTI-1 pair (magic ni1, as SPM writes) says how to join it; gzipped pairs are one entry
+  import nibabel as nib
+  pair = tmp_path / "pairs" / "p2"
+  pair.mkdir(parents=True)
+  nib.save(nib.Nifti1Pair(brainlike((8, 8, 8)), np.eye(4)), str(pair / "FLAIR.hdr"))
+  (pair / "T1W.hdr.gz").write_bytes(b"\0" * 16)
+  (pair / "T1W.img.gz").write_bytes(b"\0" * 16)
+  save(pair / "T2W.nii.gz", brainlike((8, 8, 8)))
+  why = {os.path.basename(p): w for p, w in scan.build_cohort(str(tmp_path / "pairs")).unused}
+  assert sorted(why) == ["FLAIR.hdr", "T1W.hdr.gz"]
+  assert why["FLAIR.hdr"].startswith("a NIfTI-1 pair") and "Analyze 7.5" in why["T1W.hdr.gz"]
+
   archive = tmp_path / "exam.zip"
   archive.write_bytes(b"PK\x03\x04")
   expect("an archive: unpack it", cohort_lib.load_cohort, str(archive))

@@ -259,6 +259,26 @@ def test_a_raw_exam_whose_file_is_a_broken_link_is_refused_naming_it(tmp_path):
     run_lib.preprocess_one(exam, str(tmp_path / "out"), run_lib.Options(), None)
 
 
+def test_a_raw_exam_s_label_mask_and_a_nifti2_file_reach_preprocessing_right(tmp_path):
+  """A BIDS dseg mask (`file::value`) is hashed from its file, each label apart (it was opened
+  as a file named with the label); a NIfTI-2 image, which nibabel reads and ITK does not, is
+  refused by preprocessing naming the file, before ITK sees it."""
+  flair, dseg = tmp_path / "FLAIR.nii.gz", tmp_path / "x_dseg.nii.gz"
+  nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(flair))
+  nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(dseg))
+  exam = lambda mask: manifest_lib.Exam(exam_id="e", patient_id="p", ms=True,  # noqa: E731
+                                        images={"FLAIR": str(flair)}, consensus=mask)
+  keys = {run_lib.made_from(exam(f"{dseg}::{v}"), run_lib.Options(), None) for v in (1, 2)}
+  assert len(keys) == 2
+  n2 = tmp_path / "n2" / "FLAIR.nii.gz"
+  n2.parent.mkdir()
+  nib.save(nib.Nifti2Image(np.random.default_rng(0).random((16, 16, 16), np.float32),
+                           np.diag([2.0, 2.0, 2.0, 1.0])), str(n2))
+  two = manifest_lib.Exam(exam_id="n2", patient_id="p", ms=True, images={"FLAIR": str(n2)})
+  with pytest.raises(InvalidInputError, match=f"{n2}: a NIfTI-2 file"):
+    run_lib.preprocess_exam(two, str(tmp_path / "out"), run_lib.Options(n4=False, qc=False))
+
+
 def test_a_flair_only_exam_takes_the_atlas_path_not_robex(tmp_path, monkeypatch):
   """ROBEX is a T1-weighted tool (on a real FLAIR it kept the skull: run.for_exam's docstring):
   an exam without a T1W, under the default skull_strip='robex', is brain-extracted by the atlas
