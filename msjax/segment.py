@@ -244,11 +244,15 @@ def shard_of(exams: list, shard: str) -> list:
   exams = sorted(exams, key=lambda e: e.exam_id)
   if not shard:
     return exams
+  k, n = _parsed_shard(shard)
+  return exams[k::n]
+
+
+def _parsed_shard(shard: str) -> tuple[int, int]:
   parsed = config_base.parse_shard(shard)
   if parsed is None:
     raise errors.InvalidInputError(f"--config.shard={shard!r}: expected K/N with 0 <= K < N")
-  k, n = parsed
-  return exams[k::n]
+  return parsed
 
 
 def _write_dicom_seg(exam, row: dict, bundle_path: str) -> None:
@@ -517,8 +521,8 @@ class Network:
 
 
 def _check_input(value: str, shard: str = "") -> None:
-  if shard and config_base.parse_shard(shard) is None:  # before any input is read or converted
-    raise errors.InvalidInputError(f"--config.shard={shard!r}: expected K/N with 0 <= K < N")
+  if shard:  # before any input is read or converted
+    _parsed_shard(shard)
   if not value:
     raise errors.InvalidInputError("segment needs --config.input=<exam folder, folder of exams, "
                                    "BIDS dataset or DICOM folder> (and --config.model=<shipped "

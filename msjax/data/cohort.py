@@ -13,10 +13,10 @@ def load_cohort(path: str) -> Cohort:
   """Loads a cohort from its manifest file or folder (a folder without a manifest is scanned)."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(path) and not path.lower().endswith(".json"):
-    from msjax.data.scan import other_format
-    why = other_format(os.path.basename(path))
-    if why and why.startswith("an archive"):
-      raise InvalidInputError(f"{path}: {why} (msjax reads exams from folders)")
+    from msjax.data.scan import ARCHIVE
+    if ARCHIVE.search(path):
+      raise InvalidInputError(f"{path}: an archive: unpack it and give the folder (msjax reads "
+                              "exams from folders)")
     kind = "a NIfTI image" if path.lower().endswith((".nii", ".nii.gz")) else "a file"
     raise InvalidInputError(
         f"{path}: {kind}, where a folder is expected: give the folder that holds the exam "

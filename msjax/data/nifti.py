@@ -61,20 +61,27 @@ def itk_problem(path: str) -> str | None:
   """Why ITK (preprocessing, longitudinal) cannot read a file nibabel reads, or None: NIfTI-2
   (SimpleITK 2.5 finds no reader for it). Exams given on the model grid never reach ITK."""
   path = split_label(os.fspath(path))[0]
-  try:
-    with open(path, "rb") as f:
-      head = f.read(4)
-    if head[:2] == b"\x1f\x8b":
-      import gzip
-      with gzip.open(path, "rb") as f:
-        head = f.read(4)
-  except (OSError, EOFError):
-    return None  # read_nifti names it
-  if int.from_bytes(head, "little") == 540 or int.from_bytes(head, "big") == 540:
+  heads = header_bytes(path, 4)
+  if heads and 540 in (int.from_bytes(heads[1], "little"), int.from_bytes(heads[1], "big")):
     return (f"{path}: a NIfTI-2 file, which the preprocessing's ITK cannot read: save it as "
             "NIfTI-1, e.g. with nibabel nib.save(nib.Nifti1Image(img.dataobj, img.affine), "
             "'FLAIR.nii.gz')")
   return None
+
+
+def header_bytes(path: str, n: int = 348) -> tuple[bytes, bytes] | None:
+  """(the file's first n bytes, the first n of its content: gunzipped where the bytes are gzip),
+  or None when it cannot be read that far (read_nifti then names the problem)."""
+  import gzip
+  try:
+    with open(path, "rb") as f:
+      raw = f.read(n)
+    if raw[:2] != b"\x1f\x8b":
+      return raw, raw
+    with gzip.open(path, "rb") as f:
+      return raw, f.read(n)
+  except Exception:  # noqa: BLE001 - unreadable, truncated or corrupt gzip
+    return None
 
 
 def _check_header(img, path: str) -> None:
@@ -244,23 +251,16 @@ def _misnamed(path: str) -> str:
   """A hint when a file is a stand-in for the image (_STAND_INS), or its name says one
   compression and its bytes another (a .nii.gz stored plain, a .nii gzip-compressed: a download
   or copy that (un)compressed it), else ''."""
-  import gzip
-  try:
-    with open(path, "rb") as f:
-      head = f.read(348)
-    stand_in = next((hint for test, hint in _STAND_INS if test(head)), "")
-    if stand_in:
-      return stand_in
-    gzipped = head[:2] == b"\x1f\x8b"
-    if gzipped:
-      with gzip.open(path, "rb") as f:
-        head = f.read(348)
-  except Exception:  # noqa: BLE001 - unreadable, truncated or corrupt: no hint to give
+  heads = header_bytes(path)
+  if heads is None:  # unreadable, truncated or corrupt: no hint to give
     return ""
-  nifti_header = len(head) == 348 and head[344:347] in (b"n+1", b"ni1")
-  if not nifti_header:
+  raw, head = heads
+  stand_in = next((hint for test, hint in _STAND_INS if test(raw)), "")
+  if stand_in:
+    return stand_in
+  if not (len(head) == 348 and head[344:347] in (b"n+1", b"ni1")):
     return ""
-  named_gz = path.lower().endswith(".gz")
+  gzipped, named_gz = raw[:2] == b"\x1f\x8b", path.lower().endswith(".gz")
   if gzipped and not named_gz:
     return "; its bytes are a gzip-compressed NIfTI: name it .nii.gz"
   if named_gz and not gzipped:

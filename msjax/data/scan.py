@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+from msjax.data import nifti
 from msjax.data.manifest import MODALITIES, Cohort, Exam, bids_label  # noqa: F401 (scan's API)
 from msjax.errors import InvalidInputError
 
@@ -83,6 +84,7 @@ def _is_nifti(name: str) -> bool:
 
 _NIFTI_EXT = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
+ARCHIVE = re.compile(r"\.(zip|tar|tgz|tar\.gz|tar\.bz2|tar\.xz|7z|rar)$", re.IGNORECASE)
 # files a user may give in place of NIfTI: listed with what to do instead of dropped silently (a
 # folder holding only these would otherwise be "no NIfTI exam found", naming none of them)
 OTHER_FORMATS = (
@@ -93,8 +95,7 @@ OTHER_FORMATS = (
      "a FreeSurfer MGH image (msjax reads NIfTI): mri_convert it to .nii.gz"),
     (re.compile(r"\.(nrrd|nhdr|mha|mhd)$", re.IGNORECASE),
      "a NRRD or MetaImage file (msjax reads NIfTI): save it as .nii.gz (3D Slicer, SimpleITK)"),
-    (re.compile(r"\.(zip|tar|tgz|tar\.gz|tar\.bz2|tar\.xz|7z|rar)$", re.IGNORECASE),
-     "an archive: unpack it and give the folder"),
+    (ARCHIVE, "an archive: unpack it and give the folder"),
 )
 
 
@@ -105,12 +106,8 @@ _PAIR_DATA = re.compile(r"\.img(\.gz)?$", re.IGNORECASE)
 def _nifti1_pair(header: str) -> bool:
   """Whether a .hdr is a NIfTI-1 pair's header (magic 'ni1' at byte 344, as SPM writes), which
   carries its orientation, rather than Analyze 7.5's."""
-  import gzip
-  try:
-    with (gzip.open if header.lower().endswith(".gz") else open)(header, "rb") as f:
-      return f.read(348)[344:347] == b"ni1"
-  except (OSError, EOFError):
-    return False
+  heads = nifti.header_bytes(header)
+  return heads is not None and heads[1][344:347] == b"ni1"
 
 
 def other_format(name: str) -> str | None:
@@ -171,11 +168,11 @@ def build_named_cohort(folder: str, *, ms_default: bool = True) -> Cohort:
       lambda: collections.defaultdict(list))
   unused = []
   for dirpath, _, filenames in _walk(folder):
+    headers = {_PAIR_HEADER.sub("", n).lower() for n in filenames if _PAIR_HEADER.search(n)}
     for name in filenames:
       if not _is_nifti(name):
         why = other_format(name)
-        if why and _PAIR_DATA.search(name) and _PAIR_DATA.sub("", name).lower() in {
-            _PAIR_HEADER.sub("", n).lower() for n in filenames if _PAIR_HEADER.search(n)}:
+        if why and _PAIR_DATA.search(name) and _PAIR_DATA.sub("", name).lower() in headers:
           continue  # a header/data pair is named once, by its header
         if why and _PAIR_HEADER.search(name) and _nifti1_pair(os.path.join(dirpath, name)):
           why = ("a NIfTI-1 pair (.hdr + .img): msjax reads single-file NIfTI; join them with "

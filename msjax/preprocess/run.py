@@ -73,7 +73,7 @@ class Options:
                coregistration=p.coregistration, skull_strip=p.skull_strip, mni=p.mni, qc=p.qc,
                allow_any_geometry=allow_any_geometry,
                grid=tuple(int(n) for n in p.get("grid", mni_lib.MODEL_SHAPE)),
-               itk_threads=int(p.get("itk_threads", 2)))
+               itk_threads=int(p.get("itk_threads", cls.itk_threads)))
 
 
 SKULL_STRIP = ("robex", "atlas", "threshold", "none")

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
+from absl import logging
 
 from msjax.data import exams as exams_lib
 from msjax.data import mni
@@ -107,6 +108,9 @@ def _single_work_unit(reg: sitk.ImageRegistrationMethod) -> sitk.ImageRegistrati
   return reg
 
 
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
 @contextlib.contextmanager
 def itk_threads(n: int):
   """ITK's thread count for everything inside (SimpleITK's filters, and ROBEX, a separate ITK
@@ -120,7 +124,6 @@ def itk_threads(n: int):
   before = (sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
             os.environ.get(ITK_THREADS_ENV))
   if before[1] not in (None, str(int(n))):
-    import logging
     logging.info("[preprocess] ITK on %d thread(s) (preprocess.itk_threads), not the %s of %s: "
                  "preprocess.itk_threads=0 leaves it", n, before[1], ITK_THREADS_ENV)
   sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
@@ -133,9 +136,6 @@ def itk_threads(n: int):
       os.environ.pop(ITK_THREADS_ENV, None)
     else:
       os.environ[ITK_THREADS_ENV] = before[1]
-
-
-ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 # The seed of the metric's random sampling. Not 0: SimpleITK reads seed 0 as sitkWallClock, a new

@@ -287,7 +287,13 @@ def test_a_coarse_flair_does_not_coarsen_a_finer_t1w(known_registration, tmp_pat
   draw_exam(tmp_path / "raw", "coarse", t1_orientation="fine")
   options = run_lib.Options.from_config(config_base.preprocess(n4=False, skull_strip="none"))
   exam = raw_exam(str(tmp_path / "raw"), t1=True)
-  record = run_lib.preprocess_exam(exam, str(tmp_path / "c"), options)
+  import SimpleITK as sitk  # a machine whose ITK default is another count than the options'
+  machine = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+  sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(3)
+  try:
+    record = run_lib.preprocess_exam(exam, str(tmp_path / "c"), options)
+  finally:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(machine)
   assert record["coregistration"]["grid"].startswith("FLAIR's frame at 1.5 x 1.5 x 1.5 mm")
   # ITK's thread count, which N4's and ROBEX's sums depend on, is the options' on any machine
   assert options.itk_threads == 2
